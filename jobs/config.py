@@ -1,0 +1,284 @@
+"""Config: a YAML file over typed dataclass defaults, then trailing ``key=value`` overrides.
+
+    cfg = load_config("configs/mlp.yaml", ["train.lr=0.01", "scaling.num_workers=2"])
+    cfg.train.lr, cfg.scaling.num_workers, cfg.workload
+
+A config has the workload's own sections (``data``, ``model``, ``train``: the dataclasses in
+``workloads/<name>.py``) plus the job sections defined here (``scaling``, ``failure``, ``run``,
+``sweep``, ``store``, ``continual``). Unknown keys and wrong types raise :class:`ConfigError`
+with a one-line message that names the key and the fix; every ``jobs.*`` verb turns that into
+exit code 2 (see :func:`cli_main`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from workloads import WORKLOADS
+from workloads.data import DataError
+
+
+class ConfigError(ValueError):
+    """Bad user input in a config file or override (exit code 2)."""
+
+
+# ----------------------------------------------------------------------------- job sections
+@dataclass
+class Scaling:
+    num_workers: int = 1  # Ray Train workers (DDP ranks)
+    use_gpu: bool = False  # one GPU per worker; NCCL backend
+    cpus_per_worker: int = 1  # Ray CPUs per worker = torch threads in that worker
+    gpus_per_worker: float = 1.0  # only with use_gpu
+
+
+@dataclass
+class Failure:
+    max_failures: int = 0  # worker-group restarts, each from the last checkpoint (-1 = forever)
+
+
+@dataclass
+class Run:
+    storage_path: str = "./runs"  # Ray Train checkpoints: local dir or s3://bucket/prefix
+    num_to_keep: int = 2  # epoch checkpoints kept per run (the export is kept apart)
+
+
+@dataclass
+class Store:
+    path: str = ""  # evaluation store; empty = $PERENNIAL_STORE or ./store
+
+
+@dataclass
+class Sweep:
+    search_space: dict = field(default_factory=dict)  # {"train.lr": {"loguniform": [1e-4, 1e-2]}}
+    search: str = "random"  # random | grid | optuna
+    scheduler: str = "asha"  # asha | fifo
+    num_samples: int = 8  # trials (for grid: repeats of the whole grid)
+    max_concurrent_trials: int = 0  # 0 = derived from cluster resources and scaling
+    metric: str = ""  # empty = the workload's METRIC
+    mode: str = ""  # empty = the workload's MODE
+    grace_period: int = 1  # ASHA: epochs before a trial may be stopped
+    reduction_factor: int = 3  # ASHA: keep the top 1/reduction_factor at each rung
+    seed: int = 0  # search algorithm seed
+
+
+@dataclass
+class Continual:
+    replay_fraction: float = 0.0  # share of the parent's training data mixed into a new round
+
+
+JOB_SECTIONS: dict[str, type] = {
+    "scaling": Scaling,
+    "failure": Failure,
+    "run": Run,
+    "sweep": Sweep,
+    "store": Store,
+    "continual": Continual,
+}
+
+
+# ----------------------------------------------------------------------------- building
+def config_class(workload: str) -> type:
+    """The dataclass of a full config for ``workload``: its sections plus the job sections."""
+    if workload not in WORKLOADS:
+        raise ConfigError(
+            f"unknown workload '{workload}' — set 'workload:' to one of {sorted(WORKLOADS)}"
+        )
+    wl_config = WORKLOADS[workload].Config
+    hints = typing.get_type_hints(wl_config)  # resolves `from __future__ import annotations` strings
+    specs: list[tuple[str, Any, Any]] = [("workload", str, field(default=workload))]
+    for f in dataclasses.fields(wl_config):
+        specs.append((f.name, hints[f.name], field(default_factory=f.default_factory)))
+    for name, cls in JOB_SECTIONS.items():
+        specs.append((name, cls, field(default_factory=cls)))
+    return dataclasses.make_dataclass(f"{workload.capitalize()}JobConfig", specs)
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] = (), smoke_test: bool = False):
+    """Read ``path`` (YAML), apply the workload's smoke-test overrides if asked, then ``overrides``."""
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{path}' not found — pass an existing YAML, e.g. --config configs/mlp.yaml")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file '{path}'{where} is not valid YAML ({getattr(e, 'problem', e)}) — fix the syntax") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file '{path}' must be a YAML mapping of sections, got {type(raw).__name__}")
+    pairs = [_split_override(o) for o in overrides]
+    workload = raw.get("workload")
+    for key, value in pairs:  # `workload=...` may come from the command line
+        if key == "workload":
+            workload = value
+    if not workload:
+        raise ConfigError(f"no workload given — add 'workload: <name>' to the config, one of {sorted(WORKLOADS)}")
+    if smoke_test:
+        smoke = getattr(WORKLOADS[workload] if workload in WORKLOADS else None, "SMOKE_TEST", {})
+        pairs = [(k, v) for k, v in smoke.items()] + pairs
+    for key, value in pairs:
+        _set_dotted(raw, key, value)
+    return from_dict(raw)
+
+
+def from_dict(raw: dict):
+    """Typed config from a plain dict (as :func:`to_dict` returns); raises :class:`ConfigError`."""
+    workload = raw.get("workload")
+    if not isinstance(workload, str):
+        raise ConfigError("'workload' must be a string naming a workload")
+    return _build(config_class(workload), raw, "")
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(cfg, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """``{"train.lr": 0.001, ...}`` — the hyperparameters of a run (dicts and lists as JSON)."""
+    out: dict[str, Any] = {}
+    keep = sections or tuple(f.name for f in dataclasses.fields(cfg) if f.name not in ("sweep", "store", "workload"))
+
+    def walk(prefix: str, obj: Any) -> None:
+        if dataclasses.is_dataclass(obj):
+            for f in dataclasses.fields(obj):
+                walk(f"{prefix}.{f.name}" if prefix else f.name, getattr(obj, f.name))
+        elif isinstance(obj, (dict, list, tuple)):
+            out[prefix] = json.dumps(obj, sort_keys=True)
+        else:
+            out[prefix] = obj
+
+    for name in keep:
+        walk(name, getattr(cfg, name))
+    return out
+
+
+def set_dotted(cfg, key: str, value: Any):
+    """A new typed config with one dotted key changed (type-checked like an override)."""
+    raw = to_dict(cfg)
+    _set_dotted(raw, key, value)
+    return from_dict(raw)
+
+
+def store_path(cli_value: str | None, cfg=None) -> str:
+    """``--store`` flag > $PERENNIAL_STORE > the config's ``store.path`` > ``./store``."""
+    return cli_value or os.environ.get("PERENNIAL_STORE") or (cfg.store.path if cfg is not None else "") or "./store"
+
+
+# ----------------------------------------------------------------------------- internals
+def _split_override(text: str) -> tuple[str, Any]:
+    if "=" not in text or text.startswith("="):
+        raise ConfigError(f"override '{text}' is not key=value — write e.g. train.lr=0.01")
+    key, value = text.split("=", 1)
+    try:
+        parsed = yaml.safe_load(value) if value != "" else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override '{key}': '{'.'.join(parts[: i + 1])}' is a value, not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: Any, path: str):
+    where = path.rstrip(".") or "the top level"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"'{where}' must be a section (mapping), got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in names:
+            raise ConfigError(
+                f"unknown config key '{path}{key}' — valid keys in {where}: {', '.join(sorted(names))}"
+            )
+        kwargs[key] = _coerce(hints[key], value, f"{path}{key}")
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, key)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, f"{key}.")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. data.train=2024 from a key=value override
+        raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
+    if tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return value
+        raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
+    if tp is list or origin is list:
+        if isinstance(value, list):
+            return value
+        raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
+    return value
+
+
+USER_ERRORS = (ConfigError, DataError)
+
+
+def cli_main(main: typing.Callable[[list[str]], int]) -> None:
+    """Run a verb's ``main(argv)``: bad input -> one line on stderr and exit 2."""
+    try:
+        code = main(sys.argv[1:])
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+def metric_and_mode(cfg) -> tuple[str, str]:
+    """The metric a run optimises: the sweep's override, else the workload's METRIC/MODE."""
+    wl = WORKLOADS[cfg.workload]
+    mode = cfg.sweep.mode or wl.MODE
+    if mode not in ("max", "min"):
+        raise ConfigError(f"sweep.mode must be max or min, got '{mode}'")
+    return cfg.sweep.metric or wl.METRIC, mode

@@ -1,0 +1,246 @@
+"""Readers shared by the workloads: the shipped data sets by name, IDX / NPZ / Parquet images,
+and local paths or ``s3://`` URIs through ``pyarrow.fs``.
+
+Every reader raises :class:`DataError` with a one-line message naming the file (and line, where
+there is one) and the fix; the jobs turn that into exit code 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+
+class DataError(ValueError):
+    """Bad or missing input data (exit code 2)."""
+
+
+@dataclass
+class Splits:
+    """What ``build_data`` returns: torch datasets per split plus what the model and loop need."""
+
+    train: Any
+    val: Any
+    test: Any | None
+    labels: list[str]  # class (or tag) names, index = label id
+    collate_fn: Callable | None = None
+    fingerprint: str = ""  # content hash of the data actually used (lineage, dedup)
+    info: dict = field(default_factory=dict)  # e.g. {"in_features": 784}
+
+
+# ----------------------------------------------------------------------------- files
+def is_remote(path: str) -> bool:
+    return "://" in str(path)
+
+
+def open_binary(path: str) -> io.BufferedIOBase:
+    """Open a local path or a URI (``s3://...``) for reading; a clear error if it is missing."""
+    path = str(path)
+    if is_remote(path):
+        import pyarrow.fs as pafs
+
+        try:
+            fs, inner = pafs.FileSystem.from_uri(path)
+            info = fs.get_file_info(inner)
+        except Exception as e:  # noqa: BLE001 — credentials, endpoint, bucket: all user input
+            raise DataError(f"cannot open '{path}': {str(e).splitlines()[0]} — check the URI and AWS_* credentials") from None
+        if info.type != pafs.FileType.File:
+            raise DataError(f"data file '{path}' not found — check the path")
+        return fs.open_input_file(inner)
+    if not os.path.isfile(path):
+        raise DataError(f"data file '{path}' not found — check the path (or the data.* config keys)")
+    return open(path, "rb")
+
+
+def read_bytes(path: str) -> bytes:
+    with open_binary(path) as f:
+        data = f.read()
+    if path.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as e:
+            raise DataError(f"'{path}' is not a valid gzip file ({e}) — re-download it") from None
+    return data
+
+
+def fingerprint(*parts: bytes | str | np.ndarray) -> str:
+    h = hashlib.sha1()
+    for p in parts:
+        if isinstance(p, np.ndarray):
+            p = np.ascontiguousarray(p).tobytes()
+        h.update(p.encode() if isinstance(p, str) else p)
+    return h.hexdigest()[:16]
+
+
+def package_dir(name: str) -> Path:
+    """Folder of an installed package, found without importing it (data packages pull heavy deps)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"package '{name}' is not installed — run 'make setup' (it installs the data packages)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+# ----------------------------------------------------------------------------- images
+FASHION_MNIST_DIR = os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
+
+
+def fashion_mnist_available() -> bool:
+    return os.path.isfile(os.path.join(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz"))
+
+
+def read_idx(path: str) -> np.ndarray:
+    """An IDX file (the MNIST format), optionally gzipped, as a numpy array."""
+    raw = read_bytes(path)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"'{path}' is not an IDX file (bad magic number) — give an MNIST-style IDX file")
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if raw[2] not in dtypes:
+        raise DataError(f"'{path}' has unknown IDX element type 0x{raw[2]:02x}")
+    ndim = raw[3]
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=dtypes[raw[2]], offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise DataError(f"'{path}' is truncated: header says {shape}, found {data.size} values")
+    return data.reshape(shape)
+
+
+def load_images(source: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str], str]:
+    """Images by source name or path -> ({"train": (x, y), "test": (x, y) or missing}, labels, fingerprint).
+
+    ``x`` is float32 in [0, 1] shaped (N, H, W); ``y`` int64. Sources:
+    ``fashion_mnist`` (Debian package), ``digits`` (scikit-learn), ``auto`` (the first one present),
+    a ``.npz`` with ``x_train, y_train[, x_test, y_test]``, a ``.parquet`` with ``image`` (flat list
+    or bytes) + ``label`` columns and an optional ``split`` column, or an IDX prefix ``DIR/train``
+    (reads ``DIR/train-images-idx3-ubyte[.gz]`` + ``...-labels-idx1-ubyte[.gz]``).
+    """
+    if source == "auto":
+        source = "fashion_mnist" if fashion_mnist_available() else "digits"
+    if source == "fashion_mnist":
+        if not fashion_mnist_available():
+            raise DataError(
+                f"Fashion-MNIST not found in {FASHION_MNIST_DIR} — run 'apt-get install dataset-fashion-mnist' "
+                "(make setup does) or set data.source=digits"
+            )
+        out, parts = {}, []
+        for split, prefix in (("train", "train"), ("test", "t10k")):
+            xb = os.path.join(FASHION_MNIST_DIR, f"{prefix}-images-idx3-ubyte.gz")
+            yb = os.path.join(FASHION_MNIST_DIR, f"{prefix}-labels-idx1-ubyte.gz")
+            x, y = read_idx(xb), read_idx(yb)
+            out[split] = (x.astype(np.float32) / 255.0, y.astype(np.int64))
+            parts += [x[:64], y]
+        return out, list(FASHION_MNIST_LABELS), fingerprint("fashion_mnist", *parts)
+    if source == "digits":
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = (d.images / 16.0).astype(np.float32)
+        y = d.target.astype(np.int64)
+        rng = np.random.default_rng(1234)  # fixed test split: it is the data set's, not the run's
+        order = rng.permutation(len(y))
+        n_test = len(y) // 5
+        test, train = order[:n_test], order[n_test:]
+        return {"train": (x[train], y[train]), "test": (x[test], y[test])}, [str(i) for i in range(10)], fingerprint("digits", x, y)
+    return _load_image_files(source)
+
+
+def _load_image_files(source: str):
+    if source.endswith(".npz"):
+        with open_binary(source) as f:
+            try:
+                npz = np.load(io.BytesIO(f.read()), allow_pickle=False)  # never unpickle user files
+            except Exception as e:  # noqa: BLE001
+                raise DataError(f"'{source}' is not a readable .npz ({e}) — save it with numpy.savez") from None
+        if "x_train" not in npz or "y_train" not in npz:
+            raise DataError(f"'{source}' needs arrays x_train and y_train (found {sorted(npz.files)})")
+        out = {}
+        for split in ("train", "test"):
+            if f"x_{split}" in npz:
+                x, y = npz[f"x_{split}"], npz.get(f"y_{split}")
+                if y is None or len(x) != len(y):
+                    raise DataError(
+                        f"'{source}': x_{split} has {len(x)} images but y_{split} has "
+                        f"{'no' if y is None else len(y)} labels — they must match"
+                    )
+                out[split] = (_as_unit_float(x), y.astype(np.int64))
+        return out, _label_names(out), fingerprint(source, *[a for xy in out.values() for a in xy])
+    if source.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        with open_binary(source) as f:
+            table = pq.read_table(f)
+        missing = {"image", "label"} - set(table.column_names)
+        if missing:
+            raise DataError(f"'{source}' is missing column(s) {sorted(missing)} — images need 'image' and 'label'")
+        images = table.column("image").to_pylist()
+        x = np.stack([np.frombuffer(v, np.uint8) if isinstance(v, bytes) else np.asarray(v) for v in images])
+        side = int(round(np.sqrt(x.shape[1])))
+        if side * side != x.shape[1]:
+            raise DataError(f"'{source}': images have {x.shape[1]} values, not a square — store H*W pixels per row")
+        x = _as_unit_float(x.reshape(-1, side, side))
+        y = np.asarray(table.column("label").to_pylist(), dtype=np.int64)
+        split = table.column("split").to_pylist() if "split" in table.column_names else ["train"] * len(y)
+        split = np.asarray(split)
+        out = {s: (x[split == s], y[split == s]) for s in ("train", "test") if (split == s).any()}
+        return out, _label_names(out), fingerprint(source, x, y)
+    # IDX prefix: DIR/train -> DIR/train-images-idx3-ubyte[.gz]
+    out = {}
+    for split in ("train", "test"):
+        prefix = source if split == "train" else source.replace("train", "t10k")
+        for ext in (".gz", ""):
+            xp, yp = f"{prefix}-images-idx3-ubyte{ext}", f"{prefix}-labels-idx1-ubyte{ext}"
+            if is_remote(xp) or os.path.isfile(xp):
+                x, y = read_idx(xp), read_idx(yp)
+                if len(x) != len(y):
+                    raise DataError(f"'{xp}' has {len(x)} images but '{yp}' has {len(y)} labels — they must match")
+                out[split] = (_as_unit_float(x), y.astype(np.int64))
+                break
+    if "train" not in out:
+        raise DataError(
+            f"data.source '{source}' is not a known source — use auto, fashion_mnist, digits, a .npz, "
+            "a .parquet or an IDX prefix like DIR/train"
+        )
+    return out, _label_names(out), fingerprint(source, *[a for xy in out.values() for a in xy])
+
+
+def _as_unit_float(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype == np.uint8 or x.max(initial=0) > 1.0:
+        return x.astype(np.float32) / 255.0
+    return x.astype(np.float32)
+
+
+def _label_names(out: dict) -> list[str]:
+    ys = np.concatenate([y for _, y in out.values()])
+    if ys.min(initial=0) < 0:
+        raise DataError("image labels must be non-negative integers")
+    return [str(i) for i in range(int(ys.max(initial=0)) + 1)]
+
+
+def split_train_val(n: int, val_fraction: float, seed: int, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded (stratified when labels are given) train/val index split."""
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
+    idx = np.arange(n)
+    strat = y if y is not None and np.bincount(y).min(initial=2) >= 2 else None
+    train, val = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=strat)
+    return np.sort(train), np.sort(val)
+
+
+def subsample(indices: np.ndarray, max_samples: int, seed: int) -> np.ndarray:
+    if max_samples and len(indices) > max_samples:
+        return np.sort(np.random.default_rng(seed).choice(indices, max_samples, replace=False))
+    return indices
