@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +35,12 @@ from jobs import config as config_lib
 from workloads import WORKLOADS
 
 META, STATE, EXPORT = "meta.json", "state.pt", "export"
+
+
+def log(message: str) -> None:
+    """Print from rank 0. ``sys.__stdout__`` bypasses Ray Train's print patch, which would tee
+    every line to the console twice; Ray still forwards the worker's stdout to the driver."""
+    print(message, file=sys.__stdout__ or sys.stdout, flush=True)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -284,7 +291,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         meta = {"epoch": epoch + 1, "history": history, "best_metric": best_metric, "best_epoch": best_epoch,
                 "metric": metric, "mode": mode, "stopped_early": stopped_early}  # fmt: skip
         if rank == 0:
-            print(_progress_line(row, epochs, metric, improved), flush=True)
+            log(_progress_line(row, epochs, metric, improved))
         _report(row | {"best_metric": best_metric}, meta, rank, state={
             "model": unwrap(model).state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -293,7 +300,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         })  # fmt: skip
         if stopped_early:
             if rank == 0:
-                print(f"early stop: no {metric} gain for {patience} epochs (best epoch {best_epoch})", flush=True)
+                log(f"early stop: no {metric} gain for {patience} epochs (best epoch {best_epoch})")
             break
 
     # [4] best weights -> test split -> export -> final report
@@ -316,7 +323,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
                                  "labels": splits.labels, "cpu_s": cpu_s}  # fmt: skip
             Path(tmp, META).write_text(json.dumps(meta_final, default=float))
             if splits.test is not None:
-                print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k.startswith("test_")), flush=True)
+                log("test: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k.startswith("test_")))
         final = _broadcast(final, dist)
         ray.train.report(
             final | {metric: best_metric, "final": True},

@@ -120,6 +120,7 @@ def make_trainer(cfg, name: str, callbacks=(), extra_config: dict | None = None)
             failure_config=ray.train.FailureConfig(max_failures=cfg.failure.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=max(2, cfg.run.num_to_keep)),
             callbacks=list(callbacks),
+            logging_config=ray.train.LoggingConfig(log_level=os.environ.get("PERENNIAL_TRAIN_LOG_LEVEL", "WARNING")),
         ),
     )
 

@@ -1,0 +1,106 @@
+"""Shared fixtures. Unit tests need none of these; integration tests use a real Ray cluster."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess: the venv's bin first on PATH (Ray jobs run `python`)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(PY).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(ROOT)
+    env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.2"
+    env.pop("RAY_ADDRESS", None)
+    env.update(extra)
+    return env
+
+
+class RayCluster:
+    """A real local Ray head (`ray start --head --block`), bound to 127.0.0.1, ended by its PID."""
+
+    def __init__(self, num_cpus: int = 2):
+        self.port, self.dashboard_port = free_port(), free_port()
+        self.temp_dir = tempfile.mkdtemp(prefix="ray-")
+        self.address = f"127.0.0.1:{self.port}"
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        self.env = base_env(RAY_AUTH_MODE="token")
+        cmd = [
+            str(Path(PY).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats",
+            f"--num-cpus={num_cpus}", f"--port={self.port}", "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+            f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
+            f"--temp-dir={self.temp_dir}",
+        ]  # fmt: skip
+        self.log = open(Path(self.temp_dir) / "ray-start.log", "w")
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 90.0) -> None:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited: {Path(self.log.name).read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=2)
+                return
+            except urllib.error.HTTPError:  # 401 without the token: the server is up
+                return
+            except OSError:
+                time.sleep(1)
+        raise RuntimeError(f"Ray head not ready after {timeout} s: {Path(self.log.name).read_text()[-2000:]}")
+
+    def job_env(self, **extra: str) -> dict[str, str]:
+        """Environment for a process that should use this cluster (as `ray job submit` gives)."""
+        return self.env | {"RAY_ADDRESS": self.address} | extra
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # only the processes this fixture started
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    cluster = RayCluster()
+    yield cluster
+    cluster.stop()
+
+
+def run_job(args: list[str], env: dict[str, str], timeout: float = 300, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run ``python -m jobs.<verb> ...`` as a real subprocess; output kept for assertions."""
+    return subprocess.run([PY, "-m", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    return tmp_path / "store"

@@ -1,0 +1,46 @@
+"""jobs.train end to end on a real Ray cluster: rows in the store, exit codes, `ray job submit`."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from conftest import PY, ROOT, run_job
+from jobs.store import Store
+
+
+def test_train_two_workers_writes_one_run_and_its_epochs(ray_cluster, store_dir, tmp_path):
+    res = run_job(["jobs.train", "--config", "configs/mlp.yaml", "--smoke-test", "--store", str(store_dir),
+                   "scaling.num_workers=2", "scaling.cpus_per_worker=1", f"run.storage_path={tmp_path / 'runs'}"],
+                  ray_cluster.job_env())  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    store = Store(store_dir)
+    runs = store.df("runs")
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["status"] == "completed" and run["workload"] == "mlp" and run["num_workers"] == 2
+    assert 0.0 <= run["best_metric"] <= 1.0 and run["test_accuracy"] > 0.3  # 10 classes: chance is 0.1
+    epochs = store.df("epochs")
+    assert sorted(epochs["epoch"]) == [1, 2] and set(epochs["run_id"]) == {run["run_id"]}
+    assert (Path(run["export_uri"]) / "model.safetensors").is_file()
+    assert "epoch 2/2" in res.stdout  # progress per epoch reaches the driver's console
+
+
+def test_bad_override_exits_2_and_writes_nothing(ray_cluster, store_dir):
+    res = run_job(["jobs.train", "--config", "configs/mlp.yaml", "--smoke-test", "--store", str(store_dir), "train.lrr=0.1"],
+                  ray_cluster.job_env())  # fmt: skip
+    assert res.returncode == 2
+    assert "train.lrr" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not store_dir.exists()
+
+
+def test_ray_job_submit_lands_run_in_store(ray_cluster, store_dir, tmp_path):
+    cmd = [str(Path(PY).parent / "ray"), "job", "submit", "--address", ray_cluster.dashboard, "--working-dir", ".",
+           "--", "python", "-m", "jobs.train", "--config", "configs/mlp.yaml", "--smoke-test",
+           "--store", str(store_dir), f"run.storage_path={tmp_path / 'runs'}"]  # fmt: skip
+    res = subprocess.run(cmd, env=ray_cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "succeeded" in res.stdout
+    runs = Store(store_dir).df("runs")
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "completed"
