@@ -164,7 +164,7 @@ class Store:
             df = df[df["sweep_id"] == sweep_id]
         if status:
             df = df[df["status"] == status]
-        return df.sort_values("finished_at", ascending=False) if len(df) else df
+        return df.sort_values("finished_at", ascending=False) if len(df) and "finished_at" in df else df
 
     def leaderboard(self, workload: str | None = None, metric: str | None = None, top: int = 10):
         """Best runs per workload by their metric (``best_metric``, or ``metric`` if given)."""
@@ -180,7 +180,8 @@ class Store:
             if col not in group.columns or group[col].isna().all():
                 continue
             mode = _mode_for(group, metric)
-            group = group.dropna(subset=[col]).sort_values([col, "finished_at"], ascending=[mode == "min", False])
+            keys = [col] + (["finished_at"] if "finished_at" in group else [])  # ties: newest first
+            group = group.dropna(subset=[col]).sort_values(keys, ascending=[mode == "min", False][: len(keys)])
             frames.append(group.head(top).assign(rank=range(1, min(top, len(group)) + 1)))
         if not frames:
             return df.iloc[0:0]
