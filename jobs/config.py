@@ -13,6 +13,7 @@ exit code 2 (see :func:`cli_main`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -87,6 +88,7 @@ JOB_SECTIONS: dict[str, type] = {
 
 
 # ----------------------------------------------------------------------------- building
+@functools.cache  # one class per workload, so configs compare equal and pickle by the same class
 def config_class(workload: str) -> type:
     """The dataclass of a full config for ``workload``: its sections plus the job sections."""
     if workload not in WORKLOADS:

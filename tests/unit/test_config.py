@@ -1,0 +1,91 @@
+"""Config: YAML + typed defaults + key=value overrides, and the one-line errors users see."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs import config as config_lib
+from jobs.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_yaml_over_defaults_then_overrides(tmp_path):
+    p = write(tmp_path, "workload: mlp\ntrain:\n  lr: 0.01\n  epochs: 3\n")
+    cfg = load_config(p, ["train.epochs=5", "scaling.num_workers=2", "model.dropout=0"])
+    assert cfg.workload == "mlp"
+    assert cfg.train.lr == 0.01 and cfg.train.epochs == 5  # override beats file
+    assert cfg.scaling.num_workers == 2 and cfg.train.batch_size == 128  # untouched default
+    assert isinstance(cfg.model.dropout, float) and cfg.model.dropout == 0.0  # int widened to float
+
+
+def test_smoke_test_applies_before_user_overrides(tmp_path):
+    p = write(tmp_path, "workload: mlp\n")
+    cfg = load_config(p, ["train.epochs=3"], smoke_test=True)
+    assert cfg.train.epochs == 3  # user wins
+    assert cfg.data.max_train_samples == 2000  # from SMOKE_TEST
+
+
+def test_round_trip_through_dict(tmp_path):
+    cfg = load_config(write(tmp_path, "workload: mlp\n"), ["train.lr=0.003"])
+    again = config_lib.from_dict(config_lib.to_dict(cfg))
+    assert again == cfg
+    flat = config_lib.flatten(cfg)
+    assert flat["train.lr"] == 0.003 and "sweep.num_samples" not in flat and "scaling.num_workers" in flat
+
+
+@pytest.mark.parametrize(
+    "yaml_text, overrides, needle",
+    [
+        ("workload: mlp\n", ["train.lrr=0.1"], "unknown config key 'train.lrr'"),
+        ("workload: mlp\nbogus: 1\n", [], "unknown config key 'bogus'"),
+        ("workload: mlp\n", ["train.epochs=ten"], "'train.epochs' must be an integer"),
+        ("workload: mlp\n", ["train.lr=fast"], "'train.lr' must be a number"),
+        ("workload: mlp\n", ["scaling.use_gpu=1"], "'scaling.use_gpu' must be true or false"),
+        ("workload: mlp\ntrain: 3\n", [], "'train' must be a section"),
+        ("workload: nope\n", [], "unknown workload 'nope'"),
+        ("train: {}\n", [], "no workload given"),
+        ("workload: mlp\n", ["train.lr"], "is not key=value"),
+        ("workload: mlp\ntrain: [1,\n", [], "is not valid YAML"),
+        ("- a\n- b\n", [], "must be a YAML mapping"),
+    ],
+)
+def test_bad_input_is_one_clear_error(tmp_path, yaml_text, overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, yaml_text), overrides)
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="config file 'nope.yaml' not found"):
+        load_config("nope.yaml", [])
+
+
+def test_every_shipped_config_loads():
+    configs = sorted((ROOT / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# python -m jobs."), f"{path.name}: first line must be the command that runs it"
+        cfg = load_config(path, [])
+        assert cfg.workload == path.stem or cfg.workload in path.stem
+
+
+def test_cli_exit_code_2_one_line(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "jobs.train", "--config", "configs/mlp.yaml", "train.epochs=x",
+                          "--store", str(tmp_path / "s")], cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()]
+    assert "train.epochs" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "s").exists()
