@@ -44,5 +44,10 @@ test-unit: setup
 test-integration: setup
 	$(BIN)/python -m pytest -q tests/integration
 
+# cluster*.yaml through Ray's own validator + the project's rules, offline (no cloud account needed)
+cluster-check: setup
+	$(BIN)/python -m jobs.cluster_check cluster*.yaml
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_cluster_yaml.py
+
 clean:
 	rm -rf store runs .pytest_cache

@@ -1,0 +1,121 @@
+"""Check a Ray cluster-launcher YAML offline: Ray's own validator, then this project's rules.
+
+    python -m jobs.cluster_check cluster.yaml [cluster-gcp.yaml ...]
+    make cluster-check
+
+Ray's ``prepare_config`` + ``validate_config`` (no cloud access, < 1 s) reject unknown keys, a
+head type missing from ``available_node_types``, bad types. On top, the project's rules:
+a head node type, at least two GPU worker types (``resources: {GPU: n}``), ``min_workers: 0``
+everywhere (an idle cluster costs only the head), an idle timeout, and no public port but SSH
+(no security-group rule beyond port 22; the dashboard bound to loopback, reached by SSH tunnel).
+Exit codes: 0 valid, 2 invalid (one line naming the problem).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+SSH_PORT = 22
+PUBLIC_HOSTS = ("0.0.0.0", "::", "[::]")  # a dashboard bound here is reachable by anyone the firewall lets in
+
+
+class ClusterConfigError(ValueError):
+    """The cluster YAML is invalid or breaks a project rule (exit code 2)."""
+
+
+def load(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ClusterConfigError(f"cluster config '{path}' not found — pass e.g. cluster.yaml")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ClusterConfigError(f"cluster config '{path}' is not valid YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(raw, dict):
+        raise ClusterConfigError(f"cluster config '{path}' must be a YAML mapping")
+    return raw
+
+
+def check_config(raw: dict, name: str = "cluster config") -> dict:
+    """Validate ``raw`` (a parsed cluster YAML); returns Ray's prepared config or raises ClusterConfigError."""
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    logging.getLogger("ray.autoscaler").setLevel(logging.WARNING)  # not "setting max workers for head node type to 0"
+
+    try:
+        config = prepare_config(copy.deepcopy(raw))
+        validate_config(config)
+    except jsonschema.ValidationError as e:
+        where = ".".join(str(p) for p in e.absolute_path) or "top level"
+        raise ClusterConfigError(f"{name}: Ray rejects it at '{where}': {e.message.splitlines()[0]}") from None
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise ClusterConfigError(f"{name}: Ray rejects it: {str(e).splitlines()[0]}") from None
+    _check_rules(raw, config, name)
+    return config
+
+
+def check_file(path: str | Path) -> dict:
+    return check_config(load(path), str(path))
+
+
+def gpu_worker_types(config: dict) -> dict[str, int]:
+    """Worker node types that declare GPUs: ``{type name: GPUs per node}``."""
+    head = config["head_node_type"]
+    return {
+        name: int(t.get("resources", {}).get("GPU", 0))
+        for name, t in config["available_node_types"].items()
+        if name != head and t.get("resources", {}).get("GPU", 0) > 0
+    }
+
+
+def _check_rules(raw: dict, config: dict, name: str) -> None:
+    def fail(problem: str) -> None:
+        raise ClusterConfigError(f"{name}: {problem}")
+
+    types, head = config["available_node_types"], config["head_node_type"]
+    gpus = gpu_worker_types(config)
+    if len(gpus) < 2:
+        fail(f"needs at least two GPU worker types with resources {{GPU: n}} (one for sweeps, one multi-GPU), has {sorted(gpus) or 'none'}")
+    for type_name, node_type in types.items():
+        if type_name == head:
+            continue
+        if node_type.get("min_workers", 0) != 0:
+            fail(f"available_node_types.{type_name}.min_workers must be 0 (idle clusters cost the head only), got {node_type['min_workers']}")
+        if node_type.get("max_workers", 0) < 1:
+            fail(f"available_node_types.{type_name}.max_workers must be >= 1, got {node_type.get('max_workers')}")
+    if "idle_timeout_minutes" not in raw or not raw["idle_timeout_minutes"] > 0:
+        fail("set idle_timeout_minutes > 0, so idle workers are terminated")
+    rules = config["provider"].get("security_group", {}).get("IpPermissions", [])
+    for rule in rules:
+        ports = (rule.get("FromPort"), rule.get("ToPort"))
+        if ports != (SSH_PORT, SSH_PORT):
+            fail(f"provider.security_group.IpPermissions opens ports {ports[0]}-{ports[1]}: only SSH (22) may be public; "
+                 "reach the dashboard with `ray dashboard cluster.yaml`")  # fmt: skip
+    for command in config.get("head_start_ray_commands", []):
+        for host in PUBLIC_HOSTS:
+            if f"--dashboard-host={host}" in command or f"--dashboard-host {host}" in command:
+                fail(f"head_start_ray_commands bind the dashboard to {host}: use --dashboard-host=127.0.0.1 and an SSH tunnel")
+
+
+def main(argv: list[str]) -> int:
+    paths = argv or ["cluster.yaml"]
+    for path in paths:
+        try:
+            config = check_file(path)
+        except ClusterConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        gpus = gpu_worker_types(config)
+        print(f"{path}: valid ({config['provider']['type']}, head '{config['head_node_type']}', "
+              f"GPU worker types {gpus}, idle timeout {config['idle_timeout_minutes']} min)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
