@@ -9,7 +9,10 @@ optionally ``validate(cfg)`` (cheap driver-side data checks), ``export(model, cf
 """
 
 from workloads import mlp
+from workloads import cnn, ner
 
 WORKLOADS = {
     "mlp": mlp,
+    "cnn": cnn,
+    "ner": ner,
 }

