@@ -77,6 +77,18 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
 
+def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """Loss scaling for fp16 only: its 5-bit exponent flushes small gradients to zero; bf16 has fp32's range."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Reject a precision the device cannot run (bf16 needs an Ampere-or-newer GPU; emulated bf16 is slow)."""
+    autocast(precision, device)  # validates the name
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise config_lib.ConfigError(f"train.precision=bf16 needs an Ampere or newer GPU, not {torch.cuda.get_device_name(device)} — use train.precision=fp16")
+
+
 def make_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     # fused AdamW is 14-18% faster than the default on CPU here (DESIGN.md) and supported on CUDA
@@ -145,11 +157,12 @@ def run_epoch(model, loader, optimizer, wl, cfg, device, scheduler=None, scaler=
     loss_sum, n_batches, samples, skipped = 0.0, 0, 0, 0
     t0 = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    batches = list(range(len(loader))) if hasattr(loader, "__len__") else None
-    n_total = len(batches) if batches is not None else None
+    n_total = len(loader) if hasattr(loader, "__len__") else None
     for i, batch in enumerate(loader):
         batch = to_device(batch, device)
         last_micro = (i + 1) % accum == 0 or (n_total is not None and i + 1 == n_total)
+        # the epoch's last window may be short: average over the micro-batches it has, as one bigger batch would
+        window = accum if n_total is None else min(accum, n_total - (i // accum) * accum)
         sync = model.no_sync() if (dist and not last_micro and hasattr(model, "no_sync")) else _null()
         with sync:
             with autocast(cfg.train.precision, device):
@@ -167,7 +180,7 @@ def run_epoch(model, loader, optimizer, wl, cfg, device, scheduler=None, scaler=
                 skipped += 1
                 optimizer.zero_grad(set_to_none=True)
                 continue
-            scaled = loss / accum
+            scaled = loss / window
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         if last_micro:
             if scaler is not None:
@@ -243,16 +256,26 @@ def train_loop_per_worker(config_dict: dict) -> None:
             model.load_state_dict(state["model"])
     best_state = (state.get("best_model") or state["model"]) if state else None
 
-    model = ray.train.torch.prepare_model(model)  # DDP + device placement
+    model = ray.train.torch.prepare_model(model)  # DDP + device placement (+ torch.cuda.set_device)
     device = ray.train.torch.get_device()
+    check_precision(cfg.train.precision, device)
+    if rank == 0:  # Ray picks the backend: nccl when workers hold GPUs, gloo on CPUs
+        backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
+        log(f"{world} worker(s) on {device.type}, backend {backend}, precision {cfg.train.precision}, grad_accum_steps {cfg.train.grad_accum_steps}"
+            + (f", resumed from the epoch {meta['epoch']} checkpoint" if state is not None else ""))  # fmt: skip
     optimizer = wl.build_optimizer(cfg, unwrap(model)) if hasattr(wl, "build_optimizer") else make_optimizer(cfg, model)
-    loader = ray.train.torch.prepare_data_loader(train_loader(wl, cfg, splits))
+    on_gpu = device.type == "cuda"
+    base_loader = train_loader(wl, cfg, splits)
+    base_loader.pin_memory = on_gpu  # page-locked host batches, so the host->GPU copy can run asynchronously
+    loader = ray.train.torch.prepare_data_loader(base_loader, auto_transfer=on_gpu)  # copies on a side CUDA stream, one batch ahead
     scheduler = wl.build_scheduler(cfg, optimizer, len(loader)) if hasattr(wl, "build_scheduler") else None
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
-    scaler = torch.amp.GradScaler(device.type) if cfg.train.precision == "fp16" else None
+    scaler = grad_scaler(cfg.train.precision, device)
+    if scaler is not None and state is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])  # keep the learned loss scale across a restart
     val_loader = eval_loader(splits, splits.val, cfg.train.batch_size * 2)
 
     # [3] epochs
@@ -300,7 +323,9 @@ def train_loop_per_worker(config_dict: dict) -> None:
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else {},
             "best_model": {} if best_epoch == epoch + 1 else best_state,  # {} = same as "model"
+            "scaler": scaler.state_dict() if scaler is not None else {},
         })  # fmt: skip
+        inject_fault(epoch + 1, rank, world, resumed=ckpt is not None)
         if stopped_early:
             if rank == 0:
                 log(f"early stop: no {metric} gain for {patience} epochs (best epoch {best_epoch})")
@@ -333,6 +358,25 @@ def train_loop_per_worker(config_dict: dict) -> None:
             checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None,
             checkpoint_dir_name="final",
         )
+
+
+FAULT_AFTER_EPOCH = "PERENNIAL_FAULT_AFTER_EPOCH"
+
+
+def inject_fault(epoch: int, rank: int, world: int, resumed: bool) -> None:
+    """Test-only fault injection: with ``PERENNIAL_FAULT_AFTER_EPOCH=N`` in the workers' environment, rank 1
+    (rank 0 when alone) dies with ``os._exit(1)`` right after epoch N's report — once: a worker group that
+    resumed from a checkpoint never fires. With ``failure.max_failures>=1`` the run must resume from epoch
+    N's checkpoint (tests/integration/test_s3_checkpoints.py; reusable by reliability tests)."""
+    if os.environ.get(FAULT_AFTER_EPOCH, "") != str(epoch) or resumed:
+        return
+    if world > 1:
+        torch.distributed.barrier()  # rank 0 has uploaded epoch N's checkpoint and queued its report
+    if rank == min(1, world - 1):
+        # Train registers a checkpoint once it has polled every rank's report: give it two health-check polls
+        time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")) + 0.5)
+        log(f"fault injection: rank {rank} exits after epoch {epoch} ({FAULT_AFTER_EPOCH}={epoch})")
+        os._exit(1)
 
 
 def _init_from_parent(wl, cfg, splits, export_dir: str) -> torch.nn.Module:
