@@ -99,3 +99,14 @@ def test_cli_exits_2_with_one_line_for_a_broken_file(raw, tmp_path):
     assert res.returncode == 2 and "head_node_type" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     ok = subprocess.run([sys.executable, "-m", "jobs.cluster_check", "cluster.yaml"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "valid" in ok.stdout
+
+
+def test_gcp_variant_keeps_gpus_on_terminate_and_off_the_default_network():
+    raw = load(ROOT / "cluster-gcp.yaml")
+    config = check_config(raw)
+    assert config["provider"]["type"] == "gcp" and len(gpu_worker_types(config)) >= 2
+    for name in gpu_worker_types(config):
+        node_config = raw["available_node_types"][name]["node_config"]
+        assert node_config["scheduling"]["onHostMaintenance"] == "TERMINATE"  # GCE refuses GPU VMs that live-migrate
+    for node_type in raw["available_node_types"].values():  # GCP's "default" network also opens RDP to the world
+        assert all("default" not in nic["subnetwork"] for nic in node_type["node_config"]["networkInterfaces"])
