@@ -1,0 +1,145 @@
+"""Store query speed: 1,000,000 `epochs` rows in 10,000 files over 20 workloads, before and after compaction.
+
+    .venv/bin/python -m bench.store_query [--runs 10000] [--epochs 100] [--workloads 20] [--dir /tmp/x]
+
+Writes a synthetic store shaped like real use (one `runs` file and one `epochs` file per run), then
+times: 1,000 single-run writes through Store.append (epochs + runs row, as jobs.train does), the
+leaderboard (cold = a fresh Store, warm = the same Store again), a DuckDB group-by over `epochs`,
+`compact`, and the same queries after it. Targets: leaderboard < 0.5 s warm; 1,000 appends < 30 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from jobs.store import PARTITION, Store, to_arrow
+
+ROOT = Path(__file__).resolve().parent.parent
+GROUP_BY = "SELECT workload, count(*) AS n, avg(train_loss) AS mean_loss, max(val_accuracy) AS best FROM epochs GROUP BY workload ORDER BY workload"
+
+
+def run_rows(i: int, workloads: int, epochs: int, rng: np.random.Generator) -> tuple[list[dict], dict]:
+    workload = f"wl{i % workloads:02d}"
+    run_id = f"{workload}-{i:06d}"
+    acc = np.clip(np.cumsum(rng.uniform(0.0, 0.02, epochs)) + rng.uniform(0.1, 0.5), 0, 1)
+    loss = 2.0 * np.exp(-np.arange(epochs) / rng.uniform(10, 40)) + rng.uniform(0, 0.1, epochs)
+    history = [{"run_id": run_id, "workload": workload, "sweep_id": "", "trial_id": "", "epoch": e + 1,
+                "train_loss": float(loss[e]), "val_accuracy": float(acc[e]), "val_loss": float(loss[e] * 1.1),
+                "train_time_s": 1.0, "elapsed_s": float(e + 1)} for e in range(epochs)]  # fmt: skip
+    finished = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=i)
+    run = {"run_id": run_id, "workload": workload, "sweep_id": "", "status": "completed", "metric": "val_accuracy",
+           "mode": "max", "best_metric": float(acc.max()), "best_epoch": int(acc.argmax()) + 1, "epochs": epochs,
+           "test_accuracy": float(acc.max() - 0.01), "config_json": '{"train": {"lr": 0.001}}', "train.lr": 1e-3,
+           "model.hidden1": 256, "wall_s": 60.0, "started_at": finished - dt.timedelta(minutes=1), "finished_at": finished}  # fmt: skip
+    return history, run
+
+
+def write_direct(root: str, table: str, rows: list[dict]) -> None:
+    """Same layout as Store.append, minus the rename: only to generate the bulk of the store quickly."""
+    folder = f"{root}/{table}/{PARTITION}={rows[0][PARTITION]}"
+    os.makedirs(folder, exist_ok=True)
+    arrow = to_arrow(table, [{k: v for k, v in r.items() if k != PARTITION} for r in rows])
+    pq.write_table(arrow, f"{folder}/20260101T000000-{uuid.uuid4().hex[:12]}.parquet")
+
+
+def timed(fn, repeat: int = 1) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def measure(uri: str, label: str, figures: list) -> None:
+    t_cold, board = timed(lambda: Store(uri).leaderboard(top=5))
+    store = Store(uri)
+    store.leaderboard(top=5)
+    t_warm, _ = timed(lambda: store.leaderboard(top=5), repeat=3)
+    t_sql_cold, _ = timed(lambda: Store(uri).sql(GROUP_BY))
+    t_sql_warm, out = timed(lambda: store.sql(GROUP_BY), repeat=2)
+    t_hist, _ = timed(lambda: store.history("wl03-000003"), repeat=3)
+    cli_env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t_cli, res = timed(lambda: subprocess.run([sys.executable, "-m", "jobs.store", "--store", uri, "leaderboard", "--top", "3"],
+                                              env=cli_env, capture_output=True, text=True))  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert int(out["n"].sum()) == figures[0][1], (int(out["n"].sum()), figures[0][1])  # no row lost or doubled
+    n_files = len(store.files("epochs")) + len(store.files("runs"))
+    figures += [
+        (f"{label}: data files (runs + epochs)", n_files, ""),
+        (f"{label}: leaderboard, cold (new Store)", t_cold, "s"),
+        (f"{label}: leaderboard, warm (same Store)", t_warm, "s"),
+        (f"{label}: DuckDB group-by over epochs, cold", t_sql_cold, "s"),
+        (f"{label}: DuckDB group-by over epochs, warm", t_sql_warm, "s"),
+        (f"{label}: history of one run, warm", t_hist, "s"),
+        (f"{label}: `python -m jobs.store leaderboard` wall", t_cli, "s"),
+    ]
+    print(f"  [{label}] leaderboard top rows:\n{board.head(3).to_string(index=False)}", flush=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=10_000)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--workloads", type=int, default=20)
+    p.add_argument("--appends", type=int, default=1000, help="runs written through Store.append (timed)")
+    p.add_argument("--dir", help="where to build the store (default: a temp dir, removed at the end)")
+    args = p.parse_args()
+    base = args.dir or tempfile.mkdtemp(prefix="store-bench-")
+    uri = f"{base}/store"
+    shutil.rmtree(uri, ignore_errors=True)
+    rng = np.random.default_rng(0)
+    total_epochs = args.runs * args.epochs
+    figures: list[tuple[str, float, str]] = [("epochs rows", total_epochs, "")]
+    print(f"building {args.runs} runs x {args.epochs} epochs over {args.workloads} workloads in {uri}", flush=True)
+
+    store = Store(uri)
+    t0 = time.perf_counter()
+    for i in range(args.appends):  # exactly what jobs.train does per run: epochs first, then the runs row
+        history, run = run_rows(i, args.workloads, args.epochs, rng)
+        store.append("epochs", history)
+        store.append("runs", [run])
+    t_append = time.perf_counter() - t0
+    figures.append((f"{args.appends} single-run writes (epochs + runs) via Store.append", t_append, "s"))
+    t0 = time.perf_counter()
+    for i in range(args.appends, args.runs):
+        history, run = run_rows(i, args.workloads, args.epochs, rng)
+        write_direct(store.root, "epochs", history)
+        write_direct(store.root, "runs", [run])
+    print(f"  generated the other {args.runs - args.appends} runs in {time.perf_counter() - t0:.1f} s", flush=True)
+
+    measure(uri, "before compaction", figures)
+    t_compact, summary = timed(lambda: Store(uri).compact())
+    figures.append(("compact (all tables)", t_compact, "s"))
+    store = Store(uri)
+    history, run = run_rows(args.runs, args.workloads, args.epochs, rng)  # a write after compaction stays visible
+    store.append("epochs", history)
+    store.append("runs", [run])
+    figures[0] = ("epochs rows", total_epochs + args.epochs, "")
+    measure(uri, "after compaction", figures)
+    problems = [f for f in Store(uri).check() if f["kind"] not in ("type_promoted", "in_progress")]
+    figures.append(("check: problems after compaction", len(problems), ""))
+
+    print("\nfigure | value")
+    print("---|---")
+    for name, value, unit in figures:
+        print(f"{name} | {value:.3f} {unit}" if unit else f"{name} | {value:,}")
+    if not args.dir:
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""Submit jobs to a Ray cluster and keep their record in the store's `jobs` table.
+
+    python -m jobs.submit submit configs/mlp.yaml [--verb train|sweep|continual] [--follow] [--smoke-test] [key=value ...]
+    python -m jobs.submit status ID
+    python -m jobs.submit logs ID [--follow]
+    python -m jobs.submit list [--workload W] [--status S]
+    python -m jobs.submit stop ID
+    (all take --address URL, default $RAY_ADDRESS or http://127.0.0.1:8265, and --store PATH_OR_S3_URI)
+
+A thin layer over Ray's ``JobSubmissionClient``. ``submit`` checks the config locally (bad input:
+exit 2, nothing submitted), uploads the repo as the job's working_dir (without .venv, runs/,
+store/, caches, data and credentials files), runs ``python -m jobs.<verb> --config CONFIG ...``
+with PERENNIAL_STORE / PERENNIAL_JOB_ID / PERENNIAL_GIT_SHA set, and names the submission
+``<workload>-<verb>-<8 hex>``. A cluster using token auth (``ray start --head`` does) needs
+RAY_AUTH_MODE=token here, as for Ray's own CLI.
+
+The `jobs` table holds two rows per submission: ``submitted`` (written by ``submit``) and a final
+one (``succeeded`` / ``failed`` / ``stopped`` with Ray's message, start and end time). Ray, not
+the entrypoint, decides the outcome, so a job that crashed before writing anything is recorded
+too: whichever command first sees the job ended (``submit --follow``, ``logs --follow``,
+``status``, ``list``, ``stop``) writes the final row. It is built only from what Ray reports and
+written under the fixed name ``<submission_id>-final``, so two commands racing to write it leave
+one identical file. Exit codes: 0 success (with --follow: the job succeeded), 1 the job failed or
+was stopped, or no cluster at the address, 2 bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import hashlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+from jobs import config as config_lib
+from jobs.store import Store, now, print_frame
+
+ROOT = Path(__file__).resolve().parent.parent
+VERBS = ("train", "sweep", "continual", "evaluate")
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+# Kept out of the working_dir upload: Ray caps its size, and secrets must not travel.
+EXCLUDES = [
+    ".git/", ".venv/", "venv/", "runs/", "store/", "ray_results/", "plots/", "bench/out/", "data/",
+    "__pycache__/", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/", "*.egg-info/", ".gl/",
+    "*.parquet", "*.pt", "*.safetensors", "*.ckpt",
+    ".env", ".env.*", ".envrc", ".aws/", ".netrc", ".pypirc", "*.pem", "*.key", "credentials*",
+]  # fmt: skip
+
+
+class ClusterError(RuntimeError):
+    """No usable Ray cluster at the address (exit code 1)."""
+
+
+# ----------------------------------------------------------------------------- Ray client
+def client(address: str | None):
+    """A connected ``JobSubmissionClient``; ClusterError with one line if there is no cluster."""
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    if address:  # Ray reads RAY_API_SERVER_ADDRESS / RAY_ADDRESS before its `address` argument
+        os.environ["RAY_API_SERVER_ADDRESS"] = address
+    elif not (os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")):
+        os.environ["RAY_API_SERVER_ADDRESS"] = DEFAULT_ADDRESS
+    where = os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    try:
+        return JobSubmissionClient()
+    except AuthenticationError:
+        hint = "set RAY_AUTH_MODE=token (the token comes from $HOME/.ray/auth_token or RAY_AUTH_TOKEN)"
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+            hint = "the token was refused: use the cluster's $HOME/.ray/auth_token or RAY_AUTH_TOKEN"
+        raise ClusterError(f"the Ray cluster at {where} requires authentication — {hint}") from None
+    except Exception as e:  # noqa: BLE001 — connection refused, DNS, timeouts: all mean "no cluster here"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ClusterError(f"no Ray cluster at {where} ({first}) — start one with 'ray start --head', "
+                           f"or pass --address / set RAY_ADDRESS to its dashboard URL") from None  # fmt: skip
+
+
+def job_info(ray_client, submission_id: str):
+    try:
+        return ray_client.get_job_info(submission_id)
+    except RuntimeError as e:
+        if "404" in str(e) or "does not exist" in str(e):
+            raise config_lib.ConfigError(f"no job '{submission_id}' on this cluster — list jobs with: python -m jobs.submit list") from None
+        raise
+
+
+def _ms(ms: int | None) -> dt.datetime | None:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc) if ms else None
+
+
+def _ours(info) -> bool:
+    return (info.metadata or {}).get("perennial") == "1"
+
+
+# ----------------------------------------------------------------------------- the jobs table
+def final_row(info) -> dict:
+    """The final `jobs` row, from Ray's record only (so any observer writes the same row)."""
+    meta = info.metadata or {}
+    submitted = meta.get("submitted_at")
+    return {
+        "submission_id": info.submission_id, "workload": meta.get("workload", ""), "entrypoint": info.entrypoint,
+        "verb": meta.get("verb", ""), "status": info.status.value.lower(), "message": (info.message or "")[:4000],
+        "submitted_at": dt.datetime.fromisoformat(submitted) if submitted else None,
+        "started_at": _ms(info.start_time), "finished_at": _ms(info.end_time),
+        "config_hash": meta.get("config_hash", ""), "git_sha": meta.get("git_sha", ""), "address": meta.get("address", ""),
+    }  # fmt: skip
+
+
+def recorded_finals(store: Store, submission_ids: list[str] | None = None) -> set[str]:
+    """Submission ids that already have a final row."""
+    import pyarrow.dataset as ds
+
+    expr = ds.field("status").isin(["succeeded", "failed", "stopped"])
+    if submission_ids is not None:
+        expr = expr & ds.field("submission_id").isin(submission_ids)
+    return set(store.read("jobs", filter=expr, columns=["submission_id"])["submission_id"].to_pylist())
+
+
+def observe(store: Store, infos: list) -> None:
+    """Write the final row of every ended job of ours that has none yet (see the module docstring)."""
+    ended = [i for i in infos if _ours(i) and i.status.value in TERMINAL]
+    if not ended:
+        return
+    have = recorded_finals(store, [i.submission_id for i in ended])
+    for info in ended:
+        if info.submission_id not in have:
+            store.append("jobs", [final_row(info)], name=f"{info.submission_id}-final")
+
+
+# ----------------------------------------------------------------------------- helpers
+def git_sha() -> str:
+    """HEAD's short sha, ``-dirty`` when the working tree has uncommitted changes."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5, cwd=ROOT)
+        if sha.returncode != 0:
+            return ""
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10, cwd=ROOT)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def config_hash(cfg) -> str:
+    """What is trained, not where results go: the config without its `run` and `store` sections."""
+    d = config_lib.to_dict(cfg)
+    d.pop("run", None)
+    d.pop("store", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def absolute(path: str) -> str:
+    """A local path made absolute (the job runs in a copy of the repo elsewhere); URIs unchanged."""
+    return path if "://" in path else os.path.abspath(path)
+
+
+def repo_relative(config: str) -> str:
+    p = Path(config).resolve()
+    try:
+        rel = p.relative_to(ROOT)
+    except ValueError:
+        raise config_lib.ConfigError(f"config '{config}' is outside the repo {ROOT} — the job only sees files uploaded from it; copy the config under configs/") from None
+    if rel.parts and rel.parts[0] in {e.strip("/") for e in EXCLUDES if e.endswith("/")}:
+        raise config_lib.ConfigError(f"config '{config}' is in {rel.parts[0]}/, which is not uploaded — copy it under configs/")
+    return rel.as_posix()
+
+
+def follow(ray_client, store: Store, submission_id: str) -> int:
+    """Stream the job's logs until it ends; record the final row; 0 if it succeeded, else 1."""
+
+    async def tail() -> None:
+        async for lines in ray_client.tail_job_logs(submission_id):
+            print(lines, end="", flush=True)
+
+    try:
+        try:
+            asyncio.run(tail())
+        except RuntimeError as e:  # the log stream broke: fall back to polling the status
+            print(f"\n(log stream closed: {str(e).splitlines()[0]}; waiting for the job to end)", file=sys.stderr)
+        info = job_info(ray_client, submission_id)
+        while info.status.value not in TERMINAL:
+            time.sleep(1.0)
+            info = job_info(ray_client, submission_id)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job keeps running — stop it with: python -m jobs.submit stop {submission_id}", file=sys.stderr)
+        return 130
+    observe(store, [info])
+    print_outcome(info)
+    return 0 if info.status.value == "SUCCEEDED" else 1
+
+
+def print_outcome(info) -> None:
+    took = f" in {(info.end_time - info.start_time) / 1000:.1f} s" if info.start_time and info.end_time else ""
+    print(f"\njob {info.submission_id} {info.status.value.lower()}{took}")
+    if info.status.value != "SUCCEEDED" and info.message:
+        print("  " + info.message.strip().splitlines()[0])
+
+
+# ----------------------------------------------------------------------------- commands
+def cmd_submit(args, store: Store, cfg) -> int:
+    config = repo_relative(args.config)
+    if not (ROOT / "jobs" / f"{args.verb}.py").is_file():
+        raise config_lib.ConfigError(f"verb '{args.verb}' has no jobs/{args.verb}.py in this repo — use one of: "
+                                     + ", ".join(v for v in VERBS if (ROOT / "jobs" / f"{v}.py").is_file()))  # fmt: skip
+    env_vars = {}
+    for item in args.env:
+        name, _, value = item.partition("=")
+        if not name or (not _ and name not in os.environ):
+            raise config_lib.ConfigError(f"--env {item}: give NAME=VALUE, or NAME of a variable set here")
+        env_vars[name] = value if _ else os.environ[name]
+    overrides = list(args.overrides)
+    if "://" not in cfg.run.storage_path and not os.path.isabs(cfg.run.storage_path):
+        overrides.append(f"run.storage_path={absolute(cfg.run.storage_path)}")  # not inside the job's temp copy
+    submission_id = f"{cfg.workload}-{args.verb}-{uuid.uuid4().hex[:8]}"
+    sha = git_sha()
+    entrypoint = shlex.join(["python", "-m", f"jobs.{args.verb}", "--config", config,
+                             *(["--smoke-test"] if args.smoke_test else []), *overrides])  # fmt: skip
+    ray_client = client(args.address)
+    submitted_at = now()
+    metadata = {"perennial": "1", "workload": cfg.workload, "verb": args.verb, "config": config,
+                "config_hash": config_hash(cfg), "git_sha": sha, "store": store.uri,
+                "submitted_at": submitted_at.isoformat(), "address": ray_client.get_address()}  # fmt: skip
+    env_vars |= {"PERENNIAL_STORE": store.uri, "PERENNIAL_JOB_ID": submission_id, "PERENNIAL_GIT_SHA": sha}
+    if urlparse(metadata["address"]).hostname in ("127.0.0.1", "localhost", "::1"):
+        # A single-machine cluster: Ray Train's placement-group cleaner looks up the State API by
+        # auto-detection, which fails when several Ray instances run on the machine; point it here.
+        env_vars.setdefault("RAY_API_SERVER_ADDRESS", metadata["address"])
+    runtime_env = {"working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": env_vars}
+    try:
+        ray_client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env, metadata=metadata)
+    except Exception as e:  # noqa: BLE001 — Ray raises RuntimeError with the server's text
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ClusterError(f"submission refused by {ray_client.get_address()}: {first}") from None
+    store.append("jobs", [{
+        "submission_id": submission_id, "workload": cfg.workload, "entrypoint": entrypoint, "verb": args.verb,
+        "status": "submitted", "message": "", "submitted_at": submitted_at, "config_hash": metadata["config_hash"],
+        "git_sha": sha, "address": metadata["address"],
+    }])  # fmt: skip
+    print(f"submitted {submission_id}: {entrypoint}")
+    if not args.follow:
+        print(f"  follow: python -m jobs.submit logs {submission_id} --follow")
+        print(f"  status: python -m jobs.submit status {submission_id}")
+        return 0
+    return follow(ray_client, store, submission_id)
+
+
+def cmd_status(args, store: Store, cfg=None) -> int:
+    ray_client = client(args.address)
+    info = job_info(ray_client, args.id)
+    observe(store, [info])
+    meta = info.metadata or {}
+    rows = {
+        "submission_id": info.submission_id, "status": info.status.value.lower(), "workload": meta.get("workload", ""),
+        "verb": meta.get("verb", ""), "entrypoint": info.entrypoint, "started_at": _ms(info.start_time),
+        "finished_at": _ms(info.end_time), "config_hash": meta.get("config_hash", ""), "git_sha": meta.get("git_sha", ""),
+        "store": meta.get("store", ""), "message": (info.message or "").strip(),
+    }  # fmt: skip
+    if args.format == "table":
+        for k, v in rows.items():
+            print(f"{k:>14}: {'' if v is None else v}")
+    else:
+        import pandas as pd
+
+        print_frame(pd.DataFrame([rows]), args.format)
+    return 0
+
+
+def cmd_logs(args, store: Store, cfg=None) -> int:
+    ray_client = client(args.address)
+    info = job_info(ray_client, args.id)
+    if args.follow:
+        return follow(ray_client, store, args.id)
+    print(ray_client.get_job_logs(args.id), end="")
+    observe(store, [info])
+    return 0
+
+
+def cmd_list(args, store: Store, cfg=None) -> int:
+    import pandas as pd
+
+    ray_client = client(args.address)
+    infos = [i for i in ray_client.list_jobs() if _ours(i)]
+    observe(store, infos)
+    rows = []
+    for info in infos:
+        meta = info.metadata or {}
+        took = (info.end_time - info.start_time) / 1000 if info.start_time and info.end_time else None
+        rows.append({"submission_id": info.submission_id, "workload": meta.get("workload", ""), "verb": meta.get("verb", ""),
+                     "status": info.status.value.lower(), "submitted_at": meta.get("submitted_at", "")[:19],
+                     "duration_s": took, "message": (info.message or "").strip().splitlines()[0][:80] if info.message else ""})  # fmt: skip
+    df = pd.DataFrame(rows, columns=["submission_id", "workload", "verb", "status", "submitted_at", "duration_s", "message"])
+    if args.workload:
+        df = df[df["workload"] == args.workload]
+    if args.status:
+        df = df[df["status"] == args.status.lower()]
+    print_frame(df.sort_values("submitted_at", ascending=False), args.format, empty="(no jobs)")
+    return 0
+
+
+def cmd_stop(args, store: Store, cfg=None) -> int:
+    ray_client = client(args.address)
+    info = job_info(ray_client, args.id)
+    if info.status.value not in TERMINAL:
+        ray_client.stop_job(args.id)
+        deadline = time.time() + 60
+        while info.status.value not in TERMINAL and time.time() < deadline:
+            time.sleep(0.5)
+            info = job_info(ray_client, args.id)
+    observe(store, [info])
+    print(f"job {args.id} {info.status.value.lower()}")
+    return 0 if info.status.value in TERMINAL else 1
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m jobs.submit", description="Submit and track jobs on a Ray cluster.")
+    p.add_argument("--address", help=f"Ray dashboard / job server URL (default $RAY_ADDRESS or {DEFAULT_ADDRESS})")
+    p.add_argument("--store", help="evaluation store: a directory or s3:// URI (default $PERENNIAL_STORE or ./store)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sm = sub.add_parser("submit", help="submit `python -m jobs.<verb> --config CONFIG` as a Ray job")
+    sm.add_argument("config", help="YAML config inside the repo, e.g. configs/mlp.yaml")
+    sm.add_argument("--verb", choices=VERBS, default="train")
+    sm.add_argument("--follow", action="store_true", help="stream the logs; exit 0 if the job succeeds, 1 if not")
+    sm.add_argument("--smoke-test", action="store_true", help="the workload's tiny mode")
+    sm.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
+                    help="also set this variable in the job (e.g. AWS_ENDPOINT_URL); NAME alone copies it from here")  # fmt: skip
+    sm.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.01")
+    st = sub.add_parser("status", help="a job's status and Ray's message")
+    st.add_argument("id")
+    lg = sub.add_parser("logs", help="a job's logs")
+    lg.add_argument("id")
+    lg.add_argument("--follow", action="store_true", help="stream until the job ends; exit with its outcome")
+    ls = sub.add_parser("list", help="jobs submitted through this tool, newest first")
+    ls.add_argument("--workload")
+    ls.add_argument("--status", help="pending | running | succeeded | failed | stopped")
+    sp = sub.add_parser("stop", help="stop a job and wait until it has ended")
+    sp.add_argument("id")
+    args, extra = p.parse_known_args(argv)  # argparse leaves key=value after an option unparsed
+    if args.cmd == "submit" and not any(e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    cfg = None
+    if args.cmd == "submit":  # bad input: exit 2 here, before any cluster work
+        cfg = config_lib.load_config(args.config, args.overrides, smoke_test=args.smoke_test)
+    store = Store(absolute(config_lib.store_path(args.store, cfg)))
+    commands = {"submit": cmd_submit, "status": cmd_status, "logs": cmd_logs, "list": cmd_list, "stop": cmd_stop}
+    try:
+        return commands[args.cmd](args, store, cfg)
+    except ClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    config_lib.cli_main(main)
