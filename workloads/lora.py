@@ -1,0 +1,89 @@
+"""LoRA for the Hugging Face workloads (ner, sentiment), via peft: wrap in ``build_model``, merge in ``export``.
+
+    python -m jobs.train --config configs/ner.yaml model.lora.enabled=true model.lora.r=8
+
+With ``model.lora.enabled`` the encoder's weights are frozen and only low-rank adapters on
+``target_modules`` train, plus the task head (peft's ``modules_to_save``: a fresh head has to
+learn, and it is small). The loop's optimizer takes only parameters that require grad, so nothing
+else in the training loop changes; checkpoints hold what ``state_dict()`` holds (frozen weights
+included, so resume is exact). :func:`merged` folds the adapters into the weights
+(``merge_and_unload``): the export is a plain transformers model, and serving needs no peft.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Lora:
+    enabled: bool = False  # train low-rank adapters (+ the task head) instead of every weight
+    r: int = 8  # adapter rank: the sweepable knob (trainable params grow linearly with it)
+    alpha: int = 16  # adapter scale = alpha / r
+    dropout: float = 0.1  # on the adapter input
+    target_modules: list = field(default_factory=lambda: ["query", "value"])  # BERT attention projections (LoRA paper)
+
+
+TASK_TYPES = {"token": "TOKEN_CLS", "sequence": "SEQ_CLS"}  # peft task types; each keeps its head trainable
+
+
+def check(lora: Lora) -> None:
+    """Cheap driver-side checks of the ``model.lora`` section (raises DataError: exit 2)."""
+    from workloads.data import DataError
+
+    if not lora.enabled:
+        return
+    if lora.r < 1:
+        raise DataError(f"model.lora.r must be >= 1, got {lora.r}")
+    if lora.alpha <= 0:
+        raise DataError(f"model.lora.alpha must be > 0, got {lora.alpha}")
+    if not 0.0 <= lora.dropout < 1.0:
+        raise DataError(f"model.lora.dropout must be in [0, 1), got {lora.dropout}")
+    if not lora.target_modules or not all(isinstance(m, str) and m for m in lora.target_modules):
+        raise DataError(f"model.lora.target_modules must list layer names, got {lora.target_modules!r} — e.g. [query, value]")
+
+
+def wrap(model: torch.nn.Module, lora: Lora, task: str) -> torch.nn.Module:
+    """``model`` with LoRA adapters when ``lora.enabled`` (else unchanged). ``task``: token | sequence."""
+    if not lora.enabled:
+        return model
+    from peft import LoraConfig, get_peft_model
+    from workloads.data import DataError
+
+    check(lora)
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [m for m in lora.target_modules if m not in names]
+    if not lora.target_modules or missing:
+        raise DataError(f"model.lora.target_modules {missing or '[]'} match no layer of this model — "
+                        "use names such as query, key, value, dense")  # fmt: skip
+    config = LoraConfig(task_type=TASK_TYPES[task], r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules))  # fmt: skip
+    with warnings.catch_warnings():  # peft 0.21 calls a transformers-5 deprecated alias; nothing for us to fix
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        return get_peft_model(model, config)
+
+
+def is_lora(model: torch.nn.Module) -> bool:
+    if "peft" not in sys.modules:  # never imported: no model here can be a PeftModel (and peft's import is slow)
+        return False
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def merged(model: torch.nn.Module) -> torch.nn.Module:
+    """A plain transformers model with the adapters folded in (a copy: ``model`` keeps its adapters)."""
+    if not is_lora(model):
+        return model
+    return copy.deepcopy(model).merge_and_unload()
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameters."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
