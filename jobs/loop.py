@@ -287,7 +287,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     run_t0 = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
     stopped_early = bool(meta.get("stopped_early"))
     for epoch in range(start_epoch, epochs):
-        if dist and hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):  # also 1 worker: a workload's own sampler
             loader.sampler.set_epoch(epoch)
         stats = run_epoch(model, loader, optimizer, wl, cfg, device, scheduler, scaler, dist)
         val = {}

@@ -10,9 +10,12 @@ optionally ``validate(cfg)`` (cheap driver-side data checks), ``export(model, cf
 
 from workloads import mlp
 from workloads import cnn, ner
+from workloads import rnn, sentiment
 
 WORKLOADS = {
     "mlp": mlp,
     "cnn": cnn,
     "ner": ner,
+    "rnn": rnn,
+    "sentiment": sentiment,
 }

