@@ -97,7 +97,7 @@ def test_loss_falls_over_a_few_steps(built):
 def test_evaluate_reports_entity_metrics_per_type(built):
     cfg, splits, model = built
     metrics = ner.evaluate(model, ner.DataLoader(splits.val, batch_size=4, collate_fn=splits.collate_fn), splits)
-    for key in ("loss", "precision", "recall", "f1", "token_accuracy", "f1_PER", "precision_LOC", "recall_ORG"):
+    for key in ("loss", "precision", "recall", "f1", "token_accuracy", "f1_PER", "f1_LOC", "f1_ORG"):
         assert key in metrics and isinstance(metrics[key], float)
     assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if k != "loss")
 
@@ -117,7 +117,7 @@ def test_scoring_counts_words_cut_off_by_max_length(tmp_path):
     assert ner.evaluate(Oracle(), loader, full)["f1"] == 1.0
     cut = ner.build_data(make_cfg(paths, "data.max_length=4"))  # [CLS] + 2 sub-tokens + [SEP]: Frankfurt is cut
     metrics = ner.evaluate(Oracle(), ner.DataLoader(cut.val, batch_size=2, collate_fn=cut.collate_fn), cut)
-    assert metrics["precision"] == 1.0 and metrics["recall"] < 1.0 and metrics["recall_LOC"] == 0.0
+    assert metrics["precision"] == 1.0 and metrics["recall"] < 1.0 and metrics["f1_LOC"] == 0.0
 
 
 def test_length_grouped_batches_pad_less_than_random_ones(tmp_path):
