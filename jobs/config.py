@@ -70,6 +70,8 @@ class Sweep:
     grace_period: int = 1  # ASHA: epochs before a trial may be stopped
     reduction_factor: int = 3  # ASHA: keep the top 1/reduction_factor at each rung
     seed: int = 0  # search algorithm seed
+    in_process: bool = True  # 1-worker trials run the loop in the trial's own process: no Train worker-group start-up
+    trial_overrides: dict = field(default_factory=dict)  # {"train.epochs": 6}: every trial's budget, not the final run's
 
 
 @dataclass

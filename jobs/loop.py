@@ -255,6 +255,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
         if state is not None:
             model.load_state_dict(state["model"])
     best_state = (state.get("best_model") or state["model"]) if state else None
+    cpu_prior = meta.get("cpu_s", 0.0)  # CPU-seconds (all ranks) of earlier attempts of this run
 
     model = ray.train.torch.prepare_model(model)  # DDP + device placement (+ torch.cuda.set_device)
     device = ray.train.torch.get_device()
@@ -315,7 +316,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
         history.append(row)
         stopped_early = bool(patience) and epoch + 1 - best_epoch >= patience and epoch + 1 < epochs
         meta = {"epoch": epoch + 1, "history": history, "best_metric": best_metric, "best_epoch": best_epoch,
-                "metric": metric, "mode": mode, "stopped_early": stopped_early}  # fmt: skip
+                "metric": metric, "mode": mode, "stopped_early": stopped_early,  # cpu_s: a stopped run's cost too
+                "cpu_s": cpu_prior + _all_sum(time.process_time() - cpu0, device, dist)}  # fmt: skip
         if rank == 0:
             log(_progress_line(row, epochs, metric, improved))
         _report(row | {"best_metric": best_metric}, meta, rank, state={
@@ -337,7 +339,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
     final = {"epoch": meta["epoch"], "best_metric": best_metric, "best_epoch": best_epoch}
     best_row = next((h for h in history if h["epoch"] == best_epoch), history[-1] if history else {})
     final.update({k: v for k, v in best_row.items() if k.startswith("val_")})
-    cpu_s = _all_sum(time.process_time() - cpu0 + meta.get("cpu_s", 0.0), device, dist)
+    cpu_s = cpu_prior + _all_sum(time.process_time() - cpu0, device, dist)
     final["cpu_s"] = cpu_s
     final["train_time_s"] = sum(h["train_time_s"] for h in history)
     with tempfile.TemporaryDirectory() as tmp:

@@ -134,34 +134,60 @@ def error_line(err: BaseException) -> str:
     return (last[-1] if last else type(err).__name__)[:500]
 
 
-def fit(cfg, store: Store, *, run_id: str | None = None, sweep_id: str = "", trial_id: str = "",
-        parent_run_id: str = "", round: int | None = None, callbacks=(), extra_config: dict | None = None,
-        extra_row: dict | None = None, quiet: bool = False) -> dict:  # fmt: skip
-    """Run one Train run to the end and write its ``epochs`` and ``runs`` rows; returns the runs row."""
+def run_trainer(cfg, run_id: str, callbacks=(), extra_config: dict | None = None) -> tuple:
+    """``TorchTrainer.fit()`` for ``cfg``: returns (last checkpoint or None, error or None)."""
     import ray.train
 
-    run_id = run_id or new_run_id(cfg.workload)
-    metric, mode = config_lib.metric_and_mode(cfg)
     trainer = make_trainer(cfg, run_id, callbacks, extra_config)
-    started, t0 = now(), time.perf_counter()
-    error, checkpoint = None, None
     try:
-        result = trainer.fit()
-        checkpoint = result.checkpoint
+        return trainer.fit().checkpoint, None
     except ray.train.TrainingFailedError as e:
-        error = e
         try:  # the last epoch checkpoint that did land, for the history of a failed run
-            checkpoint = ray.train.Result.from_path(f"{storage_uri(cfg.run.storage_path).rstrip('/')}/{run_id}").checkpoint
+            return ray.train.Result.from_path(f"{storage_uri(cfg.run.storage_path).rstrip('/')}/{run_id}").checkpoint, e
         except Exception:  # noqa: BLE001 — no checkpoint at all is a normal outcome of an early crash
-            checkpoint = None
-    wall = time.perf_counter() - t0
+            return None, e
+
+
+def fit(cfg, store: Store, *, run_id: str | None = None, sweep_id: str = "", trial_id: str = "",
+        parent_run_id: str = "", round: int | None = None, callbacks=(), extra_config: dict | None = None,
+        extra_row: dict | None = None, quiet: bool = False, runner=run_trainer) -> dict:  # fmt: skip
+    """Run one Train run to the end and write its ``epochs`` and ``runs`` rows; returns the runs row.
+
+    ``runner(cfg, run_id, callbacks, extra_config) -> (checkpoint, error)`` runs the loop; the default
+    is Ray Train (jobs.sweep passes an in-process runner for single-worker trials)."""
+    run_id = run_id or new_run_id(cfg.workload)
+    config_lib.metric_and_mode(cfg)  # a bad sweep.mode fails before any cluster work
+    started, t0 = now(), time.perf_counter()
+    checkpoint, error = runner(cfg, run_id, callbacks, extra_config)
+    row = record_run(cfg, store, run_id, checkpoint, error, started=started, wall=time.perf_counter() - t0,
+                     sweep_id=sweep_id, trial_id=trial_id, parent_run_id=parent_run_id, round=round,
+                     extra_row=extra_row)  # fmt: skip
+    if not quiet:
+        print_summary(row, store)
+    return row
+
+
+def record_run(cfg, store: Store, run_id: str, checkpoint, error: BaseException | None = None, *, started, wall: float,
+               sweep_id: str = "", trial_id: str = "", parent_run_id: str = "", round: int | None = None,
+               extra_row: dict | None = None) -> dict:  # fmt: skip
+    """Write a run's ``epochs`` then its ``runs`` row from its last checkpoint; returns the runs row.
+
+    Status: ``failed`` with an error; ``completed`` when the loop wrote its final checkpoint;
+    otherwise ``stopped_early`` (patience, or a sweep scheduler stopped it). Idempotent: a run the
+    store already has is not written again (a resumed sweep may record a trial twice)."""
+    import pyarrow.dataset as ds
+
+    done = store.df("runs", filter=ds.field("run_id") == run_id)
+    if len(done):
+        return done.iloc[0].to_dict()
+    metric, mode = config_lib.metric_and_mode(cfg)
     meta = checkpoint_meta(checkpoint) if checkpoint is not None else {}
     final = meta.get("final", {})
     history = meta.get("history", [])
     if error is not None:
         status = "failed"
     else:
-        status = "stopped_early" if meta.get("stopped_early") else "completed"
+        status = "stopped_early" if meta.get("stopped_early") or not meta.get("finished") else "completed"
     s = cfg.scaling
     ckpt_uri = checkpoint_uri(checkpoint) if meta.get("finished") else ""
     row = {
@@ -172,7 +198,7 @@ def fit(cfg, store: Store, *, run_id: str | None = None, sweep_id: str = "", tri
         "config_json": json.dumps(config_lib.to_dict(cfg), sort_keys=True),
         "checkpoint_uri": ckpt_uri, "export_uri": f"{ckpt_uri}/export" if ckpt_uri else "",
         "started_at": started, "finished_at": now(), "wall_s": wall,
-        "cpu_s": final.get("cpu_s"), "gpu_s": wall * s.num_workers * s.gpus_per_worker if s.use_gpu else 0.0,
+        "cpu_s": final.get("cpu_s", meta.get("cpu_s")), "gpu_s": wall * s.num_workers * s.gpus_per_worker if s.use_gpu else 0.0,
         "train_time_s": final.get("train_time_s", sum(h.get("train_time_s", 0.0) for h in history)),
         "num_workers": s.num_workers, "use_gpu": s.use_gpu, "seed": cfg.train.seed,
         "git_sha": git_sha(), "data_fingerprint": meta.get("fingerprint", ""),
@@ -180,12 +206,12 @@ def fit(cfg, store: Store, *, run_id: str | None = None, sweep_id: str = "", tri
         **{k: float(v) for k, v in final.items() if k.startswith(("val_", "test_"))},
         **(extra_row or {}),
     }  # fmt: skip
+    written = set(store.history(run_id).get("epoch", []))  # a killed recorder may have written them already
     epochs = [{"run_id": run_id, "workload": cfg.workload, "sweep_id": sweep_id, "trial_id": trial_id,
-               **{k: (float(v) if isinstance(v, float) else v) for k, v in h.items()}} for h in history]  # fmt: skip
+               **{k: (float(v) if isinstance(v, float) else v) for k, v in h.items()}}
+              for h in history if h["epoch"] not in written]  # fmt: skip
     store.append("epochs", epochs)  # epochs first: a runs row is the commit marker of a run
     store.append("runs", [row])
-    if not quiet:
-        print_summary(row, store)
     return row
 
 

@@ -1,0 +1,654 @@
+"""One Ray Tune sweep whose trials are Ray Train runs of one workload, recorded in the evaluation store.
+
+    python -m jobs.sweep --config configs/mlp.yaml [--smoke-test] [--store PATH] [key=value ...]
+    python -m jobs.sweep --resume SWEEP_ID [run.storage_path=...]       # after the driver was killed
+    ray job submit --working-dir . -- python -m jobs.sweep --config configs/mlp.yaml --smoke-test
+
+The config's ``sweep`` section picks the search space (else the workload's SEARCH_SPACE), the search
+(random | grid | optuna), the scheduler (asha | fifo), trials and concurrency. Each trial is one run of
+jobs/loop.py: a ``runs`` row (sweep_id, trial_id, status completed | stopped_early | failed) with its
+``epochs``; the sweep itself is one ``sweeps`` row. Everything a sweep writes outside the store lives in
+``<run.storage_path>/<sweep_id>/``: Tune's experiment state and one Ray Train run dir per trial.
+
+Trials with one worker run the loop in the Tune trial's own process (``sweep.in_process``, default on):
+the same loop, Ray Train's own checkpoint storage and the same store rows, without the Train worker
+group that dominates a small sweep's time. Multi-worker trials are a TorchTrainer inside a Tune
+function trainable (Train V2: ``Tuner(TorchTrainer)`` is gone).
+
+Exit codes: 0 the sweep finished (some trials may have failed), 1 no trial finished or no cluster,
+2 bad input (nothing written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import queue
+import sys
+import threading
+import time
+import types
+import typing
+import uuid
+
+from jobs import config as config_lib
+from jobs.store import Store, now
+from jobs.train import ClusterError, fit, git_sha, init_ray, job_id, make_trainer, record_run, run_trainer, storage_uri
+from workloads import WORKLOADS
+
+DISTRIBUTIONS = {  # name -> its arguments (Tune's own samplers; randint excludes `high`, as in Tune)
+    "loguniform": "[low, high], low > 0",
+    "uniform": "[low, high]",
+    "quniform": "[low, high, q]",
+    "randint": "[low, high) of integers",
+    "choice": "[value, value, ...]",
+    "grid": "[value, value, ...]",
+}
+SEARCHES = ("random", "grid", "optuna")
+SCHEDULERS = ("asha", "fifo")
+STATE_FILE = "perennial_sweep.json"  # config + store of a sweep, read by --resume
+SMOKE_MAX_SAMPLES = 4  # --smoke-test: at most this many samples, on top of the workload's own SMOKE_TEST
+
+
+# ----------------------------------------------------------------------------- [1] search space
+def search_space(cfg) -> dict:
+    """The raw search space: the config's ``sweep.search_space``, else the workload's SEARCH_SPACE."""
+    space = cfg.sweep.search_space or getattr(WORKLOADS[cfg.workload], "SEARCH_SPACE", {})
+    if not space:
+        raise config_lib.ConfigError(
+            f"no search space for workload '{cfg.workload}' — set sweep.search_space, e.g. "
+            "{train.lr: {loguniform: [1.0e-4, 1.0e-2]}}"
+        )
+    return space
+
+
+def tune_space(cfg, space: dict | None = None) -> dict:
+    """``{"train.lr": tune.loguniform(...), ...}`` from the raw space, checked against the config.
+
+    Raises ConfigError (exit 2) for an unknown distribution, bounds of the wrong type or number,
+    lower > upper, a key that is not a hyperparameter of the workload, or a value its field rejects."""
+    from ray import tune
+
+    space = search_space(cfg) if space is None else space
+    search = cfg.sweep.search
+    if search not in SEARCHES:
+        raise config_lib.ConfigError(f"sweep.search must be one of {', '.join(SEARCHES)}, got '{search}'")
+    sections = [f.name for f in dataclasses.fields(WORKLOADS[cfg.workload].Config)]
+    out = {}
+    for key, spec in space.items():
+        where = f"sweep.search_space.{key}"
+        if key.split(".")[0] not in sections or "." not in key:
+            raise config_lib.ConfigError(
+                f"{where}: '{key}' is not a hyperparameter of workload '{cfg.workload}' — use a dotted key "
+                f"into its sections ({', '.join(sections)}), e.g. train.lr"
+            )
+        if key == "train.epochs":
+            raise config_lib.ConfigError(f"{where}: train.epochs is every trial's budget (ASHA's max) — set it in train:, not in the search space")
+        field_type = _field_type(cfg, key, where)
+        if not isinstance(spec, dict) or len(spec) != 1:
+            raise config_lib.ConfigError(f"{where} must be one distribution, e.g. {{loguniform: [1.0e-4, 1.0e-2]}}, got {spec!r}")
+        (dist, args), = spec.items()
+        if dist not in DISTRIBUTIONS:
+            raise config_lib.ConfigError(f"{where}: unknown distribution '{dist}' — use one of {', '.join(DISTRIBUTIONS)}")
+        usage = f"{where}: {dist} takes {DISTRIBUTIONS[dist]}"
+        if not isinstance(args, list) or not args:
+            raise config_lib.ConfigError(f"{usage}, got {args!r}")
+        if dist in ("choice", "grid"):
+            samples = args
+        else:
+            if len(args) != (3 if dist == "quniform" else 2):
+                raise config_lib.ConfigError(f"{usage}, got {args!r}")
+            number = int if dist == "randint" else (int, float)
+            if not all(isinstance(a, number) and not isinstance(a, bool) for a in args):
+                kind = "integers" if dist == "randint" else "numbers"
+                raise config_lib.ConfigError(f"{usage} — its bounds must be {kind}, got {args!r} (in YAML write 1.0e-4, not 1e-4)")
+            low, high = args[0], args[1]
+            if low > high or (dist == "randint" and low == high):
+                raise config_lib.ConfigError(f"{where}: lower bound {low} > upper bound {high} — swap them")
+            if dist == "loguniform" and low <= 0:
+                raise config_lib.ConfigError(f"{usage} — low must be > 0 on a log scale, got {low}")
+            if dist == "quniform" and args[2] <= 0:
+                raise config_lib.ConfigError(f"{usage} — q must be > 0, got {args[2]}")
+            if dist in ("uniform", "loguniform") and field_type is not float:
+                raise config_lib.ConfigError(f"{where}: {dist} samples floats but {key} is {field_type.__name__} — use randint, quniform or choice")
+            samples = [low, high - 1] if dist == "randint" else [low, high]
+        for value in samples:  # each value must fit the field (type), as a key=value override would
+            try:
+                config_lib.set_dotted(cfg, key, value)
+            except config_lib.ConfigError as e:
+                raise config_lib.ConfigError(f"{where}: {dist} value {value!r} does not fit {key} ({e})") from None
+        if search == "grid" and dist not in ("grid", "choice"):
+            raise config_lib.ConfigError(f"{where}: search=grid needs grid or choice values, got {dist} — list the values, or use search=random")
+        if search == "optuna" and dist == "grid":
+            raise config_lib.ConfigError(f"{where}: search=optuna samples; it has no grid — use choice")
+        if dist == "grid" or (search == "grid" and dist == "choice"):
+            out[key] = tune.grid_search(args)
+        elif dist == "choice":
+            out[key] = tune.choice(args)
+        elif dist == "randint":
+            out[key] = tune.randint(*args)
+        else:
+            out[key] = getattr(tune, dist)(*args)
+    return out
+
+
+def _field_type(cfg, key: str, where: str) -> type:
+    obj, tp = cfg, type(cfg)
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
+            raise config_lib.ConfigError(f"{where}: '{key}' is not in workload '{cfg.workload}''s config — check the spelling (python -m jobs.train --help lists none; see workloads/{cfg.workload}.py)")
+        tp, obj = typing.get_type_hints(type(obj))[part], getattr(obj, part)
+    if dataclasses.is_dataclass(obj):
+        raise config_lib.ConfigError(f"{where}: '{key}' is a section, not a hyperparameter — name a key inside it")
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):  # `float | None` is a float field
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+def with_trial_overrides(cfg, given: list[str] = ()):
+    """``cfg`` with ``sweep.trial_overrides`` applied, except keys the command line (or --smoke-test) set."""
+    for key, value in cfg.sweep.trial_overrides.items():
+        if key.split(".")[0] in ("sweep", "workload"):
+            raise config_lib.ConfigError(f"sweep.trial_overrides.{key}: only the workload's and job sections (train, data, scaling, ...) can be set per trial")
+        if key not in given:
+            try:
+                cfg = config_lib.set_dotted(cfg, key, value)
+            except config_lib.ConfigError as e:
+                raise config_lib.ConfigError(f"sweep.trial_overrides: {e}") from None
+    return cfg
+
+
+def trial_config(base: dict, params: dict):
+    """A trial's typed config: the sweep's base config with the trial's sampled hyperparameters."""
+    raw = json.loads(json.dumps(base))
+    for key, value in params.items():
+        value = value.item() if hasattr(value, "item") else value  # numpy scalars from Tune's samplers
+        config_lib._set_dotted(raw, key, value)
+    return config_lib.from_dict(raw)
+
+
+def make_search(cfg, metric: str, mode: str, concurrency: int = 0):
+    """The Tune search algorithm and scheduler the ``sweep`` section asks for (0 = no concurrency cap)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    sw = cfg.sweep
+    if sw.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        search_alg = OptunaSearch(metric=metric, mode=mode, seed=sw.seed)
+        if concurrency:
+            search_alg = ConcurrencyLimiter(search_alg, max_concurrent=concurrency)
+    else:  # random and grid: Tune's variant generator, seeded so a sweep's trials are reproducible
+        search_alg = BasicVariantGenerator(random_state=sw.seed, max_concurrent=concurrency)
+    if sw.scheduler == "fifo":
+        return search_alg, FIFOScheduler()
+    if sw.scheduler != "asha":
+        raise config_lib.ConfigError(f"sweep.scheduler must be one of {', '.join(SCHEDULERS)}, got '{sw.scheduler}'")
+    epochs = cfg.train.epochs
+    if not 1 <= sw.grace_period < epochs or sw.reduction_factor < 2:
+        raise config_lib.ConfigError(
+            f"ASHA needs 1 <= sweep.grace_period < train.epochs and sweep.reduction_factor >= 2, got grace_period "
+            f"{sw.grace_period}, train.epochs {epochs}, reduction_factor {sw.reduction_factor} — or use sweep.scheduler=fifo"
+        )
+    # Rungs by epoch, all before the last epoch: stopping a trial at its last epoch saves nothing and loses
+    # its export. stop_last_trials=False: a trial past the last rung runs to its end, final report included.
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs - 1, grace_period=sw.grace_period,
+                              reduction_factor=sw.reduction_factor, stop_last_trials=False)  # fmt: skip
+    return search_alg, scheduler
+
+
+def trial_resources(cfg) -> dict:
+    """What a trial's Tune actor holds. In process it trains, so it holds the worker's CPUs/GPU; as a
+    Train driver it holds nothing (the Train workers do): 1 MB of memory, because {"CPU": 0} raises."""
+    s = cfg.scaling
+    if in_process(cfg):
+        return {"CPU": s.cpus_per_worker} | ({"GPU": s.gpus_per_worker} if s.use_gpu else {})
+    return {"memory": 1e6}
+
+
+def in_process(cfg) -> bool:
+    return cfg.sweep.in_process and cfg.scaling.num_workers == 1
+
+
+def default_concurrency(cfg) -> int:
+    """Trials that fit the cluster at once: its CPUs (and GPUs) over what one trial's workers hold."""
+    import ray
+
+    res, s = ray.cluster_resources(), cfg.scaling
+    fits = int(res.get("CPU", 0) // (s.num_workers * s.cpus_per_worker))
+    if s.use_gpu:
+        fits = min(fits, int(res.get("GPU", 0) // (s.num_workers * s.gpus_per_worker)))
+    if fits < 1:
+        print(f"warning: one trial needs {s.num_workers * s.cpus_per_worker} CPUs{' and GPUs' if s.use_gpu else ''}, "
+              f"the cluster has {res.get('CPU', 0):.0f} CPUs / {res.get('GPU', 0):.0f} GPUs: trials wait for more nodes")  # fmt: skip
+    return max(1, fits)
+
+
+# ----------------------------------------------------------------------------- [2] trials
+class TrialStopped(Exception):
+    """The scheduler stopped this trial between two epochs (in-process trials only)."""
+
+
+class TrialFailed(RuntimeError):
+    """The trial's run failed; its runs row (status failed) says why."""
+
+
+def run_in_process(cfg, run_id: str, callbacks=(), extra_config: dict | None = None) -> tuple:
+    """A ``jobs.train.fit`` runner for one worker: the loop runs in this process, not in a Train worker group.
+
+    Same ``train_loop_per_worker``, same RunConfig (built by make_trainer, never fit), and every
+    checkpoint goes through Ray Train's own StorageContext and CheckpointManager: the run dir, its
+    checkpoints, ``checkpoint_manager_snapshot.json`` and resume via ``get_checkpoint()`` are those of a
+    Train run, so ``ray.train.Result.from_path`` and jobs.evaluate read it like any other.
+    Returns (last checkpoint, error); a scheduler stop (TrialStopped) is not an error."""
+    import asyncio
+
+    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import CheckpointManager
+    from ray.train.v2._internal.execution.train_fn_utils import LocalTrainFnUtils, set_train_fn_utils
+    from ray.train.v2._internal.execution.training_report import _TrainingReport
+
+    from jobs.loop import train_loop_per_worker
+
+    assert cfg.scaling.num_workers == 1, "in-process runs have exactly one worker"
+    trainer = make_trainer(cfg, run_id, callbacks, extra_config)
+    run_config, storage = trainer.run_config, trainer.run_config.storage_context
+    events = asyncio.new_event_loop()  # CheckpointManager notifies listeners through asyncio
+
+    def on_loop(fn):
+        async def call():
+            return fn()
+
+        return events.run_until_complete(call())
+
+    manager = on_loop(lambda: CheckpointManager(checkpoint_config=run_config.checkpoint_config, storage_context=storage))
+
+    class InProcessTrainFnUtils(LocalTrainFnUtils):  # Train V2's local-mode utilities + real persistence
+        def report(self, metrics, checkpoint=None, checkpoint_dir_name=None, **_):
+            persisted = None
+            if checkpoint is not None:
+                persisted = storage.persist_current_checkpoint(checkpoint, checkpoint_dir_name or storage.make_default_checkpoint_dir_name())
+            on_loop(lambda: manager.after_report(_TrainingReport(persisted, metrics, False), [metrics]))
+            super().report(metrics, persisted)
+            for callback in run_config.callbacks or []:  # as the Train controller does, after the checkpoint manager
+                callback.after_report(run_context=trainer.train_run_context, metrics=[metrics], checkpoint=persisted)
+
+    utils = InProcessTrainFnUtils(experiment_name=run_id)
+    latest = manager.latest_checkpoint_result
+    utils._last_checkpoint = latest.checkpoint if latest else None  # resume, as a restarted Train run does
+    set_train_fn_utils(utils)
+    error = None
+    try:
+        train_loop_per_worker(trainer.train_loop_config)
+    except TrialStopped:
+        pass
+    except Exception as e:  # noqa: BLE001 — recorded as the run's error, like a Train worker failure
+        error = e
+    finally:
+        set_train_fn_utils(None)
+        events.run_until_complete(asyncio.sleep(0))  # let the last notification finish
+        events.close()
+    latest = manager.latest_checkpoint_result
+    return (latest.checkpoint if latest else None), error
+
+
+def run_trial(ctx: dict, params: dict, trial_id: str, callbacks, runner) -> tuple[dict, bool]:
+    """Train (or finish recording) one trial; returns (its runs row, whether it trained now).
+
+    A trial the store already has is not rerun; one whose Train run finished but was not recorded
+    (driver killed in between) is recorded from its final checkpoint."""
+    import ray.train
+
+    os.environ.update(ctx["env"])  # the driver's job id and git sha: a trial's actor may not see the job or repo
+    cfg = trial_config(ctx["base"], params)
+    store = Store(ctx["store"])
+    run_id = f"{ctx['sweep_id']}-{trial_id}"
+    recorded = store.runs(sweep_id=ctx["sweep_id"])
+    if len(recorded) and run_id in set(recorded["run_id"]):
+        return recorded[recorded["run_id"] == run_id].iloc[0].to_dict(), False
+    try:
+        checkpoint = ray.train.Result.from_path(f"{cfg.run.storage_path}/{run_id}").checkpoint
+    except Exception:  # noqa: BLE001 — no run dir yet: a fresh trial
+        checkpoint = None
+    if checkpoint is not None and checkpoint.path.endswith("/final"):
+        return record_run(cfg, store, run_id, checkpoint, started=now(), wall=0.0, sweep_id=ctx["sweep_id"], trial_id=trial_id), False
+    row = fit(cfg, store, run_id=run_id, sweep_id=ctx["sweep_id"], trial_id=trial_id, callbacks=callbacks,
+              quiet=True, runner=runner)  # fmt: skip
+    return row, True
+
+
+def final_result(row: dict) -> dict:
+    """What Tune sees of a trial recorded earlier (a resumed sweep): its last epoch and best metric."""
+    return {"epoch": int(row["epochs"] or 0), row["metric"]: row["best_metric"], "final": True, "status": row["status"]}
+
+
+def train_trial(params: dict, ctx: dict) -> None:
+    """Tune function trainable for multi-worker trials: one TorchTrainer run named after the trial id
+    (so a restarted trial resumes its own Train checkpoint), metrics to Tune by TuneReportCallback."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    row, trained = run_trial(ctx, params, tune.get_context().get_trial_id(), [TuneReportCallback()], run_trainer)
+    if not trained:
+        tune.report(final_result(row))
+    if row["status"] == "failed":
+        raise TrialFailed(row["error"])
+
+
+def _in_process_trial_class():
+    """Built lazily: importing Tune at module import would slow every jobs.sweep --help and unit test."""
+    from ray import tune
+    from ray.train import UserCallback
+
+    class InProcessTrial(tune.Trainable):
+        """Tune class trainable for 1-worker trials: the loop runs in a thread of this actor.
+
+        A class, not a function trainable: inside a function trainable ``ray.train.report`` refuses to
+        run (Tune session). Each ``step()`` hands Tune one ``ray.train.report`` of the loop; the loop
+        waits there until the next step, so when the scheduler stops the trial, ``cleanup()`` ends it
+        between epochs and the thread records the run as stopped_early from its last checkpoint."""
+
+        def setup(self, config: dict, ctx: dict):
+            self._results: queue.Queue = queue.Queue()
+            self._resume = threading.Semaphore(0)
+            self._stopping = False
+            self._waiting = False  # the loop is parked in a report, waiting for the next step()
+            trial = self
+
+            class StepReporter(UserCallback):
+                def after_report(self, run_context, metrics, checkpoint):
+                    trial._results.put(("report", metrics[0] | ({"checkpoint_path": checkpoint.path} if checkpoint else {})))
+                    trial._resume.acquire()
+                    if trial._stopping:
+                        raise TrialStopped()
+
+            def work():
+                try:
+                    self._results.put(("done", run_trial(ctx, config, self.trial_id, [StepReporter()], run_in_process)))
+                except BaseException as e:  # noqa: BLE001 — handed to step(), which raises it in Tune
+                    self._results.put(("error", e))
+
+            self._thread = threading.Thread(target=work, name="perennial-loop", daemon=True)
+            self._thread.start()
+
+        def step(self) -> dict:
+            if self._waiting:  # let the loop go on past the report Tune has seen
+                self._resume.release()
+                self._waiting = False
+            kind, payload = self._results.get()
+            if kind == "report" and not payload.get("final"):
+                self._waiting = True
+                return payload
+            final = None
+            if kind == "report":  # the final report: the loop goes on to record the run; the trial ends with it
+                self._resume.release()
+                final, (kind, payload) = payload, self._results.get()
+            if kind == "error":
+                raise payload
+            row, _ = payload
+            if row["status"] == "failed":
+                raise TrialFailed(row["error"])
+            return (final or final_result(row)) | {"done": True}
+
+        def cleanup(self):
+            self._stopping = True
+            self._resume.release()
+            self._thread.join(timeout=300)  # the thread records a stopped trial before the actor goes
+
+        def save_checkpoint(self, checkpoint_dir: str):
+            return None  # a trial's checkpoints are its Train run's; Tune restarts it and the run resumes
+
+        def load_checkpoint(self, checkpoint):
+            pass
+
+    return InProcessTrial
+
+
+# ----------------------------------------------------------------------------- [3] the sweep
+def sweep_dir(storage_root: str, sweep_id: str) -> str:
+    return f"{storage_root.rstrip('/')}/{sweep_id}"
+
+
+def _fs(uri: str):
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), os.path.abspath(uri))
+
+
+def write_state(directory: str, state: dict) -> None:
+    fs, path = _fs(directory)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{STATE_FILE}") as f:
+        f.write(json.dumps(state, indent=1, default=str).encode())
+
+
+def read_state(directory: str) -> dict | None:
+    fs, path = _fs(directory)
+    try:
+        with fs.open_input_stream(f"{path}/{STATE_FILE}") as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def make_progress_callback(state: dict, directory: str, attempt: int, t0: float, metric: str):
+    """Prints one line per finished trial and keeps the attempt's wall time in the state file."""
+    from ray.tune import Callback
+
+    class Progress(Callback):
+        def __init__(self):
+            self.done = 0
+
+        def _line(self, trial, status: str) -> None:
+            self.done += 1
+            r = trial.last_result or {}
+            value = r.get(metric)
+            params = "  ".join(f"{k}={_short(v)}" for k, v in (trial.config or {}).items())
+            print(f"[{self.done}] trial {trial.trial_id}  {status:<13} epoch {r.get('epoch', 0)}  "
+                  f"{metric} {'n/a' if value is None else f'{value:.4f}'}  {params}", flush=True)  # fmt: skip
+            state["attempts"][attempt][1] = time.time() - t0
+            write_state(directory, state)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            r = trial.last_result or {}
+            self._line(trial, r.get("status") or ("completed" if r.get("final") else "stopped_early"))
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._line(trial, "failed")
+
+    return Progress()
+
+
+def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> int:
+    import ray.train
+    from ray import tune
+
+    metric, mode = config_lib.metric_and_mode(cfg)
+    root = storage_uri(cfg.run.storage_path)
+    directory = sweep_dir(root, sweep_id)
+    base = config_lib.to_dict(cfg)
+    base["run"]["storage_path"] = directory  # each trial's Train run dir: <root>/<sweep_id>/<run_id>
+    ctx = {"sweep_id": sweep_id, "base": base, "store": store.uri if "://" in store.uri else store.root,
+           "env": {"PERENNIAL_JOB_ID": job_id(), "PERENNIAL_GIT_SHA": git_sha()}}  # fmt: skip
+    if in_process(cfg):
+        trainable = tune.with_parameters(_in_process_trial_class(), ctx=ctx)
+    else:
+        trainable = tune.with_parameters(train_trial, ctx=ctx)
+    trainable = tune.with_resources(trainable, trial_resources(cfg))
+    concurrency = cfg.sweep.max_concurrent_trials or default_concurrency(cfg)
+    attempt, t0 = len(state["attempts"]), time.time()
+    state["attempts"].append([t0, 0.0])
+    write_state(directory, state)
+    callbacks = [make_progress_callback(state, directory, attempt, t0, metric)]
+    if resume and tune.Tuner.can_restore(directory):
+        tuner = tune.Tuner.restore(directory, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        print(f"resuming sweep {sweep_id}: finished trials are kept, unfinished ones continue from their last epoch")
+    else:
+        search_alg, scheduler = make_search(cfg, metric, mode, concurrency)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=tune_space(cfg, state["search_space"]),
+            tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler,
+                                        num_samples=cfg.sweep.num_samples, reuse_actors=False),  # fmt: skip
+            run_config=tune.RunConfig(name=sweep_id, storage_path=root, callbacks=callbacks, verbose=0),
+        )
+    if resume:  # a restored Tuner unpickles its old callbacks; Tuner.restore takes no RunConfig, so swap them in
+        tuner._local_tuner.get_run_config().callbacks = callbacks
+    print(f"sweep {sweep_id}: {cfg.workload}, search={cfg.sweep.search}, scheduler={cfg.sweep.scheduler}, "
+          f"{cfg.sweep.num_samples} samples, up to {cfg.train.epochs} epochs, {concurrency} at a time"
+          f"{', in process' if in_process(cfg) else ''}\n  resume with: python -m jobs.sweep --resume {sweep_id}"
+          f"{'' if cfg.run.storage_path == './runs' else f' run.storage_path={cfg.run.storage_path}'}", flush=True)  # fmt: skip
+    results = tuner.fit()
+    state["attempts"][attempt][1] = time.time() - t0
+
+    # Trials Tune stopped while they ran as Train runs (multi-worker) could not record themselves:
+    # record each from its Train run's last checkpoint. Idempotent, so a resumed sweep may do it again.
+    recorded = set(store.runs(sweep_id=sweep_id).get("run_id", []))
+    for result in results:
+        trial_id = (result.metrics or {}).get("trial_id")
+        if not trial_id:  # a trial that died before its first report: nothing to record
+            continue
+        run_id = f"{sweep_id}-{trial_id}"
+        if run_id in recorded:
+            continue
+        tcfg = trial_config(base, result.config or {})
+        try:
+            checkpoint = ray.train.Result.from_path(f"{directory}/{run_id}").checkpoint
+        except Exception:  # noqa: BLE001 — the trial never reached its first epoch
+            checkpoint = None
+        if checkpoint is None and result.error is None:
+            continue
+        wall = float((result.metrics or {}).get("time_total_s") or 0.0)
+        record_run(tcfg, store, run_id, checkpoint, result.error, started=now(), wall=wall, sweep_id=sweep_id, trial_id=trial_id)
+    write_state(directory, state)
+    return summarize(cfg, store, sweep_id, state, metric, mode)
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+# ----------------------------------------------------------------------------- [4] summary + sweeps row
+def summarize(cfg, store: Store, sweep_id: str, state: dict, metric: str, mode: str) -> int:
+    """Print the sweep's leaderboard and best model; write its ``sweeps`` row once."""
+    import pandas as pd
+
+    runs = store.runs(sweep_id=sweep_id)
+    if not len(runs):
+        print(f"sweep {sweep_id}: no trial recorded")
+        return 1
+    runs = runs.drop_duplicates("run_id")
+    ok = runs[runs["status"] != "failed"].dropna(subset=["best_metric"])
+    ranked = ok.sort_values("best_metric", ascending=mode == "min")
+    # the best trial must have a servable model: a completed trial; a stopped one only if none completed
+    with_model = ranked[ranked["export_uri"].fillna("") != ""]
+    best = (with_model if len(with_model) else ranked).iloc[0] if len(ranked) else None
+    space = state["search_space"]
+    params = [k for k in space if k in runs.columns]
+    counts = runs["status"].value_counts()
+    used, budget = int(runs["epochs"].fillna(0).sum()), len(runs) * cfg.train.epochs
+    wall = sum(w for _, w in state["attempts"])
+    cpu = float(runs["cpu_s"].fillna(0).sum())
+
+    table = pd.concat([ranked, runs[~runs["run_id"].isin(ranked["run_id"])]])
+    table = table.assign(rank=[str(i) for i in range(1, len(ranked) + 1)] + ["-"] * (len(table) - len(ranked)))
+    cols = ["rank", "trial_id", "status", "best_metric", "epochs", *params, "wall_s"]
+    with pd.option_context("display.width", 200, "display.max_columns", None, "display.float_format", "{:.4g}".format):
+        print(f"\nsweep {sweep_id} — {len(runs)} trials: {counts.get('completed', 0)} completed, "
+              f"{counts.get('stopped_early', 0)} stopped early, {counts.get('failed', 0)} failed  ({metric}, {mode})")  # fmt: skip
+        print(table[cols].rename(columns={"best_metric": metric}).to_string(index=False))
+    print(f"epochs used: {used} of {budget} ({1 - used / max(budget, 1):.0%} saved by {cfg.sweep.scheduler})  "
+          f"wall {wall:.0f} s  CPU {cpu:.0f} s")  # fmt: skip
+    if best is not None:
+        print(f"best: trial {best['trial_id']}  {metric} {best['best_metric']:.4f}  "
+              + "  ".join(f"{k}={_short(best[k])}" for k in params))  # fmt: skip
+        tests = {k: best[k] for k in best.index if k.startswith("test_") and not k.endswith("_loss") and pd.notna(best[k])}
+        if tests:
+            print("  test: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(tests.items())))
+        if best["export_uri"]:
+            print(f"  model: {best['export_uri']}")
+    print(f"  store: {store.uri}  (python -m jobs.store runs --sweep {sweep_id})")
+
+    import pyarrow.dataset as ds
+
+    if not len(store.df("sweeps", filter=ds.field("sweep_id") == sweep_id)):
+        started = pd.Timestamp(state["started_at"]).to_pydatetime()
+        store.append("sweeps", [{
+            "sweep_id": sweep_id, "workload": cfg.workload, "status": "completed" if best is not None else "failed",
+            "search": cfg.sweep.search, "scheduler": cfg.sweep.scheduler, "search_space_json": json.dumps(space, sort_keys=True),
+            "metric": metric, "mode": mode,
+            "best_trial_id": best["trial_id"] if best is not None else "", "best_run_id": best["run_id"] if best is not None else "",
+            "best_metric": float(best["best_metric"]) if best is not None else None,
+            "best_config_json": best["config_json"] if best is not None else "",
+            "num_trials": len(runs), "trials_completed": int(counts.get("completed", 0)),
+            "trials_stopped_early": int(counts.get("stopped_early", 0)), "trials_failed": int(counts.get("failed", 0)),
+            "epochs_used": used, "epochs_budget": budget, "started_at": started, "finished_at": now(),
+            "wall_s": wall, "cpu_s": cpu,
+        }])  # fmt: skip
+    return 0 if best is not None else 1
+
+
+# ----------------------------------------------------------------------------- CLI
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m jobs.sweep", description="A Ray Tune sweep of Ray Train runs, recorded in the store.")
+    p.add_argument("--config", help="YAML config, e.g. configs/mlp.yaml (not needed with --resume)")
+    p.add_argument("--resume", metavar="SWEEP_ID", help="continue an interrupted sweep: finished trials are kept")
+    p.add_argument("--smoke-test", action="store_true", help=f"the workload's tiny run, at most {SMOKE_MAX_SAMPLES} samples")
+    p.add_argument("--store", help="evaluation store: a directory or s3:// URI (default $PERENNIAL_STORE or ./store)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. sweep.num_samples=16 train.epochs=6")
+    args = p.parse_args(argv)
+
+    if args.resume:
+        found = [config_lib._split_override(o) for o in args.overrides]
+        if args.smoke_test or any(k != "run.storage_path" for k, _ in found):
+            raise config_lib.ConfigError("--resume continues a sweep with its saved config — give only run.storage_path=... (where it lives) and --store")
+        root = dict(found).get("run.storage_path") or (config_lib.load_config(args.config).run.storage_path if args.config else "./runs")
+        state = read_state(sweep_dir(storage_uri(str(root)), args.resume))
+        if state is None:
+            raise config_lib.ConfigError(f"no sweep '{args.resume}' under {storage_uri(str(root))} — pass run.storage_path=... where it ran")
+        cfg = config_lib.from_dict(state["config"])
+        store = Store(args.store or state["store"])
+        sweep_id = args.resume
+    else:
+        if not args.config:
+            raise config_lib.ConfigError("give --config configs/<workload>.yaml (or --resume SWEEP_ID)")
+        cfg = config_lib.load_config(args.config, args.overrides, smoke_test=args.smoke_test)
+        given = [config_lib._split_override(o)[0] for o in args.overrides]
+        if args.smoke_test:
+            given += list(getattr(WORKLOADS[cfg.workload], "SMOKE_TEST", {}))
+            if "sweep.num_samples" not in given:
+                cfg = config_lib.set_dotted(cfg, "sweep.num_samples", min(cfg.sweep.num_samples, SMOKE_MAX_SAMPLES))
+        cfg = with_trial_overrides(cfg, given)
+        store = Store(config_lib.store_path(args.store, cfg))
+        if hasattr(WORKLOADS[cfg.workload], "validate"):
+            WORKLOADS[cfg.workload].validate(cfg)
+        space = search_space(cfg)
+        tune_space(cfg, space)  # every bad-input check before Ray starts: exit 2, nothing written
+        make_search(cfg, *config_lib.metric_and_mode(cfg))
+        sweep_id = f"{cfg.workload}-sweep-{uuid.uuid4().hex[:8]}"
+        state = {"sweep_id": sweep_id, "config": config_lib.to_dict(cfg), "search_space": space,
+                 "store": store.uri if "://" in store.uri else store.root, "started_at": now().isoformat(), "attempts": []}  # fmt: skip
+        if cfg.sweep.num_samples < 1:
+            raise config_lib.ConfigError(f"sweep.num_samples must be >= 1, got {cfg.sweep.num_samples}")
+
+    import pyarrow.dataset as ds
+
+    if len(store.df("sweeps", filter=ds.field("sweep_id") == sweep_id)):
+        print(f"sweep {sweep_id} already finished")
+        metric, mode = config_lib.metric_and_mode(cfg)
+        return summarize(cfg, store, sweep_id, state, metric, mode)
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the job's working dir (relative data paths)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state fresh enough for --resume
+    try:
+        init_ray()
+    except ClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return run_sweep(cfg, store, sweep_id, state, resume=bool(args.resume))
+
+
+if __name__ == "__main__":
+    config_lib.cli_main(main)

@@ -1,0 +1,107 @@
+"""jobs.sweep end to end on the shared real Ray cluster (`ray_cluster`): ASHA, the store, kill + resume, ray job submit.
+
+Every sweep runs as a real `python -m jobs.sweep` subprocess connected to the session's `ray start --head`
+cluster (2 CPUs), exactly as under `ray job submit`; the resume test SIGKILLs that driver process.
+The sweeps are smoke-sized mlp runs (2,000 samples, 2 epochs) whose learning-rate grid holds one good
+value and copies of a hopeless one (1e-6): ASHA must stop a copy at its first rung, deterministically,
+since copies of one config reach the same accuracy.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import ray.train
+
+from conftest import PY, ROOT, run_job
+from jobs.store import Store
+
+GRID = (
+    "workload: mlp\n"
+    "sweep:\n"
+    "  search: grid\n"
+    "  scheduler: asha\n"
+    "  num_samples: 1\n"
+    "  search_space:\n"
+    "    train.lr: {grid: [0.01, 0.000001, 0.000001, 0.000001]}\n"
+)
+
+
+def sweep_args(tmp_path: Path, store: Path, *extra: str, grid: str = "[0.01, 0.000001, 0.000001, 0.000001]") -> list[str]:
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(GRID.replace("[0.01, 0.000001, 0.000001, 0.000001]", grid))
+    return ["jobs.sweep", "--config", str(cfg), "--smoke-test", "--store", str(store),
+            f"run.storage_path={tmp_path / 'runs'}", "scaling.cpus_per_worker=1", *extra]  # fmt: skip
+
+
+def check_sweep(store_dir: Path, runs_root: Path, n_trials: int, asha: bool = True) -> tuple:
+    """What every finished sweep must satisfy; returns (runs, the sweeps row)."""
+    store = Store(store_dir)
+    runs, sweeps, epochs = store.df("runs"), store.df("sweeps"), store.df("epochs")
+    assert len(sweeps) == 1, sweeps
+    sweep = sweeps.iloc[0]
+    assert len(runs) == n_trials and runs["run_id"].is_unique and runs["trial_id"].is_unique
+    assert set(runs["sweep_id"]) == {sweep["sweep_id"]}
+    assert not epochs.duplicated(["run_id", "epoch"]).any() and len(epochs) == runs["epochs"].sum()
+    assert set(runs["status"]) <= {"completed", "stopped_early"} and (runs["status"] == "stopped_early").any() == asha
+    assert sweep["num_trials"] == n_trials and sweep["epochs_budget"] == 2 * n_trials
+    assert sweep["epochs_used"] == runs["epochs"].sum() and (sweep["epochs_used"] < sweep["epochs_budget"]) == asha
+    best = runs[runs["run_id"] == sweep["best_run_id"]].iloc[0]
+    assert best["status"] == "completed" and best["train.lr"] == 0.01 and best["best_metric"] == sweep["best_metric"]
+    assert (Path(best["export_uri"]) / "model.safetensors").is_file()
+    for run in runs.itertuples():  # every trial's run dir is a Ray Train run dir, whichever way it ran
+        last = ray.train.Result.from_path(runs_root / sweep["sweep_id"] / run.run_id).checkpoint
+        assert Path(last.path).name == ("final" if run.status == "completed" else f"epoch_{run.epochs:04d}")
+    return runs, sweep
+
+
+def test_asha_sweep_stops_a_trial_early_and_records_every_trial(ray_cluster, store_dir, tmp_path):
+    res = run_job(sweep_args(tmp_path, store_dir), ray_cluster.job_env(), timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    runs, sweep = check_sweep(store_dir, tmp_path / "runs", 4)
+    stopped = runs[runs["status"] == "stopped_early"]
+    assert (stopped["epochs"] == 1).all() and (stopped["train.lr"] == 1e-6).all() and (stopped["export_uri"] == "").all()
+    assert (runs["cpu_s"] > 0).all() and (runs["wall_s"] >= runs["train_time_s"]).all()
+    assert f"best: trial {sweep['best_trial_id']}" in res.stdout and sweep["best_run_id"] in res.stdout  # summary + model
+
+
+def test_killed_sweep_resumes_without_rerunning_or_duplicating(ray_cluster, store_dir, tmp_path):
+    log = tmp_path / "driver.log"
+    with open(log, "w") as out:
+        driver = subprocess.Popen([PY, "-m", *sweep_args(tmp_path, store_dir)], env=ray_cluster.job_env(), cwd=ROOT,
+                                  stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+    store = Store(store_dir)
+    deadline = time.time() + 300
+    while time.time() < deadline and driver.poll() is None and not len(store.df("runs")):
+        time.sleep(0.5)
+    os.kill(driver.pid, signal.SIGKILL)  # the driver only: its trials die with it, as in a lost laptop session
+    driver.wait()
+    before = store.df("runs")
+    assert 1 <= len(before) < 4, f"kill came too late or too early ({len(before)} rows): {log.read_text()[-2000:]}"
+    sweep_id = before["sweep_id"].iloc[0]
+    finals = {r.run_id: os.stat(Path(r.checkpoint_uri) / "meta.json").st_mtime_ns for r in before.itertuples() if r.checkpoint_uri}
+
+    res = run_job(["jobs.sweep", "--resume", sweep_id, f"run.storage_path={tmp_path / 'runs'}"], ray_cluster.job_env(), timeout=400)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    runs, sweep = check_sweep(store_dir, tmp_path / "runs", 4)
+    assert sweep["sweep_id"] == sweep_id
+    kept = runs.set_index("run_id").loc[before["run_id"]]
+    assert list(kept["finished_at"]) == list(before["finished_at"])  # rows written before the kill stay the only ones
+    for run_id, mtime in finals.items():  # and those trials were not trained again
+        assert os.stat(Path(kept.loc[run_id, "checkpoint_uri"]) / "meta.json").st_mtime_ns == mtime
+
+
+def test_ray_job_submit_runs_a_sweep_of_two_worker_train_runs(ray_cluster, store_dir, tmp_path):
+    """Under `ray job submit`, trials of 2 DDP workers: each a TorchTrainer run inside a Tune function trainable."""
+    args = sweep_args(tmp_path, store_dir, "scaling.num_workers=2", "sweep.scheduler=fifo", grid="[0.01, 0.000001]")
+    cmd = [str(Path(PY).parent / "ray"), "job", "submit", "--address", ray_cluster.dashboard, "--working-dir", ".",
+           "--", "python", "-m", *args]  # fmt: skip
+    res = subprocess.run(cmd, env=ray_cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=500)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "succeeded" in res.stdout and "1 at a time" in res.stdout  # 2 workers x 1 CPU on a 2-CPU cluster
+    runs, _ = check_sweep(store_dir, tmp_path / "runs", 2, asha=False)
+    assert (runs["num_workers"] == 2).all() and runs["job_id"].str.startswith("raysubmit_").all()
