@@ -134,7 +134,21 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (), smoke
         pairs = [(k, v) for k, v in smoke.items()] + pairs
     for key, value in pairs:
         _set_dotted(raw, key, value)
-    return from_dict(raw)
+    return absolutize_paths(from_dict(raw))
+
+
+def absolutize_paths(cfg):
+    """Relative local paths in ``data``/``model`` made absolute: Ray Train workers (and Ray jobs) run in
+    another working directory than the driver that parsed the config."""
+    for section in ("data", "model"):
+        obj = getattr(cfg, section, None)
+        if obj is None or not dataclasses.is_dataclass(obj):
+            continue
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if isinstance(value, str) and value and "://" not in value and not os.path.isabs(value) and os.path.exists(value):
+                setattr(obj, f.name, os.path.abspath(value))
+    return cfg
 
 
 def from_dict(raw: dict):
@@ -286,3 +300,19 @@ def metric_and_mode(cfg) -> tuple[str, str]:
     if mode not in ("max", "min"):
         raise ConfigError(f"sweep.mode must be max or min, got '{mode}'")
     return cfg.sweep.metric or wl.METRIC, mode
+
+
+def check_values(cfg) -> None:
+    """Value checks the types cannot express, made on the driver before Ray starts (a bad value found
+    inside a Train worker would cost a cluster start and end as a failed run, exit 1, not exit 2)."""
+    s, t = cfg.scaling, cfg.train
+    for key, value, low in (("scaling.num_workers", s.num_workers, 1), ("scaling.cpus_per_worker", s.cpus_per_worker, 0),
+                            ("failure.max_failures", cfg.failure.max_failures, -1), ("train.epochs", t.epochs, 1),
+                            ("train.batch_size", t.batch_size, 1), ("train.grad_accum_steps", getattr(t, "grad_accum_steps", 1), 1)):  # fmt: skip
+        if value < low:
+            raise ConfigError(f"{key} must be >= {low}, got {value} — set e.g. {key}={max(low, 1)}")
+    if getattr(t, "on_nan", "fail") not in ("fail", "skip_batch"):
+        raise ConfigError(f"train.on_nan must be fail or skip_batch, got '{t.on_nan}'")
+    if getattr(t, "precision", "fp32") not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got '{t.precision}'")
+    metric_and_mode(cfg)

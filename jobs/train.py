@@ -37,16 +37,48 @@ def init_ray(num_cpus: int | None = None) -> None:
         return
     address = os.environ.get("RAY_ADDRESS")
     if address:
+        check_reachable(address)
         try:
             ray.init(address=address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ClusterError(f"no Ray cluster at RAY_ADDRESS={address} ({str(e).splitlines()[0]}) — start one with 'ray start --head' or unset RAY_ADDRESS") from None
         return
-    # A faster Train health check cuts ~2 s off every run's start and end (DESIGN.md, measured).
-    env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")}
-    os.environ.update(env)
-    ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", logging_level=logging.WARNING,
-             runtime_env={"env_vars": env})  # fmt: skip
+    # An embedded cluster on 127.0.0.1 at a port we choose, so that we can tell its own actors where it is:
+    # Ray Train's placement-group cleaner looks the cluster up by "auto", which fails as soon as a second
+    # Ray instance runs on the machine — and then a trial stopped by ASHA never frees its CPUs.
+    port = _free_port()
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    env = {
+        "RAY_ADDRESS": f"127.0.0.1:{port}",
+        # A faster Train health check cuts ~2 s off every run's start and end (DESIGN.md, measured).
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"),
+    }
+    ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
+             logging_level=logging.WARNING, runtime_env={"env_vars": env})  # fmt: skip
+    os.environ.pop("RAY_GCS_SERVER_PORT", None)
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]
+
+
+def check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """Fail in seconds when nothing listens at a ``host:port`` RAY_ADDRESS: ``ray.init`` retries an
+    absent GCS for minutes (measured: still waiting after 120 s). Other forms ("auto", ray://) go to Ray."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ClusterError(f"no Ray cluster at RAY_ADDRESS={address} (cannot connect: {e.strerror or e}) — start one with 'ray start --head' or unset RAY_ADDRESS") from None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def new_run_id(workload: str) -> str:
@@ -245,11 +277,32 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
 def prepare(args) -> tuple:
     """Config + store + data checks: everything that can reject bad input before Ray starts."""
     cfg = config_lib.load_config(args.config, args.overrides, smoke_test=args.smoke_test)
+    config_lib.check_values(cfg)
     store = Store(config_lib.store_path(args.store, cfg))
+    check_writable(store)
     wl = WORKLOADS[cfg.workload]
     if hasattr(wl, "validate"):
         wl.validate(cfg)
     return cfg, store
+
+
+def check_writable(store: Store) -> None:
+    """An unusable store fails now, not after the whole run when its rows are written (nothing is created)."""
+    from jobs.store import StoreError
+
+    if not store.local:
+        try:
+            store.fs.get_file_info(store.root)  # credentials / endpoint / bucket problems surface here
+        except OSError as e:
+            raise StoreError(f"cannot reach store '{store.uri}': {str(e).splitlines()[0]} — check the URI and AWS_* credentials") from None
+        return
+    path = store.root
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)  # the nearest existing folder is where the store's folders get created
+    if not os.path.isdir(path):
+        raise StoreError(f"store '{store.uri}': '{path}' is a file, not a directory — give a directory path (--store DIR)")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StoreError(f"store '{store.uri}': '{path}' is not writable — fix its permissions or give another --store")
 
 
 def main(argv: list[str]) -> int:

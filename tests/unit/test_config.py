@@ -89,3 +89,12 @@ def test_cli_exit_code_2_one_line(tmp_path):
     assert res.stderr.strip().splitlines() == [res.stderr.strip()]
     assert "train.epochs" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "s").exists()
+
+
+def test_relative_data_paths_become_absolute(tmp_path, monkeypatch):
+    """Workers run in another directory than the driver: a path the driver checked must still resolve there."""
+    (tmp_path / "d.npz").write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["workload=mlp", "data.source=d.npz"])
+    assert cfg.data.source == str(tmp_path / "d.npz")
+    assert load_config(None, ["workload=mlp", "data.source=digits"]).data.source == "digits"  # a name, not a path
