@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/gpu_ner.py                          # plain PyTorch loop, bf16 then fp32
     .venv/bin/python bench/gpu_ner.py --ray                    # + one jobs.train epoch per precision (scaling.use_gpu=true)
-    .venv/bin/python bench/gpu_ner.py train.batch_size=64      # any config override (key=value)
+    .venv/bin/python bench/gpu_ner.py --batch-sizes 16,64,256  # a row per batch size and precision
+    .venv/bin/python bench/gpu_ner.py data.max_length=128      # any config override (key=value)
     .venv/bin/python bench/gpu_ner.py --workload mlp --device cpu --steps 5   # the plumbing, without a GPU
 
 The plain loop runs the workload contract itself (``WORKLOADS[w].build_data / build_model /
@@ -60,7 +61,8 @@ def tokens_in(batch) -> tuple[int, int]:
 
 def config_for(args, precision: str, extra: list[str] = ()):
     path = args.config or (ROOT / "configs" / f"{args.workload}.yaml")
-    overrides = [f"workload={args.workload}", *args.overrides, f"train.precision={precision}", *extra]
+    batch = [f"train.batch_size={args.batch_size}"] if args.batch_size else []
+    overrides = [f"workload={args.workload}", *args.overrides, *batch, f"train.precision={precision}", *extra]
     return config_lib.load_config(path if Path(path).is_file() else None, overrides, smoke_test=args.smoke_test)
 
 
@@ -159,10 +161,10 @@ def measure_ray(args, precision: str, device: torch.device) -> dict:
 # ----------------------------------------------------------------------------- CLI
 def line(r: dict) -> str:
     if r["mode"] == "plain":
-        return (f"plain  {r['precision']:>4}  {r['samples_per_s']:8.1f} samples/s  {r['tokens_per_s']:9.0f} tokens/s  "
+        return (f"plain  {r['precision']:>4}  batch {r['batch_size']:>4}  {r['samples_per_s']:8.1f} samples/s  {r['tokens_per_s']:9.0f} tokens/s  "
                 f"{r['step_ms']:7.1f} ms/step  peak {r['peak_memory_gib']:.2f} GiB  {r['achieved_tflops']:6.2f} TFLOP/s  "
                 f"MFU {100 * r['mfu']:.1f}%  (padding {100 * r['padding_fraction']:.0f}%, loss {r['final_loss']:.3f})")  # fmt: skip
-    return (f"ray    {r['precision']:>4}  {r['samples_per_s']:8.1f} samples/s  (epoch of jobs.train: {r['train_time_s']:.1f} s train, "
+    return (f"ray    {r['precision']:>4}  batch {r['batch_size']:>4}  {r['samples_per_s']:8.1f} samples/s  (epoch of jobs.train: {r['train_time_s']:.1f} s train, "
             f"{r['wall_s']:.1f} s wall, {r['metric']} {r['best_metric']:.4f})")  # fmt: skip
 
 
@@ -170,8 +172,9 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="bench/gpu_ner.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--workload", default="ner", help="any registered workload (mlp: a quick plumbing check)")
     p.add_argument("--config", help="YAML config (default configs/<workload>.yaml)")
-    p.add_argument("--precisions", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--precisions", default="bf16,fp32", help="comma-separated: bf16, fp16, fp32")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"], help="cpu only checks the plumbing")
+    p.add_argument("--batch-sizes", default="0", help="comma-separated batch sizes per step (0 = the config's)")
     p.add_argument("--steps", type=int, default=50, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS, help="device peak for MFU (H100 SXM dense bf16: 989)")
@@ -181,6 +184,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "out"), help="directory for gpu_<workload>.json")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
+    args.precisions = args.precisions.split(",")
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
 
     if args.device == "cuda" and not torch.cuda.is_available():
         print(f"error: no CUDA device (torch {torch.__version__} sees none) — run this on a GPU machine, "
@@ -192,19 +197,23 @@ def main(argv: list[str]) -> int:
               f"MFU against {args.peak_tflops:.0f} TFLOP/s")  # fmt: skip
     results = []
     try:
-        for precision in args.precisions:
-            results.append(measure_plain(args, precision, device))
-            print(line(results[-1]), flush=True)
-        for precision in args.precisions if args.ray else []:
-            results.append(measure_ray(args, precision, device))
-            print(line(results[-1]), flush=True)
+        for args.batch_size in args.batch_sizes:
+            for precision in args.precisions:
+                results.append(measure_plain(args, precision, device))
+                print(line(results[-1]), flush=True)
+        for args.batch_size in args.batch_sizes if args.ray else []:
+            for precision in args.precisions:
+                results.append(measure_ray(args, precision, device))
+                print(line(results[-1]), flush=True)
     except config_lib.USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    plain = {r["precision"]: r for r in results if r["mode"] == "plain"}
-    if "bf16" in plain and "fp32" in plain:
-        print(f"bf16 / fp32: {plain['bf16']['samples_per_s'] / plain['fp32']['samples_per_s']:.2f}x samples/s, "
-              f"{plain['bf16']['peak_memory_gib'] / max(plain['fp32']['peak_memory_gib'], 1e-9):.2f}x peak memory")  # fmt: skip
+    plain = {(r["batch_size"], r["precision"]): r for r in results if r["mode"] == "plain"}
+    for batch_size in sorted({b for b, _ in plain}):
+        if (batch_size, "bf16") in plain and (batch_size, "fp32") in plain:
+            bf16, fp32 = plain[batch_size, "bf16"], plain[batch_size, "fp32"]
+            print(f"batch {batch_size}: bf16 / fp32 = {bf16['samples_per_s'] / fp32['samples_per_s']:.2f}x samples/s, "
+                  f"{bf16['peak_memory_gib'] / max(fp32['peak_memory_gib'], 1e-9):.2f}x peak memory")  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"gpu_{args.workload}.json"
