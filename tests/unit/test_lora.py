@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from jobs import config as config_lib
 from jobs.loop import seed_everything
-from workloads import lora, ner
+from workloads import WORKLOADS, lora
 from workloads.data import DataError
 
 TINY = {"vocab_size": 120, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
@@ -108,31 +108,44 @@ def test_lora_keys_are_config_keys_for_train_and_sweep():
 
 
 CONLL = "EU NNP B-NP B-ORG\nrejects VBZ B-VP O\nGerman JJ B-NP B-MISC\ncall NN I-NP O\n\nPeter NNP B-NP B-PER\nin IN B-PP O\nBonn NNP B-NP B-LOC\n"
+TWEETS = "label,text\n" + "".join(f"{lab},{lab} words number {i}\n" for i in range(30) for lab in ("good", "bad", "meh"))
 
 
-def test_ner_workload_with_lora_exports_a_plain_model(tmp_path):
+def workload_config(name: str, tmp_path: Path, *overrides: str):
+    if name == "ner":
+        for split in ("train", "val", "test"):
+            Path(tmp_path, f"{split}.txt").write_text(CONLL)
+        data = ["model.name_or_path=tiny", *[f"data.{s}={tmp_path / s}.txt" for s in ("train", "val", "test")]]
+    else:
+        Path(tmp_path, "tweets.csv").write_text(TWEETS)
+        data = ["model.tiny=true", f"data.train={tmp_path / 'tweets.csv'}", "data.max_length=16"]
+    return config_lib.load_config(None, [f"workload={name}", *data, *overrides])
+
+
+@pytest.mark.parametrize("name", ["ner", "sentiment"])
+def test_bert_workloads_with_lora_export_a_plain_model(name, tmp_path):
     """build_model wraps, export merges, load_export reads it back (without peft when LoRA is off)."""
-    for split in ("train", "val", "test"):
-        Path(tmp_path, f"{split}.txt").write_text(CONLL)
-    files = [f"data.{s}={tmp_path / s}.txt" for s in ("train", "val", "test")]
-    cfg = config_lib.load_config(None, ["workload=ner", "model.name_or_path=tiny", "model.lora.enabled=true", *files])
-    splits = ner.build_data(cfg)
+    wl = WORKLOADS[name]
+    cfg = workload_config(name, tmp_path, "model.lora.enabled=true")
+    splits = wl.build_data(cfg)
     seed_everything(0)
-    model = ner.build_model(cfg, splits)
+    model = wl.build_model(cfg, splits)
     assert lora.is_lora(model)
     with torch.no_grad():  # non-zero adapters: lora_B starts at zero, which would make merging trivially exact
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
+        for param_name, p in model.named_parameters():
+            if "lora_B" in param_name:
                 p.normal_(0, 0.5)
-    batch = splits.collate_fn(splits.test)
+    batch = splits.collate_fn([splits.val[i] for i in range(min(4, len(splits.val)))])
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     model.eval()
     with torch.no_grad():
-        want = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    ner.export(model, cfg, splits, tmp_path / "export")
+        want = model(**inputs).logits
+    (tmp_path / "export").mkdir()
+    wl.export(model, cfg, splits, tmp_path / "export")
     assert json.loads((tmp_path / "export" / "labels.json").read_text()) == splits.labels
-    served = ner.load_export(config_lib.set_dotted(cfg, "model.lora.enabled", False), splits, tmp_path / "export").eval()
+    served = wl.load_export(config_lib.set_dotted(cfg, "model.lora.enabled", False), splits, tmp_path / "export").eval()
     assert not lora.is_lora(served)
     with torch.no_grad():
-        got = served(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        got = served(**inputs).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
-    assert lora.is_lora(ner.load_export(cfg, splits, tmp_path / "export"))  # a LoRA round goes on with new adapters
+    assert lora.is_lora(wl.load_export(cfg, splits, tmp_path / "export"))  # a LoRA round goes on with new adapters
