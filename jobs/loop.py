@@ -227,7 +227,7 @@ def train_loop_per_worker(config_dict: dict) -> None:
 
     # Train logs every report at INFO; the per-epoch line below says it better (PERENNIAL_TRAIN_LOG_LEVEL=INFO for both)
     logging.getLogger("ray.train").setLevel(os.environ.get("PERENNIAL_TRAIN_LOG_LEVEL", "WARNING"))
-    cfg = config_lib.from_dict(config_dict)
+    cfg = config_lib.from_dict({k: v for k, v in config_dict.items() if not k.startswith("_")})  # _keys: job extras
     wl = WORKLOADS[cfg.workload]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -239,6 +239,10 @@ def train_loop_per_worker(config_dict: dict) -> None:
     # [1] data and model, seeded (the same init on every rank; DDP broadcasts rank 0's anyway)
     seed_everything(cfg.train.seed)
     splits = wl.build_data(cfg)
+    if config_dict.get("_replay"):  # continual fine-tuning: a share of the parent's training data mixed in
+        from jobs.continual import add_replay
+
+        splits.train = add_replay(wl, cfg, splits, config_dict["_replay"])
     model = wl.build_model(cfg, splits)
     init_from = config_dict.get("_init_from")  # continual fine-tuning: the parent's export
     if init_from:
