@@ -66,6 +66,9 @@ class RayCluster:
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ray start exited: {Path(self.log.name).read_text()[-2000:]}")
+            if "Ray runtime started" not in Path(self.log.name).read_text(errors="replace"):
+                time.sleep(1)  # the dashboard answers before the node is up; an overloaded start can still fail
+                continue
             try:
                 urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=2)
                 return
