@@ -22,9 +22,10 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.store import PARTITION, Store, to_arrow
+from jobs.store import CORE, PARTITION, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP_BY = "SELECT workload, count(*) AS n, avg(train_loss) AS mean_loss, max(val_accuracy) AS best FROM epochs GROUP BY workload ORDER BY workload"
@@ -47,10 +48,12 @@ def run_rows(i: int, workloads: int, epochs: int, rng: np.random.Generator) -> t
 
 
 def write_direct(root: str, table: str, rows: list[dict]) -> None:
-    """Same layout as Store.append, minus the rename: only to generate the bulk of the store quickly."""
+    """Same layout and column types as Store.append, minus the rename: generates the bulk quickly."""
     folder = f"{root}/{table}/{PARTITION}={rows[0][PARTITION]}"
     os.makedirs(folder, exist_ok=True)
-    arrow = to_arrow(table, [{k: v for k, v in r.items() if k != PARTITION} for r in rows])
+    columns = {k: [r[k] for r in rows] for k in rows[0] if k != PARTITION}
+    types = {k: CORE[table].get(k) or (pa.float64() if isinstance(v[0], float) else None) for k, v in columns.items()}
+    arrow = pa.table({k: pa.array(v, type=types[k]) for k, v in columns.items()})
     pq.write_table(arrow, f"{folder}/20260101T000000-{uuid.uuid4().hex[:12]}.parquet")
 
 

@@ -5,7 +5,8 @@
     python -m jobs.submit logs ID [--follow]
     python -m jobs.submit list [--workload W] [--status S]
     python -m jobs.submit stop ID
-    (all take --address URL, default $RAY_ADDRESS or http://127.0.0.1:8265, and --store PATH_OR_S3_URI)
+    (all take --address URL, default $RAY_ADDRESS or http://127.0.0.1:8265, and --format table|csv|json;
+     submit takes --store PATH_OR_S3_URI, default $PERENNIAL_STORE, the config's store.path or ./store)
 
 A thin layer over Ray's ``JobSubmissionClient``. ``submit`` checks the config locally (bad input:
 exit 2, nothing submitted), uploads the repo as the job's working_dir (without .venv, runs/,
@@ -18,9 +19,9 @@ The `jobs` table holds two rows per submission: ``submitted`` (written by ``subm
 one (``succeeded`` / ``failed`` / ``stopped`` with Ray's message, start and end time). Ray, not
 the entrypoint, decides the outcome, so a job that crashed before writing anything is recorded
 too: whichever command first sees the job ended (``submit --follow``, ``logs --follow``,
-``status``, ``list``, ``stop``) writes the final row. It is built only from what Ray reports and
-written under the fixed name ``<submission_id>-final``, so two commands racing to write it leave
-one identical file. Exit codes: 0 success (with --follow: the job succeeded), 1 the job failed or
+``status``, ``list``, ``stop``) writes the final row, into the store the job was submitted with
+(kept in the job's Ray metadata). It is built only from what Ray reports and written under the
+fixed name ``<submission_id>-final``, so two commands racing to write it leave one identical file. Exit codes: 0 success (with --follow: the job succeeded), 1 the job failed or
 was stopped, or no cluster at the address, 2 bad input.
 """
 
@@ -31,6 +32,7 @@ import asyncio
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import shlex
 import subprocess
@@ -65,6 +67,8 @@ def client(address: str | None):
     """A connected ``JobSubmissionClient``; ClusterError with one line if there is no cluster."""
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
+
+    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)  # "WebSocket closed" chatter
 
     if address:  # Ray reads RAY_API_SERVER_ADDRESS / RAY_ADDRESS before its `address` argument
         os.environ["RAY_API_SERVER_ADDRESS"] = address
@@ -125,15 +129,22 @@ def recorded_finals(store: Store, submission_ids: list[str] | None = None) -> se
     return set(store.read("jobs", filter=expr, columns=["submission_id"])["submission_id"].to_pylist())
 
 
-def observe(store: Store, infos: list) -> None:
-    """Write the final row of every ended job of ours that has none yet (see the module docstring)."""
+def observe(infos: list) -> None:
+    """Write the final row of every ended job of ours that has none yet (see the module docstring),
+    into the store the job was submitted with (where its `submitted` row is)."""
     ended = [i for i in infos if _ours(i) and i.status.value in TERMINAL]
-    if not ended:
-        return
-    have = recorded_finals(store, [i.submission_id for i in ended])
+    by_store: dict[str, list] = {}
     for info in ended:
-        if info.submission_id not in have:
-            store.append("jobs", [final_row(info)], name=f"{info.submission_id}-final")
+        by_store.setdefault(info.metadata.get("store") or absolute(config_lib.store_path(None)), []).append(info)
+    for uri, group in by_store.items():
+        try:
+            store = Store(uri)
+            have = recorded_finals(store, [i.submission_id for i in group])
+            for info in group:
+                if info.submission_id not in have:
+                    store.append("jobs", [final_row(info)], name=f"{info.submission_id}-final")
+        except config_lib.ConfigError as e:  # one unreachable store must not hide the other jobs
+            print(f"warning: could not record the end of {len(group)} job(s) in {uri}: {e}", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -173,7 +184,7 @@ def repo_relative(config: str) -> str:
     return rel.as_posix()
 
 
-def follow(ray_client, store: Store, submission_id: str) -> int:
+def follow(ray_client, submission_id: str) -> int:
     """Stream the job's logs until it ends; record the final row; 0 if it succeeded, else 1."""
 
     async def tail() -> None:
@@ -192,7 +203,7 @@ def follow(ray_client, store: Store, submission_id: str) -> int:
     except KeyboardInterrupt:
         print(f"\nstopped following; the job keeps running — stop it with: python -m jobs.submit stop {submission_id}", file=sys.stderr)
         return 130
-    observe(store, [info])
+    observe([info])
     print_outcome(info)
     return 0 if info.status.value == "SUCCEEDED" else 1
 
@@ -205,7 +216,7 @@ def print_outcome(info) -> None:
 
 
 # ----------------------------------------------------------------------------- commands
-def cmd_submit(args, store: Store, cfg) -> int:
+def cmd_submit(args, cfg, store: Store) -> int:
     config = repo_relative(args.config)
     if not (ROOT / "jobs" / f"{args.verb}.py").is_file():
         raise config_lib.ConfigError(f"verb '{args.verb}' has no jobs/{args.verb}.py in this repo — use one of: "
@@ -228,8 +239,12 @@ def cmd_submit(args, store: Store, cfg) -> int:
     metadata = {"perennial": "1", "workload": cfg.workload, "verb": args.verb, "config": config,
                 "config_hash": config_hash(cfg), "git_sha": sha, "store": store.uri,
                 "submitted_at": submitted_at.isoformat(), "address": ray_client.get_address()}  # fmt: skip
+    local_cluster = urlparse(metadata["address"]).hostname in ("127.0.0.1", "localhost", "::1")
+    if not local_cluster and "://" not in store.uri:
+        print(f"warning: the store {store.uri} is a local path, but the cluster at {metadata['address']} may not share "
+              "this machine's disk — use --store s3://bucket/prefix", file=sys.stderr)  # fmt: skip
     env_vars |= {"PERENNIAL_STORE": store.uri, "PERENNIAL_JOB_ID": submission_id, "PERENNIAL_GIT_SHA": sha}
-    if urlparse(metadata["address"]).hostname in ("127.0.0.1", "localhost", "::1"):
+    if local_cluster:
         # A single-machine cluster: Ray Train's placement-group cleaner looks up the State API by
         # auto-detection, which fails when several Ray instances run on the machine; point it here.
         env_vars.setdefault("RAY_API_SERVER_ADDRESS", metadata["address"])
@@ -249,13 +264,13 @@ def cmd_submit(args, store: Store, cfg) -> int:
         print(f"  follow: python -m jobs.submit logs {submission_id} --follow")
         print(f"  status: python -m jobs.submit status {submission_id}")
         return 0
-    return follow(ray_client, store, submission_id)
+    return follow(ray_client, submission_id)
 
 
-def cmd_status(args, store: Store, cfg=None) -> int:
+def cmd_status(args) -> int:
     ray_client = client(args.address)
     info = job_info(ray_client, args.id)
-    observe(store, [info])
+    observe([info])
     meta = info.metadata or {}
     rows = {
         "submission_id": info.submission_id, "status": info.status.value.lower(), "workload": meta.get("workload", ""),
@@ -273,22 +288,22 @@ def cmd_status(args, store: Store, cfg=None) -> int:
     return 0
 
 
-def cmd_logs(args, store: Store, cfg=None) -> int:
+def cmd_logs(args) -> int:
     ray_client = client(args.address)
     info = job_info(ray_client, args.id)
     if args.follow:
-        return follow(ray_client, store, args.id)
+        return follow(ray_client, args.id)
     print(ray_client.get_job_logs(args.id), end="")
-    observe(store, [info])
+    observe([info])
     return 0
 
 
-def cmd_list(args, store: Store, cfg=None) -> int:
+def cmd_list(args) -> int:
     import pandas as pd
 
     ray_client = client(args.address)
     infos = [i for i in ray_client.list_jobs() if _ours(i)]
-    observe(store, infos)
+    observe(infos)
     rows = []
     for info in infos:
         meta = info.metadata or {}
@@ -305,7 +320,7 @@ def cmd_list(args, store: Store, cfg=None) -> int:
     return 0
 
 
-def cmd_stop(args, store: Store, cfg=None) -> int:
+def cmd_stop(args) -> int:
     ray_client = client(args.address)
     info = job_info(ray_client, args.id)
     if info.status.value not in TERMINAL:
@@ -314,7 +329,7 @@ def cmd_stop(args, store: Store, cfg=None) -> int:
         while info.status.value not in TERMINAL and time.time() < deadline:
             time.sleep(0.5)
             info = job_info(ray_client, args.id)
-    observe(store, [info])
+    observe([info])
     print(f"job {args.id} {info.status.value.lower()}")
     return 0 if info.status.value in TERMINAL else 1
 
@@ -322,12 +337,12 @@ def cmd_stop(args, store: Store, cfg=None) -> int:
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.submit", description="Submit and track jobs on a Ray cluster.")
     p.add_argument("--address", help=f"Ray dashboard / job server URL (default $RAY_ADDRESS or {DEFAULT_ADDRESS})")
-    p.add_argument("--store", help="evaluation store: a directory or s3:// URI (default $PERENNIAL_STORE or ./store)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     sub = p.add_subparsers(dest="cmd", required=True)
     sm = sub.add_parser("submit", help="submit `python -m jobs.<verb> --config CONFIG` as a Ray job")
     sm.add_argument("config", help="YAML config inside the repo, e.g. configs/mlp.yaml")
     sm.add_argument("--verb", choices=VERBS, default="train")
+    sm.add_argument("--store", help="evaluation store for the job and its `jobs` rows: a directory or s3:// URI")
     sm.add_argument("--follow", action="store_true", help="stream the logs; exit 0 if the job succeeds, 1 if not")
     sm.add_argument("--smoke-test", action="store_true", help="the workload's tiny mode")
     sm.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
@@ -348,13 +363,11 @@ def main(argv: list[str]) -> int:
         args.overrides += extra
     elif extra:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
-    cfg = None
-    if args.cmd == "submit":  # bad input: exit 2 here, before any cluster work
-        cfg = config_lib.load_config(args.config, args.overrides, smoke_test=args.smoke_test)
-    store = Store(absolute(config_lib.store_path(args.store, cfg)))
-    commands = {"submit": cmd_submit, "status": cmd_status, "logs": cmd_logs, "list": cmd_list, "stop": cmd_stop}
     try:
-        return commands[args.cmd](args, store, cfg)
+        if args.cmd == "submit":  # bad input: exit 2 here, before any cluster work
+            cfg = config_lib.load_config(args.config, args.overrides, smoke_test=args.smoke_test)
+            return cmd_submit(args, cfg, Store(absolute(config_lib.store_path(args.store, cfg))))
+        return {"status": cmd_status, "logs": cmd_logs, "list": cmd_list, "stop": cmd_stop}[args.cmd](args)
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

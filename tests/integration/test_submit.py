@@ -12,7 +12,9 @@ from jobs.store import Store
 
 def submit_cli(ray_cluster, store_dir, *args: str, timeout: float = 400):
     env = ray_cluster.env | {"RAY_ADDRESS": ray_cluster.dashboard}  # honours RAY_ADDRESS, as Ray's CLI does
-    return run_job(["jobs.submit", "--store", str(store_dir), *args], env, timeout=timeout)
+    if args and args[0] == "submit":
+        args = ("submit", "--store", str(store_dir), *args[1:])
+    return run_job(["jobs.submit", *args], env, timeout=timeout)
 
 
 def submission_id(res) -> str:
@@ -88,8 +90,7 @@ def test_missing_token_and_missing_cluster_are_one_line_exit_1(ray_cluster, stor
     assert res.returncode == 1 and "RAY_AUTH_MODE=token" in res.stderr, res.stderr
     res = run_job(["jobs.submit", "--address", f"http://127.0.0.1:{free_port()}", "status", "x"], base_env())
     assert res.returncode == 1 and "no Ray cluster at" in res.stderr
-    for r in (res,):
-        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 def test_bad_override_exits_2_before_submitting(ray_cluster, store_dir):
