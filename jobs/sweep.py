@@ -343,49 +343,41 @@ def _in_process_trial_class():
     from ray import tune
     from ray.train import UserCallback
 
-    class InProcessTrial(tune.Trainable):
-        """Tune class trainable for 1-worker trials: the loop runs in a thread of this actor.
+    class LoopThread(UserCallback):
+        """One trial's loop, in a thread; as the run's Train callback it hands each report to ``step()``
+        and waits there for the next step, so a stop from the scheduler lands between two epochs."""
 
-        A class, not a function trainable: inside a function trainable ``ray.train.report`` refuses to
-        run (Tune session). Each ``step()`` hands Tune one ``ray.train.report`` of the loop; the loop
-        waits there until the next step, so when the scheduler stops the trial, ``cleanup()`` ends it
-        between epochs and the thread records the run as stopped_early from its last checkpoint."""
+        def __init__(self, ctx: dict, params: dict, trial_id: str):
+            self.results: queue.Queue = queue.Queue()
+            self.resume = threading.Semaphore(0)
+            self.stopping = self.waiting = False
+            self.thread = threading.Thread(target=self.work, args=(ctx, params, trial_id), name=f"trial-{trial_id}", daemon=True)
+            self.thread.start()
 
-        def setup(self, config: dict, ctx: dict):
-            self._results: queue.Queue = queue.Queue()
-            self._resume = threading.Semaphore(0)
-            self._stopping = False
-            self._waiting = False  # the loop is parked in a report, waiting for the next step()
-            trial = self
+        def work(self, ctx: dict, params: dict, trial_id: str) -> None:
+            try:
+                self.results.put(("done", run_trial(ctx, params, trial_id, [self], run_in_process)))
+            except BaseException as e:  # noqa: BLE001 — handed to step(), which raises it in Tune
+                self.results.put(("error", e))
 
-            class StepReporter(UserCallback):
-                def after_report(self, run_context, metrics, checkpoint):
-                    trial._results.put(("report", metrics[0] | ({"checkpoint_path": checkpoint.path} if checkpoint else {})))
-                    trial._resume.acquire()
-                    if trial._stopping:
-                        raise TrialStopped()
+        def after_report(self, run_context, metrics, checkpoint):
+            self.results.put(("report", metrics[0] | ({"checkpoint_path": checkpoint.path} if checkpoint else {})))
+            self.resume.acquire()
+            if self.stopping:
+                raise TrialStopped()
 
-            def work():
-                try:
-                    self._results.put(("done", run_trial(ctx, config, self.trial_id, [StepReporter()], run_in_process)))
-                except BaseException as e:  # noqa: BLE001 — handed to step(), which raises it in Tune
-                    self._results.put(("error", e))
-
-            self._thread = threading.Thread(target=work, name="perennial-loop", daemon=True)
-            self._thread.start()
-
-        def step(self) -> dict:
-            if self._waiting:  # let the loop go on past the report Tune has seen
-                self._resume.release()
-                self._waiting = False
-            kind, payload = self._results.get()
+        def next_result(self) -> dict:
+            if self.waiting:  # let the loop go on past the report Tune has seen
+                self.resume.release()
+                self.waiting = False
+            kind, payload = self.results.get()
             if kind == "report" and not payload.get("final"):
-                self._waiting = True
+                self.waiting = True
                 return payload
             final = None
             if kind == "report":  # the final report: the loop goes on to record the run; the trial ends with it
-                self._resume.release()
-                final, (kind, payload) = payload, self._results.get()
+                self.resume.release()
+                final, (kind, payload) = payload, self.results.get()
             if kind == "error":
                 raise payload
             row, _ = payload
@@ -393,13 +385,36 @@ def _in_process_trial_class():
                 raise TrialFailed(row["error"])
             return (final or final_result(row)) | {"done": True}
 
+        def end(self) -> None:
+            """Stop a loop parked in a report (it records the run as stopped_early) and wait for it."""
+            self.stopping = True
+            self.resume.release()
+            self.thread.join(timeout=300)
+
+    class InProcessTrial(tune.Trainable):
+        """Tune class trainable for 1-worker trials: jobs/loop.py runs in this actor (run_in_process).
+
+        A class, not a function trainable: inside a function trainable ``ray.train.report`` refuses to
+        run (Tune session). Each ``step()`` is one report of the loop. Tune reuses the actor for the
+        next trial (``reset_config``), so torch, sklearn and Ray Train are imported once per actor."""
+
+        def setup(self, config: dict, ctx: dict):
+            self._ctx = ctx
+            self._loop = LoopThread(ctx, config, self.trial_id)
+
+        def step(self) -> dict:
+            return self._loop.next_result()
+
+        def reset_config(self, new_config: dict) -> bool:
+            self._loop.end()  # a trial the scheduler stopped records itself before the next one starts
+            self._loop = LoopThread(self._ctx, new_config, self.trial_id)
+            return True
+
         def cleanup(self):
-            self._stopping = True
-            self._resume.release()
-            self._thread.join(timeout=300)  # the thread records a stopped trial before the actor goes
+            self._loop.end()
 
         def save_checkpoint(self, checkpoint_dir: str):
-            return None  # a trial's checkpoints are its Train run's; Tune restarts it and the run resumes
+            return None  # a trial's checkpoints are its Train run's; a restarted trial resumes from them
 
         def load_checkpoint(self, checkpoint):
             pass
@@ -492,8 +507,9 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
             trainable,
             param_space=tune_space(cfg, state["search_space"]),
             tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler,
-                                        num_samples=cfg.sweep.num_samples, reuse_actors=False),  # fmt: skip
-            run_config=tune.RunConfig(name=sweep_id, storage_path=root, callbacks=callbacks, verbose=0),
+                                        num_samples=cfg.sweep.num_samples, reuse_actors=in_process(cfg)),  # fmt: skip
+            run_config=tune.RunConfig(name=sweep_id, storage_path=root, callbacks=callbacks, verbose=0,
+                                      checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)),  # fmt: skip
         )
     if resume:  # a restored Tuner unpickles its old callbacks; Tuner.restore takes no RunConfig, so swap them in
         tuner._local_tuner.get_run_config().callbacks = callbacks
