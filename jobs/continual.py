@@ -165,7 +165,7 @@ def concat(new, old, idx: np.ndarray):
 
 
 def _is_column(value, n: int) -> bool:
-    return isinstance(value, (list, tuple, np.ndarray)) or (hasattr(value, "shape") and hasattr(value, "__len__")) and len(value) == n
+    return (isinstance(value, (list, tuple, np.ndarray)) or hasattr(value, "shape")) and hasattr(value, "__len__") and len(value) == n
 
 
 # ----------------------------------------------------------------------------- lineage (python -m jobs.store lineage)

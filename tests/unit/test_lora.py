@@ -107,6 +107,14 @@ def test_lora_keys_are_config_keys_for_train_and_sweep():
         config_lib.load_config(None, ["workload=ner", "model.lora.rank=4"])
 
 
+def test_lora_rank_is_a_sweep_dimension():
+    from jobs import sweep
+
+    cfg = config_lib.load_config(None, ["workload=ner", "model.lora.enabled=true"])
+    space = sweep.tune_space(cfg, {"model.lora.r": {"choice": [4, 8, 16]}, "train.lr": {"loguniform": [1e-4, 1e-3]}})
+    assert sorted(space) == ["model.lora.r", "train.lr"]
+
+
 CONLL = "EU NNP B-NP B-ORG\nrejects VBZ B-VP O\nGerman JJ B-NP B-MISC\ncall NN I-NP O\n\nPeter NNP B-NP B-PER\nin IN B-PP O\nBonn NNP B-NP B-LOC\n"
 TWEETS = "label,text\n" + "".join(f"{lab},{lab} words number {i}\n" for i in range(30) for lab in ("good", "bad", "meh"))
 
