@@ -13,7 +13,7 @@ from jobs.store import Store
 
 def train(ray_cluster, store_dir: Path, tmp_path: Path, config: str, *overrides: str) -> dict:
     res = run_job(["jobs.train", "--config", config, "--smoke-test", "--store", str(store_dir),
-                   f"run.storage_path={tmp_path / 'runs'}", *overrides], ray_cluster.job_env())  # fmt: skip
+                   f"run.storage_path={tmp_path / 'runs'}", *overrides], ray_cluster.job_env(), timeout=900)  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     runs = Store(store_dir).df("runs")
     assert len(runs) == 1
@@ -70,10 +70,10 @@ def test_unknown_run_and_missing_checkpoint_exit_2(ray_cluster, store_dir, tmp_p
     assert not Path(store_dir, "evaluations").exists()
 
 
-def test_bad_conll_file_exits_2_before_ray_and_writes_nothing(ray_cluster, store_dir, tmp_path):
+def test_bad_conll_file_exits_2_before_ray_and_writes_nothing(store_dir, tmp_path):
     bad = tmp_path / "train.txt"
     bad.write_text("EU B-ORG\nrejects VBZ O\n")
     res = run_job(["jobs.train", "--config", "configs/ner.yaml", "--store", str(store_dir), f"data.train={bad}"],
-                  ray_cluster.job_env(), timeout=120)  # fmt: skip
+                  base_env(), timeout=120)  # fmt: skip
     assert res.returncode == 2 and f"{bad}:2:" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not store_dir.exists()
