@@ -100,7 +100,7 @@ def test_ray_job_submit_runs_a_sweep_of_two_worker_train_runs(ray_cluster, store
     args = sweep_args(tmp_path, store_dir, "scaling.num_workers=2", "sweep.scheduler=fifo", grid="[0.01, 0.000001]")
     cmd = [str(Path(PY).parent / "ray"), "job", "submit", "--address", ray_cluster.dashboard, "--working-dir", ".",
            "--", "python", "-m", *args]  # fmt: skip
-    res = subprocess.run(cmd, env=ray_cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=500)
+    res = subprocess.run(cmd, env=ray_cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "succeeded" in res.stdout and "1 at a time" in res.stdout  # 2 workers x 1 CPU on a 2-CPU cluster
     runs, _ = check_sweep(store_dir, tmp_path / "runs", 2, asha=False)
