@@ -56,9 +56,13 @@ class RayCluster:
         ]  # fmt: skip
         self.log = open(Path(self.temp_dir) / "ray-start.log", "w")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()  # a head that never got ready must not outlive the test session
+            raise
 
-    def _wait_ready(self, timeout: float = 90.0) -> None:
+    def _wait_ready(self, timeout: float = 180.0) -> None:
         import urllib.error
         import urllib.request
 
