@@ -1,6 +1,6 @@
-"""Sweep search spaces: YAML -> Tune sampler objects, and the one-line exit-2 errors for bad ones.
-
-No Ray cluster: only Tune's sampler classes and the CLI's checks, which all run before Ray starts.
+"""Sweep pieces that need no Ray cluster: search spaces (YAML -> Tune samplers, and the one-line exit-2
+errors for bad ones, all raised before Ray starts) and the in-process trial runner (Ray Train's own
+checkpoint storage, used without a cluster).
 """
 
 from __future__ import annotations
@@ -149,3 +149,28 @@ def test_trial_overrides_set_the_sweep_budget_but_the_command_line_wins(tmp_path
     bad = cfg_with(tmp_path, "    train.lr: {loguniform: [1.0e-4, 1.0e-2]}\n", "  trial_overrides: {train.epochz: 6}\n")
     with pytest.raises(ConfigError, match="sweep.trial_overrides: unknown config key 'train.epochz'"):
         sweep.with_trial_overrides(bad)
+
+
+def test_in_process_runner_writes_a_train_run_that_stops_and_resumes(tmp_path):
+    """The fast path for 1-worker trials: stopped between epochs by its callback (as ASHA does), then
+    resumed from its own epoch checkpoint; the run dir is one Ray Train itself reads back."""
+    import ray.train
+    from ray.train import UserCallback
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs/mlp.yaml",
+                      [f"run.storage_path={tmp_path}", "data.source=digits", "scaling.cpus_per_worker=1"], smoke_test=True)  # fmt: skip
+    reports = []
+
+    class StopAfterFirstEpoch(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            reports.append((metrics[0]["epoch"], bool(metrics[0].get("final")), Path(checkpoint.path).name))
+            if len(reports) == 1:
+                raise sweep.TrialStopped()
+
+    checkpoint, error = sweep.run_in_process(cfg, "run-a", [StopAfterFirstEpoch()])
+    assert error is None and Path(checkpoint.path).name == "epoch_0001" and reports == [(1, False, "epoch_0001")]
+    checkpoint, error = sweep.run_in_process(cfg, "run-a", [StopAfterFirstEpoch()])  # same name: resumes
+    assert error is None and reports[1:] == [(2, False, "epoch_0002"), (2, True, "final")]
+    assert ray.train.Result.from_path(tmp_path / "run-a").checkpoint.path == checkpoint.path
+    assert (Path(checkpoint.path) / "export" / "model.safetensors").is_file()
+    assert not (tmp_path / "run-a" / "epoch_0001").exists()  # run.num_to_keep applies, as in a Train run
