@@ -49,5 +49,9 @@ cluster-check: setup
 	$(BIN)/python -m jobs.cluster_check cluster*.yaml
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_cluster_yaml.py
 
+# performance suite (bench/__main__.py): Ray Train overhead, NER vs HF Trainer, scaling, memory; < 30 min on 2 cores
+bench: setup
+	$(BIN)/python -m bench
+
 clean:
 	rm -rf store runs .pytest_cache

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import random
+import resource
 import sys
 import tempfile
 import time
@@ -148,7 +149,7 @@ def train_loader(wl, cfg, splits) -> DataLoader:
 
 
 def run_epoch(model, loader, optimizer, wl, cfg, device, scheduler=None, scaler=None, dist=False) -> dict:
-    """One pass over ``loader``: returns train_loss, samples, train_time_s, skipped_batches."""
+    """One pass over ``loader``: returns train_loss, samples, train_time_s, step_time_median_s, skipped_batches."""
     model.train()
     accum = max(1, cfg.train.grad_accum_steps)
     on_nan = cfg.train.on_nan
@@ -156,9 +157,11 @@ def run_epoch(model, loader, optimizer, wl, cfg, device, scheduler=None, scaler=
         raise config_lib.ConfigError(f"train.on_nan must be fail or skip_batch, got '{on_nan}'")
     loss_sum, n_batches, samples, skipped = 0.0, 0, 0, 0
     t0 = time.perf_counter()
+    step_starts = [t0]  # the clock as each batch arrives: per-step times for step_time_median_s
     optimizer.zero_grad(set_to_none=True)
     n_total = len(loader) if hasattr(loader, "__len__") else None
     for i, batch in enumerate(loader):
+        step_starts.append(time.perf_counter())
         batch = to_device(batch, device)
         last_micro = (i + 1) % accum == 0 or (n_total is not None and i + 1 == n_total)
         # the epoch's last window may be short: average over the micro-batches it has, as one bigger batch would
@@ -194,12 +197,30 @@ def run_epoch(model, loader, optimizer, wl, cfg, device, scheduler=None, scaler=
         loss_sum += loss.item()
         n_batches += 1
         samples += _batch_size(batch)
+    step_starts.append(time.perf_counter())
     return {
         "train_loss": loss_sum / max(n_batches, 1),
         "samples": samples,
-        "train_time_s": time.perf_counter() - t0,
+        "train_time_s": step_starts[-1] - t0,
+        "step_time_median_s": median_step_time(step_starts),
         "skipped_batches": skipped,
     }
+
+
+def median_step_time(step_starts: list[float], warmup: int = 3) -> float:
+    """Median seconds per step (compute + loading the next batch) from the clock at each batch's arrival.
+
+    The first interval is the loader's start-up alone and is left out, and so are ``warmup`` steps
+    (allocator, lazy init) when the epoch has more than ``2 * warmup`` of them (bench/overhead.py)."""
+    steps = np.diff(step_starts)[1:]
+    if len(steps) > 2 * warmup:
+        steps = steps[warmup:]
+    return float(np.median(steps)) if len(steps) else float("nan")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (Linux reports KiB): the per-worker figure of bench/memory.py."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class _null:
@@ -309,6 +330,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
             "train_time_s": train_time,
             "samples_per_s": samples / max(train_time, 1e-9),
             "skipped_batches": stats["skipped_batches"],
+            "step_time_median_s": _all_sum(stats["step_time_median_s"], device, dist) / world,  # mean over ranks
+            "peak_rss_mb": _all_max(peak_rss_mb(), device, dist),  # the largest worker
             "elapsed_s": time.perf_counter() - run_t0,
         }
         if metric not in row:
@@ -415,6 +438,14 @@ def _broadcast(obj: dict, dist: bool) -> dict:
     box = [obj]
     torch.distributed.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _all_max(value: float, device: torch.device, dist: bool) -> float:
+    if not dist:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t.item())
 
 
 def _all_sum(value: float, device: torch.device, dist: bool) -> float:

@@ -1,0 +1,69 @@
+"""The performance suite: Ray Train overhead, NER vs HF Trainer, scaling, memory — each table printed.
+
+    python -m bench [--only overhead vs_hf_trainer scaling memory] [--smoke] [--no-ray]
+    make bench
+
+Runs, one after the other (the machine's cores are shared, so never two at once):
+  [1] bench/overhead.py       plain PyTorch vs jobs.train step time (target ratio <= 1.03); fixed costs
+  [2] bench/vs_hf_trainer.py  NER samples/s, padding, peak RSS, val F1 vs transformers.Trainer (target >= 1.3x)
+  [3] bench/scaling.py        1 vs 2 Train workers on this machine; paper estimate of N-GPU DDP
+  [4] bench/memory.py         peak RSS per worker for every workload (target: NER < 2 GB)
+Each arm runs in its own subprocess; arms alternate (A/B/A/B) and every figure is min/median/max over
+repeats with the load average beside it: read ratios, not absolute numbers, on a busy machine.
+Default sizes finish in < 30 min on 2 idle cores. Results and arm logs: bench/out/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import memory, overhead, scaling, vs_hf_trainer  # noqa: E402
+
+SUITE = {"overhead": overhead, "vs_hf_trainer": vs_hf_trainer, "scaling": scaling, "memory": memory}
+
+
+def machine() -> str:
+    import torch
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), platform.processor())
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} x {cpu}, {mem_gb:.0f} GiB RAM, {platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", nargs="+", choices=list(SUITE), default=list(SUITE), help="run these parts only")
+    p.add_argument("--smoke", action="store_true", help="every part's tiny mode (checks the plumbing, not the figures)")
+    p.add_argument("--no-ray", action="store_true", help="leave out every arm that needs Ray")
+    p.add_argument("--out", default=str(ROOT / "bench" / "out"))
+    args = p.parse_args(argv)
+    flags = ["--out", args.out] + (["--smoke"] if args.smoke else []) + (["--no-ray"] if args.no_ray else [])
+    print(f"python -m bench {' '.join(argv)}\n{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {machine()}", flush=True)
+    t0, failed = time.perf_counter(), []
+    for name in args.only:
+        start = time.perf_counter()
+        print(f"\n===== {name} =====", flush=True)
+        try:
+            code = SUITE[name].main(flags)
+        except Exception as e:  # noqa: BLE001 — one failing part must not hide the other tables
+            print(f"{name} failed: {e}", flush=True)
+            code = 1
+        if code:
+            failed.append(name)
+        print(f"({name}: {time.perf_counter() - start:.0f} s)", flush=True)
+    print(f"\nbench: {time.perf_counter() - t0:.0f} s in all, load average {os.getloadavg()[0]:.1f} at the end"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))  # fmt: skip
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,305 @@
+"""Ray Train overhead: the same workload and loop in a plain PyTorch process and under jobs.train (1 worker).
+
+    python -m bench.overhead [--repeats 2] [--workloads mlp ner] [--cpus 2] [--smoke] [--no-ray]
+
+[1] Step time. Arm A runs ``jobs.loop.run_epoch`` — the loop every Train worker runs — in a plain
+PyTorch process (torch threads = --cpus, no Ray); arm B runs ``jobs.train`` (TorchTrainer, one worker
+holding --cpus CPUs), whose epochs row carries the same loop's ``step_time_median_s``. Same config,
+seed and batch order in both; step time = median over one epoch's steps (data + forward + backward +
+optimizer) after 3 warm-up steps. Arms alternate A/B/A/B, each in a fresh subprocess, and the table
+gives min/median/max over repeats of each arm and of the B/A ratio of each pair (target <= 1.03).
+
+[2] Fixed cost, before/after, settings alternating round by round (FIXED_VARIANTS: Ray's defaults,
+then each change jobs/train.py makes for its embedded cluster, then connecting to a running cluster
+started here with ``ray start --head``): cluster start (``init_ray``) and the Train run's own fixed
+cost = wall of a tiny ``fit()`` through TorchTrainer minus the wall of the same ``fit()`` run
+in-process (jobs.sweep.run_in_process: same loop, checkpoints and store rows, no Train controller or
+worker group), cold (the cluster's first run) and warm (a second run on the same cluster).
+
+``--smoke`` runs tiny configs in this process (the plumbing, for tests/unit/test_bench_plumbing.py);
+``--no-ray`` leaves out every arm that needs Ray. Results: bench/out/overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+RESULT = "BENCH_RESULT "  # an arm's last stdout line: RESULT + JSON (Ray forwards worker logs to stdout too)
+HEALTH_CHECK, WATCHER = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+# Fixed-cost settings, before -> after: Ray's defaults, then each change jobs/train.py makes for its embedded cluster.
+FIXED_VARIANTS = {
+    "Ray defaults (health check 2 s)": {HEALTH_CHECK: "2.0", WATCHER: "1"},
+    "health check 0.2 s": {HEALTH_CHECK: "0.2", WATCHER: "1"},
+    "+ no preemption watcher": {HEALTH_CHECK: "0.2", WATCHER: "0"},
+}
+
+# Step-time configs: >= 50 steps after warm-up, about a minute per arm on 2 idle cores.
+STEP_CONFIGS = {
+    "mlp": ["data.max_train_samples=12800", "train.epochs=1"],  # 100 steps of 128
+    "ner": ["data.max_train_samples=1000", "data.max_eval_samples=200", "train.epochs=1"],  # 63 steps of 16
+}
+SMOKE_CONFIGS = {
+    "mlp": ["data.max_train_samples=1280", "model.hidden1=64", "model.hidden2=32", "train.epochs=1"],
+    "ner": ["model.name_or_path=tiny", "data.max_train_samples=160", "data.max_eval_samples=32",
+            "data.max_length=48", "train.epochs=1"],  # fmt: skip
+}
+# The Train run whose fixed cost is measured: 1 epoch of the mlp smoke test (training itself < 1 s).
+TINY_RUN = ["--smoke-test", "train.epochs=1"]
+
+
+# ----------------------------------------------------------------------------- small helpers
+def load_avg() -> float:
+    return round(os.getloadavg()[0], 1)
+
+
+def spread(values: list[float], fmt: str = "{:.1f}") -> str:
+    """min / median / max of ``values``, the shape every figure of this suite is reported in."""
+    if not values:
+        return "n/a"
+    return "/".join(fmt.format(v) for v in (min(values), statistics.median(values), max(values)))
+
+
+def load_cfg(workload: str, overrides: list[str], smoke_test: bool = False):
+    from jobs import config as config_lib
+
+    return config_lib.load_config(ROOT / "configs" / f"{workload}.yaml", overrides, smoke_test=smoke_test)
+
+
+# ----------------------------------------------------------------------------- [1] the arms
+def arm_plain(args, tmp: str) -> dict:
+    """The loop's epoch in a plain PyTorch process: what a user's own script would run."""
+    import torch
+
+    from jobs import loop
+    from workloads import WORKLOADS
+
+    cfg = load_cfg(args.workload, step_overrides(args))
+    wl = WORKLOADS[cfg.workload]
+    torch.set_num_threads(cfg.scaling.cpus_per_worker)  # as the Train worker does
+    loop.seed_everything(cfg.train.seed)
+    splits = wl.build_data(cfg)
+    model = wl.build_model(cfg, splits)
+    optimizer = wl.build_optimizer(cfg, model) if hasattr(wl, "build_optimizer") else loop.make_optimizer(cfg, model)
+    loader = loop.train_loader(wl, cfg, splits)
+    if hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(0)
+    scheduler = wl.build_scheduler(cfg, optimizer, len(loader)) if hasattr(wl, "build_scheduler") else None
+    stats = loop.run_epoch(model, loader, optimizer, wl, cfg, torch.device("cpu"), scheduler)
+    return {"step_time_median_s": stats["step_time_median_s"], "samples_per_s": stats["samples"] / stats["train_time_s"],
+            "train_loss": stats["train_loss"], "steps": len(loader), "peak_rss_mb": loop.peak_rss_mb()}  # fmt: skip
+
+
+def arm_ray(args, tmp: str) -> dict:
+    """The same epoch under jobs.train: Ray Train, one worker holding the same CPUs."""
+    from jobs.store import Store
+    from jobs.train import fit, init_ray
+
+    cfg = load_cfg(args.workload, [*step_overrides(args), f"run.storage_path={tmp}/runs"])
+    t0 = time.perf_counter()
+    init_ray()
+    cluster_s = time.perf_counter() - t0
+    store = Store(f"{tmp}/store")
+    row = fit(cfg, store, quiet=True)
+    if row["status"] != "completed":
+        raise RuntimeError(f"jobs.train {args.workload}: {row['status']} {row['error']}")
+    epoch = store.history(row["run_id"]).iloc[-1]
+    return {"step_time_median_s": float(epoch["step_time_median_s"]), "samples_per_s": float(epoch["samples_per_s"]),
+            "train_loss": float(epoch["train_loss"]), "peak_rss_mb": float(epoch["peak_rss_mb"]),
+            "cluster_start_s": cluster_s, "fit_wall_s": float(row["wall_s"]), "train_time_s": float(epoch["train_time_s"])}  # fmt: skip
+
+
+def arm_fixed(args, tmp: str) -> dict:
+    """Cluster start, then the same tiny run three times: TorchTrainer cold, TorchTrainer warm, in-process."""
+    from jobs.store import Store
+    from jobs.sweep import run_in_process
+    from jobs.train import fit, init_ray
+
+    cfg = load_cfg("mlp", [*TINY_RUN[1:], f"run.storage_path={tmp}/runs"], smoke_test=True)
+    t0 = time.perf_counter()
+    init_ray()  # connects when RAY_ADDRESS is set, else starts an embedded cluster
+    cluster_s = time.perf_counter() - t0
+    store = Store(f"{tmp}/store")
+    walls = {}
+    for name, runner in (("cold", None), ("warm", None), ("in_process", run_in_process)):
+        row = fit(cfg, store, quiet=True, **({"runner": runner} if runner else {}))
+        if row["status"] != "completed":
+            raise RuntimeError(f"tiny run ({name}): {row['status']} {row['error']}")
+        walls[name] = float(row["wall_s"])
+    return {"cluster_start_s": cluster_s, "fit_cold_s": walls["cold"], "fit_warm_s": walls["warm"],
+            "fit_in_process_s": walls["in_process"], "train_fixed_cold_s": walls["cold"] - walls["in_process"],
+            "train_fixed_warm_s": walls["warm"] - walls["in_process"],
+            "settings": {k: os.environ.get(k, "") for k in (HEALTH_CHECK, WATCHER, "RAY_ADDRESS")}}  # fmt: skip
+
+
+ARMS = {"plain": arm_plain, "ray": arm_ray, "fixed": arm_fixed}
+
+
+def step_overrides(args) -> list[str]:
+    table = SMOKE_CONFIGS if args.smoke else STEP_CONFIGS
+    return [*table[args.workload], f"scaling.cpus_per_worker={args.cpus}", "scaling.num_workers=1"]
+
+
+def run_arm(args, arm: str, workload: str = "", env: dict | None = None) -> dict:
+    """One arm in a fresh subprocess (its own memory and threads), or in this process with --smoke."""
+    load_before = load_avg()
+    if args.smoke:
+        args.workload = workload
+        with tempfile.TemporaryDirectory() as tmp:
+            out = ARMS[arm](args, tmp)
+    else:
+        log = Path(args.out) / "logs" / f"overhead-{arm}-{workload or 'tiny'}-{int(time.time())}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "bench.overhead", "--arm", arm, "--workload", workload or "mlp", f"--cpus={args.cpus}"]
+        with open(log, "w") as f:
+            code = subprocess.run(cmd, cwd=ROOT, env=env or dict(os.environ), stdout=f, stderr=subprocess.STDOUT).returncode
+        lines = [ln for ln in log.read_text().splitlines() if ln.startswith(RESULT)]
+        if code or not lines:
+            tail = "\n".join(log.read_text().splitlines()[-15:])
+            raise RuntimeError(f"arm {arm} {workload} failed (exit {code}), log {log}:\n{tail}")
+        out = json.loads(lines[-1][len(RESULT):])
+    return out | {"arm": arm, "workload": workload, "load_avg": [load_before, load_avg()]}
+
+
+class RunningCluster:
+    """A Ray head started here (``ray start --head --block`` on 127.0.0.1), ended by its process group id."""
+
+    def __init__(self, num_cpus: int, env: dict):
+        from jobs.train import _free_port
+
+        self.temp_dir = tempfile.mkdtemp(prefix="bench-ray-")
+        self.address = f"127.0.0.1:{_free_port()}"
+        self.env = env | {"RAY_AUTH_MODE": "token"}  # `ray start` turns token auth on (DESIGN.md)
+        cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats",
+               f"--num-cpus={num_cpus}", f"--port={self.address.rsplit(':', 1)[1]}", "--node-ip-address=127.0.0.1",
+               "--dashboard-host=127.0.0.1", f"--dashboard-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
+               f"--dashboard-agent-listen-port={_free_port()}", f"--temp-dir={self.temp_dir}"]  # fmt: skip
+        self.log = open(Path(self.temp_dir) / "ray-start.log", "w")
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        from jobs.train import ClusterError, check_reachable
+
+        deadline = time.time() + 120
+        while True:
+            try:
+                check_reachable(self.address, timeout_s=2)
+                break
+            except ClusterError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"ray start failed: {Path(self.log.name).read_text()[-1500:]}") from None
+                time.sleep(1)
+        time.sleep(3)  # the GCS port opens before the raylet and dashboard are up
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # only what this bench started
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+# ----------------------------------------------------------------------------- [2] the driver
+def measure(args) -> dict:
+    results = {"step": {}, "fixed": {}}
+    arms = ["plain"] + ([] if args.no_ray else ["ray"])
+    for workload in args.workloads:
+        pairs = []
+        for r in range(args.repeats):  # A/B/A/B: the machine's noise hits both arms
+            pair = {arm: run_arm(args, arm, workload) for arm in arms}
+            pairs.append(pair)
+            print(f"  [{workload} {r + 1}/{args.repeats}] " + "  ".join(
+                f"{arm} {1000 * p['step_time_median_s']:.1f} ms/step" for arm, p in pair.items()) + f"  (load {pair['plain']['load_avg']})", flush=True)  # fmt: skip
+        results["step"][workload] = pairs
+    if args.no_ray:
+        return results
+    base_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    variants = {name: base_env | settings for name, settings in FIXED_VARIANTS.items()}
+    cluster = None
+    if not args.smoke:  # reuse of a running cluster: a job connects to it instead of starting its own
+        cluster = RunningCluster(args.cpus, variants[list(FIXED_VARIANTS)[-1]])
+        variants["+ a running cluster (ray start)"] = cluster.env | {"RAY_ADDRESS": cluster.address}
+    if args.smoke:  # arms run inline: one setting, whatever this process has
+        variants = dict(list(variants.items())[-1:])
+    results["fixed"] = {name: [] for name in variants}
+    try:
+        for r in range(args.repeats if not args.smoke else 1):
+            for name, env in variants.items():
+                res = run_arm(args, "fixed", "", env)
+                results["fixed"][name].append(res)
+                print(f"  [fixed {r + 1}] {name}: cluster {res['cluster_start_s']:.1f} s, Train run fixed cost "
+                      f"{res['train_fixed_cold_s']:.1f} s cold / {res['train_fixed_warm_s']:.1f} s warm  (load {res['load_avg']})", flush=True)  # fmt: skip
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    return results
+
+
+def report(results: dict, args) -> str:
+    lines = [f"\n[1] Ray Train overhead: step time, plain PyTorch process vs jobs.train (1 worker, {args.cpus} CPUs), "
+             f"min/median/max over {args.repeats} A/B pairs"]  # fmt: skip
+    lines.append(f"{'workload':<9}{'plain ms/step':>20}{'jobs.train ms/step':>22}{'ratio B/A':>18}{'train loss A | B':>20}{'load avg':>12}")
+    for workload, pairs in results["step"].items():
+        a = [1000 * p["plain"]["step_time_median_s"] for p in pairs]
+        b = [1000 * p["ray"]["step_time_median_s"] for p in pairs if "ray" in p]
+        ratio = [1000 * p["ray"]["step_time_median_s"] / x for p, x in zip(pairs, a) if "ray" in p]
+        loss = f"{pairs[0]['plain']['train_loss']:.4f}" + (f" | {pairs[0]['ray']['train_loss']:.4f}" if "ray" in pairs[0] else "")
+        loads = [x for p in pairs for arm in p.values() for x in arm["load_avg"]]
+        lines.append(f"{workload:<9}{spread(a, '{:.2f}'):>20}{spread(b, '{:.2f}'):>22}{spread(ratio, '{:.3f}'):>18}{loss:>20}"
+                     f"{spread(loads, '{:.0f}'):>12}")  # fmt: skip
+    if results["fixed"]:
+        lines.append("\n[2] Fixed cost per run (s), min/median/max; Train run = fit() via TorchTrainer minus the same fit() in-process")
+        lines.append(f"{'setting':<34}{'cluster start':>16}{'Train run, cold':>18}{'Train run, warm':>18}{'in-process fit':>16}{'load avg':>10}")
+        for name, runs in results["fixed"].items():
+            loads = [x for r in runs for x in r["load_avg"]]
+            lines.append(f"{name:<34}{spread([r['cluster_start_s'] for r in runs]):>16}{spread([r['train_fixed_cold_s'] for r in runs]):>18}"
+                         f"{spread([r['train_fixed_warm_s'] for r in runs]):>18}{spread([r['fit_in_process_s'] for r in runs]):>16}"
+                         f"{spread(loads, '{:.0f}'):>10}")  # fmt: skip
+        lines.append("(cluster start: embedded ray.init, or connecting to a running `ray start --head`; cold = the first "
+                     "Train run on that cluster, warm = the next)")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workloads", nargs="+", default=["mlp", "ner"], choices=sorted(STEP_CONFIGS))
+    p.add_argument("--repeats", type=int, default=2, help="A/B pairs per workload (and fixed-cost rounds)")
+    p.add_argument("--cpus", type=int, default=2, help="CPUs of the Train worker = torch threads of both arms")
+    p.add_argument("--smoke", action="store_true", help="tiny configs, arms in this process: checks the plumbing")
+    p.add_argument("--no-ray", action="store_true", help="only the arms that need no Ray")
+    p.add_argument("--out", default=str(ROOT / "bench" / "out"), help="directory for overhead.json and arm logs")
+    p.add_argument("--arm", choices=sorted(ARMS), help=argparse.SUPPRESS)  # internal: one arm, RESULT line out
+    p.add_argument("--workload", default="mlp", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.arm:
+        args.smoke = False
+        with tempfile.TemporaryDirectory() as tmp:
+            print(RESULT + json.dumps(ARMS[args.arm](args, tmp)), flush=True)
+        return 0
+    if args.smoke:
+        args.repeats = 1
+    print(f"bench.overhead: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start", flush=True)
+    results = measure(args)
+    text = report(results, args)
+    print(text, flush=True)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "overhead.json").write_text(json.dumps({"argv": argv, "results": results, "table": text}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

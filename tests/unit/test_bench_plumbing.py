@@ -1,0 +1,89 @@
+"""The performance suite's plumbing: each bench script's --smoke mode runs without Ray and writes sane figures.
+
+The figures themselves come from `python -m bench` (make bench), not from tests: here tiny models on a
+few samples, arms in the test's own process, only the parts that need no Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import memory, overhead, scaling, vs_hf_trainer
+from jobs.loop import median_step_time
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def results(out: Path, name: str) -> dict:
+    return json.loads((out / f"{name}.json").read_text())["results"]
+
+
+def test_median_step_time_leaves_out_loader_start_and_warmup():
+    # first interval = loader start-up alone (5 s), then 3 slow warm-up steps, then 10 steady 0.1 s steps
+    durations = [5.0, 1.0, 1.0, 1.0] + [0.1] * 10
+    starts = [0.0]
+    for d in durations:
+        starts.append(starts[-1] + d)
+    assert median_step_time(starts) == pytest.approx(0.1)
+    assert median_step_time(starts[:4]) == pytest.approx(1.0)  # too few steps to drop a warm-up: all but the first interval
+    assert math.isnan(median_step_time(starts[:1]))
+
+
+def test_overhead_smoke_times_the_plain_loop(tmp_path, capsys):
+    assert overhead.main(["--smoke", "--no-ray", "--cpus", "1", "--out", str(tmp_path)]) == 0
+    steps = results(tmp_path, "overhead")["step"]
+    assert set(steps) == {"mlp", "ner"}
+    for pairs in steps.values():
+        plain = pairs[0]["plain"]
+        assert 0 < plain["step_time_median_s"] < 60 and plain["samples_per_s"] > 0 and math.isfinite(plain["train_loss"])
+    assert "ratio B/A" in capsys.readouterr().out
+
+
+def test_vs_hf_trainer_smoke_scores_both_trainer_arms_and_levers(tmp_path, capsys):
+    code = vs_hf_trainer.main(["--smoke", "--no-ray", "--threads", "1", "--levers", "shipped", "random_order", "--out", str(tmp_path)])
+    assert code == 0
+    res = results(tmp_path, "vs_hf_trainer")
+    assert set(res["arms"]) == {"hf", "hf_grouped"}
+    for arm in ("hf", "hf_grouped"):
+        r = res["arms"][arm][0]
+        assert r["samples_per_s"] > 0 and 0 <= r["padded_fraction"] < 1 and 0 <= r["val_f1"] <= 1 and r["peak_rss_mb"] > 100
+    shipped, random_order = res["levers"]["shipped"][0], res["levers"]["random_order"][0]
+    assert shipped["samples_per_s"] > 0 and random_order["samples_per_s"] > 0
+    out = capsys.readouterr().out
+    assert "HF Trainer, group_by_length" in out and "vs shipped" in out
+
+
+def test_scaling_estimate_follows_ring_allreduce():
+    params = 22_700_000
+    two, eight = (scaling.ddp_estimate(0.0179, 32, params, n, 25e9 / 8) for n in (2, 8))
+    assert two["allreduce_mb"] == pytest.approx(2 * 1 / 2 * 4 * params / 1e6)  # 2(N-1)/N x 4 B x params
+    assert eight["allreduce_mb"] == pytest.approx(2 * 7 / 8 * 4 * params / 1e6)
+    assert 0 < eight["efficiency"] < two["efficiency"] <= 1  # more GPUs, more traffic per step
+    assert eight["efficiency_no_overlap"] <= eight["efficiency"]
+    nvlink = scaling.ddp_estimate(0.0179, 32, params, 8, 450e9)
+    assert nvlink["efficiency"] > eight["efficiency"] and nvlink["samples_per_s"] > 7 * 32 / 0.0179
+
+
+def test_scaling_smoke_without_ray_prints_the_estimate(tmp_path, capsys):
+    assert scaling.main(["--smoke", "--no-ray", "--out", str(tmp_path)]) == 0
+    res = results(tmp_path, "scaling")
+    assert res["params"] > 0 and not res["arms"] and len(res["estimate"]) > 4
+    assert "Paper estimate" in capsys.readouterr().out
+
+
+def test_memory_smoke_reports_peak_rss(tmp_path):
+    assert memory.main(["--smoke", "--no-ray", "--workloads", "mlp", "ner", "--out", str(tmp_path)]) == 0
+    res = results(tmp_path, "memory")
+    assert set(res) == {"mlp", "ner"}
+    assert all(r["peak_rss_mb"] > 50 and r["samples"] > 0 for r in res.values())
+
+
+def test_python_m_bench_lists_the_suite():
+    out = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "overhead" in out.stdout and "memory" in out.stdout
