@@ -638,6 +638,9 @@ def main(argv: list[str]) -> int:
             if "sweep.num_samples" not in given:
                 cfg = config_lib.set_dotted(cfg, "sweep.num_samples", min(cfg.sweep.num_samples, SMOKE_MAX_SAMPLES))
         cfg = with_trial_overrides(cfg, given)
+        config_lib.check_values(cfg)  # the checks jobs.train makes, on every trial's base config
+        if cfg.sweep.num_samples < 1:
+            raise config_lib.ConfigError(f"sweep.num_samples must be >= 1, got {cfg.sweep.num_samples}")
         store = Store(config_lib.store_path(args.store, cfg))
         if hasattr(WORKLOADS[cfg.workload], "validate"):
             WORKLOADS[cfg.workload].validate(cfg)
@@ -647,8 +650,6 @@ def main(argv: list[str]) -> int:
         sweep_id = f"{cfg.workload}-sweep-{uuid.uuid4().hex[:8]}"
         state = {"sweep_id": sweep_id, "config": config_lib.to_dict(cfg), "search_space": space,
                  "store": store.uri if "://" in store.uri else store.root, "started_at": now().isoformat(), "attempts": []}  # fmt: skip
-        if cfg.sweep.num_samples < 1:
-            raise config_lib.ConfigError(f"sweep.num_samples must be >= 1, got {cfg.sweep.num_samples}")
 
     import pyarrow.dataset as ds
 
