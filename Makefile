@@ -31,8 +31,9 @@ $(FMNIST):
 	  || echo "warning: could not install dataset-fashion-mnist; mlp/cnn will use data.source=digits"; \
 	else echo "warning: not root: run 'sudo apt-get install dataset-fashion-mnist' for Fashion-MNIST"; fi
 
+# The main job: an 8-trial ASHA sweep of the mlp on Fashion-MNIST (Ray Tune over Ray Train, embedded local Ray).
 demo: setup
-	$(BIN)/python -m jobs.train --config configs/mlp.yaml
+	$(BIN)/python -m jobs.sweep --config configs/mlp.yaml
 	$(BIN)/python -m jobs.store leaderboard
 
 test: setup
