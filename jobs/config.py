@@ -214,7 +214,7 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
         if nxt is None:
             nxt = node[part] = {}
         if not isinstance(nxt, dict):
-            raise ConfigError(f"override '{key}': '{'.'.join(parts[: i + 1])}' is a value, not a section")
+            raise ConfigError(f"override '{key}': '{'.'.join(parts[: i + 1])}' is a value, not a section — set it as {'.'.join(parts[: i + 1])}=VALUE")
         node = nxt
     node[parts[-1]] = value
 

@@ -108,7 +108,15 @@ def read_meta(checkpoint_dir: str | os.PathLike) -> dict:
 
 def load_state(checkpoint_dir: str | os.PathLike) -> dict:
     # weights_only: a checkpoint is data, never code (no arbitrary unpickling)
-    return torch.load(Path(checkpoint_dir, STATE), map_location="cpu", weights_only=True)
+    import pickle
+
+    path = Path(checkpoint_dir, STATE)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's own text advises weights_only=False: exactly what must not happen
+        why = next((ln.strip() for ln in str(e).splitlines() if ln.startswith(("Trying to load", "Unsupported"))), type(e).__name__)
+        raise config_lib.ConfigError(f"checkpoint '{path}' holds more than tensors ({why[:200]}) — refused: loading it could run code; "
+                                     "use only checkpoints this project wrote") from None  # fmt: skip
 
 
 def export_model(wl, model: torch.nn.Module, cfg, splits, out_dir: Path) -> None:
@@ -197,6 +205,8 @@ def run_epoch(model, loader, optimizer, wl, cfg, device, scheduler=None, scaler=
         loss_sum += loss.item()
         n_batches += 1
         samples += _batch_size(batch)
+    if skipped and not n_batches:  # skip_batch must not turn a diverged run into "completed" with train_loss 0
+        raise NonFiniteLossError(f"all {skipped} batches of the epoch had a non-finite loss — lower train.lr or check the data for NaN/inf")
     step_starts.append(time.perf_counter())
     return {
         "train_loss": loss_sum / max(n_batches, 1),

@@ -112,7 +112,7 @@ def read_idx(path: str) -> np.ndarray:
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=dtypes[raw[2]], offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise DataError(f"'{path}' is truncated: header says {shape}, found {data.size} values")
+        raise DataError(f"'{path}' is truncated: header says {shape}, found {data.size} values — re-download or re-export the file")
     return data.reshape(shape)
 
 
@@ -159,11 +159,12 @@ def _load_image_files(source: str):
     if source.endswith(".npz"):
         with open_binary(source) as f:
             try:
-                npz = np.load(io.BytesIO(f.read()), allow_pickle=False)  # never unpickle user files
+                # never unpickle user files; dict(): NpzFile reads (and refuses object arrays) lazily, on access
+                npz = dict(np.load(io.BytesIO(f.read()), allow_pickle=False))
             except Exception as e:  # noqa: BLE001
                 raise DataError(f"'{source}' is not a readable .npz ({e}) — save it with numpy.savez") from None
         if "x_train" not in npz or "y_train" not in npz:
-            raise DataError(f"'{source}' needs arrays x_train and y_train (found {sorted(npz.files)})")
+            raise DataError(f"'{source}' needs arrays x_train and y_train (found {sorted(npz)}) — save them with numpy.savez(path, x_train=..., y_train=...)")
         out = {}
         for split in ("train", "test"):
             if f"x_{split}" in npz:
@@ -224,7 +225,7 @@ def _as_unit_float(x: np.ndarray) -> np.ndarray:
 def _label_names(out: dict) -> list[str]:
     ys = np.concatenate([y for _, y in out.values()])
     if ys.min(initial=0) < 0:
-        raise DataError("image labels must be non-negative integers")
+        raise DataError(f"image labels must be non-negative integers, found {int(ys.min())} — number the classes 0, 1, 2, ...")
     return [str(i) for i in range(int(ys.max(initial=0)) + 1)]
 
 
