@@ -1,10 +1,11 @@
 """LoRA vs full fine-tuning of MiniLM NER on CoNLL-2003, side by side: trainable parameters, samples/s, peak RSS, test F1.
 
-    python bench/lora_vs_full.py [--train-sentences 2000] [--eval-sentences 1000] [--epochs 2] [--threads 2]
+    python bench/lora_vs_full.py [--train-sentences 2000] [--eval-sentences 1000] [--epochs 2] [--threads 2] [--parallel]
 
 Each variant runs in its own subprocess (so each has its own peak RSS) through the same pieces the Ray
 Train loop uses — ``ner.build_data/build_model/train_loader/build_scheduler``, ``jobs.loop.run_epoch``,
-``ner.evaluate``, ``ner.export`` — without Ray, one after the other (the machine's cores are shared).
+``ner.evaluate``, ``ner.export`` — without Ray, one after the other (or both at once with ``--parallel``,
+so that on a busy shared machine both see the same load and the samples/s ratio stays fair).
 Data are capped (flags above): the F1s are for comparing the two variants, not CoNLL-2003 results.
 LoRA trains rank-``r`` adapters on query/value plus the token-classification head, at a higher
 learning rate (adapters start at zero and need bigger steps); full fine-tuning uses configs/ner.yaml's.
@@ -80,6 +81,8 @@ def main() -> int:
     p.add_argument("--eval-sentences", type=int, default=1000, help="caps the val and test sentences")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="torch threads (a 2-CPU Train worker)")
+    p.add_argument("--parallel", action="store_true",
+                   help="run both variants at once: on a busy shared machine both then see the same load")  # fmt: skip
     p.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # internal: one variant, JSON out
     p.add_argument("overrides", nargs="*", help="key=value for both variants")
     args = p.parse_args()
@@ -87,17 +90,22 @@ def main() -> int:
     if args.variant:
         print(json.dumps(measure(args.variant, args)))
         return 0
-    results = []
+    results, procs = [], []
     for variant in VARIANTS:
         cmd = [sys.executable, __file__, "--variant", variant, f"--train-sentences={args.train_sentences}",
                f"--eval-sentences={args.eval_sentences}", f"--epochs={args.epochs}", f"--threads={args.threads}", *args.overrides]  # fmt: skip
-        out = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-        if out.returncode != 0:
-            print(f"{variant} failed (exit {out.returncode})")
+        procs.append((variant, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)))
+        if not args.parallel:
+            procs[-1][1].wait()
+    for variant, proc in procs:
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            print(f"{variant} failed (exit {proc.returncode})")
             return 1
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        results.append(json.loads(out.strip().splitlines()[-1]))
     print(f"\nMiniLM-L6 NER, CoNLL-2003 capped: {args.train_sentences} train sentences x {args.epochs} epochs, "
-          f"{args.eval_sentences} test sentences; {args.threads} torch threads, batch 16, no Ray\n")  # fmt: skip
+          f"{args.eval_sentences} test sentences; {args.threads} torch threads, batch 16, no Ray"
+          + (", both variants at once" if args.parallel else "") + "\n")  # fmt: skip
     rows = [
         ("learning rate", lambda r: f"{r['lr']:g}"),
         ("trainable params", lambda r: f"{r['trainable_params']:,} ({r['trainable_params'] / r['total_params']:.2%})"),

@@ -190,18 +190,12 @@ class RunningCluster:
                f"--dashboard-agent-listen-port={_free_port()}", f"--temp-dir={self.temp_dir}"]  # fmt: skip
         self.log = open(Path(self.temp_dir) / "ray-start.log", "w")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        from jobs.train import ClusterError, check_reachable
-
-        deadline = time.time() + 120
-        while True:
-            try:
-                check_reachable(self.address, timeout_s=2)
-                break
-            except ClusterError:
-                if self.proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"ray start failed: {Path(self.log.name).read_text()[-1500:]}") from None
-                time.sleep(1)
-        time.sleep(3)  # the GCS port opens before the raylet and dashboard are up
+        deadline = time.time() + 180
+        while "Ray runtime started" not in Path(self.log.name).read_text(errors="replace"):  # as tests/conftest.py waits
+            if self.proc.poll() is not None or time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"ray start failed: {Path(self.log.name).read_text()[-1500:]}")
+            time.sleep(1)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -262,7 +256,7 @@ def report(results: dict, args) -> str:
         lines.append(f"{workload:<9}{spread(a, '{:.2f}'):>20}{spread(b, '{:.2f}'):>22}{spread(ratio, '{:.3f}'):>18}{loss:>20}"
                      f"{spread(loads, '{:.0f}'):>12}")  # fmt: skip
     if results["fixed"]:
-        lines.append("\n[2] Fixed cost per run (s), min/median/max; Train run = fit() via TorchTrainer minus the same fit() in-process")
+        lines.append("\n[1b] Fixed cost per run (s), min/median/max; Train run = fit() via TorchTrainer minus the same fit() in-process")
         lines.append(f"{'setting':<34}{'cluster start':>16}{'Train run, cold':>18}{'Train run, warm':>18}{'in-process fit':>16}{'load avg':>10}")
         for name, runs in results["fixed"].items():
             loads = [x for r in runs for x in r["load_avg"]]

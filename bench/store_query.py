@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.store import CORE, PARTITION, Store
+from jobs.store import CORE, INFO_KINDS, PARTITION, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP_BY = "SELECT workload, count(*) AS n, avg(train_loss) AS mean_loss, max(val_accuracy) AS best FROM epochs GROUP BY workload ORDER BY workload"
@@ -132,7 +132,7 @@ def main() -> int:
     store.append("runs", [run])
     figures[0] = ("epochs rows", total_epochs + args.epochs, "")
     measure(uri, "after compaction", figures)
-    problems = [f for f in Store(uri).check() if f["kind"] not in ("type_promoted", "in_progress")]
+    problems = [f for f in Store(uri).check() if f["kind"] not in INFO_KINDS]
     figures.append(("check: problems after compaction", len(problems), ""))
 
     print("\nfigure | value")

@@ -236,14 +236,16 @@ def measure(args) -> dict:
 
 
 def report(results: dict, args) -> str:
-    arms = results["arms"]
-    lines = [f"\n[1] MiniLM-L6 NER fine-tuning, CoNLL-2003 sample: {args.sentences} train sentences x 1 epoch, batch 16, "
-             f"{args.threads} threads; val F1 on {args.eval_sentences} val sentences; min/median/max over {args.repeats} rounds"]  # fmt: skip
-    lines.append(f"{'arm':<40}{'samples/s':>18}{'vs hf':>18}{'padding':>9}{'peak RSS MB':>18}{'val F1':>22}{'load':>9}")
+    arms = {arm: runs for arm, runs in results["arms"].items() if runs}
     names = {"hf": "HF Trainer (random order)", "hf_grouped": "HF Trainer, group_by_length", "ours": "jobs.train ner (Ray Train, 1 worker)"}
+    lines = []
+    if arms:
+        lines.append(f"\n[2] MiniLM-L6 NER fine-tuning, CoNLL-2003 sample: {args.sentences} train sentences x 1 epoch, batch 16, "
+                     f"{args.threads} threads; val F1 on {args.eval_sentences} val sentences; min/median/max over {args.repeats} rounds")  # fmt: skip
+        lines.append(f"{'arm':<40}{'samples/s':>18}{'vs hf':>18}{'padding':>9}{'peak RSS MB':>18}{'val F1':>22}{'load':>9}")
     for arm, runs in arms.items():
         speed = [r["samples_per_s"] for r in runs]
-        vs = [r["samples_per_s"] / h["samples_per_s"] for r, h in zip(runs, arms["hf"])]
+        vs = [r["samples_per_s"] / h["samples_per_s"] for r, h in zip(runs, arms.get("hf", []))]
         loads = [x for r in runs for x in r["load_avg"]]
         lines.append(f"{names[arm]:<40}{spread(speed):>18}{spread(vs, '{:.2f}x'):>18}{statistics.median(r['padded_fraction'] for r in runs):>9.1%}"
                      f"{spread([r['peak_rss_mb'] for r in runs], '{:.0f}'):>18}{spread([r['val_f1'] for r in runs], '{:.3f}'):>22}"
@@ -255,7 +257,7 @@ def report(results: dict, args) -> str:
             lines.append(f"jobs.train / {names[base]}: {spread(ratio, '{:.2f}x')} samples/s (target >= 1.3x), val F1 difference {spread(df1, '{:+.3f}')}")
     levers = {k: v for k, v in results["levers"].items() if v}
     if levers:
-        lines.append(f"\n[2] Levers on the plain loop: {args.lever_sentences} sentences x 1 epoch each, one change against the shipped "
+        lines.append(f"\n[2b] Levers on the plain loop: {args.lever_sentences} sentences x 1 epoch each, one change against the shipped "
                      f"settings; ratio to 'shipped' of the same round, min/median/max over {args.lever_repeats} round(s)")  # fmt: skip
         lines.append(f"{'lever':<18}{'samples/s':>18}{'vs shipped':>20}{'ms/step median':>18}{'padding':>9}{'train loss':>12}  what")
         shipped = levers.get("shipped", [])

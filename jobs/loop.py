@@ -257,7 +257,14 @@ def train_loop_per_worker(config_dict: dict) -> None:
     import ray.train.torch
 
     # Train logs every report at INFO; the per-epoch line below says it better (PERENNIAL_TRAIN_LOG_LEVEL=INFO for both)
-    logging.getLogger("ray.train").setLevel(os.environ.get("PERENNIAL_TRAIN_LOG_LEVEL", "WARNING"))
+    level = os.environ.get("PERENNIAL_TRAIN_LOG_LEVEL", "WARNING")
+    logging.getLogger("ray.train").setLevel(level)
+    try:  # Ray 2.60 names this logger by its file path, outside the "ray.train" tree
+        from ray.train.v2._internal.execution import context as _train_context
+
+        logging.getLogger(_train_context.__file__).setLevel(level)
+    except ImportError:
+        pass
     cfg = config_lib.from_dict({k: v for k, v in config_dict.items() if not k.startswith("_")})  # _keys: job extras
     wl = WORKLOADS[cfg.workload]
     ctx = ray.train.get_context()

@@ -96,7 +96,9 @@ COMPACTED_SUFFIX = "-compacted.parquet"
 REPLACES_KEY = b"perennial.replaces"  # footer metadata of a compacted file: JSON list of replaced names
 LOCK = "_compact.lock"
 FINISHED = ("completed", "stopped_early")
-INFO_KINDS = ("type_promoted", "in_progress")  # check findings that are not problems
+INFO_KINDS = ("type_promoted", "in_progress", "many_files")  # check findings that are not problems
+SMALL_FILES = 500  # files in one partition above which `check` suggests `compact`
+ROW_GROUP_ROWS = 256_000  # rows per row group in a compacted file
 
 
 def now() -> dt.datetime:
@@ -636,6 +638,13 @@ class Store:
                     why + " — left out of reads; fix or remove the file")  # fmt: skip
             for note in resolved.promoted:
                 findings.append({"kind": "type_promoted", "table": table, "path": "", "detail": note, "fixed": False})
+            per_folder: dict[str, int] = {}
+            for p in live:
+                per_folder[os.path.dirname(p)] = per_folder.get(os.path.dirname(p), 0) + 1
+            for folder, n in sorted(per_folder.items()):
+                if n >= SMALL_FILES:
+                    findings.append({"kind": "many_files", "table": table, "path": folder, "fixed": False,
+                                     "detail": f"{n} files: queries open every one — run `python -m jobs.store compact`"})  # fmt: skip
         return findings
 
     def compact(self, tables: list[str] | None = None, workload: str | None = None, min_files: int = 2) -> list[dict]:
@@ -670,9 +679,18 @@ class Store:
         source = ds.dataset(inputs, schema=resolved.schema, filesystem=self.fs, format="parquet")
 
         def write(sink: str) -> None:
+            # Inputs are small files; gather their batches into large row groups (one row group per
+            # input would make the footer huge and every later scan slow). Memory: one row group.
             with pq.ParquetWriter(sink, schema, filesystem=self.fs) as writer:
-                for batch in source.to_batches(columns=schema.names, batch_size=65536):
-                    writer.write_batch(batch)
+                pending, rows = [], 0
+                for batch in source.to_batches(columns=schema.names):
+                    pending.append(batch)
+                    rows += batch.num_rows
+                    if rows >= ROW_GROUP_ROWS:
+                        writer.write_table(pa.Table.from_batches(pending, schema=schema).combine_chunks())
+                        pending, rows = [], 0
+                if pending:
+                    writer.write_table(pa.Table.from_batches(pending, schema=schema).combine_chunks())
 
         filename = f"{now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}{COMPACTED_SUFFIX}"
         self._write_atomic(folder, filename, write)

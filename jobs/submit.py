@@ -69,6 +69,7 @@ def client(address: str | None):
     from ray.job_submission import JobSubmissionClient
 
     logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)  # "WebSocket closed" chatter
+    logging.getLogger("ray._private.runtime_env").setLevel(logging.ERROR)  # per-file "ignoring upload" notes
 
     if address:  # Ray reads RAY_API_SERVER_ADDRESS / RAY_ADDRESS before its `address` argument
         os.environ["RAY_API_SERVER_ADDRESS"] = address

@@ -6,7 +6,7 @@ import json
 import uuid
 
 from conftest import base_env, run_job
-from jobs.store import Store
+from jobs.store import INFO_KINDS, Store
 
 
 def test_store_on_s3_lists_appends_queries_compacts(s3_server):
@@ -20,13 +20,13 @@ def test_store_on_s3_lists_appends_queries_compacts(s3_server):
     assert store.compact(["epochs"])[0]["files_after"] == 1
     fresh = Store(store.uri)
     assert len(fresh.files("epochs")) == 1 and len(fresh.df("epochs")) == 6
-    assert [f for f in fresh.check() if f["kind"] not in ("type_promoted", "in_progress")] == []
+    assert [f for f in fresh.check() if f["kind"] not in INFO_KINDS] == []
 
 
 def test_train_smoke_run_writes_to_s3_and_leaderboard_reads_it(ray_cluster, s3_server, tmp_path):
     uri = f"{s3_server.make_bucket(f'train-{uuid.uuid4().hex[:8]}')}/store"
     res = run_job(["jobs.train", "--config", "configs/mlp.yaml", "--smoke-test", "--store", uri,
-                   f"run.storage_path={tmp_path / 'runs'}"], ray_cluster.job_env(**s3_server.env))  # fmt: skip
+                   f"run.storage_path={tmp_path / 'runs'}"], ray_cluster.job_env(**s3_server.env), timeout=900)  # fmt: skip
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     runs = Store(uri).df("runs")
     assert len(runs) == 1 and runs.iloc[0]["status"] == "completed"

@@ -10,7 +10,7 @@ from conftest import base_env, free_port, run_job
 from jobs.store import Store
 
 
-def submit_cli(ray_cluster, store_dir, *args: str, timeout: float = 400):
+def submit_cli(ray_cluster, store_dir, *args: str, timeout: float = 900):
     env = ray_cluster.env | {"RAY_ADDRESS": ray_cluster.dashboard}  # honours RAY_ADDRESS, as Ray's CLI does
     if args and args[0] == "submit":
         args = ("submit", "--store", str(store_dir), *args[1:])
@@ -23,7 +23,7 @@ def submission_id(res) -> str:
     return match.group(1)
 
 
-def wait_for(ray_cluster, store_dir, sid: str, statuses: tuple[str, ...], timeout: float = 180) -> dict:
+def wait_for(ray_cluster, store_dir, sid: str, statuses: tuple[str, ...], timeout: float = 600) -> dict:
     """Poll `list` (which records final rows it observes) until the job reaches one of ``statuses``."""
     deadline = time.time() + timeout
     while True:

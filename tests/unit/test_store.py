@@ -11,6 +11,7 @@ import time
 import warnings
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from jobs.config import ConfigError
@@ -115,6 +116,18 @@ def test_unreadable_file_is_skipped_and_reported(tmp_path):
     assert [f["path"] for f in store.check() if f["kind"] == "unreadable"] == [str(broken)]
 
 
+def test_check_suggests_compaction_for_many_small_files(tmp_path, monkeypatch):
+    import jobs.store
+
+    monkeypatch.setattr(jobs.store, "SMALL_FILES", 3)
+    store = Store(tmp_path / "store")
+    for i in range(3):
+        store.append("epochs", epoch_rows(f"r{i}"))
+    assert [(f["kind"], f["table"]) for f in store.check()] == [("many_files", "epochs")]
+    store.compact()
+    assert store.check() == []
+
+
 def test_check_fix_removes_old_temp_files_only(tmp_path):
     store = Store(tmp_path / "store")
     store.append("runs", [run_row("a")])
@@ -139,6 +152,9 @@ def test_compact_keeps_every_row_and_later_appends_stay_visible(tmp_path):
         ("workload=cnn", 3, 1, 9), ("workload=mlp", 3, 1, 9)]  # fmt: skip
     after = Store(store.uri).df("epochs").sort_values(["run_id", "epoch"]).reset_index(drop=True)
     assert after[before.columns].equals(before)
+    compacted = Store(store.uri).files("epochs")
+    assert all(p.endswith(COMPACTED_SUFFIX) for p in compacted)
+    assert [pq.read_metadata(p).num_row_groups for p in compacted] == [1, 1]  # not one row group per input
     store.append("epochs", epoch_rows("late"))
     assert len(Store(store.uri).df("epochs")) == 21
     assert store.compact()[0]["files_after"] == 1 and len(Store(store.uri).df("epochs")) == 21  # compacting again
