@@ -246,14 +246,14 @@ def measure(args) -> dict:
 def report(results: dict, args) -> str:
     lines = [f"\n[1] Ray Train overhead: step time, plain PyTorch process vs jobs.train (1 worker, {args.cpus} CPUs), "
              f"min/median/max over {args.repeats} A/B pairs"]  # fmt: skip
-    lines.append(f"{'workload':<9}{'plain ms/step':>20}{'jobs.train ms/step':>22}{'ratio B/A':>18}{'train loss A | B':>20}{'load avg':>12}")
+    lines.append(f"{'workload':<9}{'plain ms/step':>24}{'jobs.train ms/step':>24}{'ratio B/A':>20}{'train loss A | B':>20}{'load avg':>12}")
     for workload, pairs in results["step"].items():
         a = [1000 * p["plain"]["step_time_median_s"] for p in pairs]
         b = [1000 * p["ray"]["step_time_median_s"] for p in pairs if "ray" in p]
         ratio = [1000 * p["ray"]["step_time_median_s"] / x for p, x in zip(pairs, a) if "ray" in p]
         loss = f"{pairs[0]['plain']['train_loss']:.4f}" + (f" | {pairs[0]['ray']['train_loss']:.4f}" if "ray" in pairs[0] else "")
         loads = [x for p in pairs for arm in p.values() for x in arm["load_avg"]]
-        lines.append(f"{workload:<9}{spread(a, '{:.2f}'):>20}{spread(b, '{:.2f}'):>22}{spread(ratio, '{:.3f}'):>18}{loss:>20}"
+        lines.append(f"{workload:<9}{spread(a):>24}{spread(b):>24}{spread(ratio, '{:.3f}'):>20}{loss:>20}"
                      f"{spread(loads, '{:.0f}'):>12}")  # fmt: skip
     if results["fixed"]:
         lines.append("\n[1b] Fixed cost per run (s), min/median/max; Train run = fit() via TorchTrainer minus the same fit() in-process")

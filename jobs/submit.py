@@ -1,6 +1,6 @@
 """Submit jobs to a Ray cluster and keep their record in the store's `jobs` table.
 
-    python -m jobs.submit submit configs/mlp.yaml [--verb train|sweep|continual] [--follow] [--smoke-test] [key=value ...]
+    python -m jobs.submit submit configs/mlp.yaml [--verb train|sweep|continual [--from best|RUN_ID]] [--follow] [--smoke-test] [key=value ...]
     python -m jobs.submit status ID
     python -m jobs.submit logs ID [--follow]
     python -m jobs.submit list [--workload W] [--status S]
@@ -46,16 +46,24 @@ from jobs import config as config_lib
 from jobs.store import Store, now, print_frame
 
 ROOT = Path(__file__).resolve().parent.parent
-VERBS = ("train", "sweep", "continual", "evaluate")
+VERBS = ("train", "sweep", "continual")
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-# Kept out of the working_dir upload: Ray caps its size, and secrets must not travel.
+# The working_dir upload: only what a job runs (Ray caps the size; data, results and scratch dirs
+# stay here — Ray reads .gitignore but not .git/info/exclude), and never credentials files.
+UPLOAD = ("jobs", "workloads", "configs", "pyproject.toml")  # top-level entries; plus the config's own folder
 EXCLUDES = [
     ".git/", ".venv/", "venv/", "runs/", "store/", "ray_results/", "plots/", "bench/out/", "data/",
     "__pycache__/", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/", "*.egg-info/", ".gl/",
     "*.parquet", "*.pt", "*.safetensors", "*.ckpt",
     ".env", ".env.*", ".envrc", ".aws/", ".netrc", ".pypirc", "*.pem", "*.key", "credentials*",
 ]  # fmt: skip
+
+
+def upload_excludes(config: str) -> list[str]:
+    """Ray ``excludes`` for the repo: every top-level entry but UPLOAD and the config's folder, then EXCLUDES."""
+    keep = set(UPLOAD) | {Path(config).parts[0]}
+    return sorted(f"/{name}" for name in os.listdir(ROOT) if name not in keep) + EXCLUDES
 
 
 class ClusterError(RuntimeError):
@@ -222,6 +230,8 @@ def cmd_submit(args, cfg, store: Store) -> int:
     if not (ROOT / "jobs" / f"{args.verb}.py").is_file():
         raise config_lib.ConfigError(f"verb '{args.verb}' has no jobs/{args.verb}.py in this repo — use one of: "
                                      + ", ".join(v for v in VERBS if (ROOT / "jobs" / f"{v}.py").is_file()))  # fmt: skip
+    if (args.verb == "continual") != bool(args.parent):
+        raise config_lib.ConfigError("--from best|RUN_ID goes with --verb continual (and only with it): the run the new round starts from")
     env_vars = {}
     for item in args.env:
         name, _, value = item.partition("=")
@@ -233,7 +243,7 @@ def cmd_submit(args, cfg, store: Store) -> int:
         overrides.append(f"run.storage_path={absolute(cfg.run.storage_path)}")  # not inside the job's temp copy
     submission_id = f"{cfg.workload}-{args.verb}-{uuid.uuid4().hex[:8]}"
     sha = git_sha()
-    entrypoint = shlex.join(["python", "-m", f"jobs.{args.verb}", "--config", config,
+    entrypoint = shlex.join(["python", "-m", f"jobs.{args.verb}", "--config", config, *(["--from", args.parent] if args.parent else []),
                              *(["--smoke-test"] if args.smoke_test else []), *overrides])  # fmt: skip
     ray_client = client(args.address)
     submitted_at = now()
@@ -249,7 +259,7 @@ def cmd_submit(args, cfg, store: Store) -> int:
         # A single-machine cluster: Ray Train's placement-group cleaner looks up the State API by
         # auto-detection, which fails when several Ray instances run on the machine; point it here.
         env_vars.setdefault("RAY_API_SERVER_ADDRESS", metadata["address"])
-    runtime_env = {"working_dir": str(ROOT), "excludes": EXCLUDES, "env_vars": env_vars}
+    runtime_env = {"working_dir": str(ROOT), "excludes": upload_excludes(config), "env_vars": env_vars}
     try:
         ray_client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env, metadata=metadata)
     except Exception as e:  # noqa: BLE001 — Ray raises RuntimeError with the server's text
@@ -344,6 +354,7 @@ def main(argv: list[str]) -> int:
     sm.add_argument("config", help="YAML config inside the repo, e.g. configs/mlp.yaml")
     sm.add_argument("--verb", choices=VERBS, default="train")
     sm.add_argument("--store", help="evaluation store for the job and its `jobs` rows: a directory or s3:// URI")
+    sm.add_argument("--from", dest="parent", metavar="best|RUN_ID", help="with --verb continual: the run to start from")
     sm.add_argument("--follow", action="store_true", help="stream the logs; exit 0 if the job succeeds, 1 if not")
     sm.add_argument("--smoke-test", action="store_true", help="the workload's tiny mode")
     sm.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",

@@ -399,19 +399,28 @@ def _in_process_trial_class():
         next trial (``reset_config``), so torch, sklearn and Ray Train are imported once per actor."""
 
         def setup(self, config: dict, ctx: dict):
-            self._ctx = ctx
-            self._loop = LoopThread(ctx, config, self.trial_id)
+            # The loop starts at the first step(), not here: Tune may build an actor for one trial and
+            # then hand that trial to a cached actor, keeping this one for a later trial (reset_config).
+            # Started here, the trial would run twice at once (seen when a resumed sweep restarts trials).
+            self._ctx, self._config, self._loop = ctx, config, None
 
         def step(self) -> dict:
+            if self._loop is None:
+                self._loop = LoopThread(self._ctx, self._config, self.trial_id)
             return self._loop.next_result()
 
         def reset_config(self, new_config: dict) -> bool:
-            self._loop.end()  # a trial the scheduler stopped records itself before the next one starts
-            self._loop = LoopThread(self._ctx, new_config, self.trial_id)
+            self._end()  # a trial the scheduler stopped records itself before the next one starts
+            self._config = new_config
             return True
 
         def cleanup(self):
-            self._loop.end()
+            self._end()
+
+        def _end(self) -> None:
+            if self._loop is not None:
+                self._loop.end()
+                self._loop = None
 
         def save_checkpoint(self, checkpoint_dir: str):
             return None  # a trial's checkpoints are its Train run's; a restarted trial resumes from them

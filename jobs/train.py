@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -48,6 +49,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     # Ray instance runs on the machine — and then a trial stopped by ASHA never frees its CPUs.
     port = _free_port()
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    loopback_only()
     env = {
         "RAY_ADDRESS": f"127.0.0.1:{port}",
         # A faster Train health check cuts ~2 s off every run's start and end (DESIGN.md, measured).
@@ -57,6 +59,18 @@ def init_ray(num_cpus: int | None = None) -> None:
              logging_level=logging.WARNING, runtime_env={"env_vars": env})  # fmt: skip
     os.environ.pop("RAY_GCS_SERVER_PORT", None)
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]
+
+
+def loopback_only() -> None:
+    """Keep every server of a single-machine Ray on 127.0.0.1. Ray 2.60 swaps a 127.0.0.1 node address
+    for the machine's outward IP and then binds GCS, raylet, workers and the metrics ports to 0.0.0.0
+    (measured with psutil); its local-only mode (the one it uses on macOS) keeps them all on loopback.
+    Set before the cluster starts; the processes it spawns read the variable, this process the constant."""
+    from ray._private import ray_constants
+
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
+        ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def check_reachable(address: str, timeout_s: float = 3.0) -> None:
@@ -102,7 +116,7 @@ def job_id() -> str:
         return os.environ["PERENNIAL_JOB_ID"]
     try:
         meta = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("metadata") or {}
-        return meta.get("submission_id", "")
+        return meta.get("job_submission_id") or meta.get("submission_id", "")  # Ray sets the first itself
     except ValueError:
         return ""
 
@@ -242,8 +256,11 @@ def record_run(cfg, store: Store, run_id: str, checkpoint, error: BaseException 
     epochs = [{"run_id": run_id, "workload": cfg.workload, "sweep_id": sweep_id, "trial_id": trial_id,
                **{k: (float(v) if isinstance(v, float) else v) for k, v in h.items()}}
               for h in history if h["epoch"] not in written]  # fmt: skip
-    store.append("epochs", epochs)  # epochs first: a runs row is the commit marker of a run
-    store.append("runs", [row])
+    # Files named after the run: two recorders racing past the check above (a resumed sweep while the
+    # killed one's trial still finishes) replace each other's file instead of adding a second row.
+    name = "run-" + re.sub(r"[^A-Za-z0-9_.=-]", "_", run_id)
+    store.append("epochs", epochs, name=name)  # epochs first: a runs row is the commit marker of a run
+    store.append("runs", [row], name=name)
     return row
 
 

@@ -46,7 +46,7 @@ class RayCluster:
         self.temp_dir = tempfile.mkdtemp(prefix="ray-")
         self.address = f"127.0.0.1:{self.port}"
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
-        self.env = base_env(RAY_AUTH_MODE="token")
+        self.env = base_env(RAY_AUTH_MODE="token", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")  # local-only: every server on loopback
         cmd = [
             str(Path(PY).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats",
             f"--num-cpus={num_cpus}", f"--port={self.port}", "--node-ip-address=127.0.0.1",

@@ -190,6 +190,10 @@ while True:
 """
 
 
+def visible_count(folder: Path) -> int:
+    return sum(not p.name.startswith(".") for p in folder.iterdir())
+
+
 def test_writer_killed_mid_write_leaves_nothing_readers_pick_up(tmp_path):
     store_dir = tmp_path / "store"
     folder = store_dir / "epochs" / "workload=crash"
@@ -198,7 +202,8 @@ def test_writer_killed_mid_write_leaves_nothing_readers_pick_up(tmp_path):
         proc = subprocess.Popen([PY, "-c", BIG_WRITER, str(store_dir)], env=base_env(), cwd=ROOT, stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout.readline().strip() == "ready"
-            wait_until(lambda: folder.is_dir() and any(p.name.startswith(".") for p in folder.iterdir()), 120, "a temp file", poll=0.002)
+            wait_until(lambda: folder.is_dir() and len({p.name.startswith(".") for p in folder.iterdir()}) == 2, 400,
+                       "a temp file beside a whole one (a later append under way)", poll=0.002)  # fmt: skip
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
         finally:
@@ -208,6 +213,7 @@ def test_writer_killed_mid_write_leaves_nothing_readers_pick_up(tmp_path):
         if temps:
             break
     assert temps, "never caught the writer mid-write"
+    assert visible_count(folder) >= 1
     visible = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     store = Store(store_dir)
     assert store.files("epochs") == [str(p) for p in visible]
@@ -216,7 +222,7 @@ def test_writer_killed_mid_write_leaves_nothing_readers_pick_up(tmp_path):
 
     import duckdb  # what a user points at the store: the glob must not match the temp file either
 
-    n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{store_dir}/epochs/**/*.parquet', hive_partitioning=true)").fetchone()[0]
+    n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{store_dir}/epochs/**/*.parquet', hive_partitioning=true)").fetchall()[0][0]
     assert n == table.num_rows
 
     env = base_env()
@@ -392,17 +398,60 @@ def test_disk_full_after_training_is_a_clear_error_and_no_partial_rows(ray_clust
 
 
 # ----------------------------------------------------------------------------- security defaults of a running cluster
+def listeners(procs) -> list[tuple[int, str, int]]:
+    out = []
+    for p in procs:
+        try:
+            out += [(p.pid, c.laddr.ip, c.laddr.port) for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+        except psutil.Error:  # a worker that exited meanwhile
+            pass
+    return out
+
+
+def loopback(ip: str) -> bool:
+    return ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+EMBEDDED = """
+import json, os, psutil, ray
+from jobs.train import init_ray
+init_ray(2)
+ray.get([ray.remote(lambda: 1).remote() for _ in range(2)])
+procs = [psutil.Process()] + psutil.Process().children(recursive=True)
+out = []
+for p in procs:
+    try:
+        out += [(p.pid, c.laddr.ip, c.laddr.port) for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    except psutil.Error:
+        pass
+print(json.dumps(out))
+ray.shutdown()
+"""
+
+
 def test_dashboard_listens_on_loopback_and_requires_the_token(ray_cluster):
-    """The cluster the README tells users to start (same flags as the fixture): job server on 127.0.0.1, token on."""
+    """The cluster the README tells users to start (same flags and env as the fixture): every server of every
+    Ray process (GCS, raylet, dashboard and its metrics port, agents, workers) on loopback; job server needs the token."""
     head = psutil.Process(ray_cluster.proc.pid)
-    dashboard = [p for p in head.children(recursive=True) if "dashboard/dashboard.py" in " ".join(p.cmdline())]
+    procs = head.children(recursive=True)
+    dashboard = [p for p in procs if "dashboard/dashboard.py" in " ".join(p.cmdline())]
     assert dashboard, "no dashboard process"
-    listening = [c.laddr for c in dashboard[0].net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
-    assert listening and all(a.ip == "127.0.0.1" for a in listening), listening
-    assert any(a.port == ray_cluster.dashboard_port for a in listening)
+    listening = listeners(procs)
+    assert listening and all(loopback(ip) for _, ip, _ in listening), [x for x in listening if not loopback(x[1])]
+    assert any(pid == dashboard[0].pid and port == ray_cluster.dashboard_port for pid, _, port in listening)
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(f"{ray_cluster.dashboard}/api/jobs/", timeout=10)
     assert e.value.code in (401, 403)
     token = (Path.home() / ".ray" / "auth_token").read_text().strip()
     req = urllib.request.Request(f"{ray_cluster.dashboard}/api/jobs/", headers={"Authorization": f"Bearer {token}"})
     assert urllib.request.urlopen(req, timeout=10).status == 200
+
+
+def test_embedded_cluster_listens_on_loopback_only():
+    """The cluster `jobs.train` starts when RAY_ADDRESS is unset (the laptop path and `make demo`)."""
+    env = {k: v for k, v in base_env().items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
+    res = subprocess.run([PY, "-c", EMBEDDED], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    listening = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(listening) >= 5, listening  # GCS, raylet, dashboard, agents, workers: something real was inspected
+    assert all(loopback(ip) for _, ip, _ in listening), [x for x in listening if not loopback(x[1])]

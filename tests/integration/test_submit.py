@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from zipfile import ZipFile
 
 from conftest import base_env, free_port, run_job
 from jobs.store import Store
@@ -97,3 +98,24 @@ def test_bad_override_exits_2_before_submitting(ray_cluster, store_dir):
     res = submit_cli(ray_cluster, store_dir, "submit", "configs/mlp.yaml", "train.lrr=0.1")
     assert res.returncode == 2 and "train.lrr" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not store_dir.exists()
+
+
+def test_upload_leaves_out_venv_results_data_and_credentials(tmp_path):
+    from ray._private.runtime_env.packaging import _zip_files  # what Ray runs to package a working_dir
+
+    from conftest import ROOT
+    from jobs.submit import EXCLUDES, upload_excludes
+
+    repo = tmp_path / "repo"
+    for name in ["jobs/train.py", "configs/mlp.yaml", ".env", ".env.local", ".aws/credentials", ".venv/bin/python",
+                 "runs/r1/state.pt", "store/runs/workload=mlp/x.parquet", "data/big.npz", "jobs/deploy.pem",
+                 "jobs/__pycache__/train.cpython-311.pyc", ".git/config"]:  # fmt: skip
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text("x")
+    _zip_files(str(repo), EXCLUDES, str(tmp_path / "fake.zip"), include_gitignore=True)
+    assert sorted(n for n in ZipFile(tmp_path / "fake.zip").namelist() if not n.endswith("/")) == ["configs/mlp.yaml", "jobs/train.py"]
+    _zip_files(str(ROOT), upload_excludes("configs/mlp.yaml"), str(tmp_path / "repo.zip"), include_gitignore=True)
+    names = [n for n in ZipFile(tmp_path / "repo.zip").namelist() if not n.endswith("/")]
+    assert "jobs/train.py" in names and "configs/mlp.yaml" in names and "workloads/mlp.py" in names
+    assert {n.split("/")[0] for n in names} <= {"jobs", "workloads", "configs", "pyproject.toml"}
+    assert (tmp_path / "repo.zip").stat().st_size < 2**20  # the real repo: code and configs only

@@ -44,6 +44,12 @@ def test_round_trip_through_dict(tmp_path):
     assert flat["train.lr"] == 0.003 and "sweep.num_samples" not in flat and "scaling.num_workers" in flat
 
 
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    """YAML 1.1 reads `1e-4` as a string; a float key still takes it, from the file and from an override."""
+    cfg = load_config(write(tmp_path, "workload: mlp\ntrain:\n  weight_decay: 1e-4\n"), ["train.lr=3e5"])
+    assert cfg.train.weight_decay == 1e-4 and cfg.train.lr == 3e5
+
+
 @pytest.mark.parametrize(
     "yaml_text, overrides, needle",
     [
