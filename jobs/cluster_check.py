@@ -35,10 +35,15 @@ def load(path: str | Path) -> dict:
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise ClusterConfigError(f"cluster config '{path}' is not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise ClusterConfigError(f"cluster config '{path}' is not valid YAML ({getattr(e, 'problem', e)}{_line(e)}) — fix the syntax there (compare with cluster.yaml)") from None
     if not isinstance(raw, dict):
-        raise ClusterConfigError(f"cluster config '{path}' must be a YAML mapping")
+        raise ClusterConfigError(f"cluster config '{path}' must be a YAML mapping of launcher keys (cluster_name, provider, ...) — start from cluster.yaml")
     return raw
+
+
+def _line(e) -> str:
+    mark = getattr(e, "problem_mark", None)
+    return f" at line {mark.line + 1}" if mark is not None else ""
 
 
 def check_config(raw: dict, name: str = "cluster config") -> dict:
@@ -53,9 +58,9 @@ def check_config(raw: dict, name: str = "cluster config") -> dict:
         validate_config(config)
     except jsonschema.ValidationError as e:
         where = ".".join(str(p) for p in e.absolute_path) or "top level"
-        raise ClusterConfigError(f"{name}: Ray rejects it at '{where}': {e.message.splitlines()[0]}") from None
+        raise ClusterConfigError(f"{name}: Ray rejects it at '{where}': {e.message.splitlines()[0]} — fix that key (Ray's schema: ray/autoscaler/ray-schema.json; a working example: cluster.yaml)") from None
     except (ValueError, KeyError, RuntimeError) as e:
-        raise ClusterConfigError(f"{name}: Ray rejects it: {str(e).splitlines()[0]}") from None
+        raise ClusterConfigError(f"{name}: Ray rejects it: {str(e).splitlines()[0]} — fix the file (a working example: cluster.yaml)") from None
     _check_rules(raw, config, name)
     return config
 

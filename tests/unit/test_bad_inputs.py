@@ -36,7 +36,6 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     drop_env: tuple[str, ...] = ()
     store: str = ""  # --store value (default: a fresh folder per case that must stay absent)
-    fix_named: bool = True  # False: a known gap (the message names the problem, not the fix) — xfail, see RELIABILITY.md
 
 
 def train(*args: str, config: str = "configs/mlp.yaml") -> list[str]:
@@ -118,8 +117,8 @@ CASES = [
     Case("sweep-bounds-swapped", ["jobs.sweep", "--config", "configs/mlp.yaml", "sweep.search_space={train.lr: {loguniform: [0.1, 0.001]}}"],
          "lower bound 0.1 > upper bound 0.001"),  # fmt: skip
     Case("sweep-resume-missing", ["jobs.sweep", "--resume", "mlp-sweep-nope", "run.storage_path={runs}"], "no sweep 'mlp-sweep-nope'"),
-    Case("cluster-yaml-unknown-key", ["jobs.cluster_check", "{d}/cluster_bad.yaml"], "bogus_key", fix_named=False),
-    Case("cluster-yaml-not-yaml", ["jobs.cluster_check", "{d}/bad_syntax.yaml"], "bad_syntax.yaml", fix_named=False),
+    Case("cluster-yaml-unknown-key", ["jobs.cluster_check", "{d}/cluster_bad.yaml"], "bogus_key"),
+    Case("cluster-yaml-not-yaml", ["jobs.cluster_check", "{d}/bad_syntax.yaml"], "bad_syntax.yaml"),
 ]
 
 
@@ -214,10 +213,7 @@ def results(request, tmp_path_factory) -> dict[str, dict]:
     return out
 
 
-NO_FIX = pytest.mark.xfail(reason="jobs/cluster_check.py: the message names the problem but no fix (reported)", strict=False)
-
-
-@pytest.mark.parametrize("case", [pytest.param(c, marks=() if c.fix_named else NO_FIX) for c in CASES], ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_exits_2_with_one_line(case: Case, results):
     r = results[case.id]
     proc = r["proc"]
