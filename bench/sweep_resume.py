@@ -13,12 +13,9 @@ round is clean. About 25 s a round on 2 cores.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,20 +26,11 @@ def one_round(cluster, py: str) -> dict:
     import ray.train
 
     from jobs.store import Store
-    from test_sweep import sweep_args
+    from test_sweep import kill_sweep_after_first_row
 
     tmp = Path(tempfile.mkdtemp(prefix="sweep-resume-"))
     store_dir = tmp / "store"
-    with open(tmp / "driver.log", "w") as log:
-        driver = subprocess.Popen([py, "-m", *sweep_args(tmp, store_dir)], env=cluster.job_env(), cwd=ROOT,
-                                  stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-    store = Store(store_dir)
-    deadline = time.time() + 300
-    while time.time() < deadline and driver.poll() is None and not len(store.df("runs")):
-        time.sleep(0.5)
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait()
-    before = store.df("runs")
+    before, _ = kill_sweep_after_first_row(cluster, tmp, store_dir)
     sweep_id = before["sweep_id"].iloc[0]
     res = subprocess.run([py, "-m", "jobs.sweep", "--resume", sweep_id, f"run.storage_path={tmp / 'runs'}"],
                          env=cluster.job_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip

@@ -413,18 +413,13 @@ def loopback(ip: str) -> bool:
 
 
 EMBEDDED = """
-import json, os, psutil, ray
+import sys
 from jobs.train import init_ray
+import ray
 init_ray(2)
 ray.get([ray.remote(lambda: 1).remote() for _ in range(2)])
-procs = [psutil.Process()] + psutil.Process().children(recursive=True)
-out = []
-for p in procs:
-    try:
-        out += [(p.pid, c.laddr.ip, c.laddr.port) for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
-    except psutil.Error:
-        pass
-print(json.dumps(out))
+print("ready", flush=True)
+sys.stdin.readline()  # the test reads this process tree's sockets meanwhile
 ray.shutdown()
 """
 
@@ -450,8 +445,15 @@ def test_dashboard_listens_on_loopback_and_requires_the_token(ray_cluster):
 def test_embedded_cluster_listens_on_loopback_only():
     """The cluster `jobs.train` starts when RAY_ADDRESS is unset (the laptop path and `make demo`)."""
     env = {k: v for k, v in base_env().items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
-    res = subprocess.run([PY, "-c", EMBEDDED], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    listening = json.loads(res.stdout.strip().splitlines()[-1])
+    proc = subprocess.Popen([PY, "-c", EMBEDDED], env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert any(line.strip() == "ready" for line in proc.stdout), "the embedded cluster did not start"
+        driver = psutil.Process(proc.pid)
+        listening = listeners([driver, *driver.children(recursive=True)])
+        proc.communicate("\n", timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
     assert len(listening) >= 5, listening  # GCS, raylet, dashboard, agents, workers: something real was inspected
     assert all(loopback(ip) for _, ip, _ in listening), [x for x in listening if not loopback(x[1])]

@@ -69,10 +69,12 @@ def test_asha_sweep_stops_a_trial_early_and_records_every_trial(ray_cluster, sto
     assert f"best: trial {sweep['best_trial_id']}" in res.stdout and sweep["best_run_id"] in res.stdout  # summary + model
 
 
-def test_killed_sweep_resumes_without_rerunning_or_duplicating(ray_cluster, store_dir, tmp_path):
+def kill_sweep_after_first_row(cluster, tmp_path: Path, store_dir: Path) -> tuple:
+    """Start the grid sweep, SIGKILL its driver once the first `runs` row lands; returns (runs rows, driver log).
+    Also used by bench/sweep_resume.py."""
     log = tmp_path / "driver.log"
     with open(log, "w") as out:
-        driver = subprocess.Popen([PY, "-m", *sweep_args(tmp_path, store_dir)], env=ray_cluster.job_env(), cwd=ROOT,
+        driver = subprocess.Popen([PY, "-m", *sweep_args(tmp_path, store_dir)], env=cluster.job_env(), cwd=ROOT,
                                   stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
     store = Store(store_dir)
     deadline = time.time() + 300
@@ -80,7 +82,11 @@ def test_killed_sweep_resumes_without_rerunning_or_duplicating(ray_cluster, stor
         time.sleep(0.5)
     os.kill(driver.pid, signal.SIGKILL)  # the driver only: its trials die with it, as in a lost laptop session
     driver.wait()
-    before = store.df("runs")
+    return store.df("runs"), log
+
+
+def test_killed_sweep_resumes_without_rerunning_or_duplicating(ray_cluster, store_dir, tmp_path):
+    before, log = kill_sweep_after_first_row(ray_cluster, tmp_path, store_dir)
     assert 1 <= len(before) < 4, f"kill came too late or too early ({len(before)} rows): {log.read_text()[-2000:]}"
     sweep_id = before["sweep_id"].iloc[0]
     finals = {r.run_id: os.stat(Path(r.checkpoint_uri) / "meta.json").st_mtime_ns for r in before.itertuples() if r.checkpoint_uri}
