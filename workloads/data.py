@@ -60,6 +60,23 @@ def open_binary(path: str) -> io.BufferedIOBase:
     return open(path, "rb")
 
 
+def read_parquet(path: str):
+    """A Parquet file as a pyarrow Table, read through an Arrow-native file, never a Python file object:
+    ``pq.read_table(<python file>)`` leaves Arrow's thread pool in a state that can abort the interpreter
+    at exit ("terminate called without an active exception", apache/arrow#34314, #50482)."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    path = str(path)
+    if is_remote(path):
+        with open_binary(path) as f:  # remote: open_binary already returns an Arrow NativeFile
+            return pq.read_table(f)
+    if not os.path.isfile(path):
+        raise DataError(f"data file '{path}' not found — check the path (or the data.* config keys)")
+    with pafs.LocalFileSystem().open_input_file(os.path.abspath(path)) as f:
+        return pq.read_table(f)
+
+
 def read_bytes(path: str) -> bytes:
     with open_binary(path) as f:
         data = f.read()
@@ -177,10 +194,7 @@ def _load_image_files(source: str):
                 out[split] = (_as_unit_float(x), y.astype(np.int64))
         return out, _label_names(out), fingerprint(source, *[a for xy in out.values() for a in xy])
     if source.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        with open_binary(source) as f:
-            table = pq.read_table(f)
+        table = read_parquet(source)
         missing = {"image", "label"} - set(table.column_names)
         if missing:
             raise DataError(f"'{source}' is missing column(s) {sorted(missing)} — images need 'image' and 'label'")
@@ -415,13 +429,12 @@ def _read_jsonl_text(path: str, text: str, text_column: str, label_column: str) 
 
 
 def _read_parquet_text(path: str, text_column: str, label_column: str) -> TextTable:
-    import pyarrow.parquet as pq
-
-    with open_binary(path) as f:
-        try:
-            table = pq.read_table(f)
-        except Exception as e:  # noqa: BLE001 — any unreadable file is the user's input
-            raise DataError(f"'{path}' is not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    try:
+        table = read_parquet(path)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 — any unreadable file is the user's input
+        raise DataError(f"'{path}' is not a readable Parquet file ({str(e).splitlines()[0]})") from None
     for key, name in (("data.text_column", text_column), ("data.label_column", label_column)):
         if name not in table.column_names:
             raise DataError(f"'{path}': no column '{name}' (columns: {', '.join(table.column_names)}) — set {key}")
