@@ -1,6 +1,6 @@
 """Ray Train overhead: the same workload and loop in a plain PyTorch process and under jobs.train (1 worker).
 
-    python -m bench.overhead [--repeats 2] [--workloads mlp ner] [--cpus 2] [--smoke] [--no-ray]
+    python -m bench.overhead [--repeats N] [--fixed-rounds 1] [--workloads mlp ner] [--cpus 2] [--smoke] [--no-ray]
 
 [1] Step time. Arm A runs ``jobs.loop.run_epoch`` — the loop every Train worker runs — in a plain
 PyTorch process (torch threads = --cpus, no Ray); arm B runs ``jobs.train`` (TorchTrainer, one worker
@@ -42,16 +42,19 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 RESULT = "BENCH_RESULT "  # an arm's last stdout line: RESULT + JSON (Ray forwards worker logs to stdout too)
 HEALTH_CHECK, WATCHER = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 # Fixed-cost settings, before -> after: Ray's defaults, then each change jobs/train.py makes for its embedded cluster.
+# (The two steps one at a time, 2 rounds, 2026-11-23: health check 0.2 s alone took the warm Train run's fixed cost from
+# 16.9 to 11.7 s; the watcher adds little either way. The default suite runs the end points to stay under 30 min.)
 FIXED_VARIANTS = {
     "Ray defaults (health check 2 s)": {HEALTH_CHECK: "2.0", WATCHER: "1"},
-    "health check 0.2 s": {HEALTH_CHECK: "0.2", WATCHER: "1"},
-    "+ no preemption watcher": {HEALTH_CHECK: "0.2", WATCHER: "0"},
+    "health check 0.2 s, no preemption watcher": {HEALTH_CHECK: "0.2", WATCHER: "0"},
 }
 
-# Step-time configs: >= 50 steps after warm-up, about a minute per arm on 2 idle cores.
+# Step-time configs: >= 50 steps after warm-up, about a minute per arm on 2 idle cores. NER gets more A/B pairs: its
+# arms differ by 10-40% from run to run on this shared 2-core machine, more than the overhead being measured.
+STEP_REPEATS = {"mlp": 2, "ner": 3}
 STEP_CONFIGS = {
     "mlp": ["data.max_train_samples=12800", "train.epochs=1"],  # 100 steps of 128
-    "ner": ["data.max_train_samples=1000", "data.max_eval_samples=200", "train.epochs=1"],  # 63 steps of 16
+    "ner": ["data.max_train_samples=880", "data.max_eval_samples=200", "train.epochs=1"],  # 55 steps of 16
 }
 SMOKE_CONFIGS = {
     "mlp": ["data.max_train_samples=1280", "model.hidden1=64", "model.hidden2=32", "train.epochs=1"],
@@ -213,10 +216,11 @@ def measure(args) -> dict:
     arms = ["plain"] + ([] if args.no_ray else ["ray"])
     for workload in args.workloads:
         pairs = []
-        for r in range(args.repeats):  # A/B/A/B: the machine's noise hits both arms
+        repeats = args.repeats or STEP_REPEATS.get(workload, 2)
+        for r in range(repeats):  # A/B/A/B: the machine's noise hits both arms
             pair = {arm: run_arm(args, arm, workload) for arm in arms}
             pairs.append(pair)
-            print(f"  [{workload} {r + 1}/{args.repeats}] " + "  ".join(
+            print(f"  [{workload} {r + 1}/{repeats}] " + "  ".join(
                 f"{arm} {1000 * p['step_time_median_s']:.1f} ms/step" for arm, p in pair.items()) + f"  (load {pair['plain']['load_avg']})", flush=True)  # fmt: skip
         results["step"][workload] = pairs
     if args.no_ray:
@@ -231,7 +235,7 @@ def measure(args) -> dict:
         variants = dict(list(variants.items())[-1:])
     results["fixed"] = {name: [] for name in variants}
     try:
-        for r in range(args.repeats if not args.smoke else 1):
+        for r in range(args.fixed_rounds if not args.smoke else 1):
             for name, env in variants.items():
                 res = run_arm(args, "fixed", "", env)
                 results["fixed"][name].append(res)
@@ -245,7 +249,7 @@ def measure(args) -> dict:
 
 def report(results: dict, args) -> str:
     lines = [f"\n[1] Ray Train overhead: step time, plain PyTorch process vs jobs.train (1 worker, {args.cpus} CPUs), "
-             f"min/median/max over {args.repeats} A/B pairs"]  # fmt: skip
+             f"min/median/max over {args.repeats or ' / '.join(f'{w} {STEP_REPEATS.get(w, 2)}' for w in results['step'])} A/B pairs"]  # fmt: skip
     lines.append(f"{'workload':<9}{'plain ms/step':>24}{'jobs.train ms/step':>24}{'ratio B/A':>20}{'train loss A | B':>20}{'load avg':>12}")
     for workload, pairs in results["step"].items():
         a = [1000 * p["plain"]["step_time_median_s"] for p in pairs]
@@ -256,7 +260,7 @@ def report(results: dict, args) -> str:
         lines.append(f"{workload:<9}{spread(a):>24}{spread(b):>24}{spread(ratio, '{:.3f}'):>20}{loss:>20}"
                      f"{spread(loads, '{:.0f}'):>12}")  # fmt: skip
     if results["fixed"]:
-        lines.append("\n[1b] Fixed cost per run (s), min/median/max; Train run = fit() via TorchTrainer minus the same fit() in-process")
+        lines.append(f"\n[1b] Fixed cost per run (s), min/median/max over {len(next(iter(results['fixed'].values())))} round(s); Train run = fit() via TorchTrainer minus the same fit() in-process")
         lines.append(f"{'setting':<34}{'cluster start':>16}{'Train run, cold':>18}{'Train run, warm':>18}{'in-process fit':>16}{'load avg':>10}")
         for name, runs in results["fixed"].items():
             loads = [x for r in runs for x in r["load_avg"]]
@@ -271,7 +275,8 @@ def report(results: dict, args) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n\n")[0])
     p.add_argument("--workloads", nargs="+", default=["mlp", "ner"], choices=sorted(STEP_CONFIGS))
-    p.add_argument("--repeats", type=int, default=2, help="A/B pairs per workload (and fixed-cost rounds)")
+    p.add_argument("--repeats", type=int, default=0, help="A/B pairs per workload (default: mlp 2, ner 3)")
+    p.add_argument("--fixed-rounds", type=int, default=1, help="rounds of the fixed-cost settings")
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the Train worker = torch threads of both arms")
     p.add_argument("--smoke", action="store_true", help="tiny configs, arms in this process: checks the plumbing")
     p.add_argument("--no-ray", action="store_true", help="only the arms that need no Ray")

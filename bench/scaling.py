@@ -158,10 +158,10 @@ def report(results: dict, args) -> str:
     params = results["params"]
     lines.append(f"\n[3b] Paper estimate, NER (MiniLM-L6, {params / 1e6:.1f}M parameters) data-parallel on N GPUs: ring all-reduce "
                  f"of fp32 gradients = 2(N-1)/N x 4 B x {params / 1e6:.1f}M per GPU per step; step = fwd + max(bwd, all-reduce)")  # fmt: skip
-    lines.append(f"{'one device: step':<40}{'link':<36}{'N':>3}{'MB/step':>9}{'comm ms':>9}{'step ms':>9}{'samples/s':>11}{'efficiency':>11}{'no overlap':>11}")
+    lines.append(f"{'one device: step':<44}{'link':<36}{'N':>3}{'MB/step':>9}{'comm ms':>9}{'step ms':>9}{'samples/s':>11}{'efficiency':>11}{'no overlap':>11}")
     for r in results["estimate"]:
         setup = f"{r['setup']} ({r['step_1_ms']:.1f} ms)"
-        lines.append(f"{setup:<40}{r['link']:<36}{r['gpus']:>3}{r['allreduce_mb']:>9.0f}{r['allreduce_ms']:>9.2f}"
+        lines.append(f"{setup:<44}{r['link']:<36}{r['gpus']:>3}{r['allreduce_mb']:>9.0f}{r['allreduce_ms']:>9.2f}"
                      f"{r['step_ms']:>9.1f}{r['samples_per_s']:>11.0f}{r['efficiency']:>11.0%}{r['efficiency_no_overlap']:>11.0%}")  # fmt: skip
     return "\n".join(lines)
 

@@ -316,6 +316,8 @@ def check_values(cfg) -> None:
                             ("train.batch_size", t.batch_size, 1), ("train.grad_accum_steps", getattr(t, "grad_accum_steps", 1), 1)):  # fmt: skip
         if value < low:
             raise ConfigError(f"{key} must be >= {low}, got {value} — set e.g. {key}={max(low, 1)}")
+    if getattr(t, "max_grad_norm", 0.0) < 0:
+        raise ConfigError(f"train.max_grad_norm must be >= 0 (0 turns clipping off), got {t.max_grad_norm}")
     if getattr(t, "on_nan", "fail") not in ("fail", "skip_batch"):
         raise ConfigError(f"train.on_nan must be fail or skip_batch, got '{t.on_nan}'")
     if getattr(t, "precision", "fp32") not in ("fp32", "bf16", "fp16"):

@@ -161,6 +161,7 @@ def run_epoch(model, loader, optimizer, wl, cfg, device, scheduler=None, scaler=
     model.train()
     accum = max(1, cfg.train.grad_accum_steps)
     on_nan = cfg.train.on_nan
+    max_norm = float(getattr(cfg.train, "max_grad_norm", 0.0) or 0.0)
     if on_nan not in ("fail", "skip_batch"):
         raise config_lib.ConfigError(f"train.on_nan must be fail or skip_batch, got '{on_nan}'")
     loss_sum, n_batches, samples, skipped = 0.0, 0, 0, 0
@@ -194,6 +195,10 @@ def run_epoch(model, loader, optimizer, wl, cfg, device, scheduler=None, scaler=
             scaled = loss / window
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
         if last_micro:
+            if max_norm > 0:  # on the true (unscaled, all-reduced) gradients
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()

@@ -66,6 +66,7 @@ class Train:
     precision: str = "fp32"  # fp32 | bf16 | fp16
     grad_accum_steps: int = 1
     on_nan: str = "fail"  # fail | skip_batch
+    max_grad_norm: float = 1.0  # clip the gradients' global norm before each step (0 = off); 1.0 as HF Trainer
 
 
 @dataclass

@@ -49,14 +49,14 @@ def test_vs_hf_trainer_smoke_scores_both_trainer_arms_and_levers(tmp_path, capsy
     code = vs_hf_trainer.main(["--smoke", "--no-ray", "--threads", "1", "--levers", "shipped", "random_order", "--out", str(tmp_path)])
     assert code == 0
     res = results(tmp_path, "vs_hf_trainer")
-    assert set(res["arms"]) == {"hf", "hf_grouped"}
-    for arm in ("hf", "hf_grouped"):
+    assert set(res["arms"]) == {"hf", "hf_grouped", "plain"}
+    for arm in ("hf", "hf_grouped", "plain"):
         r = res["arms"][arm][0]
         assert r["samples_per_s"] > 0 and 0 <= r["padded_fraction"] < 1 and 0 <= r["val_f1"] <= 1 and r["peak_rss_mb"] > 100
     shipped, random_order = res["levers"]["shipped"][0], res["levers"]["random_order"][0]
     assert shipped["samples_per_s"] > 0 and random_order["samples_per_s"] > 0
     out = capsys.readouterr().out
-    assert "HF Trainer, group_by_length" in out and "vs shipped" in out
+    assert "HF Trainer, group_by_length" in out and "vs shipped" in out and "our loop, plain process (no Ray) / HF Trainer" in out
 
 
 def test_scaling_estimate_follows_ring_allreduce():

@@ -75,6 +75,28 @@ def test_accumulation_steps_the_optimizer_once_per_window():
     assert len(steps) == 3  # windows of 3, 3 and the short last 1
 
 
+# ----------------------------------------------------------------------------- gradient clipping
+@pytest.mark.parametrize("max_norm", [0.0, 0.01])
+def test_max_grad_norm_bounds_the_norm_each_step_sees(max_norm):
+    """``train.max_grad_norm`` clips the global gradient norm before every optimizer step; 0 leaves it alone."""
+    cfg, model = tiny_mlp([f"train.max_grad_norm={max_norm}"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    norms = []
+    optimizer.register_step_pre_hook(lambda *_: norms.append(float(torch.cat([p.grad.flatten() for p in model.parameters()]).norm())))
+    loop.run_epoch(model, DataLoader(data(16), batch_size=4), optimizer, mlp, cfg, CPU)
+    assert len(norms) == 4
+    if max_norm:
+        assert max(norms) <= max_norm * 1.0001
+    else:
+        assert min(norms) > 0.05  # the unclipped norms of this model are far above 0.01: the clip above is real
+
+
+def test_negative_max_grad_norm_is_refused():
+    cfg, _ = tiny_mlp(["train.max_grad_norm=-1"])
+    with pytest.raises(config_lib.ConfigError, match="train.max_grad_norm must be >= 0"):
+        config_lib.check_values(cfg)
+
+
 # ----------------------------------------------------------------------------- precision selection
 @pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)])
 def test_autocast_runs_matmuls_in_the_chosen_precision(precision, dtype):
