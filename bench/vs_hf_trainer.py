@@ -152,28 +152,18 @@ def arm_ours(args, tmp: str) -> dict:
 
 
 def arm_plain(args, tmp: str) -> dict:
-    """The loop jobs.train runs (``jobs.loop.run_epoch``, shipped settings) in a plain process: ours minus Ray."""
-    import torch
-
-    from jobs import loop
-    from workloads import ner
-
-    torch.set_num_threads(args.threads)
-    cfg = ner_cfg(args)
-    loop.seed_everything(cfg.train.seed)
-    splits = ner.build_data(cfg)
-    model = ner.build_model(cfg, splits)
-    optimizer = loop.make_optimizer(cfg, model)
-    loader = loop.train_loader(ner, cfg, splits)
-    loader.sampler.set_epoch(0)
-    stats = loop.run_epoch(model, loader, optimizer, ner, cfg, torch.device("cpu"), ner.build_scheduler(cfg, optimizer, len(loader)))
-    return {"samples_per_s": stats["samples"] / stats["train_time_s"], "train_s": stats["train_time_s"],
-            "padded_fraction": ner.padded_fraction(loader), "peak_rss_mb": peak_rss_mb(), "val_f1": val_f1(model, splits, cfg),
-            "train_loss": stats["train_loss"]}  # fmt: skip
+    """The loop jobs.train runs, shipped settings, over --sentences in a plain process: ours minus Ray."""
+    out, model, splits, cfg = train_plain(args, "shipped", args.sentences)
+    return out | {"val_f1": val_f1(model, splits, cfg)}
 
 
 def arm_lever(args, tmp: str, lever: str) -> dict:
     """One epoch of the plain loop (run_epoch) over --lever-sentences, with one lever changed."""
+    return train_plain(args, lever, args.lever_sentences)[0]
+
+
+def train_plain(args, lever: str, sentences: int) -> tuple:
+    """One epoch of ``jobs.loop.run_epoch`` with ``lever`` changed ("shipped": none): (figures, model, splits, cfg)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -182,7 +172,7 @@ def arm_lever(args, tmp: str, lever: str) -> dict:
 
     torch.set_num_threads(args.threads)
     extra = {"bf16": ["train.precision=bf16"], "pad_multiple_8": ["data.pad_to_multiple_of=8"]}.get(lever, [])
-    cfg = ner_cfg(args, [f"data.max_train_samples={args.lever_sentences}", *extra])
+    cfg = ner_cfg(args, [f"data.max_train_samples={sentences}", *extra])
     loop.seed_everything(cfg.train.seed)
     splits = ner.build_data(cfg)
     model = ner.build_model(cfg, splits)
@@ -203,8 +193,10 @@ def arm_lever(args, tmp: str, lever: str) -> dict:
     scheduler = ner.build_scheduler(cfg, optimizer, len(loader))
     step_model = torch.compile(model, dynamic=True) if lever == "compile" else model
     stats = loop.run_epoch(step_model, loader, optimizer, ner, cfg, torch.device("cpu"), scheduler)
-    return {"samples_per_s": stats["samples"] / stats["train_time_s"], "step_time_median_s": stats["step_time_median_s"],
-            "train_loss": stats["train_loss"], "padded_fraction": ner.padded_fraction(loader), "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+    out = {"samples_per_s": stats["samples"] / stats["train_time_s"], "step_time_median_s": stats["step_time_median_s"],
+           "train_s": stats["train_time_s"], "train_loss": stats["train_loss"], "padded_fraction": ner.padded_fraction(loader),
+           "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+    return out, model, splits, cfg
 
 
 def run_arm(args, arm: str, lever: str = "") -> dict:

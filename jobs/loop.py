@@ -161,7 +161,7 @@ def run_epoch(model, loader, optimizer, wl, cfg, device, scheduler=None, scaler=
     model.train()
     accum = max(1, cfg.train.grad_accum_steps)
     on_nan = cfg.train.on_nan
-    max_norm = float(getattr(cfg.train, "max_grad_norm", 0.0) or 0.0)
+    max_norm = getattr(cfg.train, "max_grad_norm", 0.0)
     if on_nan not in ("fail", "skip_batch"):
         raise config_lib.ConfigError(f"train.on_nan must be fail or skip_batch, got '{on_nan}'")
     loss_sum, n_batches, samples, skipped = 0.0, 0, 0, 0

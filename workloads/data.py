@@ -41,8 +41,9 @@ def is_remote(path: str) -> bool:
     return "://" in str(path)
 
 
-def open_binary(path: str) -> io.BufferedIOBase:
-    """Open a local path or a URI (``s3://...``) for reading; a clear error if it is missing."""
+def open_binary(path: str, native: bool = False) -> io.BufferedIOBase:
+    """Open a local path or a URI (``s3://...``) for reading; a clear error if it is missing. A URI always gives an
+    Arrow NativeFile; ``native=True`` gives one for a local path too (what pyarrow readers need: see read_parquet)."""
     path = str(path)
     if is_remote(path):
         import pyarrow.fs as pafs
@@ -57,6 +58,10 @@ def open_binary(path: str) -> io.BufferedIOBase:
         return fs.open_input_file(inner)
     if not os.path.isfile(path):
         raise DataError(f"data file '{path}' not found — check the path (or the data.* config keys)")
+    if native:
+        import pyarrow.fs as pafs
+
+        return pafs.LocalFileSystem().open_input_file(os.path.abspath(path))
     return open(path, "rb")
 
 
@@ -64,16 +69,9 @@ def read_parquet(path: str):
     """A Parquet file as a pyarrow Table, read through an Arrow-native file, never a Python file object:
     ``pq.read_table(<python file>)`` leaves Arrow's thread pool in a state that can abort the interpreter
     at exit ("terminate called without an active exception", apache/arrow#34314, #50482)."""
-    import pyarrow.fs as pafs
     import pyarrow.parquet as pq
 
-    path = str(path)
-    if is_remote(path):
-        with open_binary(path) as f:  # remote: open_binary already returns an Arrow NativeFile
-            return pq.read_table(f)
-    if not os.path.isfile(path):
-        raise DataError(f"data file '{path}' not found — check the path (or the data.* config keys)")
-    with pafs.LocalFileSystem().open_input_file(os.path.abspath(path)) as f:
+    with open_binary(path, native=True) as f:
         return pq.read_table(f)
 
 
