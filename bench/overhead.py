@@ -1,13 +1,16 @@
 """Ray Train overhead: the same workload and loop in a plain PyTorch process and under jobs.train (1 worker).
 
-    python -m bench.overhead [--repeats N] [--fixed-rounds 1] [--workloads mlp ner] [--cpus 2] [--smoke] [--no-ray]
+    python -m bench.overhead [--repeats N] [--fixed-rounds 1] [--cases mlp ner ner@1] [--cpus 2] [--smoke] [--no-ray]
 
 [1] Step time. Arm A runs ``jobs.loop.run_epoch`` — the loop every Train worker runs — in a plain
 PyTorch process (torch threads = --cpus, no Ray); arm B runs ``jobs.train`` (TorchTrainer, one worker
 holding --cpus CPUs), whose epochs row carries the same loop's ``step_time_median_s``. Same config,
 seed and batch order in both; step time = median over one epoch's steps (data + forward + backward +
 optimizer) after 3 warm-up steps. Arms alternate A/B/A/B, each in a fresh subprocess, and the table
-gives min/median/max over repeats of each arm and of the B/A ratio of each pair (target <= 1.03).
+gives min/median/max over repeats of each arm and of the B/A ratio of each pair (target <= 1.03), and
+the ratio of the whole epoch's wall (every step, warm-up included). A case is ``workload[@cpus]``:
+``ner@1`` runs both arms with 1 CPU / 1 torch thread, which leaves this 2-core machine's other core to
+Ray's own processes (the default ``--cpus 2`` gives the worker every core; see README, Performance).
 
 [2] Fixed cost, before/after, settings alternating round by round (FIXED_VARIANTS: Ray's defaults,
 then each change jobs/train.py makes for its embedded cluster, then connecting to a running cluster
@@ -52,6 +55,7 @@ FIXED_VARIANTS = {
 # Step-time configs: >= 50 steps after warm-up, about a minute per arm on 2 idle cores. NER gets more A/B pairs: its
 # arms differ by 10-40% from run to run on this shared 2-core machine, more than the overhead being measured.
 STEP_REPEATS = {"mlp": 2, "ner": 3}
+DEFAULT_CASES = ["mlp", "ner", "ner@1"]
 STEP_CONFIGS = {
     "mlp": ["data.max_train_samples=12800", "train.epochs=1"],  # 100 steps of 128
     "ner": ["data.max_train_samples=880", "data.max_eval_samples=200", "train.epochs=1"],  # 55 steps of 16
@@ -157,17 +161,27 @@ def step_overrides(args) -> list[str]:
     return [*table[args.workload], f"scaling.cpus_per_worker={args.cpus}", "scaling.num_workers=1"]
 
 
-def run_arm(args, arm: str, workload: str = "", env: dict | None = None) -> dict:
+def parse_case(case: str, default_cpus: int) -> tuple[str, int]:
+    """``ner@1`` -> ("ner", 1); ``mlp`` -> ("mlp", default_cpus)."""
+    workload, _, cpus = case.partition("@")
+    if workload not in STEP_CONFIGS or (cpus and not cpus.isdigit()) or (cpus and int(cpus) < 1):
+        raise SystemExit(f"bench.overhead: bad case '{case}' — use workload[@cpus] with workload in {sorted(STEP_CONFIGS)}, e.g. ner@1")
+    return workload, int(cpus) if cpus else default_cpus
+
+
+def run_arm(args, arm: str, workload: str = "", env: dict | None = None, cpus: int = 0) -> dict:
     """One arm in a fresh subprocess (its own memory and threads), or in this process with --smoke."""
     load_before = load_avg()
+    cpus = cpus or args.cpus
     if args.smoke:
         args.workload = workload
+        args = argparse.Namespace(**(vars(args) | {"cpus": cpus}))
         with tempfile.TemporaryDirectory() as tmp:
             out = ARMS[arm](args, tmp)
     else:
         log = Path(args.out) / "logs" / f"overhead-{arm}-{workload or 'tiny'}-{int(time.time())}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "bench.overhead", "--arm", arm, "--workload", workload or "mlp", f"--cpus={args.cpus}"]
+        cmd = [sys.executable, "-m", "bench.overhead", "--arm", arm, "--workload", workload or "mlp", f"--cpus={cpus}"]
         with open(log, "w") as f:
             code = subprocess.run(cmd, cwd=ROOT, env=env or dict(os.environ), stdout=f, stderr=subprocess.STDOUT).returncode
         lines = [ln for ln in log.read_text().splitlines() if ln.startswith(RESULT)]
@@ -214,15 +228,19 @@ class RunningCluster:
 def measure(args) -> dict:
     results = {"step": {}, "fixed": {}}
     arms = ["plain"] + ([] if args.no_ray else ["ray"])
-    for workload in args.workloads:
+    for case in args.cases:
+        workload, cpus = parse_case(case, args.cpus)
+        label = workload if cpus == args.cpus else f"{workload}@{cpus}"
+        if label in results["step"]:  # ner@1 with --cpus 1 is the ner case
+            continue
         pairs = []
         repeats = args.repeats or STEP_REPEATS.get(workload, 2)
         for r in range(repeats):  # A/B/A/B: the machine's noise hits both arms
-            pair = {arm: run_arm(args, arm, workload) for arm in arms}
+            pair = {arm: run_arm(args, arm, workload, cpus=cpus) | {"cpus": cpus} for arm in arms}
             pairs.append(pair)
-            print(f"  [{workload} {r + 1}/{repeats}] " + "  ".join(
+            print(f"  [{label} {r + 1}/{repeats}] " + "  ".join(
                 f"{arm} {1000 * p['step_time_median_s']:.1f} ms/step" for arm, p in pair.items()) + f"  (load {pair['plain']['load_avg']})", flush=True)  # fmt: skip
-        results["step"][workload] = pairs
+        results["step"][label] = pairs
     if args.no_ray:
         return results
     base_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -248,17 +266,22 @@ def measure(args) -> dict:
 
 
 def report(results: dict, args) -> str:
-    lines = [f"\n[1] Ray Train overhead: step time, plain PyTorch process vs jobs.train (1 worker, {args.cpus} CPUs), "
-             f"min/median/max over {args.repeats or ' / '.join(f'{w} {STEP_REPEATS.get(w, 2)}' for w in results['step'])} A/B pairs"]  # fmt: skip
-    lines.append(f"{'workload':<9}{'plain ms/step':>24}{'jobs.train ms/step':>24}{'ratio B/A':>20}{'train loss A | B':>20}{'load avg':>12}")
-    for workload, pairs in results["step"].items():
+    pairs_per_case = " / ".join(f"{label} {len(pairs)}" for label, pairs in results["step"].items())
+    lines = [f"\n[1] Ray Train overhead: step time, plain PyTorch process vs jobs.train (1 worker holding the CPUs = torch threads "
+             f"of both arms), min/median/max over {pairs_per_case} A/B pairs"]  # fmt: skip
+    lines.append(f"{'case':<9}{'CPUs':>5}{'plain ms/step':>22}{'jobs.train ms/step':>22}{'ratio B/A':>20}{'epoch wall B/A':>20}"
+                 f"{'train loss A | B':>20}{'load avg':>10}")  # fmt: skip
+    for label, pairs in results["step"].items():
         a = [1000 * p["plain"]["step_time_median_s"] for p in pairs]
         b = [1000 * p["ray"]["step_time_median_s"] for p in pairs if "ray" in p]
         ratio = [1000 * p["ray"]["step_time_median_s"] / x for p, x in zip(pairs, a) if "ray" in p]
+        wall = [p["plain"]["samples_per_s"] / p["ray"]["samples_per_s"] for p in pairs if "ray" in p]  # same samples: wall B/A
         loss = f"{pairs[0]['plain']['train_loss']:.4f}" + (f" | {pairs[0]['ray']['train_loss']:.4f}" if "ray" in pairs[0] else "")
-        loads = [x for p in pairs for arm in p.values() for x in arm["load_avg"]]
-        lines.append(f"{workload:<9}{spread(a):>24}{spread(b):>24}{spread(ratio, '{:.3f}'):>20}{loss:>20}"
-                     f"{spread(loads, '{:.0f}'):>12}")  # fmt: skip
+        loads = [x for p in pairs for arm in p.values() if isinstance(arm, dict) for x in arm["load_avg"]]
+        lines.append(f"{label:<9}{pairs[0]['plain'].get('cpus', args.cpus):>5}{spread(a):>22}{spread(b):>22}{spread(ratio, '{:.3f}'):>20}"
+                     f"{spread(wall, '{:.3f}'):>20}{loss:>20}{spread(loads, '{:.0f}'):>10}")  # fmt: skip
+    lines.append("(ratio B/A: median step after 3 warm-up steps, the target's figure; epoch wall B/A: every step of the epoch, "
+                 "first steps included)")  # fmt: skip
     if results["fixed"]:
         lines.append(f"\n[1b] Fixed cost per run (s), min/median/max over {len(next(iter(results['fixed'].values())))} round(s); Train run = fit() via TorchTrainer minus the same fit() in-process")
         lines.append(f"{'setting':<34}{'cluster start':>16}{'Train run, cold':>18}{'Train run, warm':>18}{'in-process fit':>16}{'load avg':>10}")
@@ -274,8 +297,9 @@ def report(results: dict, args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n\n")[0])
-    p.add_argument("--workloads", nargs="+", default=["mlp", "ner"], choices=sorted(STEP_CONFIGS))
-    p.add_argument("--repeats", type=int, default=0, help="A/B pairs per workload (default: mlp 2, ner 3)")
+    p.add_argument("--cases", nargs="+", default=DEFAULT_CASES, metavar="WORKLOAD[@CPUS]",
+                   help=f"step-time cases, workload in {sorted(STEP_CONFIGS)}, @CPUS overriding --cpus (default: {' '.join(DEFAULT_CASES)})")
+    p.add_argument("--repeats", type=int, default=0, help="A/B pairs per case (default: mlp 2, ner 3)")
     p.add_argument("--fixed-rounds", type=int, default=1, help="rounds of the fixed-cost settings")
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the Train worker = torch threads of both arms")
     p.add_argument("--smoke", action="store_true", help="tiny configs, arms in this process: checks the plumbing")

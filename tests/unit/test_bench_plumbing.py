@@ -38,11 +38,21 @@ def test_median_step_time_leaves_out_loader_start_and_warmup():
 def test_overhead_smoke_times_the_plain_loop(tmp_path, capsys):
     assert overhead.main(["--smoke", "--no-ray", "--cpus", "1", "--out", str(tmp_path)]) == 0
     steps = results(tmp_path, "overhead")["step"]
-    assert set(steps) == {"mlp", "ner"}
+    assert set(steps) == {"mlp", "ner"}  # --cpus 1 makes the default ner@1 case the ner case
     for pairs in steps.values():
         plain = pairs[0]["plain"]
         assert 0 < plain["step_time_median_s"] < 60 and plain["samples_per_s"] > 0 and math.isfinite(plain["train_loss"])
     assert "ratio B/A" in capsys.readouterr().out
+
+
+def test_overhead_cases_name_their_cpus_and_refuse_bad_ones(tmp_path, capsys):
+    assert overhead.main(["--smoke", "--no-ray", "--cpus", "2", "--cases", "ner@1", "--out", str(tmp_path)]) == 0
+    steps = results(tmp_path, "overhead")["step"]
+    assert list(steps) == ["ner@1"] and steps["ner@1"][0]["plain"]["cpus"] == 1
+    assert "ner@1" in capsys.readouterr().out
+    for bad in ("ner@0", "bert", "ner@two"):
+        with pytest.raises(SystemExit, match="bad case"):
+            overhead.main(["--smoke", "--no-ray", "--cases", bad, "--out", str(tmp_path)])
 
 
 def test_vs_hf_trainer_smoke_scores_both_trainer_arms_and_levers(tmp_path, capsys):
