@@ -256,12 +256,12 @@ def record_run(cfg, store: Store, run_id: str, checkpoint, error: BaseException 
         **{k: float(v) for k, v in final.items() if k.startswith(("val_", "test_"))},
         **(extra_row or {}),
     }  # fmt: skip
-    written = set(store.history(run_id).get("epoch", []))  # a killed recorder may have written them already
     epochs = [{"run_id": run_id, "workload": cfg.workload, "sweep_id": sweep_id, "trial_id": trial_id,
                **{k: (float(v) if isinstance(v, float) else v) for k, v in h.items()}}
-              for h in history if h["epoch"] not in written]  # fmt: skip
-    # Files named after the run: two recorders racing past the check above (a resumed sweep while the
-    # killed one's trial still finishes) replace each other's file instead of adding a second row.
+              for h in history]  # fmt: skip
+    # Files named after the run, always the whole history: a recorder killed between its two writes, or two
+    # racing past the check above (a resumed sweep while the killed one's trial still finishes), replace each
+    # other's file instead of adding a second row — and never leave a file holding only part of the epochs.
     name = "run-" + re.sub(r"[^A-Za-z0-9_.=-]", "_", run_id)
     store.append("epochs", epochs, name=name)  # epochs first: a runs row is the commit marker of a run
     store.append("runs", [row], name=name)
