@@ -20,7 +20,7 @@ import os
 import platform
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +34,14 @@ SUITE = {"overhead": overhead, "vs_hf_trainer": vs_hf_trainer, "scaling": scalin
 def machine() -> str:
     import torch
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")), platform.processor())
+    cpu = next(
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor(),
+    )
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{os.cpu_count()} x {cpu}, {mem_gb:.0f} GiB RAM, {platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}"
 
@@ -47,21 +54,23 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", default=str(ROOT / "bench" / "out"))
     args = p.parse_args(argv)
     flags = ["--out", args.out] + (["--smoke"] if args.smoke else []) + (["--no-ray"] if args.no_ray else [])
-    print(f"python -m bench {' '.join(argv)}\n{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {machine()}", flush=True)
+    print(f"python -m bench {' '.join(argv)}\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC; {machine()}", flush=True)
     t0, failed = time.perf_counter(), []
     for name in args.only:
         start = time.perf_counter()
         print(f"\n===== {name} =====", flush=True)
         try:
             code = SUITE[name].main(flags)
-        except Exception as e:  # noqa: BLE001 — one failing part must not hide the other tables
+        except Exception as e:
             print(f"{name} failed: {e}", flush=True)
             code = 1
         if code:
             failed.append(name)
         print(f"({name}: {time.perf_counter() - start:.0f} s)", flush=True)
-    print(f"\nbench: {time.perf_counter() - t0:.0f} s in all, load average {os.getloadavg()[0]:.1f} at the end"
-          + (f"; FAILED: {', '.join(failed)}" if failed else ""))  # fmt: skip
+    print(
+        f"\nbench: {time.perf_counter() - t0:.0f} s in all, load average {os.getloadavg()[0]:.1f} at the end"
+        + (f"; FAILED: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 

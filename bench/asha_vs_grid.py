@@ -25,8 +25,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run_sweep(config: str, scheduler: str, out: Path, overrides: list[str]) -> dict:
     store = out / f"store-{scheduler}"
-    cmd = [sys.executable, "-m", "jobs.sweep", "--config", config, "--store", str(store),
-           f"run.storage_path={out / 'runs'}", f"sweep.scheduler={scheduler}", *overrides]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.sweep",
+        "--config",
+        config,
+        "--store",
+        str(store),
+        f"run.storage_path={out / 'runs'}",
+        f"sweep.scheduler={scheduler}",
+        *overrides,
+    ]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -46,7 +56,11 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="more config overrides for both sweeps")
     args = p.parse_args()
     out = Path(args.dir or tempfile.mkdtemp(prefix="asha-vs-grid-"))
-    common = [f"sweep.num_samples={args.samples}", f"train.epochs={args.epochs}", *args.overrides]  # beats trial_overrides
+    common = [
+        f"sweep.num_samples={args.samples}",
+        f"train.epochs={args.epochs}",
+        *args.overrides,
+    ]  # beats trial_overrides
     full = run_sweep(args.config, "fifo", out, common)
     asha = run_sweep(args.config, "asha", out, common)
     gap = full["best_metric"] - asha["best_metric"]
@@ -56,8 +70,10 @@ def main() -> None:
     print(f"\n{'':<6}{'best ' + full['metric']:>20}{'epochs used':>14}{'sweep wall s':>14}{'CPU s':>10}")
     for name, r in (("full", full), ("ASHA", asha)):
         print(f"{name:<6}{r['best_metric']:>20.4f}{r['epochs_used']:>14}{r['wall_s']:>14.0f}{r['cpu_s']:>10.0f}")
-    print(f"\nASHA best is {gap:+.4f} below the full search's (target <= 0.01); "
-          f"it used {ratio:.0%} of the epochs (target <= 35%) and {asha['wall_s'] / full['wall_s']:.0%} of the wall time")
+    print(
+        f"\nASHA best is {gap:+.4f} below the full search's (target <= 0.01); "
+        f"it used {ratio:.0%} of the epochs (target <= 35%) and {asha['wall_s'] / full['wall_s']:.0%} of the wall time"
+    )
     print(f"({args.samples} trials x {args.epochs} epochs; work dir {out})")
 
 

@@ -30,7 +30,9 @@ def run(args: list[str], log: Path) -> None:
     print("$ python -m " + " ".join(args), flush=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0")
     with open(log, "w") as f:
-        code = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+        code = subprocess.run(
+            [sys.executable, "-m", *args], cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT
+        ).returncode
     print(f"  exit {code} after {time.perf_counter() - t0:.0f} s (log: {log})", flush=True)
     if code != 0:
         print(log.read_text()[-3000:])
@@ -54,27 +56,61 @@ def main() -> int:
 
     from jobs.store import Store
 
-    run(["jobs.train", "--config", "configs/ner.yaml", *common, f"data.max_train_samples={args.train_sentences}",
-         f"data.max_eval_samples={args.eval_sentences}", f"train.epochs={args.epochs}", *overrides], out / "round1.log")  # fmt: skip
+    run(
+        [
+            "jobs.train",
+            "--config",
+            "configs/ner.yaml",
+            *common,
+            f"data.max_train_samples={args.train_sentences}",
+            f"data.max_eval_samples={args.eval_sentences}",
+            f"train.epochs={args.epochs}",
+            *overrides,
+        ],
+        out / "round1.log",
+    )
     round1 = Store(store).df("runs").iloc[0]["run_id"]
-    run(["jobs.continual", "--config", "configs/ner_wnut.yaml", "--from", "best", *common, *overrides], out / "round2.log")
-    run(["jobs.continual", "--config", "configs/ner_wnut.yaml", "--from", round1, *common,
-         f"continual.replay_fraction={args.replay}", *overrides], out / "round2_replay.log")  # fmt: skip
+    run(
+        ["jobs.continual", "--config", "configs/ner_wnut.yaml", "--from", "best", *common, *overrides],
+        out / "round2.log",
+    )
+    run(
+        [
+            "jobs.continual",
+            "--config",
+            "configs/ner_wnut.yaml",
+            "--from",
+            round1,
+            *common,
+            f"continual.replay_fraction={args.replay}",
+            *overrides,
+        ],
+        out / "round2_replay.log",
+    )
 
     runs = Store(store).df("runs").sort_values("finished_at")
     first, children = runs.iloc[0], runs.iloc[1:]
     wnut_zero_shot = children["parent_new_test_f1"].iloc[0]
     print(f"\nstore: {store}   (python -m jobs.store --store {store} lineage {round1})")
-    print(f"round 1: CoNLL-2003 train capped at {args.train_sentences} sentences, {args.epochs} epochs; "
-          f"CoNLL val/test capped at {args.eval_sentences}; round 2: all 1,723 WNUT train tweets, 3 epochs\n")  # fmt: skip
+    print(
+        f"round 1: CoNLL-2003 train capped at {args.train_sentences} sentences, {args.epochs} epochs; "
+        f"CoNLL val/test capped at {args.eval_sentences}; round 2: all 1,723 WNUT train tweets, 3 epochs\n"
+    )
     header = f"{'round':<6} {'data':<34} {'WNUT test F1':>12} {'CoNLL test F1':>13} {'gain':>7} {'forgetting':>10} {'wall s':>7}"
     print(header + "\n" + "-" * len(header))
-    print(f"{1:<6} {'CoNLL-2003 news':<34} {wnut_zero_shot:>12.4f} {first['test_f1']:>13.4f} {'':>7} {'':>10} {first['wall_s']:>7.0f}")
+    print(
+        f"{1:<6} {'CoNLL-2003 news':<34} {wnut_zero_shot:>12.4f} {first['test_f1']:>13.4f} {'':>7} {'':>10} {first['wall_s']:>7.0f}"
+    )
     for _, r in children.iterrows():
-        data = "WNUT-16 tweets" + (f" + {r['continual.replay_fraction']:.0%} replay ({int(r['replay_samples'])} sent.)"
-                                   if r["continual.replay_fraction"] else "")  # fmt: skip
-        print(f"{int(r['round']):<6} {data:<34} {r['test_f1']:>12.4f} {r['old_test_f1']:>13.4f} {r['gain']:>+7.4f} "
-              f"{r['forgetting']:>+10.4f} {r['wall_s']:>7.0f}")  # fmt: skip
+        data = "WNUT-16 tweets" + (
+            f" + {r['continual.replay_fraction']:.0%} replay ({int(r['replay_samples'])} sent.)"
+            if r["continual.replay_fraction"]
+            else ""
+        )
+        print(
+            f"{int(r['round']):<6} {data:<34} {r['test_f1']:>12.4f} {r['old_test_f1']:>13.4f} {r['gain']:>+7.4f} "
+            f"{r['forgetting']:>+10.4f} {r['wall_s']:>7.0f}"
+        )
     ok = bool((children["gain"] > 0).all())
     print(f"\nround 2 improves the WNUT test F1 over round 1 (gain > 0) in both variants: {'yes' if ok else 'NO'}")
     return 0 if ok else 1

@@ -45,7 +45,9 @@ H100_BF16_DENSE_TFLOPS = 989.0
 # ----------------------------------------------------------------------------- [1] what a step computes
 def dense_params(model: torch.nn.Module) -> int:
     """Parameters that take part in matmuls: all, less embedding tables (a lookup is not a FLOP)."""
-    embedding = sum(p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters(recurse=False))
+    embedding = sum(
+        p.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters(recurse=False)
+    )
     return sum(p.numel() for p in model.parameters()) - embedding
 
 
@@ -118,15 +120,24 @@ def measure_plain(args, precision: str, device: torch.device) -> dict:
     params = dense_params(model)
     flops_per_s = 6 * params * tokens / seconds
     return {
-        "mode": "plain", "workload": cfg.workload, "precision": precision, "device": device.type,
-        "batch_size": cfg.train.batch_size, "steps": args.steps, "seconds": seconds,
-        "samples_per_s": samples / seconds, "tokens_per_s": tokens / seconds,
-        "padding_fraction": 1 - real_tokens / max(tokens, 1), "step_ms": 1000 * seconds / args.steps,
-        "dense_params": params, "achieved_tflops": flops_per_s / 1e12, "mfu": flops_per_s / (args.peak_tflops * 1e12),
+        "mode": "plain",
+        "workload": cfg.workload,
+        "precision": precision,
+        "device": device.type,
+        "batch_size": cfg.train.batch_size,
+        "steps": args.steps,
+        "seconds": seconds,
+        "samples_per_s": samples / seconds,
+        "tokens_per_s": tokens / seconds,
+        "padding_fraction": 1 - real_tokens / max(tokens, 1),
+        "step_ms": 1000 * seconds / args.steps,
+        "dense_params": params,
+        "achieved_tflops": flops_per_s / 1e12,
+        "mfu": flops_per_s / (args.peak_tflops * 1e12),
         "peak_memory_gib": (torch.cuda.max_memory_allocated(device) if on_gpu else _peak_rss()) / 2**30,
         "peak_memory_kind": "torch.cuda.max_memory_allocated" if on_gpu else "host max RSS",
         "final_loss": float(torch.stack(losses).float().mean()) if losses else float("nan"),
-    }  # fmt: skip
+    }
 
 
 def _peak_rss() -> int:
@@ -140,8 +151,11 @@ def measure_ray(args, precision: str, device: torch.device) -> dict:
     from jobs.train import fit, init_ray
 
     on_gpu = device.type == "cuda"
-    cfg = config_for(args, precision, [f"scaling.use_gpu={str(on_gpu).lower()}", "scaling.num_workers=1",
-                                       f"train.epochs={args.ray_epochs}"])  # fmt: skip
+    cfg = config_for(
+        args,
+        precision,
+        [f"scaling.use_gpu={str(on_gpu).lower()}", "scaling.num_workers=1", f"train.epochs={args.ray_epochs}"],
+    )
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config_lib.set_dotted(cfg, "run.storage_path", f"{tmp}/runs")
         init_ray()
@@ -151,21 +165,32 @@ def measure_ray(args, precision: str, device: torch.device) -> dict:
         raise RuntimeError(f"jobs.train {precision} run {row['status']}: {row['error']}")
     last = epochs.iloc[-1]
     return {
-        "mode": "jobs.train", "workload": cfg.workload, "precision": precision, "device": device.type,
-        "batch_size": cfg.train.batch_size, "epochs": int(row["epochs"]), "wall_s": float(row["wall_s"]),
-        "samples_per_s": float(last["samples_per_s"]), "train_time_s": float(last["train_time_s"]),
-        "best_metric": float(row["best_metric"]), "metric": row["metric"],
-    }  # fmt: skip
+        "mode": "jobs.train",
+        "workload": cfg.workload,
+        "precision": precision,
+        "device": device.type,
+        "batch_size": cfg.train.batch_size,
+        "epochs": int(row["epochs"]),
+        "wall_s": float(row["wall_s"]),
+        "samples_per_s": float(last["samples_per_s"]),
+        "train_time_s": float(last["train_time_s"]),
+        "best_metric": float(row["best_metric"]),
+        "metric": row["metric"],
+    }
 
 
 # ----------------------------------------------------------------------------- CLI
 def line(r: dict) -> str:
     if r["mode"] == "plain":
-        return (f"plain  {r['precision']:>4}  batch {r['batch_size']:>4}  {r['samples_per_s']:8.1f} samples/s  {r['tokens_per_s']:9.0f} tokens/s  "
-                f"{r['step_ms']:7.1f} ms/step  peak {r['peak_memory_gib']:.2f} GiB  {r['achieved_tflops']:6.2f} TFLOP/s  "
-                f"MFU {100 * r['mfu']:.1f}%  (padding {100 * r['padding_fraction']:.0f}%, loss {r['final_loss']:.3f})")  # fmt: skip
-    return (f"ray    {r['precision']:>4}  batch {r['batch_size']:>4}  {r['samples_per_s']:8.1f} samples/s  (epoch of jobs.train: {r['train_time_s']:.1f} s train, "
-            f"{r['wall_s']:.1f} s wall, {r['metric']} {r['best_metric']:.4f})")  # fmt: skip
+        return (
+            f"plain  {r['precision']:>4}  batch {r['batch_size']:>4}  {r['samples_per_s']:8.1f} samples/s  {r['tokens_per_s']:9.0f} tokens/s  "
+            f"{r['step_ms']:7.1f} ms/step  peak {r['peak_memory_gib']:.2f} GiB  {r['achieved_tflops']:6.2f} TFLOP/s  "
+            f"MFU {100 * r['mfu']:.1f}%  (padding {100 * r['padding_fraction']:.0f}%, loss {r['final_loss']:.3f})"
+        )
+    return (
+        f"ray    {r['precision']:>4}  batch {r['batch_size']:>4}  {r['samples_per_s']:8.1f} samples/s  (epoch of jobs.train: {r['train_time_s']:.1f} s train, "
+        f"{r['wall_s']:.1f} s wall, {r['metric']} {r['best_metric']:.4f})"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -177,7 +202,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--batch-sizes", default="0", help="comma-separated batch sizes per step (0 = the config's)")
     p.add_argument("--steps", type=int, default=50, help="timed optimizer steps")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    p.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS, help="device peak for MFU (H100 SXM dense bf16: 989)")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=H100_BF16_DENSE_TFLOPS,
+        help="device peak for MFU (H100 SXM dense bf16: 989)",
+    )
     p.add_argument("--ray", action="store_true", help="also run jobs.train (Ray Train, 1 worker) per precision")
     p.add_argument("--ray-epochs", type=int, default=1)
     p.add_argument("--smoke-test", action="store_true", help="the workload's tiny data settings")
@@ -188,13 +218,18 @@ def main(argv: list[str]) -> int:
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
 
     if args.device == "cuda" and not torch.cuda.is_available():
-        print(f"error: no CUDA device (torch {torch.__version__} sees none) — run this on a GPU machine, "
-              "or pass --device cpu to check the plumbing", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: no CUDA device (torch {torch.__version__} sees none) — run this on a GPU machine, "
+            "or pass --device cpu to check the plumbing",
+            file=sys.stderr,
+        )
         return 2
     device = torch.device(args.device)
     if device.type == "cuda":
-        print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
-              f"MFU against {args.peak_tflops:.0f} TFLOP/s")  # fmt: skip
+        print(
+            f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+            f"MFU against {args.peak_tflops:.0f} TFLOP/s"
+        )
     results = []
     try:
         for args.batch_size in args.batch_sizes:
@@ -212,8 +247,10 @@ def main(argv: list[str]) -> int:
     for batch_size in sorted({b for b, _ in plain}):
         if (batch_size, "bf16") in plain and (batch_size, "fp32") in plain:
             bf16, fp32 = plain[batch_size, "bf16"], plain[batch_size, "fp32"]
-            print(f"batch {batch_size}: bf16 / fp32 = {bf16['samples_per_s'] / fp32['samples_per_s']:.2f}x samples/s, "
-                  f"{bf16['peak_memory_gib'] / max(fp32['peak_memory_gib'], 1e-9):.2f}x peak memory")  # fmt: skip
+            print(
+                f"batch {batch_size}: bf16 / fp32 = {bf16['samples_per_s'] / fp32['samples_per_s']:.2f}x samples/s, "
+                f"{bf16['peak_memory_gib'] / max(fp32['peak_memory_gib'], 1e-9):.2f}x peak memory"
+            )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     target = out / f"gpu_{args.workload}.json"

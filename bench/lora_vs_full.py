@@ -29,8 +29,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 VARIANTS = {  # LoRA: adapters start at zero and the head at random, so it takes a 20x higher learning rate
     "full": [],
-    "lora-qv": ["model.lora.enabled=true", "model.lora.r=8", "model.lora.target_modules=[query,value]", "train.lr=0.002"],
-    "lora-all": ["model.lora.enabled=true", "model.lora.r=8", "model.lora.target_modules=[query,key,value,dense]", "train.lr=0.002"],
+    "lora-qv": [
+        "model.lora.enabled=true",
+        "model.lora.r=8",
+        "model.lora.target_modules=[query,value]",
+        "train.lr=0.002",
+    ],
+    "lora-all": [
+        "model.lora.enabled=true",
+        "model.lora.r=8",
+        "model.lora.target_modules=[query,key,value,dense]",
+        "train.lr=0.002",
+    ],
 }
 
 
@@ -42,10 +52,16 @@ def measure(variant: str, args) -> dict:
     from workloads import lora, ner
 
     torch.set_num_threads(args.threads)
-    cfg = config_lib.load_config(ROOT / "configs/ner.yaml", [
-        f"data.max_train_samples={args.train_sentences}", f"data.max_eval_samples={args.eval_sentences}",
-        f"train.epochs={args.epochs}", *VARIANTS[variant], *args.overrides,
-    ])  # fmt: skip
+    cfg = config_lib.load_config(
+        ROOT / "configs/ner.yaml",
+        [
+            f"data.max_train_samples={args.train_sentences}",
+            f"data.max_eval_samples={args.eval_sentences}",
+            f"train.epochs={args.epochs}",
+            *VARIANTS[variant],
+            *args.overrides,
+        ],
+    )
     loop.seed_everything(cfg.train.seed)
     splits = ner.build_data(cfg)
     model = ner.build_model(cfg, splits)
@@ -59,8 +75,11 @@ def measure(variant: str, args) -> dict:
         loader.sampler.set_epoch(epoch)
         stats = loop.run_epoch(model, loader, optimizer, ner, cfg, device, scheduler)
         samples, seconds = samples + stats["samples"], seconds + stats["train_time_s"]
-        print(f"  {variant} epoch {epoch + 1}: train_loss {stats['train_loss']:.4f}, {stats['samples'] / stats['train_time_s']:.1f} samples/s",
-              file=sys.stderr, flush=True)  # fmt: skip
+        print(
+            f"  {variant} epoch {epoch + 1}: train_loss {stats['train_loss']:.4f}, {stats['samples'] / stats['train_time_s']:.1f} samples/s",
+            file=sys.stderr,
+            flush=True,
+        )
     t0 = time.perf_counter()
     test = ner.evaluate(model, loop.eval_loader(splits, splits.test, cfg.train.batch_size * 2), splits)
     eval_s = time.perf_counter() - t0
@@ -70,12 +89,21 @@ def measure(variant: str, args) -> dict:
         ckpt_mb = Path(tmp, "state.pt").stat().st_size / 2**20
         export_mb = sum(f.stat().st_size for f in Path(tmp, "export").iterdir()) / 2**20
     return {
-        "variant": variant, "lr": cfg.train.lr, "trainable_params": trainable, "total_params": total,
-        "train_samples_per_s": samples / seconds, "train_s": seconds, "eval_s": eval_s,
+        "variant": variant,
+        "lr": cfg.train.lr,
+        "trainable_params": trainable,
+        "total_params": total,
+        "train_samples_per_s": samples / seconds,
+        "train_s": seconds,
+        "eval_s": eval_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "test_f1": test["f1"], "test_precision": test["precision"], "test_recall": test["recall"],
-        "checkpoint_mb": ckpt_mb, "adapter_mb": trainable * 4 / 2**20 if variant != "full" else None, "export_mb": export_mb,
-    }  # fmt: skip
+        "test_f1": test["f1"],
+        "test_precision": test["precision"],
+        "test_recall": test["recall"],
+        "checkpoint_mb": ckpt_mb,
+        "adapter_mb": trainable * 4 / 2**20 if variant != "full" else None,
+        "export_mb": export_mb,
+    }
 
 
 def main() -> int:
@@ -84,8 +112,11 @@ def main() -> int:
     p.add_argument("--eval-sentences", type=int, default=1000, help="caps the val and test sentences")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="torch threads (a 2-CPU Train worker)")
-    p.add_argument("--parallel", action="store_true",
-                   help="run both variants at once: on a busy shared machine both then see the same load")  # fmt: skip
+    p.add_argument(
+        "--parallel",
+        action="store_true",
+        help="run both variants at once: on a busy shared machine both then see the same load",
+    )
     p.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # internal: one variant, JSON out
     p.add_argument("overrides", nargs="*", help="key=value for both variants")
     args = p.parse_args()
@@ -95,8 +126,17 @@ def main() -> int:
         return 0
     results, procs = [], []
     for variant in VARIANTS:
-        cmd = [sys.executable, __file__, "--variant", variant, f"--train-sentences={args.train_sentences}",
-               f"--eval-sentences={args.eval_sentences}", f"--epochs={args.epochs}", f"--threads={args.threads}", *args.overrides]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--variant",
+            variant,
+            f"--train-sentences={args.train_sentences}",
+            f"--eval-sentences={args.eval_sentences}",
+            f"--epochs={args.epochs}",
+            f"--threads={args.threads}",
+            *args.overrides,
+        ]
         procs.append((variant, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)))
         if not args.parallel:
             procs[-1][1].wait()
@@ -106,9 +146,12 @@ def main() -> int:
             print(f"{variant} failed (exit {proc.returncode})")
             return 1
         results.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"\nMiniLM-L6 NER, CoNLL-2003 capped: {args.train_sentences} train sentences x {args.epochs} epochs, "
-          f"{args.eval_sentences} test sentences; {args.threads} torch threads, batch 16, no Ray"
-          + (", both variants at once" if args.parallel else "") + "\n")  # fmt: skip
+    print(
+        f"\nMiniLM-L6 NER, CoNLL-2003 capped: {args.train_sentences} train sentences x {args.epochs} epochs, "
+        f"{args.eval_sentences} test sentences; {args.threads} torch threads, batch 16, no Ray"
+        + (", both variants at once" if args.parallel else "")
+        + "\n"
+    )
     rows = [
         ("learning rate", lambda r: f"{r['lr']:g}"),
         ("trainable params", lambda r: f"{r['trainable_params']:,} ({r['trainable_params'] / r['total_params']:.2%})"),
@@ -116,17 +159,22 @@ def main() -> int:
         ("train time (s)", lambda r: f"{r['train_s']:.0f}"),
         ("peak RSS (MB)", lambda r: f"{r['peak_rss_mb']:.0f}"),
         ("test entity F1", lambda r: f"{r['test_f1']:.4f}"),
-        ("checkpoint state (MB)", lambda r: f"{r['checkpoint_mb']:.1f}" + (f" (trainable {r['adapter_mb']:.1f})" if r["adapter_mb"] else "")),
+        (
+            "checkpoint state (MB)",
+            lambda r: f"{r['checkpoint_mb']:.1f}" + (f" (trainable {r['adapter_mb']:.1f})" if r["adapter_mb"] else ""),
+        ),
         ("export (MB)", lambda r: f"{r['export_mb']:.1f}"),
-    ]  # fmt: skip
+    ]
     print(f"{'':<24}" + "".join(f"{r['variant']:>28}" for r in results))
     for name, fmt in rows:
         print(f"{name:<24}" + "".join(f"{fmt(r):>28}" for r in results))
     full = results[0]
     for lora in results[1:]:
-        print(f"{lora['variant']} / full: {lora['train_samples_per_s'] / full['train_samples_per_s']:.2f}x samples/s, "
-              f"{lora['trainable_params'] / full['trainable_params']:.2%} of the trainable parameters, "
-              f"test F1 {lora['test_f1'] - full['test_f1']:+.4f}")  # fmt: skip
+        print(
+            f"{lora['variant']} / full: {lora['train_samples_per_s'] / full['train_samples_per_s']:.2f}x samples/s, "
+            f"{lora['trainable_params'] / full['trainable_params']:.2%} of the trainable parameters, "
+            f"test F1 {lora['test_f1'] - full['test_f1']:+.4f}"
+        )
     return 0
 
 

@@ -39,7 +39,9 @@ CAPS = {
     "ner": ["data.max_train_samples=2000", "data.max_eval_samples=1000"],
     "sentiment": ["data.max_train_samples=1600", "data.max_eval_samples=1000"],
 }
-SMOKE = {"ner": ["model.name_or_path=tiny", "data.max_train_samples=64", "data.max_eval_samples=32"]}  # on top of SMOKE_TEST
+SMOKE = {
+    "ner": ["model.name_or_path=tiny", "data.max_train_samples=64", "data.max_eval_samples=32"]
+}  # on top of SMOKE_TEST
 
 
 def load_avg() -> float:
@@ -47,14 +49,18 @@ def load_avg() -> float:
 
 
 def overrides(args, workload: str) -> list[str]:
-    caps = SMOKE.get(workload, []) if args.smoke else [] if args.full else CAPS[workload]  # --smoke: + the workload's SMOKE_TEST
+    caps = (
+        SMOKE.get(workload, []) if args.smoke else [] if args.full else CAPS[workload]
+    )  # --smoke: + the workload's SMOKE_TEST
     return [*caps, "train.epochs=1", "scaling.num_workers=1"]
 
 
 def config(args, workload: str, extra: list[str] = ()):
     from jobs import config as config_lib
 
-    return config_lib.load_config(ROOT / "configs" / f"{workload}.yaml", [*overrides(args, workload), *extra], smoke_test=args.smoke)
+    return config_lib.load_config(
+        ROOT / "configs" / f"{workload}.yaml", [*overrides(args, workload), *extra], smoke_test=args.smoke
+    )
 
 
 # ----------------------------------------------------------------------------- the arms
@@ -70,8 +76,13 @@ def arm_train(args, workload: str, tmp: str) -> dict:
     if row["status"] != "completed":
         raise RuntimeError(f"jobs.train {workload}: {row['status']} {row['error']}")
     epoch = store.history(row["run_id"]).iloc[-1]
-    return {"peak_rss_mb": float(epoch["peak_rss_mb"]), "batch_size": cfg.train.batch_size, "cpus": cfg.scaling.cpus_per_worker,
-            "samples": int(round(float(epoch["samples_per_s"]) * float(epoch["train_time_s"]))), "where": "Train worker"}  # fmt: skip
+    return {
+        "peak_rss_mb": float(epoch["peak_rss_mb"]),
+        "batch_size": cfg.train.batch_size,
+        "cpus": cfg.scaling.cpus_per_worker,
+        "samples": int(round(float(epoch["samples_per_s"]) * float(epoch["train_time_s"]))),
+        "where": "Train worker",
+    }
 
 
 def arm_plain(args, workload: str) -> dict:
@@ -91,8 +102,13 @@ def arm_plain(args, workload: str) -> dict:
     loader = loop.train_loader(wl, cfg, splits)
     stats = loop.run_epoch(model, loader, optimizer, wl, cfg, torch.device("cpu"))
     wl.evaluate(model, loop.eval_loader(splits, splits.val, cfg.train.batch_size * 2), splits)
-    return {"peak_rss_mb": loop.peak_rss_mb(), "batch_size": cfg.train.batch_size, "cpus": cfg.scaling.cpus_per_worker,
-            "samples": stats["samples"], "where": "plain process"}  # fmt: skip
+    return {
+        "peak_rss_mb": loop.peak_rss_mb(),
+        "batch_size": cfg.train.batch_size,
+        "cpus": cfg.scaling.cpus_per_worker,
+        "samples": stats["samples"],
+        "where": "plain process",
+    }
 
 
 def run_plain_subprocess(args, workload: str) -> dict:
@@ -103,19 +119,27 @@ def run_plain_subprocess(args, workload: str) -> dict:
         code = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
     lines = [ln for ln in log.read_text().splitlines() if ln.startswith(RESULT)]
     if code or not lines:
-        raise RuntimeError(f"memory {workload} failed (exit {code}), log {log}:\n" + "\n".join(log.read_text().splitlines()[-15:]))
-    return json.loads(lines[-1][len(RESULT):])
+        raise RuntimeError(
+            f"memory {workload} failed (exit {code}), log {log}:\n" + "\n".join(log.read_text().splitlines()[-15:])
+        )
+    return json.loads(lines[-1][len(RESULT) :])
 
 
 # ----------------------------------------------------------------------------- driver
 def report(results: dict, args) -> str:
     where = next(iter(results.values()))["where"] if results else ""
-    lines = [f"\n[4] Peak RSS per worker ({where}), default batch size, 1 epoch on "
-             f"{'the full data' if args.full else 'capped data (bench/memory.py CAPS)'}"]  # fmt: skip
-    lines.append(f"{'workload':<11}{'batch':>6}{'CPUs':>6}{'samples':>9}{'peak RSS MB':>13}{'target':>10}  {'load':>11}")
+    lines = [
+        f"\n[4] Peak RSS per worker ({where}), default batch size, 1 epoch on "
+        f"{'the full data' if args.full else 'capped data (bench/memory.py CAPS)'}"
+    ]
+    lines.append(
+        f"{'workload':<11}{'batch':>6}{'CPUs':>6}{'samples':>9}{'peak RSS MB':>13}{'target':>10}  {'load':>11}"
+    )
     for workload, r in results.items():
         target = target_cell(workload, r["peak_rss_mb"])
-        lines.append(f"{workload:<11}{r['batch_size']:>6}{r['cpus']:>6}{r['samples']:>9}{r['peak_rss_mb']:>13.0f}{target:>10}  {str(r['load_avg']):>11}")
+        lines.append(
+            f"{workload:<11}{r['batch_size']:>6}{r['cpus']:>6}{r['samples']:>9}{r['peak_rss_mb']:>13.0f}{target:>10}  {str(r['load_avg']):>11}"
+        )
     return "\n".join(lines)
 
 
@@ -128,7 +152,9 @@ def target_cell(workload: str, mb: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__.split("\n\n")[0])
     p.add_argument("--workloads", nargs="+", default=list(CAPS), choices=list(CAPS))
-    p.add_argument("--full", action="store_true", help="the full training and evaluation data (slow: minutes per workload)")
+    p.add_argument(
+        "--full", action="store_true", help="the full training and evaluation data (slow: minutes per workload)"
+    )
     p.add_argument("--smoke", action="store_true", help="the workloads' smoke-test configs, in this process")
     p.add_argument("--no-ray", action="store_true", help="plain processes instead of Train workers")
     p.add_argument("--out", default=str(ROOT / "bench" / "out"))
@@ -147,11 +173,16 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 res = arm_train(args, workload, tmp)
             results[workload] = res | {"load_avg": [load_before, load_avg()]}
-            print(f"  {workload}: peak RSS {res['peak_rss_mb']:.0f} MB ({res['where']}, batch {res['batch_size']})", flush=True)
+            print(
+                f"  {workload}: peak RSS {res['peak_rss_mb']:.0f} MB ({res['where']}, batch {res['batch_size']})",
+                flush=True,
+            )
     text = report(results, args)
     print(text, flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "memory.json").write_text(json.dumps({"argv": argv, "results": results, "table": text}, indent=1, default=str))
+    (Path(args.out) / "memory.json").write_text(
+        json.dumps({"argv": argv, "results": results, "table": text}, indent=1, default=str)
+    )
     return 0
 
 

@@ -62,8 +62,13 @@ STEP_CONFIGS = {
 }
 SMOKE_CONFIGS = {
     "mlp": ["data.max_train_samples=1280", "model.hidden1=64", "model.hidden2=32", "train.epochs=1"],
-    "ner": ["model.name_or_path=tiny", "data.max_train_samples=160", "data.max_eval_samples=32",
-            "data.max_length=48", "train.epochs=1"],  # fmt: skip
+    "ner": [
+        "model.name_or_path=tiny",
+        "data.max_train_samples=160",
+        "data.max_eval_samples=32",
+        "data.max_length=48",
+        "train.epochs=1",
+    ],
 }
 # The Train run whose fixed cost is measured: 1 epoch of the mlp smoke test (training itself < 1 s).
 TINY_RUN = ["--smoke-test", "train.epochs=1"]
@@ -107,8 +112,13 @@ def arm_plain(args, tmp: str) -> dict:
         loader.sampler.set_epoch(0)
     scheduler = wl.build_scheduler(cfg, optimizer, len(loader)) if hasattr(wl, "build_scheduler") else None
     stats = loop.run_epoch(model, loader, optimizer, wl, cfg, torch.device("cpu"), scheduler)
-    return {"step_time_median_s": stats["step_time_median_s"], "samples_per_s": stats["samples"] / stats["train_time_s"],
-            "train_loss": stats["train_loss"], "steps": len(loader), "peak_rss_mb": loop.peak_rss_mb()}  # fmt: skip
+    return {
+        "step_time_median_s": stats["step_time_median_s"],
+        "samples_per_s": stats["samples"] / stats["train_time_s"],
+        "train_loss": stats["train_loss"],
+        "steps": len(loader),
+        "peak_rss_mb": loop.peak_rss_mb(),
+    }
 
 
 def arm_ray(args, tmp: str) -> dict:
@@ -125,9 +135,15 @@ def arm_ray(args, tmp: str) -> dict:
     if row["status"] != "completed":
         raise RuntimeError(f"jobs.train {args.workload}: {row['status']} {row['error']}")
     epoch = store.history(row["run_id"]).iloc[-1]
-    return {"step_time_median_s": float(epoch["step_time_median_s"]), "samples_per_s": float(epoch["samples_per_s"]),
-            "train_loss": float(epoch["train_loss"]), "peak_rss_mb": float(epoch["peak_rss_mb"]),
-            "cluster_start_s": cluster_s, "fit_wall_s": float(row["wall_s"]), "train_time_s": float(epoch["train_time_s"])}  # fmt: skip
+    return {
+        "step_time_median_s": float(epoch["step_time_median_s"]),
+        "samples_per_s": float(epoch["samples_per_s"]),
+        "train_loss": float(epoch["train_loss"]),
+        "peak_rss_mb": float(epoch["peak_rss_mb"]),
+        "cluster_start_s": cluster_s,
+        "fit_wall_s": float(row["wall_s"]),
+        "train_time_s": float(epoch["train_time_s"]),
+    }
 
 
 def arm_fixed(args, tmp: str) -> dict:
@@ -147,10 +163,15 @@ def arm_fixed(args, tmp: str) -> dict:
         if row["status"] != "completed":
             raise RuntimeError(f"tiny run ({name}): {row['status']} {row['error']}")
         walls[name] = float(row["wall_s"])
-    return {"cluster_start_s": cluster_s, "fit_cold_s": walls["cold"], "fit_warm_s": walls["warm"],
-            "fit_in_process_s": walls["in_process"], "train_fixed_cold_s": walls["cold"] - walls["in_process"],
-            "train_fixed_warm_s": walls["warm"] - walls["in_process"],
-            "settings": {k: os.environ.get(k, "") for k in (HEALTH_CHECK, WATCHER, "RAY_ADDRESS")}}  # fmt: skip
+    return {
+        "cluster_start_s": cluster_s,
+        "fit_cold_s": walls["cold"],
+        "fit_warm_s": walls["warm"],
+        "fit_in_process_s": walls["in_process"],
+        "train_fixed_cold_s": walls["cold"] - walls["in_process"],
+        "train_fixed_warm_s": walls["warm"] - walls["in_process"],
+        "settings": {k: os.environ.get(k, "") for k in (HEALTH_CHECK, WATCHER, "RAY_ADDRESS")},
+    }
 
 
 ARMS = {"plain": arm_plain, "ray": arm_ray, "fixed": arm_fixed}
@@ -165,7 +186,9 @@ def parse_case(case: str, default_cpus: int) -> tuple[str, int]:
     """``ner@1`` -> ("ner", 1); ``mlp`` -> ("mlp", default_cpus)."""
     workload, _, cpus = case.partition("@")
     if workload not in STEP_CONFIGS or (cpus and not cpus.isdigit()) or (cpus and int(cpus) < 1):
-        raise SystemExit(f"bench.overhead: bad case '{case}' — use workload[@cpus] with workload in {sorted(STEP_CONFIGS)}, e.g. ner@1")
+        raise SystemExit(
+            f"bench.overhead: bad case '{case}' — use workload[@cpus] with workload in {sorted(STEP_CONFIGS)}, e.g. ner@1"
+        )
     return workload, int(cpus) if cpus else default_cpus
 
 
@@ -183,12 +206,14 @@ def run_arm(args, arm: str, workload: str = "", env: dict | None = None, cpus: i
         log.parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "bench.overhead", "--arm", arm, "--workload", workload or "mlp", f"--cpus={cpus}"]
         with open(log, "w") as f:
-            code = subprocess.run(cmd, cwd=ROOT, env=env or dict(os.environ), stdout=f, stderr=subprocess.STDOUT).returncode
+            code = subprocess.run(
+                cmd, cwd=ROOT, env=env or dict(os.environ), stdout=f, stderr=subprocess.STDOUT
+            ).returncode
         lines = [ln for ln in log.read_text().splitlines() if ln.startswith(RESULT)]
         if code or not lines:
             tail = "\n".join(log.read_text().splitlines()[-15:])
             raise RuntimeError(f"arm {arm} {workload} failed (exit {code}), log {log}:\n{tail}")
-        out = json.loads(lines[-1][len(RESULT):])
+        out = json.loads(lines[-1][len(RESULT) :])
     return out | {"arm": arm, "workload": workload, "load_avg": [load_before, load_avg()]}
 
 
@@ -201,14 +226,29 @@ class RunningCluster:
         self.temp_dir = tempfile.mkdtemp(prefix="bench-ray-")
         self.address = f"127.0.0.1:{_free_port()}"
         self.env = env | {"RAY_AUTH_MODE": "token"}  # `ray start` turns token auth on (DESIGN.md)
-        cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--disable-usage-stats",
-               f"--num-cpus={num_cpus}", f"--port={self.address.rsplit(':', 1)[1]}", "--node-ip-address=127.0.0.1",
-               "--dashboard-host=127.0.0.1", f"--dashboard-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
-               f"--dashboard-agent-listen-port={_free_port()}", f"--temp-dir={self.temp_dir}"]  # fmt: skip
+        cmd = [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--disable-usage-stats",
+            f"--num-cpus={num_cpus}",
+            f"--port={self.address.rsplit(':', 1)[1]}",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={_free_port()}",
+            f"--ray-client-server-port={_free_port()}",
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--temp-dir={self.temp_dir}",
+        ]
         self.log = open(Path(self.temp_dir) / "ray-start.log", "w")
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.time() + 180
-        while "Ray runtime started" not in Path(self.log.name).read_text(errors="replace"):  # as tests/conftest.py waits
+        while "Ray runtime started" not in Path(self.log.name).read_text(
+            errors="replace"
+        ):  # as tests/conftest.py waits
             if self.proc.poll() is not None or time.time() > deadline:
                 self.stop()
                 raise RuntimeError(f"ray start failed: {Path(self.log.name).read_text()[-1500:]}")
@@ -238,8 +278,12 @@ def measure(args) -> dict:
         for r in range(repeats):  # A/B/A/B: the machine's noise hits both arms
             pair = {arm: run_arm(args, arm, workload, cpus=cpus) | {"cpus": cpus} for arm in arms}
             pairs.append(pair)
-            print(f"  [{label} {r + 1}/{repeats}] " + "  ".join(
-                f"{arm} {1000 * p['step_time_median_s']:.1f} ms/step" for arm, p in pair.items()) + f"  (load {pair['plain']['load_avg']})", flush=True)  # fmt: skip
+            print(
+                f"  [{label} {r + 1}/{repeats}] "
+                + "  ".join(f"{arm} {1000 * p['step_time_median_s']:.1f} ms/step" for arm, p in pair.items())
+                + f"  (load {pair['plain']['load_avg']})",
+                flush=True,
+            )
         results["step"][label] = pairs
     if args.no_ray:
         return results
@@ -257,8 +301,11 @@ def measure(args) -> dict:
             for name, env in variants.items():
                 res = run_arm(args, "fixed", "", env)
                 results["fixed"][name].append(res)
-                print(f"  [fixed {r + 1}] {name}: cluster {res['cluster_start_s']:.1f} s, Train run fixed cost "
-                      f"{res['train_fixed_cold_s']:.1f} s cold / {res['train_fixed_warm_s']:.1f} s warm  (load {res['load_avg']})", flush=True)  # fmt: skip
+                print(
+                    f"  [fixed {r + 1}] {name}: cluster {res['cluster_start_s']:.1f} s, Train run fixed cost "
+                    f"{res['train_fixed_cold_s']:.1f} s cold / {res['train_fixed_warm_s']:.1f} s warm  (load {res['load_avg']})",
+                    flush=True,
+                )
     finally:
         if cluster is not None:
             cluster.stop()
@@ -267,38 +314,63 @@ def measure(args) -> dict:
 
 def report(results: dict, args) -> str:
     pairs_per_case = " / ".join(f"{label} {len(pairs)}" for label, pairs in results["step"].items())
-    lines = [f"\n[1] Ray Train overhead: step time, plain PyTorch process vs jobs.train (1 worker holding the CPUs = torch threads "
-             f"of both arms), min/median/max over {pairs_per_case} A/B pairs"]  # fmt: skip
-    lines.append(f"{'case':<9}{'CPUs':>5}{'plain ms/step':>22}{'jobs.train ms/step':>22}{'ratio B/A':>20}{'epoch wall B/A':>20}"
-                 f"{'train loss A | B':>20}{'load avg':>10}")  # fmt: skip
+    lines = [
+        f"\n[1] Ray Train overhead: step time, plain PyTorch process vs jobs.train (1 worker holding the CPUs = torch threads "
+        f"of both arms), min/median/max over {pairs_per_case} A/B pairs"
+    ]
+    lines.append(
+        f"{'case':<9}{'CPUs':>5}{'plain ms/step':>22}{'jobs.train ms/step':>22}{'ratio B/A':>20}{'epoch wall B/A':>20}"
+        f"{'train loss A | B':>20}{'load avg':>10}"
+    )
     for label, pairs in results["step"].items():
         a = [1000 * p["plain"]["step_time_median_s"] for p in pairs]
         b = [1000 * p["ray"]["step_time_median_s"] for p in pairs if "ray" in p]
         ratio = [1000 * p["ray"]["step_time_median_s"] / x for p, x in zip(pairs, a) if "ray" in p]
-        wall = [p["plain"]["samples_per_s"] / p["ray"]["samples_per_s"] for p in pairs if "ray" in p]  # same samples: wall B/A
-        loss = f"{pairs[0]['plain']['train_loss']:.4f}" + (f" | {pairs[0]['ray']['train_loss']:.4f}" if "ray" in pairs[0] else "")
+        wall = [
+            p["plain"]["samples_per_s"] / p["ray"]["samples_per_s"] for p in pairs if "ray" in p
+        ]  # same samples: wall B/A
+        loss = f"{pairs[0]['plain']['train_loss']:.4f}" + (
+            f" | {pairs[0]['ray']['train_loss']:.4f}" if "ray" in pairs[0] else ""
+        )
         loads = [x for p in pairs for arm in p.values() if isinstance(arm, dict) for x in arm["load_avg"]]
-        lines.append(f"{label:<9}{pairs[0]['plain'].get('cpus', args.cpus):>5}{spread(a):>22}{spread(b):>22}{spread(ratio, '{:.3f}'):>20}"
-                     f"{spread(wall, '{:.3f}'):>20}{loss:>20}{spread(loads, '{:.0f}'):>10}")  # fmt: skip
-    lines.append("(ratio B/A: median step after 3 warm-up steps, the target's figure; epoch wall B/A: every step of the epoch, "
-                 "first steps included)")  # fmt: skip
+        lines.append(
+            f"{label:<9}{pairs[0]['plain'].get('cpus', args.cpus):>5}{spread(a):>22}{spread(b):>22}{spread(ratio, '{:.3f}'):>20}"
+            f"{spread(wall, '{:.3f}'):>20}{loss:>20}{spread(loads, '{:.0f}'):>10}"
+        )
+    lines.append(
+        "(ratio B/A: median step after 3 warm-up steps, the target's figure; epoch wall B/A: every step of the epoch, "
+        "first steps included)"
+    )
     if results["fixed"]:
-        lines.append(f"\n[1b] Fixed cost per run (s), min/median/max over {len(next(iter(results['fixed'].values())))} round(s); Train run = fit() via TorchTrainer minus the same fit() in-process")
-        lines.append(f"{'setting':<34}{'cluster start':>16}{'Train run, cold':>18}{'Train run, warm':>18}{'in-process fit':>16}{'load avg':>10}")
+        lines.append(
+            f"\n[1b] Fixed cost per run (s), min/median/max over {len(next(iter(results['fixed'].values())))} round(s); Train run = fit() via TorchTrainer minus the same fit() in-process"
+        )
+        lines.append(
+            f"{'setting':<34}{'cluster start':>16}{'Train run, cold':>18}{'Train run, warm':>18}{'in-process fit':>16}{'load avg':>10}"
+        )
         for name, runs in results["fixed"].items():
             loads = [x for r in runs for x in r["load_avg"]]
-            lines.append(f"{name:<34}{spread([r['cluster_start_s'] for r in runs]):>16}{spread([r['train_fixed_cold_s'] for r in runs]):>18}"
-                         f"{spread([r['train_fixed_warm_s'] for r in runs]):>18}{spread([r['fit_in_process_s'] for r in runs]):>16}"
-                         f"{spread(loads, '{:.0f}'):>10}")  # fmt: skip
-        lines.append("(cluster start: embedded ray.init, or connecting to a running `ray start --head`; cold = the first "
-                     "Train run on that cluster, warm = the next)")  # fmt: skip
+            lines.append(
+                f"{name:<34}{spread([r['cluster_start_s'] for r in runs]):>16}{spread([r['train_fixed_cold_s'] for r in runs]):>18}"
+                f"{spread([r['train_fixed_warm_s'] for r in runs]):>18}{spread([r['fit_in_process_s'] for r in runs]):>16}"
+                f"{spread(loads, '{:.0f}'):>10}"
+            )
+        lines.append(
+            "(cluster start: embedded ray.init, or connecting to a running `ray start --head`; cold = the first "
+            "Train run on that cluster, warm = the next)"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n\n")[0])
-    p.add_argument("--cases", nargs="+", default=DEFAULT_CASES, metavar="WORKLOAD[@CPUS]",
-                   help=f"step-time cases, workload in {sorted(STEP_CONFIGS)}, @CPUS overriding --cpus (default: {' '.join(DEFAULT_CASES)})")
+    p.add_argument(
+        "--cases",
+        nargs="+",
+        default=DEFAULT_CASES,
+        metavar="WORKLOAD[@CPUS]",
+        help=f"step-time cases, workload in {sorted(STEP_CONFIGS)}, @CPUS overriding --cpus (default: {' '.join(DEFAULT_CASES)})",
+    )
     p.add_argument("--repeats", type=int, default=0, help="A/B pairs per case (default: mlp 2, ner 3)")
     p.add_argument("--fixed-rounds", type=int, default=1, help="rounds of the fixed-cost settings")
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the Train worker = torch threads of both arms")
@@ -320,7 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     text = report(results, args)
     print(text, flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "overhead.json").write_text(json.dumps({"argv": argv, "results": results, "table": text}, indent=1, default=str))
+    (Path(args.out) / "overhead.json").write_text(
+        json.dumps({"argv": argv, "results": results, "table": text}, indent=1, default=str)
+    )
     return 0
 
 

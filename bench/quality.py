@@ -105,8 +105,10 @@ def main(argv: list[str]) -> int:
         shown = f"{measured:.4f}" if measured is not None else "n/a"
         status = row.get("status", "completed")
         result = ("pass" if ok else "FAIL") + ("" if status in ("completed", "stopped_early") else f" ({status})")
-        print(f"{workload:10} {t.figure:30} {t.target:7.2f} {shown:>9} {row['bench_wall_s'] / 60:8.1f}m "
-              f"{row.get('samples_per_s', float('nan')):10.0f}  {result}")  # fmt: skip
+        print(
+            f"{workload:10} {t.figure:30} {t.target:7.2f} {shown:>9} {row['bench_wall_s'] / 60:8.1f}m "
+            f"{row.get('samples_per_s', float('nan')):10.0f}  {result}"
+        )
         for column, label in NOTES.items():
             if row.get(column) is not None:
                 print(f"{'':10}   {label}: {row[column]:.4f}")

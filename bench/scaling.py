@@ -41,7 +41,10 @@ RESULT = "BENCH_RESULT "
 ARMS = {"1x1": (1, 1), "2x1": (2, 1), "1x2": (1, 2)}  # name: (workers, CPUs each)
 # Single-GPU NER steps measured on one H100 (bench/results/gpu_ner_h100_b32.json, _b1024.json): (label, batch, s/step)
 GPU_STEPS = [("H100 fp32, batch 32", 32, 0.0179), ("H100 bf16, batch 1024", 1024, 0.070)]
-LINKS = [("NVLink 4 (450 GB/s per direction)", 450e9, [2, 4, 8]), ("25 Gb/s Ethernet (3.1 GB/s)", 25e9 / 8, [2, 4, 8, 16])]
+LINKS = [
+    ("NVLink 4 (450 GB/s per direction)", 450e9, [2, 4, 8]),
+    ("25 Gb/s Ethernet (3.1 GB/s)", 25e9 / 8, [2, 4, 8, 16]),
+]
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -56,11 +59,18 @@ def spread(values: list[float], fmt: str = "{:.1f}") -> str:
 
 
 def cfg_overrides(args, workers: int, cpus: int) -> list[str]:
-    data = {"ner": [f"data.max_train_samples={args.sentences}", "data.max_eval_samples=200"],
-            "mlp": [f"data.max_train_samples={args.sentences}"]}[args.workload]  # fmt: skip
+    data = {
+        "ner": [f"data.max_train_samples={args.sentences}", "data.max_eval_samples=200"],
+        "mlp": [f"data.max_train_samples={args.sentences}"],
+    }[args.workload]
     smoke = {"ner": ["model.name_or_path=tiny", "data.max_length=48"], "mlp": ["model.hidden1=64", "model.hidden2=32"]}
-    return [*data, *(smoke[args.workload] if args.smoke else []), "train.epochs=1",
-            f"scaling.num_workers={workers}", f"scaling.cpus_per_worker={cpus}"]  # fmt: skip
+    return [
+        *data,
+        *(smoke[args.workload] if args.smoke else []),
+        "train.epochs=1",
+        f"scaling.num_workers={workers}",
+        f"scaling.cpus_per_worker={cpus}",
+    ]
 
 
 # ----------------------------------------------------------------------------- [1] measured
@@ -70,16 +80,25 @@ def arm_train(args, arm: str, tmp: str) -> dict:
     from jobs.train import fit, init_ray
 
     workers, cpus = ARMS[arm]
-    cfg = config_lib.load_config(ROOT / "configs" / f"{args.workload}.yaml", [*cfg_overrides(args, workers, cpus), f"run.storage_path={tmp}/runs"])
+    cfg = config_lib.load_config(
+        ROOT / "configs" / f"{args.workload}.yaml",
+        [*cfg_overrides(args, workers, cpus), f"run.storage_path={tmp}/runs"],
+    )
     init_ray()
     store = Store(f"{tmp}/store")
     row = fit(cfg, store, quiet=True)
     if row["status"] != "completed":
         raise RuntimeError(f"jobs.train {arm}: {row['status']} {row['error']}")
     epoch = store.history(row["run_id"]).iloc[-1]
-    return {"samples_per_s": float(epoch["samples_per_s"]), "step_time_median_s": float(epoch["step_time_median_s"]),
-            "train_loss": float(epoch["train_loss"]), "metric": float(row["best_metric"]), "metric_name": row["metric"],
-            "peak_rss_mb": float(epoch["peak_rss_mb"]), "batch_size": cfg.train.batch_size}  # fmt: skip
+    return {
+        "samples_per_s": float(epoch["samples_per_s"]),
+        "step_time_median_s": float(epoch["step_time_median_s"]),
+        "train_loss": float(epoch["train_loss"]),
+        "metric": float(row["best_metric"]),
+        "metric_name": row["metric"],
+        "peak_rss_mb": float(epoch["peak_rss_mb"]),
+        "batch_size": cfg.train.batch_size,
+    }
 
 
 def run_arm(args, arm: str) -> dict:
@@ -90,15 +109,26 @@ def run_arm(args, arm: str) -> dict:
     else:
         log = Path(args.out) / "logs" / f"scaling-{arm}-{int(time.time())}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "bench.scaling", "--arm", arm, "--workload", args.workload, f"--sentences={args.sentences}"]
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # each arm its own cluster of this machine's CPUs
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.scaling",
+            "--arm",
+            arm,
+            "--workload",
+            args.workload,
+            f"--sentences={args.sentences}",
+        ]
+        env = {
+            k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"
+        }  # each arm its own cluster of this machine's CPUs
         with open(log, "w") as f:
             code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
         lines = [ln for ln in log.read_text().splitlines() if ln.startswith(RESULT)]
         if code or not lines:
             tail = "\n".join(log.read_text().splitlines()[-15:])
             raise RuntimeError(f"arm {arm} failed (exit {code}), log {log}:\n{tail}")
-        out = json.loads(lines[-1][len(RESULT):])
+        out = json.loads(lines[-1][len(RESULT) :])
     return out | {"arm": arm, "load_avg": [load_before, load_avg()]}
 
 
@@ -121,8 +151,15 @@ def ddp_estimate(step_s: float, batch: int, params: int, gpus: int, bandwidth: f
     forward, backward = step_s / 3, 2 * step_s / 3
     overlapped = forward + max(backward, comm)
     serial = step_s + comm
-    return {"gpus": gpus, "allreduce_mb": volume / 1e6, "allreduce_ms": 1000 * comm, "step_ms": 1000 * overlapped,
-            "samples_per_s": gpus * batch / overlapped, "efficiency": step_s / overlapped, "efficiency_no_overlap": step_s / serial}  # fmt: skip
+    return {
+        "gpus": gpus,
+        "allreduce_mb": volume / 1e6,
+        "allreduce_ms": 1000 * comm,
+        "step_ms": 1000 * overlapped,
+        "samples_per_s": gpus * batch / overlapped,
+        "efficiency": step_s / overlapped,
+        "efficiency_no_overlap": step_s / serial,
+    }
 
 
 def estimate(params: int, cpu_step: tuple | None) -> list[dict]:
@@ -133,7 +170,10 @@ def estimate(params: int, cpu_step: tuple | None) -> list[dict]:
             if label.startswith("this CPU") and "NVLink" in link:
                 continue  # CPU nodes talk over the network
             for n in counts:
-                rows.append({"setup": label, "link": link, "batch": batch, "step_1_ms": 1000 * step_s} | ddp_estimate(step_s, batch, params, n, bandwidth))
+                rows.append(
+                    {"setup": label, "link": link, "batch": batch, "step_1_ms": 1000 * step_s}
+                    | ddp_estimate(step_s, batch, params, n, bandwidth)
+                )
     return rows
 
 
@@ -142,27 +182,43 @@ def report(results: dict, args) -> str:
     lines = []
     arms = results["arms"]
     if arms:
-        lines.append(f"\n[3] Scaling on this machine ({os.cpu_count()} cores): jobs.train {args.workload}, {args.sentences} samples x 1 epoch, "
-                     f"batch {arms['1x1'][0]['batch_size']} per worker; min/median/max over {args.repeats} round(s)")  # fmt: skip
-        lines.append(f"{'workers x CPUs':<16}{'samples/s':>18}{'ms/step median':>20}{'efficiency':>18}{'peak RSS MB/worker':>20}{'load':>9}")
+        lines.append(
+            f"\n[3] Scaling on this machine ({os.cpu_count()} cores): jobs.train {args.workload}, {args.sentences} samples x 1 epoch, "
+            f"batch {arms['1x1'][0]['batch_size']} per worker; min/median/max over {args.repeats} round(s)"
+        )
+        lines.append(
+            f"{'workers x CPUs':<16}{'samples/s':>18}{'ms/step median':>20}{'efficiency':>18}{'peak RSS MB/worker':>20}{'load':>9}"
+        )
         one = [r["samples_per_s"] for r in arms["1x1"]]
         for arm, runs in arms.items():
             workers, cpus = ARMS[arm]
             speed = [r["samples_per_s"] for r in runs]
-            base = one if cpus == 1 else [r["samples_per_s"] / 2 for r in arms["1x1"]]  # 1x2 against 2 ideal 1-CPU workers
+            base = (
+                one if cpus == 1 else [r["samples_per_s"] / 2 for r in arms["1x1"]]
+            )  # 1x2 against 2 ideal 1-CPU workers
             eff = [s / (max(workers, cpus) * b) for s, b in zip(speed, base)] if arm != "1x1" else [1.0] * len(runs)
             loads = [x for r in runs for x in r["load_avg"]]
-            lines.append(f"{arm:<16}{spread(speed):>18}{spread([1000 * r['step_time_median_s'] for r in runs], '{:.0f}'):>20}"
-                         f"{spread(eff, '{:.0%}'):>18}{spread([r['peak_rss_mb'] for r in runs], '{:.0f}'):>20}{spread(loads, '{:.0f}'):>9}")  # fmt: skip
-        lines.append("(efficiency: 2x1 = samples/s / (2 x 1x1); 1x2 = the same CPUs as threads of one worker, against 2 x 1x1)")
+            lines.append(
+                f"{arm:<16}{spread(speed):>18}{spread([1000 * r['step_time_median_s'] for r in runs], '{:.0f}'):>20}"
+                f"{spread(eff, '{:.0%}'):>18}{spread([r['peak_rss_mb'] for r in runs], '{:.0f}'):>20}{spread(loads, '{:.0f}'):>9}"
+            )
+        lines.append(
+            "(efficiency: 2x1 = samples/s / (2 x 1x1); 1x2 = the same CPUs as threads of one worker, against 2 x 1x1)"
+        )
     params = results["params"]
-    lines.append(f"\n[3b] Paper estimate, NER (MiniLM-L6, {params / 1e6:.1f}M parameters) data-parallel on N GPUs: ring all-reduce "
-                 f"of fp32 gradients = 2(N-1)/N x 4 B x {params / 1e6:.1f}M per GPU per step; step = fwd + max(bwd, all-reduce)")  # fmt: skip
-    lines.append(f"{'one device: step':<44}{'link':<36}{'N':>3}{'MB/step':>9}{'comm ms':>9}{'step ms':>9}{'samples/s':>11}{'efficiency':>11}{'no overlap':>11}")
+    lines.append(
+        f"\n[3b] Paper estimate, NER (MiniLM-L6, {params / 1e6:.1f}M parameters) data-parallel on N GPUs: ring all-reduce "
+        f"of fp32 gradients = 2(N-1)/N x 4 B x {params / 1e6:.1f}M per GPU per step; step = fwd + max(bwd, all-reduce)"
+    )
+    lines.append(
+        f"{'one device: step':<44}{'link':<36}{'N':>3}{'MB/step':>9}{'comm ms':>9}{'step ms':>9}{'samples/s':>11}{'efficiency':>11}{'no overlap':>11}"
+    )
     for r in results["estimate"]:
         setup = f"{r['setup']} ({r['step_1_ms']:.1f} ms)"
-        lines.append(f"{setup:<44}{r['link']:<36}{r['gpus']:>3}{r['allreduce_mb']:>9.0f}{r['allreduce_ms']:>9.2f}"
-                     f"{r['step_ms']:>9.1f}{r['samples_per_s']:>11.0f}{r['efficiency']:>11.0%}{r['efficiency_no_overlap']:>11.0%}")  # fmt: skip
+        lines.append(
+            f"{setup:<44}{r['link']:<36}{r['gpus']:>3}{r['allreduce_mb']:>9.0f}{r['allreduce_ms']:>9.2f}"
+            f"{r['step_ms']:>9.1f}{r['samples_per_s']:>11.0f}{r['efficiency']:>11.0%}{r['efficiency_no_overlap']:>11.0%}"
+        )
     return "\n".join(lines)
 
 
@@ -190,18 +246,27 @@ def main(argv: list[str] | None = None) -> int:
             for arm in ARMS:
                 res = run_arm(args, arm)
                 results["arms"][arm].append(res)
-                print(f"  [{r + 1}/{args.repeats}] {arm}: {res['samples_per_s']:.1f} samples/s, {res['metric_name']} {res['metric']:.4f}  "
-                      f"(load {res['load_avg']})", flush=True)  # fmt: skip
+                print(
+                    f"  [{r + 1}/{args.repeats}] {arm}: {res['samples_per_s']:.1f} samples/s, {res['metric_name']} {res['metric']:.4f}  "
+                    f"(load {res['load_avg']})",
+                    flush=True,
+                )
     results["params"] = ner_parameters(args.smoke)
     cpu_step = None
     if results["arms"] and args.workload == "ner":  # this machine's own step as one more row of the estimate
         best = results["arms"]["1x2"]
-        cpu_step = (f"this CPU, 2 threads, batch {best[0]['batch_size']}", best[0]["batch_size"], statistics.median(r["step_time_median_s"] for r in best))
+        cpu_step = (
+            f"this CPU, 2 threads, batch {best[0]['batch_size']}",
+            best[0]["batch_size"],
+            statistics.median(r["step_time_median_s"] for r in best),
+        )
     results["estimate"] = estimate(results["params"], cpu_step)
     text = report(results, args)
     print(text, flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "scaling.json").write_text(json.dumps({"argv": argv, "results": results, "table": text}, indent=1, default=str))
+    (Path(args.out) / "scaling.json").write_text(
+        json.dumps({"argv": argv, "results": results, "table": text}, indent=1, default=str)
+    )
     return 0
 
 

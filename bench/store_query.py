@@ -36,14 +36,40 @@ def run_rows(i: int, workloads: int, epochs: int, rng: np.random.Generator) -> t
     run_id = f"{workload}-{i:06d}"
     acc = np.clip(np.cumsum(rng.uniform(0.0, 0.02, epochs)) + rng.uniform(0.1, 0.5), 0, 1)
     loss = 2.0 * np.exp(-np.arange(epochs) / rng.uniform(10, 40)) + rng.uniform(0, 0.1, epochs)
-    history = [{"run_id": run_id, "workload": workload, "sweep_id": "", "trial_id": "", "epoch": e + 1,
-                "train_loss": float(loss[e]), "val_accuracy": float(acc[e]), "val_loss": float(loss[e] * 1.1),
-                "train_time_s": 1.0, "elapsed_s": float(e + 1)} for e in range(epochs)]  # fmt: skip
-    finished = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(minutes=i)
-    run = {"run_id": run_id, "workload": workload, "sweep_id": "", "status": "completed", "metric": "val_accuracy",
-           "mode": "max", "best_metric": float(acc.max()), "best_epoch": int(acc.argmax()) + 1, "epochs": epochs,
-           "test_accuracy": float(acc.max() - 0.01), "config_json": '{"train": {"lr": 0.001}}', "train.lr": 1e-3,
-           "model.hidden1": 256, "wall_s": 60.0, "started_at": finished - dt.timedelta(minutes=1), "finished_at": finished}  # fmt: skip
+    history = [
+        {
+            "run_id": run_id,
+            "workload": workload,
+            "sweep_id": "",
+            "trial_id": "",
+            "epoch": e + 1,
+            "train_loss": float(loss[e]),
+            "val_accuracy": float(acc[e]),
+            "val_loss": float(loss[e] * 1.1),
+            "train_time_s": 1.0,
+            "elapsed_s": float(e + 1),
+        }
+        for e in range(epochs)
+    ]
+    finished = dt.datetime(2026, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=i)
+    run = {
+        "run_id": run_id,
+        "workload": workload,
+        "sweep_id": "",
+        "status": "completed",
+        "metric": "val_accuracy",
+        "mode": "max",
+        "best_metric": float(acc.max()),
+        "best_epoch": int(acc.argmax()) + 1,
+        "epochs": epochs,
+        "test_accuracy": float(acc.max() - 0.01),
+        "config_json": '{"train": {"lr": 0.001}}',
+        "train.lr": 1e-3,
+        "model.hidden1": 256,
+        "wall_s": 60.0,
+        "started_at": finished - dt.timedelta(minutes=1),
+        "finished_at": finished,
+    }
     return history, run
 
 
@@ -80,10 +106,20 @@ def measure(uri: str, label: str, figures: list, expected_rows: int) -> None:
     sql_warm = timed(lambda: store.sql(GROUP_BY))
     hist = timed(lambda: store.history("wl03-000003"))
     cli_env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cli = timed(lambda: subprocess.run([sys.executable, "-m", "jobs.store", "--store", uri, "leaderboard", "--top", "3"],
-                                       env=cli_env, capture_output=True, text=True), repeat=1)  # fmt: skip
+    cli = timed(
+        lambda: subprocess.run(
+            [sys.executable, "-m", "jobs.store", "--store", uri, "leaderboard", "--top", "3"],
+            env=cli_env,
+            capture_output=True,
+            text=True,
+        ),
+        repeat=1,
+    )
     assert cli[2].returncode == 0, cli[2].stderr
-    assert int(sql_warm[2]["n"].sum()) == expected_rows, (int(sql_warm[2]["n"].sum()), expected_rows)  # no row lost or doubled
+    assert int(sql_warm[2]["n"].sum()) == expected_rows, (
+        int(sql_warm[2]["n"].sum()),
+        expected_rows,
+    )  # no row lost or doubled
     n_files = len(store.files("epochs")) + len(store.files("runs"))
     figures += [
         (f"{label}: data files (runs + epochs)", n_files, None),
@@ -147,7 +183,11 @@ def main() -> int:
     print("figure | wall s | CPU s")
     print("---|---|---")
     for name, value, cpu in figures:
-        print(f"{name} | {value:,} |" if isinstance(value, int) else f"{name} | {value:.3f} | {'' if cpu is None else f'{cpu:.3f}'}")
+        print(
+            f"{name} | {value:,} |"
+            if isinstance(value, int)
+            else f"{name} | {value:.3f} | {'' if cpu is None else f'{cpu:.3f}'}"
+        )
     if not args.dir:
         shutil.rmtree(base, ignore_errors=True)
     return 0

@@ -24,26 +24,40 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "integratio
 
 def one_round(cluster, py: str) -> dict:
     import ray.train
+    from test_sweep import kill_sweep_after_first_row
 
     from jobs.store import Store
-    from test_sweep import kill_sweep_after_first_row
 
     tmp = Path(tempfile.mkdtemp(prefix="sweep-resume-"))
     store_dir = tmp / "store"
     before, _ = kill_sweep_after_first_row(cluster, tmp, store_dir)
     sweep_id = before["sweep_id"].iloc[0]
-    res = subprocess.run([py, "-m", "jobs.sweep", "--resume", sweep_id, f"run.storage_path={tmp / 'runs'}"],
-                         env=cluster.job_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    res = subprocess.run(
+        [py, "-m", "jobs.sweep", "--resume", sweep_id, f"run.storage_path={tmp / 'runs'}"],
+        env=cluster.job_env(),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     runs = Store(store_dir).df("runs")
     after = runs.set_index("run_id")
-    rerun = sum(after.loc[r.run_id, "finished_at"] != r.finished_at for r in before.itertuples() if r.run_id in after.index)
+    rerun = sum(
+        after.loc[r.run_id, "finished_at"] != r.finished_at for r in before.itertuples() if r.run_id in after.index
+    )
     mismatched = 0
     for r in runs.itertuples():
         last = ray.train.Result.from_path(tmp / "runs" / sweep_id / r.run_id).checkpoint
         want = "final" if r.status == "completed" else f"epoch_{r.epochs:04d}"
         mismatched += last is None or Path(last.path).name != want
-    return {"exit": res.returncode, "before": len(before), "rows": len(runs), "unique": runs["run_id"].is_unique,
-            "rerun": int(rerun), "mismatched": int(mismatched)}  # fmt: skip
+    return {
+        "exit": res.returncode,
+        "before": len(before),
+        "rows": len(runs),
+        "unique": runs["run_id"].is_unique,
+        "rerun": int(rerun),
+        "mismatched": int(mismatched),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,12 +76,17 @@ def main(argv: list[str] | None = None) -> int:
             r = one_round(cluster, PY)
             ok = r["exit"] == 0 and r["rows"] == 4 and r["unique"] and not r["rerun"] and not r["mismatched"]
             clean += ok
-            print(f"round {i + 1}: exit {r['exit']}, rows before kill {r['before']}, rows after resume {r['rows']} "
-                  f"(unique {r['unique']}), finished trials rerun {r['rerun']}, rows disagreeing with their "
-                  f"checkpoint {r['mismatched']}  {'ok' if ok else 'FAIL'}", flush=True)  # fmt: skip
+            print(
+                f"round {i + 1}: exit {r['exit']}, rows before kill {r['before']}, rows after resume {r['rows']} "
+                f"(unique {r['unique']}), finished trials rerun {r['rerun']}, rows disagreeing with their "
+                f"checkpoint {r['mismatched']}  {'ok' if ok else 'FAIL'}",
+                flush=True,
+            )
     finally:
         cluster.stop()
-    print(f"\n{clean} of {args.rounds} kill-and-resume rounds clean (4 rows, none lost, none duplicated, no trial rerun)")
+    print(
+        f"\n{clean} of {args.rounds} kill-and-resume rounds clean (4 rows, none lost, none duplicated, no trial rerun)"
+    )
     return 0 if clean == args.rounds else 1
 
 

@@ -26,9 +26,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def run(config: str, in_process: bool, trials: int, out: Path, overrides: list[str]) -> dict:
     store = out / f"store-{'inproc' if in_process else 'train'}"
-    cmd = [sys.executable, "-m", "jobs.sweep", "--config", config, "--smoke-test", "--store", str(store),
-           f"run.storage_path={out / 'runs'}", f"sweep.in_process={str(in_process).lower()}", "sweep.scheduler=fifo",
-           f"sweep.num_samples={trials}", *overrides]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.sweep",
+        "--config",
+        config,
+        "--smoke-test",
+        "--store",
+        str(store),
+        f"run.storage_path={out / 'runs'}",
+        f"sweep.in_process={str(in_process).lower()}",
+        "sweep.scheduler=fifo",
+        f"sweep.num_samples={trials}",
+        *overrides,
+    ]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -37,9 +49,16 @@ def run(config: str, in_process: bool, trials: int, out: Path, overrides: list[s
     runs = Store(store).df("runs")
     sweep = Store(store).df("sweeps").iloc[0]
     overhead = runs["wall_s"] - runs["train_time_s"]
-    return {"overhead_mean": overhead.mean(), "overhead_median": overhead.median(), "overhead_max": overhead.max(),
-            "train_s": runs["train_time_s"].mean(), "wall_s": runs["wall_s"].mean(),
-            "sweep_per_trial": sweep["wall_s"] / len(runs), "process_s": wall, "n": len(runs)}  # fmt: skip
+    return {
+        "overhead_mean": overhead.mean(),
+        "overhead_median": overhead.median(),
+        "overhead_max": overhead.max(),
+        "train_s": runs["train_time_s"].mean(),
+        "wall_s": runs["wall_s"].mean(),
+        "sweep_per_trial": sweep["wall_s"] / len(runs),
+        "process_s": wall,
+        "n": len(runs),
+    }
 
 
 def main() -> None:
@@ -50,18 +69,26 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="more config overrides for both sweeps")
     args = p.parse_args()
     out = Path(args.dir or tempfile.mkdtemp(prefix="trial-overhead-"))
-    results = {"Train run per trial": run(args.config, False, args.trials, out, args.overrides),
-               "in process (default)": run(args.config, True, args.trials, out, args.overrides)}  # fmt: skip
-    print(f"\n{'single-worker trials':<22}{'overhead/trial s':>17}{'median':>8}{'max':>7}{'train s':>9}"
-          f"{'row wall s':>11}{'sweep s/trial':>14}{'process s':>11}")  # fmt: skip
+    results = {
+        "Train run per trial": run(args.config, False, args.trials, out, args.overrides),
+        "in process (default)": run(args.config, True, args.trials, out, args.overrides),
+    }
+    print(
+        f"\n{'single-worker trials':<22}{'overhead/trial s':>17}{'median':>8}{'max':>7}{'train s':>9}"
+        f"{'row wall s':>11}{'sweep s/trial':>14}{'process s':>11}"
+    )
     for name, r in results.items():
-        print(f"{name:<22}{r['overhead_mean']:>17.1f}{r['overhead_median']:>8.1f}{r['overhead_max']:>7.1f}{r['train_s']:>9.2f}"
-              f"{r['wall_s']:>11.1f}{r['sweep_per_trial']:>14.1f}{r['process_s']:>11.0f}")  # fmt: skip
+        print(
+            f"{name:<22}{r['overhead_mean']:>17.1f}{r['overhead_median']:>8.1f}{r['overhead_max']:>7.1f}{r['train_s']:>9.2f}"
+            f"{r['wall_s']:>11.1f}{r['sweep_per_trial']:>14.1f}{r['process_s']:>11.0f}"
+        )
     before, after = results["Train run per trial"], results["in process (default)"]
-    print(f"\nin-process trials cut the overhead {before['overhead_mean'] / after['overhead_mean']:.1f}x "
-          f"({before['overhead_mean']:.1f} -> {after['overhead_mean']:.1f} s per trial; target <= 3 s), "
-          f"sweep time per trial {before['sweep_per_trial']:.1f} -> {after['sweep_per_trial']:.1f} s  "
-          f"({args.trials} trials each; work dir {out})")  # fmt: skip
+    print(
+        f"\nin-process trials cut the overhead {before['overhead_mean'] / after['overhead_mean']:.1f}x "
+        f"({before['overhead_mean']:.1f} -> {after['overhead_mean']:.1f} s per trial; target <= 3 s), "
+        f"sweep time per trial {before['sweep_per_trial']:.1f} -> {after['sweep_per_trial']:.1f} s  "
+        f"({args.trials} trials each; work dir {out})"
+    )
 
 
 if __name__ == "__main__":

@@ -72,12 +72,24 @@ def ner_cfg(args, extra: list[str] = ()):
     from jobs import config as config_lib
 
     model = ["model.name_or_path=tiny", "data.max_length=48"] if args.smoke else []
-    return config_lib.load_config(ROOT / "configs" / "ner.yaml", [
-        f"data.max_train_samples={args.sentences}", f"data.max_eval_samples={args.eval_sentences}",
-        "train.epochs=1", "train.batch_size=16", "train.lr=0.0001", "train.warmup_ratio=0.1", "train.weight_decay=0.01",
-        "train.seed=0", "train.precision=fp32", f"scaling.cpus_per_worker={args.threads}", "scaling.num_workers=1",
-        *model, *extra,
-    ])  # fmt: skip
+    return config_lib.load_config(
+        ROOT / "configs" / "ner.yaml",
+        [
+            f"data.max_train_samples={args.sentences}",
+            f"data.max_eval_samples={args.eval_sentences}",
+            "train.epochs=1",
+            "train.batch_size=16",
+            "train.lr=0.0001",
+            "train.warmup_ratio=0.1",
+            "train.weight_decay=0.01",
+            "train.seed=0",
+            "train.precision=fp32",
+            f"scaling.cpus_per_worker={args.threads}",
+            "scaling.num_workers=1",
+            *model,
+            *extra,
+        ],
+    )
 
 
 def val_f1(model, splits, cfg) -> float:
@@ -111,12 +123,23 @@ def arm_hf(args, tmp: str, grouped: bool) -> dict:
     tokenizer = ner.load_tokenizer(cfg)
     train = [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in splits.train]
     targs = transformers.TrainingArguments(
-        output_dir=tmp, per_device_train_batch_size=cfg.train.batch_size, num_train_epochs=cfg.train.epochs,
-        learning_rate=cfg.train.lr, weight_decay=cfg.train.weight_decay, warmup_steps=cfg.train.warmup_ratio,  # < 1: a ratio
-        lr_scheduler_type="linear", seed=cfg.train.seed, use_cpu=True, optim="adamw_torch_fused",
+        output_dir=tmp,
+        per_device_train_batch_size=cfg.train.batch_size,
+        num_train_epochs=cfg.train.epochs,
+        learning_rate=cfg.train.lr,
+        weight_decay=cfg.train.weight_decay,
+        warmup_steps=cfg.train.warmup_ratio,  # < 1: a ratio
+        lr_scheduler_type="linear",
+        seed=cfg.train.seed,
+        use_cpu=True,
+        optim="adamw_torch_fused",
         train_sampling_strategy="group_by_length" if grouped else "random",
-        eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True,
-    )  # fmt: skip
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+    )
     collator = transformers.DataCollatorForTokenClassification(tokenizer)  # pads each batch to its longest
     trainer = transformers.Trainer(model=model, args=targs, train_dataset=train, data_collator=collator)
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)  # its end-of-training dict on stdout
@@ -125,8 +148,14 @@ def arm_hf(args, tmp: str, grouped: bool) -> dict:
     real = total = 0
     for batch in trainer.get_train_dataloader():  # the same sampler and collator, after training
         real, total = real + int(batch["attention_mask"].sum()), total + batch["attention_mask"].numel()
-    return {"samples_per_s": len(train) * cfg.train.epochs / out.metrics["train_runtime"], "train_s": out.metrics["train_runtime"],
-            "padded_fraction": 1 - real / total, "peak_rss_mb": peak_rss_mb(), "val_f1": f1, "train_loss": out.training_loss}  # fmt: skip
+    return {
+        "samples_per_s": len(train) * cfg.train.epochs / out.metrics["train_runtime"],
+        "train_s": out.metrics["train_runtime"],
+        "padded_fraction": 1 - real / total,
+        "peak_rss_mb": peak_rss_mb(),
+        "val_f1": f1,
+        "train_loss": out.training_loss,
+    }
 
 
 def arm_ours(args, tmp: str) -> dict:
@@ -146,9 +175,15 @@ def arm_ours(args, tmp: str) -> dict:
     splits = ner.build_data(cfg)  # the padding share of the same batches, recomputed here (deterministic)
     loader = loop.train_loader(ner, cfg, splits)
     loader.sampler.set_epoch(0)
-    return {"samples_per_s": float(epoch["samples_per_s"]), "train_s": float(epoch["train_time_s"]),
-            "padded_fraction": ner.padded_fraction(loader), "peak_rss_mb": float(epoch["peak_rss_mb"]),
-            "val_f1": float(epoch["val_f1"]), "train_loss": float(epoch["train_loss"]), "wall_s": float(row["wall_s"])}  # fmt: skip
+    return {
+        "samples_per_s": float(epoch["samples_per_s"]),
+        "train_s": float(epoch["train_time_s"]),
+        "padded_fraction": ner.padded_fraction(loader),
+        "peak_rss_mb": float(epoch["peak_rss_mb"]),
+        "val_f1": float(epoch["val_f1"]),
+        "train_loss": float(epoch["train_loss"]),
+        "wall_s": float(row["wall_s"]),
+    }
 
 
 def arm_plain(args, tmp: str) -> dict:
@@ -186,16 +221,32 @@ def train_plain(args, lever: str, sentences: int) -> tuple:
     loader = ner.train_loader(cfg, splits)
     loader.sampler.set_epoch(0)
     if lever == "random_order":
-        loader = DataLoader(splits.train, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=splits.collate_fn,
-                            generator=torch.Generator().manual_seed(cfg.train.seed))  # fmt: skip
+        loader = DataLoader(
+            splits.train,
+            batch_size=cfg.train.batch_size,
+            shuffle=True,
+            collate_fn=splits.collate_fn,
+            generator=torch.Generator().manual_seed(cfg.train.seed),
+        )
     if lever == "loader_worker":
-        loader = DataLoader(splits.train, batch_size=cfg.train.batch_size, sampler=loader.sampler, collate_fn=splits.collate_fn, num_workers=1)
+        loader = DataLoader(
+            splits.train,
+            batch_size=cfg.train.batch_size,
+            sampler=loader.sampler,
+            collate_fn=splits.collate_fn,
+            num_workers=1,
+        )
     scheduler = ner.build_scheduler(cfg, optimizer, len(loader))
     step_model = torch.compile(model, dynamic=True) if lever == "compile" else model
     stats = loop.run_epoch(step_model, loader, optimizer, ner, cfg, torch.device("cpu"), scheduler)
-    out = {"samples_per_s": stats["samples"] / stats["train_time_s"], "step_time_median_s": stats["step_time_median_s"],
-           "train_s": stats["train_time_s"], "train_loss": stats["train_loss"], "padded_fraction": ner.padded_fraction(loader),
-           "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+    out = {
+        "samples_per_s": stats["samples"] / stats["train_time_s"],
+        "step_time_median_s": stats["step_time_median_s"],
+        "train_s": stats["train_time_s"],
+        "train_loss": stats["train_loss"],
+        "padded_fraction": ner.padded_fraction(loader),
+        "peak_rss_mb": peak_rss_mb(),
+    }
     return out, model, splits, cfg
 
 
@@ -208,16 +259,26 @@ def run_arm(args, arm: str, lever: str = "") -> dict:
     else:
         log = Path(args.out) / "logs" / f"vs_hf-{arm}{'-' + lever if lever else ''}-{int(time.time())}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "bench.vs_hf_trainer", "--arm", arm, "--lever", lever or "shipped",
-               f"--sentences={args.sentences}", f"--eval-sentences={args.eval_sentences}",
-               f"--lever-sentences={args.lever_sentences}", f"--threads={args.threads}"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.vs_hf_trainer",
+            "--arm",
+            arm,
+            "--lever",
+            lever or "shipped",
+            f"--sentences={args.sentences}",
+            f"--eval-sentences={args.eval_sentences}",
+            f"--lever-sentences={args.lever_sentences}",
+            f"--threads={args.threads}",
+        ]
         with open(log, "w") as f:
             code = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
         lines = [ln for ln in log.read_text().splitlines() if ln.startswith(RESULT)]
         if code or not lines:
             tail = "\n".join(log.read_text().splitlines()[-15:])
             raise RuntimeError(f"arm {arm} {lever} failed (exit {code}), log {log}:\n{tail}")
-        out = json.loads(lines[-1][len(RESULT):])
+        out = json.loads(lines[-1][len(RESULT) :])
     return out | {"arm": arm, "lever": lever, "load_avg": [load_before, load_avg()]}
 
 
@@ -241,51 +302,75 @@ def measure(args) -> dict:
         for arm in arms:
             res = run_arm(args, arm)
             results["arms"][arm].append(res)
-            print(f"  [{r + 1}/{args.repeats}] {arm:<11} {res['samples_per_s']:6.1f} samples/s  padding {res['padded_fraction']:.1%}  "
-                  f"val F1 {res['val_f1']:.4f}  peak RSS {res['peak_rss_mb']:.0f} MB  (load {res['load_avg']})", flush=True)  # fmt: skip
+            print(
+                f"  [{r + 1}/{args.repeats}] {arm:<11} {res['samples_per_s']:6.1f} samples/s  padding {res['padded_fraction']:.1%}  "
+                f"val F1 {res['val_f1']:.4f}  peak RSS {res['peak_rss_mb']:.0f} MB  (load {res['load_avg']})",
+                flush=True,
+            )
     for r in range(args.lever_repeats):
         for lever in args.levers:
             res = run_arm(args, "lever", lever)
             results["levers"][lever].append(res)
-            print(f"  [lever {r + 1}/{args.lever_repeats}] {lever:<16} {res['samples_per_s']:6.1f} samples/s  "
-                  f"{1000 * res['step_time_median_s']:7.1f} ms/step median  (load {res['load_avg']})", flush=True)  # fmt: skip
+            print(
+                f"  [lever {r + 1}/{args.lever_repeats}] {lever:<16} {res['samples_per_s']:6.1f} samples/s  "
+                f"{1000 * res['step_time_median_s']:7.1f} ms/step median  (load {res['load_avg']})",
+                flush=True,
+            )
     return results
 
 
 def report(results: dict, args) -> str:
     arms = {arm: runs for arm, runs in results["arms"].items() if runs}
-    names = {"hf": "HF Trainer (random order)", "hf_grouped": "HF Trainer, group_by_length",
-             "plain": "our loop, plain process (no Ray)", "ours": "jobs.train ner (Ray Train, 1 worker)"}
+    names = {
+        "hf": "HF Trainer (random order)",
+        "hf_grouped": "HF Trainer, group_by_length",
+        "plain": "our loop, plain process (no Ray)",
+        "ours": "jobs.train ner (Ray Train, 1 worker)",
+    }
     lines = []
     if arms:
-        lines.append(f"\n[2] MiniLM-L6 NER fine-tuning, CoNLL-2003 sample: {args.sentences} train sentences x 1 epoch, batch 16, "
-                     f"{args.threads} threads; val F1 on {args.eval_sentences} val sentences; min/median/max over {args.repeats} rounds")  # fmt: skip
-        lines.append(f"{'arm':<40}{'samples/s':>18}{'vs hf':>18}{'padding':>9}{'peak RSS MB':>18}{'val F1':>22}{'load':>9}")
+        lines.append(
+            f"\n[2] MiniLM-L6 NER fine-tuning, CoNLL-2003 sample: {args.sentences} train sentences x 1 epoch, batch 16, "
+            f"{args.threads} threads; val F1 on {args.eval_sentences} val sentences; min/median/max over {args.repeats} rounds"
+        )
+        lines.append(
+            f"{'arm':<40}{'samples/s':>18}{'vs hf':>18}{'padding':>9}{'peak RSS MB':>18}{'val F1':>22}{'load':>9}"
+        )
     for arm, runs in arms.items():
         speed = [r["samples_per_s"] for r in runs]
         vs = [r["samples_per_s"] / h["samples_per_s"] for r, h in zip(runs, arms.get("hf", []))]
         loads = [x for r in runs for x in r["load_avg"]]
-        lines.append(f"{names[arm]:<40}{spread(speed):>18}{spread(vs, '{:.2f}x'):>18}{statistics.median(r['padded_fraction'] for r in runs):>9.1%}"
-                     f"{spread([r['peak_rss_mb'] for r in runs], '{:.0f}'):>18}{spread([r['val_f1'] for r in runs], '{:.3f}'):>22}"
-                     f"{spread(loads, '{:.0f}'):>9}")  # fmt: skip
+        lines.append(
+            f"{names[arm]:<40}{spread(speed):>18}{spread(vs, '{:.2f}x'):>18}{statistics.median(r['padded_fraction'] for r in runs):>9.1%}"
+            f"{spread([r['peak_rss_mb'] for r in runs], '{:.0f}'):>18}{spread([r['val_f1'] for r in runs], '{:.3f}'):>22}"
+            f"{spread(loads, '{:.0f}'):>9}"
+        )
     for ours in ("plain", "ours"):
         for base in ("hf", "hf_grouped"):
             if ours in arms and base in arms:
                 ratio = [o["samples_per_s"] / h["samples_per_s"] for o, h in zip(arms[ours], arms[base])]
                 df1 = [o["val_f1"] - h["val_f1"] for o, h in zip(arms[ours], arms[base])]
-                lines.append(f"{names[ours]} / {names[base]}: {spread(ratio, '{:.2f}x')} samples/s (target >= 1.3x), "
-                             f"val F1 difference {spread(df1, '{:+.3f}')}")  # fmt: skip
+                lines.append(
+                    f"{names[ours]} / {names[base]}: {spread(ratio, '{:.2f}x')} samples/s (target >= 1.3x), "
+                    f"val F1 difference {spread(df1, '{:+.3f}')}"
+                )
     levers = {k: v for k, v in results["levers"].items() if v}
     if levers:
-        lines.append(f"\n[2b] Levers on the plain loop: {args.lever_sentences} sentences x 1 epoch each, one change against the shipped "
-                     f"settings; ratio to 'shipped' of the same round, min/median/max over {args.lever_repeats} round(s)")  # fmt: skip
-        lines.append(f"{'lever':<18}{'samples/s':>18}{'vs shipped':>20}{'ms/step median':>18}{'padding':>9}{'train loss':>12}  what")
+        lines.append(
+            f"\n[2b] Levers on the plain loop: {args.lever_sentences} sentences x 1 epoch each, one change against the shipped "
+            f"settings; ratio to 'shipped' of the same round, min/median/max over {args.lever_repeats} round(s)"
+        )
+        lines.append(
+            f"{'lever':<18}{'samples/s':>18}{'vs shipped':>20}{'ms/step median':>18}{'padding':>9}{'train loss':>12}  what"
+        )
         shipped = levers.get("shipped", [])
         for lever, runs in levers.items():
             ratio = [r["samples_per_s"] / s["samples_per_s"] for r, s in zip(runs, shipped)]
-            lines.append(f"{lever:<18}{spread([r['samples_per_s'] for r in runs]):>18}{spread(ratio, '{:.2f}x'):>20}"
-                         f"{spread([1000 * r['step_time_median_s'] for r in runs], '{:.0f}'):>18}{statistics.median(r['padded_fraction'] for r in runs):>9.1%}"
-                         f"{statistics.median(r['train_loss'] for r in runs):>12.4f}  {LEVERS[lever]}")  # fmt: skip
+            lines.append(
+                f"{lever:<18}{spread([r['samples_per_s'] for r in runs]):>18}{spread(ratio, '{:.2f}x'):>20}"
+                f"{spread([1000 * r['step_time_median_s'] for r in runs], '{:.0f}'):>18}{statistics.median(r['padded_fraction'] for r in runs):>9.1%}"
+                f"{statistics.median(r['train_loss'] for r in runs):>12.4f}  {LEVERS[lever]}"
+            )
     return "\n".join(lines)
 
 
@@ -295,8 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-sentences", type=int, default=500, help="validation sentences scored by every arm")
     p.add_argument("--repeats", type=int, default=2, help="rounds of the three arms")
     p.add_argument("--threads", type=int, default=2, help="torch threads = CPUs of the Train worker")
-    p.add_argument("--levers", nargs="*", default=[k for k in LEVERS if k != "compile"], choices=list(LEVERS),
-                   help="plain-loop levers to measure (none: skip; 'compile' is left out by default: 0.09x, 110 s, on 2026-11-23)")
+    p.add_argument(
+        "--levers",
+        nargs="*",
+        default=[k for k in LEVERS if k != "compile"],
+        choices=list(LEVERS),
+        help="plain-loop levers to measure (none: skip; 'compile' is left out by default: 0.09x, 110 s, on 2026-11-23)",
+    )
     p.add_argument("--lever-sentences", type=int, default=480)
     p.add_argument("--lever-repeats", type=int, default=1)
     p.add_argument("--smoke", action="store_true", help="tiny BERT, few sentences, arms in this process")
@@ -317,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     text = report(results, args)
     print(text, flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "vs_hf_trainer.json").write_text(json.dumps({"argv": argv, "results": results, "table": text}, indent=1, default=str))
+    (Path(args.out) / "vs_hf_trainer.json").write_text(
+        json.dumps({"argv": argv, "results": results, "table": text}, indent=1, default=str)
+    )
     return 0
 
 

@@ -33,8 +33,12 @@ def snapshot() -> dict[tuple[str, str], tuple[str, int, int, int]]:
             for tid in os.listdir(f"/proc/{pid}/task"):
                 fields = dict(ln.split(":", 1) for ln in open(f"/proc/{pid}/task/{tid}/status") if ":" in ln)
                 stat = open(f"/proc/{pid}/task/{tid}/stat").read().rsplit(")", 1)[1].split()
-                out[(pid, tid)] = (name, int(fields["voluntary_ctxt_switches"]), int(fields["nonvoluntary_ctxt_switches"]),
-                                   int(stat[11]) + int(stat[12]))  # fmt: skip
+                out[(pid, tid)] = (
+                    name,
+                    int(fields["voluntary_ctxt_switches"]),
+                    int(fields["nonvoluntary_ctxt_switches"]),
+                    int(stat[11]) + int(stat[12]),
+                )
         except (OSError, KeyError, ValueError, IndexError):  # a thread that ended between listing and reading
             continue
     return out
@@ -56,11 +60,19 @@ def per_process(before: dict, after: dict, window_s: float) -> list[dict]:
 
 def report(rows: list[dict], top: int = 15) -> str:
     trainer = max(rows, key=lambda r: r["cpu"]) if rows else None
-    lines = [f"total wake-ups {sum(r['wakeups_s'] for r in rows):,.0f}/s"
-             + (f"; busiest process {trainer['name']!r}: {trainer['cpu']:.2f} cores, preempted {trainer['preempted_s']:,.0f}/s" if trainer else ""),
-             f"{'process':<32}{'n':>4}{'wake-ups/s':>12}{'preempted/s':>13}{'cores':>7}"]  # fmt: skip
+    lines = [
+        f"total wake-ups {sum(r['wakeups_s'] for r in rows):,.0f}/s"
+        + (
+            f"; busiest process {trainer['name']!r}: {trainer['cpu']:.2f} cores, preempted {trainer['preempted_s']:,.0f}/s"
+            if trainer
+            else ""
+        ),
+        f"{'process':<32}{'n':>4}{'wake-ups/s':>12}{'preempted/s':>13}{'cores':>7}",
+    ]
     for r in rows[:top]:
-        lines.append(f"{r['name'][:31]:<32}{len(r['pids']):>4}{r['wakeups_s']:>12,.0f}{r['preempted_s']:>13,.0f}{r['cpu']:>7.2f}")
+        lines.append(
+            f"{r['name'][:31]:<32}{len(r['pids']):>4}{r['wakeups_s']:>12,.0f}{r['preempted_s']:>13,.0f}{r['cpu']:>7.2f}"
+        )
     return "\n".join(lines)
 
 
@@ -78,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         time.sleep(args.after if proc else 0)
         if proc is not None and proc.poll() is not None:
-            print(f"bench.wakeups: the command ended (exit {proc.returncode}) before the window opened — lower --after", file=sys.stderr)
+            print(
+                f"bench.wakeups: the command ended (exit {proc.returncode}) before the window opened — lower --after",
+                file=sys.stderr,
+            )
             return 2
         before = snapshot()
         time.sleep(args.window)

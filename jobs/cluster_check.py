@@ -35,9 +35,13 @@ def load(path: str | Path) -> dict:
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise ClusterConfigError(f"cluster config '{path}' is not valid YAML ({getattr(e, 'problem', e)}{_line(e)}) — fix the syntax there (compare with cluster.yaml)") from None
+        raise ClusterConfigError(
+            f"cluster config '{path}' is not valid YAML ({getattr(e, 'problem', e)}{_line(e)}) — fix the syntax there (compare with cluster.yaml)"
+        ) from None
     if not isinstance(raw, dict):
-        raise ClusterConfigError(f"cluster config '{path}' must be a YAML mapping of launcher keys (cluster_name, provider, ...) — start from cluster.yaml")
+        raise ClusterConfigError(
+            f"cluster config '{path}' must be a YAML mapping of launcher keys (cluster_name, provider, ...) — start from cluster.yaml"
+        )
     return raw
 
 
@@ -58,9 +62,13 @@ def check_config(raw: dict, name: str = "cluster config") -> dict:
         validate_config(config)
     except jsonschema.ValidationError as e:
         where = ".".join(str(p) for p in e.absolute_path) or "top level"
-        raise ClusterConfigError(f"{name}: Ray rejects it at '{where}': {e.message.splitlines()[0]} — fix that key (Ray's schema: ray/autoscaler/ray-schema.json; a working example: cluster.yaml)") from None
+        raise ClusterConfigError(
+            f"{name}: Ray rejects it at '{where}': {e.message.splitlines()[0]} — fix that key (Ray's schema: ray/autoscaler/ray-schema.json; a working example: cluster.yaml)"
+        ) from None
     except (ValueError, KeyError, RuntimeError) as e:
-        raise ClusterConfigError(f"{name}: Ray rejects it: {str(e).splitlines()[0]} — fix the file (a working example: cluster.yaml)") from None
+        raise ClusterConfigError(
+            f"{name}: Ray rejects it: {str(e).splitlines()[0]} — fix the file (a working example: cluster.yaml)"
+        ) from None
     _check_rules(raw, config, name)
     return config
 
@@ -86,12 +94,16 @@ def _check_rules(raw: dict, config: dict, name: str) -> None:
     types, head = config["available_node_types"], config["head_node_type"]
     gpus = gpu_worker_types(config)
     if len(gpus) < 2:
-        fail(f"needs at least two GPU worker types with resources {{GPU: n}} (one for sweeps, one multi-GPU), has {sorted(gpus) or 'none'}")
+        fail(
+            f"needs at least two GPU worker types with resources {{GPU: n}} (one for sweeps, one multi-GPU), has {sorted(gpus) or 'none'}"
+        )
     for type_name, node_type in types.items():
         if type_name == head:
             continue
         if node_type.get("min_workers", 0) != 0:
-            fail(f"available_node_types.{type_name}.min_workers must be 0 (idle clusters cost the head only), got {node_type['min_workers']}")
+            fail(
+                f"available_node_types.{type_name}.min_workers must be 0 (idle clusters cost the head only), got {node_type['min_workers']}"
+            )
         if node_type.get("max_workers", 0) < 1:
             fail(f"available_node_types.{type_name}.max_workers must be >= 1, got {node_type.get('max_workers')}")
     if "idle_timeout_minutes" not in raw or not raw["idle_timeout_minutes"] > 0:
@@ -100,12 +112,16 @@ def _check_rules(raw: dict, config: dict, name: str) -> None:
     for rule in rules:
         ports = (rule.get("FromPort"), rule.get("ToPort"))
         if ports != (SSH_PORT, SSH_PORT):
-            fail(f"provider.security_group.IpPermissions opens ports {ports[0]}-{ports[1]}: only SSH (22) may be public; "
-                 "reach the dashboard with `ray dashboard cluster.yaml`")  # fmt: skip
+            fail(
+                f"provider.security_group.IpPermissions opens ports {ports[0]}-{ports[1]}: only SSH (22) may be public; "
+                "reach the dashboard with `ray dashboard cluster.yaml`"
+            )
     for command in config.get("head_start_ray_commands", []):
         for host in PUBLIC_HOSTS:
             if f"--dashboard-host={host}" in command or f"--dashboard-host {host}" in command:
-                fail(f"head_start_ray_commands bind the dashboard to {host}: use --dashboard-host=127.0.0.1 and an SSH tunnel")
+                fail(
+                    f"head_start_ray_commands bind the dashboard to {host}: use --dashboard-host=127.0.0.1 and an SSH tunnel"
+                )
 
 
 def main(argv: list[str]) -> int:
@@ -117,8 +133,10 @@ def main(argv: list[str]) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         gpus = gpu_worker_types(config)
-        print(f"{path}: valid ({config['provider']['type']}, head '{config['head_node_type']}', "
-              f"GPU worker types {gpus}, idle timeout {config['idle_timeout_minutes']} min)")  # fmt: skip
+        print(
+            f"{path}: valid ({config['provider']['type']}, head '{config['head_node_type']}', "
+            f"GPU worker types {gpus}, idle timeout {config['idle_timeout_minutes']} min)"
+        )
     return 0
 
 

@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import json
 import os
-import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,12 +24,8 @@ from typing import Any
 
 import yaml
 
+from jobs.errors import ConfigError, DataError, UserError, cli_main  # noqa: F401 — re-exported for the verbs
 from workloads import WORKLOADS
-from workloads.data import DataError
-
-
-class ConfigError(ValueError):
-    """Bad user input in a config file or override (exit code 2)."""
 
 
 # ----------------------------------------------------------------------------- job sections
@@ -71,12 +66,16 @@ class Sweep:
     reduction_factor: int = 3  # ASHA: keep the top 1/reduction_factor at each rung
     seed: int = 0  # search algorithm seed
     in_process: bool = True  # 1-worker trials run the loop in the trial's own process: no Train worker-group start-up
-    trial_overrides: dict = field(default_factory=dict)  # {"train.epochs": 6}: every trial's budget, not the final run's
+    trial_overrides: dict = field(
+        default_factory=dict
+    )  # {"train.epochs": 6}: every trial's budget, not the final run's
 
 
 @dataclass
 class Continual:
     replay_fraction: float = 0.0  # share of the parent's training data mixed into a new round
+    init_from: str = ""  # a stored run's export (local path or s3://) the model starts from; set by jobs.continual
+    replay_data: dict = field(default_factory=dict)  # the parent's `data` section, replayed with replay_fraction
 
 
 JOB_SECTIONS: dict[str, type] = {
@@ -94,9 +93,7 @@ JOB_SECTIONS: dict[str, type] = {
 def config_class(workload: str) -> type:
     """The dataclass of a full config for ``workload``: its sections plus the job sections."""
     if workload not in WORKLOADS:
-        raise ConfigError(
-            f"unknown workload '{workload}' — set 'workload:' to one of {sorted(WORKLOADS)}"
-        )
+        raise ConfigError(f"unknown workload '{workload}' — set 'workload:' to one of {sorted(WORKLOADS)}")
     wl_config = WORKLOADS[workload].Config
     hints = typing.get_type_hints(wl_config)  # resolves `from __future__ import annotations` strings
     specs: list[tuple[str, Any, Any]] = [("workload", str, field(default=workload))]
@@ -119,7 +116,9 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (), smoke
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"config file '{path}'{where} is not valid YAML ({getattr(e, 'problem', e)}) — fix the syntax") from None
+            raise ConfigError(
+                f"config file '{path}'{where} is not valid YAML ({getattr(e, 'problem', e)}) — fix the syntax"
+            ) from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file '{path}' must be a YAML mapping of sections, got {type(raw).__name__}")
     pairs = [_split_override(o) for o in overrides]
@@ -146,7 +145,13 @@ def absolutize_paths(cfg):
             continue
         for f in dataclasses.fields(obj):
             value = getattr(obj, f.name)
-            if isinstance(value, str) and value and "://" not in value and not os.path.isabs(value) and os.path.exists(value):
+            if (
+                isinstance(value, str)
+                and value
+                and "://" not in value
+                and not os.path.isabs(value)
+                and os.path.exists(value)
+            ):
                 setattr(obj, f.name, os.path.abspath(value))
     return cfg
 
@@ -182,16 +187,16 @@ def flatten(cfg, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
     return out
 
 
+def with_data(cfg, data: dict):
+    """``cfg`` with its ``data`` section replaced (e.g. a parent run's data, read by this round's model settings)."""
+    return from_dict(to_dict(cfg) | {"data": data})
+
+
 def set_dotted(cfg, key: str, value: Any):
     """A new typed config with one dotted key changed (type-checked like an override)."""
     raw = to_dict(cfg)
     _set_dotted(raw, key, value)
     return from_dict(raw)
-
-
-def store_path(cli_value: str | None, cfg=None) -> str:
-    """``--store`` flag > $PERENNIAL_STORE > the config's ``store.path`` > ``./store``."""
-    return cli_value or os.environ.get("PERENNIAL_STORE") or (cfg.store.path if cfg is not None else "") or "./store"
 
 
 # ----------------------------------------------------------------------------- internals
@@ -214,7 +219,9 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
         if nxt is None:
             nxt = node[part] = {}
         if not isinstance(nxt, dict):
-            raise ConfigError(f"override '{key}': '{'.'.join(parts[: i + 1])}' is a value, not a section — set it as {'.'.join(parts[: i + 1])}=VALUE")
+            raise ConfigError(
+                f"override '{key}': '{'.'.join(parts[: i + 1])}' is a value, not a section — set it as {'.'.join(parts[: i + 1])}=VALUE"
+            )
         node = nxt
     node[parts[-1]] = value
 
@@ -230,9 +237,7 @@ def _build(cls: type, raw: Any, path: str):
     kwargs = {}
     for key, value in raw.items():
         if key not in names:
-            raise ConfigError(
-                f"unknown config key '{path}{key}' — valid keys in {where}: {', '.join(sorted(names))}"
-            )
+            raise ConfigError(f"unknown config key '{path}{key}' — valid keys in {where}: {', '.join(sorted(names))}")
         kwargs[key] = _coerce(hints[key], value, f"{path}{key}")
     return cls(**kwargs)
 
@@ -282,20 +287,7 @@ def _coerce(tp: Any, value: Any, key: str):
     return value
 
 
-USER_ERRORS = (ConfigError, DataError)
-
-
-def cli_main(main: typing.Callable[[list[str]], int]) -> None:
-    """Run a verb's ``main(argv)``: bad input -> one line on stderr and exit 2."""
-    try:
-        code = main(sys.argv[1:])
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        code = 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        code = 130
-    sys.exit(code)
+USER_ERRORS = (UserError,)
 
 
 def metric_and_mode(cfg) -> tuple[str, str]:
@@ -311,9 +303,14 @@ def check_values(cfg) -> None:
     """Value checks the types cannot express, made on the driver before Ray starts (a bad value found
     inside a Train worker would cost a cluster start and end as a failed run, exit 1, not exit 2)."""
     s, t = cfg.scaling, cfg.train
-    for key, value, low in (("scaling.num_workers", s.num_workers, 1), ("scaling.cpus_per_worker", s.cpus_per_worker, 0),
-                            ("failure.max_failures", cfg.failure.max_failures, -1), ("train.epochs", t.epochs, 1),
-                            ("train.batch_size", t.batch_size, 1), ("train.grad_accum_steps", getattr(t, "grad_accum_steps", 1), 1)):  # fmt: skip
+    for key, value, low in (
+        ("scaling.num_workers", s.num_workers, 1),
+        ("scaling.cpus_per_worker", s.cpus_per_worker, 0),
+        ("failure.max_failures", cfg.failure.max_failures, -1),
+        ("train.epochs", t.epochs, 1),
+        ("train.batch_size", t.batch_size, 1),
+        ("train.grad_accum_steps", getattr(t, "grad_accum_steps", 1), 1),
+    ):
         if value < low:
             raise ConfigError(f"{key} must be >= {low}, got {value} — set e.g. {key}={max(low, 1)}")
     if getattr(t, "max_grad_norm", 0.0) < 0:

@@ -20,14 +20,16 @@ from pathlib import Path
 import pyarrow.dataset as ds
 
 from jobs import config as config_lib
-from jobs.store import Store, now
+from jobs.store import Store, now, store_path
 from workloads import WORKLOADS
 
 
 def find_run(store: Store, run_id: str) -> dict:
     runs = store.df("runs", filter=ds.field("run_id") == run_id)
     if not len(runs):
-        raise config_lib.ConfigError(f"unknown run '{run_id}' in store '{store.uri}' — list runs with: python -m jobs.store runs")
+        raise config_lib.ConfigError(
+            f"unknown run '{run_id}' in store '{store.uri}' — list runs with: python -m jobs.store runs"
+        )
     return runs.sort_values("finished_at").iloc[-1].to_dict()  # a run id has one row; the newest wins
 
 
@@ -37,13 +39,17 @@ def fetch_export(uri: str, tmp: str) -> Path:
 
     if "://" not in uri:
         if not Path(uri).is_dir():
-            raise config_lib.ConfigError(f"checkpoint '{uri}' is missing — it was moved or deleted; train the run again")
+            raise config_lib.ConfigError(
+                f"checkpoint '{uri}' is missing — it was moved or deleted; train the run again"
+            )
         return Path(uri)
     try:
         fs, inner = pafs.FileSystem.from_uri(uri)
         found = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
-    except Exception as e:  # noqa: BLE001 — endpoint, credentials, bucket: all user input
-        raise config_lib.ConfigError(f"cannot read checkpoint '{uri}': {str(e).splitlines()[0]} — check the URI and AWS_* credentials") from None
+    except Exception as e:
+        raise config_lib.ConfigError(
+            f"cannot read checkpoint '{uri}': {str(e).splitlines()[0]} — check the URI and AWS_* credentials"
+        ) from None
     if not found:
         raise config_lib.ConfigError(f"checkpoint '{uri}' is missing — it was moved or deleted; train the run again")
     pafs.copy_files(inner, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
@@ -58,16 +64,22 @@ def evaluate_run(store: Store, run_id: str, split: str = "test") -> tuple[dict, 
 
     run = find_run(store, run_id)
     if not run.get("export_uri"):
-        raise config_lib.ConfigError(f"run '{run_id}' has no exported model (status {run.get('status')}) — only finished runs can be evaluated")
+        raise config_lib.ConfigError(
+            f"run '{run_id}' has no exported model (status {run.get('status')}) — only finished runs can be evaluated"
+        )
     cfg = config_lib.from_dict(json.loads(run["config_json"]))
     wl = WORKLOADS[cfg.workload]
     loop.seed_everything(cfg.train.seed)
     splits = wl.build_data(cfg)
     dataset = {"test": splits.test, "val": splits.val}[split]
     if dataset is None:
-        raise config_lib.ConfigError(f"run '{run_id}' has no {split} split (its config gives no {split} data) — use --split val")
+        raise config_lib.ConfigError(
+            f"run '{run_id}' has no {split} split (its config gives no {split} data) — use --split val"
+        )
     if run.get("data_fingerprint") and splits.fingerprint != run["data_fingerprint"]:
-        print(f"warning: the data changed since run {run_id} was trained (fingerprint {splits.fingerprint} != {run['data_fingerprint']})")
+        print(
+            f"warning: the data changed since run {run_id} was trained (fingerprint {splits.fingerprint} != {run['data_fingerprint']})"
+        )
     torch.set_num_threads(max(1, cfg.scaling.cpus_per_worker))
     with tempfile.TemporaryDirectory() as tmp:
         model = loop.load_export(wl, cfg, splits, fetch_export(run["export_uri"], tmp))
@@ -78,13 +90,15 @@ def evaluate_run(store: Store, run_id: str, split: str = "test") -> tuple[dict, 
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.evaluate", description="Re-score a stored run's exported model on a split.")
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.evaluate", description="Re-score a stored run's exported model on a split."
+    )
     p.add_argument("--run", required=True, metavar="RUN_ID", help="run id (python -m jobs.store runs lists them)")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--store", help="evaluation store: a directory or s3:// URI (default $PERENNIAL_STORE or ./store)")
     p.add_argument("--no-record", action="store_true", help="do not append an evaluations row to the store")
     args = p.parse_args(argv)
-    store = Store(config_lib.store_path(args.store))
+    store = Store(store_path(args.store))
     t0 = time.perf_counter()
     metrics, run = evaluate_run(store, args.run, args.split)
     wall = time.perf_counter() - t0
@@ -94,8 +108,20 @@ def main(argv: list[str]) -> int:
         was = "" if stored is None or stored != stored else f"   (stored {stored:.4f})"  # NaN != NaN: absent
         print(f"  {key:<24} {value:.4f}{was}")
     if not args.no_record:
-        store.append("evaluations", [{"run_id": args.run, "workload": run["workload"], "split": args.split,
-                                      "export_uri": run["export_uri"], "evaluated_at": now(), "wall_s": wall, **metrics}])  # fmt: skip
+        store.append(
+            "evaluations",
+            [
+                {
+                    "run_id": args.run,
+                    "workload": run["workload"],
+                    "split": args.split,
+                    "export_uri": run["export_uri"],
+                    "evaluated_at": now(),
+                    "wall_s": wall,
+                    **metrics,
+                }
+            ],
+        )
     return 0
 
 

@@ -16,7 +16,6 @@ Checkpoint directory (also readable without Ray, see :func:`read_meta`):
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -35,6 +34,7 @@ from torch.utils.data import DataLoader
 
 from jobs import config as config_lib
 from workloads import WORKLOADS
+from workloads.data import add_replay
 
 META, STATE, EXPORT = "meta.json", "state.pt", "export"
 
@@ -87,7 +87,9 @@ def check_precision(precision: str, device: torch.device) -> None:
     """Reject a precision the device cannot run (bf16 needs an Ampere-or-newer GPU; emulated bf16 is slow)."""
     autocast(precision, device)  # validates the name
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
-        raise config_lib.ConfigError(f"train.precision=bf16 needs an Ampere or newer GPU, not {torch.cuda.get_device_name(device)} — use train.precision=fp16")
+        raise config_lib.ConfigError(
+            f"train.precision=bf16 needs an Ampere or newer GPU, not {torch.cuda.get_device_name(device)} — use train.precision=fp16"
+        )
 
 
 def make_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -114,9 +116,14 @@ def load_state(checkpoint_dir: str | os.PathLike) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # torch's own text advises weights_only=False: exactly what must not happen
-        why = next((ln.strip() for ln in str(e).splitlines() if ln.startswith(("Trying to load", "Unsupported"))), type(e).__name__)
-        raise config_lib.ConfigError(f"checkpoint '{path}' holds more than tensors ({why[:200]}) — refused: loading it could run code; "
-                                     "use only checkpoints this project wrote") from None  # fmt: skip
+        why = next(
+            (ln.strip() for ln in str(e).splitlines() if ln.startswith(("Trying to load", "Unsupported"))),
+            type(e).__name__,
+        )
+        raise config_lib.ConfigError(
+            f"checkpoint '{path}' holds more than tensors ({why[:200]}) — refused: loading it could run code; "
+            "use only checkpoints this project wrote"
+        ) from None
 
 
 def export_model(wl, model: torch.nn.Module, cfg, splits, out_dir: Path) -> None:
@@ -128,9 +135,18 @@ def export_model(wl, model: torch.nn.Module, cfg, splits, out_dir: Path) -> None
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))
-    (out_dir / "model.json").write_text(json.dumps({
-        "workload": cfg.workload, "labels": splits.labels, "info": splits.info, "config": config_lib.to_dict(cfg),
-    }, indent=1, default=str))  # fmt: skip
+    (out_dir / "model.json").write_text(
+        json.dumps(
+            {
+                "workload": cfg.workload,
+                "labels": splits.labels,
+                "info": splits.info,
+                "config": config_lib.to_dict(cfg),
+            },
+            indent=1,
+            default=str,
+        )
+    )
 
 
 def load_export(wl, cfg, splits, export_dir: str | os.PathLike) -> torch.nn.Module:
@@ -152,8 +168,14 @@ def train_loader(wl, cfg, splits) -> DataLoader:
     if hasattr(wl, "train_loader"):  # e.g. length-grouped batches for text
         return wl.train_loader(cfg, splits)
     g = torch.Generator().manual_seed(cfg.train.seed)
-    return DataLoader(splits.train, batch_size=cfg.train.batch_size, shuffle=True, generator=g,
-                      collate_fn=splits.collate_fn, drop_last=False)  # fmt: skip
+    return DataLoader(
+        splits.train,
+        batch_size=cfg.train.batch_size,
+        shuffle=True,
+        generator=g,
+        collate_fn=splits.collate_fn,
+        drop_last=False,
+    )
 
 
 def run_epoch(model, loader, optimizer, wl, cfg, device, scheduler=None, scaler=None, dist=False) -> dict:
@@ -211,7 +233,9 @@ def run_epoch(model, loader, optimizer, wl, cfg, device, scheduler=None, scaler=
         n_batches += 1
         samples += _batch_size(batch)
     if skipped and not n_batches:  # skip_batch must not turn a diverged run into "completed" with train_loss 0
-        raise NonFiniteLossError(f"all {skipped} batches of the epoch had a non-finite loss — lower train.lr or check the data for NaN/inf")
+        raise NonFiniteLossError(
+            f"all {skipped} batches of the epoch had a non-finite loss — lower train.lr or check the data for NaN/inf"
+        )
     step_starts.append(time.perf_counter())
     return {
         "train_loss": loss_sum / max(n_batches, 1),
@@ -282,14 +306,12 @@ def train_loop_per_worker(config_dict: dict) -> None:
     # [1] data and model, seeded (the same init on every rank; DDP broadcasts rank 0's anyway)
     seed_everything(cfg.train.seed)
     splits = wl.build_data(cfg)
-    if config_dict.get("_replay"):  # continual fine-tuning: a share of the parent's training data mixed in
-        from jobs.continual import add_replay
-
-        splits.train = add_replay(wl, cfg, splits, config_dict["_replay"])
+    if cfg.continual.replay_data and cfg.continual.replay_fraction > 0:  # continual: a share of the parent's data
+        old = wl.build_data(config_lib.with_data(cfg, cfg.continual.replay_data))
+        splits.train = add_replay(splits, old, cfg.continual.replay_fraction, cfg.train.seed)
     model = wl.build_model(cfg, splits)
-    init_from = config_dict.get("_init_from")  # continual fine-tuning: the parent's export
-    if init_from:
-        model = _init_from_parent(wl, cfg, splits, init_from)
+    if cfg.continual.init_from:  # continual: start from the parent's export
+        model = _init_from_parent(wl, cfg, splits, cfg.continual.init_from)
 
     # [2] resume: a restarted worker group (or a resumed sweep trial) gets the last checkpoint
     state, meta = None, {"epoch": 0, "history": [], "best_metric": None, "best_epoch": None}
@@ -309,13 +331,17 @@ def train_loop_per_worker(config_dict: dict) -> None:
     check_precision(cfg.train.precision, device)
     if rank == 0:  # Ray picks the backend: nccl when workers hold GPUs, gloo on CPUs
         backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
-        log(f"{world} worker(s) on {device.type}, backend {backend}, precision {cfg.train.precision}, grad_accum_steps {cfg.train.grad_accum_steps}"
-            + (f", resumed from the epoch {meta['epoch']} checkpoint" if state is not None else ""))  # fmt: skip
+        log(
+            f"{world} worker(s) on {device.type}, backend {backend}, precision {cfg.train.precision}, grad_accum_steps {cfg.train.grad_accum_steps}"
+            + (f", resumed from the epoch {meta['epoch']} checkpoint" if state is not None else "")
+        )
     optimizer = wl.build_optimizer(cfg, unwrap(model)) if hasattr(wl, "build_optimizer") else make_optimizer(cfg, model)
     on_gpu = device.type == "cuda"
     base_loader = train_loader(wl, cfg, splits)
     base_loader.pin_memory = on_gpu  # page-locked host batches, so the host->GPU copy can run asynchronously
-    loader = ray.train.torch.prepare_data_loader(base_loader, auto_transfer=on_gpu)  # copies on a side CUDA stream, one batch ahead
+    loader = ray.train.torch.prepare_data_loader(
+        base_loader, auto_transfer=on_gpu
+    )  # copies on a side CUDA stream, one batch ahead
     scheduler = wl.build_scheduler(cfg, optimizer, len(loader)) if hasattr(wl, "build_scheduler") else None
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -335,7 +361,9 @@ def train_loop_per_worker(config_dict: dict) -> None:
     run_t0 = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
     stopped_early = bool(meta.get("stopped_early"))
     for epoch in range(start_epoch, epochs):
-        if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):  # also 1 worker: a workload's own sampler
+        if hasattr(loader, "sampler") and hasattr(
+            loader.sampler, "set_epoch"
+        ):  # also 1 worker: a workload's own sampler
             loader.sampler.set_epoch(epoch)
         stats = run_epoch(model, loader, optimizer, wl, cfg, device, scheduler, scaler, dist)
         val = {}
@@ -357,25 +385,39 @@ def train_loop_per_worker(config_dict: dict) -> None:
             "elapsed_s": time.perf_counter() - run_t0,
         }
         if metric not in row:
-            raise config_lib.ConfigError(f"metric '{metric}' is not reported by workload '{cfg.workload}' (it reports {sorted(row)})")
+            raise config_lib.ConfigError(
+                f"metric '{metric}' is not reported by workload '{cfg.workload}' (it reports {sorted(row)})"
+            )
         improved = better(row[metric], best_metric, mode)
         if improved:  # snapshot: early stopping and the test score use the best epoch's weights
             best_metric, best_epoch = row[metric], epoch + 1
             best_state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
         history.append(row)
         stopped_early = bool(patience) and epoch + 1 - best_epoch >= patience and epoch + 1 < epochs
-        meta = {"epoch": epoch + 1, "history": history, "best_metric": best_metric, "best_epoch": best_epoch,
-                "metric": metric, "mode": mode, "stopped_early": stopped_early,  # cpu_s: a stopped run's cost too
-                "cpu_s": cpu_prior + _all_sum(time.process_time() - cpu0, device, dist)}  # fmt: skip
+        meta = {
+            "epoch": epoch + 1,
+            "history": history,
+            "best_metric": best_metric,
+            "best_epoch": best_epoch,
+            "metric": metric,
+            "mode": mode,
+            "stopped_early": stopped_early,  # cpu_s: a stopped run's cost too
+            "cpu_s": cpu_prior + _all_sum(time.process_time() - cpu0, device, dist),
+        }
         if rank == 0:
             log(_progress_line(row, epochs, metric, improved))
-        _report(row | {"best_metric": best_metric}, meta, rank, state={
-            "model": unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else {},
-            "best_model": {} if best_epoch == epoch + 1 else best_state,  # {} = same as "model"
-            "scaler": scaler.state_dict() if scaler is not None else {},
-        })  # fmt: skip
+        _report(
+            row | {"best_metric": best_metric},
+            meta,
+            rank,
+            state={
+                "model": unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else {},
+                "best_model": {} if best_epoch == epoch + 1 else best_state,  # {} = same as "model"
+                "scaler": scaler.state_dict() if scaler is not None else {},
+            },
+        )
         inject_fault(epoch + 1, rank, world, resumed=ckpt is not None)
         if stopped_early:
             if rank == 0:
@@ -396,10 +438,22 @@ def train_loop_per_worker(config_dict: dict) -> None:
             if splits.test is not None:
                 test_loader = eval_loader(splits, splits.test, cfg.train.batch_size * 2)
                 with autocast(cfg.train.precision, device):
-                    final.update({f"test_{k}": v for k, v in wl.evaluate(unwrap(model), _on(test_loader, device), splits).items()})
-            export_model(wl, unwrap(model).cpu() if device.type != "cpu" else unwrap(model), cfg, splits, Path(tmp, EXPORT))
-            meta_final = meta | {"finished": True, "final": final, "fingerprint": splits.fingerprint,
-                                 "labels": splits.labels, "cpu_s": cpu_s}  # fmt: skip
+                    final.update(
+                        {
+                            f"test_{k}": v
+                            for k, v in wl.evaluate(unwrap(model), _on(test_loader, device), splits).items()
+                        }
+                    )
+            export_model(
+                wl, unwrap(model).cpu() if device.type != "cpu" else unwrap(model), cfg, splits, Path(tmp, EXPORT)
+            )
+            meta_final = meta | {
+                "finished": True,
+                "final": final,
+                "fingerprint": splits.fingerprint,
+                "labels": splits.labels,
+                "cpu_s": cpu_s,
+            }
             Path(tmp, META).write_text(json.dumps(meta_final, default=float))
             if splits.test is not None:
                 log("test: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k.startswith("test_")))
@@ -479,7 +533,11 @@ def _all_sum(value: float, device: torch.device, dist: bool) -> float:
 
 
 def _progress_line(row: dict, epochs: int, metric: str, improved: bool) -> str:
-    vals = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_") and isinstance(v, float) and not math.isnan(v))
+    vals = "  ".join(
+        f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_") and isinstance(v, float) and not math.isnan(v)
+    )
     star = " *" if improved else ""
-    return (f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  {vals}  "
-            f"({row['train_time_s']:.1f} s, {row['samples_per_s']:.0f} samples/s){star}")  # fmt: skip
+    return (
+        f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  {vals}  "
+        f"({row['train_time_s']:.1f} s, {row['samples_per_s']:.0f} samples/s){star}"
+    )

@@ -40,57 +40,105 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import re
 import sys
 import uuid
 import warnings
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from jobs import config as config_lib
+from jobs.errors import StoreError, cli_main
 
 TS = pa.timestamp("us", tz="UTC")
 # Columns with a fixed type, whatever a given write holds (a None-only column must not become `null`
 # in one file and `string` in another; a metric must never be int in one file and double in another).
 CORE: dict[str, dict[str, pa.DataType]] = {
     "runs": {
-        "run_id": pa.string(), "parent_run_id": pa.string(), "round": pa.int64(),
-        "sweep_id": pa.string(), "trial_id": pa.string(), "job_id": pa.string(),
-        "status": pa.string(), "error": pa.string(), "metric": pa.string(), "mode": pa.string(),
-        "best_metric": pa.float64(), "best_epoch": pa.int64(), "epochs": pa.int64(),
-        "config_json": pa.string(), "checkpoint_uri": pa.string(), "export_uri": pa.string(),
-        "started_at": TS, "finished_at": TS, "wall_s": pa.float64(), "cpu_s": pa.float64(),
-        "gpu_s": pa.float64(), "train_time_s": pa.float64(), "num_workers": pa.int64(),
-        "use_gpu": pa.bool_(), "seed": pa.int64(), "git_sha": pa.string(), "data_fingerprint": pa.string(),
+        "run_id": pa.string(),
+        "parent_run_id": pa.string(),
+        "round": pa.int64(),
+        "sweep_id": pa.string(),
+        "trial_id": pa.string(),
+        "job_id": pa.string(),
+        "status": pa.string(),
+        "error": pa.string(),
+        "metric": pa.string(),
+        "mode": pa.string(),
+        "best_metric": pa.float64(),
+        "best_epoch": pa.int64(),
+        "epochs": pa.int64(),
+        "config_json": pa.string(),
+        "checkpoint_uri": pa.string(),
+        "export_uri": pa.string(),
+        "started_at": TS,
+        "finished_at": TS,
+        "wall_s": pa.float64(),
+        "cpu_s": pa.float64(),
+        "gpu_s": pa.float64(),
+        "train_time_s": pa.float64(),
+        "num_workers": pa.int64(),
+        "use_gpu": pa.bool_(),
+        "seed": pa.int64(),
+        "git_sha": pa.string(),
+        "data_fingerprint": pa.string(),
     },
     "epochs": {
-        "run_id": pa.string(), "sweep_id": pa.string(), "trial_id": pa.string(), "epoch": pa.int64(),
-        "train_loss": pa.float64(), "train_time_s": pa.float64(), "samples_per_s": pa.float64(),
-        "elapsed_s": pa.float64(), "skipped_batches": pa.int64(),
+        "run_id": pa.string(),
+        "sweep_id": pa.string(),
+        "trial_id": pa.string(),
+        "epoch": pa.int64(),
+        "train_loss": pa.float64(),
+        "train_time_s": pa.float64(),
+        "samples_per_s": pa.float64(),
+        "elapsed_s": pa.float64(),
+        "skipped_batches": pa.int64(),
     },
     "jobs": {
-        "submission_id": pa.string(), "entrypoint": pa.string(), "verb": pa.string(), "status": pa.string(),
-        "message": pa.string(), "submitted_at": TS, "started_at": TS, "finished_at": TS,
-        "config_hash": pa.string(), "git_sha": pa.string(), "address": pa.string(),
+        "submission_id": pa.string(),
+        "entrypoint": pa.string(),
+        "verb": pa.string(),
+        "status": pa.string(),
+        "message": pa.string(),
+        "submitted_at": TS,
+        "started_at": TS,
+        "finished_at": TS,
+        "config_hash": pa.string(),
+        "git_sha": pa.string(),
+        "address": pa.string(),
     },
     "sweeps": {
-        "sweep_id": pa.string(), "status": pa.string(), "search": pa.string(), "scheduler": pa.string(),
-        "search_space_json": pa.string(), "metric": pa.string(), "mode": pa.string(),
-        "best_trial_id": pa.string(), "best_run_id": pa.string(), "best_metric": pa.float64(),
-        "best_config_json": pa.string(), "num_trials": pa.int64(), "trials_completed": pa.int64(),
-        "trials_stopped_early": pa.int64(), "trials_failed": pa.int64(), "epochs_used": pa.int64(),
-        "epochs_budget": pa.int64(), "started_at": TS, "finished_at": TS, "wall_s": pa.float64(),
+        "sweep_id": pa.string(),
+        "status": pa.string(),
+        "search": pa.string(),
+        "scheduler": pa.string(),
+        "search_space_json": pa.string(),
+        "metric": pa.string(),
+        "mode": pa.string(),
+        "best_trial_id": pa.string(),
+        "best_run_id": pa.string(),
+        "best_metric": pa.float64(),
+        "best_config_json": pa.string(),
+        "num_trials": pa.int64(),
+        "trials_completed": pa.int64(),
+        "trials_stopped_early": pa.int64(),
+        "trials_failed": pa.int64(),
+        "epochs_used": pa.int64(),
+        "epochs_budget": pa.int64(),
+        "started_at": TS,
+        "finished_at": TS,
+        "wall_s": pa.float64(),
         "cpu_s": pa.float64(),
     },
-}  # fmt: skip
+}
 PARTITION = "workload"
 COMPACTED_SUFFIX = "-compacted.parquet"
 REPLACES_KEY = b"perennial.replaces"  # footer metadata of a compacted file: JSON list of replaced names
@@ -101,12 +149,13 @@ SMALL_FILES = 500  # files in one partition above which `check` suggests `compac
 ROW_GROUP_ROWS = 256_000  # rows per row group in a compacted file
 
 
+def store_path(cli_value: str | None, cfg=None) -> str:
+    """``--store`` flag > $PERENNIAL_STORE > the config's ``store.path`` > ``./store``."""
+    return cli_value or os.environ.get("PERENNIAL_STORE") or (cfg.store.path if cfg is not None else "") or "./store"
+
+
 def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-class StoreError(config_lib.ConfigError):
-    """The store path is unusable (exit code 2)."""
+    return dt.datetime.now(dt.UTC)
 
 
 class StoreWarning(UserWarning):
@@ -157,8 +206,10 @@ class Store:
                 self.root = self.root.rstrip("/")
             else:
                 self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(uri)
-        except Exception as e:  # noqa: BLE001 — a bad URI is user input
-            raise StoreError(f"store '{uri}' is not usable: {str(e).splitlines()[0]} — give a directory or s3://bucket/prefix") from None
+        except Exception as e:
+            raise StoreError(
+                f"store '{uri}' is not usable: {str(e).splitlines()[0]} — give a directory or s3://bucket/prefix"
+            ) from None
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
         self._footers: dict[str, _Footer] = {}  # path -> footer; files are immutable once visible
         self._resolved: dict[tuple, _Resolved] = {}
@@ -175,7 +226,9 @@ class Store:
         if not rows:
             return []
         if name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=-]*", name):
-            raise StoreError(f"file name '{name}' is not allowed — letters, digits, '._=-', not starting with '.' or '_'")
+            raise StoreError(
+                f"file name '{name}' is not allowed — letters, digits, '._=-', not starting with '.' or '_'"
+            )
         groups: dict[str, list[dict]] = {}
         for r in rows:
             groups.setdefault(str(r.get(PARTITION) or "none"), []).append(r)
@@ -187,7 +240,9 @@ class Store:
             try:
                 self._write_atomic(folder, filename, lambda sink: pq.write_table(arrow, sink, filesystem=self.fs))
             except OSError as e:
-                raise StoreError(f"cannot write to store '{self.uri}': {str(e).splitlines()[0]} — check the path and its permissions / credentials") from None
+                raise StoreError(
+                    f"cannot write to store '{self.uri}': {str(e).splitlines()[0]} — check the path and its permissions / credentials"
+                ) from None
             paths.append(f"{folder}/{filename}")
             self._footers.pop(f"{folder}/{filename}", None)
         return paths
@@ -212,8 +267,11 @@ class Store:
             infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
         except OSError as e:
             raise StoreError(f"cannot read store '{self.uri}': {str(e).splitlines()[0]}") from None
-        return sorted(os.path.basename(i.path) for i in infos
-                      if i.type == pafs.FileType.Directory and not os.path.basename(i.path).startswith((".", "_")))  # fmt: skip
+        return sorted(
+            os.path.basename(i.path)
+            for i in infos
+            if i.type == pafs.FileType.Directory and not os.path.basename(i.path).startswith((".", "_"))
+        )
 
     def _list(self, table: str, workload: str | None = None) -> list[pafs.FileInfo]:
         base = f"{self.root}/{table}" + (f"/{PARTITION}={workload}" if workload else "")
@@ -225,7 +283,9 @@ class Store:
 
     def _split(self, infos: list[pafs.FileInfo]) -> tuple[list[str], list[str]]:
         """(live data files, files a visible compacted file replaces) — both sorted."""
-        data = sorted(i.path for i in infos if i.path.endswith(".parquet") and not os.path.basename(i.path).startswith((".", "_")))
+        data = sorted(
+            i.path for i in infos if i.path.endswith(".parquet") and not os.path.basename(i.path).startswith((".", "_"))
+        )
         replaced: set[str] = set()
         compacted = [p for p in data if p.endswith(COMPACTED_SUFFIX)]
         self._read_footers(compacted)
@@ -250,7 +310,7 @@ class Store:
                     pf = pq.ParquetFile(f)
                     md = pf.metadata
                     schema = pf.schema_arrow
-            except Exception as e:  # noqa: BLE001 — any unreadable file is reported, not fatal
+            except Exception as e:
                 return _Footer(error=str(e).splitlines()[0] if str(e) else type(e).__name__)
             meta = schema.metadata or {}
             replaces = tuple(json.loads(meta[REPLACES_KEY])) if REPLACES_KEY in meta else ()
@@ -290,7 +350,11 @@ class Store:
                 fields.append(pa.field(column, core.get(column, pa.float64())))
                 continue
             try:
-                merged = pa.unify_schemas([pa.schema([(column, t)]) for t in candidates], promote_options="permissive").field(column).type
+                merged = (
+                    pa.unify_schemas([pa.schema([(column, t)]) for t in candidates], promote_options="permissive")
+                    .field(column)
+                    .type
+                )
             except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
                 merged = None
             if merged is not None and (column not in core or merged == core[column]):
@@ -301,8 +365,10 @@ class Store:
                 continue
             # A real conflict: CORE's type wins, else the type most rows hold a value in (rows, unlike
             # files, do not change with compaction; ties: the newest file's type).
-            weight = {t: sum(self._footers[p].metadata.num_rows for p in ps if not self._footers[p].all_null(column))
-                      for t, ps in present.items()}  # fmt: skip
+            weight = {
+                t: sum(self._footers[p].metadata.num_rows for p in ps if not self._footers[p].all_null(column))
+                for t, ps in present.items()
+            }
             winner = core.get(column) or max(present, key=lambda t: (weight[t], max(present[t])))
             fields.append(pa.field(column, winner))
             for t, paths in present.items():
@@ -332,21 +398,33 @@ class Store:
         if resolved.skipped:
             path, why = next(iter(resolved.skipped.items()))
             more = f" (and {len(resolved.skipped) - 1} more)" if len(resolved.skipped) > 1 else ""
-            message = f"store table '{table}': left out {path}: {why}{more} — run `python -m jobs.store check` for the list"
+            message = (
+                f"store table '{table}': left out {path}: {why}{more} — run `python -m jobs.store check` for the list"
+            )
             if message not in self._warned:
                 self._warned.add(message)
                 warnings.warn(message, StoreWarning, stacklevel=3)
         if not resolved.files:
             return None
-        return ds.dataset(resolved.files, schema=resolved.schema, filesystem=self.fs, format="parquet",
-                          partitioning=ds.HivePartitioning(pa.schema([(PARTITION, pa.string())])),
-                          partition_base_dir=f"{self.root}/{table}")  # fmt: skip
+        return ds.dataset(
+            resolved.files,
+            schema=resolved.schema,
+            filesystem=self.fs,
+            format="parquet",
+            partitioning=ds.HivePartitioning(pa.schema([(PARTITION, pa.string())])),
+            partition_base_dir=f"{self.root}/{table}",
+        )
 
     def empty(self, table: str) -> pa.Table:
         return pa.schema([(k, v) for k, v in CORE.get(table, {}).items()] + [(PARTITION, pa.string())]).empty_table()
 
-    def read(self, table: str, workload: str | None = None, filter: ds.Expression | None = None,
-             columns: list[str] | None = None) -> pa.Table:  # fmt: skip
+    def read(
+        self,
+        table: str,
+        workload: str | None = None,
+        filter: ds.Expression | None = None,
+        columns: list[str] | None = None,
+    ) -> pa.Table:
         """Rows of ``table`` (optionally one workload's, filtered, some columns) as an Arrow table."""
         for attempt in range(3):
             d = self.dataset(table, workload)
@@ -358,16 +436,28 @@ class Store:
                 return d.to_table(filter=filter, columns=cols)
             except OSError as e:  # a compaction replaced a file after we listed it: list again
                 if attempt == 2:
-                    raise StoreError(f"cannot read store table '{table}' in '{self.uri}': {str(e).splitlines()[0]}") from None
+                    raise StoreError(
+                        f"cannot read store table '{table}' in '{self.uri}': {str(e).splitlines()[0]}"
+                    ) from None
         raise AssertionError("unreachable")
 
-    def df(self, table: str, workload: str | None = None, filter: ds.Expression | None = None,
-           columns: list[str] | None = None):  # fmt: skip
+    def df(
+        self,
+        table: str,
+        workload: str | None = None,
+        filter: ds.Expression | None = None,
+        columns: list[str] | None = None,
+    ):
         return self.read(table, workload, filter, columns).to_pandas()
 
     # ------------------------------------------------------------------ queries
-    def runs(self, workload: str | None = None, sweep_id: str | None = None, status: str | None = None,
-             since: str | dt.datetime | None = None):  # fmt: skip
+    def runs(
+        self,
+        workload: str | None = None,
+        sweep_id: str | None = None,
+        status: str | None = None,
+        since: str | dt.datetime | None = None,
+    ):
         """Runs, newest first; ``since`` is a datetime, an ISO date/time or an age like ``12h`` / ``7d``."""
         expr = None
         for column, value in (("sweep_id", sweep_id), ("status", status)):
@@ -391,10 +481,22 @@ class Store:
         col = metric or "best_metric"
         if metric and d is not None and metric not in names:
             numeric = sorted(n for n in names if pa.types.is_floating(d.schema.field(n).type))
-            raise config_lib.ConfigError(f"no column '{metric}' in runs — rank by one of: {', '.join(numeric)}")
+            raise StoreError(f"no column '{metric}' in runs — rank by one of: {', '.join(numeric)}")
         test_cols = [c for c in names if c.startswith("test_") and not c.endswith("_loss")][:2]
-        cols = ["workload", "rank", "run_id", "metric", col, *test_cols, "best_epoch", "epochs", "status", "sweep_id",
-                "wall_s", "finished_at"]  # fmt: skip
+        cols = [
+            "workload",
+            "rank",
+            "run_id",
+            "metric",
+            col,
+            *test_cols,
+            "best_epoch",
+            "epochs",
+            "status",
+            "sweep_id",
+            "wall_s",
+            "finished_at",
+        ]
         wanted = list(dict.fromkeys([c for c in cols if c != "rank"] + ["mode"]))
         df = self.df("runs", workload, ds.field("status").isin(list(FINISHED)) if "status" in names else None, wanted)
         if col not in df:
@@ -423,7 +525,7 @@ class Store:
         """The runs row of ``run_id`` (the newest, if written twice); ConfigError if none."""
         df = self.df("runs", filter=ds.field("run_id") == run_id)
         if not len(df):
-            raise config_lib.ConfigError(f"no run '{run_id}' in {self.uri} — list runs with: python -m jobs.store runs")
+            raise StoreError(f"no run '{run_id}' in {self.uri} — list runs with: python -m jobs.store runs")
         if "finished_at" in df:
             df = df.sort_values("finished_at")
         return df.iloc[-1].to_dict()
@@ -450,7 +552,9 @@ class Store:
             rows.append({"section": "metric", "key": key, run_a: _text(va), run_b: _text(vb), "delta": delta})
         for key in ("status", "metric", "workload", "git_sha", "data_fingerprint"):
             if a.get(key) != b.get(key):
-                rows.append({"section": "run", "key": key, run_a: _text(a.get(key)), run_b: _text(b.get(key)), "delta": ""})
+                rows.append(
+                    {"section": "run", "key": key, run_a: _text(a.get(key)), run_b: _text(b.get(key)), "delta": ""}
+                )
         return pd.DataFrame(rows, columns=["section", "key", run_a, run_b, "delta"])
 
     def sql(self, query: str):
@@ -467,13 +571,20 @@ class Store:
             return relation.to_arrow_table().to_pandas() if relation is not None else pa.table({}).to_pandas()
         except duckdb.Error as e:
             first = str(e).strip().splitlines()[0]
-            raise config_lib.ConfigError(f"sql: {first} — tables: {', '.join(names)}") from None
+            raise StoreError(f"sql: {first} — tables: {', '.join(names)}") from None
         finally:
             con.close()
 
     # ------------------------------------------------------------------ plots
-    def plot(self, run_ids: list[str] = (), sweep_id: str | None = None, workload: str | None = None,
-             metric: str | None = None, out: str = "plots", top: int = 5) -> list[str]:  # fmt: skip
+    def plot(
+        self,
+        run_ids: list[str] = (),
+        sweep_id: str | None = None,
+        workload: str | None = None,
+        metric: str | None = None,
+        out: str = "plots",
+        top: int = 5,
+    ) -> list[str]:
         """Learning curves (metric and train loss per epoch, one line per run) and, for a sweep,
         the metric against each hyperparameter. Runs: ``run_ids``, else the sweep's trials, else
         the ``top`` runs of each workload on the leaderboard. Returns the PNG paths written."""
@@ -487,15 +598,21 @@ class Store:
         elif sweep_id:
             trials = self.runs(sweep_id=sweep_id)
             if not len(trials):
-                raise config_lib.ConfigError(f"no runs of sweep '{sweep_id}' in {self.uri} — list sweeps with: python -m jobs.store sql \"SELECT * FROM sweeps\"")
+                raise StoreError(
+                    f"no runs of sweep '{sweep_id}' in {self.uri} — list sweeps with: python -m jobs.store sql \"SELECT * FROM sweeps\""
+                )
             groups = {sweep_id: list(trials["run_id"])}
         else:
             board = self.leaderboard(workload, metric, top)
             if not len(board):
-                raise config_lib.ConfigError(f"no finished runs{f' of {workload}' if workload else ''} in {self.uri} — train one first")
+                raise StoreError(
+                    f"no finished runs{f' of {workload}' if workload else ''} in {self.uri} — train one first"
+                )
             groups = {w: list(g["run_id"]) for w, g in board.groupby(PARTITION, sort=True)}
         for tag, ids in groups.items():
-            written.append(self._plot_curves(ids, metric, f"{out}/curves-{_safe(tag)}.png", tag, top if not run_ids else len(ids)))
+            written.append(
+                self._plot_curves(ids, metric, f"{out}/curves-{_safe(tag)}.png", tag, top if not run_ids else len(ids))
+            )
         if sweep_id:
             written.append(self._plot_sweep(sweep_id, metric, f"{out}/sweep-{_safe(sweep_id)}.png"))
         return written
@@ -507,7 +624,9 @@ class Store:
         epochs = self.df("epochs", filter=ds.field("run_id").isin(run_ids))
         missing = sorted(set(run_ids) - set(epochs["run_id"]))
         if len(missing) == len(set(run_ids)):
-            raise config_lib.ConfigError(f"no epochs for run(s) {', '.join(missing)} in {self.uri} — list runs with: python -m jobs.store runs")
+            raise StoreError(
+                f"no epochs for run(s) {', '.join(missing)} in {self.uri} — list runs with: python -m jobs.store runs"
+            )
         info = {r["run_id"]: r for r in runs.to_dict("records")}
         metric = metric or next((info[r].get("metric") for r in run_ids if r in info and info[r].get("metric")), None)
         if not metric or metric not in epochs or epochs[metric].isna().all():
@@ -515,7 +634,9 @@ class Store:
         total = len(set(run_ids))
         if total > limit and all(r in info for r in run_ids):  # a big sweep: only the best lines
             mode = info[run_ids[0]].get("mode") or "max"
-            run_ids = sorted(run_ids, key=lambda r: _number(info[r].get("best_metric")) or 0.0, reverse=mode == "max")[:limit]
+            run_ids = sorted(run_ids, key=lambda r: _number(info[r].get("best_metric")) or 0.0, reverse=mode == "max")[
+                :limit
+            ]
             title += f" (best {limit} of {total} runs)"
         panels = [m for m in (metric, "train_loss") if m and m in epochs and not epochs[m].isna().all()]
         fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.4), squeeze=False)
@@ -526,7 +647,11 @@ class Store:
                     continue
                 status = info.get(run_id, {}).get("status", "")
                 best = _number(info.get(run_id, {}).get("best_metric"))
-                label = run_id + (f" {best:.3f}" if best is not None else "") + (f" ({status})" if status and status != "completed" else "")
+                label = (
+                    run_id
+                    + (f" {best:.3f}" if best is not None else "")
+                    + (f" ({status})" if status and status != "completed" else "")
+                )
                 style = "--" if status == "stopped_early" else "-"
                 ax.plot(h["epoch"], h[column], style, marker="o", markersize=3, label=label)
             ax.set_xlabel("epoch")
@@ -551,21 +676,29 @@ class Store:
         if len(sweeps) and sweeps.iloc[-1].get("search_space_json"):
             space = json.loads(sweeps.iloc[-1]["search_space_json"])
         params = [p for p in space if p in trials] or [
-            c for c in trials.columns
+            c
+            for c in trials.columns
             if c.split(".")[0] in ("data", "model", "train") and trials[c].nunique(dropna=True) > 1
-        ]  # fmt: skip
+        ]
         if not params:
-            raise config_lib.ConfigError(f"sweep '{sweep_id}': no hyperparameter varies between its trials — nothing to plot")
+            raise StoreError(f"sweep '{sweep_id}': no hyperparameter varies between its trials — nothing to plot")
         column = metric or "best_metric"
-        ylabel = metric or (trials["metric"].dropna().iloc[0] if "metric" in trials and trials["metric"].notna().any() else "best_metric")
+        ylabel = metric or (
+            trials["metric"].dropna().iloc[0]
+            if "metric" in trials and trials["metric"].notna().any()
+            else "best_metric"
+        )
         finished = trials[trials["status"].isin(FINISHED) & trials[column].notna()]
         mode = finished["mode"].dropna().iloc[0] if "mode" in finished and finished["mode"].notna().any() else "max"
         best = (finished[column].idxmax() if mode == "max" else finished[column].idxmin()) if len(finished) else None
         ncols = min(3, len(params))
         nrows = -(-len(params) // ncols)
         fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 4 * nrows), squeeze=False)
-        styles = {"completed": ("o", "tab:blue", "completed"), "stopped_early": ("x", "tab:orange", "stopped early (ASHA)"),
-                  "failed": ("v", "tab:red", "failed")}  # fmt: skip
+        styles = {
+            "completed": ("o", "tab:blue", "completed"),
+            "stopped_early": ("x", "tab:orange", "stopped early (ASHA)"),
+            "failed": ("v", "tab:red", "failed"),
+        }
         for ax, param in zip(axes.flat, params):
             values = trials[param]
             categorical = not all(isinstance(v, (int, float, np.integer, np.floating)) for v in values.dropna())
@@ -576,19 +709,29 @@ class Store:
             else:
                 xs = values.astype(float)
                 positive = xs.dropna()
-                if (space.get(param, {}) or {}).get("loguniform") or (len(positive) and positive.min() > 0 and positive.max() / positive.min() > 50):
+                if (space.get(param, {}) or {}).get("loguniform") or (
+                    len(positive) and positive.min() > 0 and positive.max() / positive.min() > 50
+                ):
                     ax.set_xscale("log")
             for status, (marker, color, label) in styles.items():
                 mask = (trials["status"] == status) & trials[column].notna()
                 if mask.any():
                     ax.scatter(xs[mask], trials.loc[mask, column], marker=marker, color=color, s=40, label=label)
             if best is not None:
-                ax.scatter(xs[best], trials.loc[best, column], marker="*", s=220, facecolor="none", edgecolor="tab:red",
-                           linewidth=1.4, label=f"best: {trials.loc[best, 'run_id']}")  # fmt: skip
+                ax.scatter(
+                    xs[best],
+                    trials.loc[best, column],
+                    marker="*",
+                    s=220,
+                    facecolor="none",
+                    edgecolor="tab:red",
+                    linewidth=1.4,
+                    label=f"best: {trials.loc[best, 'run_id']}",
+                )
             ax.set_xlabel(param)
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-        for ax in list(axes.flat)[len(params):]:
+        for ax in list(axes.flat)[len(params) :]:
             ax.set_visible(False)
         axes.flat[0].legend(fontsize=8, loc="best")
         fig.suptitle(f"sweep {sweep_id}: {ylabel} (best epoch) of each trial, {len(trials)} trials")
@@ -619,8 +762,13 @@ class Store:
         lock = self._lock_info()
         if lock is not None:
             stale = lock.mtime is not None and lock.mtime < cutoff
-            add("stale_lock" if stale else "in_progress", "", lock.path,
-                "a compaction died holding the lock" if stale else "a compaction is running", stale)  # fmt: skip
+            add(
+                "stale_lock" if stale else "in_progress",
+                "",
+                lock.path,
+                "a compaction died holding the lock" if stale else "a compaction is running",
+                stale,
+            )
         for table in self.tables():
             infos = self._list(table)
             for i in infos:
@@ -628,14 +776,29 @@ class Store:
                     if i.mtime is None or i.mtime < cutoff:
                         add("temp_file", table, i.path, "left by a crashed writer", True)
                     else:
-                        add("in_progress", table, i.path, "a temp file younger than --older-than: a writer may still be running")
+                        add(
+                            "in_progress",
+                            table,
+                            i.path,
+                            "a temp file younger than --older-than: a writer may still be running",
+                        )
             live, replaced = self._split(infos)
             for p in replaced:
-                add("superseded", table, p, "replaced by a compacted file; a compaction stopped before deleting it", True)
+                add(
+                    "superseded",
+                    table,
+                    p,
+                    "replaced by a compacted file; a compaction stopped before deleting it",
+                    True,
+                )
             resolved = self._resolve(table, live)
             for p, why in resolved.skipped.items():
-                add("unreadable" if why.startswith("unreadable") else "type_conflict", table, p,
-                    why + " — left out of reads; fix or remove the file")  # fmt: skip
+                add(
+                    "unreadable" if why.startswith("unreadable") else "type_conflict",
+                    table,
+                    p,
+                    why + " — left out of reads; fix or remove the file",
+                )
             for note in resolved.promoted:
                 findings.append({"kind": "type_promoted", "table": table, "path": "", "detail": note, "fixed": False})
             per_folder: dict[str, int] = {}
@@ -643,8 +806,15 @@ class Store:
                 per_folder[os.path.dirname(p)] = per_folder.get(os.path.dirname(p), 0) + 1
             for folder, n in sorted(per_folder.items()):
                 if n >= SMALL_FILES:
-                    findings.append({"kind": "many_files", "table": table, "path": folder, "fixed": False,
-                                     "detail": f"{n} files: queries open every one — run `python -m jobs.store compact`"})  # fmt: skip
+                    findings.append(
+                        {
+                            "kind": "many_files",
+                            "table": table,
+                            "path": folder,
+                            "fixed": False,
+                            "detail": f"{n} files: queries open every one — run `python -m jobs.store compact`",
+                        }
+                    )
         return findings
 
     def compact(self, tables: list[str] | None = None, workload: str | None = None, min_files: int = 2) -> list[dict]:
@@ -663,12 +833,19 @@ class Store:
                     summary.append(self._compact_folder(table, folder, in_folder, resolved, min_files))
         return summary
 
-    def _compact_folder(self, table: str, folder: str, infos: list[pafs.FileInfo], resolved: _Resolved, min_files: int) -> dict:
+    def _compact_folder(
+        self, table: str, folder: str, infos: list[pafs.FileInfo], resolved: _Resolved, min_files: int
+    ) -> dict:
         live, replaced = self._split(infos)
         usable = set(resolved.files)
         inputs = [p for p in live if p in usable]
-        result = {"table": table, "partition": os.path.basename(folder), "files_before": len(live),
-                  "files_after": len(live), "rows": 0}  # fmt: skip
+        result = {
+            "table": table,
+            "partition": os.path.basename(folder),
+            "files_before": len(live),
+            "files_after": len(live),
+            "rows": 0,
+        }
         if len(inputs) < min_files and not replaced:
             return result
         present = {f.name for p in inputs for f in self._footers[p].schema}
@@ -741,6 +918,78 @@ class Store:
         return Lock()
 
 
+# ----------------------------------------------------------------------------- lineage of continual rounds
+def lineage(store: Store, run_id: str):
+    """The rounds around ``run_id``: its ancestors, itself, then its descendants (one row per run)."""
+    import pandas as pd
+
+    runs = store.df("runs")
+    if not len(runs) or run_id not in set(runs["run_id"]):
+        raise StoreError(f"no run '{run_id}' in store '{store.uri}' — list runs with: python -m jobs.store runs")
+    runs = runs.sort_values("finished_at")
+    rows = {r["run_id"]: clean_row(r) for r in runs.to_dict("records")}  # a run id has one row; the newest wins
+    chain, seen, current = [], set(), run_id
+    while current and current in rows and current not in seen:  # ancestors (a cycle cannot happen; guard anyway)
+        chain.append(current)
+        seen.add(current)
+        current = rows[current].get("parent_run_id")
+    chain.reverse()
+    children: dict[str, list[str]] = {}
+    for r in rows.values():
+        if r.get("parent_run_id"):
+            children.setdefault(r["parent_run_id"], []).append(r["run_id"])
+    queue = list(children.get(run_id, []))
+    while queue:  # descendants, breadth first (in finishing order within a parent)
+        child = queue.pop(0)
+        if child not in seen:
+            chain.append(child)
+            seen.add(child)
+            queue.extend(children.get(child, []))
+    out = []
+    for rid in chain:
+        r = rows[rid]
+        base = (r.get("metric") or "").removeprefix("val_")
+        out.append(
+            {
+                "round": int(r.get("round") or 1),
+                "run_id": rid,
+                "parent_run_id": r.get("parent_run_id") or "",
+                "status": r.get("status"),
+                "data": describe_data(r.get("config_json")),
+                "data_fingerprint": r.get("data_fingerprint") or "",
+                "metric": base,
+                "new_test": r.get(f"test_{base}"),
+                "parent_new_test": r.get(f"parent_new_test_{base}"),
+                "gain": r.get("gain"),
+                "old_test": r.get(f"old_test_{base}"),
+                "forgetting": r.get("forgetting"),
+                "replay": r.get("continual.replay_fraction"),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def describe_data(config_json) -> str:
+    """A short name for a run's data: its train file, else its shipped source, plus any cap."""
+    try:
+        data = json.loads(config_json).get("data", {})
+    except (TypeError, ValueError):
+        return ""
+    name = data.get("train") or data.get("source") or "default"
+    name = name if len(name) <= 40 else "…" + name[-39:]
+    cap = data.get("max_train_samples")
+    return f"{name} (≤{cap})" if cap else name
+
+
+def clean_row(row: dict) -> dict:
+    """pandas NaN/NaT -> None, so ``row.get(k) or default`` reads naturally."""
+    return {k: (None if missing(v) else v) for k, v in row.items()}
+
+
+def missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or str(v) in ("NaT", "nan")
+
+
 def _promotes(t: pa.DataType, winner: pa.DataType) -> bool:
     try:
         merged = pa.unify_schemas([pa.schema([("c", t)]), pa.schema([("c", winner)])], promote_options="permissive")
@@ -796,7 +1045,7 @@ def _safe(tag: str) -> str:
 def parse_since(since: str | dt.datetime) -> dt.datetime:
     """``7d`` / ``12h`` / ``30m`` ago, or an ISO date/time (UTC unless it says otherwise)."""
     if isinstance(since, dt.datetime):
-        return since if since.tzinfo else since.replace(tzinfo=dt.timezone.utc)
+        return since if since.tzinfo else since.replace(tzinfo=dt.UTC)
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", since)
     if m:
         seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
@@ -804,8 +1053,8 @@ def parse_since(since: str | dt.datetime) -> dt.datetime:
     try:
         when = dt.datetime.fromisoformat(since)
     except ValueError:
-        raise config_lib.ConfigError(f"--since '{since}' is not an age or a date — write e.g. 12h, 7d or 2026-01-31") from None
-    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+        raise StoreError(f"--since '{since}' is not an age or a date — write e.g. 12h, 7d or 2026-01-31") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 def to_arrow(table: str, rows: list[dict[str, Any]]) -> pa.Table:
@@ -850,8 +1099,16 @@ def print_frame(df, fmt: str = "table", empty: str = "(no rows)") -> None:
     else:
         import pandas as pd
 
-        with pd.option_context("display.max_columns", None, "display.width", 200, "display.max_colwidth", 80,
-                               "display.float_format", "{:.4f}".format):  # fmt: skip
+        with pd.option_context(
+            "display.max_columns",
+            None,
+            "display.width",
+            200,
+            "display.max_colwidth",
+            80,
+            "display.float_format",
+            "{:.4f}".format,
+        ):
             print(df.to_string(index=False))
 
 
@@ -860,7 +1117,9 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.store", description="Query and maintain the Parquet evaluation store.")
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.store", description="Query and maintain the Parquet evaluation store."
+    )
     p.add_argument("--store", help="store path or s3:// URI (default $PERENNIAL_STORE or ./store)")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -891,30 +1150,46 @@ def main(argv: list[str]) -> int:
     pl.add_argument("--out", default="plots", help="output folder")
     ck = sub.add_parser("check", help="report unreadable files, type conflicts and crash leftovers")
     ck.add_argument("--fix", action="store_true", help="remove leftover temp files and files a compaction replaced")
-    ck.add_argument("--older-than", type=float, default=3600.0, metavar="S",
-                    help="only temp files older than S seconds count as leftovers (default 3600)")  # fmt: skip
-    cc = sub.add_parser("compact", help="merge each partition's small files into one (safe while others read and write)")
+    ck.add_argument(
+        "--older-than",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="only temp files older than S seconds count as leftovers (default 3600)",
+    )
+    cc = sub.add_parser(
+        "compact", help="merge each partition's small files into one (safe while others read and write)"
+    )
     cc.add_argument("--table", action="append", help="table(s) to compact (default: all)")
     cc.add_argument("--workload")
     args = p.parse_args(argv)
     warnings.formatwarning = _format_warning
-    store = Store(config_lib.store_path(args.store))
+    store = Store(store_path(args.store))
     if args.cmd == "leaderboard":
         df = store.leaderboard(args.workload, args.metric, args.top)
         print_frame(df, args.format, empty=f"(no finished runs in {store.uri})")
     elif args.cmd == "runs":
         df = store.runs(args.workload, args.sweep, args.status, args.since)
-        cols = ["run_id", "workload", "status", "metric", "best_metric", "epochs", "sweep_id", "trial_id", "wall_s", "finished_at"]
+        cols = [
+            "run_id",
+            "workload",
+            "status",
+            "metric",
+            "best_metric",
+            "epochs",
+            "sweep_id",
+            "trial_id",
+            "wall_s",
+            "finished_at",
+        ]
         print_frame(df[[c for c in cols if c in df.columns]] if len(df) else df, args.format)
     elif args.cmd == "history":
         df = store.history(args.run_id)
         if not len(df):
-            raise config_lib.ConfigError(f"no epochs for run '{args.run_id}' — list runs with: python -m jobs.store runs")
+            raise StoreError(f"no epochs for run '{args.run_id}' — list runs with: python -m jobs.store runs")
         keep = [c for c in df.columns if c not in ("sweep_id", "trial_id", PARTITION) and not df[c].isna().all()]
         print_frame(df[keep], args.format)
     elif args.cmd == "lineage":
-        from jobs.continual import lineage  # jobs.continual defines what a round records
-
         print_frame(lineage(store, args.run_id), args.format)
     elif args.cmd == "compare":
         print_frame(store.compare(args.run_a, args.run_b), args.format)
@@ -927,8 +1202,11 @@ def main(argv: list[str]) -> int:
         import pandas as pd
 
         findings = store.check(args.fix, args.older_than)
-        print_frame(pd.DataFrame(findings, columns=["kind", "table", "path", "detail", "fixed"]), args.format,
-                    empty=f"store {store.uri}: no problems found")  # fmt: skip
+        print_frame(
+            pd.DataFrame(findings, columns=["kind", "table", "path", "detail", "fixed"]),
+            args.format,
+            empty=f"store {store.uri}: no problems found",
+        )
         return 1 if any(not f["fixed"] and f["kind"] not in INFO_KINDS for f in findings) else 0
     elif args.cmd == "compact":
         import pandas as pd
@@ -938,4 +1216,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    config_lib.cli_main(main)
+    cli_main(main)

@@ -43,7 +43,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from jobs import config as config_lib
-from jobs.store import Store, now, print_frame
+from jobs.errors import ClusterError
+from jobs.store import Store, now, print_frame, store_path
 
 ROOT = Path(__file__).resolve().parent.parent
 VERBS = ("train", "sweep", "continual")
@@ -53,21 +54,41 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # stay here — Ray reads .gitignore but not .git/info/exclude), and never credentials files.
 UPLOAD = ("jobs", "workloads", "configs", "pyproject.toml")  # top-level entries; plus the config's own folder
 EXCLUDES = [
-    ".git/", ".venv/", "venv/", "runs/", "store/", "ray_results/", "plots/", "bench/out/", "data/",
-    "__pycache__/", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/", "*.egg-info/", ".gl/",
-    "*.parquet", "*.pt", "*.safetensors", "*.ckpt",
-    ".env", ".env.*", ".envrc", ".aws/", ".netrc", ".pypirc", "*.pem", "*.key", "credentials*",
-]  # fmt: skip
+    ".git/",
+    ".venv/",
+    "venv/",
+    "runs/",
+    "store/",
+    "ray_results/",
+    "plots/",
+    "bench/out/",
+    "data/",
+    "__pycache__/",
+    ".pytest_cache/",
+    ".mypy_cache/",
+    ".ruff_cache/",
+    "*.egg-info/",
+    ".gl/",
+    "*.parquet",
+    "*.pt",
+    "*.safetensors",
+    "*.ckpt",
+    ".env",
+    ".env.*",
+    ".envrc",
+    ".aws/",
+    ".netrc",
+    ".pypirc",
+    "*.pem",
+    "*.key",
+    "credentials*",
+]
 
 
 def upload_excludes(config: str) -> list[str]:
     """Ray ``excludes`` for the repo: every top-level entry but UPLOAD and the config's folder, then EXCLUDES."""
     keep = set(UPLOAD) | {Path(config).parts[0]}
     return sorted(f"/{name}" for name in os.listdir(ROOT) if name not in keep) + EXCLUDES
-
-
-class ClusterError(RuntimeError):
-    """No usable Ray cluster at the address (exit code 1)."""
 
 
 # ----------------------------------------------------------------------------- Ray client
@@ -91,10 +112,12 @@ def client(address: str | None):
         if os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
             hint = "the token was refused: use the cluster's $HOME/.ray/auth_token or RAY_AUTH_TOKEN"
         raise ClusterError(f"the Ray cluster at {where} requires authentication — {hint}") from None
-    except Exception as e:  # noqa: BLE001 — connection refused, DNS, timeouts: all mean "no cluster here"
+    except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ClusterError(f"no Ray cluster at {where} ({first}) — start one with 'ray start --head', "
-                           f"or pass --address / set RAY_ADDRESS to its dashboard URL") from None  # fmt: skip
+        raise ClusterError(
+            f"no Ray cluster at {where} ({first}) — start one with 'ray start --head', "
+            f"or pass --address / set RAY_ADDRESS to its dashboard URL"
+        ) from None
 
 
 def job_info(ray_client, submission_id: str):
@@ -102,12 +125,14 @@ def job_info(ray_client, submission_id: str):
         return ray_client.get_job_info(submission_id)
     except RuntimeError as e:
         if "404" in str(e) or "does not exist" in str(e):
-            raise config_lib.ConfigError(f"no job '{submission_id}' on this cluster — list jobs with: python -m jobs.submit list") from None
+            raise config_lib.ConfigError(
+                f"no job '{submission_id}' on this cluster — list jobs with: python -m jobs.submit list"
+            ) from None
         raise
 
 
 def _ms(ms: int | None) -> dt.datetime | None:
-    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc) if ms else None
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC) if ms else None
 
 
 def _ours(info) -> bool:
@@ -120,12 +145,19 @@ def final_row(info) -> dict:
     meta = info.metadata or {}
     submitted = meta.get("submitted_at")
     return {
-        "submission_id": info.submission_id, "workload": meta.get("workload", ""), "entrypoint": info.entrypoint,
-        "verb": meta.get("verb", ""), "status": info.status.value.lower(), "message": (info.message or "")[:4000],
+        "submission_id": info.submission_id,
+        "workload": meta.get("workload", ""),
+        "entrypoint": info.entrypoint,
+        "verb": meta.get("verb", ""),
+        "status": info.status.value.lower(),
+        "message": (info.message or "")[:4000],
         "submitted_at": dt.datetime.fromisoformat(submitted) if submitted else None,
-        "started_at": _ms(info.start_time), "finished_at": _ms(info.end_time),
-        "config_hash": meta.get("config_hash", ""), "git_sha": meta.get("git_sha", ""), "address": meta.get("address", ""),
-    }  # fmt: skip
+        "started_at": _ms(info.start_time),
+        "finished_at": _ms(info.end_time),
+        "config_hash": meta.get("config_hash", ""),
+        "git_sha": meta.get("git_sha", ""),
+        "address": meta.get("address", ""),
+    }
 
 
 def recorded_finals(store: Store, submission_ids: list[str] | None = None) -> set[str]:
@@ -144,7 +176,7 @@ def observe(infos: list) -> None:
     ended = [i for i in infos if _ours(i) and i.status.value in TERMINAL]
     by_store: dict[str, list] = {}
     for info in ended:
-        by_store.setdefault(info.metadata.get("store") or absolute(config_lib.store_path(None)), []).append(info)
+        by_store.setdefault(info.metadata.get("store") or absolute(store_path(None)), []).append(info)
     for uri, group in by_store.items():
         try:
             store = Store(uri)
@@ -160,10 +192,18 @@ def observe(infos: list) -> None:
 def git_sha() -> str:
     """HEAD's short sha, ``-dirty`` when the working tree has uncommitted changes."""
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5, cwd=ROOT)
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5, cwd=ROOT
+        )
         if sha.returncode != 0:
             return ""
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=10, cwd=ROOT)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            cwd=ROOT,
+        )
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
         return ""
@@ -187,9 +227,13 @@ def repo_relative(config: str) -> str:
     try:
         rel = p.relative_to(ROOT)
     except ValueError:
-        raise config_lib.ConfigError(f"config '{config}' is outside the repo {ROOT} — the job only sees files uploaded from it; copy the config under configs/") from None
+        raise config_lib.ConfigError(
+            f"config '{config}' is outside the repo {ROOT} — the job only sees files uploaded from it; copy the config under configs/"
+        ) from None
     if rel.parts and rel.parts[0] in {e.strip("/") for e in EXCLUDES if e.endswith("/")}:
-        raise config_lib.ConfigError(f"config '{config}' is in {rel.parts[0]}/, which is not uploaded — copy it under configs/")
+        raise config_lib.ConfigError(
+            f"config '{config}' is in {rel.parts[0]}/, which is not uploaded — copy it under configs/"
+        )
     return rel.as_posix()
 
 
@@ -210,7 +254,10 @@ def follow(ray_client, submission_id: str) -> int:
             time.sleep(1.0)
             info = job_info(ray_client, submission_id)
     except KeyboardInterrupt:
-        print(f"\nstopped following; the job keeps running — stop it with: python -m jobs.submit stop {submission_id}", file=sys.stderr)
+        print(
+            f"\nstopped following; the job keeps running — stop it with: python -m jobs.submit stop {submission_id}",
+            file=sys.stderr,
+        )
         return 130
     observe([info])
     print_outcome(info)
@@ -228,10 +275,14 @@ def print_outcome(info) -> None:
 def cmd_submit(args, cfg, store: Store) -> int:
     config = repo_relative(args.config)
     if not (ROOT / "jobs" / f"{args.verb}.py").is_file():
-        raise config_lib.ConfigError(f"verb '{args.verb}' has no jobs/{args.verb}.py in this repo — use one of: "
-                                     + ", ".join(v for v in VERBS if (ROOT / "jobs" / f"{v}.py").is_file()))  # fmt: skip
+        raise config_lib.ConfigError(
+            f"verb '{args.verb}' has no jobs/{args.verb}.py in this repo — use one of: "
+            + ", ".join(v for v in VERBS if (ROOT / "jobs" / f"{v}.py").is_file())
+        )
     if (args.verb == "continual") != bool(args.parent):
-        raise config_lib.ConfigError("--from best|RUN_ID goes with --verb continual (and only with it): the run the new round starts from")
+        raise config_lib.ConfigError(
+            "--from best|RUN_ID goes with --verb continual (and only with it): the run the new round starts from"
+        )
     env_vars = {}
     for item in args.env:
         name, _, value = item.partition("=")
@@ -243,17 +294,38 @@ def cmd_submit(args, cfg, store: Store) -> int:
         overrides.append(f"run.storage_path={absolute(cfg.run.storage_path)}")  # not inside the job's temp copy
     submission_id = f"{cfg.workload}-{args.verb}-{uuid.uuid4().hex[:8]}"
     sha = git_sha()
-    entrypoint = shlex.join(["python", "-m", f"jobs.{args.verb}", "--config", config, *(["--from", args.parent] if args.parent else []),
-                             *(["--smoke-test"] if args.smoke_test else []), *overrides])  # fmt: skip
+    entrypoint = shlex.join(
+        [
+            "python",
+            "-m",
+            f"jobs.{args.verb}",
+            "--config",
+            config,
+            *(["--from", args.parent] if args.parent else []),
+            *(["--smoke-test"] if args.smoke_test else []),
+            *overrides,
+        ]
+    )
     ray_client = client(args.address)
     submitted_at = now()
-    metadata = {"perennial": "1", "workload": cfg.workload, "verb": args.verb, "config": config,
-                "config_hash": config_hash(cfg), "git_sha": sha, "store": store.uri,
-                "submitted_at": submitted_at.isoformat(), "address": ray_client.get_address()}  # fmt: skip
+    metadata = {
+        "perennial": "1",
+        "workload": cfg.workload,
+        "verb": args.verb,
+        "config": config,
+        "config_hash": config_hash(cfg),
+        "git_sha": sha,
+        "store": store.uri,
+        "submitted_at": submitted_at.isoformat(),
+        "address": ray_client.get_address(),
+    }
     local_cluster = urlparse(metadata["address"]).hostname in ("127.0.0.1", "localhost", "::1")
     if not local_cluster and "://" not in store.uri:
-        print(f"warning: the store {store.uri} is a local path, but the cluster at {metadata['address']} may not share "
-              "this machine's disk — use --store s3://bucket/prefix", file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: the store {store.uri} is a local path, but the cluster at {metadata['address']} may not share "
+            "this machine's disk — use --store s3://bucket/prefix",
+            file=sys.stderr,
+        )
     env_vars |= {"PERENNIAL_STORE": store.uri, "PERENNIAL_JOB_ID": submission_id, "PERENNIAL_GIT_SHA": sha}
     if local_cluster:
         # A single-machine cluster: Ray Train's placement-group cleaner looks up the State API by
@@ -261,15 +333,29 @@ def cmd_submit(args, cfg, store: Store) -> int:
         env_vars.setdefault("RAY_API_SERVER_ADDRESS", metadata["address"])
     runtime_env = {"working_dir": str(ROOT), "excludes": upload_excludes(config), "env_vars": env_vars}
     try:
-        ray_client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env, metadata=metadata)
-    except Exception as e:  # noqa: BLE001 — Ray raises RuntimeError with the server's text
+        ray_client.submit_job(
+            entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env, metadata=metadata
+        )
+    except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ClusterError(f"submission refused by {ray_client.get_address()}: {first}") from None
-    store.append("jobs", [{
-        "submission_id": submission_id, "workload": cfg.workload, "entrypoint": entrypoint, "verb": args.verb,
-        "status": "submitted", "message": "", "submitted_at": submitted_at, "config_hash": metadata["config_hash"],
-        "git_sha": sha, "address": metadata["address"],
-    }])  # fmt: skip
+    store.append(
+        "jobs",
+        [
+            {
+                "submission_id": submission_id,
+                "workload": cfg.workload,
+                "entrypoint": entrypoint,
+                "verb": args.verb,
+                "status": "submitted",
+                "message": "",
+                "submitted_at": submitted_at,
+                "config_hash": metadata["config_hash"],
+                "git_sha": sha,
+                "address": metadata["address"],
+            }
+        ],
+    )
     print(f"submitted {submission_id}: {entrypoint}")
     if not args.follow:
         print(f"  follow: python -m jobs.submit logs {submission_id} --follow")
@@ -284,11 +370,18 @@ def cmd_status(args) -> int:
     observe([info])
     meta = info.metadata or {}
     rows = {
-        "submission_id": info.submission_id, "status": info.status.value.lower(), "workload": meta.get("workload", ""),
-        "verb": meta.get("verb", ""), "entrypoint": info.entrypoint, "started_at": _ms(info.start_time),
-        "finished_at": _ms(info.end_time), "config_hash": meta.get("config_hash", ""), "git_sha": meta.get("git_sha", ""),
-        "store": meta.get("store", ""), "message": (info.message or "").strip(),
-    }  # fmt: skip
+        "submission_id": info.submission_id,
+        "status": info.status.value.lower(),
+        "workload": meta.get("workload", ""),
+        "verb": meta.get("verb", ""),
+        "entrypoint": info.entrypoint,
+        "started_at": _ms(info.start_time),
+        "finished_at": _ms(info.end_time),
+        "config_hash": meta.get("config_hash", ""),
+        "git_sha": meta.get("git_sha", ""),
+        "store": meta.get("store", ""),
+        "message": (info.message or "").strip(),
+    }
     if args.format == "table":
         for k, v in rows.items():
             print(f"{k:>14}: {'' if v is None else v}")
@@ -319,10 +412,20 @@ def cmd_list(args) -> int:
     for info in infos:
         meta = info.metadata or {}
         took = (info.end_time - info.start_time) / 1000 if info.start_time and info.end_time else None
-        rows.append({"submission_id": info.submission_id, "workload": meta.get("workload", ""), "verb": meta.get("verb", ""),
-                     "status": info.status.value.lower(), "submitted_at": meta.get("submitted_at", "")[:19],
-                     "duration_s": took, "message": (info.message or "").strip().splitlines()[0][:80] if info.message else ""})  # fmt: skip
-    df = pd.DataFrame(rows, columns=["submission_id", "workload", "verb", "status", "submitted_at", "duration_s", "message"])
+        rows.append(
+            {
+                "submission_id": info.submission_id,
+                "workload": meta.get("workload", ""),
+                "verb": meta.get("verb", ""),
+                "status": info.status.value.lower(),
+                "submitted_at": meta.get("submitted_at", "")[:19],
+                "duration_s": took,
+                "message": (info.message or "").strip().splitlines()[0][:80] if info.message else "",
+            }
+        )
+    df = pd.DataFrame(
+        rows, columns=["submission_id", "workload", "verb", "status", "submitted_at", "duration_s", "message"]
+    )
     if args.workload:
         df = df[df["workload"] == args.workload]
     if args.status:
@@ -357,8 +460,13 @@ def main(argv: list[str]) -> int:
     sm.add_argument("--from", dest="parent", metavar="best|RUN_ID", help="with --verb continual: the run to start from")
     sm.add_argument("--follow", action="store_true", help="stream the logs; exit 0 if the job succeeds, 1 if not")
     sm.add_argument("--smoke-test", action="store_true", help="the workload's tiny mode")
-    sm.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
-                    help="also set this variable in the job (e.g. AWS_ENDPOINT_URL); NAME alone copies it from here")  # fmt: skip
+    sm.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME[=VALUE]",
+        help="also set this variable in the job (e.g. AWS_ENDPOINT_URL); NAME alone copies it from here",
+    )
     sm.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.01")
     st = sub.add_parser("status", help="a job's status and Ray's message")
     st.add_argument("id")
@@ -378,7 +486,7 @@ def main(argv: list[str]) -> int:
     try:
         if args.cmd == "submit":  # bad input: exit 2 here, before any cluster work
             cfg = config_lib.load_config(args.config, args.overrides, smoke_test=args.smoke_test)
-            return cmd_submit(args, cfg, Store(absolute(config_lib.store_path(args.store, cfg))))
+            return cmd_submit(args, cfg, Store(absolute(store_path(args.store, cfg))))
         return {"status": cmd_status, "logs": cmd_logs, "list": cmd_list, "stop": cmd_stop}[args.cmd](args)
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -34,7 +34,7 @@ import typing
 import uuid
 
 from jobs import config as config_lib
-from jobs.store import Store, now
+from jobs.store import Store, now, store_path
 from jobs.train import ClusterError, fit, git_sha, init_ray, job_id, make_trainer, record_run, run_trainer, storage_uri
 from workloads import WORKLOADS
 
@@ -85,13 +85,19 @@ def tune_space(cfg, space: dict | None = None) -> dict:
                 f"into its sections ({', '.join(sections)}), e.g. train.lr"
             )
         if key == "train.epochs":
-            raise config_lib.ConfigError(f"{where}: train.epochs is every trial's budget (ASHA's max) — set it in train:, not in the search space")
+            raise config_lib.ConfigError(
+                f"{where}: train.epochs is every trial's budget (ASHA's max) — set it in train:, not in the search space"
+            )
         field_type = _field_type(cfg, key, where)
         if not isinstance(spec, dict) or len(spec) != 1:
-            raise config_lib.ConfigError(f"{where} must be one distribution, e.g. {{loguniform: [1.0e-4, 1.0e-2]}}, got {spec!r}")
-        (dist, args), = spec.items()
+            raise config_lib.ConfigError(
+                f"{where} must be one distribution, e.g. {{loguniform: [1.0e-4, 1.0e-2]}}, got {spec!r}"
+            )
+        ((dist, args),) = spec.items()
         if dist not in DISTRIBUTIONS:
-            raise config_lib.ConfigError(f"{where}: unknown distribution '{dist}' — use one of {', '.join(DISTRIBUTIONS)}")
+            raise config_lib.ConfigError(
+                f"{where}: unknown distribution '{dist}' — use one of {', '.join(DISTRIBUTIONS)}"
+            )
         usage = f"{where}: {dist} takes {DISTRIBUTIONS[dist]}"
         if not isinstance(args, list) or not args:
             raise config_lib.ConfigError(f"{usage}, got {args!r}")
@@ -103,7 +109,9 @@ def tune_space(cfg, space: dict | None = None) -> dict:
             number = int if dist == "randint" else (int, float)
             if not all(isinstance(a, number) and not isinstance(a, bool) for a in args):
                 kind = "integers" if dist == "randint" else "numbers"
-                raise config_lib.ConfigError(f"{usage} — its bounds must be {kind}, got {args!r} (in YAML write 1.0e-4, not 1e-4)")
+                raise config_lib.ConfigError(
+                    f"{usage} — its bounds must be {kind}, got {args!r} (in YAML write 1.0e-4, not 1e-4)"
+                )
             low, high = args[0], args[1]
             if low > high or (dist == "randint" and low == high):
                 raise config_lib.ConfigError(f"{where}: lower bound {low} > upper bound {high} — swap them")
@@ -112,7 +120,9 @@ def tune_space(cfg, space: dict | None = None) -> dict:
             if dist == "quniform" and args[2] <= 0:
                 raise config_lib.ConfigError(f"{usage} — q must be > 0, got {args[2]}")
             if dist in ("uniform", "loguniform") and field_type is not float:
-                raise config_lib.ConfigError(f"{where}: {dist} samples floats but {key} is {field_type.__name__} — use randint, quniform or choice")
+                raise config_lib.ConfigError(
+                    f"{where}: {dist} samples floats but {key} is {field_type.__name__} — use randint, quniform or choice"
+                )
             samples = [low, high - 1] if dist == "randint" else [low, high]
         for value in samples:  # each value must fit the field (type), as a key=value override would
             try:
@@ -120,7 +130,9 @@ def tune_space(cfg, space: dict | None = None) -> dict:
             except config_lib.ConfigError as e:
                 raise config_lib.ConfigError(f"{where}: {dist} value {value!r} does not fit {key} ({e})") from None
         if search == "grid" and dist not in ("grid", "choice"):
-            raise config_lib.ConfigError(f"{where}: search=grid needs grid or choice values, got {dist} — list the values, or use search=random")
+            raise config_lib.ConfigError(
+                f"{where}: search=grid needs grid or choice values, got {dist} — list the values, or use search=random"
+            )
         if search == "optuna" and dist == "grid":
             raise config_lib.ConfigError(f"{where}: search=optuna samples; it has no grid — use choice")
         if dist == "grid" or (search == "grid" and dist == "choice"):
@@ -138,7 +150,9 @@ def _field_type(cfg, key: str, where: str) -> type:
     obj, tp = cfg, type(cfg)
     for part in key.split("."):
         if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
-            raise config_lib.ConfigError(f"{where}: '{key}' is not in workload '{cfg.workload}''s config — check the spelling (python -m jobs.train --help lists none; see workloads/{cfg.workload}.py)")
+            raise config_lib.ConfigError(
+                f"{where}: '{key}' is not in workload '{cfg.workload}''s config — check the spelling (python -m jobs.train --help lists none; see workloads/{cfg.workload}.py)"
+            )
         tp, obj = typing.get_type_hints(type(obj))[part], getattr(obj, part)
     if dataclasses.is_dataclass(obj):
         raise config_lib.ConfigError(f"{where}: '{key}' is a section, not a hyperparameter — name a key inside it")
@@ -151,7 +165,9 @@ def with_trial_overrides(cfg, given: list[str] = ()):
     """``cfg`` with ``sweep.trial_overrides`` applied, except keys the command line (or --smoke-test) set."""
     for key, value in cfg.sweep.trial_overrides.items():
         if key.split(".")[0] in ("sweep", "workload"):
-            raise config_lib.ConfigError(f"sweep.trial_overrides.{key}: only the workload's and job sections (train, data, scaling, ...) can be set per trial")
+            raise config_lib.ConfigError(
+                f"sweep.trial_overrides.{key}: only the workload's and job sections (train, data, scaling, ...) can be set per trial"
+            )
         if key not in given:
             try:
                 cfg = config_lib.set_dotted(cfg, key, value)
@@ -196,8 +212,13 @@ def make_search(cfg, metric: str, mode: str, concurrency: int = 0):
         )
     # Rungs by epoch, all before the last epoch: stopping a trial at its last epoch saves nothing and loses
     # its export. stop_last_trials=False: a trial past the last rung runs to its end, final report included.
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs - 1, grace_period=sw.grace_period,
-                              reduction_factor=sw.reduction_factor, stop_last_trials=False)  # fmt: skip
+    scheduler = ASHAScheduler(
+        time_attr="epoch",
+        max_t=epochs - 1,
+        grace_period=sw.grace_period,
+        reduction_factor=sw.reduction_factor,
+        stop_last_trials=False,
+    )
     return search_alg, scheduler
 
 
@@ -223,8 +244,10 @@ def default_concurrency(cfg) -> int:
     if s.use_gpu:
         fits = min(fits, int(res.get("GPU", 0) // (s.num_workers * s.gpus_per_worker)))
     if fits < 1:
-        print(f"warning: one trial needs {s.num_workers * s.cpus_per_worker} CPUs{' and GPUs' if s.use_gpu else ''}, "
-              f"the cluster has {res.get('CPU', 0):.0f} CPUs / {res.get('GPU', 0):.0f} GPUs: trials wait for more nodes")  # fmt: skip
+        print(
+            f"warning: one trial needs {s.num_workers * s.cpus_per_worker} CPUs{' and GPUs' if s.use_gpu else ''}, "
+            f"the cluster has {res.get('CPU', 0):.0f} CPUs / {res.get('GPU', 0):.0f} GPUs: trials wait for more nodes"
+        )
     return max(1, fits)
 
 
@@ -264,13 +287,17 @@ def run_in_process(cfg, run_id: str, callbacks=(), extra_config: dict | None = N
 
         return events.run_until_complete(call())
 
-    manager = on_loop(lambda: CheckpointManager(checkpoint_config=run_config.checkpoint_config, storage_context=storage))
+    manager = on_loop(
+        lambda: CheckpointManager(checkpoint_config=run_config.checkpoint_config, storage_context=storage)
+    )
 
     class InProcessTrainFnUtils(LocalTrainFnUtils):  # Train V2's local-mode utilities + real persistence
         def report(self, metrics, checkpoint=None, checkpoint_dir_name=None, **_):
             persisted = None
             if checkpoint is not None:
-                persisted = storage.persist_current_checkpoint(checkpoint, checkpoint_dir_name or storage.make_default_checkpoint_dir_name())
+                persisted = storage.persist_current_checkpoint(
+                    checkpoint, checkpoint_dir_name or storage.make_default_checkpoint_dir_name()
+                )
             on_loop(lambda: manager.after_report(_TrainingReport(persisted, metrics, False), [metrics]))
             super().report(metrics, persisted)
             for callback in run_config.callbacks or []:  # as the Train controller does, after the checkpoint manager
@@ -285,7 +312,7 @@ def run_in_process(cfg, run_id: str, callbacks=(), extra_config: dict | None = N
         train_loop_per_worker(trainer.train_loop_config)
     except TrialStopped:
         pass
-    except Exception as e:  # noqa: BLE001 — recorded as the run's error, like a Train worker failure
+    except Exception as e:
         error = e
     finally:
         set_train_fn_utils(None)
@@ -311,12 +338,22 @@ def run_trial(ctx: dict, params: dict, trial_id: str, callbacks, runner) -> tupl
         return recorded[recorded["run_id"] == run_id].iloc[0].to_dict(), False
     try:
         checkpoint = ray.train.Result.from_path(f"{cfg.run.storage_path}/{run_id}").checkpoint
-    except Exception:  # noqa: BLE001 — no run dir yet: a fresh trial
+    except Exception:
         checkpoint = None
     if checkpoint is not None and checkpoint.path.endswith("/final"):
-        return record_run(cfg, store, run_id, checkpoint, started=now(), wall=0.0, sweep_id=ctx["sweep_id"], trial_id=trial_id), False
-    row = fit(cfg, store, run_id=run_id, sweep_id=ctx["sweep_id"], trial_id=trial_id, callbacks=callbacks,
-              quiet=True, runner=runner)  # fmt: skip
+        return record_run(
+            cfg, store, run_id, checkpoint, started=now(), wall=0.0, sweep_id=ctx["sweep_id"], trial_id=trial_id
+        ), False
+    row = fit(
+        cfg,
+        store,
+        run_id=run_id,
+        sweep_id=ctx["sweep_id"],
+        trial_id=trial_id,
+        callbacks=callbacks,
+        quiet=True,
+        runner=runner,
+    )
     return row, True
 
 
@@ -351,13 +388,15 @@ def _in_process_trial_class():
             self.results: queue.Queue = queue.Queue()
             self.resume = threading.Semaphore(0)
             self.stopping = self.waiting = False
-            self.thread = threading.Thread(target=self.work, args=(ctx, params, trial_id), name=f"trial-{trial_id}", daemon=True)
+            self.thread = threading.Thread(
+                target=self.work, args=(ctx, params, trial_id), name=f"trial-{trial_id}", daemon=True
+            )
             self.thread.start()
 
         def work(self, ctx: dict, params: dict, trial_id: str) -> None:
             try:
                 self.results.put(("done", run_trial(ctx, params, trial_id, [self], run_in_process)))
-            except BaseException as e:  # noqa: BLE001 — handed to step(), which raises it in Tune
+            except BaseException as e:
                 self.results.put(("error", e))
 
         def after_report(self, run_context, metrics, checkpoint):
@@ -471,8 +510,11 @@ def make_progress_callback(state: dict, directory: str, attempt: int, t0: float,
             r = trial.last_result or {}
             value = r.get(metric)
             params = "  ".join(f"{k}={_short(v)}" for k, v in (trial.config or {}).items())
-            print(f"[{self.done}] trial {trial.trial_id}  {status:<13} epoch {r.get('epoch', 0)}  "
-                  f"{metric} {'n/a' if value is None else f'{value:.4f}'}  {params}", flush=True)  # fmt: skip
+            print(
+                f"[{self.done}] trial {trial.trial_id}  {status:<13} epoch {r.get('epoch', 0)}  "
+                f"{metric} {'n/a' if value is None else f'{value:.4f}'}  {params}",
+                flush=True,
+            )
             state["attempts"][attempt][1] = time.time() - t0
             write_state(directory, state)
 
@@ -495,8 +537,12 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
     directory = sweep_dir(root, sweep_id)
     base = config_lib.to_dict(cfg)
     base["run"]["storage_path"] = directory  # each trial's Train run dir: <root>/<sweep_id>/<run_id>
-    ctx = {"sweep_id": sweep_id, "base": base, "store": store.uri if "://" in store.uri else store.root,
-           "env": {"PERENNIAL_JOB_ID": job_id(), "PERENNIAL_GIT_SHA": git_sha()}}  # fmt: skip
+    ctx = {
+        "sweep_id": sweep_id,
+        "base": base,
+        "store": store.uri if "://" in store.uri else store.root,
+        "env": {"PERENNIAL_JOB_ID": job_id(), "PERENNIAL_GIT_SHA": git_sha()},
+    }
     if in_process(cfg):
         trainable = tune.with_parameters(_in_process_trial_class(), ctx=ctx)
     else:
@@ -515,17 +561,31 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
         tuner = tune.Tuner(
             trainable,
             param_space=tune_space(cfg, state["search_space"]),
-            tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=search_alg, scheduler=scheduler,
-                                        num_samples=cfg.sweep.num_samples, reuse_actors=in_process(cfg)),  # fmt: skip
-            run_config=tune.RunConfig(name=sweep_id, storage_path=root, callbacks=callbacks, verbose=0,
-                                      checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False)),  # fmt: skip
+            tune_config=tune.TuneConfig(
+                metric=metric,
+                mode=mode,
+                search_alg=search_alg,
+                scheduler=scheduler,
+                num_samples=cfg.sweep.num_samples,
+                reuse_actors=in_process(cfg),
+            ),
+            run_config=tune.RunConfig(
+                name=sweep_id,
+                storage_path=root,
+                callbacks=callbacks,
+                verbose=0,
+                checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
+            ),
         )
     if resume:  # a restored Tuner unpickles its old callbacks; Tuner.restore takes no RunConfig, so swap them in
         tuner._local_tuner.get_run_config().callbacks = callbacks
-    print(f"sweep {sweep_id}: {cfg.workload}, search={cfg.sweep.search}, scheduler={cfg.sweep.scheduler}, "
-          f"{cfg.sweep.num_samples} samples, up to {cfg.train.epochs} epochs, {concurrency} at a time"
-          f"{', in process' if in_process(cfg) else ''}\n  resume with: python -m jobs.sweep --resume {sweep_id}"
-          f"{'' if cfg.run.storage_path == './runs' else f' run.storage_path={cfg.run.storage_path}'}", flush=True)  # fmt: skip
+    print(
+        f"sweep {sweep_id}: {cfg.workload}, search={cfg.sweep.search}, scheduler={cfg.sweep.scheduler}, "
+        f"{cfg.sweep.num_samples} samples, up to {cfg.train.epochs} epochs, {concurrency} at a time"
+        f"{', in process' if in_process(cfg) else ''}\n  resume with: python -m jobs.sweep --resume {sweep_id}"
+        f"{'' if cfg.run.storage_path == './runs' else f' run.storage_path={cfg.run.storage_path}'}",
+        flush=True,
+    )
     results = tuner.fit()
     state["attempts"][attempt][1] = time.time() - t0
 
@@ -542,12 +602,22 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
         tcfg = trial_config(base, result.config or {})
         try:
             checkpoint = ray.train.Result.from_path(f"{directory}/{run_id}").checkpoint
-        except Exception:  # noqa: BLE001 — the trial never reached its first epoch
+        except Exception:
             checkpoint = None
         if checkpoint is None and result.error is None:
             continue
         wall = float((result.metrics or {}).get("time_total_s") or 0.0)
-        record_run(tcfg, store, run_id, checkpoint, result.error, started=now(), wall=wall, sweep_id=sweep_id, trial_id=trial_id)
+        record_run(
+            tcfg,
+            store,
+            run_id,
+            checkpoint,
+            result.error,
+            started=now(),
+            wall=wall,
+            sweep_id=sweep_id,
+            trial_id=trial_id,
+        )
     write_state(directory, state)
     return summarize(cfg, store, sweep_id, state, metric, mode)
 
@@ -582,15 +652,23 @@ def summarize(cfg, store: Store, sweep_id: str, state: dict, metric: str, mode: 
     table = table.assign(rank=[str(i) for i in range(1, len(ranked) + 1)] + ["-"] * (len(table) - len(ranked)))
     cols = ["rank", "trial_id", "status", "best_metric", "epochs", *params, "wall_s"]
     with pd.option_context("display.width", 200, "display.max_columns", None, "display.float_format", "{:.4g}".format):
-        print(f"\nsweep {sweep_id} — {len(runs)} trials: {counts.get('completed', 0)} completed, "
-              f"{counts.get('stopped_early', 0)} stopped early, {counts.get('failed', 0)} failed  ({metric}, {mode})")  # fmt: skip
+        print(
+            f"\nsweep {sweep_id} — {len(runs)} trials: {counts.get('completed', 0)} completed, "
+            f"{counts.get('stopped_early', 0)} stopped early, {counts.get('failed', 0)} failed  ({metric}, {mode})"
+        )
         print(table[cols].rename(columns={"best_metric": metric}).to_string(index=False))
-    print(f"epochs used: {used} of {budget} ({1 - used / max(budget, 1):.0%} saved by {cfg.sweep.scheduler})  "
-          f"wall {wall:.0f} s  CPU {cpu:.0f} s")  # fmt: skip
+    print(
+        f"epochs used: {used} of {budget} ({1 - used / max(budget, 1):.0%} saved by {cfg.sweep.scheduler})  "
+        f"wall {wall:.0f} s  CPU {cpu:.0f} s"
+    )
     if best is not None:
-        print(f"best: trial {best['trial_id']}  {metric} {best['best_metric']:.4f}  "
-              + "  ".join(f"{k}={_short(best[k])}" for k in params))  # fmt: skip
-        tests = {k: best[k] for k in best.index if k.startswith("test_") and not k.endswith("_loss") and pd.notna(best[k])}
+        print(
+            f"best: trial {best['trial_id']}  {metric} {best['best_metric']:.4f}  "
+            + "  ".join(f"{k}={_short(best[k])}" for k in params)
+        )
+        tests = {
+            k: best[k] for k in best.index if k.startswith("test_") and not k.endswith("_loss") and pd.notna(best[k])
+        }
         if tests:
             print("  test: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(tests.items())))
         if best["export_uri"]:
@@ -601,39 +679,68 @@ def summarize(cfg, store: Store, sweep_id: str, state: dict, metric: str, mode: 
 
     if not len(store.df("sweeps", filter=ds.field("sweep_id") == sweep_id)):
         started = pd.Timestamp(state["started_at"]).to_pydatetime()
-        store.append("sweeps", [{
-            "sweep_id": sweep_id, "workload": cfg.workload, "status": "completed" if best is not None else "failed",
-            "search": cfg.sweep.search, "scheduler": cfg.sweep.scheduler, "search_space_json": json.dumps(space, sort_keys=True),
-            "metric": metric, "mode": mode,
-            "best_trial_id": best["trial_id"] if best is not None else "", "best_run_id": best["run_id"] if best is not None else "",
-            "best_metric": float(best["best_metric"]) if best is not None else None,
-            "best_config_json": best["config_json"] if best is not None else "",
-            "num_trials": len(runs), "trials_completed": int(counts.get("completed", 0)),
-            "trials_stopped_early": int(counts.get("stopped_early", 0)), "trials_failed": int(counts.get("failed", 0)),
-            "epochs_used": used, "epochs_budget": budget, "started_at": started, "finished_at": now(),
-            "wall_s": wall, "cpu_s": cpu,
-        }])  # fmt: skip
+        store.append(
+            "sweeps",
+            [
+                {
+                    "sweep_id": sweep_id,
+                    "workload": cfg.workload,
+                    "status": "completed" if best is not None else "failed",
+                    "search": cfg.sweep.search,
+                    "scheduler": cfg.sweep.scheduler,
+                    "search_space_json": json.dumps(space, sort_keys=True),
+                    "metric": metric,
+                    "mode": mode,
+                    "best_trial_id": best["trial_id"] if best is not None else "",
+                    "best_run_id": best["run_id"] if best is not None else "",
+                    "best_metric": float(best["best_metric"]) if best is not None else None,
+                    "best_config_json": best["config_json"] if best is not None else "",
+                    "num_trials": len(runs),
+                    "trials_completed": int(counts.get("completed", 0)),
+                    "trials_stopped_early": int(counts.get("stopped_early", 0)),
+                    "trials_failed": int(counts.get("failed", 0)),
+                    "epochs_used": used,
+                    "epochs_budget": budget,
+                    "started_at": started,
+                    "finished_at": now(),
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                }
+            ],
+        )
     return 0 if best is not None else 1
 
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.sweep", description="A Ray Tune sweep of Ray Train runs, recorded in the store.")
+    p = argparse.ArgumentParser(
+        prog="python -m jobs.sweep", description="A Ray Tune sweep of Ray Train runs, recorded in the store."
+    )
     p.add_argument("--config", help="YAML config, e.g. configs/mlp.yaml (not needed with --resume)")
     p.add_argument("--resume", metavar="SWEEP_ID", help="continue an interrupted sweep: finished trials are kept")
-    p.add_argument("--smoke-test", action="store_true", help=f"the workload's tiny run, at most {SMOKE_MAX_SAMPLES} samples")
+    p.add_argument(
+        "--smoke-test", action="store_true", help=f"the workload's tiny run, at most {SMOKE_MAX_SAMPLES} samples"
+    )
     p.add_argument("--store", help="evaluation store: a directory or s3:// URI (default $PERENNIAL_STORE or ./store)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. sweep.num_samples=16 train.epochs=6")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. sweep.num_samples=16 train.epochs=6"
+    )
     args = p.parse_args(argv)
 
     if args.resume:
         found = [config_lib._split_override(o) for o in args.overrides]
         if args.smoke_test or any(k != "run.storage_path" for k, _ in found):
-            raise config_lib.ConfigError("--resume continues a sweep with its saved config — give only run.storage_path=... (where it lives) and --store")
-        root = dict(found).get("run.storage_path") or (config_lib.load_config(args.config).run.storage_path if args.config else "./runs")
+            raise config_lib.ConfigError(
+                "--resume continues a sweep with its saved config — give only run.storage_path=... (where it lives) and --store"
+            )
+        root = dict(found).get("run.storage_path") or (
+            config_lib.load_config(args.config).run.storage_path if args.config else "./runs"
+        )
         state = read_state(sweep_dir(storage_uri(str(root)), args.resume))
         if state is None:
-            raise config_lib.ConfigError(f"no sweep '{args.resume}' under {storage_uri(str(root))} — pass run.storage_path=... where it ran")
+            raise config_lib.ConfigError(
+                f"no sweep '{args.resume}' under {storage_uri(str(root))} — pass run.storage_path=... where it ran"
+            )
         cfg = config_lib.from_dict(state["config"])
         store = Store(args.store or state["store"])
         sweep_id = args.resume
@@ -650,15 +757,21 @@ def main(argv: list[str]) -> int:
         config_lib.check_values(cfg)  # the checks jobs.train makes, on every trial's base config
         if cfg.sweep.num_samples < 1:
             raise config_lib.ConfigError(f"sweep.num_samples must be >= 1, got {cfg.sweep.num_samples}")
-        store = Store(config_lib.store_path(args.store, cfg))
+        store = Store(store_path(args.store, cfg))
         if hasattr(WORKLOADS[cfg.workload], "validate"):
             WORKLOADS[cfg.workload].validate(cfg)
         space = search_space(cfg)
         tune_space(cfg, space)  # every bad-input check before Ray starts: exit 2, nothing written
         make_search(cfg, *config_lib.metric_and_mode(cfg))
         sweep_id = f"{cfg.workload}-sweep-{uuid.uuid4().hex[:8]}"
-        state = {"sweep_id": sweep_id, "config": config_lib.to_dict(cfg), "search_space": space,
-                 "store": store.uri if "://" in store.uri else store.root, "started_at": now().isoformat(), "attempts": []}  # fmt: skip
+        state = {
+            "sweep_id": sweep_id,
+            "config": config_lib.to_dict(cfg),
+            "search_space": space,
+            "store": store.uri if "://" in store.uri else store.root,
+            "started_at": now().isoformat(),
+            "attempts": [],
+        }
 
     import pyarrow.dataset as ds
 

@@ -21,12 +21,9 @@ import uuid
 from pathlib import Path
 
 from jobs import config as config_lib
-from jobs.store import Store, now
+from jobs.errors import ClusterError, StoreError
+from jobs.store import Store, now, store_path
 from workloads import WORKLOADS
-
-
-class ClusterError(RuntimeError):
-    """No Ray cluster at the given address (exit code 1)."""
 
 
 # ----------------------------------------------------------------------------- Ray plumbing
@@ -42,7 +39,9 @@ def init_ray(num_cpus: int | None = None) -> None:
         try:
             ray.init(address=address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            raise ClusterError(f"no Ray cluster at RAY_ADDRESS={address} ({str(e).splitlines()[0]}) — start one with 'ray start --head' or unset RAY_ADDRESS") from None
+            raise ClusterError(
+                f"no Ray cluster at RAY_ADDRESS={address} ({str(e).splitlines()[0]}) — start one with 'ray start --head' or unset RAY_ADDRESS"
+            ) from None
         return
     # An embedded cluster on 127.0.0.1 at a port we choose, so that we can tell its own actors where it is:
     # Ray Train's placement-group cleaner looks the cluster up by "auto", which fails as soon as a second
@@ -58,8 +57,13 @@ def init_ray(num_cpus: int | None = None) -> None:
         # error line per run fewer. A cluster reached through RAY_ADDRESS keeps Ray's default (on).
         "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),
     }
-    ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", dashboard_host="127.0.0.1",
-             logging_level=logging.WARNING, runtime_env={"env_vars": env})  # fmt: skip
+    ray.init(
+        num_cpus=num_cpus,
+        _node_ip_address="127.0.0.1",
+        dashboard_host="127.0.0.1",
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": env},
+    )
     os.environ.pop("RAY_GCS_SERVER_PORT", None)
     for key in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"):
         os.environ[key] = env[key]
@@ -88,7 +92,9 @@ def check_reachable(address: str, timeout_s: float = 3.0) -> None:
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as e:
-        raise ClusterError(f"no Ray cluster at RAY_ADDRESS={address} (cannot connect: {e.strerror or e}) — start one with 'ray start --head' or unset RAY_ADDRESS") from None
+        raise ClusterError(
+            f"no Ray cluster at RAY_ADDRESS={address} (cannot connect: {e.strerror or e}) — start one with 'ray start --head' or unset RAY_ADDRESS"
+        ) from None
 
 
 def _free_port() -> int:
@@ -107,8 +113,13 @@ def git_sha() -> str:
     if os.environ.get("PERENNIAL_GIT_SHA"):
         return os.environ["PERENNIAL_GIT_SHA"]
     try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent.parent)  # fmt: skip
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
         return out.stdout.strip() if out.returncode == 0 else ""
     except (OSError, subprocess.TimeoutExpired):
         return ""
@@ -163,7 +174,9 @@ def make_trainer(cfg, name: str, callbacks=(), extra_config: dict | None = None)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config_lib.to_dict(cfg) | (extra_config or {}),
-        scaling_config=ray.train.ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources
+        ),
         run_config=ray.train.RunConfig(
             name=name,  # unique per fresh run: V2 resumes a run of the same name on purpose only
             storage_path=storage_uri(cfg.run.storage_path),
@@ -194,13 +207,25 @@ def run_trainer(cfg, run_id: str, callbacks=(), extra_config: dict | None = None
     except ray.train.TrainingFailedError as e:
         try:  # the last epoch checkpoint that did land, for the history of a failed run
             return ray.train.Result.from_path(f"{storage_uri(cfg.run.storage_path).rstrip('/')}/{run_id}").checkpoint, e
-        except Exception:  # noqa: BLE001 — no checkpoint at all is a normal outcome of an early crash
+        except Exception:
             return None, e
 
 
-def fit(cfg, store: Store, *, run_id: str | None = None, sweep_id: str = "", trial_id: str = "",
-        parent_run_id: str = "", round: int | None = None, callbacks=(), extra_config: dict | None = None,
-        extra_row: dict | None = None, quiet: bool = False, runner=run_trainer) -> dict:  # fmt: skip
+def fit(
+    cfg,
+    store: Store,
+    *,
+    run_id: str | None = None,
+    sweep_id: str = "",
+    trial_id: str = "",
+    parent_run_id: str = "",
+    round: int | None = None,
+    callbacks=(),
+    extra_config: dict | None = None,
+    extra_row: dict | None = None,
+    quiet: bool = False,
+    runner=run_trainer,
+) -> dict:
     """Run one Train run to the end and write its ``epochs`` and ``runs`` rows; returns the runs row.
 
     ``runner(cfg, run_id, callbacks, extra_config) -> (checkpoint, error)`` runs the loop; the default
@@ -209,17 +234,40 @@ def fit(cfg, store: Store, *, run_id: str | None = None, sweep_id: str = "", tri
     config_lib.metric_and_mode(cfg)  # a bad sweep.mode fails before any cluster work
     started, t0 = now(), time.perf_counter()
     checkpoint, error = runner(cfg, run_id, callbacks, extra_config)
-    row = record_run(cfg, store, run_id, checkpoint, error, started=started, wall=time.perf_counter() - t0,
-                     sweep_id=sweep_id, trial_id=trial_id, parent_run_id=parent_run_id, round=round,
-                     extra_row=extra_row)  # fmt: skip
+    row = record_run(
+        cfg,
+        store,
+        run_id,
+        checkpoint,
+        error,
+        started=started,
+        wall=time.perf_counter() - t0,
+        sweep_id=sweep_id,
+        trial_id=trial_id,
+        parent_run_id=parent_run_id,
+        round=round,
+        extra_row=extra_row,
+    )
     if not quiet:
         print_summary(row, store)
     return row
 
 
-def record_run(cfg, store: Store, run_id: str, checkpoint, error: BaseException | None = None, *, started, wall: float,
-               sweep_id: str = "", trial_id: str = "", parent_run_id: str = "", round: int | None = None,
-               extra_row: dict | None = None) -> dict:  # fmt: skip
+def record_run(
+    cfg,
+    store: Store,
+    run_id: str,
+    checkpoint,
+    error: BaseException | None = None,
+    *,
+    started,
+    wall: float,
+    sweep_id: str = "",
+    trial_id: str = "",
+    parent_run_id: str = "",
+    round: int | None = None,
+    extra_row: dict | None = None,
+) -> dict:
     """Write a run's ``epochs`` then its ``runs`` row from its last checkpoint; returns the runs row.
 
     Status: ``failed`` with an error; ``completed`` when the loop wrote its final checkpoint;
@@ -241,24 +289,48 @@ def record_run(cfg, store: Store, run_id: str, checkpoint, error: BaseException 
     s = cfg.scaling
     ckpt_uri = checkpoint_uri(checkpoint) if meta.get("finished") else ""
     row = {
-        "run_id": run_id, "workload": cfg.workload, "parent_run_id": parent_run_id, "round": round,
-        "sweep_id": sweep_id, "trial_id": trial_id, "job_id": job_id(), "status": status,
-        "error": error_line(error) if error is not None else "", "metric": metric, "mode": mode,
-        "best_metric": meta.get("best_metric"), "best_epoch": meta.get("best_epoch"), "epochs": meta.get("epoch", 0),
+        "run_id": run_id,
+        "workload": cfg.workload,
+        "parent_run_id": parent_run_id,
+        "round": round,
+        "sweep_id": sweep_id,
+        "trial_id": trial_id,
+        "job_id": job_id(),
+        "status": status,
+        "error": error_line(error) if error is not None else "",
+        "metric": metric,
+        "mode": mode,
+        "best_metric": meta.get("best_metric"),
+        "best_epoch": meta.get("best_epoch"),
+        "epochs": meta.get("epoch", 0),
         "config_json": json.dumps(config_lib.to_dict(cfg), sort_keys=True),
-        "checkpoint_uri": ckpt_uri, "export_uri": f"{ckpt_uri}/export" if ckpt_uri else "",
-        "started_at": started, "finished_at": now(), "wall_s": wall,
-        "cpu_s": final.get("cpu_s", meta.get("cpu_s")), "gpu_s": wall * s.num_workers * s.gpus_per_worker if s.use_gpu else 0.0,
+        "checkpoint_uri": ckpt_uri,
+        "export_uri": f"{ckpt_uri}/export" if ckpt_uri else "",
+        "started_at": started,
+        "finished_at": now(),
+        "wall_s": wall,
+        "cpu_s": final.get("cpu_s", meta.get("cpu_s")),
+        "gpu_s": wall * s.num_workers * s.gpus_per_worker if s.use_gpu else 0.0,
         "train_time_s": final.get("train_time_s", sum(h.get("train_time_s", 0.0) for h in history)),
-        "num_workers": s.num_workers, "use_gpu": s.use_gpu, "seed": cfg.train.seed,
-        "git_sha": git_sha(), "data_fingerprint": meta.get("fingerprint", ""),
+        "num_workers": s.num_workers,
+        "use_gpu": s.use_gpu,
+        "seed": cfg.train.seed,
+        "git_sha": git_sha(),
+        "data_fingerprint": meta.get("fingerprint", ""),
         **config_lib.flatten(cfg),
         **{k: float(v) for k, v in final.items() if k.startswith(("val_", "test_"))},
         **(extra_row or {}),
-    }  # fmt: skip
-    epochs = [{"run_id": run_id, "workload": cfg.workload, "sweep_id": sweep_id, "trial_id": trial_id,
-               **{k: (float(v) if isinstance(v, float) else v) for k, v in h.items()}}
-              for h in history]  # fmt: skip
+    }
+    epochs = [
+        {
+            "run_id": run_id,
+            "workload": cfg.workload,
+            "sweep_id": sweep_id,
+            "trial_id": trial_id,
+            **{k: (float(v) if isinstance(v, float) else v) for k, v in h.items()},
+        }
+        for h in history
+    ]
     # Files named after the run, always the whole history: a recorder killed between its two writes, or two
     # racing past the check above (a resumed sweep while the killed one's trial still finishes), replace each
     # other's file instead of adding a second row — and never leave a file holding only part of the epochs.
@@ -269,8 +341,10 @@ def record_run(cfg, store: Store, run_id: str, checkpoint, error: BaseException 
 
 
 def print_summary(row: dict, store: Store) -> None:
-    print(f"\nrun {row['run_id']}  {row['status']}  {row['metric']}={_fmt(row['best_metric'])} "
-          f"(epoch {row['best_epoch']}/{row['epochs']})  wall {row['wall_s']:.1f} s")  # fmt: skip
+    print(
+        f"\nrun {row['run_id']}  {row['status']}  {row['metric']}={_fmt(row['best_metric'])} "
+        f"(epoch {row['best_epoch']}/{row['epochs']})  wall {row['wall_s']:.1f} s"
+    )
     tests = {k: v for k, v in row.items() if k.startswith("test_") and not k.endswith("_loss")}
     if tests:
         print("  test: " + "  ".join(f"{k} {_fmt(v)}" for k, v in sorted(tests.items())))
@@ -291,7 +365,9 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML config, e.g. configs/mlp.yaml")
     p.add_argument("--smoke-test", action="store_true", help="tiny data and epochs: a quick end-to-end check")
     p.add_argument("--store", help="evaluation store: a directory or s3:// URI (default $PERENNIAL_STORE or ./store)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.01 scaling.num_workers=2")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.01 scaling.num_workers=2"
+    )
     return p
 
 
@@ -299,7 +375,7 @@ def prepare(args) -> tuple:
     """Config + store + data checks: everything that can reject bad input before Ray starts."""
     cfg = config_lib.load_config(args.config, args.overrides, smoke_test=args.smoke_test)
     config_lib.check_values(cfg)
-    store = Store(config_lib.store_path(args.store, cfg))
+    store = Store(store_path(args.store, cfg))
     check_writable(store)
     wl = WORKLOADS[cfg.workload]
     if hasattr(wl, "validate"):
@@ -309,19 +385,21 @@ def prepare(args) -> tuple:
 
 def check_writable(store: Store) -> None:
     """An unusable store fails now, not after the whole run when its rows are written (nothing is created)."""
-    from jobs.store import StoreError
-
     if not store.local:
         try:
             store.fs.get_file_info(store.root)  # credentials / endpoint / bucket problems surface here
         except OSError as e:
-            raise StoreError(f"cannot reach store '{store.uri}': {str(e).splitlines()[0]} — check the URI and AWS_* credentials") from None
+            raise StoreError(
+                f"cannot reach store '{store.uri}': {str(e).splitlines()[0]} — check the URI and AWS_* credentials"
+            ) from None
         return
     path = store.root
     while not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)  # the nearest existing folder is where the store's folders get created
     if not os.path.isdir(path):
-        raise StoreError(f"store '{store.uri}': '{path}' is a file, not a directory — give a directory path (--store DIR)")
+        raise StoreError(
+            f"store '{store.uri}': '{path}' is a file, not a directory — give a directory path (--store DIR)"
+        )
     if not os.access(path, os.W_OK | os.X_OK):
         raise StoreError(f"store '{store.uri}': '{path}' is not writable — fix its permissions or give another --store")
 
@@ -334,8 +412,10 @@ def main(argv: list[str]) -> int:
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"training {cfg.workload} on {cfg.scaling.num_workers} worker(s) "
-          f"({'GPU' if cfg.scaling.use_gpu else f'{cfg.scaling.cpus_per_worker} CPU each'}), {cfg.train.epochs} epochs")  # fmt: skip
+    print(
+        f"training {cfg.workload} on {cfg.scaling.num_workers} worker(s) "
+        f"({'GPU' if cfg.scaling.use_gpu else f'{cfg.scaling.cpus_per_worker} CPU each'}), {cfg.train.epochs} epochs"
+    )
     row = fit(cfg, store)
     return 0 if row["status"] in ("completed", "stopped_early") else 1
 

@@ -8,9 +8,7 @@ optionally ``validate(cfg)`` (cheap driver-side data checks), ``export(model, cf
 ``load_export(cfg, splits, dir)`` (servable model), ``build_optimizer(cfg, model)``.
 """
 
-from workloads import mlp
-from workloads import cnn, ner
-from workloads import rnn, sentiment
+from workloads import cnn, mlp, ner, rnn, sentiment
 
 WORKLOADS = {
     "mlp": mlp,

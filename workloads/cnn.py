@@ -107,10 +107,13 @@ def build_model(cfg, splits: Splits) -> nn.Module:
         layers.append(nn.Dropout2d(m.dropout / 2))  # lighter on feature maps than on the dense layer
         channels = out
     return nn.Sequential(
-        *layers, nn.Flatten(),
-        nn.Linear(channels * height * width, m.hidden), nn.ReLU(), nn.Dropout(m.dropout),
+        *layers,
+        nn.Flatten(),
+        nn.Linear(channels * height * width, m.hidden),
+        nn.ReLU(),
+        nn.Dropout(m.dropout),
         nn.Linear(m.hidden, len(splits.labels)),
-    )  # fmt: skip
+    )
 
 
 def build_scheduler(cfg, optimizer, steps_per_epoch: int):

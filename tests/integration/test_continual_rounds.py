@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-
 from conftest import run_job
+
 from jobs.store import Store
 from workloads.data import load_images
 
@@ -22,10 +22,24 @@ def test_two_rounds_chained_with_from_best(ray_cluster, store_dir, tmp_path):
     common = ["--smoke-test", "--store", str(store_dir)]
     runs_dir = f"run.storage_path={tmp_path / 'runs'}"
 
-    r1 = run_job(["jobs.train", "--config", "configs/mlp.yaml", *common, "data.source=digits", runs_dir], ray_cluster.job_env())
+    r1 = run_job(
+        ["jobs.train", "--config", "configs/mlp.yaml", *common, "data.source=digits", runs_dir], ray_cluster.job_env()
+    )
     assert r1.returncode == 0, r1.stdout[-3000:] + r1.stderr[-3000:]
-    r2 = run_job(["jobs.continual", "--config", "configs/mlp.yaml", "--from", "best", *common,
-                  f"data.source={inverted}", "continual.replay_fraction=0.2", runs_dir], ray_cluster.job_env())  # fmt: skip
+    r2 = run_job(
+        [
+            "jobs.continual",
+            "--config",
+            "configs/mlp.yaml",
+            "--from",
+            "best",
+            *common,
+            f"data.source={inverted}",
+            "continual.replay_fraction=0.2",
+            runs_dir,
+        ],
+        ray_cluster.job_env(),
+    )
     assert r2.returncode == 0, r2.stdout[-3000:] + r2.stderr[-3000:]
 
     store = Store(store_dir)
@@ -49,7 +63,18 @@ def test_two_rounds_chained_with_from_best(ray_cluster, store_dir, tmp_path):
     # the parent's checkpoint is gone: exit 2, one line, nothing written
     shutil.rmtree(Path(parent["export_uri"]).parent)
     before = sorted(p for p in Path(store_dir).rglob("*") if p.is_file())
-    gone = run_job(["jobs.continual", "--config", "configs/mlp.yaml", "--from", parent["run_id"], *common,
-                    f"data.source={inverted}", runs_dir], ray_cluster.job_env())  # fmt: skip
+    gone = run_job(
+        [
+            "jobs.continual",
+            "--config",
+            "configs/mlp.yaml",
+            "--from",
+            parent["run_id"],
+            *common,
+            f"data.source={inverted}",
+            runs_dir,
+        ],
+        ray_cluster.job_env(),
+    )
     assert gone.returncode == 2 and "is missing" in gone.stderr and len(gone.stderr.strip().splitlines()) == 1
     assert sorted(p for p in Path(store_dir).rglob("*") if p.is_file()) == before

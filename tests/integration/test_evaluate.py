@@ -6,14 +6,26 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import base_env, run_job
+
 from jobs.store import Store
 
 
 def train(ray_cluster, store_dir: Path, tmp_path: Path, config: str, *overrides: str) -> dict:
-    res = run_job(["jobs.train", "--config", config, "--smoke-test", "--store", str(store_dir),
-                   f"run.storage_path={tmp_path / 'runs'}", *overrides], ray_cluster.job_env(), timeout=900)  # fmt: skip
+    res = run_job(
+        [
+            "jobs.train",
+            "--config",
+            config,
+            "--smoke-test",
+            "--store",
+            str(store_dir),
+            f"run.storage_path={tmp_path / 'runs'}",
+            *overrides,
+        ],
+        ray_cluster.job_env(),
+        timeout=900,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     runs = Store(store_dir).df("runs")
     assert len(runs) == 1
@@ -28,7 +40,9 @@ def evaluate(store_dir: Path, run_id: str, *args: str):
     "config, metric",
     [("configs/ner.yaml", "test_f1"), ("configs/cnn.yaml", "test_accuracy")],
 )
-def test_two_worker_smoke_run_then_evaluate_matches_the_stored_test_metric(ray_cluster, store_dir, tmp_path, config, metric):
+def test_two_worker_smoke_run_then_evaluate_matches_the_stored_test_metric(
+    ray_cluster, store_dir, tmp_path, config, metric
+):
     run = train(ray_cluster, store_dir, tmp_path, config, "scaling.num_workers=2", "scaling.cpus_per_worker=1")
     assert run["status"] == "completed" and run["num_workers"] == 2 and run["epochs"] == 2
     epochs = Store(store_dir).history(run["run_id"])
@@ -46,8 +60,17 @@ def test_two_worker_smoke_run_then_evaluate_matches_the_stored_test_metric(ray_c
 
 def test_early_stop_restores_the_best_epoch(ray_cluster, store_dir, tmp_path):
     # 8x8 digits, many epochs, patience 1: val accuracy stops improving long before epoch 30
-    run = train(ray_cluster, store_dir, tmp_path, "configs/cnn.yaml", "data.source=digits", "train.epochs=30",
-                "train.patience=1", "train.lr=0.01", "scaling.cpus_per_worker=1")  # fmt: skip
+    run = train(
+        ray_cluster,
+        store_dir,
+        tmp_path,
+        "configs/cnn.yaml",
+        "data.source=digits",
+        "train.epochs=30",
+        "train.patience=1",
+        "train.lr=0.01",
+        "scaling.cpus_per_worker=1",
+    )
     assert run["status"] == "stopped_early" and run["best_epoch"] == run["epochs"] - 1
     history = Store(store_dir).history(run["run_id"]).set_index("epoch")
     res = evaluate(store_dir, run["run_id"], "--split", "val", "--no-record")
@@ -62,8 +85,15 @@ def test_unknown_run_and_missing_checkpoint_exit_2(ray_cluster, store_dir, tmp_p
     res = evaluate(store_dir, "cnn-doesnotexist")
     assert res.returncode == 2 and "unknown run 'cnn-doesnotexist'" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
-    run = train(ray_cluster, store_dir, tmp_path, "configs/cnn.yaml", "data.source=digits", "train.epochs=1",
-                "scaling.cpus_per_worker=1")  # fmt: skip
+    run = train(
+        ray_cluster,
+        store_dir,
+        tmp_path,
+        "configs/cnn.yaml",
+        "data.source=digits",
+        "train.epochs=1",
+        "scaling.cpus_per_worker=1",
+    )
     shutil.rmtree(run["export_uri"])
     res = evaluate(store_dir, run["run_id"])
     assert res.returncode == 2 and "missing" in res.stderr and "Traceback" not in res.stderr
@@ -73,7 +103,10 @@ def test_unknown_run_and_missing_checkpoint_exit_2(ray_cluster, store_dir, tmp_p
 def test_bad_conll_file_exits_2_before_ray_and_writes_nothing(store_dir, tmp_path):
     bad = tmp_path / "train.txt"
     bad.write_text("EU B-ORG\nrejects VBZ O\n")
-    res = run_job(["jobs.train", "--config", "configs/ner.yaml", "--store", str(store_dir), f"data.train={bad}"],
-                  base_env(), timeout=120)  # fmt: skip
+    res = run_job(
+        ["jobs.train", "--config", "configs/ner.yaml", "--store", str(store_dir), f"data.train={bad}"],
+        base_env(),
+        timeout=120,
+    )
     assert res.returncode == 2 and f"{bad}:2:" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert not store_dir.exists()

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from conftest import PY, ROOT, base_env, free_port, run_job
+
 from jobs.store import Store
 
 
@@ -41,8 +41,13 @@ def stderr_lines(res: subprocess.CompletedProcess) -> list[str]:
 
 # ----------------------------------------------------------------------------- a Train worker killed mid-run
 EPOCHS, KILL_AFTER = 4, 1
-SLOW_MLP = ["data.max_train_samples=20000", f"train.epochs={EPOCHS}", "train.batch_size=64",
-            "scaling.num_workers=2", "scaling.cpus_per_worker=1"]  # fmt: skip
+SLOW_MLP = [
+    "data.max_train_samples=20000",
+    f"train.epochs={EPOCHS}",
+    "train.batch_size=64",
+    "scaling.num_workers=2",
+    "scaling.cpus_per_worker=1",
+]
 EPOCH_LINE = re.compile(rf"epoch (\d+)/{EPOCHS} ")
 RESUMED = re.compile(r"resumed from the epoch (\d+) checkpoint")
 
@@ -65,24 +70,43 @@ def registered_epochs(run_dir: Path) -> list[int]:
         snap = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
     except (OSError, ValueError):  # not written yet, or caught mid-write
         return []
-    return sorted(r["metrics"]["epoch"] for r in snap.get("checkpoint_results", [])
-                  if str(r.get("checkpoint_dir_name", "")).startswith("epoch_"))  # fmt: skip
+    return sorted(
+        r["metrics"]["epoch"]
+        for r in snap.get("checkpoint_results", [])
+        if str(r.get("checkpoint_dir_name", "")).startswith("epoch_")
+    )
 
 
 @pytest.mark.parametrize("max_failures", [1, 0])
 def test_train_worker_killed_after_a_checkpoint(ray_cluster, tmp_path, max_failures):
     store_dir, runs = tmp_path / "store", tmp_path / "runs"
     log = tmp_path / "driver.log"
-    cmd = [PY, "-m", "jobs.train", "--config", "configs/mlp.yaml", "--store", str(store_dir),
-           f"run.storage_path={runs}", f"failure.max_failures={max_failures}", *SLOW_MLP]  # fmt: skip
+    cmd = [
+        PY,
+        "-m",
+        "jobs.train",
+        "--config",
+        "configs/mlp.yaml",
+        "--store",
+        str(store_dir),
+        f"run.storage_path={runs}",
+        f"failure.max_failures={max_failures}",
+        *SLOW_MLP,
+    ]
     t0 = time.monotonic()
     with open(log, "w") as out:
         # RAY_DEDUP_LOGS=0: the epoch lines of the two attempts come from different processes; keep every one
-        proc = subprocess.Popen(cmd, env=ray_cluster.job_env(RAY_DEDUP_LOGS="0"), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, env=ray_cluster.job_env(RAY_DEDUP_LOGS="0"), cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         run_dir = wait_until(lambda: next(runs.glob("mlp-*"), None), 600, "the run's folder")
-        workers = wait_until(lambda: (w := train_workers(ray_cluster)) and len(w) == 2 and w, 600, "2 RayTrainWorker processes")
-        wait_until(lambda: KILL_AFTER in registered_epochs(run_dir), 600, f"epoch {KILL_AFTER}'s checkpoint to be committed")
+        workers = wait_until(
+            lambda: (w := train_workers(ray_cluster)) and len(w) == 2 and w, 600, "2 RayTrainWorker processes"
+        )
+        wait_until(
+            lambda: KILL_AFTER in registered_epochs(run_dir), 600, f"epoch {KILL_AFTER}'s checkpoint to be committed"
+        )
         committed = registered_epochs(run_dir)
         victim = workers[-1]
         victim.send_signal(signal.SIGKILL)  # psutil refuses if the pid was reused by another process
@@ -108,18 +132,26 @@ def test_train_worker_killed_after_a_checkpoint(ray_cluster, tmp_path, max_failu
         assert history == list(range(1, EPOCHS + 1))
         resumed = [int(m) for m in RESUMED.findall(text)]
         assert len(resumed) == 1, f"want exactly one restart, got {resumed}:\n{text[-4000:]}"
-        assert resumed[0] >= max(committed), f"resumed from epoch {resumed[0]}, but epoch {max(committed)} was committed"
+        assert resumed[0] >= max(committed), (
+            f"resumed from epoch {resumed[0]}, but epoch {max(committed)} was committed"
+        )
         before, after = text.split(RESUMED.search(text).group(0), 1)
         done_before = [int(e) for e in EPOCH_LINE.findall(before)]
         done_after = [int(e) for e in EPOCH_LINE.findall(after)]
         assert done_before == list(range(1, len(done_before) + 1)), done_before  # attempt 1: epochs 1.. in order, once
-        assert all(e > resumed[0] for e in done_after) and len(done_after) == len(set(done_after)), done_after  # attempt 2: only later ones
+        assert all(e > resumed[0] for e in done_after) and len(done_after) == len(set(done_after)), (
+            done_after
+        )  # attempt 2: only later ones
         redone_full = len(done_before) - resumed[0]  # epochs finished before the kill, then trained again
-        assert redone_full <= 1, f"{redone_full} finished epochs trained twice (before kill {done_before}, resumed from {resumed[0]})"
+        assert redone_full <= 1, (
+            f"{redone_full} finished epochs trained twice (before kill {done_before}, resumed from {resumed[0]})"
+        )
         elapsed = epochs_df.sort_values("epoch")["elapsed_s"].tolist()
         assert elapsed == sorted(elapsed), f"elapsed_s not monotonic across the restart: {elapsed}"
-        print(f"\nkilled 1 of 2 workers at {killed_at:.1f} s (committed epochs {committed}); resumed from epoch {resumed[0]}; "
-              f"finished epochs redone: {redone_full}; partial epoch rerun: 1; runs rows 1; epochs rows {history}; wall {wall:.1f} s")  # fmt: skip
+        print(
+            f"\nkilled 1 of 2 workers at {killed_at:.1f} s (committed epochs {committed}); resumed from epoch {resumed[0]}; "
+            f"finished epochs redone: {redone_full}; partial epoch rerun: 1; runs rows 1; epochs rows {history}; wall {wall:.1f} s"
+        )
     else:
         assert rc == 1, text[-4000:]
         assert run["status"] == "failed" and run["error"], run.to_dict()
@@ -129,8 +161,10 @@ def test_train_worker_killed_after_a_checkpoint(ray_cluster, tmp_path, max_failu
         from jobs.loop import load_state, read_meta
 
         assert read_meta(last_good)["epoch"] == max(history) and "model" in load_state(last_good)
-        print(f"\nkilled 1 of 2 workers at {killed_at:.1f} s, max_failures=0: status failed, error '{run['error'][:120]}'; "
-              f"epochs rows {history}; last good checkpoint {last_good.name} kept; wall {wall:.1f} s")  # fmt: skip
+        print(
+            f"\nkilled 1 of 2 workers at {killed_at:.1f} s, max_failures=0: status failed, error '{run['error'][:120]}'; "
+            f"epochs rows {history}; last good checkpoint {last_good.name} kept; wall {wall:.1f} s"
+        )
 
 
 # ----------------------------------------------------------------------------- the store under concurrent writers
@@ -150,8 +184,17 @@ def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
     store_dir = tmp_path / "store"
     env = base_env()
     t0 = time.monotonic()
-    writers = [subprocess.Popen([PY, "-c", WRITER, str(store_dir), str(w), str(APPENDS)], env=env, cwd=ROOT,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in range(WRITERS)]  # fmt: skip
+    writers = [
+        subprocess.Popen(
+            [PY, "-c", WRITER, str(store_dir), str(w), str(APPENDS)],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(WRITERS)
+    ]
     reader, reads, seen = Store(store_dir), 0, []
     while any(w.poll() is None for w in writers):  # a reader polling all along: never an error, never fewer rows
         seen.append(reader.read("epochs").num_rows)
@@ -173,9 +216,11 @@ def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
     assert set(table.column("train_loss").to_pylist()) == {float(i) for i in range(APPENDS)}
     files = list(store_dir.rglob("*.parquet"))
     assert len(files) == WRITERS * APPENDS and not [p for p in store_dir.rglob(".*")]
-    print(f"\n{WRITERS} writers x {APPENDS} appends: {table.num_rows} rows, lost {lost}, duplicated {duplicated}; "
-          f"writes {write_wall:.1f} s wall ({min(per_append_ms):.1f}-{max(per_append_ms):.1f} ms/append per writer); "
-          f"{reads} concurrent reads OK; cold read of {len(files)} files {read_s:.2f} s")  # fmt: skip
+    print(
+        f"\n{WRITERS} writers x {APPENDS} appends: {table.num_rows} rows, lost {lost}, duplicated {duplicated}; "
+        f"writes {write_wall:.1f} s wall ({min(per_append_ms):.1f}-{max(per_append_ms):.1f} ms/append per writer); "
+        f"{reads} concurrent reads OK; cold read of {len(files)} files {read_s:.2f} s"
+    )
 
 
 # ----------------------------------------------------------------------------- a writer killed mid-write
@@ -199,11 +244,17 @@ def test_writer_killed_mid_write_leaves_nothing_readers_pick_up(tmp_path):
     folder = store_dir / "epochs" / "workload=crash"
     temps: list[Path] = []
     for attempt in range(5):  # the kill must land while a temp file exists; it nearly always does at once
-        proc = subprocess.Popen([PY, "-c", BIG_WRITER, str(store_dir)], env=base_env(), cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [PY, "-c", BIG_WRITER, str(store_dir)], env=base_env(), cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
         try:
             assert proc.stdout.readline().strip() == "ready"
-            wait_until(lambda: folder.is_dir() and len({p.name.startswith(".") for p in folder.iterdir()}) == 2, 400,
-                       "a temp file beside a whole one (a later append under way)", poll=0.002)  # fmt: skip
+            wait_until(
+                lambda: folder.is_dir() and len({p.name.startswith(".") for p in folder.iterdir()}) == 2,
+                400,
+                "a temp file beside a whole one (a later append under way)",
+                poll=0.002,
+            )
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
         finally:
@@ -222,11 +273,15 @@ def test_writer_killed_mid_write_leaves_nothing_readers_pick_up(tmp_path):
 
     import duckdb  # what a user points at the store: the glob must not match the temp file either
 
-    n = duckdb.sql(f"SELECT count(*) FROM read_parquet('{store_dir}/epochs/**/*.parquet', hive_partitioning=true)").fetchall()[0][0]
+    n = duckdb.sql(
+        f"SELECT count(*) FROM read_parquet('{store_dir}/epochs/**/*.parquet', hive_partitioning=true)"
+    ).fetchall()[0][0]
     assert n == table.num_rows
 
     env = base_env()
-    check = run_job(["jobs.store", "--store", str(store_dir), "--format", "json", "check", "--older-than", "0"], env, timeout=400)
+    check = run_job(
+        ["jobs.store", "--store", str(store_dir), "--format", "json", "check", "--older-than", "0"], env, timeout=400
+    )
     assert check.returncode == 1 and "temp_file" in check.stdout, check.stdout + check.stderr
     fixed = run_job(["jobs.store", "--store", str(store_dir), "check", "--fix", "--older-than", "0"], env, timeout=400)
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
@@ -234,20 +289,35 @@ def test_writer_killed_mid_write_leaves_nothing_readers_pick_up(tmp_path):
     again = run_job(["jobs.store", "--store", str(store_dir), "check", "--older-than", "0"], env, timeout=400)
     assert again.returncode == 0 and "no problems found" in again.stdout
     assert Store(store_dir).read("epochs").num_rows == table.num_rows
-    print(f"\nwriter SIGKILLed mid-write (attempt {attempt + 1}): {len(temps)} torn temp file(s) ignored by Store and DuckDB; "
-          f"{len(visible)} whole file(s), {table.num_rows} rows readable; check --fix removed the leftovers")  # fmt: skip
+    print(
+        f"\nwriter SIGKILLed mid-write (attempt {attempt + 1}): {len(temps)} torn temp file(s) ignored by Store and DuckDB; "
+        f"{len(visible)} whole file(s), {table.num_rows} rows readable; check --fix removed the leftovers"
+    )
 
 
 # ----------------------------------------------------------------------------- no cluster at RAY_ADDRESS
 def test_no_cluster_at_address_fails_fast_with_one_line(tmp_path):
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
     t0 = time.monotonic()
-    res = run_job(["jobs.train", "--config", "configs/mlp.yaml", "--smoke-test", "--store", str(tmp_path / "store"),
-                   f"run.storage_path={tmp_path / 'runs'}"], base_env(RAY_ADDRESS=address), timeout=400)  # fmt: skip
+    res = run_job(
+        [
+            "jobs.train",
+            "--config",
+            "configs/mlp.yaml",
+            "--smoke-test",
+            "--store",
+            str(tmp_path / "store"),
+            f"run.storage_path={tmp_path / 'runs'}",
+        ],
+        base_env(RAY_ADDRESS=address),
+        timeout=400,
+    )
     wall = time.monotonic() - t0
     lines = stderr_lines(res)
     assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
-    assert len(lines) == 1 and f"no Ray cluster at RAY_ADDRESS={address}" in lines[0] and "ray start --head" in lines[0], res.stderr
+    assert (
+        len(lines) == 1 and f"no Ray cluster at RAY_ADDRESS={address}" in lines[0] and "ray start --head" in lines[0]
+    ), res.stderr
     assert "Traceback" not in res.stdout + res.stderr
     assert not (tmp_path / "store").exists() and not (tmp_path / "runs").exists()
     print(f"\njobs.train with no cluster at {address}: exit 1 in {wall:.1f} s: {lines[0]}")
@@ -269,14 +339,33 @@ def test_job_status_with_no_cluster_fails_fast_with_one_line():
 # Measured (tests/integration/test_faults.py history, RELIABILITY.md): AdamW at lr 3e5 on 256 digits in
 # batches of 64 overflows to a non-finite loss at optimizer step 6 — the 2nd batch of epoch 2 — for every
 # seed and thread count tried; so epoch 1 is a good checkpoint and epoch 2 diverges.
-DIVERGE = ["data.source=digits", "data.max_train_samples=256", "train.batch_size=64", "train.lr=3e5", "train.epochs=3",
-           "scaling.num_workers=1", "scaling.cpus_per_worker=1"]  # fmt: skip
+DIVERGE = [
+    "data.source=digits",
+    "data.max_train_samples=256",
+    "train.batch_size=64",
+    "train.lr=3e5",
+    "train.epochs=3",
+    "scaling.num_workers=1",
+    "scaling.cpus_per_worker=1",
+]
 
 
 def _diverging_run(ray_cluster, tmp_path, on_nan: str):
     store_dir, runs = tmp_path / "store", tmp_path / "runs"
-    res = run_job(["jobs.train", "--config", "configs/mlp.yaml", "--store", str(store_dir), f"run.storage_path={runs}",
-                   f"train.on_nan={on_nan}", *DIVERGE], ray_cluster.job_env(), timeout=900)  # fmt: skip
+    res = run_job(
+        [
+            "jobs.train",
+            "--config",
+            "configs/mlp.yaml",
+            "--store",
+            str(store_dir),
+            f"run.storage_path={runs}",
+            f"train.on_nan={on_nan}",
+            *DIVERGE,
+        ],
+        ray_cluster.job_env(),
+        timeout=900,
+    )
     store = Store(store_dir)
     runs_df, epochs_df = store.df("runs"), store.df("epochs").sort_values("epoch")
     assert res.returncode == 1 and len(runs_df) == 1, res.stdout[-4000:] + res.stderr[-2000:]
@@ -293,19 +382,27 @@ def _diverging_run(ray_cluster, tmp_path, on_nan: str):
 
 def test_nan_loss_fails_the_run_and_keeps_the_last_good_checkpoint(ray_cluster, tmp_path):
     res, run, epochs_df, last_good = _diverging_run(ray_cluster, tmp_path, "fail")
-    assert re.search(r"loss is (nan|inf|-inf) at batch \d+ — lower train.lr, or set train.on_nan=skip_batch", run["error"]), run["error"]
+    assert re.search(
+        r"loss is (nan|inf|-inf) at batch \d+ — lower train.lr, or set train.on_nan=skip_batch", run["error"]
+    ), run["error"]
     assert epochs_df["epoch"].tolist() == [1]  # epoch 2 diverged: not recorded as if it had finished
     assert "error: " in res.stdout and "loss is" in res.stdout  # the driver's summary says why
-    print(f"\non_nan=fail: status failed, error '{run['error']}', epochs rows [1], last good checkpoint {last_good.name} kept")
+    print(
+        f"\non_nan=fail: status failed, error '{run['error']}', epochs rows [1], last good checkpoint {last_good.name} kept"
+    )
 
 
 def test_nan_loss_skip_batch_skips_then_stops_when_nothing_is_left(ray_cluster, tmp_path):
     res, run, epochs_df, last_good = _diverging_run(ray_cluster, tmp_path, "skip_batch")
     assert epochs_df["epoch"].tolist() == [1, 2]
     skipped = epochs_df["skipped_batches"].tolist()
-    assert skipped[0] == 0 and skipped[1] >= 1, skipped  # epoch 2: the batches after the overflow were skipped, and counted
+    assert skipped[0] == 0 and skipped[1] >= 1, (
+        skipped
+    )  # epoch 2: the batches after the overflow were skipped, and counted
     assert re.search(r"all \d+ batches of the epoch had a non-finite loss", run["error"]), run["error"]
-    print(f"\non_nan=skip_batch: skipped batches per epoch {skipped}; then '{run['error']}'; last good checkpoint {last_good.name} kept")
+    print(
+        f"\non_nan=skip_batch: skipped batches per epoch {skipped}; then '{run['error']}'; last good checkpoint {last_good.name} kept"
+    )
 
 
 def test_skip_batch_survives_one_bad_batch():
@@ -363,7 +460,10 @@ def test_disk_full_mid_append_leaves_no_partial_file(small_fs):
     row = {"run_id": "r", "workload": "mlp", "epoch": 1, "train_loss": 0.5}
     store.append("epochs", [row])  # room for a small file
     fill(small_fs, leave=16 * 1024)
-    big = [{"run_id": f"r{i}", "workload": "mlp", "epoch": i, "train_loss": float(i), "note": "x" * 64} for i in range(20000)]
+    big = [
+        {"run_id": f"r{i}", "workload": "mlp", "epoch": i, "train_loss": float(i), "note": "x" * 64}
+        for i in range(20000)
+    ]
     with pytest.raises(StoreError) as e:
         store.append("epochs", big)
     assert "No space left on device" in str(e.value) and "\n" not in str(e.value)
@@ -376,10 +476,23 @@ def test_read_only_store_is_rejected_before_ray_starts(small_fs, tmp_path):
     (small_fs / "store").mkdir()
     subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
     env = base_env(RAY_ADDRESS=f"127.0.0.1:{free_port()}")  # a tripwire: reaching Ray would be exit 1, not 2
-    res = run_job(["jobs.train", "--config", "configs/mlp.yaml", "--smoke-test", "--store", str(small_fs / "store"),
-                   f"run.storage_path={tmp_path / 'runs'}"], env, timeout=400)  # fmt: skip
+    res = run_job(
+        [
+            "jobs.train",
+            "--config",
+            "configs/mlp.yaml",
+            "--smoke-test",
+            "--store",
+            str(small_fs / "store"),
+            f"run.storage_path={tmp_path / 'runs'}",
+        ],
+        env,
+        timeout=400,
+    )
     lines = stderr_lines(res)
-    assert res.returncode == 2 and len(lines) == 1 and "is not writable" in lines[0], res.stdout[-2000:] + res.stderr[-2000:]
+    assert res.returncode == 2 and len(lines) == 1 and "is not writable" in lines[0], (
+        res.stdout[-2000:] + res.stderr[-2000:]
+    )
     assert not list((small_fs / "store").iterdir()) and not (tmp_path / "runs").exists()
 
 
@@ -387,9 +500,21 @@ def test_disk_full_after_training_is_a_clear_error_and_no_partial_rows(ray_clust
     store_dir = small_fs / "store"
     store_dir.mkdir()
     fill(small_fs, leave=2 * 1024)  # the store's folder exists and is writable; its first file will not fit
-    res = run_job(["jobs.train", "--config", "configs/mlp.yaml", "--smoke-test", "--store", str(store_dir),
-                   "data.source=digits", "train.epochs=1", f"run.storage_path={tmp_path / 'runs'}"],
-                  ray_cluster.job_env(), timeout=900)  # fmt: skip
+    res = run_job(
+        [
+            "jobs.train",
+            "--config",
+            "configs/mlp.yaml",
+            "--smoke-test",
+            "--store",
+            str(store_dir),
+            "data.source=digits",
+            "train.epochs=1",
+            f"run.storage_path={tmp_path / 'runs'}",
+        ],
+        ray_cluster.job_env(),
+        timeout=900,
+    )
     lines = stderr_lines(res)
     assert res.returncode == 2, res.stdout[-3000:] + res.stderr[-3000:]
     assert "Traceback" not in res.stderr and any("No space left on device" in ln for ln in lines), res.stderr[-2000:]
@@ -402,7 +527,11 @@ def listeners(procs) -> list[tuple[int, str, int]]:
     out = []
     for p in procs:
         try:
-            out += [(p.pid, c.laddr.ip, c.laddr.port) for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+            out += [
+                (p.pid, c.laddr.ip, c.laddr.port)
+                for c in p.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN
+            ]
         except psutil.Error:  # a worker that exited meanwhile
             pass
     return out
@@ -445,7 +574,9 @@ def test_dashboard_listens_on_loopback_and_requires_the_token(ray_cluster):
 def test_embedded_cluster_listens_on_loopback_only():
     """The cluster `jobs.train` starts when RAY_ADDRESS is unset (the laptop path and `make demo`)."""
     env = {k: v for k, v in base_env().items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
-    proc = subprocess.Popen([PY, "-c", EMBEDDED], env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [PY, "-c", EMBEDDED], env=env, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert any(line.strip() == "ready" for line in proc.stdout), "the embedded cluster did not start"
         driver = psutil.Process(proc.pid)

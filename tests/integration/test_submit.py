@@ -8,6 +8,7 @@ import time
 from zipfile import ZipFile
 
 from conftest import base_env, free_port, run_job
+
 from jobs.store import Store
 
 
@@ -37,8 +38,15 @@ def wait_for(ray_cluster, store_dir, sid: str, statuses: tuple[str, ...], timeou
 
 
 def test_submit_follow_succeeds_and_records_the_job(ray_cluster, store_dir, tmp_path):
-    res = submit_cli(ray_cluster, store_dir, "submit", "configs/mlp.yaml", "--smoke-test", "--follow",
-                     f"run.storage_path={tmp_path / 'runs'}")  # fmt: skip
+    res = submit_cli(
+        ray_cluster,
+        store_dir,
+        "submit",
+        "configs/mlp.yaml",
+        "--smoke-test",
+        "--follow",
+        f"run.storage_path={tmp_path / 'runs'}",
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     sid = submission_id(res)
     assert re.fullmatch(r"mlp-train-[0-9a-f]{8}", sid)
@@ -58,7 +66,9 @@ def test_submit_follow_succeeds_and_records_the_job(ray_cluster, store_dir, tmp_
 
 
 def test_entrypoint_that_fails_at_once_is_recorded_failed_with_rays_message(ray_cluster, store_dir):
-    res = submit_cli(ray_cluster, store_dir, "submit", "configs/mlp.yaml", "--smoke-test", "data.source=/nonexistent/images.npz")
+    res = submit_cli(
+        ray_cluster, store_dir, "submit", "configs/mlp.yaml", "--smoke-test", "data.source=/nonexistent/images.npz"
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     sid = submission_id(res)
     row = wait_for(ray_cluster, store_dir, sid, ("failed", "succeeded", "stopped"))
@@ -73,8 +83,15 @@ def test_entrypoint_that_fails_at_once_is_recorded_failed_with_rays_message(ray_
 
 
 def test_stop_ends_a_running_job_and_records_stopped(ray_cluster, store_dir, tmp_path):
-    res = submit_cli(ray_cluster, store_dir, "submit", "configs/mlp.yaml", "--smoke-test", "train.epochs=1000",
-                     f"run.storage_path={tmp_path / 'runs'}")  # fmt: skip
+    res = submit_cli(
+        ray_cluster,
+        store_dir,
+        "submit",
+        "configs/mlp.yaml",
+        "--smoke-test",
+        "train.epochs=1000",
+        f"run.storage_path={tmp_path / 'runs'}",
+    )
     sid = submission_id(res)
     assert wait_for(ray_cluster, store_dir, sid, ("running", "failed", "succeeded"))["status"] == "running"
     res = submit_cli(ray_cluster, store_dir, "stop", sid)
@@ -101,19 +118,33 @@ def test_bad_override_exits_2_before_submitting(ray_cluster, store_dir):
 
 
 def test_upload_leaves_out_venv_results_data_and_credentials(tmp_path):
+    from conftest import ROOT
     from ray._private.runtime_env.packaging import _zip_files  # what Ray runs to package a working_dir
 
-    from conftest import ROOT
     from jobs.submit import EXCLUDES, upload_excludes
 
     repo = tmp_path / "repo"
-    for name in ["jobs/train.py", "configs/mlp.yaml", ".env", ".env.local", ".aws/credentials", ".venv/bin/python",
-                 "runs/r1/state.pt", "store/runs/workload=mlp/x.parquet", "data/big.npz", "jobs/deploy.pem",
-                 "jobs/__pycache__/train.cpython-311.pyc", ".git/config"]:  # fmt: skip
+    for name in [
+        "jobs/train.py",
+        "configs/mlp.yaml",
+        ".env",
+        ".env.local",
+        ".aws/credentials",
+        ".venv/bin/python",
+        "runs/r1/state.pt",
+        "store/runs/workload=mlp/x.parquet",
+        "data/big.npz",
+        "jobs/deploy.pem",
+        "jobs/__pycache__/train.cpython-311.pyc",
+        ".git/config",
+    ]:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (repo / name).write_text("x")
     _zip_files(str(repo), EXCLUDES, str(tmp_path / "fake.zip"), include_gitignore=True)
-    assert sorted(n for n in ZipFile(tmp_path / "fake.zip").namelist() if not n.endswith("/")) == ["configs/mlp.yaml", "jobs/train.py"]
+    assert sorted(n for n in ZipFile(tmp_path / "fake.zip").namelist() if not n.endswith("/")) == [
+        "configs/mlp.yaml",
+        "jobs/train.py",
+    ]
     _zip_files(str(ROOT), upload_excludes("configs/mlp.yaml"), str(tmp_path / "repo.zip"), include_gitignore=True)
     names = [n for n in ZipFile(tmp_path / "repo.zip").namelist() if not n.endswith("/")]
     assert "jobs/train.py" in names and "configs/mlp.yaml" in names and "workloads/mlp.py" in names

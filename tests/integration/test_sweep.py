@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import ray.train
-
 from conftest import PY, ROOT, run_job
+
 from jobs.store import Store
 
 GRID = (
@@ -31,11 +31,22 @@ GRID = (
 )
 
 
-def sweep_args(tmp_path: Path, store: Path, *extra: str, grid: str = "[0.01, 0.000001, 0.000001, 0.000001]") -> list[str]:
+def sweep_args(
+    tmp_path: Path, store: Path, *extra: str, grid: str = "[0.01, 0.000001, 0.000001, 0.000001]"
+) -> list[str]:
     cfg = tmp_path / "sweep.yaml"
     cfg.write_text(GRID.replace("[0.01, 0.000001, 0.000001, 0.000001]", grid))
-    return ["jobs.sweep", "--config", str(cfg), "--smoke-test", "--store", str(store),
-            f"run.storage_path={tmp_path / 'runs'}", "scaling.cpus_per_worker=1", *extra]  # fmt: skip
+    return [
+        "jobs.sweep",
+        "--config",
+        str(cfg),
+        "--smoke-test",
+        "--store",
+        str(store),
+        f"run.storage_path={tmp_path / 'runs'}",
+        "scaling.cpus_per_worker=1",
+        *extra,
+    ]
 
 
 def check_sweep(store_dir: Path, runs_root: Path, n_trials: int, asha: bool = True) -> tuple:
@@ -64,9 +75,13 @@ def test_asha_sweep_stops_a_trial_early_and_records_every_trial(ray_cluster, sto
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     runs, sweep = check_sweep(store_dir, tmp_path / "runs", 4)
     stopped = runs[runs["status"] == "stopped_early"]
-    assert (stopped["epochs"] == 1).all() and (stopped["train.lr"] == 1e-6).all() and (stopped["export_uri"] == "").all()
+    assert (
+        (stopped["epochs"] == 1).all() and (stopped["train.lr"] == 1e-6).all() and (stopped["export_uri"] == "").all()
+    )
     assert (runs["cpu_s"] > 0).all() and (runs["wall_s"] >= runs["train_time_s"]).all()
-    assert f"best: trial {sweep['best_trial_id']}" in res.stdout and sweep["best_run_id"] in res.stdout  # summary + model
+    assert (
+        f"best: trial {sweep['best_trial_id']}" in res.stdout and sweep["best_run_id"] in res.stdout
+    )  # summary + model
 
 
 def kill_sweep_after_first_row(cluster, tmp_path: Path, store_dir: Path) -> tuple:
@@ -74,8 +89,13 @@ def kill_sweep_after_first_row(cluster, tmp_path: Path, store_dir: Path) -> tupl
     Also used by bench/sweep_resume.py."""
     log = tmp_path / "driver.log"
     with open(log, "w") as out:
-        driver = subprocess.Popen([PY, "-m", *sweep_args(tmp_path, store_dir)], env=cluster.job_env(), cwd=ROOT,
-                                  stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        driver = subprocess.Popen(
+            [PY, "-m", *sweep_args(tmp_path, store_dir)],
+            env=cluster.job_env(),
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     store = Store(store_dir)
     deadline = time.time() + 300
     while time.time() < deadline and driver.poll() is None and not len(store.df("runs")):
@@ -89,9 +109,17 @@ def test_killed_sweep_resumes_without_rerunning_or_duplicating(ray_cluster, stor
     before, log = kill_sweep_after_first_row(ray_cluster, tmp_path, store_dir)
     assert 1 <= len(before) < 4, f"kill came too late or too early ({len(before)} rows): {log.read_text()[-2000:]}"
     sweep_id = before["sweep_id"].iloc[0]
-    finals = {r.run_id: os.stat(Path(r.checkpoint_uri) / "meta.json").st_mtime_ns for r in before.itertuples() if r.checkpoint_uri}
+    finals = {
+        r.run_id: os.stat(Path(r.checkpoint_uri) / "meta.json").st_mtime_ns
+        for r in before.itertuples()
+        if r.checkpoint_uri
+    }
 
-    res = run_job(["jobs.sweep", "--resume", sweep_id, f"run.storage_path={tmp_path / 'runs'}"], ray_cluster.job_env(), timeout=400)
+    res = run_job(
+        ["jobs.sweep", "--resume", sweep_id, f"run.storage_path={tmp_path / 'runs'}"],
+        ray_cluster.job_env(),
+        timeout=400,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     runs, sweep = check_sweep(store_dir, tmp_path / "runs", 4)
     assert sweep["sweep_id"] == sweep_id
@@ -104,8 +132,19 @@ def test_killed_sweep_resumes_without_rerunning_or_duplicating(ray_cluster, stor
 def test_ray_job_submit_runs_a_sweep_of_two_worker_train_runs(ray_cluster, store_dir, tmp_path):
     """Under `ray job submit`, trials of 2 DDP workers: each a TorchTrainer run inside a Tune function trainable."""
     args = sweep_args(tmp_path, store_dir, "scaling.num_workers=2", "sweep.scheduler=fifo", grid="[0.01, 0.000001]")
-    cmd = [str(Path(PY).parent / "ray"), "job", "submit", "--address", ray_cluster.dashboard, "--working-dir", ".",
-           "--", "python", "-m", *args]  # fmt: skip
+    cmd = [
+        str(Path(PY).parent / "ray"),
+        "job",
+        "submit",
+        "--address",
+        ray_cluster.dashboard,
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "-m",
+        *args,
+    ]
     res = subprocess.run(cmd, env=ray_cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "succeeded" in res.stdout and "1 at a time" in res.stdout  # 2 workers x 1 CPU on a 2-CPU cluster

@@ -6,16 +6,27 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import run_job
+
 from jobs.store import Store
 
 
 @pytest.mark.parametrize("workload", ["sentiment", "rnn"])
 def test_smoke_test_on_two_workers_writes_run_epochs_and_export(workload, ray_cluster, store_dir, tmp_path):
-    res = run_job(["jobs.train", "--config", f"configs/{workload}.yaml", "--smoke-test", "--store", str(store_dir),
-                   "scaling.num_workers=2", "scaling.cpus_per_worker=1", f"run.storage_path={tmp_path / 'runs'}"],
-                  ray_cluster.job_env())  # fmt: skip
+    res = run_job(
+        [
+            "jobs.train",
+            "--config",
+            f"configs/{workload}.yaml",
+            "--smoke-test",
+            "--store",
+            str(store_dir),
+            "scaling.num_workers=2",
+            "scaling.cpus_per_worker=1",
+            f"run.storage_path={tmp_path / 'runs'}",
+        ],
+        ray_cluster.job_env(),
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     store = Store(store_dir)
     runs = store.df("runs")
@@ -41,9 +52,21 @@ def test_smoke_test_on_two_workers_writes_run_epochs_and_export(workload, ray_cl
 def test_unknown_label_in_own_csv_exits_2_before_ray_and_writes_nothing(ray_cluster, store_dir, tmp_path):
     train = tmp_path / "mine.csv"
     train.write_text("review,stars\ngreat,pos\nawful,neg\nfine,maybe\n")
-    res = run_job(["jobs.train", "--config", "configs/sentiment.yaml", "--smoke-test", "--store", str(store_dir),
-                   f"data.train={train}", "data.text_column=review", "data.label_column=stars", "data.labels=[neg, pos]"],
-                  ray_cluster.job_env())  # fmt: skip
+    res = run_job(
+        [
+            "jobs.train",
+            "--config",
+            "configs/sentiment.yaml",
+            "--smoke-test",
+            "--store",
+            str(store_dir),
+            f"data.train={train}",
+            "data.text_column=review",
+            "data.label_column=stars",
+            "data.labels=[neg, pos]",
+        ],
+        ray_cluster.job_env(),
+    )
     assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-2000:]
     assert f"{train}:4: unknown label 'maybe'" in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
@@ -59,7 +82,11 @@ def test_text_splits_read_from_s3(s3_server):
     bucket = s3_server.make_bucket("text-tables")
     fs, _ = pafs.FileSystem.from_uri(bucket)
     with fs.open_output_stream("text-tables/tweets.jsonl") as f:
-        f.write("".join(json.dumps({"text": f"tweet {i}", "label": "pos" if i % 2 else "neg"}) + "\n" for i in range(50)).encode())
+        f.write(
+            "".join(
+                json.dumps({"text": f"tweet {i}", "label": "pos" if i % 2 else "neg"}) + "\n" for i in range(50)
+            ).encode()
+        )
     with fs.open_output_stream("text-tables/bad.csv") as f:
         f.write(b"text,label\nok,pos\n")
     splits, labels, _ = load_text_splits(Data(train=f"{bucket}/tweets.jsonl"))

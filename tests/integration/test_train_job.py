@@ -6,13 +6,25 @@ import subprocess
 from pathlib import Path
 
 from conftest import PY, ROOT, run_job
+
 from jobs.store import Store
 
 
 def test_train_two_workers_writes_one_run_and_its_epochs(ray_cluster, store_dir, tmp_path):
-    res = run_job(["jobs.train", "--config", "configs/mlp.yaml", "--smoke-test", "--store", str(store_dir),
-                   "scaling.num_workers=2", "scaling.cpus_per_worker=1", f"run.storage_path={tmp_path / 'runs'}"],
-                  ray_cluster.job_env())  # fmt: skip
+    res = run_job(
+        [
+            "jobs.train",
+            "--config",
+            "configs/mlp.yaml",
+            "--smoke-test",
+            "--store",
+            str(store_dir),
+            "scaling.num_workers=2",
+            "scaling.cpus_per_worker=1",
+            f"run.storage_path={tmp_path / 'runs'}",
+        ],
+        ray_cluster.job_env(),
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     store = Store(store_dir)
     runs = store.df("runs")
@@ -27,8 +39,10 @@ def test_train_two_workers_writes_one_run_and_its_epochs(ray_cluster, store_dir,
 
 
 def test_bad_override_exits_2_and_writes_nothing(ray_cluster, store_dir):
-    res = run_job(["jobs.train", "--config", "configs/mlp.yaml", "--smoke-test", "--store", str(store_dir), "train.lrr=0.1"],
-                  ray_cluster.job_env())  # fmt: skip
+    res = run_job(
+        ["jobs.train", "--config", "configs/mlp.yaml", "--smoke-test", "--store", str(store_dir), "train.lrr=0.1"],
+        ray_cluster.job_env(),
+    )
     assert res.returncode == 2
     assert "train.lrr" in res.stderr and "Traceback" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
@@ -36,9 +50,25 @@ def test_bad_override_exits_2_and_writes_nothing(ray_cluster, store_dir):
 
 
 def test_ray_job_submit_lands_run_in_store(ray_cluster, store_dir, tmp_path):
-    cmd = [str(Path(PY).parent / "ray"), "job", "submit", "--address", ray_cluster.dashboard, "--working-dir", ".",
-           "--", "python", "-m", "jobs.train", "--config", "configs/mlp.yaml", "--smoke-test",
-           "--store", str(store_dir), f"run.storage_path={tmp_path / 'runs'}"]  # fmt: skip
+    cmd = [
+        str(Path(PY).parent / "ray"),
+        "job",
+        "submit",
+        "--address",
+        ray_cluster.dashboard,
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "-m",
+        "jobs.train",
+        "--config",
+        "configs/mlp.yaml",
+        "--smoke-test",
+        "--store",
+        str(store_dir),
+        f"run.storage_path={tmp_path / 'runs'}",
+    ]
     res = subprocess.run(cmd, env=ray_cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "succeeded" in res.stdout

@@ -43,7 +43,11 @@ def train(*args: str, config: str = "configs/mlp.yaml") -> list[str]:
 
 
 NO_AWS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL")
-NO_AWS_ENV = {"AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
+NO_AWS_ENV = {
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": "/nonexistent",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+}
 SENTIMENT = "configs/sentiment.yaml"
 NER = "configs/ner.yaml"
 
@@ -78,45 +82,100 @@ CASES = [
     Case("idx-truncated", train("data.source={d}/idx_short/train"), "is truncated"),
     Case("image-parquet-no-label", train("data.source={d}/no_label.parquet"), "missing column(s) ['label']"),
     Case("image-source-unknown", train("data.source=mnist_v9"), "not a known source"),
-    Case("s3-no-credentials", train("data.source=s3://perennial-no-such-bucket/x.npz"), "s3://perennial-no-such-bucket/x.npz",
-         env=NO_AWS_ENV, drop_env=NO_AWS),  # fmt: skip
+    Case(
+        "s3-no-credentials",
+        train("data.source=s3://perennial-no-such-bucket/x.npz"),
+        "s3://perennial-no-such-bucket/x.npz",
+        env=NO_AWS_ENV,
+        drop_env=NO_AWS,
+    ),
     # ---- CoNLL (ner)
-    Case("conll-column-count", train("data.train={d}/ner_columns.txt", config=NER), "ner_columns.txt:4: 3 columns, but line 1 has 2"),
-    Case("conll-unknown-label", train("data.train={d}/ner_ok.txt", "data.labels=[O,B-PER,I-PER]", config=NER), "ner_ok.txt:1: unknown label 'B-ORG'"),
+    Case(
+        "conll-column-count",
+        train("data.train={d}/ner_columns.txt", config=NER),
+        "ner_columns.txt:4: 3 columns, but line 1 has 2",
+    ),
+    Case(
+        "conll-unknown-label",
+        train("data.train={d}/ner_ok.txt", "data.labels=[O,B-PER,I-PER]", config=NER),
+        "ner_ok.txt:1: unknown label 'B-ORG'",
+    ),
     Case("conll-undecodable", train("data.train={d}/ner_latin1.txt", config=NER), "ner_latin1.txt:2: not UTF-8"),
     Case("conll-not-iob", train("data.train={d}/ner_tags.txt", config=NER), "tag 'ORG' is not IOB-style"),
     Case("conll-empty", train("data.train={d}/empty.txt", config=NER), "no sentences"),
     Case("conll-missing", train("data.train={d}/nope.txt", config=NER), "not found"),
-    Case("ner-model-missing", train("data.train={d}/ner_ok.txt", "model.name_or_path={d}/no_model", config=NER), "has no config.json"),
+    Case(
+        "ner-model-missing",
+        train("data.train={d}/ner_ok.txt", "model.name_or_path={d}/no_model", config=NER),
+        "has no config.json",
+    ),
     # ---- labelled text (sentiment / rnn)
     Case("csv-no-text-column", train("data.train={d}/no_text.csv", config=SENTIMENT), "no column 'text'"),
-    Case("csv-undecodable", train("data.train={d}/latin1.csv", config=SENTIMENT), "latin1.csv:2: byte 0xe9 is not valid utf-8"),
-    Case("csv-unknown-label", train("data.train={d}/labels.csv", "data.labels=[negative,positive]", config=SENTIMENT), "labels.csv:4: unknown label 'meh'"),
-    Case("csv-ragged-row", train("data.train={d}/ragged.csv", config=SENTIMENT), "ragged.csv:3: 3 fields but the header has 2"),
+    Case(
+        "csv-undecodable",
+        train("data.train={d}/latin1.csv", config=SENTIMENT),
+        "latin1.csv:2: byte 0xe9 is not valid utf-8",
+    ),
+    Case(
+        "csv-unknown-label",
+        train("data.train={d}/labels.csv", "data.labels=[negative,positive]", config=SENTIMENT),
+        "labels.csv:4: unknown label 'meh'",
+    ),
+    Case(
+        "csv-ragged-row",
+        train("data.train={d}/ragged.csv", config=SENTIMENT),
+        "ragged.csv:3: 3 fields but the header has 2",
+    ),
     Case("csv-empty", train("data.train={d}/empty.csv", config=SENTIMENT), "the file is empty"),
     Case("csv-one-class", train("data.train={d}/one_class.csv", config=SENTIMENT), "a classifier needs at least 2"),
     Case("jsonl-bad-line", train("data.train={d}/bad.jsonl", config=SENTIMENT), "bad.jsonl:2: not valid JSON"),
     Case("text-unsupported-type", train("data.train={d}/notes.txt", config=SENTIMENT), "unsupported file type '.txt'"),
     Case("text-parquet-no-column", train("data.train={d}/reviews.parquet", config=SENTIMENT), "no column 'text'"),
-    Case("text-bad-encoding-name", train("data.train={d}/labels.csv", "data.encoding=klingon", config=SENTIMENT), "not a known text encoding"),
+    Case(
+        "text-bad-encoding-name",
+        train("data.train={d}/labels.csv", "data.encoding=klingon", config=SENTIMENT),
+        "not a known text encoding",
+    ),
     Case("rnn-bad-cell", train("model.cell=transformer", config="configs/rnn.yaml"), "model.cell must be one of"),
     # ---- the store
     Case("store-is-a-file", train(), "is a file, not a directory", store="{d}/a_file"),
     Case("store-under-a-file", train(), "is a file, not a directory", store="{d}/a_file/store"),
-    Case("store-s3-no-credentials", train(), "s3://perennial-no-such-bucket/store", store="s3://perennial-no-such-bucket/store",
-         env=NO_AWS_ENV, drop_env=NO_AWS),  # fmt: skip
+    Case(
+        "store-s3-no-credentials",
+        train(),
+        "s3://perennial-no-such-bucket/store",
+        store="s3://perennial-no-such-bucket/store",
+        env=NO_AWS_ENV,
+        drop_env=NO_AWS,
+    ),
     # ---- other verbs: runs that do not exist, bad search spaces, cluster.yaml
     Case("history-missing-run", ["jobs.store", "history", "mlp-nope"], "no epochs for run 'mlp-nope'"),
     Case("evaluate-missing-run", ["jobs.evaluate", "--run", "mlp-nope"], "unknown run 'mlp-nope'"),
-    Case("continual-from-missing-run", ["jobs.continual", "--config", "configs/mlp.yaml", "--from", "mlp-nope", "data.source=digits"],
-         "no run 'mlp-nope'"),  # fmt: skip
-    Case("sweep-unknown-distribution", ["jobs.sweep", "--config", "configs/mlp.yaml", "sweep.search_space={train.lr: {normal: [0, 1]}}"],
-         "unknown distribution 'normal'"),  # fmt: skip
-    Case("sweep-unknown-key", ["jobs.sweep", "--config", "configs/mlp.yaml", "sweep.search_space={train.lrr: {choice: [0.1, 0.2]}}"],
-         "'train.lrr' is not in workload"),  # fmt: skip
-    Case("sweep-bounds-swapped", ["jobs.sweep", "--config", "configs/mlp.yaml", "sweep.search_space={train.lr: {loguniform: [0.1, 0.001]}}"],
-         "lower bound 0.1 > upper bound 0.001"),  # fmt: skip
-    Case("sweep-resume-missing", ["jobs.sweep", "--resume", "mlp-sweep-nope", "run.storage_path={runs}"], "no sweep 'mlp-sweep-nope'"),
+    Case(
+        "continual-from-missing-run",
+        ["jobs.continual", "--config", "configs/mlp.yaml", "--from", "mlp-nope", "data.source=digits"],
+        "no run 'mlp-nope'",
+    ),
+    Case(
+        "sweep-unknown-distribution",
+        ["jobs.sweep", "--config", "configs/mlp.yaml", "sweep.search_space={train.lr: {normal: [0, 1]}}"],
+        "unknown distribution 'normal'",
+    ),
+    Case(
+        "sweep-unknown-key",
+        ["jobs.sweep", "--config", "configs/mlp.yaml", "sweep.search_space={train.lrr: {choice: [0.1, 0.2]}}"],
+        "'train.lrr' is not in workload",
+    ),
+    Case(
+        "sweep-bounds-swapped",
+        ["jobs.sweep", "--config", "configs/mlp.yaml", "sweep.search_space={train.lr: {loguniform: [0.1, 0.001]}}"],
+        "lower bound 0.1 > upper bound 0.001",
+    ),
+    Case(
+        "sweep-resume-missing",
+        ["jobs.sweep", "--resume", "mlp-sweep-nope", "run.storage_path={runs}"],
+        "no sweep 'mlp-sweep-nope'",
+    ),
     Case("cluster-yaml-unknown-key", ["jobs.cluster_check", "{d}/cluster_bad.yaml"], "bogus_key"),
     Case("cluster-yaml-not-yaml", ["jobs.cluster_check", "{d}/bad_syntax.yaml"], "bad_syntax.yaml"),
 ]
@@ -139,7 +198,9 @@ def make_bad_files(d: Path) -> None:
     (d / "idx" / "train-images-idx3-ubyte").write_bytes(b"GIF89a not an idx file")
     (d / "idx" / "train-labels-idx1-ubyte").write_bytes(b"GIF89a not an idx file")
     (d / "idx_short").mkdir(exist_ok=True)
-    (d / "idx_short" / "train-images-idx3-ubyte").write_bytes(bytes([0, 0, 8, 3]) + (10).to_bytes(4, "big") + (8).to_bytes(4, "big") * 2 + bytes(100))
+    (d / "idx_short" / "train-images-idx3-ubyte").write_bytes(
+        bytes([0, 0, 8, 3]) + (10).to_bytes(4, "big") + (8).to_bytes(4, "big") * 2 + bytes(100)
+    )
     (d / "idx_short" / "train-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1]) + (10).to_bytes(4, "big") + bytes(10))
     pq.write_table(pa.table({"image": [[0.5] * 64] * 4}), d / "no_label.parquet")
     sentences = "".join(f"Peter B-PER\nvisits O\nBerlin B-LOC\n{i} O\n\n" for i in range(20))
@@ -170,8 +231,13 @@ def closed_port() -> int:
 
 def case_env(case: Case) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in case.drop_env and not k.startswith("PERENNIAL_")}
-    env |= {"PYTHONPATH": str(ROOT), "RAY_ADDRESS": f"127.0.0.1:{closed_port()}",  # tripwire: never a real cluster
-            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}  # fmt: skip
+    env |= {
+        "PYTHONPATH": str(ROOT),
+        "RAY_ADDRESS": f"127.0.0.1:{closed_port()}",  # tripwire: never a real cluster
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     return env | case.env
 
 
@@ -185,9 +251,18 @@ def run_case(case: Case, d: Path) -> dict:
         argv.append(f"run.storage_path={runs}")
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, env=case_env(case), capture_output=True, text=True, timeout=TIMEOUT_S)
+        proc = subprocess.run(
+            [sys.executable, "-m", *argv],
+            cwd=ROOT,
+            env=case_env(case),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
     except subprocess.TimeoutExpired as e:  # reported by the case's own test, not as an error of every test
-        proc = subprocess.CompletedProcess(e.cmd, -9, _text(e.stdout), _text(e.stderr) + f"\n(timed out after {TIMEOUT_S} s)")
+        proc = subprocess.CompletedProcess(
+            e.cmd, -9, _text(e.stdout), _text(e.stderr) + f"\n(timed out after {TIMEOUT_S} s)"
+        )
     return {"proc": proc, "wall_s": time.perf_counter() - t0, "store": store, "runs": runs}
 
 
@@ -200,16 +275,21 @@ def results(request, tmp_path_factory) -> dict[str, dict]:
     """Runs the selected cases concurrently, once; each test then checks its own."""
     d = tmp_path_factory.mktemp("bad_inputs")
     make_bad_files(d)
-    selected = [item.callspec.params["case"] for item in request.session.items
-                if getattr(item, "originalname", "") == "test_bad_input_exits_2_with_one_line" and hasattr(item, "callspec")]  # fmt: skip
+    selected = [
+        item.callspec.params["case"]
+        for item in request.session.items
+        if getattr(item, "originalname", "") == "test_bad_input_exits_2_with_one_line" and hasattr(item, "callspec")
+    ]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(CONCURRENCY) as pool:
         futures = {c.id: pool.submit(run_case, c, d) for c in selected}
         out = {cid: f.result() for cid, f in futures.items()}  # run_case turns a timeout into a result
     walls = sorted(r["wall_s"] for r in out.values())
     if walls:
-        print(f"\n{len(out)} bad-input subprocesses, {CONCURRENCY} at a time: {time.perf_counter() - t0:.1f} s wall, "
-              f"each {walls[0]:.1f}-{walls[-1]:.1f} s (median {walls[len(walls) // 2]:.1f} s)")  # fmt: skip
+        print(
+            f"\n{len(out)} bad-input subprocesses, {CONCURRENCY} at a time: {time.perf_counter() - t0:.1f} s wall, "
+            f"each {walls[0]:.1f}-{walls[-1]:.1f} s (median {walls[len(walls) // 2]:.1f} s)"
+        )
     return out
 
 
@@ -225,7 +305,9 @@ def test_bad_input_exits_2_with_one_line(case: Case, results):
     line = lines[0]
     assert line.startswith("error: "), line
     assert case.needle in line, f"{case.needle!r} not in: {line}"
-    assert " — " in line or " must be " in line, f"the message names no fix ('problem — fix', or 'X must be ...'): {line}"
+    assert " — " in line or " must be " in line, (
+        f"the message names no fix ('problem — fix', or 'X must be ...'): {line}"
+    )
     assert len(line) < 400, f"too long for one readable line ({len(line)} chars): {line}"
     assert not r["store"].exists(), f"the store was written: {sorted(p.name for p in r['store'].rglob('*'))}"
     assert not r["runs"].exists(), "the checkpoint folder was created"

@@ -31,7 +31,9 @@ def test_median_step_time_leaves_out_loader_start_and_warmup():
     for d in durations:
         starts.append(starts[-1] + d)
     assert median_step_time(starts) == pytest.approx(0.1)
-    assert median_step_time(starts[:4]) == pytest.approx(1.0)  # too few steps to drop a warm-up: all but the first interval
+    assert median_step_time(starts[:4]) == pytest.approx(
+        1.0
+    )  # too few steps to drop a warm-up: all but the first interval
     assert math.isnan(median_step_time(starts[:1]))
 
 
@@ -41,7 +43,9 @@ def test_overhead_smoke_times_the_plain_loop(tmp_path, capsys):
     assert set(steps) == {"mlp", "ner"}  # --cpus 1 makes the default ner@1 case the ner case
     for pairs in steps.values():
         plain = pairs[0]["plain"]
-        assert 0 < plain["step_time_median_s"] < 60 and plain["samples_per_s"] > 0 and math.isfinite(plain["train_loss"])
+        assert (
+            0 < plain["step_time_median_s"] < 60 and plain["samples_per_s"] > 0 and math.isfinite(plain["train_loss"])
+        )
     assert "ratio B/A" in capsys.readouterr().out
 
 
@@ -56,17 +60,28 @@ def test_overhead_cases_name_their_cpus_and_refuse_bad_ones(tmp_path, capsys):
 
 
 def test_vs_hf_trainer_smoke_scores_both_trainer_arms_and_levers(tmp_path, capsys):
-    code = vs_hf_trainer.main(["--smoke", "--no-ray", "--threads", "1", "--levers", "shipped", "random_order", "--out", str(tmp_path)])
+    code = vs_hf_trainer.main(
+        ["--smoke", "--no-ray", "--threads", "1", "--levers", "shipped", "random_order", "--out", str(tmp_path)]
+    )
     assert code == 0
     res = results(tmp_path, "vs_hf_trainer")
     assert set(res["arms"]) == {"hf", "hf_grouped", "plain"}
     for arm in ("hf", "hf_grouped", "plain"):
         r = res["arms"][arm][0]
-        assert r["samples_per_s"] > 0 and 0 <= r["padded_fraction"] < 1 and 0 <= r["val_f1"] <= 1 and r["peak_rss_mb"] > 100
+        assert (
+            r["samples_per_s"] > 0
+            and 0 <= r["padded_fraction"] < 1
+            and 0 <= r["val_f1"] <= 1
+            and r["peak_rss_mb"] > 100
+        )
     shipped, random_order = res["levers"]["shipped"][0], res["levers"]["random_order"][0]
     assert shipped["samples_per_s"] > 0 and random_order["samples_per_s"] > 0
     out = capsys.readouterr().out
-    assert "HF Trainer, group_by_length" in out and "vs shipped" in out and "our loop, plain process (no Ray) / HF Trainer" in out
+    assert (
+        "HF Trainer, group_by_length" in out
+        and "vs shipped" in out
+        and "our loop, plain process (no Ray) / HF Trainer" in out
+    )
 
 
 def test_scaling_estimate_follows_ring_allreduce():
@@ -95,5 +110,7 @@ def test_memory_smoke_reports_peak_rss(tmp_path):
 
 
 def test_python_m_bench_lists_the_suite():
-    out = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0 and "overhead" in out.stdout and "memory" in out.stdout

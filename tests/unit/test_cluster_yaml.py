@@ -1,6 +1,6 @@
 """cluster.yaml passes Ray's own offline validator and the project's rules; broken copies do not.
 
-    make cluster-check      (this file; no cloud access, < 2 s)
+make cluster-check      (this file; no cloud access, < 2 s)
 """
 
 from __future__ import annotations
@@ -39,13 +39,17 @@ def test_aws_cluster_has_cpu_head_and_autoscaling_gpu_workers(raw):
     for name in gpus:
         node_type = raw["available_node_types"][name]
         assert node_type["min_workers"] == 0 and 1 <= node_type["max_workers"] <= raw["max_workers"]
-        assert node_type["resources"]["GPU"] == gpus[name] and node_type["node_config"]["IamInstanceProfile"]  # S3 checkpoints
+        assert (
+            node_type["resources"]["GPU"] == gpus[name] and node_type["node_config"]["IamInstanceProfile"]
+        )  # S3 checkpoints
     assert raw["idle_timeout_minutes"] > 0
 
 
 def test_aws_cluster_opens_only_ssh(raw):
     rules = raw["provider"]["security_group"]["IpPermissions"]
-    assert all((r["FromPort"], r["ToPort"]) == (22, 22) for r in rules)  # no dashboard (8265), GCS (6379), client (10001)
+    assert all(
+        (r["FromPort"], r["ToPort"]) == (22, 22) for r in rules
+    )  # no dashboard (8265), GCS (6379), client (10001)
     head_start = " ".join(raw["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start
 
@@ -53,7 +57,9 @@ def test_aws_cluster_opens_only_ssh(raw):
 def test_setup_installs_like_the_readme(raw):
     setup = "\n".join(raw["setup_commands"])
     torch_line = next(c for c in raw["setup_commands"] if "torch==2.13.0" in c)
-    assert "download.pytorch.org/whl/" in torch_line and "echo cu128" in torch_line and "echo cpu" in torch_line  # same torch, CUDA or CPU build
+    assert (
+        "download.pytorch.org/whl/" in torch_line and "echo cu128" in torch_line and "echo cpu" in torch_line
+    )  # same torch, CUDA or CPU build
     assert setup.index("torch==2.13.0") < setup.index("make setup")  # torch first, then the project
     assert "dataset-fashion-mnist" in setup
     assert raw["file_mounts"]["~/perennial"] == "." and ".venv" in raw["rsync_exclude"]
@@ -72,17 +78,23 @@ BROKEN = {
     "GPU count not an integer": (lambda c: c["available_node_types"]["gpu_4x"]["resources"].update(GPU="4"), "GPU"),
     "public dashboard port": (
         lambda c: c["provider"]["security_group"]["IpPermissions"].append(
-            {"FromPort": 8265, "ToPort": 8265, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}),
+            {"FromPort": 8265, "ToPort": 8265, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
+        ),
         "8265",
     ),
     "dashboard on all interfaces": (
-        lambda c: c.update(head_start_ray_commands=[x.replace("127.0.0.1", "0.0.0.0") for x in c["head_start_ray_commands"]]),
+        lambda c: c.update(
+            head_start_ray_commands=[x.replace("127.0.0.1", "0.0.0.0") for x in c["head_start_ray_commands"]]
+        ),
         "0.0.0.0",
     ),
-    "always-on GPU worker": (lambda c: c["available_node_types"]["gpu_1x"].update(min_workers=1), "min_workers must be 0"),
+    "always-on GPU worker": (
+        lambda c: c["available_node_types"]["gpu_1x"].update(min_workers=1),
+        "min_workers must be 0",
+    ),
     "one GPU type only": (lambda c: c["available_node_types"].pop("gpu_4x"), "two GPU worker types"),
     "no idle timeout": (lambda c: c.pop("idle_timeout_minutes"), "idle_timeout_minutes"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
@@ -95,9 +107,17 @@ def test_broken_copy_is_rejected_with_a_message_naming_the_problem(raw, case):
 def test_cli_exits_2_with_one_line_for_a_broken_file(raw, tmp_path):
     bad = tmp_path / "cluster.yaml"
     bad.write_text((ROOT / "cluster.yaml").read_text().replace("head_node_type: head", "head_node_type: hed"))
-    res = subprocess.run([sys.executable, "-m", "jobs.cluster_check", str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "jobs.cluster_check", str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 2 and "head_node_type" in res.stderr and len(res.stderr.strip().splitlines()) == 1
-    ok = subprocess.run([sys.executable, "-m", "jobs.cluster_check", "cluster.yaml"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-m", "jobs.cluster_check", "cluster.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert ok.returncode == 0 and "valid" in ok.stdout
 
 

@@ -35,7 +35,9 @@ def test_digits_data_is_images_with_a_channel(digits):
 @pytest.mark.parametrize("side, pools", [(8, 1), (28, 2)])
 def test_pooling_adapts_to_the_image_size(side, pools):
     cfg = make_cfg()
-    splits = Splits(train=None, val=None, test=None, labels=[str(i) for i in range(10)], info={"height": side, "width": side})
+    splits = Splits(
+        train=None, val=None, test=None, labels=[str(i) for i in range(10)], info={"height": side, "width": side}
+    )
     model = cnn.build_model(cfg, splits)
     assert sum(isinstance(m, nn.MaxPool2d) for m in model) == pools  # 8x8 keeps 4x4 maps, 28x28 goes to 7x7
     assert model(torch.randn(3, 1, side, side)).shape == (3, 10)

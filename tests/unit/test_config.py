@@ -89,8 +89,22 @@ def test_every_shipped_config_loads():
 
 
 def test_cli_exit_code_2_one_line(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "jobs.train", "--config", "configs/mlp.yaml", "train.epochs=x",
-                          "--store", str(tmp_path / "s")], cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.train",
+            "--config",
+            "configs/mlp.yaml",
+            "train.epochs=x",
+            "--store",
+            str(tmp_path / "s"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [res.stderr.strip()]
     assert "train.epochs" in res.stderr and "Traceback" not in res.stderr

@@ -16,8 +16,11 @@ def write(tmp_path: Path, text: str | bytes, name: str = "data.txt") -> str:
 
 
 def test_four_columns_docstart_and_repeated_blank_lines(tmp_path):
-    path = write(tmp_path, "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\n\n"
-                           "-DOCSTART- -X- -X- O\nPeter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER\n\n")  # fmt: skip
+    path = write(
+        tmp_path,
+        "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\n\n\n"
+        "-DOCSTART- -X- -X- O\nPeter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER\n\n",
+    )
     sentences, fp = read_conll(path)
     assert sentences == [(["EU", "rejects"], ["B-ORG", "O"]), (["Peter", "Blackburn"], ["B-PER", "I-PER"])]
     assert len(fp) == 16
@@ -26,7 +29,10 @@ def test_four_columns_docstart_and_repeated_blank_lines(tmp_path):
 def test_two_tab_separated_columns_trailing_whitespace_crlf_and_no_final_newline(tmp_path):
     # WNUT-16 style: token TAB tag, sentences split by a line holding only a tab
     path = write(tmp_path, "Empire\tB-facility \r\nState\tI-facility\t\r\n\t\r\n@paul\tO\nrocks \tO")
-    assert read_conll(path)[0] == [(["Empire", "State"], ["B-facility", "I-facility"]), (["@paul", "rocks"], ["O", "O"])]
+    assert read_conll(path)[0] == [
+        (["Empire", "State"], ["B-facility", "I-facility"]),
+        (["@paul", "rocks"], ["O", "O"]),
+    ]
 
 
 def test_tab_separated_token_may_contain_a_space(tmp_path):

@@ -27,7 +27,9 @@ CPU = torch.device("cpu")
 
 def tiny_mlp(overrides: list[str] = ()):
     """A real mlp config and a 20 -> 16 -> 8 -> 3 model, without dropout (so passes are deterministic)."""
-    cfg = config_lib.load_config(None, ["workload=mlp", "model.hidden1=16", "model.hidden2=8", "model.dropout=0", *overrides])
+    cfg = config_lib.load_config(
+        None, ["workload=mlp", "model.hidden1=16", "model.hidden2=8", "model.dropout=0", *overrides]
+    )
     splits = SimpleNamespace(info={"in_features": 20}, labels=["a", "b", "c"])
     torch.manual_seed(0)
     return cfg, mlp.build_model(cfg, splits)
@@ -82,7 +84,9 @@ def test_max_grad_norm_bounds_the_norm_each_step_sees(max_norm):
     cfg, model = tiny_mlp([f"train.max_grad_norm={max_norm}"])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     norms = []
-    optimizer.register_step_pre_hook(lambda *_: norms.append(float(torch.cat([p.grad.flatten() for p in model.parameters()]).norm())))
+    optimizer.register_step_pre_hook(
+        lambda *_: norms.append(float(torch.cat([p.grad.flatten() for p in model.parameters()]).norm()))
+    )
     loop.run_epoch(model, DataLoader(data(16), batch_size=4), optimizer, mlp, cfg, CPU)
     assert len(norms) == 4
     if max_norm:
@@ -98,7 +102,9 @@ def test_negative_max_grad_norm_is_refused():
 
 
 # ----------------------------------------------------------------------------- precision selection
-@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)])
+@pytest.mark.parametrize(
+    "precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16), ("fp32", torch.float32)]
+)
 def test_autocast_runs_matmuls_in_the_chosen_precision(precision, dtype):
     a, b = torch.randn(4, 4), torch.randn(4, 4)
     with loop.autocast(precision, CPU):
@@ -160,12 +166,34 @@ def _bench():
 
 def test_bench_measures_plain_loop_per_precision(tmp_path, capsys):
     bench = _bench()
-    code = bench.main(["--workload", "mlp", "--device", "cpu", "--steps", "3", "--warmup", "1", "--out", str(tmp_path),
-                       "--batch-sizes", "8,32", "data.source=digits", "data.max_train_samples=128",
-                       "model.hidden1=32", "model.hidden2=16"])  # fmt: skip
+    code = bench.main(
+        [
+            "--workload",
+            "mlp",
+            "--device",
+            "cpu",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--batch-sizes",
+            "8,32",
+            "data.source=digits",
+            "data.max_train_samples=128",
+            "model.hidden1=32",
+            "model.hidden2=16",
+        ]
+    )
     assert code == 0
     results = json.loads((tmp_path / "gpu_mlp.json").read_text())["results"]
-    assert [(r["batch_size"], r["precision"]) for r in results] == [(8, "bf16"), (8, "fp32"), (32, "bf16"), (32, "fp32")]
+    assert [(r["batch_size"], r["precision"]) for r in results] == [
+        (8, "bf16"),
+        (8, "fp32"),
+        (32, "bf16"),
+        (32, "fp32"),
+    ]
     for r in results:  # each timed step trained on a batch of the asked size
         assert r["samples_per_s"] * r["step_ms"] / 1000 == pytest.approx(r["batch_size"])
     for r in results:
@@ -177,7 +205,10 @@ def test_bench_measures_plain_loop_per_precision(tmp_path, capsys):
 
 def test_bench_counts_padded_tokens_and_skips_embeddings():
     bench = _bench()
-    batch = {"input_ids": torch.ones(2, 5, dtype=torch.long), "attention_mask": torch.tensor([[1] * 5, [1, 1, 0, 0, 0]])}
+    batch = {
+        "input_ids": torch.ones(2, 5, dtype=torch.long),
+        "attention_mask": torch.tensor([[1] * 5, [1, 1, 0, 0, 0]]),
+    }
     assert bench.tokens_in(batch) == (10, 7)
     model = torch.nn.Sequential(torch.nn.Embedding(100, 4), torch.nn.Linear(4, 2))
     assert bench.dense_params(model) == 4 * 2 + 2

@@ -66,7 +66,11 @@ def test_merged_export_loads_in_plain_transformers_with_the_same_logits(task, tm
     saved = load_file(str(tmp_path / "model.safetensors"))
     assert not any("lora" in k or "base_layer" in k or "modules_to_save" in k for k in saved)
     assert not (tmp_path / "adapter_config.json").exists()
-    auto = transformers.AutoModelForTokenClassification if task == "token" else transformers.AutoModelForSequenceClassification
+    auto = (
+        transformers.AutoModelForTokenClassification
+        if task == "token"
+        else transformers.AutoModelForSequenceClassification
+    )
     plain = auto.from_pretrained(tmp_path).eval()
     assert not lora.is_lora(plain)
     with torch.no_grad():
@@ -83,11 +87,14 @@ def test_disabled_lora_leaves_the_model_alone():
     assert lora.merged(model) is model
 
 
-@pytest.mark.parametrize("change, words", [
-    ({"r": 0}, "model.lora.r"),
-    ({"dropout": 1.5}, "model.lora.dropout"),
-    ({"target_modules": []}, "target_modules"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"r": 0}, "model.lora.r"),
+        ({"dropout": 1.5}, "model.lora.dropout"),
+        ({"target_modules": []}, "target_modules"),
+    ],
+)
 def test_bad_lora_settings_are_data_errors(change, words):
     with pytest.raises(DataError, match=words):
         lora.check(lora.Lora(enabled=True, **change))
@@ -116,7 +123,9 @@ def test_lora_rank_is_a_sweep_dimension():
 
 
 CONLL = "EU NNP B-NP B-ORG\nrejects VBZ B-VP O\nGerman JJ B-NP B-MISC\ncall NN I-NP O\n\nPeter NNP B-NP B-PER\nin IN B-PP O\nBonn NNP B-NP B-LOC\n"
-TWEETS = "label,text\n" + "".join(f"{lab},{lab} words number {i}\n" for i in range(30) for lab in ("good", "bad", "meh"))
+TWEETS = "label,text\n" + "".join(
+    f"{lab},{lab} words number {i}\n" for i in range(30) for lab in ("good", "bad", "meh")
+)
 
 
 def workload_config(name: str, tmp_path: Path, *overrides: str):

@@ -13,7 +13,9 @@ from workloads.data import DataError, load_images
 
 
 def cfg_for(**overrides):
-    return config_lib.load_config(None, ["workload=mlp", "data.source=digits", *[f"{k}={v}" for k, v in overrides.items()]])
+    return config_lib.load_config(
+        None, ["workload=mlp", "data.source=digits", *[f"{k}={v}" for k, v in overrides.items()]]
+    )
 
 
 def test_shapes_and_metric_keys():
@@ -78,7 +80,10 @@ def test_npz_source_and_its_errors(tmp_path):
         load_images(str(tmp_path / "missing.npz"))
 
 
-@pytest.mark.skipif(not __import__("workloads.data", fromlist=["x"]).fashion_mnist_available(), reason="Debian dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not __import__("workloads.data", fromlist=["x"]).fashion_mnist_available(),
+    reason="Debian dataset-fashion-mnist not installed",
+)
 def test_fashion_mnist_from_the_debian_package():
     arrays, labels, fp = load_images("fashion_mnist")
     assert arrays["train"][0].shape == (60000, 28, 28) and arrays["test"][0].shape == (10000, 28, 28)

@@ -41,8 +41,16 @@ def conll_files(tmp_path: Path, train: str = TRAIN, val: str = VAL) -> dict[str,
 
 
 def make_cfg(paths: dict[str, str], *overrides: str):
-    return config_lib.load_config(None, ["workload=ner", "model.name_or_path=tiny", "train.lr=0.003",
-                                         *[f"data.{k}={v}" for k, v in paths.items()], *overrides])  # fmt: skip
+    return config_lib.load_config(
+        None,
+        [
+            "workload=ner",
+            "model.name_or_path=tiny",
+            "train.lr=0.003",
+            *[f"data.{k}={v}" for k, v in paths.items()],
+            *overrides,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +71,9 @@ def test_labels_sit_on_the_first_sub_token_only(built):
         assert len(labelled) == len(words)  # one label per word
         assert [splits.labels[feature["labels"][i]] for i in labelled] == tags
         assert all(not pieces[i].startswith("##") for i in labelled)
-        assert all(feature["labels"][i] == -100 for i, p in enumerate(pieces) if p.startswith("##") or p in ("[CLS]", "[SEP]"))
+        assert all(
+            feature["labels"][i] == -100 for i, p in enumerate(pieces) if p.startswith("##") or p in ("[CLS]", "[SEP]")
+        )
     assert any(len(f["input_ids"]) > len(f["word_labels"]) + 2 for f in splits.train)  # some word did split
 
 

@@ -18,20 +18,40 @@ WORDS = {"positive": "love great happy wonderful", "negative": "hate awful sad t
 
 def write_tweets(path: Path, n: int = 120) -> Path:
     labels = list(WORDS)
-    path.write_text("\n".join(json.dumps({"tweet": f"{WORDS[labels[i % 3]]} {'so ' * (i % 5)}#{i}", "mood": labels[i % 3]})
-                              for i in range(n)))  # fmt: skip
+    path.write_text(
+        "\n".join(
+            json.dumps({"tweet": f"{WORDS[labels[i % 3]]} {'so ' * (i % 5)}#{i}", "mood": labels[i % 3]})
+            for i in range(n)
+        )
+    )
     return path
 
 
 def cfg_for(tmp_path: Path, *overrides: str):
     train = write_tweets(tmp_path / "tweets.jsonl")
-    return config_lib.load_config(None, ["workload=rnn", f"data.train={train}", "data.text_column=tweet", "data.label_column=mood",
-                                         "model.embedding_dim=16", "model.hidden_size=16", "train.batch_size=8", *overrides])  # fmt: skip
+    return config_lib.load_config(
+        None,
+        [
+            "workload=rnn",
+            f"data.train={train}",
+            "data.text_column=tweet",
+            "data.label_column=mood",
+            "model.embedding_dim=16",
+            "model.hidden_size=16",
+            "train.batch_size=8",
+            *overrides,
+        ],
+    )
 
 
 @pytest.mark.parametrize("cell,bidirectional,layers", [("gru", True, 1), ("lstm", True, 2), ("rnn", False, 1)])
 def test_every_cell_gives_one_logit_row_per_text_regardless_of_padding(tmp_path, cell, bidirectional, layers):
-    cfg = cfg_for(tmp_path, f"model.cell={cell}", f"model.bidirectional={str(bidirectional).lower()}", f"model.num_layers={layers}")
+    cfg = cfg_for(
+        tmp_path,
+        f"model.cell={cell}",
+        f"model.bidirectional={str(bidirectional).lower()}",
+        f"model.num_layers={layers}",
+    )
     splits = rnn.build_data(cfg)
     assert splits.labels == ["negative", "positive"]  # neutral is dropped by default: binary sentiment
     assert splits.info["vocab_size"] == 30522  # MiniLM's WordPiece vocabulary
@@ -44,7 +64,9 @@ def test_every_cell_gives_one_logit_row_per_text_regardless_of_padding(tmp_path,
     with torch.no_grad():
         logits = model(together["input_ids"], together["lengths"])
         assert logits.shape == (2, 2)
-        torch.testing.assert_close(model(alone["input_ids"], alone["lengths"])[0], logits[0])  # packing: pads never enter the cell
+        torch.testing.assert_close(
+            model(alone["input_ids"], alone["lengths"])[0], logits[0]
+        )  # packing: pads never enter the cell
 
 
 def test_loss_falls_and_metrics_have_every_key(tmp_path):
@@ -66,7 +88,9 @@ def test_loss_falls_and_metrics_have_every_key(tmp_path):
 
 def test_empty_text_is_one_unknown_token(tmp_path):
     path = tmp_path / "t.csv"
-    path.write_text("text,label\n" + "".join(f"{'good' if i % 2 else ''},{'pos' if i % 2 else 'neg'}\n" for i in range(40)))
+    path.write_text(
+        "text,label\n" + "".join(f"{'good' if i % 2 else ''},{'pos' if i % 2 else 'neg'}\n" for i in range(40))
+    )
     cfg = config_lib.load_config(None, ["workload=rnn", f"data.train={path}"])
     splits = rnn.build_data(cfg)
     assert min(len(it["input_ids"]) for it in splits.train) == 1

@@ -22,20 +22,26 @@ def cfg_with(tmp_path: Path, space_yaml: str, extra: str = ""):
 
 
 def test_each_distribution_becomes_its_tune_sampler(tmp_path):
-    cfg = cfg_with(tmp_path, (
-        "    train.lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
-        "    model.dropout: {uniform: [0.0, 0.5]}\n"
-        "    train.weight_decay: {quniform: [0.0, 0.1, 0.01]}\n"
-        "    model.hidden2: {randint: [16, 64]}\n"
-        "    model.hidden1: {choice: [64, 128]}\n"
-        "    train.batch_size: {grid: [32, 64]}\n"
-    ))  # fmt: skip
+    cfg = cfg_with(
+        tmp_path,
+        (
+            "    train.lr: {loguniform: [1.0e-4, 1.0e-2]}\n"
+            "    model.dropout: {uniform: [0.0, 0.5]}\n"
+            "    train.weight_decay: {quniform: [0.0, 0.1, 0.01]}\n"
+            "    model.hidden2: {randint: [16, 64]}\n"
+            "    model.hidden1: {choice: [64, 128]}\n"
+            "    train.batch_size: {grid: [32, 64]}\n"
+        ),
+    )
     space = sweep.tune_space(cfg)
     lr = space["train.lr"]
     assert isinstance(lr, Float) and (lr.lower, lr.upper) == (1e-4, 1e-2) and "LogUniform" in type(lr.sampler).__name__
     assert isinstance(space["model.dropout"], Float) and space["model.dropout"].upper == 0.5
     assert space["train.weight_decay"].sampler.q == 0.01
-    assert isinstance(space["model.hidden2"], Integer) and (space["model.hidden2"].lower, space["model.hidden2"].upper) == (16, 64)
+    assert isinstance(space["model.hidden2"], Integer) and (
+        space["model.hidden2"].lower,
+        space["model.hidden2"].upper,
+    ) == (16, 64)
     assert isinstance(space["model.hidden1"], Categorical) and space["model.hidden1"].categories == [64, 128]
     assert space["train.batch_size"] == {"grid_search": [32, 64]}
 
@@ -84,7 +90,7 @@ def test_search_grid_turns_choices_into_grid_axes(tmp_path):
         ("    train.lr: {grid: [0.1, 0.01]}\n", "  search: optuna\n", "search=optuna samples; it has no grid"),
         ("    train.lr: {grid: [0.1, 0.01]}\n", "  search: bayes\n", "sweep.search must be one of"),
     ],
-)  # fmt: skip
+)
 def test_bad_search_space_is_a_config_error(tmp_path, space_yaml, extra, needle):
     with pytest.raises(ConfigError, match=None) as err:
         sweep.tune_space(cfg_with(tmp_path, space_yaml, extra))
@@ -116,7 +122,9 @@ def test_cli_bad_space_exits_2_with_one_line_and_writes_nothing(tmp_path, monkey
     p = tmp_path / "c.yaml"
     p.write_text("workload: mlp\nsweep:\n  search_space:\n    train.lr: {loguniform: [1.0e-2, 1.0e-4]}\n")
     store = tmp_path / "store"
-    monkeypatch.setattr("sys.argv", ["jobs.sweep", "--config", str(p), "--store", str(store), f"run.storage_path={tmp_path / 'runs'}"])
+    monkeypatch.setattr(
+        "sys.argv", ["jobs.sweep", "--config", str(p), "--store", str(store), f"run.storage_path={tmp_path / 'runs'}"]
+    )
     with pytest.raises(SystemExit) as exit_:
         config_lib.cli_main(sweep.main)
     assert exit_.value.code == 2
@@ -142,8 +150,11 @@ def test_every_workload_ships_a_valid_default_space(tmp_path):
 
 
 def test_trial_overrides_set_the_sweep_budget_but_the_command_line_wins(tmp_path):
-    cfg = cfg_with(tmp_path, "    train.lr: {loguniform: [1.0e-4, 1.0e-2]}\n",
-                   "  trial_overrides: {train.epochs: 6, data.max_train_samples: 12000}\n")  # fmt: skip
+    cfg = cfg_with(
+        tmp_path,
+        "    train.lr: {loguniform: [1.0e-4, 1.0e-2]}\n",
+        "  trial_overrides: {train.epochs: 6, data.max_train_samples: 12000}\n",
+    )
     assert sweep.with_trial_overrides(cfg).train.epochs == 6
     assert sweep.with_trial_overrides(cfg, given=["train.epochs"]).train.epochs == cfg.train.epochs
     bad = cfg_with(tmp_path, "    train.lr: {loguniform: [1.0e-4, 1.0e-2]}\n", "  trial_overrides: {train.epochz: 6}\n")
@@ -157,8 +168,11 @@ def test_in_process_runner_writes_a_train_run_that_stops_and_resumes(tmp_path):
     import ray.train
     from ray.train import UserCallback
 
-    cfg = load_config(Path(__file__).resolve().parents[2] / "configs/mlp.yaml",
-                      [f"run.storage_path={tmp_path}", "data.source=digits", "scaling.cpus_per_worker=1"], smoke_test=True)  # fmt: skip
+    cfg = load_config(
+        Path(__file__).resolve().parents[2] / "configs/mlp.yaml",
+        [f"run.storage_path={tmp_path}", "data.source=digits", "scaling.cpus_per_worker=1"],
+        smoke_test=True,
+    )
     reports = []
 
     class StopAfterFirstEpoch(UserCallback):

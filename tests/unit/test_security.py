@@ -53,8 +53,14 @@ def test_checkpoints_this_project_writes_load_with_weights_only(tmp_path):
     one_cycle = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=10)
     linear = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / 10)
     scaler = torch.amp.GradScaler("cpu")
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": one_cycle.state_dict(),
-             "linear": linear.state_dict(), "best_model": {}, "scaler": scaler.state_dict()}  # fmt: skip
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": one_cycle.state_dict(),
+        "linear": linear.state_dict(),
+        "best_model": {},
+        "scaler": scaler.state_dict(),
+    }
     torch.save(state, tmp_path / loop.STATE)
     loaded = loop.load_state(tmp_path)
     assert torch.equal(loaded["model"]["0.weight"], model.state_dict()["0.weight"])
@@ -86,14 +92,21 @@ def test_hugging_face_export_with_pickled_weights_does_not_run_code(tmp_path):
 
     marker = tmp_path / "pwned"
     export = tmp_path / "export"
-    config = transformers.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=16, max_position_embeddings=32, num_labels=2)  # fmt: skip
+    config = transformers.BertConfig(
+        vocab_size=50,
+        hidden_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=32,
+        num_labels=2,
+    )
     config.save_pretrained(export)
     torch.save({"bert.embeddings.word_embeddings.weight": Payload(marker)}, export / "pytorch_model.bin")
     cfg = _cfg("sentiment")
     try:
         sentiment.load_export(cfg, None, export)
-    except Exception:  # noqa: BLE001 — refused (how transformers words it is its business); the marker is the test
+    except Exception:
         pass
     assert not marker.exists(), "transformers unpickled the export's weights"
 
@@ -108,10 +121,26 @@ def test_npz_with_pickled_objects_is_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the job upload
-SECRETS = [".env", ".env.local", ".envrc", ".aws/credentials", ".aws/config", ".netrc", "deploy.pem", "id_rsa.key",
-           "credentials.json"]  # fmt: skip
-BULK = ["store/runs/workload=mlp/x.parquet", "runs/mlp-abc/epoch_0001/state.pt", ".venv/bin/python", ".git/config",
-        "ray_results/exp/x.json", "bench/out/x.csv", "jobs/__pycache__/x.pyc"]  # fmt: skip
+SECRETS = [
+    ".env",
+    ".env.local",
+    ".envrc",
+    ".aws/credentials",
+    ".aws/config",
+    ".netrc",
+    "deploy.pem",
+    "id_rsa.key",
+    "credentials.json",
+]
+BULK = [
+    "store/runs/workload=mlp/x.parquet",
+    "runs/mlp-abc/epoch_0001/state.pt",
+    ".venv/bin/python",
+    ".git/config",
+    "ray_results/exp/x.json",
+    "bench/out/x.csv",
+    "jobs/__pycache__/x.pyc",
+]
 CODE = ["jobs/train.py", "workloads/mlp.py", "configs/mlp.yaml", "pyproject.toml"]
 
 
@@ -141,8 +170,14 @@ def test_job_upload_leaves_out_secrets_store_and_runs(tmp_path):
 
 def test_real_repo_upload_is_code_only(tmp_path):
     names = upload_names(ROOT, tmp_path)
-    bad = [n for n in names if n.split("/")[0] in (".venv", ".git", "store", "runs", "ray_results")
-           or Path(n).name in (".env", ".netrc") or n.startswith(".aws/") or n.endswith((".pem", ".key", ".pt", ".parquet"))]  # fmt: skip
+    bad = [
+        n
+        for n in names
+        if n.split("/")[0] in (".venv", ".git", "store", "runs", "ray_results")
+        or Path(n).name in (".env", ".netrc")
+        or n.startswith(".aws/")
+        or n.endswith((".pem", ".key", ".pt", ".parquet"))
+    ]
     assert not bad, f"the working_dir upload of this repo would carry: {bad[:10]}"
     assert "jobs/train.py" in names
 

@@ -13,7 +13,11 @@ from jobs.loop import eval_loader, make_optimizer, run_epoch
 from workloads import sentiment
 from workloads.data import DataError
 
-WORDS = {"positive": "love great happy wonderful", "negative": "hate awful sad terrible", "neutral": "the car is blue today"}
+WORDS = {
+    "positive": "love great happy wonderful",
+    "negative": "hate awful sad terrible",
+    "neutral": "the car is blue today",
+}
 
 
 def write_tweets(path: Path, n: int = 90) -> Path:
@@ -25,8 +29,17 @@ def write_tweets(path: Path, n: int = 90) -> Path:
 
 def cfg_for(tmp_path: Path, *overrides: str):
     train = write_tweets(tmp_path / "tweets.csv")
-    return config_lib.load_config(None, ["workload=sentiment", "model.tiny=true", f"data.train={train}",
-                                         "data.max_length=32", "train.batch_size=8", *overrides])  # fmt: skip
+    return config_lib.load_config(
+        None,
+        [
+            "workload=sentiment",
+            "model.tiny=true",
+            f"data.train={train}",
+            "data.max_length=32",
+            "train.batch_size=8",
+            *overrides,
+        ],
+    )
 
 
 def test_shapes_padding_and_metric_keys(tmp_path):
@@ -36,7 +49,9 @@ def test_shapes_padding_and_metric_keys(tmp_path):
     assert (len(splits.train), len(splits.val), len(splits.test)) == (72, 9, 9)
     batch = splits.collate_fn([splits.train[i] for i in range(4)])
     width = max(len(splits.train.input_ids[i]) for i in range(4))
-    assert batch["input_ids"].shape == batch["attention_mask"].shape == (4, width)  # padded to the longest, not max_length
+    assert (
+        batch["input_ids"].shape == batch["attention_mask"].shape == (4, width)
+    )  # padded to the longest, not max_length
     assert batch["attention_mask"].sum().item() == sum(len(splits.train.input_ids[i]) for i in range(4))
     model = sentiment.build_model(cfg, splits)
     assert model.config.hidden_size == 64 and model.config.num_hidden_layers == 2  # tiny, not the 90 MB MiniLM
@@ -88,8 +103,15 @@ def test_length_grouped_loader_pads_less_and_reshuffles_per_epoch(tmp_path):
     loader.sampler.set_epoch(0)
     grouped = list(loader)
     assert sum(len(b["labels"]) for b in grouped) == len(splits.train)
-    shuffled = list(torch.utils.data.DataLoader(splits.train, batch_size=8, shuffle=True, collate_fn=splits.collate_fn,
-                                                generator=torch.Generator().manual_seed(0)))  # fmt: skip
+    shuffled = list(
+        torch.utils.data.DataLoader(
+            splits.train,
+            batch_size=8,
+            shuffle=True,
+            collate_fn=splits.collate_fn,
+            generator=torch.Generator().manual_seed(0),
+        )
+    )
     assert padding(grouped) < padding(shuffled)
     loader.sampler.set_epoch(1)
     assert [b["labels"].tolist() for b in loader] != [b["labels"].tolist() for b in grouped]

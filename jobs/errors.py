@@ -1,0 +1,52 @@
+"""The project's error classes and the one place that turns them into exit codes.
+
+Every ``python -m jobs.<verb>`` runs its ``main(argv)`` through :func:`cli_main`:
+
+- :class:`UserError` (bad input: a config key, a value, a data file, a store path) -> one line
+  ``error: <problem> — <fix>`` on stderr and exit code 2, before anything is written;
+- :class:`ClusterError` (no Ray cluster where one was asked for) -> one line and exit code 1.
+
+This module is the lowest layer (docs/architecture.md): it imports nothing of the project, so the
+store, the workloads and the verbs can all raise and catch the same classes.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+class UserError(ValueError):
+    """Bad user input (exit code 2). The message names the problem and how to fix it."""
+
+
+class ConfigError(UserError):
+    """A bad config file, key, type or value."""
+
+
+class DataError(UserError):
+    """Bad or missing input data."""
+
+
+class StoreError(UserError):
+    """The evaluation store path is unusable, or a store operation was refused."""
+
+
+class ClusterError(RuntimeError):
+    """No Ray cluster at the given address, or it refused the request (exit code 1)."""
+
+
+def cli_main(main: Callable[[list[str]], int]) -> None:
+    """Run a verb's ``main(argv)``: bad input -> one line on stderr and exit 2; no cluster -> exit 1."""
+    try:
+        code = main(sys.argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except ClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
