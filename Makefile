@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-unit test-integration bench quality cluster-check clean
+.PHONY: setup demo test test-unit test-integration bench quality cluster-check cluster-up cluster-down clean
 
 setup: $(STAMP) $(FMNIST)
 
@@ -44,6 +44,15 @@ test-unit: setup
 
 test-integration: setup
 	$(BIN)/python -m pytest -q tests/integration
+
+# A one-machine Ray cluster for `ray job submit` / jobs.submit: 127.0.0.1 only, token auth on (token generated
+# in ~/.ray/auth_token if missing). cluster-down stops this cluster alone (by its temp dir), never `ray stop`.
+CLUSTER_DIR ?= /tmp/perennial-ray
+cluster-up: setup
+	$(BIN)/python -m jobs.local_cluster up --temp-dir $(CLUSTER_DIR) $(CLUSTER_ARGS)
+
+cluster-down:
+	$(BIN)/python -m jobs.local_cluster down --temp-dir $(CLUSTER_DIR)
 
 # cluster*.yaml through Ray's own validator + the project's rules, offline (no cloud account needed)
 cluster-check: setup

@@ -319,4 +319,6 @@ def check_values(cfg) -> None:
         raise ConfigError(f"train.on_nan must be fail or skip_batch, got '{t.on_nan}'")
     if getattr(t, "precision", "fp32") not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got '{t.precision}'")
+    if not 0.0 <= cfg.continual.replay_fraction <= 1.0:
+        raise ConfigError(f"continual.replay_fraction must be between 0 and 1, got {cfg.continual.replay_fraction}")
     metric_and_mode(cfg)

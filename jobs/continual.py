@@ -24,10 +24,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pyarrow.dataset as ds
-
 from jobs import config as config_lib
-from jobs.store import FINISHED, Store, clean_row, describe_data, missing, store_path
+from jobs import preflight
+from jobs.errors import ClusterError, StoreError
+from jobs.store import FINISHED, Store, clean_row, describe_data, missing
 from workloads import WORKLOADS
 from workloads.data import replay_indices
 
@@ -36,12 +36,12 @@ from workloads.data import replay_indices
 def pick_parent(store: Store, workload: str, spec: str, metric: str, mode: str) -> dict:
     """The parent's ``runs`` row: ``spec`` = ``best`` or a run id. Raises ConfigError (exit 2)."""
     if spec != "best":
-        runs = store.df("runs", filter=ds.field("run_id") == spec)
-        if not len(runs):
+        try:
+            row = clean_row(store.run(spec))
+        except StoreError:
             raise config_lib.ConfigError(
                 f"--from: no run '{spec}' in store '{store.uri}' — list runs with: python -m jobs.store runs"
-            )
-        row = clean_row(runs.sort_values("finished_at").iloc[-1].to_dict())
+            ) from None
         if row["workload"] != workload:
             raise config_lib.ConfigError(
                 f"--from: run '{spec}' is a {row['workload']} run, but the config trains {workload} — "
@@ -117,7 +117,7 @@ def signed(delta: float, mode: str) -> float:
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv: list[str]) -> int:
-    from jobs.train import ClusterError, checkpoint_meta, checkpoint_uri, fit, init_ray, parser, run_trainer
+    from jobs.train import checkpoint_meta, checkpoint_uri, fit, init_ray, parser, run_trainer
 
     p = parser(
         "python -m jobs.continual", "Next continual fine-tuning round: a new run initialised from a stored run's model."
@@ -130,16 +130,11 @@ def main(argv: list[str]) -> int:
         help="best = the workload's best finished run in the store (ties: newest); or a run id",
     )
     args = p.parse_args(argv)
-    cfg = config_lib.load_config(args.config, args.overrides, smoke_test=args.smoke_test)
-    store = Store(store_path(args.store, cfg))
+    cfg, store = preflight.prepare(args.config, args.overrides, args.smoke_test, args.store)
     wl = WORKLOADS[cfg.workload]
     metric, mode = config_lib.metric_and_mode(cfg)
     base = metric.removeprefix("val_")
     fraction = cfg.continual.replay_fraction
-    if not 0.0 <= fraction <= 1.0:
-        raise config_lib.ConfigError(f"continual.replay_fraction must be between 0 and 1, got {fraction}")
-    if hasattr(wl, "validate"):
-        wl.validate(cfg)
 
     # [1] the parent, its config and its export (every check before anything is written)
     parent = pick_parent(store, cfg.workload, args.parent, metric, mode)

@@ -17,20 +17,21 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow.dataset as ds
-
 from jobs import config as config_lib
-from jobs.store import Store, now, store_path
+from jobs import preflight
+from jobs.errors import StoreError
+from jobs.fs import filesystem
+from jobs.store import Store, now
 from workloads import WORKLOADS
 
 
 def find_run(store: Store, run_id: str) -> dict:
-    runs = store.df("runs", filter=ds.field("run_id") == run_id)
-    if not len(runs):
+    try:
+        return store.run(run_id)
+    except StoreError:
         raise config_lib.ConfigError(
             f"unknown run '{run_id}' in store '{store.uri}' — list runs with: python -m jobs.store runs"
-        )
-    return runs.sort_values("finished_at").iloc[-1].to_dict()  # a run id has one row; the newest wins
+        ) from None
 
 
 def fetch_export(uri: str, tmp: str) -> Path:
@@ -43,8 +44,8 @@ def fetch_export(uri: str, tmp: str) -> Path:
                 f"checkpoint '{uri}' is missing — it was moved or deleted; train the run again"
             )
         return Path(uri)
+    fs, inner = filesystem(uri, config_lib.ConfigError, "checkpoint")
     try:
-        fs, inner = pafs.FileSystem.from_uri(uri)
         found = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True))
     except Exception as e:
         raise config_lib.ConfigError(
@@ -98,7 +99,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--store", help="evaluation store: a directory or s3:// URI (default $PERENNIAL_STORE or ./store)")
     p.add_argument("--no-record", action="store_true", help="do not append an evaluations row to the store")
     args = p.parse_args(argv)
-    store = Store(store_path(args.store))
+    store = preflight.open_store(args.store, write=not args.no_record)
     t0 = time.perf_counter()
     metrics, run = evaluate_run(store, args.run, args.split)
     wall = time.perf_counter() - t0

@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import shlex
-import subprocess
 import sys
 import time
 import uuid
@@ -43,8 +42,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from jobs import config as config_lib
+from jobs import preflight
 from jobs.errors import ClusterError
 from jobs.store import Store, now, print_frame, store_path
+from jobs.train import git_sha
 
 ROOT = Path(__file__).resolve().parent.parent
 VERBS = ("train", "sweep", "continual")
@@ -189,26 +190,6 @@ def observe(infos: list) -> None:
 
 
 # ----------------------------------------------------------------------------- helpers
-def git_sha() -> str:
-    """HEAD's short sha, ``-dirty`` when the working tree has uncommitted changes."""
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5, cwd=ROOT
-        )
-        if sha.returncode != 0:
-            return ""
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            cwd=ROOT,
-        )
-        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.TimeoutExpired):
-        return ""
-
-
 def config_hash(cfg) -> str:
     """What is trained, not where results go: the config without its `run` and `store` sections."""
     d = config_lib.to_dict(cfg)
@@ -448,15 +429,28 @@ def cmd_stop(args) -> int:
     return 0 if info.status.value in TERMINAL else 1
 
 
+def add_shared(p: argparse.ArgumentParser, default) -> None:
+    """The options every subcommand takes, before or after it: a subcommand's copy defaults to SUPPRESS so
+    that it does not overwrite a value given before the verb."""
+    unset = {} if default is None else {"default": default}
+    p.add_argument(
+        "--address",
+        help=f"Ray dashboard / job server URL (default $RAY_ADDRESS or {DEFAULT_ADDRESS})",
+        **unset,
+    )
+    p.add_argument("--format", choices=["table", "csv", "json"], **({"default": "table"} | unset))
+    p.add_argument(
+        "--store", help="evaluation store for the job and its `jobs` rows: a directory or s3:// URI", **unset
+    )
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m jobs.submit", description="Submit and track jobs on a Ray cluster.")
-    p.add_argument("--address", help=f"Ray dashboard / job server URL (default $RAY_ADDRESS or {DEFAULT_ADDRESS})")
-    p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    add_shared(p, None)
     sub = p.add_subparsers(dest="cmd", required=True)
     sm = sub.add_parser("submit", help="submit `python -m jobs.<verb> --config CONFIG` as a Ray job")
     sm.add_argument("config", help="YAML config inside the repo, e.g. configs/mlp.yaml")
     sm.add_argument("--verb", choices=VERBS, default="train")
-    sm.add_argument("--store", help="evaluation store for the job and its `jobs` rows: a directory or s3:// URI")
     sm.add_argument("--from", dest="parent", metavar="best|RUN_ID", help="with --verb continual: the run to start from")
     sm.add_argument("--follow", action="store_true", help="stream the logs; exit 0 if the job succeeds, 1 if not")
     sm.add_argument("--smoke-test", action="store_true", help="the workload's tiny mode")
@@ -478,6 +472,8 @@ def main(argv: list[str]) -> int:
     ls.add_argument("--status", help="pending | running | succeeded | failed | stopped")
     sp = sub.add_parser("stop", help="stop a job and wait until it has ended")
     sp.add_argument("id")
+    for verb in (sm, st, lg, ls, sp):  # --address, --format and --store also after the verb
+        add_shared(verb, argparse.SUPPRESS)
     args, extra = p.parse_known_args(argv)  # argparse leaves key=value after an option unparsed
     if args.cmd == "submit" and not any(e.startswith("-") for e in extra):
         args.overrides += extra
@@ -485,8 +481,8 @@ def main(argv: list[str]) -> int:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.cmd == "submit":  # bad input: exit 2 here, before any cluster work
-            cfg = config_lib.load_config(args.config, args.overrides, smoke_test=args.smoke_test)
-            return cmd_submit(args, cfg, Store(absolute(store_path(args.store, cfg))))
+            cfg = preflight.load(args.config, args.overrides, args.smoke_test)
+            return cmd_submit(args, cfg, preflight.open_store(absolute(store_path(args.store, cfg)), cfg))
         return {"status": cmd_status, "logs": cmd_logs, "list": cmd_list, "stop": cmd_stop}[args.cmd](args)
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -34,8 +34,10 @@ import typing
 import uuid
 
 from jobs import config as config_lib
-from jobs.store import Store, now, store_path
-from jobs.train import ClusterError, fit, git_sha, init_ray, job_id, make_trainer, record_run, run_trainer, storage_uri
+from jobs import preflight
+from jobs.errors import ClusterError
+from jobs.store import Store, now
+from jobs.train import fit, git_sha, init_ray, job_id, make_trainer, record_run, run_trainer, storage_uri
 from workloads import WORKLOADS
 
 DISTRIBUTIONS = {  # name -> its arguments (Tune's own samplers; randint excludes `high`, as in Tune)
@@ -742,7 +744,7 @@ def main(argv: list[str]) -> int:
                 f"no sweep '{args.resume}' under {storage_uri(str(root))} — pass run.storage_path=... where it ran"
             )
         cfg = config_lib.from_dict(state["config"])
-        store = Store(args.store or state["store"])
+        store = preflight.open_store(args.store or state["store"], cfg)
         sweep_id = args.resume
     else:
         if not args.config:
@@ -754,12 +756,10 @@ def main(argv: list[str]) -> int:
             if "sweep.num_samples" not in given:
                 cfg = config_lib.set_dotted(cfg, "sweep.num_samples", min(cfg.sweep.num_samples, SMOKE_MAX_SAMPLES))
         cfg = with_trial_overrides(cfg, given)
-        config_lib.check_values(cfg)  # the checks jobs.train makes, on every trial's base config
+        preflight.check_config(cfg)  # the checks jobs.train makes, on every trial's base config
         if cfg.sweep.num_samples < 1:
             raise config_lib.ConfigError(f"sweep.num_samples must be >= 1, got {cfg.sweep.num_samples}")
-        store = Store(store_path(args.store, cfg))
-        if hasattr(WORKLOADS[cfg.workload], "validate"):
-            WORKLOADS[cfg.workload].validate(cfg)
+        store = preflight.open_store(args.store, cfg)
         space = search_space(cfg)
         tune_space(cfg, space)  # every bad-input check before Ray starts: exit 2, nothing written
         make_search(cfg, *config_lib.metric_and_mode(cfg))

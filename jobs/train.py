@@ -21,9 +21,9 @@ import uuid
 from pathlib import Path
 
 from jobs import config as config_lib
-from jobs.errors import ClusterError, StoreError
-from jobs.store import Store, now, store_path
-from workloads import WORKLOADS
+from jobs import preflight
+from jobs.errors import ClusterError
+from jobs.store import Store, now
 
 
 # ----------------------------------------------------------------------------- Ray plumbing
@@ -110,17 +110,25 @@ def new_run_id(workload: str) -> str:
 
 
 def git_sha() -> str:
+    """The code's version for a runs or jobs row: $PERENNIAL_GIT_SHA (set by jobs.submit for a job, whose
+    uploaded copy has no .git), else HEAD's short sha, ``-dirty`` when tracked files have uncommitted changes."""
     if os.environ.get("PERENNIAL_GIT_SHA"):
         return os.environ["PERENNIAL_GIT_SHA"]
+    root = Path(__file__).resolve().parent.parent
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5, cwd=root
+        )
+        if sha.returncode != 0:
+            return ""
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
             text=True,
-            timeout=5,
-            cwd=Path(__file__).resolve().parent.parent,
+            timeout=10,
+            cwd=root,
         )
-        return out.stdout.strip() if out.returncode == 0 else ""
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
         return ""
 
@@ -373,35 +381,7 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def prepare(args) -> tuple:
     """Config + store + data checks: everything that can reject bad input before Ray starts."""
-    cfg = config_lib.load_config(args.config, args.overrides, smoke_test=args.smoke_test)
-    config_lib.check_values(cfg)
-    store = Store(store_path(args.store, cfg))
-    check_writable(store)
-    wl = WORKLOADS[cfg.workload]
-    if hasattr(wl, "validate"):
-        wl.validate(cfg)
-    return cfg, store
-
-
-def check_writable(store: Store) -> None:
-    """An unusable store fails now, not after the whole run when its rows are written (nothing is created)."""
-    if not store.local:
-        try:
-            store.fs.get_file_info(store.root)  # credentials / endpoint / bucket problems surface here
-        except OSError as e:
-            raise StoreError(
-                f"cannot reach store '{store.uri}': {str(e).splitlines()[0]} — check the URI and AWS_* credentials"
-            ) from None
-        return
-    path = store.root
-    while not os.path.exists(path) and os.path.dirname(path) != path:
-        path = os.path.dirname(path)  # the nearest existing folder is where the store's folders get created
-    if not os.path.isdir(path):
-        raise StoreError(
-            f"store '{store.uri}': '{path}' is a file, not a directory — give a directory path (--store DIR)"
-        )
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise StoreError(f"store '{store.uri}': '{path}' is not writable — fix its permissions or give another --store")
+    return preflight.prepare(args.config, args.overrides, args.smoke_test, args.store)
 
 
 def main(argv: list[str]) -> int:

@@ -20,6 +20,34 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# A HOME of the test session's own: the Ray auth token the test clusters generate, and anything else a tool keeps
+# under ~, never touch the developer's (a test passing only because ~/.ray/auth_token already exists proves nothing).
+TEST_HOME = tempfile.mkdtemp(prefix="perennial-test-home-")
+os.environ["HOME"] = TEST_HOME
+
+# Under CI, every Python process the tests start refuses (and logs) a connection beyond 127.0.0.1:
+# tests/netguard/sitecustomize.py, on the PYTHONPATH that every subprocess, job and Ray worker inherits.
+NET_GUARD_DIR = ROOT / "tests" / "netguard"
+NET_GUARD = bool(os.environ.get("CI")) or os.environ.get("PERENNIAL_NET_GUARD") == "1"
+if NET_GUARD:
+    os.environ["PERENNIAL_NET_GUARD_LOG"] = str(Path(TEST_HOME) / "net-guard.log")
+    sys.path.insert(0, str(NET_GUARD_DIR))
+    import sitecustomize as _net_guard
+
+    _net_guard.install()
+TEST_PYTHONPATH = os.pathsep.join([str(ROOT), *([str(NET_GUARD_DIR)] if NET_GUARD else [])])
+os.environ["PYTHONPATH"] = TEST_PYTHONPATH
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The guard's verdict: any refused connection fails the session, naming the process and the address."""
+    log = Path(os.environ.get("PERENNIAL_NET_GUARD_LOG", "/nonexistent"))
+    if NET_GUARD and log.is_file() and log.read_text().strip():
+        lines = log.read_text().splitlines()
+        print(f"\nNETWORK GUARD: {len(lines)} attempt(s) to reach beyond 127.0.0.1 (first 20):", file=sys.stderr)
+        print("\n".join(lines[:20]), file=sys.stderr)
+        session.exitstatus = 1
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -31,7 +59,7 @@ def base_env(**extra: str) -> dict[str, str]:
     """The environment for a subprocess: the venv's bin first on PATH (Ray jobs run `python`)."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(PY).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["PYTHONPATH"] = str(ROOT)
+    env["PYTHONPATH"] = TEST_PYTHONPATH
     env["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.2"
     env.pop("RAY_ADDRESS", None)
     env.update(extra)
@@ -64,6 +92,15 @@ class RayCluster:
             f"--dashboard-agent-listen-port={free_port()}",
             f"--temp-dir={self.temp_dir}",
         ]
+        self.home = Path(self.env["HOME"])
+        self.token_file = self.home / ".ray" / "auth_token"
+        subprocess.run(  # token auth needs a token: generated in the test session's HOME (no-op if it exists)
+            [str(Path(PY).parent / "ray"), "get-auth-token", "--generate"],
+            env=self.env,
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
         self.log = open(Path(self.temp_dir) / "ray-start.log", "w")
         self.proc = subprocess.Popen(
             cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
@@ -120,6 +157,15 @@ def run_job(
 ) -> subprocess.CompletedProcess:
     """Run ``python -m jobs.<verb> ...`` as a real subprocess; output kept for assertions."""
     return subprocess.run([PY, "-m", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def one_error_line(res: subprocess.CompletedProcess, code: int = 2) -> str:
+    """The contract of bad input (exit 2) and of no cluster (exit 1): that exit code, and stderr is exactly one
+    line, ``error: <problem> — <fix>``, with no traceback. Returns the line."""
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == code, f"exit {res.returncode}, want {code}:\n{res.stdout[-2000:]}{res.stderr[-2000:]}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), f"want one 'error:' line:\n{res.stderr[-2000:]}"
+    return lines[0]
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from jobs.errors import DataError
+from jobs.fs import check_bucket, filesystem, is_remote, short_reason
 
 
 @dataclass
@@ -38,10 +39,6 @@ class Splits:
 
 
 # ----------------------------------------------------------------------------- files
-def is_remote(path: str) -> bool:
-    return "://" in str(path)
-
-
 def open_binary(path: str, native: bool = False) -> io.BufferedIOBase:
     """Open a local path or a URI (``s3://...``) for reading; a clear error if it is missing. A URI always gives an
     Arrow NativeFile; ``native=True`` gives one for a local path too (what pyarrow readers need: see read_parquet)."""
@@ -49,13 +46,12 @@ def open_binary(path: str, native: bool = False) -> io.BufferedIOBase:
     if is_remote(path):
         import pyarrow.fs as pafs
 
+        fs, inner = filesystem(path, DataError, "data file")
+        check_bucket(fs, inner, path, DataError, "data file")
         try:
-            fs, inner = pafs.FileSystem.from_uri(path)
             info = fs.get_file_info(inner)
-        except Exception as e:
-            raise DataError(
-                f"cannot open '{path}': {str(e).splitlines()[0]} — check the URI and AWS_* credentials"
-            ) from None
+        except OSError as e:
+            raise DataError(f"cannot open '{path}': {short_reason(e)} — check the URI and AWS_* settings") from None
         if info.type != pafs.FileType.File:
             raise DataError(f"data file '{path}' not found — check the path")
         return fs.open_input_file(inner)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import PY, ROOT, base_env, free_port, run_job
+from conftest import PY, ROOT, base_env, free_port, one_error_line, run_job
 
 from jobs.store import Store
 
@@ -155,6 +155,8 @@ def test_train_worker_killed_after_a_checkpoint(ray_cluster, tmp_path, max_failu
     else:
         assert rc == 1, text[-4000:]
         assert run["status"] == "failed" and run["error"], run.to_dict()
+        # the worker's death, in Ray's words ("The actor is dead ... worker process has died"), not just any text
+        assert re.search(r"actor (is|died)|died|dead|worker.*(exit|lost|killed)", run["error"], re.I), run["error"]
         assert not RESUMED.search(text)
         assert history and history == list(range(1, max(history) + 1)) and max(history) >= KILL_AFTER
         last_good = run_dir / f"epoch_{max(history):04d}"
@@ -321,10 +323,10 @@ def test_no_cluster_at_address_fails_fast_with_one_line(tmp_path):
     assert "Traceback" not in res.stdout + res.stderr
     assert not (tmp_path / "store").exists() and not (tmp_path / "runs").exists()
     print(f"\njobs.train with no cluster at {address}: exit 1 in {wall:.1f} s: {lines[0]}")
+    assert wall < 30, f"no cluster took {wall:.1f} s to report (ray.init alone retries for minutes)"
 
 
 def test_job_status_with_no_cluster_fails_fast_with_one_line():
-    pytest.importorskip("jobs.submit", reason="jobs/submit.py (the submit helper's piece) is not there yet")
     address = f"http://127.0.0.1:{free_port()}"
     t0 = time.monotonic()
     res = run_job(["jobs.submit", "--address", address, "status", "mlp-train-nope"], base_env(), timeout=400)
@@ -333,6 +335,7 @@ def test_job_status_with_no_cluster_fails_fast_with_one_line():
     assert res.returncode == 1, res.stdout[-2000:] + res.stderr[-2000:]
     assert len(lines) == 1 and "127.0.0.1" in lines[0] and "Traceback" not in res.stderr, res.stderr
     print(f"\njobs.submit status with no cluster: exit 1 in {wall:.1f} s: {lines[0]}")
+    assert wall < 30, f"no cluster took {wall:.1f} s to report"
 
 
 # ----------------------------------------------------------------------------- NaN / inf loss
@@ -437,6 +440,8 @@ def small_fs(tmp_path):
     mnt.mkdir()
     r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], capture_output=True, text=True)
     if r.returncode != 0:
+        if os.environ.get("CI"):  # CI runs as root: a skip there would hide the full-disk and read-only tests
+            pytest.fail(f"cannot mount a tmpfs under CI: {r.stderr.strip()}")
         pytest.skip(f"cannot mount a tmpfs here (needs root): {r.stderr.strip()}")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
@@ -490,9 +495,7 @@ def test_read_only_store_is_rejected_before_ray_starts(small_fs, tmp_path):
         timeout=400,
     )
     lines = stderr_lines(res)
-    assert res.returncode == 2 and len(lines) == 1 and "is not writable" in lines[0], (
-        res.stdout[-2000:] + res.stderr[-2000:]
-    )
+    assert "is not writable" in one_error_line(res), lines
     assert not list((small_fs / "store").iterdir()) and not (tmp_path / "runs").exists()
 
 
@@ -516,8 +519,7 @@ def test_disk_full_after_training_is_a_clear_error_and_no_partial_rows(ray_clust
         timeout=900,
     )
     lines = stderr_lines(res)
-    assert res.returncode == 2, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "Traceback" not in res.stderr and any("No space left on device" in ln for ln in lines), res.stderr[-2000:]
+    assert "No space left on device" in one_error_line(res), res.stderr[-2000:]
     assert not [p for p in store_dir.rglob("*") if p.is_file()], "partial rows or temp files in the store"
     print(f"\ndisk full at the store write: exit 2, '{lines[-1][:160]}'; store files 0")
 
@@ -566,7 +568,7 @@ def test_dashboard_listens_on_loopback_and_requires_the_token(ray_cluster):
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(f"{ray_cluster.dashboard}/api/jobs/", timeout=10)
     assert e.value.code in (401, 403)
-    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    token = ray_cluster.token_file.read_text().strip()
     req = urllib.request.Request(f"{ray_cluster.dashboard}/api/jobs/", headers={"Authorization": f"Bearer {token}"})
     assert urllib.request.urlopen(req, timeout=10).status == 200
 

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import TEST_PYTHONPATH, S3Server
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 300  # per case; a healthy one takes 2-6 s, far more only on a saturated machine
@@ -42,12 +43,18 @@ def train(*args: str, config: str = "configs/mlp.yaml") -> list[str]:
     return ["jobs.train", "--config", config, *args]
 
 
-NO_AWS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL")
+# Every S3 case talks to 127.0.0.1 only: {s3} is a moto server started for this table, {closed} a port where
+# nothing listens. (A case without an endpoint would send pyarrow to real AWS for the bucket's region.)
+NO_AWS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
 NO_AWS_ENV = {
     "AWS_EC2_METADATA_DISABLED": "true",
     "AWS_CONFIG_FILE": "/nonexistent",
     "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+    "AWS_ENDPOINT_URL": "{s3}",
+    "AWS_REGION": "us-east-1",
 }
+MOTO_ENV = NO_AWS_ENV | {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+NO_SERVER_ENV = MOTO_ENV | {"AWS_ENDPOINT_URL": "http://127.0.0.1:{closed}"}
 SENTIMENT = "configs/sentiment.yaml"
 NER = "configs/ner.yaml"
 
@@ -84,9 +91,30 @@ CASES = [
     Case("image-source-unknown", train("data.source=mnist_v9"), "not a known source"),
     Case(
         "s3-no-credentials",
-        train("data.source=s3://perennial-no-such-bucket/x.npz"),
-        "s3://perennial-no-such-bucket/x.npz",
+        train("data.source=s3://perennial-bad-inputs/x.npz"),
+        "'s3://perennial-bad-inputs/x.npz': no AWS credentials found",
         env=NO_AWS_ENV,
+        drop_env=NO_AWS,
+    ),
+    Case(
+        "s3-no-server",
+        train("data.source=s3://perennial-bad-inputs/x.npz"),
+        "cannot connect to the S3 endpoint http://127.0.0.1:",
+        env=NO_SERVER_ENV,
+        drop_env=NO_AWS,
+    ),
+    Case(
+        "s3-no-bucket",
+        train("data.source=s3://perennial-no-such-bucket/x.npz"),
+        "bucket 'perennial-no-such-bucket' does not exist",
+        env=MOTO_ENV,
+        drop_env=NO_AWS,
+    ),
+    Case(
+        "s3-no-such-key",
+        train("data.source=s3://perennial-bad-inputs/nope.npz"),
+        "data file 's3://perennial-bad-inputs/nope.npz' not found",
+        env=MOTO_ENV,
         drop_env=NO_AWS,
     ),
     # ---- CoNLL (ner)
@@ -143,9 +171,25 @@ CASES = [
     Case(
         "store-s3-no-credentials",
         train(),
-        "s3://perennial-no-such-bucket/store",
-        store="s3://perennial-no-such-bucket/store",
+        "store 's3://perennial-bad-inputs/store': no AWS credentials found",
+        store="s3://perennial-bad-inputs/store",
         env=NO_AWS_ENV,
+        drop_env=NO_AWS,
+    ),
+    Case(
+        "store-s3-no-server",
+        train(),
+        "cannot reach store 's3://perennial-bad-inputs/store': cannot connect to the S3 endpoint",
+        store="s3://perennial-bad-inputs/store",
+        env=NO_SERVER_ENV,
+        drop_env=NO_AWS,
+    ),
+    Case(
+        "store-s3-no-bucket",
+        train(),
+        "bucket 'perennial-no-such-bucket' does not exist",
+        store="s3://perennial-no-such-bucket/store",
+        env=MOTO_ENV,
         drop_env=NO_AWS,
     ),
     # ---- other verbs: runs that do not exist, bad search spaces, cluster.yaml
@@ -229,21 +273,33 @@ def closed_port() -> int:
         return s.getsockname()[1]  # nothing listens once the socket closes
 
 
-def case_env(case: Case) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in case.drop_env and not k.startswith("PERENNIAL_")}
+def case_env(case: Case, fill=lambda s: s) -> dict[str, str]:
+    keep = ("PERENNIAL_NET_GUARD_LOG",)
+    env = {
+        k: v for k, v in os.environ.items() if k not in case.drop_env and (not k.startswith("PERENNIAL_") or k in keep)
+    }
+    env = {k: v for k, v in env.items() if not k.startswith("AWS_")} if case.drop_env else env
     env |= {
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": TEST_PYTHONPATH,
         "RAY_ADDRESS": f"127.0.0.1:{closed_port()}",  # tripwire: never a real cluster
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
     }
-    return env | case.env
+    return env | {k: fill(v) for k, v in case.env.items()}
 
 
-def run_case(case: Case, d: Path) -> dict:
+def run_case(case: Case, d: Path, s3_endpoint: str) -> dict:
     store, runs = d / "stores" / case.id, d / "runs" / case.id
-    fill = lambda s: s.replace("{d}", str(d)).replace("{runs}", str(runs))  # noqa: E731 — not format(): argv holds YAML braces
+
+    def fill(s: str) -> str:  # not format(): argv holds YAML braces
+        return (
+            s.replace("{d}", str(d))
+            .replace("{runs}", str(runs))
+            .replace("{s3}", s3_endpoint)
+            .replace("{closed}", str(closed_port()))
+        )
+
     argv = [fill(a) for a in case.argv]
     if argv[0] in ("jobs.train", "jobs.continual", "jobs.sweep", "jobs.evaluate", "jobs.store"):
         argv[1:1] = ["--store", fill(case.store) if case.store else str(store)]
@@ -254,7 +310,7 @@ def run_case(case: Case, d: Path) -> dict:
         proc = subprocess.run(
             [sys.executable, "-m", *argv],
             cwd=ROOT,
-            env=case_env(case),
+            env=case_env(case, fill),
             capture_output=True,
             text=True,
             timeout=TIMEOUT_S,
@@ -280,10 +336,15 @@ def results(request, tmp_path_factory) -> dict[str, dict]:
         for item in request.session.items
         if getattr(item, "originalname", "") == "test_bad_input_exits_2_with_one_line" and hasattr(item, "callspec")
     ]
+    s3 = S3Server()  # the S3 cases' server: moto on 127.0.0.1, one bucket
+    s3.make_bucket("perennial-bad-inputs")
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(CONCURRENCY) as pool:
-        futures = {c.id: pool.submit(run_case, c, d) for c in selected}
-        out = {cid: f.result() for cid, f in futures.items()}  # run_case turns a timeout into a result
+    try:
+        with ThreadPoolExecutor(CONCURRENCY) as pool:
+            futures = {c.id: pool.submit(run_case, c, d, s3.endpoint) for c in selected}
+            out = {cid: f.result() for cid, f in futures.items()}  # run_case turns a timeout into a result
+    finally:
+        s3.stop()
     walls = sorted(r["wall_s"] for r in out.values())
     if walls:
         print(

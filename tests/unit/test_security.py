@@ -7,6 +7,7 @@ load is refused with a clear error AND the marker never appears.
 from __future__ import annotations
 
 import io
+import pickle
 import zipfile
 from pathlib import Path
 
@@ -104,10 +105,8 @@ def test_hugging_face_export_with_pickled_weights_does_not_run_code(tmp_path):
     config.save_pretrained(export)
     torch.save({"bert.embeddings.word_embeddings.weight": Payload(marker)}, export / "pytorch_model.bin")
     cfg = _cfg("sentiment")
-    try:
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):  # torch's weights_only refusal
         sentiment.load_export(cfg, None, export)
-    except Exception:
-        pass
     assert not marker.exists(), "transformers unpickled the export's weights"
 
 
@@ -148,7 +147,8 @@ def upload_names(root: Path, tmp_path: Path) -> list[str]:
     """What Ray's job client would upload from ``root`` as the working_dir (its own packaging code)."""
     from ray._private.runtime_env.packaging import create_package
 
-    submit = pytest.importorskip("jobs.submit", reason="jobs/submit.py (the submit helper's piece) is not there yet")
+    from jobs import submit
+
     target = tmp_path / "package.zip"
     create_package(str(root), target, include_gitignore=True, excludes=submit.EXCLUDES)
     with zipfile.ZipFile(target) as z:

@@ -1,0 +1,77 @@
+"""Local paths and URIs (``s3://``, ``gs://``) as one pyarrow filesystem, with one-line errors.
+
+Every module that opens a store, a data file or a checkpoint by URI goes through :func:`filesystem`,
+so an S3 problem reads the same wherever it is met: no credentials, no server at the endpoint, no bucket.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from jobs.errors import UserError
+
+
+def is_remote(path: str | os.PathLike) -> bool:
+    return "://" in str(path)
+
+
+def aws_credentials_missing() -> bool:
+    """True when no AWS credential source can exist for this process. Instance and container roles count as a
+    source unless the metadata service is switched off (AWS_EC2_METADATA_DISABLED=true), as tests and CI do."""
+    env = os.environ
+    if env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_PROFILE") or env.get("AWS_WEB_IDENTITY_TOKEN_FILE"):
+        return False
+    if env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") or env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        return False
+    home = Path.home() / ".aws"
+    for var, default in (("AWS_SHARED_CREDENTIALS_FILE", home / "credentials"), ("AWS_CONFIG_FILE", home / "config")):
+        if Path(env.get(var) or default).is_file():
+            return False
+    return env.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true"
+
+
+def short_reason(err: BaseException) -> str:
+    """The part of an Arrow/AWS error a user can act on, on one line."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if "NETWORK_CONNECTION" in text or "Could not connect" in text or "Couldn't connect" in text:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or "AWS"
+        return f"cannot connect to the S3 endpoint {endpoint}"
+    return text[:200]
+
+
+def filesystem(uri: str | os.PathLike, error: type[UserError] = UserError, what: str = "path"):
+    """``(pyarrow filesystem, path inside it)`` for a local path or a URI. Raises ``error`` with one line when
+    the URI cannot be used (unknown scheme, no AWS credentials)."""
+    import pyarrow.fs as pafs
+
+    uri = str(uri)
+    if not is_remote(uri):
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    if uri.startswith("s3://") and aws_credentials_missing():
+        raise error(
+            f"{what} '{uri}': no AWS credentials found — set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+            "(or AWS_PROFILE), or run where an instance role provides them"
+        )
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+    except Exception as e:  # pyarrow raises ArrowInvalid / OSError / ValueError for unusable URIs
+        raise error(f"{what} '{uri}' is not usable: {short_reason(e)} — check the URI and AWS_* settings") from None
+    return fs, path.rstrip("/")
+
+
+def check_bucket(fs, path: str, uri: str, error: type[UserError] = UserError, what: str = "path") -> None:
+    """For an object store: the bucket must exist and answer (credentials, endpoint); a missing key is fine."""
+    import pyarrow.fs as pafs
+
+    if isinstance(fs, pafs.LocalFileSystem):
+        return
+    bucket = path.split("/", 1)[0]
+    try:
+        info = fs.get_file_info(bucket)
+    except OSError as e:
+        raise error(f"cannot reach {what} '{uri}': {short_reason(e)} — check the URI and AWS_* settings") from None
+    if info.type == pafs.FileType.NotFound:
+        raise error(
+            f"{what} '{uri}': bucket '{bucket}' does not exist — create it (aws s3 mb s3://{bucket}) or fix the URI"
+        )

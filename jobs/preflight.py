@@ -1,0 +1,60 @@
+"""The one pre-flight every verb runs before Ray starts: config values, the workload's own data checks and a
+usable store. Whatever it rejects is bad input: one line, exit 2, and nothing written anywhere.
+
+    cfg, store = preflight.prepare("configs/mlp.yaml", ["train.lr=0.01"], smoke_test=False, store_arg=None)
+
+jobs.train, jobs.sweep, jobs.continual and jobs.submit call :func:`prepare`; jobs.evaluate (no config of its
+own) and jobs.sweep --resume call :func:`open_store`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from jobs import config as config_lib
+from jobs.errors import StoreError
+from jobs.fs import check_bucket, filesystem
+from jobs.store import Store, store_path
+from workloads import WORKLOADS
+
+
+def check_config(cfg) -> None:
+    """Value checks the types cannot express, then the workload's cheap driver-side data checks."""
+    config_lib.check_values(cfg)
+    wl = WORKLOADS[cfg.workload]
+    if hasattr(wl, "validate"):
+        wl.validate(cfg)
+
+
+def load(config: str | None, overrides: list[str] = (), smoke_test: bool = False):
+    cfg = config_lib.load_config(config, overrides, smoke_test=smoke_test)
+    check_config(cfg)
+    return cfg
+
+
+def open_store(store_arg: str | None, cfg=None, write: bool = True) -> Store:
+    """The store named by ``--store`` / $PERENNIAL_STORE / the config, checked usable before any work:
+    an object store must answer and hold the bucket; a local one must be creatable and writable."""
+    uri = store_path(store_arg, cfg)
+    fs, root = filesystem(uri, StoreError, "store")
+    check_bucket(fs, root, uri, StoreError, "store")
+    if write and "://" not in uri:
+        check_writable_dir(root, uri)
+    return Store(uri)
+
+
+def check_writable_dir(root: str, uri: str) -> None:
+    """A local store fails now, not after the whole run when its rows are written (nothing is created)."""
+    path = root
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)  # the nearest existing folder is where the store's folders get created
+    if not os.path.isdir(path):
+        raise StoreError(f"store '{uri}': '{path}' is a file, not a directory — give a directory path (--store DIR)")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StoreError(f"store '{uri}': '{path}' is not writable — fix its permissions or give another --store")
+
+
+def prepare(config: str | None, overrides: list[str] = (), smoke_test: bool = False, store_arg: str | None = None):
+    """``(cfg, store)`` for a verb that trains: every check that can reject bad input, before Ray starts."""
+    cfg = load(config, overrides, smoke_test)
+    return cfg, open_store(store_arg, cfg)
