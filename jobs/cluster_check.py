@@ -53,7 +53,10 @@ def _line(e) -> str:
 def check_config(raw: dict, name: str = "cluster config") -> dict:
     """Validate ``raw`` (a parsed cluster YAML); returns Ray's prepared config or raises ClusterConfigError."""
     import jsonschema
-    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    from jobs.ray_compat import autoscaler_validation
+
+    prepare_config, validate_config = autoscaler_validation()
 
     logging.getLogger("ray.autoscaler").setLevel(logging.WARNING)  # not "setting max workers for head node type to 0"
 

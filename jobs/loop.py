@@ -17,7 +17,6 @@ Checkpoint directory (also readable without Ray, see :func:`read_meta`):
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import random
@@ -33,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from jobs import config as config_lib
+from jobs.ray_compat import train_report_loggers
 from workloads import WORKLOADS
 from workloads.data import add_replay
 
@@ -286,14 +286,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
     import ray.train.torch
 
     # Train logs every report at INFO; the per-epoch line below says it better (PERENNIAL_TRAIN_LOG_LEVEL=INFO for both)
-    level = os.environ.get("PERENNIAL_TRAIN_LOG_LEVEL", "WARNING")
-    logging.getLogger("ray.train").setLevel(level)
-    try:  # Ray 2.60 names this logger by its file path, outside the "ray.train" tree
-        from ray.train.v2._internal.execution import context as _train_context
-
-        logging.getLogger(_train_context.__file__).setLevel(level)
-    except ImportError:
-        pass
+    for logger in train_report_loggers():
+        logger.setLevel(os.environ.get("PERENNIAL_TRAIN_LOG_LEVEL", "WARNING"))
     cfg = config_lib.from_dict({k: v for k, v in config_dict.items() if not k.startswith("_")})  # _keys: job extras
     wl = WORKLOADS[cfg.workload]
     ctx = ray.train.get_context()
@@ -471,17 +465,40 @@ FAULT_AFTER_EPOCH = "PERENNIAL_FAULT_AFTER_EPOCH"
 def inject_fault(epoch: int, rank: int, world: int, resumed: bool) -> None:
     """Test-only fault injection: with ``PERENNIAL_FAULT_AFTER_EPOCH=N`` in the workers' environment, rank 1
     (rank 0 when alone) dies with ``os._exit(1)`` right after epoch N's report — once: a worker group that
-    resumed from a checkpoint never fires. With ``failure.max_failures>=1`` the run must resume from epoch
-    N's checkpoint (tests/integration/test_s3_checkpoints.py; reusable by reliability tests)."""
+    resumed from a checkpoint never fires. It dies only once Train has committed epoch N's checkpoint (its
+    checkpoint manager's snapshot lists it), so with ``failure.max_failures>=1`` the run must resume from
+    epoch N (tests/integration/test_s3_checkpoints.py; reusable by reliability tests)."""
     if os.environ.get(FAULT_AFTER_EPOCH, "") != str(epoch) or resumed:
         return
     if world > 1:
         torch.distributed.barrier()  # rank 0 has uploaded epoch N's checkpoint and queued its report
     if rank == min(1, world - 1):
-        # Train registers a checkpoint once it has polled every rank's report: give it two health-check polls
-        time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")) + 0.5)
+        deadline = time.monotonic() + 300
+        while (committed := checkpoint_committed(epoch)) is False and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if committed is None:  # no Train storage context (an in-process sweep trial): give Train two polls
+            time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")) + 0.5)
         log(f"fault injection: rank {rank} exits after epoch {epoch} ({FAULT_AFTER_EPOCH}={epoch})")
         os._exit(1)
+
+
+def checkpoint_committed(epoch: int) -> bool | None:
+    """True once this run's ``checkpoint_manager_snapshot.json`` lists epoch ``epoch``'s checkpoint; None when
+    this process has no Train storage context to look in."""
+    import ray.train
+
+    try:
+        storage = ray.train.get_context().get_storage()
+        fs, run_dir = storage.storage_filesystem, storage.experiment_fs_path
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return None
+    try:
+        with fs.open_input_stream(f"{run_dir}/checkpoint_manager_snapshot.json") as f:
+            snapshot = json.loads(f.read())
+    except (OSError, ValueError):  # not written yet, or caught mid-write
+        return False
+    names = {str(r.get("checkpoint_dir_name", "")) for r in snapshot.get("checkpoint_results", [])}
+    return f"epoch_{epoch:04d}" in names
 
 
 def _init_from_parent(wl, cfg, splits, export_dir: str) -> torch.nn.Module:

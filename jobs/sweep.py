@@ -272,11 +272,16 @@ def run_in_process(cfg, run_id: str, callbacks=(), extra_config: dict | None = N
     Returns (last checkpoint, error); a scheduler stop (TrialStopped) is not an error."""
     import asyncio
 
-    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import CheckpointManager
-    from ray.train.v2._internal.execution.train_fn_utils import LocalTrainFnUtils, set_train_fn_utils
-    from ray.train.v2._internal.execution.training_report import _TrainingReport
-
     from jobs.loop import train_loop_per_worker
+    from jobs.ray_compat import train_v2_internals
+
+    v2 = train_v2_internals()
+    CheckpointManager, LocalTrainFnUtils, set_train_fn_utils = (
+        v2.CheckpointManager,
+        v2.LocalTrainFnUtils,
+        v2.set_train_fn_utils,
+    )
+    _TrainingReport = v2.TrainingReport
 
     assert cfg.scaling.num_workers == 1, "in-process runs have exactly one worker"
     trainer = make_trainer(cfg, run_id, callbacks, extra_config)

@@ -72,13 +72,10 @@ def init_ray(num_cpus: int | None = None) -> None:
 def loopback_only() -> None:
     """Keep every server of a single-machine Ray on 127.0.0.1. Ray 2.60 swaps a 127.0.0.1 node address
     for the machine's outward IP and then binds GCS, raylet, workers and the metrics ports to 0.0.0.0
-    (measured with psutil); its local-only mode (the one it uses on macOS) keeps them all on loopback.
-    Set before the cluster starts; the processes it spawns read the variable, this process the constant."""
-    from ray._private import ray_constants
+    (measured with psutil); its local-only mode (the one it uses on macOS) keeps them all on loopback."""
+    from jobs.ray_compat import single_machine_mode
 
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
-        ray_constants.ENABLE_RAY_CLUSTER = False
+    single_machine_mode()
 
 
 def check_reachable(address: str, timeout_s: float = 3.0) -> None:

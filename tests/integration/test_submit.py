@@ -63,6 +63,11 @@ def test_submit_follow_succeeds_and_records_the_job(ray_cluster, store_dir, tmp_
     res = submit_cli(ray_cluster, store_dir, "--format", "json", "list", "--workload", "mlp", "--status", "succeeded")
     assert [r["submission_id"] for r in json.loads(res.stdout)] == [sid]
     assert len(Store(store_dir).df("jobs")) == 2  # list found the final row there: no second one
+    for follow in ((), ("--follow",)):  # the logs of a finished job, whole; --follow ends with the job's outcome
+        logs = submit_cli(ray_cluster, store_dir, "logs", sid, *follow)
+        assert logs.returncode == 0, logs.stderr[-2000:]
+        assert "epoch 1/2" in logs.stdout and "epoch 2/2" in logs.stdout and "test: " in logs.stdout
+        assert (f"job {sid} succeeded" in logs.stdout) == bool(follow)
 
 
 def test_entrypoint_that_fails_at_once_is_recorded_failed_with_rays_message(ray_cluster, store_dir):

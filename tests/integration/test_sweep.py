@@ -150,3 +150,35 @@ def test_ray_job_submit_runs_a_sweep_of_two_worker_train_runs(ray_cluster, store
     assert "succeeded" in res.stdout and "1 at a time" in res.stdout  # 2 workers x 1 CPU on a 2-CPU cluster
     runs, _ = check_sweep(store_dir, tmp_path / "runs", 2, asha=False)
     assert (runs["num_workers"] == 2).all() and runs["job_id"].str.startswith("raysubmit_").all()
+
+
+def test_demo_config_sweeps_two_trials_with_random_search_and_with_optuna(ray_cluster, store_dir, tmp_path):
+    """The `make demo` path: configs/mlp.yaml's own sweep section (search: random, its SEARCH_SPACE, trial_overrides,
+    concurrency derived from the cluster), then the same with search: optuna — 2 trials each."""
+    for search in ("random", "optuna"):
+        store = store_dir / search
+        res = run_job(
+            [
+                "jobs.sweep",
+                "--config",
+                "configs/mlp.yaml",
+                "--smoke-test",
+                "--store",
+                str(store),
+                f"run.storage_path={tmp_path / 'runs'}",
+                "scaling.cpus_per_worker=1",
+                "sweep.num_samples=2",
+                f"sweep.search={search}",
+                "sweep.trial_overrides={train.batch_size: 64}",  # a key --smoke-test does not set: applies
+            ],
+            ray_cluster.job_env(),
+            timeout=600,
+        )
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        runs, sweeps = Store(store).df("runs"), Store(store).df("sweeps")
+        assert len(sweeps) == 1 and sweeps.iloc[0]["search"] == search and sweeps.iloc[0]["num_trials"] == 2
+        assert len(runs) == 2 and runs["trial_id"].is_unique and set(runs["status"]) <= {"completed", "stopped_early"}
+        assert runs["train.lr"].between(1e-4, 3e-3).all() and runs["train.lr"].nunique() == 2  # sampled, not copied
+        assert set(runs["model.hidden1"]) <= {128, 256, 512} and runs["model.dropout"].between(0.0, 0.4).all()
+        assert (runs["train.batch_size"] == 64).all() and (runs["data.max_train_samples"] == 2000).all()
+        assert sweeps.iloc[0]["best_run_id"] in set(runs["run_id"])

@@ -188,3 +188,20 @@ def test_in_process_runner_writes_a_train_run_that_stops_and_resumes(tmp_path):
     assert ray.train.Result.from_path(tmp_path / "run-a").checkpoint.path == checkpoint.path
     assert (Path(checkpoint.path) / "export" / "model.safetensors").is_file()
     assert not (tmp_path / "run-a" / "epoch_0001").exists()  # run.num_to_keep applies, as in a Train run
+
+
+def test_an_in_process_trial_starts_its_loop_at_the_first_step_not_at_setup():
+    """Regression: Tune may build a trial actor, run its setup(), then hand the trial to a cached actor
+    (reset_config) — a loop started in setup() ran the trial twice at once. setup() and reset_config() must
+    start no thread; cleanup() of an actor that never stepped has nothing to stop."""
+    import threading
+
+    trial_cls = sweep._in_process_trial_class()
+    trial = trial_cls.__new__(trial_cls)  # the actor's object, without Tune's own __init__ (no cluster needed)
+    before = {t.ident for t in threading.enumerate()}
+    trial.setup({"train.lr": 0.01}, ctx={"never": "read before step()"})
+    trial.reset_config({"train.lr": 0.02})
+    new = [t.name for t in threading.enumerate() if t.ident not in before]
+    assert new == [] and trial._loop is None, f"threads started before the first step(): {new}"
+    trial.cleanup()
+    assert [t.name for t in threading.enumerate() if t.ident not in before] == []

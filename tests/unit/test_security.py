@@ -145,7 +145,9 @@ CODE = ["jobs/train.py", "workloads/mlp.py", "configs/mlp.yaml", "pyproject.toml
 
 def upload_names(root: Path, tmp_path: Path) -> list[str]:
     """What Ray's job client would upload from ``root`` as the working_dir (its own packaging code)."""
-    from ray._private.runtime_env.packaging import create_package
+    from jobs.ray_compat import create_package as packer
+
+    create_package = packer()
 
     from jobs import submit
 

@@ -1,4 +1,4 @@
-"""The GPU code paths of jobs/loop.py, as far as a CPU can check them (no Ray, tiny models).
+"""jobs/loop.py's training-step paths (no Ray, tiny models): gradient accumulation, clipping, precision selection.
 
 Gradient accumulation goes through ``jobs.loop.run_epoch`` itself; precision selection through
 ``autocast`` / ``grad_scaler`` / ``check_precision``; bench/gpu_ner.py's plain loop on ``mlp``.
