@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from bench import memory, overhead, scaling, vs_hf_trainer  # noqa: E402
 

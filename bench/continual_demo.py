@@ -1,6 +1,6 @@
 """Continual NER demo: round 1 on CoNLL-2003 news, round 2 on WNUT-16 tweets, without and with replay.
 
-    python bench/continual_demo.py [--train-sentences 3000] [--eval-sentences 1000] [--epochs 2] [--out DIR]
+    python -m bench.continual_demo [--train-sentences 3000] [--eval-sentences 1000] [--epochs 2] [--out DIR]
 
 Three real jobs, each a subprocess with its own local Ray (or the cluster in ``RAY_ADDRESS``), into one store:
   round 1   python -m jobs.train     --config configs/ner.yaml        (CoNLL-2003, capped: see the flags)
@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def run(args: list[str], log: Path) -> None:

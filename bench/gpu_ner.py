@@ -1,10 +1,10 @@
 """NER on one GPU, bf16 vs fp32: samples/s, peak GPU memory, model FLOP utilisation (MFU).
 
-    .venv/bin/python bench/gpu_ner.py                          # plain PyTorch loop, bf16 then fp32
-    .venv/bin/python bench/gpu_ner.py --ray                    # + one jobs.train epoch per precision (scaling.use_gpu=true)
-    .venv/bin/python bench/gpu_ner.py --batch-sizes 16,64,256  # a row per batch size and precision
-    .venv/bin/python bench/gpu_ner.py data.max_length=128      # any config override (key=value)
-    .venv/bin/python bench/gpu_ner.py --workload mlp --device cpu --steps 5   # the plumbing, without a GPU
+    .venv/bin/python -m bench.gpu_ner                          # plain PyTorch loop, bf16 then fp32
+    .venv/bin/python -m bench.gpu_ner --ray                    # + one jobs.train epoch per precision (scaling.use_gpu=true)
+    .venv/bin/python -m bench.gpu_ner --batch-sizes 16,64,256  # a row per batch size and precision
+    .venv/bin/python -m bench.gpu_ner data.max_length=128      # any config override (key=value)
+    .venv/bin/python -m bench.gpu_ner --workload mlp --device cpu --steps 5   # the plumbing, without a GPU
 
 The plain loop runs the workload contract itself (``WORKLOADS[w].build_data / build_model /
 train_step``) with jobs.loop's own autocast, GradScaler and optimizer, and times ``--steps``
@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

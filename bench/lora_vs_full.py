@@ -1,6 +1,6 @@
 """LoRA vs full fine-tuning of MiniLM NER on CoNLL-2003, side by side: trainable parameters, samples/s, peak RSS, test F1.
 
-    python bench/lora_vs_full.py [--train-sentences 2000] [--eval-sentences 1000] [--epochs 2] [--threads 2] [--parallel]
+    python -m bench.lora_vs_full [--train-sentences 2000] [--eval-sentences 1000] [--epochs 2] [--threads 2] [--parallel]
 
 Each variant runs in its own subprocess (so each has its own peak RSS) through the same pieces the Ray
 Train loop uses — ``ner.build_data/build_model/train_loader/build_scheduler``, ``jobs.loop.run_epoch``,
@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 VARIANTS = {  # LoRA: adapters start at zero and the head at random, so it takes a 20x higher learning rate
     "full": [],
     "lora-qv": [
@@ -128,7 +127,8 @@ def main() -> int:
     for variant in VARIANTS:
         cmd = [
             sys.executable,
-            __file__,
+            "-m",
+            "bench.lora_vs_full",
             "--variant",
             variant,
             f"--train-sentences={args.train_sentences}",

@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -225,7 +224,10 @@ class RunningCluster:
 
         self.temp_dir = tempfile.mkdtemp(prefix="bench-ray-")
         self.address = f"127.0.0.1:{_free_port()}"
-        self.env = env | {"RAY_AUTH_MODE": "token"}  # `ray start` turns token auth on (DESIGN.md)
+        self.env = env | {"RAY_AUTH_MODE": "token"}  # token auth on, as make cluster-up starts it
+        from jobs.local_cluster import ensure_token
+
+        ensure_token()  # token auth needs a token: generated in ~/.ray if missing
         cmd = [
             str(Path(sys.executable).parent / "ray"),
             "start",

@@ -1,6 +1,6 @@
 """Measured quality: each workload's full training against its target figure (minutes to hours; not CI).
 
-    python bench/quality.py [--only rnn] [--only mlp] [--quick] [--store DIR] [key=value ...]
+    python -m bench.quality [--only rnn] [--only mlp] [--quick] [--store DIR] [key=value ...]
 
 Runs ``python -m jobs.train --config configs/<workload>.yaml`` for each workload in turn, as a
 subprocess (a local Ray per run, or the cluster in ``RAY_ADDRESS``), reads the run's row from the
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 @dataclass
@@ -76,7 +75,7 @@ def run_one(workload: str, store: Path, quick: bool, overrides: list[str], log_d
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python bench/quality.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--only", action="append", choices=sorted(TARGETS), help="run only this workload (repeatable)")
     p.add_argument("--quick", action="store_true", help="capped data, 1 epoch: checks the bench, not the real figures")
     p.add_argument("--store", help="evaluation store for the runs (default: a new temporary directory)")

@@ -51,7 +51,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     loopback_only()
     env = {
         "RAY_ADDRESS": f"127.0.0.1:{port}",
-        # A faster Train health check cuts ~2 s off every run's start and end (DESIGN.md, measured).
+        # A faster Train health check cuts seconds off every run's start and end (docs/performance.md, fixed cost).
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2"),
         # No spot nodes to watch on one machine: one actor (and its 100 wake-ups/s, bench/wakeups.py) and an
         # error line per run fewer. A cluster reached through RAY_ADDRESS keeps Ray's default (on).
