@@ -93,22 +93,9 @@ def fetch_export(parent: dict, tmp: str) -> Path:
 
 # ----------------------------------------------------------------------------- [2]/[4] scoring without Ray
 def score(wl, cfg, splits, dataset, export_dir) -> dict[str, float]:
-    """``wl.evaluate`` of the export in ``export_dir`` on ``dataset`` (a split of ``splits``), in this process."""
-    import torch
+    from jobs.evaluate import score_export
 
-    from jobs import loop
-
-    torch.set_num_threads(max(1, cfg.scaling.cpus_per_worker))
-    try:
-        model = loop.load_export(wl, cfg, splits, export_dir)
-    except RuntimeError as e:  # e.g. a state dict whose shapes do not fit this config's model section
-        raise config_lib.ConfigError(
-            f"the parent's model does not fit this config ({str(e).splitlines()[0][:200]}) — "
-            "keep the parent's model.* settings and the same kind of data"
-        )
-    loader = loop.eval_loader(splits, dataset, cfg.train.batch_size * 2)
-    with loop.autocast(cfg.train.precision, torch.device("cpu")):
-        return {k: float(v) for k, v in wl.evaluate(model, loader, splits).items()}
+    return score_export(wl, cfg, splits, dataset, export_dir)
 
 
 def signed(delta: float, mode: str) -> float:

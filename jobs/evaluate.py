@@ -57,9 +57,28 @@ def fetch_export(uri: str, tmp: str) -> Path:
     return Path(tmp)
 
 
+def score_export(wl, cfg, splits, dataset, export_dir) -> dict[str, float]:
+    """``wl.evaluate`` of the export in ``export_dir`` on ``dataset`` (a split of ``splits``), in this process
+    (no Ray): what jobs.evaluate reports and what jobs.continual scores parents and children with."""
+    import torch
+
+    from jobs import loop
+
+    torch.set_num_threads(max(1, cfg.scaling.cpus_per_worker))
+    try:
+        model = loop.load_export(wl, cfg, splits, export_dir)
+    except RuntimeError as e:  # e.g. a state dict whose shapes do not fit this config's model section
+        raise config_lib.ConfigError(
+            f"the stored model does not fit this config ({str(e).splitlines()[0][:200]}) — "
+            "keep the run's model.* settings and the same kind of data"
+        ) from None
+    loader = loop.eval_loader(splits, dataset, cfg.train.batch_size * 2)
+    with loop.autocast(cfg.train.precision, torch.device("cpu")):
+        return {k: float(v) for k, v in wl.evaluate(model, loader, splits).items()}
+
+
 def evaluate_run(store: Store, run_id: str, split: str = "test") -> tuple[dict, dict]:
     """Score ``run_id``'s export on ``split``: returns (metrics with the split prefix, the runs row)."""
-    import torch
 
     from jobs import loop
 
@@ -81,12 +100,8 @@ def evaluate_run(store: Store, run_id: str, split: str = "test") -> tuple[dict, 
         print(
             f"warning: the data changed since run {run_id} was trained (fingerprint {splits.fingerprint} != {run['data_fingerprint']})"
         )
-    torch.set_num_threads(max(1, cfg.scaling.cpus_per_worker))
     with tempfile.TemporaryDirectory() as tmp:
-        model = loop.load_export(wl, cfg, splits, fetch_export(run["export_uri"], tmp))
-        loader = loop.eval_loader(splits, dataset, cfg.train.batch_size * 2)
-        with loop.autocast(cfg.train.precision, torch.device("cpu")):
-            metrics = wl.evaluate(model, loader, splits)
+        metrics = score_export(wl, cfg, splits, dataset, fetch_export(run["export_uri"], tmp))
     return {f"{split}_{k}": float(v) for k, v in metrics.items()}, run
 
 

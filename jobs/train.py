@@ -23,7 +23,7 @@ from pathlib import Path
 from jobs import config as config_lib
 from jobs import preflight
 from jobs.errors import ClusterError
-from jobs.store import Store, now
+from jobs.store import FINISHED, Store, now
 
 
 # ----------------------------------------------------------------------------- Ray plumbing
@@ -394,7 +394,7 @@ def main(argv: list[str]) -> int:
         f"({'GPU' if cfg.scaling.use_gpu else f'{cfg.scaling.cpus_per_worker} CPU each'}), {cfg.train.epochs} epochs"
     )
     row = fit(cfg, store)
-    return 0 if row["status"] in ("completed", "stopped_early") else 1
+    return 0 if row["status"] in FINISHED else 1
 
 
 if __name__ == "__main__":

@@ -195,6 +195,24 @@ CASES = [
     # ---- other verbs: runs that do not exist, bad search spaces, cluster.yaml
     Case("history-missing-run", ["jobs.store", "history", "mlp-nope"], "no epochs for run 'mlp-nope'"),
     Case("evaluate-missing-run", ["jobs.evaluate", "--run", "mlp-nope"], "unknown run 'mlp-nope'"),
+    # ---- one pre-flight for every verb (jobs/preflight.py): an out-of-range value, an unusable store
+    *[
+        Case(f"{verb}-zero-epochs", [*argv, "train.epochs=0"], "train.epochs must be >= 1")
+        for verb, argv in (
+            ("sweep", ["jobs.sweep", "--config", "configs/mlp.yaml"]),
+            ("continual", ["jobs.continual", "--config", "configs/mlp.yaml", "--from", "best"]),
+            ("submit", ["jobs.submit", "submit", "configs/mlp.yaml"]),
+        )
+    ],
+    *[
+        Case(f"{verb}-store-is-a-file", argv, "is a file, not a directory", store="{d}/a_file")
+        for verb, argv in (
+            ("sweep", ["jobs.sweep", "--config", "configs/mlp.yaml"]),
+            ("continual", ["jobs.continual", "--config", "configs/mlp.yaml", "--from", "best"]),
+            ("evaluate", ["jobs.evaluate", "--run", "mlp-nope"]),
+            ("submit", ["jobs.submit", "submit", "configs/mlp.yaml"]),
+        )
+    ],
     Case(
         "continual-from-missing-run",
         ["jobs.continual", "--config", "configs/mlp.yaml", "--from", "mlp-nope", "data.source=digits"],
@@ -301,7 +319,7 @@ def run_case(case: Case, d: Path, s3_endpoint: str) -> dict:
         )
 
     argv = [fill(a) for a in case.argv]
-    if argv[0] in ("jobs.train", "jobs.continual", "jobs.sweep", "jobs.evaluate", "jobs.store"):
+    if argv[0] in ("jobs.train", "jobs.continual", "jobs.sweep", "jobs.evaluate", "jobs.store", "jobs.submit"):
         argv[1:1] = ["--store", fill(case.store) if case.store else str(store)]
     if argv[0] in ("jobs.train", "jobs.continual", "jobs.sweep") and "--resume" not in argv:
         argv.append(f"run.storage_path={runs}")

@@ -1,0 +1,47 @@
+"""Shared options go before or after the verb, for every jobs.* CLI (the README writes them after)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", str(ROOT)))
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_submit_takes_address_and_format_before_or_after_the_subcommand(where):
+    address = f"http://127.0.0.1:{closed_port()}"
+    shared = ["--address", address, "--format", "json"]
+    argv = [*shared, "status", "mlp-train-x"] if where == "before" else ["status", "mlp-train-x", *shared]
+    res = run("jobs.submit", *argv)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 1 and len(lines) == 1 and f"no Ray cluster at {address}" in lines[0], res.stderr
+
+
+def test_submit_store_after_the_subcommand_reaches_the_preflight(tmp_path):
+    (tmp_path / "a_file").write_text("not a directory")
+    res = run("jobs.submit", "submit", "configs/mlp.yaml", "--store", str(tmp_path / "a_file"))
+    assert res.returncode == 2 and "is a file, not a directory" in res.stderr, res.stderr
+
+
+def test_train_takes_store_after_the_overrides(tmp_path):
+    (tmp_path / "a_file").write_text("not a directory")
+    res = run("jobs.train", "--config", "configs/mlp.yaml", "train.lr=0.01", "--store", str(tmp_path / "a_file"))
+    assert res.returncode == 2 and "is a file, not a directory" in res.stderr, res.stderr
