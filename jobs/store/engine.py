@@ -123,7 +123,10 @@ FINISHED = ("completed", "stopped_early")
 INFO_KINDS = ("many_files", "in_progress", "record_pending")  # check findings that are not problems
 COMPACT_AFTER = 64  # files in one partition at which a writer compacts it (and checkpoints the log)
 RETENTION_HOURS = 7 * 24  # history `vacuum` keeps by default: a week of time travel
-COMMIT_ATTEMPTS = 12  # a conflict only means another writer committed first: retry from the new version
+COMMIT_ATTEMPTS = 40  # a conflict only means another writer committed first: retry from the new version
+# delta-rs 1.6.6 rebases a commit that removes files over a concurrent commit that removed the same files
+# (two compactions of one partition both committed: every row twice). A commit that removes files is
+# therefore never rebased: it fails on any newer version and is planned again from a fresh snapshot.
 LOG = "_delta_log"
 
 
@@ -136,7 +139,7 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def parse_since(since: str | dt.datetime) -> dt.datetime:
+def parse_since(since: str | dt.datetime, flag: str = "--since") -> dt.datetime:
     """``7d`` / ``12h`` / ``30m`` ago, or an ISO date/time (UTC unless it says otherwise)."""
     if isinstance(since, dt.datetime):
         return since if since.tzinfo else since.replace(tzinfo=dt.UTC)
@@ -147,7 +150,7 @@ def parse_since(since: str | dt.datetime) -> dt.datetime:
     try:
         when = dt.datetime.fromisoformat(since)
     except ValueError:
-        raise StoreError(f"'{since}' is not an age or a date — write e.g. 12h, 7d or 2026-01-31") from None
+        raise StoreError(f"{flag} '{since}' is not an age or a date — write e.g. 12h, 7d or 2026-01-31") from None
     return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
@@ -184,6 +187,12 @@ def number(v) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if f != f else f  # NaN -> None
+
+
+def no_rebase():
+    from deltalake import CommitProperties
+
+    return CommitProperties(max_commit_retries=0)
 
 
 def first_line(e: BaseException) -> str:
@@ -268,11 +277,11 @@ class Engine:
             raise StoreError(
                 f"--as-of {self.as_of}: table '{table}' has versions 0-{d.version()} — give one of those, or a date"
             )
+        if isinstance(self.as_of, dt.datetime) and self.as_of < _created_at(d):
+            return None  # the table did not exist then
         try:
             d.load_as_version(self.as_of)
-        except DeltaError as e:  # a time before the table's first commit: it did not exist then
-            if isinstance(self.as_of, dt.datetime) and self.as_of < _created_at(d):
-                return None
+        except DeltaError as e:
             raise StoreError(
                 f"--as-of {self.as_of}: table '{table}' cannot go back that far ({first_line(e)}) — "
                 f"`vacuum` keeps {RETENTION_HOURS // 24} days of history"
@@ -336,7 +345,7 @@ class Engine:
                     "table": table,
                     "version": c.get("version"),
                     "timestamp": dt.datetime.fromtimestamp(c["timestamp"] / 1000, dt.UTC),
-                    "operation": c.get("operation"),
+                    "operation": c.get("perennial.operation") or c.get("operation"),
                     "rows_added": metrics.get("num_added_rows"),
                     "files_added": metrics.get("num_added_files"),
                     "files_removed": metrics.get("num_removed_files"),
@@ -409,9 +418,16 @@ class Engine:
                         storage_options=self.options,
                     )
                 elif data is None:
-                    d.delete(predicate)
+                    d.delete(predicate, commit_properties=no_rebase())
                 elif predicate:
-                    write_deltalake(d, data, mode="overwrite", predicate=predicate, schema_mode="merge")
+                    write_deltalake(
+                        d,
+                        data,
+                        mode="overwrite",
+                        predicate=predicate,
+                        schema_mode="merge",
+                        commit_properties=no_rebase(),
+                    )
                 else:
                     write_deltalake(d, data, mode="append", schema_mode="merge")
                 break
@@ -423,7 +439,7 @@ class Engine:
                 failure = e
             except OSError as e:
                 raise _write_error(self.uri, table, e) from None
-            time.sleep(min(2.0, 0.02 * 2**attempt) * random.uniform(0.5, 1.5))  # backoff with jitter
+            time.sleep(min(1.0, 0.01 * 2**attempt) * random.uniform(0.5, 1.5))  # backoff with jitter
         else:
             raise StoreError(
                 f"cannot commit to store table '{table}' in '{self.uri}' after {COMMIT_ATTEMPTS} conflicts: "
@@ -460,15 +476,15 @@ class Engine:
     # ------------------------------------------------------------------ maintenance
     def _maintain(self, table: str, d, workloads: set[str]) -> None:
         """Compact each written partition that holds ``compact_after`` files or more, then checkpoint the log.
-        Best effort: a conflict means another writer changed the partition; the next write tries again."""
+        Best effort: a conflict means another writer changed the partition; a later write tries again."""
         from deltalake.exceptions import DeltaError
 
         counts = _files_per_partition(d)
         full = sorted(w for w in workloads if counts.get(w, 0) >= self.compact_after)
         for w in full:
             try:
-                d.optimize.compact(partition_filters=[(PARTITION, "=", w)])
-            except (DeltaError, OSError):
+                self._compact_partition(d, w)
+            except (DeltaError, OSError):  # CommitFailedError included: another writer committed meanwhile
                 return
         if full:
             try:
@@ -478,7 +494,9 @@ class Engine:
                 pass
 
     def compact(self, tables: list[str] | None = None, workload: str | None = None) -> list[dict]:
-        """Merge each partition's small files (readers never see a row twice); checkpoint the log."""
+        """Merge each partition's files into one (readers never see a row twice); checkpoint the log."""
+        from deltalake.exceptions import CommitFailedError
+
         summary = []
         for table in tables or self.tables():
             d = self.delta(table)
@@ -486,9 +504,13 @@ class Engine:
                 raise StoreError(f"no table '{table}' in store '{self.uri}' — tables: {', '.join(self.tables())}")
             before = _files_per_partition(d)
             for w in sorted(before) if workload is None else [workload]:
-                if before.get(w, 0) > 1:
-                    d.optimize.compact(partition_filters=[(PARTITION, "=", w)])
-            d.update_incremental()
+                for attempt in range(COMMIT_ATTEMPTS if before.get(w, 0) > 1 else 0):
+                    try:
+                        self._compact_partition(self.delta(table), w)
+                        break
+                    except CommitFailedError:  # a writer committed meanwhile: plan the compaction again
+                        time.sleep(min(1.0, 0.01 * 2**attempt) * random.uniform(0.5, 1.5))
+            d = self.delta(table)
             d.create_checkpoint()
             after = _files_per_partition(d)
             for w in sorted(before) if workload is None else [workload]:
@@ -497,6 +519,30 @@ class Engine:
                     | {"files_after": after.get(w, 0), "version": d.version()}
                 )
         return summary
+
+    def _compact_partition(self, d, workload: str) -> None:
+        """Rewrite one partition of snapshot ``d`` as one file, sorted by run (file statistics then prune
+        a run's lookups), in one commit that replaces exactly the files it read.
+
+        Not ``optimize.compact``: delta-rs 1.6.6 commits two concurrent compactions of one partition
+        both (rebasing the second over the first), and every row of the partition then reads twice. A
+        replace-by-predicate of the partition conflicts with any other commit that rewrote it, so the
+        loser fails and plans again; blind appends meanwhile keep their files and are not conflicts.
+        """
+        from deltalake import CommitProperties, write_deltalake
+
+        data = d.to_pyarrow_dataset().to_table(filter=ds.field(PARTITION) == workload)
+        if "run_id" in data.column_names:
+            data = data.sort_by([("run_id", "ascending")])
+        write_deltalake(
+            d,
+            data,
+            mode="overwrite",
+            predicate=f'"{PARTITION}" = {_literal(workload)}',
+            commit_properties=CommitProperties(
+                custom_metadata={"perennial.operation": "COMPACT"}, max_commit_retries=0
+            ),
+        )
 
     def vacuum(self, retention_hours: int = RETENTION_HOURS, dry_run: bool = False) -> list[dict]:
         """Delete files no version younger than ``retention_hours`` reads (time travel keeps that window)."""
