@@ -121,7 +121,8 @@ CORE: dict[str, dict[str, pa.DataType]] = {
 PARTITION = "workload"
 FINISHED = ("completed", "stopped_early")
 INFO_KINDS = ("many_files", "in_progress", "record_pending")  # check findings that are not problems
-COMPACT_AFTER = 64  # files in one partition at which a writer compacts it (and checkpoints the log)
+COMPACT_AFTER = 16  # small files in one partition at which a writer compacts them (and checkpoints the log)
+SMALL_FILE_ROWS = 10_000  # a file with fewer rows is "small": compaction merges it; bigger ones stay as they are
 RETENTION_HOURS = 7 * 24  # history `vacuum` keeps by default: a week of time travel
 COMMIT_ATTEMPTS = 40  # a conflict only means another writer committed first: retry from the new version
 # delta-rs 1.6.6 rebases a commit that removes files over a concurrent commit that removed the same files
@@ -216,6 +217,7 @@ class Engine:
         self.compact_after = compact_after
         self.options = storage_options(self.uri)
         self._open: dict[str, Any] = {}  # table -> DeltaTable, refreshed before each use
+        self._retry_compaction_at: dict[tuple[str, str], int] = {}  # after a lost race: wait for more files
         try:
             if self.local:
                 self.fs, self.root = pafs.LocalFileSystem(), self.uri
@@ -354,8 +356,13 @@ class Engine:
         return out
 
     # ------------------------------------------------------------------ write
-    def append(self, table: str, rows: Iterable[dict[str, Any]]) -> int:
-        """Append rows (dicts) to ``table`` in one commit (every workload at once); returns the version."""
+    def append(self, table: str, rows: Iterable[dict[str, Any]] | pa.Table) -> int:
+        """Append rows (dicts, or an Arrow table for bulk loads) to ``table`` in one commit (every workload
+        at once); returns the new version. Types are checked against the table's as for dicts."""
+        if isinstance(rows, pa.Table):
+            if PARTITION not in rows.column_names:
+                raise StoreError(f"append to '{table}': the Arrow table needs a '{PARTITION}' column")
+            return self._commit(table, rows, key=None) if rows.num_rows else -1
         rows = list(rows)
         if not rows:
             return -1
@@ -392,14 +399,19 @@ class Engine:
         self._commit("runs", [{**run, PARTITION: key[PARTITION], "record_id": record}], key=key, record=record)
         return True
 
-    def _commit(self, table: str, rows: list[dict], key: dict | None, record: str | None = None) -> int | bool:
+    def _commit(
+        self, table: str, rows: list[dict] | pa.Table, key: dict | None, record: str | None = None
+    ) -> int | bool:
         """One commit of ``rows`` (replacing ``key``'s rows when given), retried on a conflict."""
         from deltalake import write_deltalake
         from deltalake.exceptions import CommitFailedError, DeltaError
 
         if self.as_of is not None:
             raise StoreError(f"store '{self.uri}' is opened --as-of {self.as_of}: it is read-only")
-        arrow = to_arrow(table, [{**r, PARTITION: str(r.get(PARTITION) or "none")} for r in rows]) if rows else None
+        if isinstance(rows, pa.Table):
+            arrow = rows
+        else:
+            arrow = to_arrow(table, [{**r, PARTITION: str(r.get(PARTITION) or "none")} for r in rows]) if rows else None
         predicate = " AND ".join(f'"{k}" = {_literal(v)}' for k, v in key.items()) if key else None
         for attempt in range(COMMIT_ATTEMPTS):
             d = self.delta(table)  # the snapshot this transaction reads; a newer commit it overlaps is a conflict
@@ -445,9 +457,10 @@ class Engine:
                 f"cannot commit to store table '{table}' in '{self.uri}' after {COMMIT_ATTEMPTS} conflicts: "
                 f"{first_line(failure)} — too many writers at once; try again"
             )
-        d = self.delta(table)
+        if d is None:  # this commit created the table (a write through ``d`` moved ``d`` to its new version)
+            d = self.delta(table)
         if arrow is not None:
-            self._maintain(table, d, set(arrow.column(PARTITION).to_pylist()))
+            self._maintain(table, d, set(arrow.column(PARTITION).unique().to_pylist()))
         return d.version() if record is None else True
 
     def _conform(self, table: str, arrow: pa.Table, d) -> pa.Table:
@@ -479,12 +492,16 @@ class Engine:
         Best effort: a conflict means another writer changed the partition; a later write tries again."""
         from deltalake.exceptions import DeltaError
 
-        counts = _files_per_partition(d)
-        full = sorted(w for w in workloads if counts.get(w, 0) >= self.compact_after)
+        counts = {w: len(paths) for w, paths in _small_files(d).items()}
+        due = {w: self._retry_compaction_at.get((table, w), self.compact_after) for w in workloads}
+        full = sorted(w for w in workloads if counts.get(w, 0) >= due[w])
         for w in full:
             try:
                 self._compact_partition(d, w)
+                self._retry_compaction_at.pop((table, w), None)
             except (DeltaError, OSError):  # CommitFailedError included: another writer committed meanwhile
+                # try again only once more files came: under many writers, not a rewrite per append
+                self._retry_compaction_at[(table, w)] = counts[w] + max(1, self.compact_after // 2)
                 return
         if full:
             try:
@@ -506,7 +523,7 @@ class Engine:
             for w in sorted(before) if workload is None else [workload]:
                 for attempt in range(COMMIT_ATTEMPTS if before.get(w, 0) > 1 else 0):
                     try:
-                        self._compact_partition(self.delta(table), w)
+                        self._compact_partition(self.delta(table), w, everything=True)
                         break
                     except CommitFailedError:  # a writer committed meanwhile: plan the compaction again
                         time.sleep(min(1.0, 0.01 * 2**attempt) * random.uniform(0.5, 1.5))
@@ -520,25 +537,43 @@ class Engine:
                 )
         return summary
 
-    def _compact_partition(self, d, workload: str) -> None:
-        """Rewrite one partition of snapshot ``d`` as one file, sorted by run (file statistics then prune
-        a run's lookups), in one commit that replaces exactly the files it read.
+    def _compact_partition(self, d, workload: str, everything: bool = False) -> None:
+        """Merge one partition's small files of snapshot ``d`` (all its files if ``everything``) into one
+        file sorted by run, in one commit that replaces exactly the rows it read.
 
-        Not ``optimize.compact``: delta-rs 1.6.6 commits two concurrent compactions of one partition
-        both (rebasing the second over the first), and every row of the partition then reads twice. A
-        replace-by-predicate of the partition conflicts with any other commit that rewrote it, so the
-        loser fails and plans again; blind appends meanwhile keep their files and are not conflicts.
+        The commit is a replace-by-predicate of the runs those files hold (``run_id IN (...)``; the whole
+        partition for tables without runs), so a bigger file is rewritten only if it holds one of those
+        runs too. Not ``optimize.compact``: delta-rs 1.6.6 commits two concurrent compactions of one
+        partition both (rebasing the second over the first) and every row then reads twice. A replace
+        conflicts with any commit that rewrote rows it matches, so the loser fails and plans again; blind
+        appends meanwhile keep their files and are no conflict.
         """
         from deltalake import CommitProperties, write_deltalake
 
-        data = d.to_pyarrow_dataset().to_table(filter=ds.field(PARTITION) == workload)
-        if "run_id" in data.column_names:
-            data = data.sort_by([("run_id", "ascending")])
+        data = d.to_pyarrow_dataset()
+        where, predicate = ds.field(PARTITION) == workload, f'"{PARTITION}" = {_literal(workload)}'
+        if "run_id" in data.schema.names and not everything:
+            small = set(_small_files(d).get(workload, []))
+            ids: set = set()
+            for fragment in data.get_fragments(filter=where):
+                if fragment.path in small or any(fragment.path.endswith("/" + p) for p in small):
+                    ids.update(fragment.to_table(columns=["run_id"]).column("run_id").to_pylist())
+            if not ids:
+                return
+            named = sorted(i for i in ids if i is not None)
+            match = ds.field("run_id").isin(named)
+            listed = '"run_id" IN (' + ", ".join(_literal(i) for i in named) + ")" if named else "false"
+            if None in ids:
+                match, listed = match | ds.field("run_id").is_null(), f'("run_id" IS NULL OR {listed})'
+            where, predicate = where & match, f"{predicate} AND {listed}"
+        rows = data.to_table(filter=where)
+        if "run_id" in rows.column_names:
+            rows = rows.sort_by([("run_id", "ascending")])
         write_deltalake(
             d,
-            data,
+            rows,
             mode="overwrite",
-            predicate=f'"{PARTITION}" = {_literal(workload)}',
+            predicate=predicate,
             commit_properties=CommitProperties(
                 custom_metadata={"perennial.operation": "COMPACT"}, max_commit_retries=0
             ),
@@ -598,9 +633,14 @@ class Engine:
                     self.fs.delete_file(f.path)
                     deleted = True
                 add("orphan_file", table, rel, "no commit names it: left by a killed writer", deleted)
-            for w, n in sorted(_files_per_partition(d).items()):
-                if n >= self.compact_after:
-                    add("many_files", table, f"{PARTITION}={w}", f"{n} files — `python -m jobs.store compact`")
+            for w, paths in sorted(_small_files(d).items()):
+                if len(paths) >= 2 * self.compact_after:  # writers compact at compact_after: theirs keep failing
+                    add(
+                        "many_files",
+                        table,
+                        f"{PARTITION}={w}",
+                        f"{len(paths)} small files — `python -m jobs.store compact`",
+                    )
         if {"runs", "epochs"} <= set(self.tables()):
             for run_id, detail in _record_mismatches(self):
                 add("record_pending", "runs", run_id, detail)
@@ -712,7 +752,24 @@ def _write_error(uri: str, table: str, e: BaseException) -> StoreError:
 
 
 def _later_record(d, key: dict, record: str) -> bool:
-    """Whether ``d``'s snapshot holds a recording of ``key`` later than ``record``."""
+    """Whether ``d``'s snapshot holds a recording of ``key`` (workload, run_id) later than ``record``.
+
+    File statistics answer it without reading data in the usual case (a new run, or a later recording:
+    no file's run_id range holds the run, or no such file's newest record_id is later than this one)."""
+    actions = pa.table(d.get_add_actions(flatten=True))
+    needed = (f"partition.{PARTITION}", "min.run_id", "max.run_id", "max.record_id")
+    if actions.num_rows and all(c in actions.column_names for c in needed):
+        run_id = key["run_id"]
+        rows = zip(*(actions.column(c).to_pylist() for c in needed))
+        candidates = [
+            newest
+            for workload, low, high, newest in rows
+            if workload == key[PARTITION] and (low is None or high is None or low <= run_id <= high)
+        ]
+        if all(newest is not None and newest <= record for newest in candidates):
+            return False
+    elif actions.num_rows and "max.record_id" not in actions.column_names and "min.run_id" in actions.column_names:
+        return False  # no file holds a record_id yet: nothing recorded by record_run, so nothing later
     data = d.to_pyarrow_dataset()
     if "record_id" not in data.schema.names:
         return False
@@ -722,6 +779,19 @@ def _later_record(d, key: dict, record: str) -> bool:
         expr = e if expr is None else expr & e
     found = data.to_table(filter=expr, columns=["record_id"]).column("record_id").to_pylist()
     return any(r is not None and r > record for r in found)
+
+
+def _small_files(d) -> dict[str, list[str]]:
+    """Per partition, the paths of the files with fewer than ``SMALL_FILE_ROWS`` rows."""
+    actions = pa.table(d.get_add_actions(flatten=True))
+    column = f"partition.{PARTITION}"
+    if not actions.num_rows or column not in actions.column_names:
+        return {}
+    out: dict[str, list[str]] = {}
+    for path, rows, w in zip(*(actions.column(c).to_pylist() for c in ("path", "num_records", column))):
+        if rows is None or rows < SMALL_FILE_ROWS:
+            out.setdefault(w, []).append(path)
+    return out
 
 
 def _files_per_partition(d) -> dict[str, int]:
