@@ -120,7 +120,7 @@ CORE: dict[str, dict[str, pa.DataType]] = {
 }
 PARTITION = "workload"
 FINISHED = ("completed", "stopped_early")
-INFO_KINDS = ("many_files", "in_progress", "record_pending")  # check findings that are not problems
+INFO_KINDS = ("many_files", "in_progress", "record_pending", "orphan_file")  # findings that are not problems
 COMPACT_AFTER = 16  # small files in one partition at which a writer compacts them (and checkpoints the log)
 SMALL_FILE_ROWS = 10_000  # a file with fewer rows is "small": compaction merges it; bigger ones stay as they are
 RETENTION_HOURS = 7 * 24  # history `vacuum` keeps by default: a week of time travel
@@ -584,7 +584,9 @@ class Engine:
         summary = []
         for table in self.tables():
             d = self.delta(table)
-            removed = d.vacuum(retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False)
+            removed = d.vacuum(
+                retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=True
+            )  # full: also files no commit names (killed writers, lost races) older than the retention
             if not dry_run:
                 d.cleanup_metadata()  # log entries past delta.logRetentionDuration (30 days by default)
             summary.append({"table": table, "files_removed" if not dry_run else "would_remove": len(removed)})
@@ -632,7 +634,14 @@ class Engine:
                 if fix:
                     self.fs.delete_file(f.path)
                     deleted = True
-                add("orphan_file", table, rel, "no commit names it: left by a killed writer", deleted)
+                add(
+                    "orphan_file",
+                    table,
+                    rel,
+                    "no commit names it (a writer killed before its commit, or a commit that lost a race): "
+                    "readers never see it; --fix or vacuum deletes it",
+                    deleted,
+                )
             for w, paths in sorted(_small_files(d).items()):
                 if len(paths) >= 2 * self.compact_after:  # writers compact at compact_after: theirs keep failing
                     add(

@@ -22,7 +22,7 @@ import psutil
 import pytest
 from conftest import PY, ROOT, base_env, free_port, run_job
 
-from jobs.store import Store
+from jobs.store import INFO_KINDS, Store
 
 
 def wait_until(predicate, timeout: float, what: str, poll: float = 0.05):
@@ -219,13 +219,16 @@ def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
     appends = sum(1 for c in history if c["operation"] == "WRITE")
     compactions = sum(1 for c in history if c["operation"] == "COMPACT")
     assert appends == WRITERS * APPENDS  # one commit per append, none lost or repeated by a retry
-    problems = [f for f in store.check(older_than_s=0) if f["kind"] not in ("many_files",)]
+    findings = store.check(older_than_s=0)
+    problems = [f for f in findings if f["kind"] not in INFO_KINDS]
     assert problems == [], problems[:3]
+    orphans = sum(f["kind"] == "orphan_file" for f in findings)  # data files of commits that lost a race
     files = len(store.files("epochs"))
     print(
         f"\n{WRITERS} writers x {APPENDS} appends: {table.num_rows} rows, lost {lost}, duplicated {duplicated}; "
         f"writes {write_wall:.1f} s wall ({min(per_append_ms):.1f}-{max(per_append_ms):.1f} ms/append per writer); "
-        f"{reads} concurrent reads OK; {compactions} automatic compactions, {files} files at the end; cold read {read_s:.2f} s"
+        f"{reads} concurrent reads OK; {compactions} automatic compactions, {files} files at the end, {orphans} uncommitted "
+        f"files of lost races (readers never see them); cold read {read_s:.2f} s"
     )
 
 
@@ -284,7 +287,7 @@ def test_writer_killed_mid_write_leaves_nothing_readers_pick_up(tmp_path):
     check = run_job(
         ["jobs.store", "--store", str(store_dir), "--format", "json", "check", "--older-than", "0"], env, timeout=400
     )
-    assert check.returncode == 1 and "orphan_file" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and "orphan_file" in check.stdout, check.stdout + check.stderr  # harmless: info
     fixed = run_job(["jobs.store", "--store", str(store_dir), "check", "--fix", "--older-than", "0"], env, timeout=400)
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert len(list(folder.glob("*.parquet"))) == len(Store(store_dir).files("epochs"))
