@@ -184,7 +184,10 @@ def observe(infos: list) -> None:
             have = recorded_finals(store, [i.submission_id for i in group])
             for info in group:
                 if info.submission_id not in have:
-                    store.append("jobs", [final_row(info)], name=f"{info.submission_id}-final")
+                    final = final_row(info)  # replaced, not added, if another observer wrote it first
+                    store.replace(
+                        "jobs", [final], key={"submission_id": final["submission_id"], "status": final["status"]}
+                    )
         except config_lib.ConfigError as e:  # one unreachable store must not hide the other jobs
             print(f"warning: could not record the end of {len(group)} job(s) in {uri}: {e}", file=sys.stderr)
 

@@ -13,7 +13,6 @@ import argparse
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import time
@@ -336,12 +335,9 @@ def record_run(
         }
         for h in history
     ]
-    # Files named after the run, always the whole history: a recorder killed between its two writes, or two
-    # racing past the check above (a resumed sweep while the killed one's trial still finishes), replace each
-    # other's file instead of adding a second row — and never leave a file holding only part of the epochs.
-    name = "run-" + re.sub(r"[^A-Za-z0-9_.=-]", "_", run_id)
-    store.append("epochs", epochs, name=name)  # epochs first: a runs row is the commit marker of a run
-    store.append("runs", [row], name=name)
+    # The whole history, replacing the run's rows in one commit per table (epochs first): a recorder killed
+    # between its two commits, or two racing past the check above, never add or mix rows (docs/store.md).
+    store.record_run(epochs, row)
     return row
 
 

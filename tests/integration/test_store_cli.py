@@ -1,50 +1,47 @@
-"""`python -m jobs.store` as a user runs it: real subprocesses over a real Parquet store (no Ray needed)."""
+"""`python -m jobs.store` as a user runs it: real subprocesses over a real Delta store (no Ray needed)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import io
 import json
+import time
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from conftest import base_env, run_job
 
-from jobs.store import Store
+from jobs.store import Store, StoreError
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 @pytest.fixture
 def filled(tmp_path):
-    """Three mlp runs with epochs, one cnn run, and a file with a conflicting column type."""
+    """Three mlp runs with epochs (recorded as jobs.train records them) and one cnn run."""
     store = Store(tmp_path / "store")
     for i, (lr, best) in enumerate([(1e-3, 0.71), (3e-3, 0.83), (1e-2, 0.64)]):
         run_id = f"mlp-r{i}"
         config = {"workload": "mlp", "train": {"lr": lr, "epochs": 3}}
-        store.append(
-            "runs",
-            [
-                {
-                    "run_id": run_id,
-                    "workload": "mlp",
-                    "status": "completed",
-                    "metric": "val_accuracy",
-                    "mode": "max",
-                    "best_metric": best,
-                    "config_json": json.dumps(config),
-                    "train.lr": lr,
-                    "test_accuracy": best - 0.02,
-                    "finished_at": T0 + dt.timedelta(hours=i),
-                }
-            ],
-        )
-        store.append(
-            "epochs",
+        store.record_run(
             [
                 {"run_id": run_id, "workload": "mlp", "epoch": e, "train_loss": 2.0 / e, "val_accuracy": best - 0.1 / e}
                 for e in (1, 2, 3)
             ],
+            {
+                "run_id": run_id,
+                "workload": "mlp",
+                "status": "completed",
+                "metric": "val_accuracy",
+                "mode": "max",
+                "best_metric": best,
+                "config_json": json.dumps(config),
+                "train.lr": lr,
+                "test_accuracy": best - 0.02,
+                "finished_at": T0 + dt.timedelta(hours=i),
+            },
         )
     store.append(
         "runs",
@@ -98,6 +95,10 @@ def test_bad_input_is_one_line_and_exit_2(filled):
         (["sql", "SELECT * FROM nope"], "tables: epochs, jobs, runs, sweeps"),
         (["compare", "mlp-r0", "missing"], "no run 'missing'"),
         (["runs", "--since", "someday"], "--since"),
+        (["leaderboard", "--as-of", "someday"], "--as-of 'someday'"),
+        (["leaderboard", "--as-of", "99"], "has versions 0-"),
+        (["--as-of", "0", "vacuum"], "drop --as-of"),
+        (["migrate", "/nonexistent/old-store"], "no store at"),
     ):
         res = store_cli(filled, *args)
         assert res.returncode == 2, res.stderr
@@ -111,22 +112,63 @@ def test_plot_writes_pngs(filled, tmp_path):
     assert res.stdout.split() == [str(png)] and png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_check_names_a_conflict_then_compact_keeps_rows(filled):
-    filled.append(
-        "runs",
-        [{"run_id": "bad", "workload": "mlp", "status": "completed", "best_metric": 0.5, "test_accuracy": "high"}],
+def test_store_and_format_go_before_or_after_the_verb(filled):
+    before = run_job(["jobs.store", "--store", filled.uri, "--format", "json", "leaderboard"], base_env())
+    after = run_job(["jobs.store", "leaderboard", "--store", filled.uri, "--format", "json"], base_env())
+    mixed = run_job(["jobs.store", "--format", "json", "leaderboard", "--top", "1", "--store", filled.uri], base_env())
+    assert before.returncode == after.returncode == mixed.returncode == 0, before.stderr + after.stderr + mixed.stderr
+    assert json.loads(before.stdout) == json.loads(after.stdout) and len(json.loads(before.stdout)) == 4
+    assert [r["run_id"] for r in json.loads(mixed.stdout)] == ["cnn-r0", "mlp-r1"]
+
+
+def test_as_of_shows_the_leaderboard_as_it_was(filled):
+    versions = json.loads(store_cli(filled, "--format", "json", "versions", "--table", "runs").stdout)
+    before = max(v["version"] for v in versions)
+    time.sleep(1.1)
+    then = dt.datetime.now(dt.UTC).isoformat()
+    time.sleep(1.1)
+    filled.record_run(
+        [], {"run_id": "mlp-r9", "workload": "mlp", "status": "completed", "mode": "max", "best_metric": 0.99}
     )
-    res = store_cli(filled, "--format", "json", "check")
-    assert res.returncode == 1
-    findings = json.loads(res.stdout)
-    assert [(f["kind"], f["table"]) for f in findings] == [("type_conflict", "runs")] and "test_accuracy" in findings[
-        0
-    ]["detail"]
-    res = store_cli(filled, "leaderboard")  # the conflict does not break queries: the file is left out, loudly
-    assert res.returncode == 0 and "warning: store table 'runs': left out" in res.stderr and "mlp-r1" in res.stdout
+    now_board = json.loads(store_cli(filled, "--format", "json", "leaderboard", "--workload", "mlp").stdout)
+    assert now_board[0]["run_id"] == "mlp-r9"
+    for as_of in (str(before), then):
+        res = store_cli(filled, "--format", "json", "leaderboard", "--workload", "mlp", "--as-of", as_of)
+        assert res.returncode == 0, res.stderr
+        assert [r["run_id"] for r in json.loads(res.stdout)] == ["mlp-r1", "mlp-r0", "mlp-r2"]
+
+
+def test_a_type_conflict_is_refused_then_compact_vacuum_and_check_run_clean(filled):
+    bad = {"run_id": "bad", "workload": "mlp", "status": "completed", "best_metric": 0.5, "test_accuracy": "high"}
+    with pytest.raises(StoreError, match="column 'test_accuracy'"):
+        filled.append("runs", [bad])
     res = store_cli(filled, "--format", "json", "compact")
     assert res.returncode == 0, res.stderr
-    assert {(s["table"], s["partition"]): s["rows"] for s in json.loads(res.stdout)}[("epochs", "workload=mlp")] == 9
-    assert len(Store(filled.uri).files("epochs")) == 1
+    summary = {(s["table"], s["partition"]): s for s in json.loads(res.stdout)}
+    assert (
+        summary[("epochs", "workload=mlp")]["files_before"] == 3
+        and summary[("epochs", "workload=mlp")]["files_after"] == 1
+    )
+    assert len(Store(filled.uri).df("epochs")) == 9
+    res = store_cli(filled, "--format", "json", "vacuum", "--dry-run")
+    assert res.returncode == 0 and {r["table"] for r in json.loads(res.stdout)} == {"epochs", "runs"}, res.stderr
+    res = store_cli(filled, "check")
+    assert res.returncode == 0 and "no problems found" in res.stdout, res.stdout + res.stderr
     res = store_cli(filled, "--format", "json", "runs", "--workload", "mlp")
     assert sorted(r["run_id"] for r in json.loads(res.stdout)) == ["mlp-r0", "mlp-r1", "mlp-r2"]
+
+
+def test_migrate_from_the_command_line(tmp_path):
+    old = tmp_path / "old"
+    for i, workload in enumerate(["mlp", "mlp", "cnn"]):
+        folder = old / "runs" / f"workload={workload}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pq.write_table(
+            pa.table({"run_id": [f"r{i}"], "status": ["completed"], "best_metric": [0.5 + i / 10]}),
+            folder / f"{i}.parquet",
+        )
+    res = run_job(["jobs.store", "migrate", str(old), "--format", "json"], base_env())
+    assert res.returncode == 0, res.stderr
+    assert [(r["table"], r["rows"], r["old_files"]) for r in json.loads(res.stdout)] == [("runs", 3, 3)]
+    res = run_job(["jobs.store", "leaderboard", "--store", str(old), "--format", "json"], base_env())
+    assert sorted(r["run_id"] for r in json.loads(res.stdout)) == ["r0", "r1", "r2"]

@@ -1,0 +1,7 @@
+"""python -m jobs.store VERB ... (see jobs/store/cli.py)"""
+
+from jobs.errors import cli_main
+from jobs.store.cli import main
+
+if __name__ == "__main__":
+    cli_main(main)

@@ -1,0 +1,863 @@
+"""The store engine: one Delta Lake table per kind of record, appended to, read and maintained here.
+
+Layout (docs/store.md)::
+
+    <store>/<table>/_delta_log/            the table's commit log (JSON commits + Parquet checkpoints)
+    <store>/<table>/workload=<name>/*.parquet
+
+A table is a Delta table (delta-rs), partitioned by ``workload``, in a local directory or under
+``s3://bucket/prefix``. Every write is one atomic commit, retried with backoff when another writer
+committed first; a reader sees each commit whole or not at all, and compaction never shows it a
+row twice (the log swaps the small files for the compacted one in one commit).
+
+Schema: a new column merges into the table; a value whose type differs from the table's column is
+refused before anything is written (an int into a double column is widened, exactly; nothing else
+is cast). Writers compact a partition once it holds ``compact_after`` files and checkpoint the log
+then; ``vacuum`` keeps ``RETENTION_HOURS`` of history for time travel (``as_of``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import numbers
+import os
+import random
+import re
+import time
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+
+from jobs.errors import StoreError
+
+TS = pa.timestamp("us", tz="UTC")
+# Columns with a fixed type, whatever a given write holds (a None-only column must not become `null`
+# in one write and `string` in another; a metric must never be int in one write and double in another).
+CORE: dict[str, dict[str, pa.DataType]] = {
+    "runs": {
+        "run_id": pa.string(),
+        "parent_run_id": pa.string(),
+        "round": pa.int64(),
+        "sweep_id": pa.string(),
+        "trial_id": pa.string(),
+        "job_id": pa.string(),
+        "status": pa.string(),
+        "error": pa.string(),
+        "metric": pa.string(),
+        "mode": pa.string(),
+        "best_metric": pa.float64(),
+        "best_epoch": pa.int64(),
+        "epochs": pa.int64(),
+        "config_json": pa.string(),
+        "checkpoint_uri": pa.string(),
+        "export_uri": pa.string(),
+        "started_at": TS,
+        "finished_at": TS,
+        "wall_s": pa.float64(),
+        "cpu_s": pa.float64(),
+        "gpu_s": pa.float64(),
+        "train_time_s": pa.float64(),
+        "num_workers": pa.int64(),
+        "use_gpu": pa.bool_(),
+        "seed": pa.int64(),
+        "git_sha": pa.string(),
+        "data_fingerprint": pa.string(),
+        "record_id": pa.string(),
+    },
+    "epochs": {
+        "run_id": pa.string(),
+        "sweep_id": pa.string(),
+        "trial_id": pa.string(),
+        "epoch": pa.int64(),
+        "train_loss": pa.float64(),
+        "train_time_s": pa.float64(),
+        "samples_per_s": pa.float64(),
+        "elapsed_s": pa.float64(),
+        "skipped_batches": pa.int64(),
+        "record_id": pa.string(),
+    },
+    "jobs": {
+        "submission_id": pa.string(),
+        "entrypoint": pa.string(),
+        "verb": pa.string(),
+        "status": pa.string(),
+        "message": pa.string(),
+        "submitted_at": TS,
+        "started_at": TS,
+        "finished_at": TS,
+        "config_hash": pa.string(),
+        "git_sha": pa.string(),
+        "address": pa.string(),
+    },
+    "sweeps": {
+        "sweep_id": pa.string(),
+        "status": pa.string(),
+        "search": pa.string(),
+        "scheduler": pa.string(),
+        "search_space_json": pa.string(),
+        "metric": pa.string(),
+        "mode": pa.string(),
+        "best_trial_id": pa.string(),
+        "best_run_id": pa.string(),
+        "best_metric": pa.float64(),
+        "best_config_json": pa.string(),
+        "num_trials": pa.int64(),
+        "trials_completed": pa.int64(),
+        "trials_stopped_early": pa.int64(),
+        "trials_failed": pa.int64(),
+        "epochs_used": pa.int64(),
+        "epochs_budget": pa.int64(),
+        "started_at": TS,
+        "finished_at": TS,
+        "wall_s": pa.float64(),
+        "cpu_s": pa.float64(),
+    },
+}
+PARTITION = "workload"
+FINISHED = ("completed", "stopped_early")
+INFO_KINDS = ("many_files", "in_progress", "record_pending", "orphan_file")  # findings that are not problems
+COMPACT_AFTER = 16  # small files in one partition at which a writer compacts them (and checkpoints the log)
+SMALL_FILE_ROWS = 10_000  # a file with fewer rows is "small": compaction merges it; bigger ones stay as they are
+RETENTION_HOURS = 7 * 24  # history `vacuum` keeps by default: a week of time travel
+COMMIT_ATTEMPTS = 40  # a conflict only means another writer committed first: retry from the new version
+# delta-rs 1.6.6 rebases a commit that removes files over a concurrent commit that removed the same files
+# (two compactions of one partition both committed: every row twice). A commit that removes files is
+# therefore never rebased: it fails on any newer version and is planned again from a fresh snapshot.
+LOG = "_delta_log"
+
+
+def store_path(cli_value: str | None, cfg=None) -> str:
+    """``--store`` flag > $PERENNIAL_STORE > the config's ``store.path`` > ``./store``."""
+    return cli_value or os.environ.get("PERENNIAL_STORE") or (cfg.store.path if cfg is not None else "") or "./store"
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def parse_since(since: str | dt.datetime, flag: str = "--since") -> dt.datetime:
+    """``7d`` / ``12h`` / ``30m`` ago, or an ISO date/time (UTC unless it says otherwise)."""
+    if isinstance(since, dt.datetime):
+        return since if since.tzinfo else since.replace(tzinfo=dt.UTC)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", since)
+    if m:
+        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+        return now() - dt.timedelta(seconds=seconds)
+    try:
+        when = dt.datetime.fromisoformat(since)
+    except ValueError:
+        raise StoreError(f"{flag} '{since}' is not an age or a date — write e.g. 12h, 7d or 2026-01-31") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+def parse_as_of(as_of: str | int | dt.datetime | None) -> int | dt.datetime | None:
+    """``--as-of``: a table version (``12``), an ISO date/time or an age (``7d``: the store a week ago)."""
+    if as_of is None or isinstance(as_of, (int, dt.datetime)):
+        return as_of
+    if re.fullmatch(r"\s*\d+\s*", as_of):
+        return int(as_of)
+    try:
+        return parse_since(as_of)
+    except StoreError:
+        raise StoreError(
+            f"--as-of '{as_of}' is neither a version nor a time — write e.g. 12, 2026-11-24, 2026-11-24T18:00 or 7d"
+        ) from None
+
+
+def storage_options(uri: str) -> dict[str, str] | None:
+    """delta-rs object-store options from the environment (the same AWS_* variables boto3 and pyarrow read);
+    ``DELTA_*`` / ``AWS_S3_LOCKING_PROVIDER`` pass through for the DynamoDB commit lock (docs/store.md)."""
+    if "://" not in uri:
+        return None
+    options = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "DELTA_")) and v}
+    if "AWS_REGION" not in options and "AWS_DEFAULT_REGION" in options:
+        options["AWS_REGION"] = options["AWS_DEFAULT_REGION"]
+    if options.get("AWS_ENDPOINT_URL", "").startswith("http://"):
+        options.setdefault("AWS_ALLOW_HTTP", "true")  # a local S3 API server (moto, MinIO) without TLS
+    return options
+
+
+def number(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if f != f else f  # NaN -> None
+
+
+def no_rebase():
+    from deltalake import CommitProperties
+
+    return CommitProperties(max_commit_retries=0)
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+class Engine:
+    """The store's tables at a local directory or a URI (``s3://bucket/prefix``).
+
+    ``as_of`` (a version number, a datetime, an ISO date or an age such as ``7d``) makes every read
+    see each table as it was then; such a store refuses writes. ``compact_after`` is the number of
+    files in one partition at which a writer compacts it.
+    """
+
+    def __init__(self, uri: str | os.PathLike, as_of=None, compact_after: int = COMPACT_AFTER):
+        uri = str(uri).rstrip("/")
+        self.uri = uri if "://" in uri else os.path.abspath(uri)
+        self.local = "://" not in uri
+        self.as_of = parse_as_of(as_of)
+        self.compact_after = compact_after
+        self.options = storage_options(self.uri)
+        self._open: dict[str, Any] = {}  # table -> DeltaTable, refreshed before each use
+        self._retry_compaction_at: dict[tuple[str, str], int] = {}  # after a lost race: wait for more files
+        try:
+            if self.local:
+                self.fs, self.root = pafs.LocalFileSystem(), self.uri
+            else:
+                self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
+                self.root = self.root.rstrip("/")
+        except Exception as e:
+            raise StoreError(
+                f"store '{uri}' is not usable: {first_line(e)} — give a directory or s3://bucket/prefix"
+            ) from None
+
+    # ------------------------------------------------------------------ tables
+    def table_uri(self, table: str) -> str:
+        return f"{self.uri}/{table}"
+
+    def tables(self) -> list[str]:
+        """Names of the store's Delta tables."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+            names = [os.path.basename(i.path) for i in infos if i.type == pafs.FileType.Directory]
+            names = [n for n in names if not n.startswith((".", "_"))]
+            return sorted(
+                n for n in names if self.fs.get_file_info(f"{self.root}/{n}/{LOG}").type != pafs.FileType.NotFound
+            )
+        except OSError as e:
+            raise StoreError(f"cannot read store '{self.uri}': {first_line(e)}") from None
+
+    def delta(self, table: str, fresh: bool = True):
+        """The ``DeltaTable`` of ``table`` at the newest version (or at ``as_of``); None if there is none."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        if self.as_of is not None:
+            if table not in self._open:
+                self._open[table] = self._load_as_of(table)
+            return self._open[table]
+        d = self._open.get(table)
+        if d is None:
+            try:
+                d = DeltaTable(self.table_uri(table), storage_options=self.options)
+            except TableNotFoundError:
+                return None
+            except OSError as e:
+                raise StoreError(f"cannot read store '{self.uri}': {first_line(e)}") from None
+            self._open[table] = d
+        elif fresh:
+            d.update_incremental()
+        return d
+
+    def _load_as_of(self, table: str):
+        from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaError, TableNotFoundError
+
+        try:
+            d = DeltaTable(self.table_uri(table), storage_options=self.options)
+        except TableNotFoundError:
+            return None
+        if isinstance(self.as_of, int) and self.as_of > d.version():
+            raise StoreError(
+                f"--as-of {self.as_of}: table '{table}' has versions 0-{d.version()} — give one of those, or a date"
+            )
+        if isinstance(self.as_of, dt.datetime) and self.as_of < _created_at(d):
+            return None  # the table did not exist then
+        try:
+            d.load_as_version(self.as_of)
+        except DeltaError as e:
+            raise StoreError(
+                f"--as-of {self.as_of}: table '{table}' cannot go back that far ({first_line(e)}) — "
+                f"`vacuum` keeps {RETENTION_HOURS // 24} days of history"
+            ) from None
+        return d
+
+    # ------------------------------------------------------------------ read
+    def dataset(self, table: str, workload: str | None = None) -> ds.Dataset | None:
+        """A pyarrow dataset over ``table``'s current files (None if the table does not exist)."""
+        d = self.delta(table)
+        if d is None:
+            return None
+        data = d.to_pyarrow_dataset()
+        return data.filter(ds.field(PARTITION) == workload) if workload else data
+
+    def empty(self, table: str) -> pa.Table:
+        return pa.schema([(k, v) for k, v in CORE.get(table, {}).items()] + [(PARTITION, pa.string())]).empty_table()
+
+    def read(
+        self,
+        table: str,
+        workload: str | None = None,
+        filter: ds.Expression | None = None,
+        columns: list[str] | None = None,
+    ) -> pa.Table:
+        """Rows of ``table`` (optionally one workload's, filtered, some columns) as an Arrow table."""
+        data = self.dataset(table, workload)
+        if data is None:
+            empty = self.empty(table)
+            return empty.select([c for c in columns if c in empty.schema.names]) if columns else empty
+        cols = [c for c in columns if c in data.schema.names] if columns else None
+        try:
+            return data.to_table(filter=filter, columns=cols)
+        except OSError as e:
+            raise StoreError(f"cannot read store table '{table}' in '{self.uri}': {first_line(e)}") from None
+
+    def df(
+        self,
+        table: str,
+        workload: str | None = None,
+        filter: ds.Expression | None = None,
+        columns: list[str] | None = None,
+    ):
+        return self.read(table, workload, filter, columns).to_pandas()
+
+    def files(self, table: str) -> list[str]:
+        """The data files of ``table``'s current version."""
+        d = self.delta(table)
+        return sorted(d.file_uris()) if d is not None else []
+
+    def versions(self, table: str, limit: int | None = None) -> list[dict]:
+        """The table's commits, newest first: version, timestamp, operation, rows added."""
+        d = self.delta(table)
+        if d is None:
+            return []
+        out = []
+        for c in d.history(limit):
+            metrics = c.get("operationMetrics") or {}
+            out.append(
+                {
+                    "table": table,
+                    "version": c.get("version"),
+                    "timestamp": dt.datetime.fromtimestamp(c["timestamp"] / 1000, dt.UTC),
+                    "operation": c.get("perennial.operation") or c.get("operation"),
+                    "rows_added": metrics.get("num_added_rows"),
+                    "files_added": metrics.get("num_added_files"),
+                    "files_removed": metrics.get("num_removed_files"),
+                }
+            )
+        return out
+
+    # ------------------------------------------------------------------ write
+    def append(self, table: str, rows: Iterable[dict[str, Any]] | pa.Table) -> int:
+        """Append rows (dicts, or an Arrow table for bulk loads) to ``table`` in one commit (every workload
+        at once); returns the new version. Types are checked against the table's as for dicts."""
+        if isinstance(rows, pa.Table):
+            if PARTITION not in rows.column_names:
+                raise StoreError(f"append to '{table}': the Arrow table needs a '{PARTITION}' column")
+            return self._commit(table, rows, key=None) if rows.num_rows else -1
+        rows = list(rows)
+        if not rows:
+            return -1
+        return self._commit(table, rows, key=None)
+
+    def replace(self, table: str, rows: Iterable[dict[str, Any]], key: dict[str, Any]) -> int:
+        """Delete the rows of ``table`` whose columns equal ``key`` and append ``rows``, in one commit.
+
+        Idempotent: writing the same record twice leaves it once. Every row must match ``key``.
+        """
+        rows = list(rows)
+        for r in rows:
+            if any(r.get(k) != v for k, v in key.items()):
+                raise StoreError(f"replace in '{table}': row {r} does not match its key {key}")
+        return self._commit(table, rows, key=key)
+
+    def record_run(self, epochs: list[dict[str, Any]], run: dict[str, Any]) -> bool:
+        """Record a run: its epoch rows, then its ``runs`` row, each table's rows replaced in one commit.
+
+        Both tables get one ``record_id`` (the recording's time + a random part). In each table a
+        recording replaces the run's rows only if no later recording is there (checked and written in
+        one transaction: a concurrent commit touching the run's rows makes it retry), so:
+
+        - a table never holds two recordings of a run, nor part of one;
+        - a ``runs`` row is never visible before epochs of its run (epochs commit first);
+        - once every recorder of a run has returned, both tables hold the latest recording. A recorder
+          that finds a later recording already in ``epochs`` writes nothing more and returns False.
+        """
+        record = f"{now():%Y%m%dT%H%M%S.%fZ}-{uuid.uuid4().hex[:8]}"
+        key = {PARTITION: run.get(PARTITION) or "none", "run_id": run["run_id"]}
+        epochs = [{**e, PARTITION: key[PARTITION], "record_id": record} for e in epochs]
+        if not self._commit("epochs", epochs, key=key, record=record):
+            return False
+        self._commit("runs", [{**run, PARTITION: key[PARTITION], "record_id": record}], key=key, record=record)
+        return True
+
+    def _commit(
+        self, table: str, rows: list[dict] | pa.Table, key: dict | None, record: str | None = None
+    ) -> int | bool:
+        """One commit of ``rows`` (replacing ``key``'s rows when given), retried on a conflict."""
+        from deltalake import write_deltalake
+        from deltalake.exceptions import CommitFailedError, DeltaError
+
+        if self.as_of is not None:
+            raise StoreError(f"store '{self.uri}' is opened --as-of {self.as_of}: it is read-only")
+        if isinstance(rows, pa.Table):
+            arrow = rows
+        else:
+            arrow = to_arrow(table, [{**r, PARTITION: str(r.get(PARTITION) or "none")} for r in rows]) if rows else None
+        predicate = " AND ".join(f'"{k}" = {_literal(v)}' for k, v in key.items()) if key else None
+        for attempt in range(COMMIT_ATTEMPTS):
+            d = self.delta(table)  # the snapshot this transaction reads; a newer commit it overlaps is a conflict
+            try:
+                if record is not None and d is not None and _later_record(d, key, record):
+                    return False
+                data = self._conform(table, arrow, d) if arrow is not None else None
+                if d is None and data is None:
+                    return True
+                if d is None:  # the first commit creates the table (two creators: one gets a conflict)
+                    write_deltalake(
+                        self.table_uri(table),
+                        data,
+                        mode="append",
+                        partition_by=[PARTITION],
+                        storage_options=self.options,
+                    )
+                elif data is None:
+                    d.delete(predicate, commit_properties=no_rebase())
+                elif predicate:
+                    write_deltalake(
+                        d,
+                        data,
+                        mode="overwrite",
+                        predicate=predicate,
+                        schema_mode="merge",
+                        commit_properties=no_rebase(),
+                    )
+                else:
+                    write_deltalake(d, data, mode="append", schema_mode="merge")
+                break
+            except CommitFailedError as e:
+                failure = e
+            except DeltaError as e:  # "version 0 already exists" when two writers create a table at once
+                if "exists" not in str(e).lower() or attempt == COMMIT_ATTEMPTS - 1:
+                    raise _write_error(self.uri, table, e) from None
+                failure = e
+            except OSError as e:
+                raise _write_error(self.uri, table, e) from None
+            time.sleep(min(1.0, 0.01 * 2**attempt) * random.uniform(0.5, 1.5))  # backoff with jitter
+        else:
+            raise StoreError(
+                f"cannot commit to store table '{table}' in '{self.uri}' after {COMMIT_ATTEMPTS} conflicts: "
+                f"{first_line(failure)} — too many writers at once; try again"
+            )
+        if d is None:  # this commit created the table (a write through ``d`` moved ``d`` to its new version)
+            d = self.delta(table)
+        if arrow is not None:
+            self._maintain(table, d, set(arrow.column(PARTITION).unique().to_pylist()))
+        return d.version() if record is None else True
+
+    def _conform(self, table: str, arrow: pa.Table, d) -> pa.Table:
+        """``arrow`` with the table's column types; a value of another type is refused (one line)."""
+        if d is None:
+            return arrow
+        have = pa.schema(d.schema().to_arrow())
+        columns = []
+        for name in arrow.column_names:
+            col = arrow.column(name)
+            if name not in have.names or col.type == have.field(name).type:
+                columns.append(col)
+                continue
+            want = have.field(name).type
+            exact_int = pa.types.is_integer(col.type) and pa.types.is_floating(want)
+            if col.null_count == len(col) or (exact_int and _exact_as_double(col)) or _same_kind(col.type, want):
+                columns.append(col.cast(want))
+                continue
+            sample = next((v for v in col.to_pylist() if v is not None), None)
+            raise StoreError(
+                f"column '{name}' of table '{table}' is {want}, this write has {col.type} ({sample!r}) — "
+                f"nothing written; write {want} values, or name the new column differently"
+            )
+        return pa.Table.from_arrays(columns, names=arrow.column_names)
+
+    # ------------------------------------------------------------------ maintenance
+    def _maintain(self, table: str, d, workloads: set[str]) -> None:
+        """Compact each written partition that holds ``compact_after`` files or more, then checkpoint the log.
+        Best effort: a conflict means another writer changed the partition; a later write tries again."""
+        from deltalake.exceptions import DeltaError
+
+        counts = {w: len(paths) for w, paths in _small_files(d).items()}
+        due = {w: self._retry_compaction_at.get((table, w), self.compact_after) for w in workloads}
+        full = sorted(w for w in workloads if counts.get(w, 0) >= due[w])
+        for w in full:
+            try:
+                self._compact_partition(d, w)
+                self._retry_compaction_at.pop((table, w), None)
+            except (DeltaError, OSError):  # CommitFailedError included: another writer committed meanwhile
+                # try again only once more files came: under many writers, not a rewrite per append
+                self._retry_compaction_at[(table, w)] = counts[w] + max(1, self.compact_after // 2)
+                return
+        if full:
+            try:
+                d.update_incremental()
+                d.create_checkpoint()
+            except (DeltaError, OSError):
+                pass
+
+    def compact(self, tables: list[str] | None = None, workload: str | None = None) -> list[dict]:
+        """Merge each partition's files into one (readers never see a row twice); checkpoint the log."""
+        from deltalake.exceptions import CommitFailedError
+
+        summary = []
+        for table in tables or self.tables():
+            d = self.delta(table)
+            if d is None:
+                raise StoreError(f"no table '{table}' in store '{self.uri}' — tables: {', '.join(self.tables())}")
+            before = _files_per_partition(d)
+            for w in sorted(before) if workload is None else [workload]:
+                for attempt in range(COMMIT_ATTEMPTS if before.get(w, 0) > 1 else 0):
+                    try:
+                        self._compact_partition(self.delta(table), w, everything=True)
+                        break
+                    except CommitFailedError:  # a writer committed meanwhile: plan the compaction again
+                        time.sleep(min(1.0, 0.01 * 2**attempt) * random.uniform(0.5, 1.5))
+            d = self.delta(table)
+            d.create_checkpoint()
+            after = _files_per_partition(d)
+            for w in sorted(before) if workload is None else [workload]:
+                summary.append(
+                    {"table": table, "partition": f"{PARTITION}={w}", "files_before": before.get(w, 0)}
+                    | {"files_after": after.get(w, 0), "version": d.version()}
+                )
+        return summary
+
+    def _compact_partition(self, d, workload: str, everything: bool = False) -> None:
+        """Merge one partition's small files of snapshot ``d`` (all its files if ``everything``) into one
+        file sorted by run, in one commit that replaces exactly the rows it read.
+
+        The commit is a replace-by-predicate of the runs those files hold (``run_id IN (...)``; the whole
+        partition for tables without runs), so a bigger file is rewritten only if it holds one of those
+        runs too. Not ``optimize.compact``: delta-rs 1.6.6 commits two concurrent compactions of one
+        partition both (rebasing the second over the first) and every row then reads twice. A replace
+        conflicts with any commit that rewrote rows it matches, so the loser fails and plans again; blind
+        appends meanwhile keep their files and are no conflict.
+        """
+        from deltalake import CommitProperties, write_deltalake
+
+        data = d.to_pyarrow_dataset()
+        where, predicate = ds.field(PARTITION) == workload, f'"{PARTITION}" = {_literal(workload)}'
+        if "run_id" in data.schema.names and not everything:
+            small = set(_small_files(d).get(workload, []))
+            ids: set = set()
+            for fragment in data.get_fragments(filter=where):
+                if fragment.path in small or any(fragment.path.endswith("/" + p) for p in small):
+                    ids.update(fragment.to_table(columns=["run_id"]).column("run_id").to_pylist())
+            if not ids:
+                return
+            named = sorted(i for i in ids if i is not None)
+            match = ds.field("run_id").isin(named)
+            listed = '"run_id" IN (' + ", ".join(_literal(i) for i in named) + ")" if named else "false"
+            if None in ids:
+                match, listed = match | ds.field("run_id").is_null(), f'("run_id" IS NULL OR {listed})'
+            where, predicate = where & match, f"{predicate} AND {listed}"
+        rows = data.to_table(filter=where)
+        if "run_id" in rows.column_names:
+            rows = rows.sort_by([("run_id", "ascending")])
+        write_deltalake(
+            d,
+            rows,
+            mode="overwrite",
+            predicate=predicate,
+            commit_properties=CommitProperties(
+                custom_metadata={"perennial.operation": "COMPACT"}, max_commit_retries=0
+            ),
+        )
+
+    def vacuum(self, retention_hours: int = RETENTION_HOURS, dry_run: bool = False) -> list[dict]:
+        """Delete files no version younger than ``retention_hours`` reads (time travel keeps that window)."""
+        summary = []
+        for table in self.tables():
+            d = self.delta(table)
+            removed = d.vacuum(
+                retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=True
+            )  # full: also files no commit names (killed writers, lost races) older than the retention
+            if not dry_run:
+                d.cleanup_metadata()  # log entries past delta.logRetentionDuration (30 days by default)
+            summary.append({"table": table, "files_removed" if not dry_run else "would_remove": len(removed)})
+        return summary
+
+    def check(self, fix: bool = False, older_than_s: float = 3600.0) -> list[dict]:
+        """Problems at the Delta level: a table folder that is not a Delta table (migrate it), data files
+        the log names but storage lacks, files no commit names (left by a killed writer; ``fix`` deletes
+        those older than ``older_than_s``), runs whose two tables hold different recordings, and
+        partitions due for compaction. Returns one dict per finding."""
+        findings = []
+
+        def add(kind, table, path, detail, fixed=False):
+            findings.append({"kind": kind, "table": table, "path": path, "detail": detail, "fixed": fixed})
+
+        cutoff = now() - dt.timedelta(seconds=older_than_s)
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        for i in infos:
+            name = os.path.basename(i.path)
+            if i.type == pafs.FileType.Directory and not name.startswith((".", "_")) and name not in self.tables():
+                add("not_delta", name, i.path, "a plain-Parquet table — run `python -m jobs.store migrate STORE`")
+        for table in self.tables():
+            d = self.delta(table)
+            live = {_rel(self.table_uri(table), f) for f in d.file_uris()}
+            named = live | _files_named_in_log(self.fs, f"{self.root}/{table}/{LOG}")
+            base = f"{self.root}/{table}"
+            listed = self.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+            present = {}
+            for f in listed:
+                rel = f.path[len(base) + 1 :]
+                if f.type == pafs.FileType.File and not rel.startswith(LOG) and rel.endswith(".parquet"):
+                    present[rel] = f
+            for rel in sorted(live - set(present)):
+                repaired = False
+                if fix:
+                    d.repair(dry_run=False)
+                    repaired = True
+                add("missing_file", table, rel, "named by the log but not in storage — its rows are gone", repaired)
+            for rel in sorted(set(present) - named):
+                f = present[rel]
+                if f.mtime is not None and f.mtime >= cutoff:
+                    add("in_progress", table, rel, "no commit names it yet: a writer may still be running")
+                    continue
+                deleted = False
+                if fix:
+                    self.fs.delete_file(f.path)
+                    deleted = True
+                add(
+                    "orphan_file",
+                    table,
+                    rel,
+                    "no commit names it (a writer killed before its commit, or a commit that lost a race): "
+                    "readers never see it; --fix or vacuum deletes it",
+                    deleted,
+                )
+            for w, paths in sorted(_small_files(d).items()):
+                if len(paths) >= 2 * self.compact_after:  # writers compact at compact_after: theirs keep failing
+                    add(
+                        "many_files",
+                        table,
+                        f"{PARTITION}={w}",
+                        f"{len(paths)} small files — `python -m jobs.store compact`",
+                    )
+        if {"runs", "epochs"} <= set(self.tables()):
+            for run_id, detail in _record_mismatches(self):
+                add("record_pending", "runs", run_id, detail)
+        return findings
+
+
+# ----------------------------------------------------------------------------- rows -> Arrow
+def to_arrow(table: str, rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows -> a table whose column types do not depend on the values in this particular write."""
+    core = CORE.get(table, {})
+    columns: dict[str, list] = {}
+    for r in rows:
+        for k in r:
+            columns.setdefault(k, [])
+    for r in rows:
+        for k, col in columns.items():
+            col.append(r.get(k))
+    arrays, names = [], []
+    for name, values in columns.items():
+        wanted = core.get(name) or (pa.string() if name == PARTITION else _infer(values))
+        try:
+            wrong = next((v for v in values if v is not None and not _fits(v, wanted)), None)
+            if wrong is not None:  # pyarrow would truncate 2.5 into an int64 column: refuse instead
+                raise pa.ArrowInvalid(repr(wrong))
+            arrays.append(pa.array(values, type=wanted))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            sample = wrong if wrong is not None else next(v for v in values if v is not None)
+            raise StoreError(
+                f"column '{name}' of table '{table}' holds {wanted} values, this write has {sample!r} "
+                f"({type(sample).__name__}) — nothing written; fix the value"
+            ) from None
+        names.append(name)
+    return pa.Table.from_arrays(arrays, names=names)
+
+
+def _infer(values: list) -> pa.DataType:
+    present = [v for v in values if v is not None]
+    if not present:
+        return pa.float64()  # an absent metric: the most common kind of extra column
+    if all(isinstance(v, bool) for v in present):
+        return pa.bool_()
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        # ints stay ints only if the column is ints by nature (hyperparameters); metrics are floats
+        return pa.int64() if all(isinstance(v, int) for v in present) else pa.float64()
+    if all(isinstance(v, dt.datetime) for v in present):
+        return TS
+    if all(isinstance(v, (int, float, bool)) for v in present):
+        return pa.float64()
+    if len({type(v) for v in present}) > 1:
+        kinds = ", ".join(sorted({type(v).__name__ for v in present}))
+        raise StoreError(f"a column holds values of several types ({kinds}) in one write — write one type")
+    return pa.string()
+
+
+def _fits(v: Any, t: pa.DataType) -> bool:
+    """Whether ``v`` goes into a column of type ``t`` as it is (an int into a double exactly, nothing else)."""
+    if pa.types.is_boolean(t):
+        return isinstance(v, (bool, np_bool()))
+    if isinstance(v, (bool, np_bool())):
+        return False
+    if pa.types.is_integer(t):
+        return isinstance(v, numbers.Integral) or (isinstance(v, float) and v.is_integer())
+    if pa.types.is_floating(t):
+        return isinstance(v, numbers.Real) and (not isinstance(v, numbers.Integral) or abs(int(v)) <= 2**53)
+    if pa.types.is_timestamp(t):
+        return isinstance(v, dt.datetime)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return isinstance(v, str)
+    return True
+
+
+def np_bool() -> type:
+    try:
+        import numpy
+
+        return numpy.bool_
+    except ImportError:  # pragma: no cover - numpy comes with pyarrow's pandas path
+        return bool
+
+
+def _exact_as_double(col) -> bool:
+    import pyarrow.compute as pc
+
+    biggest = pc.max(pc.abs(col)).as_py()
+    return biggest is None or biggest <= 2**53
+
+
+def _same_kind(have: pa.DataType, want: pa.DataType) -> bool:
+    """Types that differ only in representation (string / large_string, timestamp units and zones)."""
+    strings = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
+    if any(f(have) for f in strings) and any(f(want) for f in strings):
+        return True
+    return pa.types.is_timestamp(have) and pa.types.is_timestamp(want)
+
+
+def _literal(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    return "'" + str(v).replace("'", "''") + "'"
+
+
+def _write_error(uri: str, table: str, e: BaseException) -> StoreError:
+    return StoreError(
+        f"cannot write to store table '{table}' in '{uri}': {first_line(e)} — "
+        "check the path, free space and permissions / credentials"
+    )
+
+
+def _later_record(d, key: dict, record: str) -> bool:
+    """Whether ``d``'s snapshot holds a recording of ``key`` (workload, run_id) later than ``record``.
+
+    File statistics answer it without reading data in the usual case (a new run, or a later recording:
+    no file's run_id range holds the run, or no such file's newest record_id is later than this one)."""
+    actions = pa.table(d.get_add_actions(flatten=True))
+    needed = (f"partition.{PARTITION}", "min.run_id", "max.run_id", "max.record_id")
+    if actions.num_rows and all(c in actions.column_names for c in needed):
+        run_id = key["run_id"]
+        rows = zip(*(actions.column(c).to_pylist() for c in needed))
+        candidates = [
+            newest
+            for workload, low, high, newest in rows
+            if workload == key[PARTITION] and (low is None or high is None or low <= run_id <= high)
+        ]
+        if all(newest is not None and newest <= record for newest in candidates):
+            return False
+    elif actions.num_rows and "max.record_id" not in actions.column_names and "min.run_id" in actions.column_names:
+        return False  # no file holds a record_id yet: nothing recorded by record_run, so nothing later
+    data = d.to_pyarrow_dataset()
+    if "record_id" not in data.schema.names:
+        return False
+    expr = None
+    for k, v in key.items():
+        e = ds.field(k) == v
+        expr = e if expr is None else expr & e
+    found = data.to_table(filter=expr, columns=["record_id"]).column("record_id").to_pylist()
+    return any(r is not None and r > record for r in found)
+
+
+def _small_files(d) -> dict[str, list[str]]:
+    """Per partition, the paths of the files with fewer than ``SMALL_FILE_ROWS`` rows."""
+    actions = pa.table(d.get_add_actions(flatten=True))
+    column = f"partition.{PARTITION}"
+    if not actions.num_rows or column not in actions.column_names:
+        return {}
+    out: dict[str, list[str]] = {}
+    for path, rows, w in zip(*(actions.column(c).to_pylist() for c in ("path", "num_records", column))):
+        if rows is None or rows < SMALL_FILE_ROWS:
+            out.setdefault(w, []).append(path)
+    return out
+
+
+def _files_per_partition(d) -> dict[str, int]:
+    actions = pa.table(d.get_add_actions(flatten=True))
+    column = f"partition.{PARTITION}"
+    if not actions.num_rows or column not in actions.column_names:
+        return {}
+    counts = actions.group_by(column).aggregate([([], "count_all")])
+    return dict(zip(counts.column(column).to_pylist(), counts.column("count_all").to_pylist()))
+
+
+def _rel(table_uri: str, file_uri: str) -> str:
+    from urllib.parse import unquote
+
+    file_uri = unquote(file_uri.removeprefix("file://"))
+    return file_uri[len(table_uri) + 1 :] if file_uri.startswith(table_uri) else file_uri
+
+
+def _files_named_in_log(fs: pafs.FileSystem, log: str) -> set[str]:
+    """Every data file an add action of a commit still in the log names (time travel reads those)."""
+    from urllib.parse import unquote
+
+    named = set()
+    for f in fs.get_file_info(pafs.FileSelector(log, allow_not_found=True)):
+        if not f.path.endswith(".json") or os.path.basename(f.path).startswith("_"):
+            continue
+        with fs.open_input_stream(f.path) as stream:
+            for line in stream.read().decode().splitlines():
+                action = json.loads(line) if line.strip() else {}
+                for kind in ("add", "remove"):
+                    if kind in action:
+                        named.add(unquote(action[kind]["path"]))
+    return named
+
+
+def _created_at(d) -> dt.datetime:
+    first = d.history()[-1]
+    return dt.datetime.fromtimestamp(first["timestamp"] / 1000, dt.UTC)
+
+
+def _record_mismatches(engine: Engine) -> list[tuple[str, str]]:
+    """Runs whose ``runs`` row and ``epochs`` rows come from different recordings (a recorder still
+    running, or killed between its two commits: recording the run again settles it)."""
+    runs = engine.read("runs", columns=["run_id", "record_id"])
+    epochs = engine.read("epochs", columns=["run_id", "record_id"])
+    if "record_id" not in runs.column_names or "record_id" not in epochs.column_names:
+        return []
+    by_run = dict(zip(runs.column("run_id").to_pylist(), runs.column("record_id").to_pylist()))
+    seen = epochs.group_by(["run_id", "record_id"]).aggregate([]).to_pylist()
+    epoch_records: dict[str, set] = {}
+    for r in seen:
+        epoch_records.setdefault(r["run_id"], set()).add(r["record_id"])
+    out = []
+    for run_id, record in by_run.items():
+        if record is None or run_id not in epoch_records:
+            continue
+        if epoch_records[run_id] != {record}:
+            later = sorted(x for x in epoch_records[run_id] if x)
+            out.append((run_id, f"runs row from recording {record}, epochs from {', '.join(later)}"))
+    return out

@@ -1,0 +1,280 @@
+"""Queries over the store: leaderboard, runs, history, compare, lineage and SQL (DuckDB over the Delta tables).
+
+:class:`Store` is the engine (append, read, maintenance) plus these queries; every query reads the
+tables' newest version, or the version a store opened with ``as_of`` names.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import sys
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from jobs.errors import StoreError
+from jobs.store.engine import CORE, FINISHED, PARTITION, Engine, first_line, number, parse_since
+
+
+class Store(Engine):
+    """A store at a local directory or ``s3://bucket/prefix``: Delta tables plus the queries over them."""
+
+    def runs(
+        self,
+        workload: str | None = None,
+        sweep_id: str | None = None,
+        status: str | None = None,
+        since: str | dt.datetime | None = None,
+    ):
+        """Runs, newest first; ``since`` is a datetime, an ISO date/time or an age like ``12h`` / ``7d``."""
+        expr = None
+        for column, value in (("sweep_id", sweep_id), ("status", status)):
+            if value:
+                e = ds.field(column) == value
+                expr = e if expr is None else expr & e
+        df = self.df("runs", workload, expr)
+        if since is not None and len(df):
+            cutoff = parse_since(since)
+            when = df["finished_at"] if "finished_at" in df else df["started_at"]
+            df = df[when >= cutoff]
+        return df.sort_values("finished_at", ascending=False) if len(df) and "finished_at" in df else df
+
+    def leaderboard(self, workload: str | None = None, metric: str | None = None, top: int = 10):
+        """Best runs per workload by their metric (``best_metric``, or ``metric`` if given): the
+        workload's ``mode`` (max/min) decides the order; a metric named ``*loss`` ranks low first."""
+        import pandas as pd
+
+        d = self.dataset("runs", workload)
+        names = d.schema.names if d is not None else []
+        col = metric or "best_metric"
+        if metric and d is not None and metric not in names:
+            numeric = sorted(n for n in names if pa.types.is_floating(d.schema.field(n).type))
+            raise StoreError(f"no column '{metric}' in runs — rank by one of: {', '.join(numeric)}")
+        test_cols = [c for c in names if c.startswith("test_") and not c.endswith("_loss")][:2]
+        cols = [
+            "workload",
+            "rank",
+            "run_id",
+            "metric",
+            col,
+            *test_cols,
+            "best_epoch",
+            "epochs",
+            "status",
+            "sweep_id",
+            "wall_s",
+            "finished_at",
+        ]
+        wanted = list(dict.fromkeys([c for c in cols if c != "rank"] + ["mode"]))
+        df = self.df("runs", workload, ds.field("status").isin(list(FINISHED)) if "status" in names else None, wanted)
+        if col not in df:
+            return df.iloc[0:0]
+        df = df.dropna(subset=[col])
+        # One vectorised sort for all workloads: ascending key = the metric, negated where higher is better.
+        if metric and metric.endswith("loss"):
+            higher_better = pd.Series(False, index=df.index)
+        elif "mode" in df:
+            higher_better = df[PARTITION].map(df.groupby(PARTITION)["mode"].first()).fillna("max") != "min"
+        else:
+            higher_better = pd.Series(True, index=df.index)
+        df = df.assign(_key=df[col].where(~higher_better, -df[col]))
+        keys, ascending = [PARTITION, "_key"], [True, True]
+        if "finished_at" in df:  # ties: newest first
+            keys, ascending = keys + ["finished_at"], ascending + [False]
+        out = df.sort_values(keys, ascending=ascending, kind="stable").groupby(PARTITION, sort=False).head(top)
+        out = out.assign(rank=out.groupby(PARTITION, sort=False).cumcount() + 1)
+        return out[[c for c in dict.fromkeys(cols) if c in out.columns]].reset_index(drop=True)
+
+    def history(self, run_id: str):
+        df = self.df("epochs", filter=ds.field("run_id") == run_id)
+        return df.sort_values("epoch") if len(df) else df
+
+    def run(self, run_id: str) -> dict:
+        """The runs row of ``run_id`` (the newest, if written twice); ConfigError if none."""
+        df = self.df("runs", filter=ds.field("run_id") == run_id)
+        if not len(df):
+            raise StoreError(f"no run '{run_id}' in {self.uri} — list runs with: python -m jobs.store runs")
+        if "finished_at" in df:
+            df = df.sort_values("finished_at")
+        return df.iloc[-1].to_dict()
+
+    def compare(self, run_a: str, run_b: str):
+        """Config differences and metric differences of two runs: one frame with a ``section`` column."""
+        import pandas as pd
+
+        a, b = self.run(run_a), self.run(run_b)
+        rows = []
+        config_a, config_b = _flat_json(a.get("config_json")), _flat_json(b.get("config_json"))
+        for key in sorted(set(config_a) | set(config_b)):
+            va, vb = config_a.get(key), config_b.get(key)
+            if va != vb:
+                rows.append({"section": "config", "key": key, run_a: _text(va), run_b: _text(vb), "delta": ""})
+        metric_keys = ["best_metric", "best_epoch", "epochs"]
+        metric_keys += sorted(k for k in set(a) | set(b) if k.startswith(("val_", "test_")))
+        metric_keys += ["wall_s", "train_time_s", "cpu_s"]
+        for key in metric_keys:
+            va, vb = number(a.get(key)), number(b.get(key))
+            if va is None and vb is None:
+                continue
+            delta = f"{vb - va:+.4g}" if va is not None and vb is not None else ""
+            rows.append({"section": "metric", "key": key, run_a: _text(va), run_b: _text(vb), "delta": delta})
+        for key in ("status", "metric", "workload", "git_sha", "data_fingerprint"):
+            if a.get(key) != b.get(key):
+                rows.append(
+                    {"section": "run", "key": key, run_a: _text(a.get(key)), run_b: _text(b.get(key)), "delta": ""}
+                )
+        return pd.DataFrame(rows, columns=["section", "key", run_a, run_b, "delta"])
+
+    def sql(self, query: str):
+        """Run DuckDB SQL over the store's Delta tables, each registered by its name (over Arrow: DuckDB
+        reads the current version's files, or the ``as_of`` version's)."""
+        import duckdb
+
+        con = duckdb.connect()
+        names = sorted(set(self.tables()) | set(CORE))
+        for name in names:
+            data = self.dataset(name)
+            con.register(name, data if data is not None else self.empty(name))
+        try:
+            relation = con.sql(query)  # a relation's Arrow output: no copy, no pandas round trip in DuckDB
+            return relation.to_arrow_table().to_pandas() if relation is not None else pa.table({}).to_pandas()
+        except duckdb.Error as e:
+            raise StoreError(f"sql: {first_line(e)} — tables: {', '.join(names)}") from None
+        finally:
+            con.close()
+
+    # ------------------------------------------------------------------ plots (matplotlib: imported on use)
+    def plot(
+        self,
+        run_ids: list[str] = (),
+        sweep_id: str | None = None,
+        workload: str | None = None,
+        metric: str | None = None,
+        out: str = "plots",
+        top: int = 5,
+    ) -> list[str]:
+        """PNG learning curves and, for a sweep, its metric against each hyperparameter (see ``plots.plot``)."""
+        from jobs.store import plots
+
+        return plots.plot(self, list(run_ids), sweep_id, workload, metric, out, top)
+
+
+# ----------------------------------------------------------------------------- lineage of continual rounds
+def lineage(store: Store, run_id: str):
+    """The rounds around ``run_id``: its ancestors, itself, then its descendants (one row per run)."""
+    import pandas as pd
+
+    runs = store.df("runs")
+    if not len(runs) or run_id not in set(runs["run_id"]):
+        raise StoreError(f"no run '{run_id}' in store '{store.uri}' — list runs with: python -m jobs.store runs")
+    runs = runs.sort_values("finished_at")
+    rows = {r["run_id"]: clean_row(r) for r in runs.to_dict("records")}  # a run id has one row; the newest wins
+    chain, seen, current = [], set(), run_id
+    while current and current in rows and current not in seen:  # ancestors (a cycle cannot happen; guard anyway)
+        chain.append(current)
+        seen.add(current)
+        current = rows[current].get("parent_run_id")
+    chain.reverse()
+    children: dict[str, list[str]] = {}
+    for r in rows.values():
+        if r.get("parent_run_id"):
+            children.setdefault(r["parent_run_id"], []).append(r["run_id"])
+    queue = list(children.get(run_id, []))
+    while queue:  # descendants, breadth first (in finishing order within a parent)
+        child = queue.pop(0)
+        if child not in seen:
+            chain.append(child)
+            seen.add(child)
+            queue.extend(children.get(child, []))
+    out = []
+    for rid in chain:
+        r = rows[rid]
+        base = (r.get("metric") or "").removeprefix("val_")
+        out.append(
+            {
+                "round": int(r.get("round") or 1),
+                "run_id": rid,
+                "parent_run_id": r.get("parent_run_id") or "",
+                "status": r.get("status"),
+                "data": describe_data(r.get("config_json")),
+                "data_fingerprint": r.get("data_fingerprint") or "",
+                "metric": base,
+                "new_test": r.get(f"test_{base}"),
+                "parent_new_test": r.get(f"parent_new_test_{base}"),
+                "gain": r.get("gain"),
+                "old_test": r.get(f"old_test_{base}"),
+                "forgetting": r.get("forgetting"),
+                "replay": r.get("continual.replay_fraction"),
+            }
+        )
+    return pd.DataFrame(out)
+
+
+def describe_data(config_json) -> str:
+    """A short name for a run's data: its train file, else its shipped source, plus any cap."""
+    try:
+        data = json.loads(config_json).get("data", {})
+    except (TypeError, ValueError):
+        return ""
+    name = data.get("train") or data.get("source") or "default"
+    name = name if len(name) <= 40 else "…" + name[-39:]
+    cap = data.get("max_train_samples")
+    return f"{name} (≤{cap})" if cap else name
+
+
+def clean_row(row: dict) -> dict:
+    """pandas NaN/NaT -> None, so ``row.get(k) or default`` reads naturally."""
+    return {k: (None if missing(v) else v) for k, v in row.items()}
+
+
+def missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or str(v) in ("NaT", "nan")
+
+
+def _flat_json(text) -> dict:
+    if not isinstance(text, str) or not text:
+        return {}
+    out = {}
+
+    def walk(prefix, obj):
+        if isinstance(obj, dict) and obj:
+            for k, v in obj.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = obj
+
+    walk("", json.loads(text))
+    return out
+
+
+def _text(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return json.dumps(v) if isinstance(v, (dict, list)) else str(v)
+
+
+def print_frame(df, fmt: str = "table", empty: str = "(no rows)") -> None:
+    if fmt == "csv":
+        sys.stdout.write(df.to_csv(index=False))
+    elif fmt == "json":
+        sys.stdout.write(df.to_json(orient="records", date_format="iso", indent=1) + "\n")
+    elif not len(df):
+        print(empty)
+    else:
+        import pandas as pd
+
+        with pd.option_context(
+            "display.max_columns",
+            None,
+            "display.width",
+            200,
+            "display.max_colwidth",
+            80,
+            "display.float_format",
+            "{:.4f}".format,
+        ):
+            print(df.to_string(index=False))
