@@ -1,6 +1,7 @@
 """Check a Ray cluster-launcher YAML offline: Ray's own validator, then this project's rules.
 
     python -m jobs.cluster_check cluster.yaml [cluster-gcp.yaml ...]
+    python -m jobs.cluster_check --write-constraints     # regenerate constraints.txt from this venv
     make cluster-check
 
 Ray's ``prepare_config`` + ``validate_config`` (no cloud access, < 1 s) reject unknown keys, a
@@ -9,6 +10,10 @@ a head node type, at least two GPU worker types (``resources: {GPU: n}``), ``min
 everywhere (an idle cluster costs only the head), an idle timeout, and no public port but SSH
 (no security-group rule beyond port 22; the dashboard bound to loopback, reached by SSH tunnel).
 Exit codes: 0 valid, 2 invalid (one line naming the problem).
+
+``--write-constraints`` pins every package of the running (tested) venv to its exact version in
+constraints.txt, which ``make setup`` and every cluster node's setup_commands install with: Ray refuses a
+worker whose Ray or Python patch version differs from the head's, so no node may float to a newer release.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from pathlib import Path
 import yaml
 
 SSH_PORT = 22
+CONSTRAINTS = "constraints.txt"  # at the repository root; read by the Makefile and cluster*.yaml setup_commands
+RAY_VERSION = "2.60.0"  # the release every node runs; constraints are only written from a venv that has it
+PYTHON_VERSION = (3, 11)
 PUBLIC_HOSTS = ("0.0.0.0", "::", "[::]")  # a dashboard bound here is reachable by anyone the firewall lets in
 
 
@@ -124,7 +132,52 @@ def _check_rules(raw: dict, config: dict, name: str) -> None:
                 )
 
 
+def constraint_lines() -> list[str]:
+    """``name==version`` for every distribution in this venv but the project itself and pip, sorted.
+
+    Local version labels are dropped (``torch==2.13.0``, not ``2.13.0+cpu``) so a GPU node's CUDA build of
+    the same release satisfies the same file."""
+    from importlib import metadata
+
+    pins = {}
+    for dist in metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name and name not in ("perennial", "pip"):
+            pins[name] = dist.version.split("+")[0]
+    return [f"{name}=={version}" for name, version in sorted(pins.items())]
+
+
+def write_constraints(path: str | Path = CONSTRAINTS) -> list[str]:
+    """Write ``path`` from the running venv; refuses a venv that is not the tested Python/Ray pair."""
+    lines = constraint_lines()
+    if sys.version_info[:2] != PYTHON_VERSION:
+        raise ClusterConfigError(
+            f"constraints come from the tested Python {'.'.join(map(str, PYTHON_VERSION))}, this is "
+            f"{sys.version.split()[0]} — run it with .venv/bin/python"
+        )
+    if f"ray=={RAY_VERSION}" not in lines:
+        found = next((ln for ln in lines if ln.startswith("ray==")), "no ray")
+        raise ClusterConfigError(
+            f"constraints need ray=={RAY_VERSION} in this venv, found {found} — run `make setup` first"
+        )
+    header = [
+        "# Exact versions of the tested venv: `make setup` and every cluster node install with -c constraints.txt.",
+        f"# Python {sys.version.split()[0]}. Regenerate after changing pyproject.toml: make constraints",
+    ]
+    Path(path).write_text("\n".join(header + lines) + "\n")
+    return lines
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--write-constraints"]:
+        target = argv[1] if len(argv) > 1 else CONSTRAINTS
+        try:
+            lines = write_constraints(target)
+        except ClusterConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{target}: {len(lines)} exact pins (ray=={RAY_VERSION})")
+        return 0
     paths = argv or ["cluster.yaml"]
     for path in paths:
         try:
