@@ -8,7 +8,12 @@ Ray's ``prepare_config`` + ``validate_config`` (no cloud access, < 1 s) reject u
 head type missing from ``available_node_types``, bad types. On top, the project's rules:
 a head node type, at least two GPU worker types (``resources: {GPU: n}``), ``min_workers: 0``
 everywhere (an idle cluster costs only the head), an idle timeout, and no public port but SSH
-(no security-group rule beyond port 22; the dashboard bound to loopback, reached by SSH tunnel).
+(no security-group rule beyond port 22; the dashboard bound to loopback, reached by SSH tunnel);
+every worker type carries its own custom resource ``{<type name>: 1}`` (``scaling.node_type`` asks for
+it); one pinned image (no ``resolve:ssm:`` / image family: nodes booted later would differ); on AWS,
+workers get their own instance profile by ``Arn`` (never the head's); every pip install in
+setup_commands reads constraints.txt. Placeholders still to fill in (YOUR-ACCOUNT-ID, ...) are listed,
+not refused: the file is checked before the account exists.
 Exit codes: 0 valid, 2 invalid (one line naming the problem).
 
 ``--write-constraints`` pins every package of the running (tested) venv to its exact version in
@@ -29,6 +34,8 @@ SSH_PORT = 22
 CONSTRAINTS = "constraints.txt"  # at the repository root; read by the Makefile and cluster*.yaml setup_commands
 RAY_VERSION = "2.60.0"  # the release every node runs; constraints are only written from a venv that has it
 PYTHON_VERSION = (3, 11)
+PLACEHOLDERS = ("YOUR-ACCOUNT-ID", "ami-YOUR-PINNED-AMI", "YOUR-PROJECT-ID", "YOUR-PINNED-IMAGE")
+FLOATING_IMAGES = ("resolve:ssm:", "/images/family/")  # resolved at each launch: head and workers may differ
 PUBLIC_HOSTS = ("0.0.0.0", "::", "[::]")  # a dashboard bound here is reachable by anyone the firewall lets in
 
 
@@ -95,6 +102,11 @@ def gpu_worker_types(config: dict) -> dict[str, int]:
     }
 
 
+def placeholders(text: str) -> list[str]:
+    """The account-specific values a cluster file still leaves to fill in."""
+    return [p for p in PLACEHOLDERS if p in text]
+
+
 def _check_rules(raw: dict, config: dict, name: str) -> None:
     def fail(problem: str) -> None:
         raise ClusterConfigError(f"{name}: {problem}")
@@ -114,6 +126,30 @@ def _check_rules(raw: dict, config: dict, name: str) -> None:
             )
         if node_type.get("max_workers", 0) < 1:
             fail(f"available_node_types.{type_name}.max_workers must be >= 1, got {node_type.get('max_workers')}")
+        if node_type.get("resources", {}).get(type_name) != 1:
+            fail(
+                f"available_node_types.{type_name}.resources needs its own custom resource {{{type_name}: 1}}, "
+                f"so a run can ask for this node type (scaling.node_type={type_name})"
+            )
+    for type_name, node_type in types.items():
+        node_config = node_type.get("node_config", {})
+        images = [str(node_config.get("ImageId", ""))] + [
+            str(d.get("initializeParams", {}).get("sourceImage", "")) for d in node_config.get("disks", [])
+        ]
+        if any(marker in image for image in images for marker in FLOATING_IMAGES):
+            fail(
+                f"available_node_types.{type_name} boots a floating image ({next(i for i in images if i)}): nodes "
+                "launched later may get another image and driver — pin one (cloud/aws/setup_account.py, docs/cloud.md)"
+            )
+        profile = node_config.get("IamInstanceProfile")
+        if config["provider"]["type"] == "aws" and type_name != head and not (profile or {}).get("Arn"):
+            fail(
+                f"available_node_types.{type_name}.node_config.IamInstanceProfile must name the worker profile by Arn "
+                "(the head's role cannot pass its own profile) — see cloud/aws/setup_account.py"
+            )
+    for command in raw.get("setup_commands", []):
+        if "pip install" in command and "-c constraints.txt" not in command:
+            fail(f"setup_commands install without -c constraints.txt (versions would float): {command.strip()[:80]}")
     if "idle_timeout_minutes" not in raw or not raw["idle_timeout_minutes"] > 0:
         fail("set idle_timeout_minutes > 0, so idle workers are terminated")
     rules = config["provider"].get("security_group", {}).get("IpPermissions", [])
@@ -190,6 +226,9 @@ def main(argv: list[str]) -> int:
             f"{path}: valid ({config['provider']['type']}, head '{config['head_node_type']}', "
             f"GPU worker types {gpus}, idle timeout {config['idle_timeout_minutes']} min)"
         )
+        left = placeholders(Path(path).read_text())
+        if left:
+            print(f"  before `ray up`, fill in {', '.join(left)} (docs/cloud.md)")
     return 0
 
 
