@@ -9,6 +9,7 @@ import copy
 import re
 import subprocess
 import sys
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -238,3 +239,13 @@ def test_cli_lists_the_placeholders_left_to_fill_in():
         timeout=60,
     )
     assert ok.returncode == 0 and "YOUR-ACCOUNT-ID" in ok.stdout and "ami-YOUR-PINNED-AMI" in ok.stdout
+
+
+def test_docs_prebuilt_docker_block_passes_rays_validator_on_the_pinned_release(raw):
+    import yaml
+
+    docs = (ROOT / "docs" / "cloud.md").read_text()
+    block = re.search(r"```yaml\n(.*?)```", docs, re.S).group(1)
+    docker = yaml.safe_load(textwrap.dedent(block))["docker"]
+    assert docker["image"] == f"rayproject/ray:{RAY_VERSION}-py311-gpu"  # the release constraints.txt pins
+    check_config(_broken(raw, lambda c: c.update(docker=docker)))
