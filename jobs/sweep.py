@@ -278,12 +278,14 @@ BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # `ray up` writes the autoscal
 def autoscaler_nodes() -> tuple[list[dict], list[dict], int, str] | None:
     """(head resources, every worker node the autoscaler may launch, max_workers, path) or None.
 
-    Read from the cluster YAML the autoscaler runs with: ``$PERENNIAL_CLUSTER_CONFIG``, else
-    ``~/ray_bootstrap_config.yaml``, where `ray up` puts it on the head (job drivers run there)."""
+    Read from the cluster YAML the autoscaler runs with: ``$PERENNIAL_CLUSTER_CONFIG``, else, for a driver
+    of a cluster reached through RAY_ADDRESS, ``~/ray_bootstrap_config.yaml``, where `ray up` puts it on the
+    head (job drivers run there). An embedded local Ray is never sized by a cloud config."""
     import yaml
 
-    path = Path(os.environ.get("PERENNIAL_CLUSTER_CONFIG") or BOOTSTRAP_CONFIG).expanduser()
-    if not path.is_file():
+    given = os.environ.get("PERENNIAL_CLUSTER_CONFIG") or (BOOTSTRAP_CONFIG if os.environ.get("RAY_ADDRESS") else "")
+    path = Path(given).expanduser()
+    if not given or not path.is_file():
         return None
     try:
         raw = yaml.safe_load(path.read_text()) or {}

@@ -66,8 +66,12 @@ def test_four_gpu_ddp_trials_on_gpu_4x_nodes(cluster_yaml):
 def test_autoscaler_nodes_reads_the_bootstrap_config_ray_up_writes(tmp_path, monkeypatch):
     monkeypatch.delenv("PERENNIAL_CLUSTER_CONFIG", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a job driver on the head of a `ray up` cluster
     assert autoscaler_nodes() is None  # no `ray up` here: the nodes up now decide, as before
     (tmp_path / "ray_bootstrap_config.yaml").write_text((ROOT / "cluster.yaml").read_text())
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert autoscaler_nodes() is None  # an embedded local Ray is never sized by the cloud config
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     head, workers, max_workers, where = autoscaler_nodes()
     assert head == [{"CPU": 0}] and len(workers) == 4 + 4 + 2 and max_workers == 8 and where.endswith(".yaml")
 
