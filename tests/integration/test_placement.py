@@ -45,18 +45,14 @@ def nodes():
         os.environ["RAY_ADDRESS"] = saved
 
 
-def record_node(config: dict) -> None:
-    import ray
-    import ray.train
-
-    rank = ray.train.get_context().get_world_rank()
-    Path(config["out"], f"rank{rank}.json").write_text(json.dumps(ray.get_runtime_context().get_node_id()))
-
-
 def rank_nodes(tmp_path: Path, overrides: list[str]) -> list[str]:
     """Node id of each rank for a 2-worker, 1-CPU-per-worker run of the mlp config with ``overrides``."""
     import ray.train
     from ray.train.torch import TorchTrainer
+
+    def record_node(config: dict) -> None:  # nested: pickled by value (workers cannot import this test module)
+        rank = ray.train.get_context().get_world_rank()
+        Path(config["out"], f"rank{rank}.json").write_text(json.dumps(ray.get_runtime_context().get_node_id()))
 
     cfg = config_lib.load_config("configs/mlp.yaml", ["scaling.num_workers=2", "scaling.cpus_per_worker=1", *overrides])
     config_lib.check_values(cfg)
