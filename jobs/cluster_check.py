@@ -1,14 +1,24 @@
 """Check a Ray cluster-launcher YAML offline: Ray's own validator, then this project's rules.
 
     python -m jobs.cluster_check cluster.yaml [cluster-gcp.yaml ...]
+    python -m jobs.cluster_check --write-constraints     # regenerate constraints.txt from this venv
     make cluster-check
 
 Ray's ``prepare_config`` + ``validate_config`` (no cloud access, < 1 s) reject unknown keys, a
 head type missing from ``available_node_types``, bad types. On top, the project's rules:
 a head node type, at least two GPU worker types (``resources: {GPU: n}``), ``min_workers: 0``
 everywhere (an idle cluster costs only the head), an idle timeout, and no public port but SSH
-(no security-group rule beyond port 22; the dashboard bound to loopback, reached by SSH tunnel).
+(no security-group rule beyond port 22; the dashboard bound to loopback, reached by SSH tunnel);
+every worker type carries its own custom resource ``{<type name>: 1}`` (``scaling.node_type`` asks for
+it); one pinned image (no ``resolve:ssm:`` / image family: nodes booted later would differ); on AWS,
+workers get their own instance profile by ``Arn`` (never the head's); every pip install in
+setup_commands reads constraints.txt. Placeholders still to fill in (YOUR-ACCOUNT-ID, ...) are listed,
+not refused: the file is checked before the account exists.
 Exit codes: 0 valid, 2 invalid (one line naming the problem).
+
+``--write-constraints`` pins every package of the running (tested) venv to its exact version in
+constraints.txt, which ``make setup`` and every cluster node's setup_commands install with: Ray refuses a
+worker whose Ray or Python patch version differs from the head's, so no node may float to a newer release.
 """
 
 from __future__ import annotations
@@ -21,6 +31,11 @@ from pathlib import Path
 import yaml
 
 SSH_PORT = 22
+CONSTRAINTS = "constraints.txt"  # at the repository root; read by the Makefile and cluster*.yaml setup_commands
+RAY_VERSION = "2.60.0"  # the release every node runs; constraints are only written from a venv that has it
+PYTHON_VERSION = (3, 11)
+PLACEHOLDERS = ("YOUR-ACCOUNT-ID", "ami-YOUR-PINNED-AMI", "YOUR-PROJECT-ID", "YOUR-PINNED-IMAGE")
+FLOATING_IMAGES = ("resolve:ssm:", "/images/family/")  # resolved at each launch: head and workers may differ
 PUBLIC_HOSTS = ("0.0.0.0", "::", "[::]")  # a dashboard bound here is reachable by anyone the firewall lets in
 
 
@@ -90,6 +105,11 @@ def gpu_worker_types(config: dict) -> dict[str, int]:
     }
 
 
+def placeholders(text: str) -> list[str]:
+    """The account-specific values a cluster file still leaves to fill in."""
+    return [p for p in PLACEHOLDERS if p in text]
+
+
 def _check_rules(raw: dict, config: dict, name: str) -> None:
     def fail(problem: str) -> None:
         raise ClusterConfigError(f"{name}: {problem}")
@@ -109,6 +129,30 @@ def _check_rules(raw: dict, config: dict, name: str) -> None:
             )
         if node_type.get("max_workers", 0) < 1:
             fail(f"available_node_types.{type_name}.max_workers must be >= 1, got {node_type.get('max_workers')}")
+        if node_type.get("resources", {}).get(type_name) != 1:
+            fail(
+                f"available_node_types.{type_name}.resources needs its own custom resource {{{type_name}: 1}}, "
+                f"so a run can ask for this node type (scaling.node_type={type_name})"
+            )
+    for type_name, node_type in types.items():
+        node_config = node_type.get("node_config", {})
+        images = [str(node_config.get("ImageId", ""))] + [
+            str(d.get("initializeParams", {}).get("sourceImage", "")) for d in node_config.get("disks", [])
+        ]
+        if any(marker in image for image in images for marker in FLOATING_IMAGES):
+            fail(
+                f"available_node_types.{type_name} boots a floating image ({next(i for i in images if i)}): nodes "
+                "launched later may get another image and driver — pin one (cloud/aws/setup_account.py, docs/cloud.md)"
+            )
+        profile = node_config.get("IamInstanceProfile")
+        if config["provider"]["type"] == "aws" and type_name != head and not (profile or {}).get("Arn"):
+            fail(
+                f"available_node_types.{type_name}.node_config.IamInstanceProfile must name the worker profile by Arn "
+                "(the head's role cannot pass its own profile) — see cloud/aws/setup_account.py"
+            )
+    for command in raw.get("setup_commands", []):
+        if "pip install" in command and "-c constraints.txt" not in command:
+            fail(f"setup_commands install without -c constraints.txt (versions would float): {command.strip()[:80]}")
     if "idle_timeout_minutes" not in raw or not raw["idle_timeout_minutes"] > 0:
         fail("set idle_timeout_minutes > 0, so idle workers are terminated")
     rules = config["provider"].get("security_group", {}).get("IpPermissions", [])
@@ -127,7 +171,52 @@ def _check_rules(raw: dict, config: dict, name: str) -> None:
                 )
 
 
+def constraint_lines() -> list[str]:
+    """``name==version`` for every distribution in this venv but the project itself and pip, sorted.
+
+    Local version labels are dropped (``torch==2.13.0``, not ``2.13.0+cpu``) so a GPU node's CUDA build of
+    the same release satisfies the same file."""
+    from importlib import metadata
+
+    pins = {}
+    for dist in metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name and name not in ("perennial", "pip"):
+            pins[name] = dist.version.split("+")[0]
+    return [f"{name}=={version}" for name, version in sorted(pins.items())]
+
+
+def write_constraints(path: str | Path = CONSTRAINTS) -> list[str]:
+    """Write ``path`` from the running venv; refuses a venv that is not the tested Python/Ray pair."""
+    lines = constraint_lines()
+    if sys.version_info[:2] != PYTHON_VERSION:
+        raise ClusterConfigError(
+            f"constraints come from the tested Python {'.'.join(map(str, PYTHON_VERSION))}, this is "
+            f"{sys.version.split()[0]} — run it with .venv/bin/python"
+        )
+    if f"ray=={RAY_VERSION}" not in lines:
+        found = next((ln for ln in lines if ln.startswith("ray==")), "no ray")
+        raise ClusterConfigError(
+            f"constraints need ray=={RAY_VERSION} in this venv, found {found} — run `make setup` first"
+        )
+    header = [
+        "# Exact versions of the tested venv: `make setup` and every cluster node install with -c constraints.txt.",
+        f"# Python {sys.version.split()[0]}. Regenerate after changing pyproject.toml: make constraints",
+    ]
+    Path(path).write_text("\n".join(header + lines) + "\n")
+    return lines
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--write-constraints"]:
+        target = argv[1] if len(argv) > 1 else CONSTRAINTS
+        try:
+            lines = write_constraints(target)
+        except ClusterConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{target}: {len(lines)} exact pins (ray=={RAY_VERSION})")
+        return 0
     paths = argv or ["cluster.yaml"]
     for path in paths:
         try:
@@ -140,6 +229,9 @@ def main(argv: list[str]) -> int:
             f"{path}: valid ({config['provider']['type']}, head '{config['head_node_type']}', "
             f"GPU worker types {gpus}, idle timeout {config['idle_timeout_minutes']} min)"
         )
+        left = placeholders(Path(path).read_text())
+        if left:
+            print(f"  before `ray up`, fill in {', '.join(left)} (docs/cloud.md)")
     return 0
 
 

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,6 +36,18 @@ class Scaling:
     use_gpu: bool = False  # one GPU per worker; NCCL backend
     cpus_per_worker: int = 1  # Ray CPUs per worker = torch threads in that worker
     gpus_per_worker: float = 1.0  # only with use_gpu
+    placement_strategy: str = "PACK"  # PACK: fewest nodes | STRICT_PACK: one node or wait | SPREAD: one per node
+    node_type: str = ""  # a cluster.yaml worker type (gpu_4x): every worker asks for that type's own resource
+
+
+PLACEMENT_STRATEGIES = ("PACK", "STRICT_PACK", "SPREAD")
+NODE_TYPE_SHARE = 0.01  # one worker's share of its node's {<type>: 1}: up to 100 workers fit a node
+
+
+def worker_resources(s: Scaling) -> dict:
+    """What one Ray Train worker holds: its CPUs, its GPU share with use_gpu, and its node type's resource."""
+    resources = {"CPU": s.cpus_per_worker} | ({"GPU": s.gpus_per_worker} if s.use_gpu else {})
+    return resources | ({s.node_type: NODE_TYPE_SHARE} if s.node_type else {})
 
 
 @dataclass
@@ -313,6 +326,14 @@ def check_values(cfg) -> None:
     ):
         if value < low:
             raise ConfigError(f"{key} must be >= {low}, got {value} — set e.g. {key}={max(low, 1)}")
+    if s.placement_strategy not in PLACEMENT_STRATEGIES:
+        raise ConfigError(
+            f"scaling.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, got '{s.placement_strategy}'"
+        )
+    if s.node_type and (s.node_type in ("CPU", "GPU", "memory") or not re.fullmatch(r"[A-Za-z0-9_-]+", s.node_type)):
+        raise ConfigError(
+            f"scaling.node_type must name a worker type of cluster.yaml (e.g. gpu_4x), got '{s.node_type}'"
+        )
     if getattr(t, "max_grad_norm", 0.0) < 0:
         raise ConfigError(f"train.max_grad_norm must be >= 0 (0 turns clipping off), got {t.max_grad_norm}")
     if getattr(t, "on_nan", "fail") not in ("fail", "skip_batch"):

@@ -32,6 +32,7 @@ import time
 import types
 import typing
 import uuid
+from pathlib import Path
 
 from jobs import config as config_lib
 from jobs import preflight
@@ -227,9 +228,8 @@ def make_search(cfg, metric: str, mode: str, concurrency: int = 0):
 def trial_resources(cfg) -> dict:
     """What a trial's Tune actor holds. In process it trains, so it holds the worker's CPUs/GPU; as a
     Train driver it holds nothing (the Train workers do): 1 MB of memory, because {"CPU": 0} raises."""
-    s = cfg.scaling
     if in_process(cfg):
-        return {"CPU": s.cpus_per_worker} | ({"GPU": s.gpus_per_worker} if s.use_gpu else {})
+        return config_lib.worker_resources(cfg.scaling)
     return {"memory": 1e6}
 
 
@@ -238,19 +238,82 @@ def in_process(cfg) -> bool:
 
 
 def default_concurrency(cfg) -> int:
-    """Trials that fit the cluster at once: its CPUs (and GPUs) over what one trial's workers hold."""
+    """Trials at once when ``sweep.max_concurrent_trials`` is 0: as many as the largest cluster can hold.
+
+    On an autoscaling cluster that is the maximum size of its autoscaler config (a cold cluster has no
+    worker yet, and a sweep capped by today's nodes never asks for more); else Ray's own record of the
+    cluster's maximum; else the nodes up now. A remote cluster whose maximum is unknown and whose nodes up
+    now hold no trial needs ``sweep.max_concurrent_trials`` (ConfigError)."""
     import ray
 
-    res, s = ray.cluster_resources(), cfg.scaling
-    fits = int(res.get("CPU", 0) // (s.num_workers * s.cpus_per_worker))
-    if s.use_gpu:
-        fits = min(fits, int(res.get("GPU", 0) // (s.num_workers * s.gpus_per_worker)))
-    if fits < 1:
-        print(
-            f"warning: one trial needs {s.num_workers * s.cpus_per_worker} CPUs{' and GPUs' if s.use_gpu else ''}, "
-            f"the cluster has {res.get('CPU', 0):.0f} CPUs / {res.get('GPU', 0):.0f} GPUs: trials wait for more nodes"
+    s, per_worker = cfg.scaling, config_lib.worker_resources(cfg.scaling)
+    largest = autoscaler_nodes()
+    if largest is not None:
+        head, workers, max_workers, where = largest
+        ranks = sorted((ranks_per_node(node, per_worker) for node in workers), reverse=True)[:max_workers]
+        ranks = [ranks_per_node(node, per_worker) for node in head] + ranks
+        if s.placement_strategy == "STRICT_PACK":  # a trial's ranks never share a node with another's
+            fits = sum(r // s.num_workers for r in ranks)
+        else:
+            fits = sum(ranks) // s.num_workers
+        print(f"sweep: {max(1, fits)} trials at a time fit the autoscaler's largest cluster ({where})")
+        return max(1, fits)
+    maximum = _max_resources_from_gcs()
+    res = maximum or ray.cluster_resources()
+    fits = ranks_per_node(res, per_worker) // s.num_workers
+    if fits >= 1:
+        return fits
+    need = {k: v * s.num_workers for k, v in per_worker.items()}
+    have = {k: res.get(k, 0) for k in per_worker}
+    if os.environ.get("RAY_ADDRESS") and not maximum:
+        raise config_lib.ConfigError(
+            f"set sweep.max_concurrent_trials=N: one trial needs {need}, the cluster's nodes hold {have} now and "
+            f"its maximum size is unknown (no autoscaler config at {BOOTSTRAP_CONFIG} or $PERENNIAL_CLUSTER_CONFIG)"
         )
-    return max(1, fits)
+    print(f"warning: one trial needs {need}, the cluster has {have}: trials wait for more nodes")
+    return 1
+
+
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # `ray up` writes the autoscaler's config here, on the head
+
+
+def autoscaler_nodes() -> tuple[list[dict], list[dict], int, str] | None:
+    """(head resources, every worker node the autoscaler may launch, max_workers, path) or None.
+
+    Read from the cluster YAML the autoscaler runs with: ``$PERENNIAL_CLUSTER_CONFIG``, else, for a driver
+    of a cluster reached through RAY_ADDRESS, ``~/ray_bootstrap_config.yaml``, where `ray up` puts it on the
+    head (job drivers run there). An embedded local Ray is never sized by a cloud config."""
+    import yaml
+
+    given = os.environ.get("PERENNIAL_CLUSTER_CONFIG") or (BOOTSTRAP_CONFIG if os.environ.get("RAY_ADDRESS") else "")
+    path = Path(given).expanduser()
+    if not given or not path.is_file():
+        return None
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+        types, head = raw["available_node_types"], raw.get("head_node_type")
+    except (yaml.YAMLError, KeyError, TypeError):
+        raise config_lib.ConfigError(
+            f"cluster config {path} has no available_node_types — point $PERENNIAL_CLUSTER_CONFIG at a cluster YAML"
+        ) from None
+    workers = [t.get("resources", {}) for name, t in types.items() if name != head for _ in range(t["max_workers"])]
+    head_resources = [types[head].get("resources", {})] if head in types else []
+    return head_resources, workers, int(raw.get("max_workers", len(workers))), str(path)
+
+
+def ranks_per_node(node: dict, per_worker: dict) -> int:
+    """How many Train workers asking ``per_worker`` fit in ``node``'s resources."""
+    return int(min((node.get(k, 0) // v for k, v in per_worker.items() if v > 0), default=0))
+
+
+def _max_resources_from_gcs() -> dict | None:
+    """Ray's own record of the cluster's largest size (the one Ray Train checks), where the autoscaler wrote it."""
+    try:
+        from ray._private.state import state
+
+        return state.get_max_resources_from_cluster_config() or None
+    except Exception:  # a private API: absent or changed in another Ray, then the nodes up now decide
+        return None
 
 
 # ----------------------------------------------------------------------------- [2] trials

