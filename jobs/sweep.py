@@ -34,6 +34,7 @@ import typing
 import uuid
 
 from jobs import config as config_lib
+from jobs import tracking
 from jobs.store import Store, now, store_path
 from jobs.train import ClusterError, fit, git_sha, init_ray, job_id, make_trainer, record_run, run_trainer, storage_uri
 from workloads import WORKLOADS
@@ -353,6 +354,7 @@ def run_trial(ctx: dict, params: dict, trial_id: str, callbacks, runner) -> tupl
         callbacks=callbacks,
         quiet=True,
         runner=runner,
+        extra_config={"_tracking": {"sweep_id": ctx["sweep_id"], "trial_id": trial_id, **ctx.get("tracking", {})}},
     )
     return row, True
 
@@ -537,11 +539,13 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
     directory = sweep_dir(root, sweep_id)
     base = config_lib.to_dict(cfg)
     base["run"]["storage_path"] = directory  # each trial's Train run dir: <root>/<sweep_id>/<run_id>
+    base["log"]["every_s"] = 0.0  # a sweep prints trial events, not every trial's steps
     ctx = {
         "sweep_id": sweep_id,
         "base": base,
         "store": store.uri if "://" in store.uri else store.root,
         "env": {"PERENNIAL_JOB_ID": job_id(), "PERENNIAL_GIT_SHA": git_sha()},
+        "tracking": tracking.start_sweep(cfg, sweep_id, state["search_space"]),  # MLflow parent run
     }
     if in_process(cfg):
         trainable = tune.with_parameters(_in_process_trial_class(), ctx=ctx)
@@ -619,6 +623,7 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
             trial_id=trial_id,
         )
     write_state(directory, state)
+    tracking.finish_sweep(cfg, sweep_id, ctx["tracking"], store.runs(sweep_id=sweep_id))
     return summarize(cfg, store, sweep_id, state, metric, mode)
 
 

@@ -540,8 +540,15 @@ def finish_sweep(cfg, sweep_id: str, extras: dict, runs) -> None:
     """On the sweep driver at the end: each trial's MLflow run gets its store status (a trial the scheduler
     stopped, or whose worker was killed, could not close its own run right); the parent gets the best metric."""
     parent = extras.get("mlflow_parent_run_id")
-    if not parent:
+    if not parent or not len(runs):
         return
+    try:
+        _close_sweep(cfg, parent, runs)
+    except Exception as e:  # the sweep's results are in the store: a tracker error must not fail it
+        print(f"warning: MLflow sweep run {parent} not closed: {type(e).__name__}: {e}")
+
+
+def _close_sweep(cfg, parent: str, runs) -> None:
     client = mlflow_client(cfg.tracking.mlflow_uri)
     experiment_id = client.get_run(parent).info.experiment_id
     for row in runs.to_dict("records"):
