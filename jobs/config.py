@@ -5,8 +5,8 @@
 
 A config has the workload's own sections (``data``, ``model``, ``train``: the dataclasses in
 ``workloads/<name>.py``) plus the job sections defined here (``scaling``, ``failure``, ``run``,
-``sweep``, ``store``, ``continual``). Unknown keys and wrong types raise :class:`ConfigError`
-with a one-line message that names the key and the fix; every ``jobs.*`` verb turns that into
+``sweep``, ``store``, ``continual``, ``log``, ``tracking``). Unknown keys and wrong types raise
+:class:`ConfigError` with a one-line message that names the key and the fix; every ``jobs.*`` verb turns that into
 exit code 2 (see :func:`cli_main`).
 """
 
@@ -91,6 +91,22 @@ class Continual:
     replay_data: dict = field(default_factory=dict)  # the parent's `data` section, replayed with replay_fraction
 
 
+@dataclass
+class Log:
+    every_s: float = 30.0  # rank 0 prints a progress line this often within an epoch (0 = off; a bar on a TTY)
+    every_steps: int = 50  # train loss and lr go to TensorBoard / MLflow / W&B every this many steps (0 = off)
+
+
+@dataclass
+class Tracking:
+    tensorboard: bool = True  # event files in <run.storage_path>/<run_id>/tensorboard (extra: tensorboard)
+    mlflow_uri: str = ""  # e.g. sqlite:///mlflow.db, file:./mlruns or http://host:5000; empty = off (extra: mlflow)
+    wandb_project: str = ""  # empty = off (extra: wandb); WANDB_API_KEY, or wandb_mode=offline
+    wandb_mode: str = ""  # online | offline | disabled; empty = $WANDB_MODE, else online
+    experiment: str = ""  # MLflow experiment name; empty = the workload's name
+    log_model: bool = True  # MLflow: the final export as the run's artifact "export"
+
+
 JOB_SECTIONS: dict[str, type] = {
     "scaling": Scaling,
     "failure": Failure,
@@ -98,6 +114,14 @@ JOB_SECTIONS: dict[str, type] = {
     "sweep": Sweep,
     "store": Store,
     "continual": Continual,
+    "log": Log,
+    "tracking": Tracking,
+}
+
+TRACKER_EXTRAS = {  # config key -> (module it needs, the extra that installs it)
+    "tracking.tensorboard": ("tensorboard", "tensorboard"),
+    "tracking.mlflow_uri": ("mlflow", "mlflow"),
+    "tracking.wandb_project": ("wandb", "wandb"),
 }
 
 
@@ -184,7 +208,9 @@ def to_dict(cfg) -> dict:
 def flatten(cfg, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
     """``{"train.lr": 0.001, ...}`` — the hyperparameters of a run (dicts and lists as JSON)."""
     out: dict[str, Any] = {}
-    keep = sections or tuple(f.name for f in dataclasses.fields(cfg) if f.name not in ("sweep", "store", "workload"))
+    keep = sections or tuple(
+        f.name for f in dataclasses.fields(cfg) if f.name not in ("sweep", "store", "workload", "log", "tracking")
+    )
 
     def walk(prefix: str, obj: Any) -> None:
         if dataclasses.is_dataclass(obj):
@@ -343,3 +369,21 @@ def check_values(cfg) -> None:
     if not 0.0 <= cfg.continual.replay_fraction <= 1.0:
         raise ConfigError(f"continual.replay_fraction must be between 0 and 1, got {cfg.continual.replay_fraction}")
     metric_and_mode(cfg)
+    check_tracking(cfg)
+
+
+def check_tracking(cfg) -> None:
+    """``log`` values, and each configured tracker's package installed (else the extra that installs it)."""
+    import importlib.util
+
+    if cfg.log.every_s < 0 or cfg.log.every_steps < 0:
+        raise ConfigError(
+            f"log.every_s and log.every_steps must be >= 0 (0 = off), got {cfg.log.every_s} and {cfg.log.every_steps}"
+        )
+    if cfg.tracking.wandb_mode not in ("", "online", "offline", "disabled"):
+        raise ConfigError(f"tracking.wandb_mode must be online, offline or disabled, got '{cfg.tracking.wandb_mode}'")
+    for key, (module, extra) in TRACKER_EXTRAS.items():
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) and importlib.util.find_spec(module) is None:
+            off = f"{key}=false" if name == "tensorboard" else f"{key}="
+            raise ConfigError(f"{key} is set but {module} is not installed — pip install -e .[{extra}], or set {off}")

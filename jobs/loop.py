@@ -32,6 +32,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from jobs import config as config_lib
+from jobs import tracking
 from jobs.ray_compat import train_report_loggers
 from workloads import WORKLOADS
 from workloads.data import add_replay
@@ -178,8 +179,11 @@ def train_loader(wl, cfg, splits) -> DataLoader:
     )
 
 
-def run_epoch(model, loader, optimizer, wl, cfg, device, scheduler=None, scaler=None, dist=False) -> dict:
-    """One pass over ``loader``: returns train_loss, samples, train_time_s, step_time_median_s, skipped_batches."""
+def run_epoch(model, loader, optimizer, wl, cfg, device, scheduler=None, scaler=None, dist=False, on_step=None) -> dict:
+    """One pass over ``loader``: returns train_loss, samples, train_time_s, step_time_median_s, skipped_batches.
+
+    ``on_step(step, total, loss, samples)``, if given, is called after each batch (1-based step; total None
+    for a loader without a length): progress and trackers on rank 0."""
     model.train()
     accum = max(1, cfg.train.grad_accum_steps)
     on_nan = cfg.train.on_nan
@@ -229,9 +233,12 @@ def run_epoch(model, loader, optimizer, wl, cfg, device, scheduler=None, scaler=
             optimizer.zero_grad(set_to_none=True)
             if scheduler is not None:
                 scheduler.step()
-        loss_sum += loss.item()
+        loss_value, batch_samples = loss.item(), _batch_size(batch)
+        loss_sum += loss_value
         n_batches += 1
-        samples += _batch_size(batch)
+        samples += batch_samples
+        if on_step is not None:
+            on_step(i + 1, n_total, loss_value, batch_samples)
     if skipped and not n_batches:  # skip_batch must not turn a diverged run into "completed" with train_loss 0
         raise NonFiniteLossError(
             f"all {skipped} batches of the epoch had a non-finite loss — lower train.lr or check the data for NaN/inf"
@@ -282,6 +289,16 @@ def _batch_size(batch: Any) -> int:
 
 # ----------------------------------------------------------------------------- the Ray Train worker loop
 def train_loop_per_worker(config_dict: dict) -> None:
+    trackers: list[tracking.Tracker] = []  # rank 0's, once started: marked failed if the loop raises
+    try:
+        _train_loop(config_dict, trackers)
+    except BaseException:
+        for tracker in trackers:
+            tracker.finish("failed")
+        raise
+
+
+def _train_loop(config_dict: dict, trackers: list) -> None:
     import ray.train
     import ray.train.torch
 
@@ -345,6 +362,25 @@ def train_loop_per_worker(config_dict: dict) -> None:
     if scaler is not None and state is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])  # keep the learned loss scale across a restart
     val_loader = eval_loader(splits, splits.val, cfg.train.batch_size * 2)
+    tracker = None
+    if rank == 0:  # progress, TensorBoard, MLflow, W&B: only rank 0 (docs/tracking.md)
+        tracker = tracking.Tracker(cfg, log)
+        trackers.append(tracker)
+        info = tracking.RunInfo(
+            run_id=ctx.get_experiment_name(),
+            workload=cfg.workload,
+            storage_path=_storage_path(ctx, cfg),
+            git_sha=os.environ.get("PERENNIAL_GIT_SHA", ""),
+            data_fingerprint=splits.fingerprint or "",
+            metric=metric,
+            mode=mode,
+            epochs=cfg.train.epochs,
+            steps_per_epoch=len(loader) if hasattr(loader, "__len__") else 0,
+            world_size=world,
+            **config_dict.get("_tracking", {}),  # sweep_id, trial_id, mlflow_parent_run_id (jobs.sweep)
+        )
+        resumed = state is not None or bool(meta.get("finished"))
+        tracker.start(info, config_lib.flatten(cfg), meta["epoch"] if resumed else 0, history=meta["history"])
 
     # [3] epochs
     history: list[dict] = meta["history"]
@@ -359,7 +395,13 @@ def train_loop_per_worker(config_dict: dict) -> None:
             loader.sampler, "set_epoch"
         ):  # also 1 worker: a workload's own sampler
             loader.sampler.set_epoch(epoch)
-        stats = run_epoch(model, loader, optimizer, wl, cfg, device, scheduler, scaler, dist)
+        on_step = None
+        if tracker is not None:
+
+            def on_step(step, total, loss, samples, epoch=epoch):
+                tracker.on_step(epoch, step, total or 0, loss, samples, optimizer.param_groups[0]["lr"])
+
+        stats = run_epoch(model, loader, optimizer, wl, cfg, device, scheduler, scaler, dist, on_step=on_step)
         val = {}
         if rank == 0:  # full val set on rank 0: exact metrics, no sampler padding
             with autocast(cfg.train.precision, device):
@@ -412,6 +454,8 @@ def train_loop_per_worker(config_dict: dict) -> None:
                 "scaler": scaler.state_dict() if scaler is not None else {},
             },
         )
+        if tracker is not None:  # after the report: an epoch a tracker shows has its checkpoint uploaded
+            tracker.on_epoch(row)
         inject_fault(epoch + 1, rank, world, resumed=ckpt is not None)
         if stopped_early:
             if rank == 0:
@@ -457,6 +501,9 @@ def train_loop_per_worker(config_dict: dict) -> None:
             checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None,
             checkpoint_dir_name="final",
         )
+        if tracker is not None:
+            tracker.on_test(final)
+            tracker.finish("stopped_early" if stopped_early else "completed", Path(tmp, EXPORT))
 
 
 FAULT_AFTER_EPOCH = "PERENNIAL_FAULT_AFTER_EPOCH"
@@ -499,6 +546,20 @@ def checkpoint_committed(epoch: int) -> bool | None:
         return False
     names = {str(r.get("checkpoint_dir_name", "")) for r in snapshot.get("checkpoint_results", [])}
     return f"epoch_{epoch:04d}" in names
+
+
+def _storage_path(ctx, cfg) -> str:
+    """The run's storage path as Train resolved it (absolute; the worker's cwd is not the driver's)."""
+    try:
+        storage = ctx.get_storage()
+    except NotImplementedError:  # in-process runs (jobs.sweep) keep the driver's cwd and an absolute path
+        path = cfg.run.storage_path
+        return path if "://" in path else os.path.abspath(path)
+    fs = storage.storage_filesystem
+    if type(fs).__name__ == "LocalFileSystem":
+        return storage.storage_fs_path
+    scheme = {"S3FileSystem": "s3", "GcsFileSystem": "gs"}.get(type(fs).__name__, fs.type_name)
+    return f"{scheme}://{storage.storage_fs_path}"
 
 
 def _init_from_parent(wl, cfg, splits, export_dir: str) -> torch.nn.Module:

@@ -35,7 +35,7 @@ import uuid
 from pathlib import Path
 
 from jobs import config as config_lib
-from jobs import preflight
+from jobs import preflight, tracking
 from jobs.errors import ClusterError
 from jobs.store import Store, now
 from jobs.train import fit, git_sha, init_ray, job_id, make_trainer, record_run, run_trainer, storage_uri
@@ -423,6 +423,7 @@ def run_trial(ctx: dict, params: dict, trial_id: str, callbacks, runner) -> tupl
         callbacks=callbacks,
         quiet=True,
         runner=runner,
+        extra_config={"_tracking": {"sweep_id": ctx["sweep_id"], "trial_id": trial_id, **ctx.get("tracking", {})}},
     )
     return row, True
 
@@ -607,11 +608,13 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
     directory = sweep_dir(root, sweep_id)
     base = config_lib.to_dict(cfg)
     base["run"]["storage_path"] = directory  # each trial's Train run dir: <root>/<sweep_id>/<run_id>
+    base["log"]["every_s"] = 0.0  # a sweep prints trial events, not every trial's steps
     ctx = {
         "sweep_id": sweep_id,
         "base": base,
         "store": store.uri if "://" in store.uri else store.root,
         "env": {"PERENNIAL_JOB_ID": job_id(), "PERENNIAL_GIT_SHA": git_sha()},
+        "tracking": tracking.start_sweep(cfg, sweep_id, state["search_space"]),  # MLflow parent run
     }
     if in_process(cfg):
         trainable = tune.with_parameters(_in_process_trial_class(), ctx=ctx)
@@ -689,6 +692,7 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
             trial_id=trial_id,
         )
     write_state(directory, state)
+    tracking.finish_sweep(cfg, sweep_id, ctx["tracking"], store.runs(sweep_id=sweep_id))
     return summarize(cfg, store, sweep_id, state, metric, mode)
 
 

@@ -1,0 +1,682 @@
+"""Watch a run while it runs: progress lines, TensorBoard, MLflow and Weights & Biases (docs/tracking.md).
+
+Rank 0 of jobs/loop.py drives one :class:`Tracker`; nothing here runs on other ranks:
+
+    tracker = Tracker(cfg, info, log=print)
+    tracker.start(info, config_lib.flatten(cfg), resumed_from_epoch=meta["epoch"])
+    tracker.on_step(epoch, step, total, loss, samples, lr)   # every batch (cheap; throttled inside)
+    tracker.on_epoch(row)                                    # the loop's epoch row (epoch, train_loss, val_*, ...)
+    tracker.on_test(final)                                   # test_* and best metric, once
+    tracker.finish("completed", export_dir)
+
+A restarted worker group continues the same tracker runs: the MLflow run is found again by its
+``run_id`` tag, the W&B run id is the run id, and only epochs after the resumed checkpoint are logged.
+:func:`export_to_mlflow` and :func:`export_to_tensorboard` push rows already in the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import struct
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from jobs import config as config_lib
+
+MLFLOW_STATUS = {"completed": "FINISHED", "stopped_early": "FINISHED", "failed": "FAILED", "killed": "KILLED"}
+SWEEP_TAG = "perennial.sweep"  # marks the MLflow parent run of a sweep
+
+
+@dataclasses.dataclass
+class RunInfo:
+    """What trackers need to know about a run besides its config."""
+
+    run_id: str
+    workload: str
+    storage_path: str = ""  # the run's Ray Train storage path: its folder is <storage_path>/<run_id>
+    sweep_id: str = ""
+    trial_id: str = ""
+    git_sha: str = ""
+    data_fingerprint: str = ""
+    metric: str = ""
+    mode: str = ""
+    epochs: int = 0
+    steps_per_epoch: int = 0
+    world_size: int = 1
+    mlflow_parent_run_id: str = ""  # set by jobs.sweep: trials are children of the sweep's run
+
+    def tags(self) -> dict[str, str]:
+        keys = ("run_id", "workload", "sweep_id", "trial_id", "git_sha", "data_fingerprint")
+        return {k: str(getattr(self, k)) for k in keys if getattr(self, k)}
+
+
+def _numeric(row: dict) -> dict[str, float]:
+    """The row's finite numbers (bools and strings dropped): what a metric can hold."""
+    out = {}
+    for key, value in row.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+def _hparams(config: dict[str, Any]) -> dict[str, Any]:
+    """Flattened config values as trackers take them: numbers, bools and strings (None -> "")."""
+    return {
+        k: ("" if v is None else v) if isinstance(v, (int, float, bool, str)) or v is None else str(v)
+        for k, v in config.items()
+    }
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+# ----------------------------------------------------------------------------- progress
+class Progress:
+    """Within an epoch: a line every ``every_s`` seconds (logs), or a tqdm bar on a TTY.
+
+    The line: step/total, samples/s (all ranks), the epoch's running train loss, lr, ETA of the epoch and run."""
+
+    def __init__(self, every_s: float, log: Callable[[str], None], tty: bool | None = None):
+        self.every_s, self.log = every_s, log
+        self.tty = (sys.__stdout__ or sys.stdout).isatty() if tty is None else tty
+        self.epochs, self.world, self.bar = 0, 1, None
+        self.epoch_wall: float | None = None  # the last whole epoch (train + val), for the run's ETA
+
+    def start(self, info: RunInfo, config: dict, resumed_from_epoch: int, history: list[dict] = ()) -> None:
+        self.epochs, self.world = info.epochs, max(1, info.world_size)
+        self.epoch = -1
+
+    def on_step(self, epoch: int, step: int, total: int, loss: float, samples: int, lr: float) -> None:
+        now = time.perf_counter()
+        if epoch != self.epoch:  # the first step of an epoch: its clock starts at the previous step's end
+            self.epoch, self.t0, self.last = epoch, now, now
+            self.loss_sum, self.steps, self.samples = 0.0, 0, 0
+            if self.tty and self.every_s > 0:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total or None, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False)
+        self.loss_sum, self.steps, self.samples = self.loss_sum + loss, self.steps + 1, self.samples + samples
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{self.loss_sum / self.steps:.4f}", lr=f"{lr:.2e}", refresh=False)
+        elif self.every_s > 0 and now - self.last >= self.every_s:
+            self.last = now
+            self.log(self.line(epoch, step, total, lr, now))
+
+    def line(self, epoch: int, step: int, total: int, lr: float, now: float) -> str:
+        elapsed = max(now - self.t0, 1e-9)
+        per_step = elapsed / self.steps
+        left_epoch = (total - step) * per_step if total else math.nan
+        epoch_wall = self.epoch_wall or (total * per_step if total else math.nan)
+        left_run = left_epoch + (self.epochs - epoch - 1) * epoch_wall
+        share = f" ({step / total:.0%})" if total else ""
+        return (
+            f"  epoch {epoch + 1}/{self.epochs}  step {step}/{total or '?'}{share}  "
+            f"{self.samples * self.world / elapsed:.0f} samples/s  loss {self.loss_sum / self.steps:.4f}  lr {lr:.3g}  "
+            f"ETA epoch {_clock(left_epoch)}  run {_clock(left_run)}"
+        )
+
+    def on_epoch(self, row: dict) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        if self.epoch >= 0:
+            self.epoch_wall = time.perf_counter() - self.t0
+
+    def on_test(self, final: dict) -> None:
+        pass
+
+    def finish(self, status: str, export_dir: str | os.PathLike | None) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ----------------------------------------------------------------------------- TensorBoard
+def tensorboard_dir(storage_path: str, run_id: str) -> str:
+    """Where a run's event files go: next to its checkpoints, so ``tensorboard --logdir runs/`` finds every run."""
+    return f"{storage_path.rstrip('/')}/{run_id}/tensorboard"
+
+
+class TensorBoard:
+    """Event files: train loss and lr every ``every_steps`` steps, each epoch's metrics, test metrics, hparams.
+
+    A remote storage path (s3://) gets a local folder, copied there after each epoch and at the end."""
+
+    def __init__(self, every_steps: int):
+        self.every_steps = every_steps
+        self.writer = None
+
+    def start(self, info: RunInfo, config: dict, resumed_from_epoch: int, history: list[dict] = ()) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.info, self.config, self.resumed_from = info, config, resumed_from_epoch
+        self.target = tensorboard_dir(info.storage_path, info.run_id)
+        self.remote = "://" in self.target
+        local = tempfile.mkdtemp(prefix="perennial-tb-") if self.remote else self.target
+        # a restarted attempt writes a new event file beside the old ones; TensorBoard merges them by step
+        self.writer = SummaryWriter(log_dir=local, flush_secs=30)
+        self.window: list[float] = []
+
+    def on_step(self, epoch: int, step: int, total: int, loss: float, samples: int, lr: float) -> None:
+        self.window.append(loss)
+        if self.every_steps and step % self.every_steps == 0:
+            global_step = epoch * total + step
+            self.writer.add_scalar("step/train_loss", sum(self.window) / len(self.window), global_step)
+            self.writer.add_scalar("step/lr", lr, global_step)
+            self.window = []
+
+    def on_epoch(self, row: dict) -> None:
+        self.window = []
+        epoch = int(row["epoch"])
+        if epoch <= self.resumed_from:
+            return
+        for key, value in _numeric(row).items():
+            if key != "epoch":
+                self.writer.add_scalar(key, value, epoch)
+        self._flush()
+
+    def on_test(self, final: dict) -> None:
+        self.final = final
+        epoch = int(final.get("epoch") or 0)
+        for key, value in _numeric(final).items():
+            if key.startswith("test_"):
+                self.writer.add_scalar(key, value, epoch)
+
+    def finish(self, status: str, export_dir: str | os.PathLike | None) -> None:
+        if self.writer is None:
+            return
+        final = getattr(self, "final", None)
+        if final is not None:  # the HParams tab: this run's config against its final metrics
+            from torch.utils.tensorboard.summary import hparams
+
+            metrics = {f"hparams/{k}": v for k, v in _numeric(final).items() if k.startswith(("test_", "val_"))}
+            if final.get("best_metric") is not None and self.info.metric:
+                metrics[f"hparams/best_{self.info.metric}"] = float(final["best_metric"])
+            exp, ssi, sei = hparams(_hparams(self.config), metrics)
+            for summary in (exp, ssi, sei):
+                self.writer.file_writer.add_summary(summary)
+            for key, value in metrics.items():
+                self.writer.add_scalar(key, value, int(final.get("epoch") or 0))
+        self._flush()
+        self.writer.close()
+        self.writer = None
+
+    def _flush(self) -> None:
+        self.writer.flush()
+        if self.remote:
+            import pyarrow.fs as pafs
+
+            fs, path = pafs.FileSystem.from_uri(self.target)
+            pafs.copy_files(self.writer.log_dir, path, destination_filesystem=fs)
+
+
+# ----------------------------------------------------------------------------- MLflow
+def mlflow_client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def mlflow_experiment(client, name: str, uri: str) -> str:
+    """The experiment's id, created if new. A SQLite store keeps artifacts beside its file (``mlartifacts/``),
+    not in the process's working dir, which inside a Ray worker is a temporary session folder."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = str(Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts")
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:  # another trial created it first
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return found.experiment_id
+
+
+def mlflow_find_run(client, experiment_id: str, tag: str, value: str):
+    """The run tagged ``tag=value`` (oldest first), or None: how a restarted run finds its MLflow run again."""
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{tag}` = '{value}'", order_by=["attributes.start_time ASC"]
+    )
+    return runs[0] if runs else None
+
+
+def mlflow_log(client, run_id: str, metrics: dict[str, float], step: int) -> None:
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    items = [Metric(k, v, stamp, step) for k, v in metrics.items()]
+    for i in range(0, len(items), 1000):  # MLflow's per-batch limit
+        client.log_batch(run_id, metrics=items[i : i + 1000], synchronous=True)
+
+
+def mlflow_params(client, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow's per-batch limit for params
+        client.log_batch(run_id, params=items[i : i + 100], synchronous=True)
+
+
+class MLflow:
+    """One MLflow run per perennial run, tagged with its run_id; metrics at step = epoch (per-step ones at the
+    global step). ``ray.air.integrations.mlflow.setup_mlflow`` is not used: it always creates a new run (so a
+    restarted worker group would open a second one), cannot attach a parent run, and logs params one call each."""
+
+    def __init__(self, uri: str, experiment: str, every_steps: int, log_model: bool):
+        self.uri, self.experiment, self.every_steps, self.log_model = uri, experiment, every_steps, log_model
+        self.run_id = None
+
+    def start(self, info: RunInfo, config: dict, resumed_from_epoch: int, history: list[dict] = ()) -> None:
+        self.client = client = mlflow_client(self.uri)
+        self.experiment_id = mlflow_experiment(client, self.experiment or info.workload, self.uri)
+        run = mlflow_find_run(client, self.experiment_id, "run_id", info.run_id)
+        if run is None:
+            tags = info.tags() | (
+                {"mlflow.parentRunId": info.mlflow_parent_run_id} if info.mlflow_parent_run_id else {}
+            )
+            run = client.create_run(self.experiment_id, run_name=info.run_id, tags=tags)
+            mlflow_params(client, run.info.run_id, _hparams(config))
+            self.logged_epochs, self.last_step = set(), -1
+        else:  # a restarted worker group: the same MLflow run goes on
+            client.update_run(run.info.run_id, status="RUNNING")
+            self.logged_epochs = {m.step for m in client.get_metric_history(run.info.run_id, "epoch")}
+            steps = client.get_metric_history(run.info.run_id, "step/train_loss")
+            self.last_step = max((m.step for m in steps), default=-1)
+        self.run_id, self.resumed_from = run.info.run_id, resumed_from_epoch
+        self.window: list[float] = []
+        for row in history:  # the checkpoint's epochs this MLflow run lacks (say, tracking turned on at a restart)
+            if row["epoch"] <= resumed_from_epoch and row["epoch"] not in self.logged_epochs:
+                mlflow_log(client, self.run_id, _numeric(row), int(row["epoch"]))
+                self.logged_epochs.add(row["epoch"])
+
+    def on_step(self, epoch: int, step: int, total: int, loss: float, samples: int, lr: float) -> None:
+        self.window.append(loss)
+        if self.every_steps and step % self.every_steps == 0:
+            global_step = epoch * total + step
+            if global_step > self.last_step:  # steps an earlier attempt logged stay as they were
+                mlflow_log(
+                    self.client,
+                    self.run_id,
+                    {"step/train_loss": sum(self.window) / len(self.window), "step/lr": lr},
+                    global_step,
+                )
+            self.window = []
+
+    def on_epoch(self, row: dict) -> None:
+        self.window = []
+        epoch = int(row["epoch"])
+        if epoch <= self.resumed_from or epoch in self.logged_epochs:
+            return
+        mlflow_log(self.client, self.run_id, _numeric(row), epoch)
+        self.logged_epochs.add(epoch)
+
+    def on_test(self, final: dict) -> None:
+        metrics = {k: v for k, v in _numeric(final).items() if k.startswith(("test_", "best_"))}
+        mlflow_log(self.client, self.run_id, metrics, int(final.get("epoch") or 0))
+
+    def finish(self, status: str, export_dir: str | os.PathLike | None) -> None:
+        if self.run_id is None:
+            return
+        if export_dir and self.log_model and Path(export_dir).is_dir():
+            self.client.log_artifacts(self.run_id, str(export_dir), "export")
+        self.client.set_terminated(self.run_id, MLFLOW_STATUS.get(status, "FINISHED"))
+
+
+# ----------------------------------------------------------------------------- Weights & Biases
+def wandb_run_id(run_id: str) -> str:
+    """The W&B run id of a perennial run: the run id itself (W&B refuses /\\#?%: and more than 128 chars)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)[-128:]
+
+
+def wandb_dir(info: RunInfo) -> str:
+    """``$WANDB_DIR``, else the run's folder when it is local (W&B writes only to local disk), else a temp dir."""
+    if os.environ.get("WANDB_DIR"):
+        return os.environ["WANDB_DIR"]
+    if info.storage_path and "://" not in info.storage_path:
+        path = Path(info.storage_path, info.run_id)
+        path.mkdir(parents=True, exist_ok=True)
+        return str(path)
+    return tempfile.mkdtemp(prefix="perennial-wandb-")
+
+
+WANDB_HEADER, WANDB_BLOCK = 7, 32768  # ":W&B" + 2-byte magic + version; then LevelDB-log records in 32 KiB blocks
+
+
+def wandb_records(path: str | os.PathLike):
+    """The protobuf ``Record``s of one ``run-<id>.wandb`` file (LevelDB log format: 7-byte record headers;
+    FULL=1, FIRST=2, MIDDLE=3, LAST=4). wandb 0.31 ships no Python reader for its own files."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file")
+    pos, pending = WANDB_HEADER, b""
+    while pos + 7 <= len(data):
+        if WANDB_BLOCK - pos % WANDB_BLOCK < 7:  # a block's tail too short for a header is padding
+            pos += WANDB_BLOCK - pos % WANDB_BLOCK
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
+        if kind == 0:
+            continue
+        pending += chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            yield record
+
+
+def wandb_offline_files(wandb_dir: str | os.PathLike, wandb_id: str) -> list[Path]:
+    """Every offline attempt's file of W&B run ``wandb_id`` under ``wandb_dir``, oldest first."""
+    return sorted(Path(wandb_dir).rglob(f"offline-run-*-{wandb_id}/run-{wandb_id}.wandb"))
+
+
+def wandb_offline_history(files: list[Path]) -> list[dict]:
+    """The ``run.log`` entries in W&B offline files, in order."""
+    rows = []
+    for path in files:
+        for record in wandb_records(path):
+            if record.WhichOneof("record_type") == "history":
+                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+    return rows
+
+
+class Wandb:
+    """One W&B run per perennial run, id = run id, group = sweep id; epoch metrics against ``epoch``,
+    per-step ones against ``global_step``. ``ray.air.integrations.wandb.setup_wandb`` is not used: it
+    refuses to start without an API key even in offline mode, its rank-0 check reads the Train V1
+    session (None under V2), and it sets WANDB_START_METHOD for the whole process."""
+
+    def __init__(self, project: str, mode: str, every_steps: int):
+        self.project, self.mode, self.every_steps = project, mode, every_steps
+        self.run = None
+
+    def start(self, info: RunInfo, config: dict, resumed_from_epoch: int, history: list[dict] = ()) -> None:
+        import wandb
+
+        directory = wandb_dir(info)
+        earlier = wandb_offline_files(directory, wandb_run_id(info.run_id))
+        self.run = wandb.init(
+            project=self.project,
+            id=wandb_run_id(info.run_id),
+            name=info.run_id,
+            group=info.sweep_id or None,
+            job_type="trial" if info.sweep_id else "train",
+            tags=[info.workload],
+            config=_hparams(config) | info.tags(),
+            resume="allow",  # a restarted worker group continues the run (online; offline writes a second file)
+            dir=directory,
+            mode=self.mode or os.environ.get("WANDB_MODE") or "online",
+            reinit="create_new",
+            settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
+        )
+        self.run.define_metric("epoch")
+        self.run.define_metric("global_step")
+        self.run.define_metric("step/*", step_metric="global_step")
+        self.defined: set[str] = set()
+        self.resumed_from = resumed_from_epoch
+        self.window: list[float] = []
+        # A killed process loses what wandb-core had not yet flushed to its file (up to 15 s), so a restart
+        # logs the checkpoint's epochs that W&B lacks: online, the resumed summary knows the last epoch;
+        # offline, the earlier attempts' files do.
+        if resumed_from_epoch:
+            done = self.run.summary.get("epoch") or 0
+            done = max([done] + [r["epoch"] for r in wandb_offline_history(earlier) if "epoch" in r])
+            for row in history:
+                if done < row["epoch"] <= resumed_from_epoch:
+                    self._log_epoch(row)
+
+    def on_step(self, epoch: int, step: int, total: int, loss: float, samples: int, lr: float) -> None:
+        self.window.append(loss)
+        if self.every_steps and step % self.every_steps == 0:
+            loss_mean = sum(self.window) / len(self.window)
+            self.run.log({"global_step": epoch * total + step, "step/train_loss": loss_mean, "step/lr": lr})
+            self.window = []
+
+    def on_epoch(self, row: dict) -> None:
+        self.window = []
+        if int(row["epoch"]) > self.resumed_from:
+            self._log_epoch(row)
+
+    def _log_epoch(self, row: dict) -> None:
+        metrics = _numeric(row)
+        for key in metrics.keys() - self.defined - {"epoch"}:
+            self.run.define_metric(key, step_metric="epoch")
+            self.defined.add(key)
+        self.run.log(metrics)
+
+    def on_test(self, final: dict) -> None:
+        self.run.summary.update({k: v for k, v in _numeric(final).items() if k.startswith(("test_", "best_"))})
+
+    def finish(self, status: str, export_dir: str | os.PathLike | None) -> None:
+        if self.run is not None:
+            self.run.summary["status"] = status
+            self.run.finish(exit_code=0 if status != "failed" else 1)
+            self.run = None
+
+
+# ----------------------------------------------------------------------------- the tracker rank 0 drives
+class Tracker:
+    """Every tracker the config turns on, behind one interface. A tracker that fails (a server down, a
+    full disk) is reported once and turned off: a run is never lost for its monitoring."""
+
+    def __init__(self, cfg, log: Callable[[str], None] = print):
+        self.log = log
+        self.sinks: list = [Progress(cfg.log.every_s, log)]
+        t = cfg.tracking
+        if t.tensorboard:
+            self.sinks.append(TensorBoard(cfg.log.every_steps))
+        if t.mlflow_uri:
+            self.sinks.append(MLflow(t.mlflow_uri, t.experiment, cfg.log.every_steps, t.log_model))
+        if t.wandb_project:
+            self.sinks.append(Wandb(t.wandb_project, t.wandb_mode, cfg.log.every_steps))
+        self.finished = False
+
+    def _each(self, method: str, *args) -> None:
+        for sink in list(self.sinks):
+            try:
+                getattr(sink, method)(*args)
+            except Exception as e:  # any tracker error: say so once, train on
+                self.sinks.remove(sink)
+                self.log(f"warning: {type(sink).__name__} tracking turned off after {method}: {type(e).__name__}: {e}")
+
+    def start(self, info: RunInfo, config: dict, resumed_from_epoch: int = 0, history: list[dict] = ()) -> None:
+        """``config``: the flattened config (params); ``resumed_from_epoch``: the checkpoint's epoch (0 = fresh);
+        ``history``: the checkpoint's epoch rows, for trackers that lack some of them (nothing is logged twice)."""
+        self._each("start", info, config, resumed_from_epoch, list(history))
+
+    def on_step(self, epoch: int, step: int, total: int, loss: float, samples: int, lr: float) -> None:
+        """After each batch: 0-based ``epoch``, 1-based ``step`` of ``total``, the batch's loss and size."""
+        self._each("on_step", epoch, step, total, loss, samples, lr)
+
+    def on_epoch(self, row: dict) -> None:
+        self._each("on_epoch", row)
+
+    def on_test(self, final: dict) -> None:
+        self._each("on_test", final)
+
+    def finish(self, status: str, export_dir: str | os.PathLike | None = None) -> None:
+        """``status``: completed | stopped_early | failed; ``export_dir``: the final export (MLflow artifact)."""
+        if not self.finished:
+            self.finished = True
+            self._each("finish", status, export_dir)
+
+
+# ----------------------------------------------------------------------------- sweeps: a parent run, a group
+def start_sweep(cfg, sweep_id: str, search_space: dict) -> dict:
+    """On the sweep driver, before trials start: the MLflow parent run (found again on --resume). Returns what
+    trials need (``mlflow_parent_run_id``); W&B groups trials by ``group=sweep_id`` with no parent run."""
+    if not cfg.tracking.mlflow_uri:
+        return {}
+    client = mlflow_client(cfg.tracking.mlflow_uri)  # also creates a new SQLite store once, not in each trial
+    experiment_id = mlflow_experiment(client, cfg.tracking.experiment or cfg.workload, cfg.tracking.mlflow_uri)
+    run = mlflow_find_run(client, experiment_id, SWEEP_TAG, sweep_id)
+    if run is None:
+        run = client.create_run(
+            experiment_id, run_name=sweep_id, tags={SWEEP_TAG: sweep_id, "sweep_id": sweep_id, "workload": cfg.workload}
+        )
+        params = {f"sweep.{k}": v for k, v in dataclasses.asdict(cfg.sweep).items() if k != "search_space"}
+        mlflow_params(client, run.info.run_id, _hparams(params | {"sweep.search_space": json.dumps(search_space)}))
+    return {"mlflow_parent_run_id": run.info.run_id}
+
+
+def finish_sweep(cfg, sweep_id: str, extras: dict, runs) -> None:
+    """On the sweep driver at the end: each trial's MLflow run gets its store status (a trial the scheduler
+    stopped, or whose worker was killed, could not close its own run right); the parent gets the best metric."""
+    parent = extras.get("mlflow_parent_run_id")
+    if not parent or not len(runs):
+        return
+    try:
+        _close_sweep(cfg, parent, runs)
+    except Exception as e:  # the sweep's results are in the store: a tracker error must not fail it
+        print(f"warning: MLflow sweep run {parent} not closed: {type(e).__name__}: {e}")
+
+
+def _close_sweep(cfg, parent: str, runs) -> None:
+    client = mlflow_client(cfg.tracking.mlflow_uri)
+    experiment_id = client.get_run(parent).info.experiment_id
+    for row in runs.to_dict("records"):
+        child = mlflow_find_run(client, experiment_id, "run_id", row["run_id"])
+        if child is not None:  # also a trial the scheduler stopped, which closed its run as failed
+            client.set_terminated(child.info.run_id, MLFLOW_STATUS.get(row["status"], "FINISHED"))
+    ok = runs[runs["status"] != "failed"].dropna(subset=["best_metric"])
+    if len(ok):
+        best = ok.sort_values("best_metric", ascending=ok["mode"].iloc[0] == "min").iloc[0]
+        mlflow_log(client, parent, {f"best_{best['metric']}": float(best["best_metric"])}, 0)
+        client.set_tag(parent, "best_run_id", best["run_id"])
+    client.set_terminated(parent, "FINISHED" if len(ok) else "FAILED")
+
+
+# ----------------------------------------------------------------------------- backfill from the store
+def _store_runs(store, workload: str | None):
+    runs = store.df("runs")
+    if workload and len(runs):
+        runs = runs[runs["workload"] == workload]
+    return runs.drop_duplicates("run_id") if len(runs) else runs
+
+
+def _row_params(row: dict) -> dict:
+    """A stored run's hyperparameters: its config, flattened as a live run logs them."""
+    try:
+        cfg = config_lib.from_dict(json.loads(row["config_json"]))
+        return config_lib.flatten(cfg)
+    except (config_lib.ConfigError, ValueError, TypeError, KeyError):  # a workload this checkout no longer has
+        return {}
+
+
+def _info(row: dict) -> RunInfo:
+    def text(key: str) -> str:
+        value = row.get(key)
+        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+
+    return RunInfo(
+        run_id=row["run_id"],
+        workload=text("workload"),
+        sweep_id=text("sweep_id"),
+        trial_id=text("trial_id"),
+        git_sha=text("git_sha"),
+        data_fingerprint=text("data_fingerprint"),
+        metric=text("metric"),
+        mode=text("mode"),
+    )
+
+
+def export_to_mlflow(store, uri: str, experiment: str = "", workload: str | None = None) -> dict[str, int]:
+    """Push runs already in ``store`` (``Store(uri)``) to MLflow: one MLflow run per stored run (found again by
+    its ``run_id`` tag, so a second export adds nothing), its params, one entry per epoch, final metrics and
+    status; a sweep's trials under a parent run. Returns ``{"runs": created, "epochs": logged}``."""
+    runs = _store_runs(store, workload)
+    if not len(runs):
+        return {"runs": 0, "epochs": 0}
+    epochs = store.df("epochs")
+    client = mlflow_client(uri)
+    created = logged = 0
+    parents: dict[tuple[str, str], str] = {}
+    for row in runs.to_dict("records"):
+        info = _info(row)
+        experiment_id = mlflow_experiment(client, experiment or info.workload, uri)
+        if mlflow_find_run(client, experiment_id, "run_id", info.run_id) is not None:
+            continue
+        tags = info.tags()
+        if info.sweep_id:
+            key = (experiment_id, info.sweep_id)
+            if key not in parents:
+                parent = mlflow_find_run(client, experiment_id, SWEEP_TAG, info.sweep_id)
+                if parent is None:
+                    parent = client.create_run(
+                        experiment_id,
+                        run_name=info.sweep_id,
+                        tags={SWEEP_TAG: info.sweep_id, "sweep_id": info.sweep_id},
+                    )
+                    client.set_terminated(parent.info.run_id, "FINISHED")
+                parents[key] = parent.info.run_id
+            tags["mlflow.parentRunId"] = parents[key]
+        run = client.create_run(experiment_id, run_name=info.run_id, tags=tags | {"perennial.backfill": "true"})
+        mlflow_params(client, run.info.run_id, _hparams(_row_params(row)))
+        history = epochs[epochs["run_id"] == info.run_id].drop_duplicates("epoch").sort_values("epoch")
+        for epoch_row in history.to_dict("records"):
+            metrics = _numeric({k: v for k, v in epoch_row.items() if k not in ("round",)})
+            mlflow_log(client, run.info.run_id, metrics, int(epoch_row["epoch"]))
+            logged += 1
+        final = {k: v for k, v in row.items() if k.startswith("test_") or k == "best_metric"}
+        final = {("best_" + info.metric if k == "best_metric" and info.metric else k): v for k, v in final.items()}
+        mlflow_log(client, run.info.run_id, _numeric(final), int(row.get("epochs") or 0))
+        client.set_terminated(run.info.run_id, MLFLOW_STATUS.get(row.get("status"), "FINISHED"))
+        created += 1
+    return {"runs": created, "epochs": logged}
+
+
+def export_to_tensorboard(store, logdir: str | os.PathLike, workload: str | None = None) -> dict[str, int]:
+    """Write event files for runs already in ``store``: ``<logdir>/[<sweep_id>/]<run_id>/`` with one scalar per
+    epoch metric, the test metrics and hparams. A run whose folder already holds events is left as it is.
+    Returns ``{"runs": written, "epochs": logged}``."""
+    from torch.utils.tensorboard import SummaryWriter
+    from torch.utils.tensorboard.summary import hparams
+
+    runs = _store_runs(store, workload)
+    if not len(runs):
+        return {"runs": 0, "epochs": 0}
+    epochs = store.df("epochs")
+    written = logged = 0
+    for row in runs.to_dict("records"):
+        info = _info(row)
+        path = Path(logdir, info.sweep_id, info.run_id) if info.sweep_id else Path(logdir, info.run_id)
+        if path.is_dir() and any(path.glob("events.out.tfevents.*")):
+            continue
+        with SummaryWriter(log_dir=str(path)) as writer:
+            history = epochs[epochs["run_id"] == info.run_id].drop_duplicates("epoch").sort_values("epoch")
+            for epoch_row in history.to_dict("records"):
+                for key, value in _numeric(epoch_row).items():
+                    if key not in ("epoch", "round"):
+                        writer.add_scalar(key, value, int(epoch_row["epoch"]))
+                logged += 1
+            last = int(row.get("epochs") or 0)
+            final = _numeric({k: v for k, v in row.items() if k.startswith(("test_", "val_"))})
+            for key, value in final.items():
+                if key.startswith("test_"):
+                    writer.add_scalar(key, value, last)
+            metrics = {f"hparams/{k}": v for k, v in final.items()}
+            if row.get("best_metric") is not None and info.metric and math.isfinite(row["best_metric"]):
+                metrics[f"hparams/best_{info.metric}"] = float(row["best_metric"])
+            for summary in hparams(_hparams(_row_params(row)), metrics):
+                writer.file_writer.add_summary(summary)
+            for key, value in metrics.items():
+                writer.add_scalar(key, value, last)
+        written += 1
+    return {"runs": written, "epochs": logged}
