@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 
+import workloads
 from jobs import config as config_lib
 from jobs.store import FINISHED, Store, clean_row, describe_data, missing, store_path
-from workloads import WORKLOADS
 from workloads.data import replay_indices
 
 
@@ -132,14 +132,14 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     cfg = config_lib.load_config(args.config, args.overrides, smoke_test=args.smoke_test)
     store = Store(store_path(args.store, cfg))
-    wl = WORKLOADS[cfg.workload]
+    wl = workloads.module(cfg.workload)
     metric, mode = config_lib.metric_and_mode(cfg)
     base = metric.removeprefix("val_")
     fraction = cfg.continual.replay_fraction
     if not 0.0 <= fraction <= 1.0:
         raise config_lib.ConfigError(f"continual.replay_fraction must be between 0 and 1, got {fraction}")
-    if hasattr(wl, "validate"):
-        wl.validate(cfg)
+    if validate := workloads.hook(wl, "validate"):
+        validate(cfg)
 
     # [1] the parent, its config and its export (every check before anything is written)
     parent = pick_parent(store, cfg.workload, args.parent, metric, mode)

@@ -33,10 +33,10 @@ import types
 import typing
 import uuid
 
+import workloads
 from jobs import config as config_lib
 from jobs.store import Store, now, store_path
 from jobs.train import ClusterError, fit, git_sha, init_ray, job_id, make_trainer, record_run, run_trainer, storage_uri
-from workloads import WORKLOADS
 
 DISTRIBUTIONS = {  # name -> its arguments (Tune's own samplers; randint excludes `high`, as in Tune)
     "loguniform": "[low, high], low > 0",
@@ -55,7 +55,7 @@ SMOKE_MAX_SAMPLES = 4  # --smoke-test: at most this many samples, on top of the 
 # ----------------------------------------------------------------------------- [1] search space
 def search_space(cfg) -> dict:
     """The raw search space: the config's ``sweep.search_space``, else the workload's SEARCH_SPACE."""
-    space = cfg.sweep.search_space or getattr(WORKLOADS[cfg.workload], "SEARCH_SPACE", {})
+    space = cfg.sweep.search_space or (workloads.hook(workloads.module(cfg.workload), "SEARCH_SPACE") or {})
     if not space:
         raise config_lib.ConfigError(
             f"no search space for workload '{cfg.workload}' — set sweep.search_space, e.g. "
@@ -75,7 +75,7 @@ def tune_space(cfg, space: dict | None = None) -> dict:
     search = cfg.sweep.search
     if search not in SEARCHES:
         raise config_lib.ConfigError(f"sweep.search must be one of {', '.join(SEARCHES)}, got '{search}'")
-    sections = [f.name for f in dataclasses.fields(WORKLOADS[cfg.workload].Config)]
+    sections = [f.name for f in dataclasses.fields(workloads.module(cfg.workload).Config)]
     out = {}
     for key, spec in space.items():
         where = f"sweep.search_space.{key}"
@@ -750,7 +750,7 @@ def main(argv: list[str]) -> int:
         cfg = config_lib.load_config(args.config, args.overrides, smoke_test=args.smoke_test)
         given = [config_lib._split_override(o)[0] for o in args.overrides]
         if args.smoke_test:
-            given += list(getattr(WORKLOADS[cfg.workload], "SMOKE_TEST", {}))
+            given += list(workloads.hook(workloads.module(cfg.workload), "SMOKE_TEST") or {})
             if "sweep.num_samples" not in given:
                 cfg = config_lib.set_dotted(cfg, "sweep.num_samples", min(cfg.sweep.num_samples, SMOKE_MAX_SAMPLES))
         cfg = with_trial_overrides(cfg, given)
@@ -758,8 +758,8 @@ def main(argv: list[str]) -> int:
         if cfg.sweep.num_samples < 1:
             raise config_lib.ConfigError(f"sweep.num_samples must be >= 1, got {cfg.sweep.num_samples}")
         store = Store(store_path(args.store, cfg))
-        if hasattr(WORKLOADS[cfg.workload], "validate"):
-            WORKLOADS[cfg.workload].validate(cfg)
+        if validate := workloads.hook(workloads.module(cfg.workload), "validate"):
+            validate(cfg)
         space = search_space(cfg)
         tune_space(cfg, space)  # every bad-input check before Ray starts: exit 2, nothing written
         make_search(cfg, *config_lib.metric_and_mode(cfg))

@@ -20,10 +20,10 @@ import time
 import uuid
 from pathlib import Path
 
+import workloads
 from jobs import config as config_lib
 from jobs.errors import ClusterError, StoreError
 from jobs.store import Store, now, store_path
-from workloads import WORKLOADS
 
 
 # ----------------------------------------------------------------------------- Ray plumbing
@@ -377,9 +377,8 @@ def prepare(args) -> tuple:
     config_lib.check_values(cfg)
     store = Store(store_path(args.store, cfg))
     check_writable(store)
-    wl = WORKLOADS[cfg.workload]
-    if hasattr(wl, "validate"):
-        wl.validate(cfg)
+    if validate := workloads.hook(workloads.module(cfg.workload), "validate"):
+        validate(cfg)
     return cfg, store
 
 
