@@ -86,6 +86,9 @@ SMOKE_TEST = {
 }
 
 
+DROPOUT_NAMES = ("classifier_dropout", "seq_classif_dropout", "cls_dropout")  # BERT/RoBERTa, DistilBERT, DeBERTa-v2
+
+
 # ----------------------------------------------------------------------------- [1] data
 def tokenizer(cfg):
     """The checkpoint's fast tokenizer (``tiny`` borrows MiniLM's)."""
@@ -147,9 +150,12 @@ def build_model(cfg, splits: Splits) -> nn.Module:
         return lora_lib.wrap(transformers.BertForSequenceClassification(config), cfg.model.lora, "sequence")
     path = common.checkpoint(cfg.model.name_or_path)
     try:
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(
-            path, classifier_dropout=cfg.model.classifier_dropout, **label_maps
-        )
+        config = transformers.AutoConfig.from_pretrained(path, **label_maps)
+        for name in DROPOUT_NAMES:  # each family names its head's dropout its own way
+            if hasattr(config, name):
+                setattr(config, name, cfg.model.classifier_dropout)
+                break
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(path, config=config)
     except OSError as e:
         raise DataError(f"cannot load model.name_or_path '{path}' ({str(e).splitlines()[0]})") from None
     return lora_lib.wrap(model, cfg.model.lora, "sequence")
