@@ -7,6 +7,7 @@ extras, so a difference between workloads (ner clips gradients, cnn stops early)
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,7 +37,9 @@ class Train:
 
 # ----------------------------------------------------------------------------- Hugging Face helpers
 def transformers():
-    """``transformers``, imported on first use (the CLI and the driver stay fast) and quiet."""
+    """``transformers``, imported on first use (the CLI and the driver stay fast), quiet, and offline unless the
+    user says otherwise: it only ever reads local folders here (Hub ids are resolved first, by workloads/hub.py)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers as tf
 
     tf.utils.logging.set_verbosity_error()  # "newly initialized classifier" is expected when fine-tuning

@@ -42,7 +42,7 @@ def resolve(name_or_path: str, key: str = "model.name_or_path") -> str:
         return name_or_path
     if not is_hub_id(name_or_path):
         raise DataError(
-            f"{key} '{name_or_path}' has no config.json (no such directory) — give a Hugging Face checkpoint directory or a Hub id (org/name)"
+            f"{key} '{name_or_path}' is not a directory, so it has no config.json — give a Hugging Face checkpoint directory or a Hub id (org/name)"
         )
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
