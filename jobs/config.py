@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+import workloads
 from jobs.errors import ConfigError, DataError, UserError, cli_main  # noqa: F401 — re-exported for the verbs
 from workloads import WORKLOADS
 
@@ -128,12 +129,13 @@ TRACKER_EXTRAS = {  # config key -> (module it needs, the extra that installs it
 # ----------------------------------------------------------------------------- building
 @functools.cache  # one class per workload, so configs compare equal and pickle by the same class
 def config_class(workload: str) -> type:
-    """The dataclass of a full config for ``workload``: its sections plus the job sections."""
-    if workload not in WORKLOADS:
-        raise ConfigError(f"unknown workload '{workload}' — set 'workload:' to one of {sorted(WORKLOADS)}")
-    wl_config = WORKLOADS[workload].Config
+    """The dataclass of a full config for ``workload`` (a resolved name): its sections plus the job sections."""
+    wl_config = workloads.module(workload).Config
     hints = typing.get_type_hints(wl_config)  # resolves `from __future__ import annotations` strings
-    specs: list[tuple[str, Any, Any]] = [("workload", str, field(default=workload))]
+    specs: list[tuple[str, Any, Any]] = [
+        ("workload", str, field(default=workload)),
+        ("workload_dir", str, field(default="")),  # where an external workload module is imported from
+    ]
     for f in dataclasses.fields(wl_config):
         specs.append((f.name, hints[f.name], field(default_factory=f.default_factory)))
     for name, cls in JOB_SECTIONS.items():
@@ -165,8 +167,14 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (), smoke
             workload = value
     if not workload:
         raise ConfigError(f"no workload given — add 'workload: <name>' to the config, one of {sorted(WORKLOADS)}")
+    if not isinstance(workload, str):
+        raise ConfigError(f"'workload' must be a string naming a workload, got {workload!r}")
+    name, module = workloads.resolve(workload, Path(path).parent if path is not None else None)
+    pairs = [(k, v) for k, v in pairs if k != "workload"]
+    raw["workload"] = name
+    raw["workload_dir"] = "" if name in WORKLOADS else workloads.module_root(module)
     if smoke_test:
-        smoke = getattr(WORKLOADS[workload] if workload in WORKLOADS else None, "SMOKE_TEST", {})
+        smoke = workloads.hook(module, "SMOKE_TEST") or {}
         pairs = [(k, v) for k, v in smoke.items()] + pairs
     for key, value in pairs:
         _set_dotted(raw, key, value)
@@ -198,6 +206,8 @@ def from_dict(raw: dict):
     workload = raw.get("workload")
     if not isinstance(workload, str):
         raise ConfigError("'workload' must be a string naming a workload")
+    if raw.get("workload_dir") and os.path.isdir(raw["workload_dir"]):  # a worker, or jobs.evaluate of a stored run
+        workloads.add_to_path(raw["workload_dir"])
     return _build(config_class(workload), raw, "")
 
 
@@ -209,7 +219,9 @@ def flatten(cfg, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
     """``{"train.lr": 0.001, ...}`` — the hyperparameters of a run (dicts and lists as JSON)."""
     out: dict[str, Any] = {}
     keep = sections or tuple(
-        f.name for f in dataclasses.fields(cfg) if f.name not in ("sweep", "store", "workload", "log", "tracking")
+        f.name
+        for f in dataclasses.fields(cfg)
+        if f.name not in ("sweep", "store", "workload", "log", "tracking", "workload_dir")
     )
 
     def walk(prefix: str, obj: Any) -> None:
@@ -331,7 +343,7 @@ USER_ERRORS = (UserError,)
 
 def metric_and_mode(cfg) -> tuple[str, str]:
     """The metric a run optimises: the sweep's override, else the workload's METRIC/MODE."""
-    wl = WORKLOADS[cfg.workload]
+    wl = workloads.module(cfg.workload)
     mode = cfg.sweep.mode or wl.MODE
     if mode not in ("max", "min"):
         raise ConfigError(f"sweep.mode must be max or min, got '{mode}'")
@@ -348,7 +360,7 @@ def check_values(cfg) -> None:
         ("failure.max_failures", cfg.failure.max_failures, -1),
         ("train.epochs", t.epochs, 1),
         ("train.batch_size", t.batch_size, 1),
-        ("train.grad_accum_steps", getattr(t, "grad_accum_steps", 1), 1),
+        ("train.grad_accum_steps", t.grad_accum_steps, 1),
     ):
         if value < low:
             raise ConfigError(f"{key} must be >= {low}, got {value} — set e.g. {key}={max(low, 1)}")
@@ -360,11 +372,11 @@ def check_values(cfg) -> None:
         raise ConfigError(
             f"scaling.node_type must name a worker type of cluster.yaml (e.g. gpu_4x), got '{s.node_type}'"
         )
-    if getattr(t, "max_grad_norm", 0.0) < 0:
+    if t.max_grad_norm < 0:
         raise ConfigError(f"train.max_grad_norm must be >= 0 (0 turns clipping off), got {t.max_grad_norm}")
-    if getattr(t, "on_nan", "fail") not in ("fail", "skip_batch"):
+    if t.on_nan not in ("fail", "skip_batch"):
         raise ConfigError(f"train.on_nan must be fail or skip_batch, got '{t.on_nan}'")
-    if getattr(t, "precision", "fp32") not in ("fp32", "bf16", "fp16"):
+    if t.precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got '{t.precision}'")
     if not 0.0 <= cfg.continual.replay_fraction <= 1.0:
         raise ConfigError(f"continual.replay_fraction must be between 0 and 1, got {cfg.continual.replay_fraction}")

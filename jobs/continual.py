@@ -24,11 +24,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+import workloads
 from jobs import config as config_lib
 from jobs import preflight
 from jobs.errors import ClusterError, StoreError
 from jobs.store import FINISHED, Store, clean_row, describe_data, missing
-from workloads import WORKLOADS
 from workloads.data import replay_indices
 
 
@@ -118,7 +118,7 @@ def main(argv: list[str]) -> int:
     )
     args = p.parse_args(argv)
     cfg, store = preflight.prepare(args.config, args.overrides, args.smoke_test, args.store)
-    wl = WORKLOADS[cfg.workload]
+    wl = workloads.module(cfg.workload)
     metric, mode = config_lib.metric_and_mode(cfg)
     base = metric.removeprefix("val_")
     fraction = cfg.continual.replay_fraction

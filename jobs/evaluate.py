@@ -17,12 +17,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import workloads
 from jobs import config as config_lib
 from jobs import preflight
 from jobs.errors import StoreError
 from jobs.fs import filesystem
 from jobs.store import Store, now
-from workloads import WORKLOADS
 
 
 def find_run(store: Store, run_id: str) -> dict:
@@ -88,7 +88,7 @@ def evaluate_run(store: Store, run_id: str, split: str = "test") -> tuple[dict, 
             f"run '{run_id}' has no exported model (status {run.get('status')}) — only finished runs can be evaluated"
         )
     cfg = config_lib.from_dict(json.loads(run["config_json"]))
-    wl = WORKLOADS[cfg.workload]
+    wl = workloads.module(cfg.workload)
     loop.seed_everything(cfg.train.seed)
     splits = wl.build_data(cfg)
     dataset = {"test": splits.test, "val": splits.val}[split]

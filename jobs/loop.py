@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+import workloads
 from jobs import config as config_lib
 from jobs import tracking
 from jobs.ray_compat import train_report_loggers
-from workloads import WORKLOADS
 from workloads.data import add_replay
 
 META, STATE, EXPORT = "meta.json", "state.pt", "export"
@@ -130,8 +130,8 @@ def load_state(checkpoint_dir: str | os.PathLike) -> dict:
 def export_model(wl, model: torch.nn.Module, cfg, splits, out_dir: Path) -> None:
     """Servable model: the workload's own format, else safetensors + a JSON of what built it."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    if hasattr(wl, "export"):
-        wl.export(model, cfg, splits, out_dir)
+    if export := workloads.hook(wl, "export"):
+        export(model, cfg, splits, out_dir)
         return
     from safetensors.torch import save_file
 
@@ -152,8 +152,8 @@ def export_model(wl, model: torch.nn.Module, cfg, splits, out_dir: Path) -> None
 
 def load_export(wl, cfg, splits, export_dir: str | os.PathLike) -> torch.nn.Module:
     """The inverse of :func:`export_model`."""
-    if hasattr(wl, "load_export"):
-        return wl.load_export(cfg, splits, Path(export_dir))
+    if load := workloads.hook(wl, "load_export"):
+        return load(cfg, splits, Path(export_dir))
     from safetensors.torch import load_file
 
     model = wl.build_model(cfg, splits)
@@ -166,8 +166,8 @@ def eval_loader(splits, dataset, batch_size: int) -> DataLoader:
 
 
 def train_loader(wl, cfg, splits) -> DataLoader:
-    if hasattr(wl, "train_loader"):  # e.g. length-grouped batches for text
-        return wl.train_loader(cfg, splits)
+    if make_loader := workloads.hook(wl, "train_loader"):  # e.g. length-grouped batches for text
+        return make_loader(cfg, splits)
     g = torch.Generator().manual_seed(cfg.train.seed)
     return DataLoader(
         splits.train,
@@ -187,7 +187,7 @@ def run_epoch(model, loader, optimizer, wl, cfg, device, scheduler=None, scaler=
     model.train()
     accum = max(1, cfg.train.grad_accum_steps)
     on_nan = cfg.train.on_nan
-    max_norm = getattr(cfg.train, "max_grad_norm", 0.0)
+    max_norm = cfg.train.max_grad_norm
     if on_nan not in ("fail", "skip_batch"):
         raise config_lib.ConfigError(f"train.on_nan must be fail or skip_batch, got '{on_nan}'")
     loss_sum, n_batches, samples, skipped = 0.0, 0, 0, 0
@@ -306,7 +306,7 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
     for logger in train_report_loggers():
         logger.setLevel(os.environ.get("PERENNIAL_TRAIN_LOG_LEVEL", "WARNING"))
     cfg = config_lib.from_dict({k: v for k, v in config_dict.items() if not k.startswith("_")})  # _keys: job extras
-    wl = WORKLOADS[cfg.workload]
+    wl = workloads.module(cfg.workload)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     dist = world > 1
@@ -346,14 +346,16 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
             f"{world} worker(s) on {device.type}, backend {backend}, precision {cfg.train.precision}, grad_accum_steps {cfg.train.grad_accum_steps}"
             + (f", resumed from the epoch {meta['epoch']} checkpoint" if state is not None else "")
         )
-    optimizer = wl.build_optimizer(cfg, unwrap(model)) if hasattr(wl, "build_optimizer") else make_optimizer(cfg, model)
+    build_optimizer = workloads.hook(wl, "build_optimizer")
+    optimizer = build_optimizer(cfg, unwrap(model)) if build_optimizer else make_optimizer(cfg, model)
     on_gpu = device.type == "cuda"
     base_loader = train_loader(wl, cfg, splits)
     base_loader.pin_memory = on_gpu  # page-locked host batches, so the host->GPU copy can run asynchronously
     loader = ray.train.torch.prepare_data_loader(
         base_loader, auto_transfer=on_gpu
     )  # copies on a side CUDA stream, one batch ahead
-    scheduler = wl.build_scheduler(cfg, optimizer, len(loader)) if hasattr(wl, "build_scheduler") else None
+    build_scheduler = workloads.hook(wl, "build_scheduler")
+    scheduler = build_scheduler(cfg, optimizer, len(loader)) if build_scheduler else None
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
@@ -386,7 +388,7 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
     history: list[dict] = meta["history"]
     best_metric, best_epoch = meta["best_metric"], meta["best_epoch"]
     epochs = cfg.train.epochs
-    patience = getattr(cfg.train, "patience", 0)
+    patience = cfg.train.patience
     start_epoch = meta["epoch"] if not meta.get("finished") else epochs
     run_t0 = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
     stopped_early = bool(meta.get("stopped_early"))

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import os
 
+import workloads
 from jobs import config as config_lib
 from jobs.errors import StoreError
 from jobs.fs import check_bucket, filesystem
 from jobs.store import Store, store_path
-from workloads import WORKLOADS
 
 
 def check_config(cfg) -> None:
     """Value checks the types cannot express, then the workload's cheap driver-side data checks."""
     config_lib.check_values(cfg)
-    wl = WORKLOADS[cfg.workload]
-    if hasattr(wl, "validate"):
-        wl.validate(cfg)
+    if validate := workloads.hook(workloads.module(cfg.workload), "validate"):
+        validate(cfg)
 
 
 def load(config: str | None, overrides: list[str] = (), smoke_test: bool = False):

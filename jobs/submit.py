@@ -41,6 +41,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
+import workloads
 from jobs import config as config_lib
 from jobs import preflight
 from jobs.errors import ClusterError
@@ -221,6 +222,35 @@ def repo_relative(config: str) -> str:
     return rel.as_posix()
 
 
+def upload_plan(config: str, cfg) -> tuple[str, dict]:
+    """(the config path the job reads, the runtime_env's working_dir / py_modules / excludes).
+
+    A shipped workload: the repo is the working_dir. An external workload (``cfg.workload_dir`` outside
+    the repo) travels as the working_dir instead — its folder, where its config must be — and this
+    repo's ``jobs`` and ``workloads`` packages go along as ``py_modules``, so the job's driver and every
+    worker import the same code (what ``ray job submit --working-dir DIR --py-modules ...`` does by hand)."""
+    folder = Path(cfg.workload_dir).resolve() if cfg.workload_dir else None
+    if folder is None or folder == ROOT or ROOT in folder.parents:
+        rel = repo_relative(config)
+        excludes = upload_excludes(rel)
+        if folder is not None:  # a module in the repo but outside UPLOAD: keep its top-level entry
+            top = Path(workloads.module(cfg.workload).__file__).resolve().relative_to(ROOT).parts[0]
+            excludes = [e for e in excludes if e != f"/{top}"]
+        return rel, {"working_dir": str(ROOT), "excludes": excludes}
+    path = Path(config).resolve()
+    if folder not in path.parents:
+        raise config_lib.ConfigError(
+            f"config '{config}' is outside the folder of workload '{cfg.workload}' ({folder}), which is what the job "
+            "uploads — put the config next to the workload module"
+        )
+    py_modules = [str(ROOT / "jobs"), str(ROOT / "workloads")]
+    return path.relative_to(folder).as_posix(), {
+        "working_dir": str(folder),
+        "py_modules": py_modules,
+        "excludes": EXCLUDES,
+    }
+
+
 def follow(ray_client, submission_id: str) -> int:
     """Stream the job's logs until it ends; record the final row; 0 if it succeeded, else 1."""
 
@@ -257,7 +287,7 @@ def print_outcome(info) -> None:
 
 # ----------------------------------------------------------------------------- commands
 def cmd_submit(args, cfg, store: Store) -> int:
-    config = repo_relative(args.config)
+    config, upload = upload_plan(args.config, cfg)
     if not (ROOT / "jobs" / f"{args.verb}.py").is_file():
         raise config_lib.ConfigError(
             f"verb '{args.verb}' has no jobs/{args.verb}.py in this repo — use one of: "
@@ -315,7 +345,7 @@ def cmd_submit(args, cfg, store: Store) -> int:
         # A single-machine cluster: Ray Train's placement-group cleaner looks up the State API by
         # auto-detection, which fails when several Ray instances run on the machine; point it here.
         env_vars.setdefault("RAY_API_SERVER_ADDRESS", metadata["address"])
-    runtime_env = {"working_dir": str(ROOT), "excludes": upload_excludes(config), "env_vars": env_vars}
+    runtime_env = upload | {"env_vars": env_vars}
     try:
         ray_client.submit_job(
             entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env, metadata=metadata

@@ -34,12 +34,12 @@ import typing
 import uuid
 from pathlib import Path
 
+import workloads
 from jobs import config as config_lib
 from jobs import preflight, tracking
 from jobs.errors import ClusterError
 from jobs.store import Store, now
 from jobs.train import fit, git_sha, init_ray, job_id, make_trainer, record_run, run_trainer, storage_uri
-from workloads import WORKLOADS
 
 DISTRIBUTIONS = {  # name -> its arguments (Tune's own samplers; randint excludes `high`, as in Tune)
     "loguniform": "[low, high], low > 0",
@@ -58,7 +58,7 @@ SMOKE_MAX_SAMPLES = 4  # --smoke-test: at most this many samples, on top of the 
 # ----------------------------------------------------------------------------- [1] search space
 def search_space(cfg) -> dict:
     """The raw search space: the config's ``sweep.search_space``, else the workload's SEARCH_SPACE."""
-    space = cfg.sweep.search_space or getattr(WORKLOADS[cfg.workload], "SEARCH_SPACE", {})
+    space = cfg.sweep.search_space or (workloads.hook(workloads.module(cfg.workload), "SEARCH_SPACE") or {})
     if not space:
         raise config_lib.ConfigError(
             f"no search space for workload '{cfg.workload}' — set sweep.search_space, e.g. "
@@ -78,7 +78,7 @@ def tune_space(cfg, space: dict | None = None) -> dict:
     search = cfg.sweep.search
     if search not in SEARCHES:
         raise config_lib.ConfigError(f"sweep.search must be one of {', '.join(SEARCHES)}, got '{search}'")
-    sections = [f.name for f in dataclasses.fields(WORKLOADS[cfg.workload].Config)]
+    sections = [f.name for f in dataclasses.fields(workloads.module(cfg.workload).Config)]
     out = {}
     for key, spec in space.items():
         where = f"sweep.search_space.{key}"
@@ -824,7 +824,7 @@ def main(argv: list[str]) -> int:
         cfg = config_lib.load_config(args.config, args.overrides, smoke_test=args.smoke_test)
         given = [config_lib._split_override(o)[0] for o in args.overrides]
         if args.smoke_test:
-            given += list(getattr(WORKLOADS[cfg.workload], "SMOKE_TEST", {}))
+            given += list(workloads.hook(workloads.module(cfg.workload), "SMOKE_TEST") or {})
             if "sweep.num_samples" not in given:
                 cfg = config_lib.set_dotted(cfg, "sweep.num_samples", min(cfg.sweep.num_samples, SMOKE_MAX_SAMPLES))
         cfg = with_trial_overrides(cfg, given)

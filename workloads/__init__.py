@@ -1,13 +1,25 @@
-"""The workload registry: name -> module. Each module is one fine-tuning loop, read top to bottom.
+"""The workload registry and contract: name -> module, each module one fine-tuning loop read top to bottom.
 
-A workload module defines: ``Config`` (dataclass with ``data``/``model``/``train`` sections),
-``METRIC``/``MODE``, ``SEARCH_SPACE``, ``SMOKE_TEST`` (dotted overrides for a tiny run),
-``build_data(cfg) -> Splits``, ``build_model(cfg, splits)``, ``train_step(model, batch) -> loss``,
-``evaluate(model, loader, splits) -> {"accuracy": ...}`` (the loop adds ``val_``/``test_``), and
-optionally ``validate(cfg)`` (cheap driver-side data checks), ``export(model, cfg, splits, dir)`` /
-``load_export(cfg, splits, dir)`` (servable model), ``build_optimizer(cfg, model)``.
+    resolve("mlp")                      # a shipped workload (the WORKLOADS dict below)
+    resolve("my_pkg.my_workload")       # any importable module
+    resolve("path/to/my_workload.py")   # a file: its folder goes on sys.path, its name is the file's stem
+
+What a module must define is :class:`Workload` (docs/workloads.md lists it, one hook per line);
+:func:`check` holds a module to it before Ray starts, so a missing or misspelt hook is one line, exit 2.
 """
 
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+import sys
+import typing
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol, runtime_checkable
+
+from jobs.errors import ConfigError
 from workloads import cnn, mlp, ner, rnn, sentiment
 
 WORKLOADS = {
@@ -17,3 +29,143 @@ WORKLOADS = {
     "rnn": rnn,
     "sentiment": sentiment,
 }
+CONTRACT_DOC = "docs/workloads.md"
+
+
+@runtime_checkable
+class Workload(Protocol):
+    """The hooks jobs/loop.py, jobs/train.py, jobs/sweep.py, jobs/evaluate.py and jobs/continual.py call.
+
+    ``splits`` is a :class:`workloads.data.Splits`; ``cfg`` the typed config (the module's ``Config``
+    sections plus the job sections of jobs/config.py)."""
+
+    Config: type  # dataclass with data / model / train sections; train subclasses workloads.common.Train
+    METRIC: str  # e.g. "val_accuracy": what sweeps, early stopping and "best" optimise
+    MODE: str  # "max" | "min"
+
+    def build_data(self, cfg) -> Any: ...  # -> Splits
+
+    def build_model(self, cfg, splits) -> Any: ...  # -> torch.nn.Module
+
+    def train_step(self, model, batch) -> Any: ...  # -> scalar loss tensor
+
+    def evaluate(self, model, loader, splits) -> dict[str, float]: ...  # the loop adds val_ / test_
+
+
+REQUIRED = ("Config", "METRIC", "MODE", "build_data", "build_model", "train_step", "evaluate")
+# Optional hooks: listed, not discovered, so a misspelt one is an error. name -> what it does (docs/workloads.md)
+OPTIONAL = {
+    "SEARCH_SPACE": "dict: the sweep's default search space",
+    "SMOKE_TEST": "dict: dotted overrides for --smoke-test",
+    "validate": "validate(cfg): cheap driver-side checks before Ray starts (raise DataError)",
+    "train_loader": "train_loader(cfg, splits) -> DataLoader: e.g. length-grouped batches",
+    "build_optimizer": "build_optimizer(cfg, model) -> Optimizer (default: fused AdamW over trainable params)",
+    "build_scheduler": "build_scheduler(cfg, optimizer, batches_per_epoch) -> LR scheduler, stepped per optimizer step",
+    "export": "export(model, cfg, splits, out_dir): a servable model (default: safetensors + model.json)",
+    "load_export": "load_export(cfg, splits, export_dir) -> model: the inverse of export",
+}
+HOOKS = (*REQUIRED, *OPTIONAL)
+
+
+def hook(wl: ModuleType, name: str):
+    """An optional hook of ``wl``, or None. Only names in OPTIONAL may be asked for."""
+    assert name in OPTIONAL, name  # internal: the loop asks only for listed hooks
+    return getattr(wl, name, None)
+
+
+def check(wl: ModuleType, name: str) -> ModuleType:
+    """``wl`` if it meets the contract, else ConfigError naming the first missing hook and the docs."""
+    for attr in REQUIRED:
+        if not hasattr(wl, attr):
+            raise ConfigError(
+                f"workload '{name}' has no '{attr}' — a workload module defines {', '.join(REQUIRED)} (see {CONTRACT_DOC})"
+            )
+    from workloads.common import Train
+
+    sections = typing.get_type_hints(wl.Config) if dataclasses.is_dataclass(wl.Config) else {}
+    if not all(k in sections for k in ("data", "model", "train")) or not issubclass(sections["train"], Train):
+        raise ConfigError(
+            f"workload '{name}': Config must be a dataclass with data, model and train sections, its train a "
+            f"subclass of workloads.common.Train (see {CONTRACT_DOC})"
+        )
+    public = {n for n in vars(wl) if not n.startswith("_")}
+    if wl.MODE not in ("max", "min"):
+        raise ConfigError(f"workload '{name}': MODE must be 'max' or 'min', got {wl.MODE!r} (see {CONTRACT_DOC})")
+    near = sorted(n for n in public - set(HOOKS) if _near_hook(n))
+    if near:
+        raise ConfigError(
+            f"workload '{name}' defines '{near[0]}', which is not a hook — did you mean '{_near_hook(near[0])}'? "
+            f"(hooks: {CONTRACT_DOC})"
+        )
+    return wl
+
+
+def _near_hook(name: str) -> str | None:
+    """The hook a misspelt name was meant to be (``build_sheduler`` -> ``build_scheduler``), else None."""
+    import difflib
+
+    match = difflib.get_close_matches(name, HOOKS, n=1, cutoff=0.85)
+    return match[0] if match and match[0] != name else None
+
+
+def resolve(spec: str, base_dir: str | os.PathLike | None = None) -> tuple[str, ModuleType]:
+    """``(name, module)`` for a ``workload:`` value: a shipped name, a dotted module, or a ``.py`` file.
+
+    A file is imported under its stem (relative paths from ``base_dir``, the config's folder, then the
+    working directory); its folder goes on ``sys.path`` and ``PYTHONPATH``, so Ray workers started from
+    here import the same module by that name. Raises ConfigError (one line) for a module that cannot
+    be imported or misses a hook."""
+    if spec in WORKLOADS:
+        return spec, WORKLOADS[spec]
+    if spec.endswith(".py"):
+        candidates = [Path(base_dir, spec)] if base_dir and not os.path.isabs(spec) else []
+        path = next((p for p in [*candidates, Path(spec)] if p.is_file()), None)
+        if path is None:
+            raise ConfigError(f"workload file '{spec}' not found — give a path to a .py file, or a shipped workload")
+        name = path.stem
+        if not name.isidentifier():
+            raise ConfigError(f"workload file '{spec}': '{name}' is not a Python module name — rename the file")
+        add_to_path(str(path.resolve().parent))
+        found = sys.modules.get(name)
+        if found is not None and Path(getattr(found, "__file__", "") or "").resolve() != path.resolve():
+            raise ConfigError(
+                f"workload file '{spec}': a module '{name}' is already imported from elsewhere — rename the file"
+            )
+    else:
+        name = spec
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name and name.startswith(e.name):
+            raise ConfigError(
+                f"unknown workload '{spec}' — use one of {sorted(WORKLOADS)}, an importable module (my_pkg.my_workload) "
+                f"or a .py file (see {CONTRACT_DOC})"
+            ) from None
+        raise ConfigError(f"workload '{spec}' cannot be imported: {e} — install what it needs") from None
+    except Exception as e:  # the module's own code failed: the user's fix, one line
+        raise ConfigError(f"workload '{spec}' failed to import: {type(e).__name__}: {e}") from None
+    if module.__file__:
+        add_to_path(module_root(module))
+    return name, check(module, name)
+
+
+def module_root(module: ModuleType) -> str:
+    """The folder a module's top-level package is imported from (``/x`` for ``a.b`` in ``/x/a/b.py``)."""
+    path = Path(module.__file__).resolve()
+    if path.name == "__init__.py":
+        path = path.parent
+    return str(path.parents[module.__name__.count(".")])
+
+
+def add_to_path(folder: str) -> None:
+    """``folder`` importable here and in processes started from here (a local Ray cluster's workers)."""
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if folder not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([*parts, folder])
+
+
+def module(name: str) -> ModuleType:
+    """The module of a resolved workload name (``cfg.workload``)."""
+    return resolve(name)[1]

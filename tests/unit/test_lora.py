@@ -135,7 +135,7 @@ def workload_config(name: str, tmp_path: Path, *overrides: str):
         data = ["model.name_or_path=tiny", *[f"data.{s}={tmp_path / s}.txt" for s in ("train", "val", "test")]]
     else:
         Path(tmp_path, "tweets.csv").write_text(TWEETS)
-        data = ["model.tiny=true", f"data.train={tmp_path / 'tweets.csv'}", "data.max_length=16"]
+        data = ["model.name_or_path=tiny", f"data.train={tmp_path / 'tweets.csv'}", "data.max_length=16"]
     return config_lib.load_config(None, [f"workload={name}", *data, *overrides])
 
 

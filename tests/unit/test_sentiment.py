@@ -33,7 +33,7 @@ def cfg_for(tmp_path: Path, *overrides: str):
         None,
         [
             "workload=sentiment",
-            "model.tiny=true",
+            "model.name_or_path=tiny",
             f"data.train={train}",
             "data.max_length=32",
             "train.batch_size=8",

