@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,28 @@ from conftest import run_job
 
 from jobs.store import Store
 
+KEYWORDS = {"negative": "awful", "neutral": "okay", "positive": "great"}
+FILLER = "the a movie film plot actor scene day time story music end start show".split()
+
+
+def learnable_tweets(path: Path, labels: list[str], n: int = 900) -> Path:
+    """A toy set a working model learns in two short epochs: the label is given by one keyword among filler
+    words. Half the rows carry the first label, so the majority baseline is 0.5."""
+    rng = random.Random(0)
+    rows = ["text,label"]
+    for i in range(n):
+        label = labels[0] if i % 2 == 0 else labels[1 + (i // 2) % (len(labels) - 1)]
+        words = rng.sample(FILLER, 5)
+        words.insert(rng.randrange(6), KEYWORDS[label])
+        rows.append(f"{' '.join(words)},{label}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
 
 @pytest.mark.parametrize("workload", ["sentiment", "rnn"])
 def test_smoke_test_on_two_workers_writes_run_epochs_and_export(workload, ray_cluster, store_dir, tmp_path):
+    labels = ["negative", "neutral", "positive"] if workload == "sentiment" else ["negative", "positive"]
+    data = learnable_tweets(tmp_path / "toy.csv", labels)
     res = run_job(
         [
             "jobs.train",
@@ -24,6 +44,7 @@ def test_smoke_test_on_two_workers_writes_run_epochs_and_export(workload, ray_cl
             "scaling.num_workers=2",
             "scaling.cpus_per_worker=1",
             f"run.storage_path={tmp_path / 'runs'}",
+            f"data.train={data}",
         ],
         ray_cluster.job_env(),
     )
@@ -33,10 +54,8 @@ def test_smoke_test_on_two_workers_writes_run_epochs_and_export(workload, ray_cl
     assert len(runs) == 1
     run = runs.iloc[0]
     assert run["status"] == "completed" and run["workload"] == workload and run["num_workers"] == 2
-    for split in ("val", "test"):
-        for metric in ("accuracy", "precision", "recall", "f1", "majority_accuracy"):
-            assert 0.0 <= run[f"{split}_{metric}"] <= 1.0, f"{split}_{metric}"
-    assert run["test_accuracy"] >= run["test_majority_accuracy"] - 0.15  # a smoke run, but not a broken one
+    assert abs(run["test_majority_accuracy"] - 0.5) < 0.1  # the toy set's majority baseline
+    assert run["test_accuracy"] >= 0.7, run[["val_accuracy", "test_accuracy"]]  # clearly above the baseline: it learned
     epochs = store.df("epochs")
     assert sorted(epochs["epoch"]) == [1, 2] and set(epochs["run_id"]) == {run["run_id"]}
     assert (epochs["samples_per_s"] > 0).all()
