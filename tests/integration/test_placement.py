@@ -27,11 +27,19 @@ def nodes():
 
     loopback_only()  # every node's servers on 127.0.0.1 (Ray would bind 0.0.0.0 and an outward IP)
     local = {"node_ip_address": "127.0.0.1", "object_store_memory": 80 * 1024**2}
-    cluster = Cluster(initialize_head=True, head_node_args=local | {"num_cpus": 0, "dashboard_host": "127.0.0.1"})
-    ids = {
-        "gpu_4x": cluster.add_node(**local, num_cpus=2, resources={"gpu_4x": 1}).node_id,
-        "gpu_1x": cluster.add_node(**local, num_cpus=1, resources={"gpu_1x": 1}).node_id,
-    }
+    for attempt in range(3):  # Ray gives a raylet 30 s to register (fixed): an overloaded host can miss it
+        cluster = Cluster(initialize_head=False)
+        try:
+            cluster.add_node(**local, num_cpus=0, dashboard_host="127.0.0.1")  # the head
+            ids = {
+                "gpu_4x": cluster.add_node(**local, num_cpus=2, resources={"gpu_4x": 1}).node_id,
+                "gpu_1x": cluster.add_node(**local, num_cpus=1, resources={"gpu_1x": 1}).node_id,
+            }
+            break
+        except Exception as e:
+            cluster.shutdown()
+            if "timed out during startup" not in str(e) or attempt == 2:
+                raise
     saved = os.environ.get("RAY_ADDRESS")
     os.environ["RAY_ADDRESS"] = cluster.address  # Train's own helpers find this cluster, not another on the host
     ray.init(address=cluster.address, runtime_env={"env_vars": {"RAY_ADDRESS": cluster.address}})
