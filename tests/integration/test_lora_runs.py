@@ -24,8 +24,7 @@ def test_lora_run_resumes_with_its_adapters_and_exports_a_plain_model(ray_cluste
         timeout=600,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "fault injection: rank 0 exits after epoch 1" in res.stdout + res.stderr
-    assert "resumed from the epoch 1 checkpoint" in res.stdout + res.stderr
+    assert "resumed from the epoch 1 checkpoint" in res.stdout + res.stderr, res.stdout[-3000:]  # the worker died
     store = Store(store_dir)
     run = store.df("runs").iloc[0]
     assert (
