@@ -177,3 +177,29 @@ def test_progress_lines_appear_at_the_configured_interval_in_a_submitted_jobs_lo
         assert 1 <= len(steps) <= most, (epoch, len(steps), most)
         assert len(steps) >= min(3, int(most) // 2), (epoch, len(steps), most)
     assert all(float(m[5]) > 0 and int(m[4]) > 0 for m in lines)
+
+
+def test_tensorboard_events_reach_an_s3_storage_path(s3_server, tmp_path):
+    """With run.storage_path=s3://..., events are written locally and copied to the run's folder in the bucket."""
+    import uuid
+
+    import boto3
+
+    from jobs import tracking
+
+    bucket = s3_server.make_bucket(f"perennial-{uuid.uuid4().hex[:8]}")
+    writer = tracking.TensorBoard(every_steps=1)
+    info = tracking.RunInfo(run_id="mlp-s3tb", workload="mlp", storage_path=f"{bucket}/runs", metric="val_accuracy")
+    writer.start(info, {"train.lr": 0.1}, 0)
+    writer.on_step(0, 1, 1, 0.5, 8, 0.1)
+    writer.on_epoch({"epoch": 1, "val_accuracy": 0.5})
+    writer.on_test({"epoch": 1, "test_accuracy": 0.4, "best_metric": 0.5})
+    writer.finish("completed", None)
+    s3 = boto3.client("s3", endpoint_url=s3_server.endpoint)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket.removeprefix("s3://"))["Contents"]]
+    assert len(keys) == 1 and keys[0].startswith("runs/mlp-s3tb/tensorboard/events.out.tfevents."), keys
+    local = tmp_path / "tb"
+    local.mkdir()
+    s3.download_file(bucket.removeprefix("s3://"), keys[0], str(local / Path(keys[0]).name))
+    scalars = tensorboard_scalars(local)
+    assert scalars["val_accuracy"] == [(1, 0.5)] and scalars["test_accuracy"] == [(1, pytest.approx(0.4))]
