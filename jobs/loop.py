@@ -289,12 +289,14 @@ def _batch_size(batch: Any) -> int:
 
 # ----------------------------------------------------------------------------- the Ray Train worker loop
 def train_loop_per_worker(config_dict: dict) -> None:
-    trackers: list[tracking.Tracker] = []  # rank 0's, once started: marked failed if the loop raises
+    trackers: list[tracking.Tracker] = []  # rank 0's, once started: closed with the run's status if the loop raises
     try:
         _train_loop(config_dict, trackers)
-    except BaseException:
+    except BaseException as e:
+        # a sweep scheduler's stop (jobs.sweep.TrialStopped, raised from a report in-process) is not a failure
+        status = "stopped_early" if type(e).__name__ == "TrialStopped" else "failed"
         for tracker in trackers:
-            tracker.finish("failed")
+            tracker.finish(status)
         raise
 
 
