@@ -12,6 +12,7 @@
     python -m jobs.store compact [--table epochs]
     python -m jobs.store vacuum [--retention-hours 168] [--dry-run]
     python -m jobs.store migrate OLD_PATH
+    python -m jobs.store export [--mlflow URI] [--tensorboard DIR] [--workload W]
 
 Every verb takes ``--store PATH_OR_S3_URI`` and ``--format table|csv|json``, before or after the verb;
 the query verbs take ``--as-of VERSION|TIME`` (a table version, an ISO date/time, or an age like 7d).
@@ -231,6 +232,42 @@ COMMANDS: dict[str, Command] = {
         query=False,
     ),
 }
+
+
+# ----------------------------------------------------------------------------- backfill to trackers
+def export_arguments(p):
+    p.add_argument("--mlflow", metavar="URI", help="an MLflow tracking URI, e.g. sqlite:///mlflow.db")
+    p.add_argument("--tensorboard", metavar="DIR", help="a folder for TensorBoard event files")
+    p.add_argument("--experiment", default="", help="MLflow experiment (default: perennial-<workload>)")
+    p.add_argument("--workload")
+
+
+def export(args) -> int:
+    """Runs already in the store, pushed to MLflow and/or TensorBoard; a second export adds nothing."""
+    if not args.mlflow and not args.tensorboard:
+        raise StoreError("export needs a target — give --mlflow URI and/or --tensorboard DIR")
+    import importlib.util
+
+    for flag, module in (("mlflow", "mlflow"), ("tensorboard", "tensorboard")):
+        if getattr(args, flag) and importlib.util.find_spec(module) is None:
+            raise StoreError(f"--{flag} needs {module}, which is not installed — pip install -e .[{flag}]")
+    from jobs import tracking  # the trackers (and torch, for TensorBoard) only for this verb
+
+    store = open_store(args)
+    if args.mlflow:
+        n = tracking.export_to_mlflow(store, args.mlflow, experiment=args.experiment, workload=args.workload)
+        print(f"mlflow {args.mlflow}: {n['runs']} run(s) created, {n['epochs']} epoch(s) logged")
+    if args.tensorboard:
+        n = tracking.export_to_tensorboard(store, args.tensorboard, workload=args.workload)
+        print(f"tensorboard {args.tensorboard}: {n['runs']} run(s) written, {n['epochs']} epoch(s) logged")
+    return 0
+
+
+COMMANDS["export"] = Command(
+    "push stored runs to MLflow (--mlflow URI) and/or TensorBoard event files (--tensorboard DIR)",
+    export_arguments,
+    export,
+)
 
 
 def parser() -> argparse.ArgumentParser:

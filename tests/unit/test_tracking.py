@@ -243,3 +243,30 @@ def test_export_to_mlflow_and_tensorboard_backfill_the_store_once(tmp_path):
     assert scalars["val_accuracy"] == [(1, pytest.approx(0.8)), (2, pytest.approx(0.9))]
     assert scalars["test_accuracy"] == [(2, pytest.approx(0.88))]
     assert "train.lr" in tensorboard_hparams(logdir / "mlp-b")["hparams"]
+
+
+def test_store_export_verb_backfills_and_names_a_missing_target(tmp_path):
+    """`python -m jobs.store export` is the command line of the two functions above."""
+    import subprocess
+    import sys
+
+    store = store_frames(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'cli.db'}"
+    root = Path(__file__).resolve().parents[2]
+
+    def cli(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "jobs.store", "export", *args, "--store", store.uri],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    res = cli("--mlflow", uri, "--tensorboard", str(tmp_path / "tb-cli"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "2 run(s) created, 3 epoch(s) logged" in res.stdout and "2 run(s) written" in res.stdout
+    again = cli("--mlflow", uri)
+    assert again.returncode == 0 and "0 run(s) created" in again.stdout
+    none = cli()
+    assert none.returncode == 2 and none.stderr.strip().startswith("error: export needs a target")
