@@ -22,7 +22,7 @@ def closed_port() -> int:
 def run(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", str(ROOT)))
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("where", ["before", "after"])

@@ -140,7 +140,7 @@ def test_cli_exits_2_with_one_line_for_a_broken_file(raw, tmp_path):
     bad = tmp_path / "cluster.yaml"
     bad.write_text((ROOT / "cluster.yaml").read_text().replace("head_node_type: head", "head_node_type: hed"))
     res = subprocess.run(
-        [sys.executable, "-m", "jobs.cluster_check", str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "jobs.cluster_check", str(bad)], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
     assert res.returncode == 2 and "head_node_type" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     ok = subprocess.run(
@@ -148,7 +148,7 @@ def test_cli_exits_2_with_one_line_for_a_broken_file(raw, tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,
     )
     assert ok.returncode == 0 and "valid" in ok.stdout
 
@@ -236,7 +236,7 @@ def test_cli_lists_the_placeholders_left_to_fill_in():
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,
     )
     assert ok.returncode == 0 and "YOUR-ACCOUNT-ID" in ok.stdout and "ami-YOUR-PINNED-AMI" in ok.stdout
 

@@ -103,7 +103,7 @@ def test_cli_exit_code_2_one_line(tmp_path):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,
     )
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [res.stderr.strip()]
