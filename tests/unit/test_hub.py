@@ -43,7 +43,9 @@ def test_a_cached_hub_id_resolves_offline_to_its_snapshot(hf_home):
 
 
 def test_an_uncached_hub_id_offline_is_one_data_error(hf_home):
-    with pytest.raises(DataError, match=r"'someone/not-cached' is not in the Hugging Face cache .* HF_HUB_OFFLINE") as e:
+    with pytest.raises(
+        DataError, match=r"'someone/not-cached' is not in the Hugging Face cache .* HF_HUB_OFFLINE"
+    ) as e:
         hub.resolve("someone/not-cached")
     assert "\n" not in str(e.value)
 
@@ -53,7 +55,8 @@ def test_ner_sentiment_and_rnn_load_their_model_or_tokenizer_by_hub_id(hf_home, 
     from tests.unit.test_sentiment import write_tweets
 
     cfg = config_lib.load_config(
-        None, ["workload=ner", f"model.name_or_path={MINILM}", *[f"data.{k}={v}" for k, v in conll_files(tmp_path).items()]]
+        None,
+        ["workload=ner", f"model.name_or_path={MINILM}", *[f"data.{k}={v}" for k, v in conll_files(tmp_path).items()]],
     )
     ner.validate(cfg)
     splits = ner.build_data(cfg)
