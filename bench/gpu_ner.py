@@ -6,7 +6,7 @@
     .venv/bin/python -m bench.gpu_ner data.max_length=128      # any config override (key=value)
     .venv/bin/python -m bench.gpu_ner --workload mlp --device cpu --steps 5   # the plumbing, without a GPU
 
-The plain loop runs the workload contract itself (``WORKLOADS[w].build_data / build_model /
+The plain loop runs the workload contract itself (``workloads.module(w).build_data / build_model /
 train_step``) with jobs.loop's own autocast, GradScaler and optimizer, and times ``--steps``
 optimizer steps after ``--warmup`` steps, synchronising the GPU around the clock.
 MFU = achieved model FLOP/s / peak FLOP/s, with training FLOPs = 6 x dense parameters x tokens
@@ -34,9 +34,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import torch  # noqa: E402
 
+import workloads  # noqa: E402
 from jobs import config as config_lib  # noqa: E402
 from jobs import loop  # noqa: E402
-from workloads import WORKLOADS  # noqa: E402
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
@@ -70,13 +70,13 @@ def config_for(args, precision: str, extra: list[str] = ()):
 # ----------------------------------------------------------------------------- [2] plain PyTorch loop
 def measure_plain(args, precision: str, device: torch.device) -> dict:
     cfg = config_for(args, precision)
-    wl = WORKLOADS[cfg.workload]
+    wl = workloads.module(cfg.workload)
     loop.check_precision(precision, device)
     loop.seed_everything(cfg.train.seed)
     splits = wl.build_data(cfg)
     model = wl.build_model(cfg, splits).to(device)
     model.train()
-    optimizer = wl.build_optimizer(cfg, model) if hasattr(wl, "build_optimizer") else loop.make_optimizer(cfg, model)
+    optimizer = (workloads.hook(wl, "build_optimizer") or loop.make_optimizer)(cfg, model)
     scaler = loop.grad_scaler(precision, device)
     loader = loop.train_loader(wl, cfg, splits)
     loader.pin_memory = device.type == "cuda"

@@ -88,16 +88,16 @@ def arm_plain(args, workload: str) -> dict:
     """The loop's pieces in a plain process: data, model, one epoch, validation."""
     import torch
 
+    import workloads
     from jobs import loop
-    from workloads import WORKLOADS
 
     cfg = config(args, workload)
-    wl = WORKLOADS[workload]
+    wl = workloads.module(workload)
     torch.set_num_threads(cfg.scaling.cpus_per_worker)
     loop.seed_everything(cfg.train.seed)
     splits = wl.build_data(cfg)
     model = wl.build_model(cfg, splits)
-    optimizer = wl.build_optimizer(cfg, model) if hasattr(wl, "build_optimizer") else loop.make_optimizer(cfg, model)
+    optimizer = (workloads.hook(wl, "build_optimizer") or loop.make_optimizer)(cfg, model)
     loader = loop.train_loader(wl, cfg, splits)
     stats = loop.run_epoch(model, loader, optimizer, wl, cfg, torch.device("cpu"))
     wl.evaluate(model, loop.eval_loader(splits, splits.val, cfg.train.batch_size * 2), splits)

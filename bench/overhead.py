@@ -96,20 +96,20 @@ def arm_plain(args, tmp: str) -> dict:
     """The loop's epoch in a plain PyTorch process: what a user's own script would run."""
     import torch
 
+    import workloads
     from jobs import loop
-    from workloads import WORKLOADS
 
     cfg = load_cfg(args.workload, step_overrides(args))
-    wl = WORKLOADS[cfg.workload]
+    wl = workloads.module(cfg.workload)
     torch.set_num_threads(cfg.scaling.cpus_per_worker)  # as the Train worker does
     loop.seed_everything(cfg.train.seed)
     splits = wl.build_data(cfg)
     model = wl.build_model(cfg, splits)
-    optimizer = wl.build_optimizer(cfg, model) if hasattr(wl, "build_optimizer") else loop.make_optimizer(cfg, model)
+    optimizer = (workloads.hook(wl, "build_optimizer") or loop.make_optimizer)(cfg, model)
     loader = loop.train_loader(wl, cfg, splits)
     if hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(0)
-    scheduler = wl.build_scheduler(cfg, optimizer, len(loader)) if hasattr(wl, "build_scheduler") else None
+    scheduler = (build := workloads.hook(wl, "build_scheduler")) and build(cfg, optimizer, len(loader))
     stats = loop.run_epoch(model, loader, optimizer, wl, cfg, torch.device("cpu"), scheduler)
     return {
         "step_time_median_s": stats["step_time_median_s"],
