@@ -214,8 +214,8 @@ def store_frames(tmp_path: Path):
         {"run_id": "mlp-a", "workload": "mlp", "epoch": 2, "train_loss": 0.5, "val_accuracy": 0.9},
         {"run_id": "mlp-b", "workload": "mlp", "epoch": 1, "train_loss": 2.0, "val_accuracy": 0.5},
     ]
-    store.append("epochs", epochs, name="unit")
-    store.append("runs", runs, name="unit")
+    store.append("epochs", epochs)
+    store.append("runs", runs)
     return store
 
 
