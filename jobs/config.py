@@ -35,6 +35,20 @@ class Scaling:
     use_gpu: bool = False  # one GPU per worker; NCCL backend
     cpus_per_worker: int = 1  # Ray CPUs per worker = torch threads in that worker
     gpus_per_worker: float = 1.0  # only with use_gpu
+    node_type: str = ""  # place workers on nodes of this cluster.yaml worker type (its custom resource); "" = any
+
+
+def worker_resources(s: Scaling) -> dict:
+    """What one Train worker (or in-process trial) asks Ray for: CPUs, GPUs, and its node type's marker.
+
+    cluster.yaml gives each worker type a custom resource named after it; asking for a sliver of it
+    places the worker on that type (and makes the autoscaler add that type) without limiting how many
+    workers share one node."""
+    return (
+        {"CPU": s.cpus_per_worker}
+        | ({"GPU": s.gpus_per_worker} if s.use_gpu else {})
+        | ({s.node_type: 0.001} if s.node_type else {})
+    )
 
 
 @dataclass

@@ -35,7 +35,18 @@ import uuid
 
 from jobs import config as config_lib
 from jobs.store import Store, now, store_path
-from jobs.train import ClusterError, fit, git_sha, init_ray, job_id, make_trainer, record_run, run_trainer, storage_uri
+from jobs.train import (
+    ClusterError,
+    check_cluster,
+    fit,
+    git_sha,
+    init_ray,
+    job_id,
+    make_trainer,
+    record_run,
+    run_trainer,
+    storage_uri,
+)
 from workloads import WORKLOADS
 
 DISTRIBUTIONS = {  # name -> its arguments (Tune's own samplers; randint excludes `high`, as in Tune)
@@ -227,7 +238,7 @@ def trial_resources(cfg) -> dict:
     Train driver it holds nothing (the Train workers do): 1 MB of memory, because {"CPU": 0} raises."""
     s = cfg.scaling
     if in_process(cfg):
-        return {"CPU": s.cpus_per_worker} | ({"GPU": s.gpus_per_worker} if s.use_gpu else {})
+        return config_lib.worker_resources(s)
     return {"memory": 1e6}
 
 
@@ -786,6 +797,7 @@ def main(argv: list[str]) -> int:
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    check_cluster(cfg)
     return run_sweep(cfg, store, sweep_id, state, resume=bool(args.resume))
 
 

@@ -105,6 +105,49 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def cluster_node_types() -> tuple[dict[str, dict], bool]:
+    """The nodes this cluster has or can add: ``({name: resources}, complete)``. Worker types come from the
+    autoscaler config the head holds (``ray up`` writes ~/ray_bootstrap_config.yaml; jobs.cluster_local sets
+    PERENNIAL_CLUSTER_CONFIG), live nodes from Ray. ``complete`` is False for a RAY_ADDRESS cluster without
+    that config: its autoscaler may add nodes this process cannot see."""
+    import ray
+    import yaml
+
+    path = Path(os.environ.get("PERENNIAL_CLUSTER_CONFIG") or Path.home() / "ray_bootstrap_config.yaml")
+    kinds: dict[str, dict] = {}
+    if path.is_file():
+        for name, spec in (yaml.safe_load(path.read_text()).get("available_node_types") or {}).items():
+            if spec.get("max_workers", 0) > 0:
+                kinds[name] = dict(spec.get("resources") or {})
+    complete = bool(kinds) or not os.environ.get("RAY_ADDRESS")
+    for node in ray.nodes():
+        if node["Alive"]:
+            kinds[f"node {node['NodeID'][:8]}"] = node["Resources"]
+    return kinds, complete
+
+
+def check_cluster(cfg) -> None:
+    """Refuse, before any worker starts, what this cluster cannot run: a worker no node type can hold (it
+    would stay "pending" forever), and node-local checkpoints on a cluster of several nodes (a worker on
+    another node would write them to its own disk, found out at the first checkpoint or the first restart)."""
+    kinds, complete = cluster_node_types()
+    want = config_lib.worker_resources(cfg.scaling)
+    if complete and not any(all(res.get(k, 0) >= v for k, v in want.items()) for res in kinds.values()):
+        name, res = max(kinds.items(), key=lambda kv: (kv[1].get("GPU", 0), kv[1].get("CPU", 0)))
+        shown = {k: v for k, v in res.items() if k in ("CPU", "GPU") or k in want}
+        raise config_lib.ConfigError(
+            f"no node type of this cluster can hold one worker ({' '.join(f'{k}={v:g}' for k, v in want.items())}):"
+            f" the largest, {name}, has {', '.join(f'{k}={v:g}' for k, v in shown.items())} — lower"
+            " scaling.cpus_per_worker / gpus_per_worker, fix scaling.node_type, or add a bigger node type to cluster.yaml"
+        )
+    if "://" not in cfg.run.storage_path and len(kinds) > 1:
+        raise config_lib.ConfigError(
+            f"run.storage_path='{cfg.run.storage_path}' is a folder on this machine, but this cluster has several "
+            "nodes whose workers cannot write there — set run.storage_path=s3://BUCKET/PREFIX "
+            "(or file:///PATH on a filesystem that every node mounts)"
+        )
+
+
 def new_run_id(workload: str) -> str:
     return f"{workload}-{uuid.uuid4().hex[:10]}"
 
@@ -170,7 +213,7 @@ def make_trainer(cfg, name: str, callbacks=(), extra_config: dict | None = None)
     s = cfg.scaling
     if s.num_workers < 1:
         raise config_lib.ConfigError(f"scaling.num_workers must be >= 1, got {s.num_workers}")
-    resources = {"CPU": s.cpus_per_worker} | ({"GPU": s.gpus_per_worker} if s.use_gpu else {})
+    resources = config_lib.worker_resources(s)
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config_lib.to_dict(cfg) | (extra_config or {}),
@@ -317,6 +360,7 @@ def record_run(
         "seed": cfg.train.seed,
         "git_sha": git_sha(),
         "data_fingerprint": meta.get("fingerprint", ""),
+        **worker_nodes(meta.get("workers") or []),
         **config_lib.flatten(cfg),
         **{k: float(v) for k, v in final.items() if k.startswith(("val_", "test_"))},
         **(extra_row or {}),
@@ -338,6 +382,20 @@ def record_run(
     store.append("epochs", epochs, name=name)  # epochs first: a runs row is the commit marker of a run
     store.append("runs", [row], name=name)
     return row
+
+
+def worker_nodes(workers: list[dict]) -> dict:
+    """``worker_node_ids`` / ``worker_node_types`` for the runs row, in rank order, comma-separated."""
+    import ray
+
+    workers = sorted(workers, key=lambda w: w["rank"])
+    types = [w.get("node_type", "") for w in workers]
+    if not all(types) and ray.is_initialized():  # not launched by an autoscaler: type by the resource named after it
+        kinds = [k for k in cluster_node_types()[0] if not k.startswith("node ")]
+        resources = {n["NodeID"]: n["Resources"] for n in ray.nodes()}
+        for i, w in enumerate(workers):
+            types[i] = types[i] or next((k for k in kinds if resources.get(w["node_id"], {}).get(k)), "")
+    return {"worker_node_ids": ",".join(w["node_id"] for w in workers), "worker_node_types": ",".join(types)}
 
 
 def print_summary(row: dict, store: Store) -> None:
@@ -412,6 +470,7 @@ def main(argv: list[str]) -> int:
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    check_cluster(cfg)
     print(
         f"training {cfg.workload} on {cfg.scaling.num_workers} worker(s) "
         f"({'GPU' if cfg.scaling.use_gpu else f'{cfg.scaling.cpus_per_worker} CPU each'}), {cfg.train.epochs} epochs"

@@ -1,0 +1,186 @@
+"""cluster.yaml rehearsed on one machine (jobs.cluster_local): real raylets that Ray's fake multi-node
+autoscaler adds and removes, checkpoints and store on S3 (moto on 127.0.0.1), token auth on.
+
+Few tests, each checking several things, to keep the CI short (about a minute or two each on 2 cores):
+- the cluster itself: loopback only, token refused without it, starts with 0 worker nodes;
+- refusals before any worker starts: a worker no node type can hold, node-local checkpoints;
+- autoscaling: a 4-trial sweep on one node type makes the autoscaler add nodes of that type only
+  (<= max_workers); after the idle timeout the cluster is back at min_workers (0);
+- a 2-worker run lands on 2 nodes, loses one (SIGKILL to its raylet and everything under it) after its
+  first S3 checkpoint, resumes on a node the autoscaler adds, and finishes with every epoch recorded once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import psutil
+import pytest
+from cluster_fixtures import NodeWatcher, client_env, kill_node, local_cluster_fixture, wait_for_workers  # noqa: F401
+from conftest import ROOT, run_job
+
+from jobs.store import Store
+
+MLP = str(ROOT / "configs" / "mlp.yaml")
+
+
+def test_local_cluster_is_loopback_only_token_guarded_and_starts_empty(local_cluster):
+    procs = psutil.Process(local_cluster.supervisor_pid).children(recursive=True)
+    listening = {(c.laddr.ip, c.laddr.port) for p in procs for c in _connections(p) if c.status == psutil.CONN_LISTEN}
+    assert listening and all(_loopback(ip) for ip, _ in listening), sorted(listening)
+    with pytest.raises(urllib.error.HTTPError) as e:  # no token, no answer
+        urllib.request.urlopen(f"{local_cluster.dashboard}/api/v0/nodes", timeout=10)
+    assert e.value.code == 401
+    assert local_cluster.worker_nodes() == []  # min_workers 0 everywhere in cluster.yaml
+    assert oct(local_cluster.token_path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_refused_before_any_worker_starts(local_cluster, s3_server):
+    bucket = s3_server.make_bucket(f"perennial-{uuid.uuid4().hex[:8]}")
+    env = client_env(local_cluster)
+    t0 = time.time()
+    # more CPUs per worker than any node type has: one line naming the largest type, not an endless "pending"
+    res = run_job(
+        ["jobs.train", "--config", MLP, "--smoke-test", "scaling.cpus_per_worker=4", f"run.storage_path={bucket}/runs"],
+        env,
+        timeout=180,
+    )
+    assert res.returncode == 2, res.stdout + res.stderr
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: no node type of this cluster can hold one worker") and "CPU=4" in line
+    assert "the largest, cpu_worker, has CPU=1" in line, line
+    # node-local checkpoints on a cluster of several nodes: refused up front, naming s3://
+    res = run_job(["jobs.train", "--config", MLP, "--smoke-test", "scaling.num_workers=2"], env, timeout=180)
+    assert res.returncode == 2, res.stdout + res.stderr
+    line = res.stderr.strip().splitlines()[-1]
+    assert "run.storage_path='./runs' is a folder on this machine" in line and "s3://" in line, line
+    assert time.time() - t0 < 120
+    assert local_cluster.worker_nodes() == []  # neither asked the autoscaler for a node
+    assert "runs" not in Store(f"{bucket}/store").tables()
+
+
+def test_sweep_scales_one_node_type_up_then_back_to_zero(local_cluster, s3_server):
+    bucket = s3_server.make_bucket(f"perennial-{uuid.uuid4().hex[:8]}")
+    watcher = NodeWatcher(local_cluster)
+    watcher.start()
+    t_submit = time.time()
+    res = run_job(
+        [
+            "jobs.sweep",
+            "--config",
+            MLP,
+            "--smoke-test",
+            "--store",
+            f"{bucket}/store",
+            f"run.storage_path={bucket}/runs",
+            "sweep.num_samples=4",
+            "sweep.max_concurrent_trials=2",
+            "sweep.trial_overrides={train.epochs: 2, data.max_train_samples: 1000}",
+            "scaling.cpus_per_worker=1",
+            "scaling.node_type=gpu_1x",  # a GPU type in cluster.yaml: here a 1-CPU node carrying gpu_1x: 1
+        ],
+        client_env(local_cluster),
+        timeout=420,
+    )
+    t_done = time.time()
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    runs = Store(f"{bucket}/store").df("runs")
+    trials = runs[runs["trial_id"] != ""]
+    assert len(trials) == 4 and set(trials["status"]) <= {"completed", "stopped_early"}, trials[["status", "error"]]
+    # only the requested type was launched, never more than its max_workers (3)
+    types = list(watcher.seen.values())
+    assert types and set(types) == {"gpu_1x"} and len(types) <= 3, watcher.seen
+    for trial_types in trials["worker_node_types"]:
+        assert trial_types == "gpu_1x"
+    # back to min_workers (0) after the idle timeout
+    scale_down_s = t_done - t_submit + wait_for_workers(local_cluster, 0, timeout_s=120) - (t_done - t_submit)
+    watcher.stop()
+    first_start = min(runs["started_at"]).timestamp() - t_submit
+    print(
+        f"\nfigures: submit -> first trial started {first_start:.1f} s; nodes launched {{'gpu_1x': {len(types)}}}; "
+        f"sweep end -> back to 0 worker nodes {scale_down_s:.1f} s"
+    )
+
+
+def test_two_worker_run_on_two_nodes_survives_losing_one(local_cluster, s3_server):
+    bucket = s3_server.make_bucket(f"perennial-{uuid.uuid4().hex[:8]}")
+    import subprocess
+
+    from conftest import PY
+
+    epochs = 4
+    cmd = [
+        PY,
+        "-m",
+        "jobs.train",
+        "--config",
+        MLP,
+        "--store",
+        f"{bucket}/store",
+        f"run.storage_path={bucket}/runs",
+        "scaling.num_workers=2",
+        "scaling.cpus_per_worker=1",
+        "scaling.node_type=cpu_worker",
+        "failure.max_failures=1",
+        f"train.epochs={epochs}",
+        "train.batch_size=16",
+        "data.max_train_samples=6000",
+        "model.hidden1=64",
+        "model.hidden2=32",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=client_env(local_cluster), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    # wait for the first epoch checkpoint on S3, then kill the node of one worker
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1")
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket[5:], Prefix="runs/").get("Contents", [])]
+        if any("/epoch_0001/" in k for k in keys):
+            break
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.3)
+    else:
+        proc.kill()
+        raise AssertionError("no epoch_0001 checkpoint in 300 s")
+    before = {n["node_id"] for n in local_cluster.worker_nodes()}
+    assert len(before) == 2
+    victim = sorted(before)[-1]
+    t_kill = time.time()
+    killed = kill_node(local_cluster, victim)
+    out, _ = proc.communicate(timeout=420)
+    recovery_s = time.time() - t_kill
+    assert proc.returncode == 0, out[-4000:]
+    runs = Store(f"{bucket}/store").df("runs")
+    assert len(runs) == 1
+    run = runs.iloc[0].to_dict()
+    assert run["status"] == "completed" and run["num_workers"] == 2, run
+    node_ids, node_types = run["worker_node_ids"].split(","), run["worker_node_types"].split(",")
+    assert len(set(node_ids)) == 2 and node_types == ["cpu_worker", "cpu_worker"], run
+    assert victim not in node_ids and set(node_ids) - before, (victim, node_ids, before)  # a node added after the loss
+    epochs_rows = Store(f"{bucket}/store").df("epochs")
+    assert sorted(epochs_rows["epoch"]) == list(range(1, epochs + 1))  # no epoch lost or recorded twice
+    resumed = [int(m) for m in re.findall(r"resumed from the epoch (\d+) checkpoint", out)]
+    assert resumed and resumed[0] >= 1, out[-3000:]  # at most the epoch in flight was redone
+    print(
+        f"\nfigures: node loss ({killed} processes killed) -> run completed {recovery_s:.1f} s later, resumed from epoch {resumed[0]}"
+    )
+
+
+def _loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    return addr.is_loopback or bool(getattr(addr, "ipv4_mapped", None) and addr.ipv4_mapped.is_loopback)
+
+
+def _connections(p: psutil.Process) -> list:
+    try:
+        return p.net_connections(kind="inet")
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
