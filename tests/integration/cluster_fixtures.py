@@ -19,6 +19,7 @@ import yaml
 from conftest import ROOT, base_env
 
 from jobs.cluster_local import LocalCluster
+from jobs.errors import ClusterError
 
 IDLE_TIMEOUT_MIN = 0.2  # idle nodes go after ~12 s (+ one autoscaler round) instead of cluster.yaml's minutes
 
@@ -26,6 +27,16 @@ IDLE_TIMEOUT_MIN = 0.2  # idle nodes go after ~12 s (+ one autoscaler round) ins
 @pytest.fixture(scope="module", name="local_cluster")
 def local_cluster_fixture(s3_server):
     """cluster.yaml's node types on this machine: a 0-CPU head, 1-CPU nodes added and removed on demand."""
+    cluster = start_local_cluster(s3_server)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.dir, ignore_errors=True)
+
+
+def start_local_cluster(s3_server) -> LocalCluster:
+    """Start the cluster (tests and bench/cluster_local.py): faster autoscaler rounds, S3 credentials on every node."""
     folder = Path(tempfile.mkdtemp(prefix="prc-", dir="/tmp"))  # short: Ray's socket paths are capped at 107 chars
     # S3 credentials in every node's environment, as a cloud node gets them from its instance profile
     env = base_env(
@@ -33,12 +44,14 @@ def local_cluster_fixture(s3_server):
         AUTOSCALER_UPDATE_INTERVAL_S="2",  # scale decisions every 2 s instead of 5
         AUTOSCALER_HEARTBEAT_TIMEOUT_S="10",  # a killed node is replaced after 10 s instead of 30
     )
-    cluster = LocalCluster.start(
-        folder, yaml.safe_load((ROOT / "cluster.yaml").read_text()), idle_timeout_minutes=IDLE_TIMEOUT_MIN, env=env
-    )
-    yield cluster
-    cluster.stop()
-    shutil.rmtree(folder, ignore_errors=True)
+    cloud = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    for attempt in range(3):  # Ray gives the head's raylet a fixed 30 s to register: a busy CI machine can miss it
+        try:
+            return LocalCluster.start(folder, cloud, idle_timeout_minutes=IDLE_TIMEOUT_MIN, env=env, timeout_s=300)
+        except ClusterError:
+            if attempt == 2:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
 
 
 def client_env(cluster: LocalCluster, **extra: str) -> dict[str, str]:
@@ -52,6 +65,7 @@ class NodeWatcher(threading.Thread):
     def __init__(self, cluster: LocalCluster):
         super().__init__(daemon=True)
         self.cluster, self.seen, self.counts, self.running = cluster, {}, [], True
+        self.first_up: float | None = None  # when the first worker node was seen
 
     def run(self):
         while self.running:
@@ -61,6 +75,8 @@ class NodeWatcher(threading.Thread):
                 nodes = None
             if nodes is not None:
                 self.seen.update({n["node_id"]: n["node_type"] for n in nodes})
+                if nodes and self.first_up is None:
+                    self.first_up = time.time()
                 self.counts.append((time.time(), len(nodes)))
             time.sleep(1)
 

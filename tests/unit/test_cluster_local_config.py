@@ -75,3 +75,22 @@ def test_a_node_is_typed_by_the_resource_that_names_its_type():
     cfg = local_config(CLOUD, gcs_address="127.0.0.1:1")
     assert node_type_of({"CPU": 1.0, "gpu_1x": 1.0, "memory": 5.0}, cfg) == "gpu_1x"
     assert node_type_of({"memory": 5.0, "node:__internal_head__": 1.0}, cfg) == LOCAL_HEAD_TYPE
+
+
+def test_cluster_refusals_before_any_worker_starts():
+    from jobs.train import cluster_refusal
+
+    cfg = local_config(CLOUD, gcs_address="127.0.0.1:1")
+    kinds = {k: v["resources"] for k, v in workers(cfg).items()} | {"node head": {"CPU": 0.0}}
+    s3 = "s3://bucket/runs"
+    assert cluster_refusal({"CPU": 1}, s3, kinds, complete=True) == ""
+    assert cluster_refusal({"CPU": 1, "gpu_4x": 0.001}, s3, kinds, complete=True) == ""
+    too_big = cluster_refusal({"CPU": 4}, s3, kinds, complete=True)
+    assert too_big.startswith("no node type of this cluster can hold one worker (CPU=4)")
+    assert "the largest, cpu_worker, has CPU=1" in too_big
+    assert "no node type" in cluster_refusal({"CPU": 1, "gpu_8x": 0.001}, s3, kinds, complete=True)
+    assert cluster_refusal({"CPU": 4}, s3, kinds, complete=False) == ""  # unknown autoscaler: let Ray decide
+    local = cluster_refusal({"CPU": 1}, "./runs", kinds, complete=True)
+    assert "run.storage_path='./runs' is a folder on this machine" in local and "s3://" in local
+    assert cluster_refusal({"CPU": 1}, "./runs", {"node a": {"CPU": 2.0}}, complete=True) == ""  # one machine
+    assert cluster_refusal({"CPU": 1}, "file:///nfs/runs", kinds, complete=True) == ""
