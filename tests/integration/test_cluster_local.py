@@ -110,13 +110,16 @@ def test_sweep_scales_one_node_type_up_then_back_to_zero(local_cluster, s3_serve
     for trial_types in trials["worker_node_types"]:
         assert trial_types == "gpu_1x"
     # back to min_workers (0) after the idle timeout
-    scale_down_s = wait_for_workers(local_cluster, 0, timeout_s=120)
+    wait_for_workers(local_cluster, 0, timeout_s=120)
+    time.sleep(1.5)  # one more watcher sample
     watcher.stop()
+    last_trial_end = max(runs["finished_at"]).timestamp()
+    back_to_zero = next((t for t, n in watcher.counts if t > last_trial_end and n == 0), time.time())
     FIGURES["autoscaling"] = {
         "submit -> first trial started (s)": min(runs["started_at"]).timestamp() - t_submit,
         "submit -> first node up (s)": watcher.first_up - t_submit if watcher.first_up else None,
         "nodes launched per type": dict(collections.Counter(types)),
-        "sweep end -> back to 0 worker nodes (s)": scale_down_s,
+        "last trial end -> back to 0 worker nodes (s)": back_to_zero - last_trial_end,
         "idle timeout (s)": IDLE_TIMEOUT_MIN * 60,
     }
     print(f"\nfigures: {FIGURES['autoscaling']}")
