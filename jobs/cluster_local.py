@@ -155,6 +155,11 @@ class LocalCluster:
         return cluster if cluster.alive() else None
 
     def alive(self) -> bool:
+        try:  # reap it if this process started it: an exited child stays a zombie, which kill(pid, 0) still finds
+            if os.waitpid(self.supervisor_pid, os.WNOHANG)[0] == self.supervisor_pid:
+                return False
+        except ChildProcessError:
+            pass
         try:
             os.kill(self.supervisor_pid, 0)
             return True

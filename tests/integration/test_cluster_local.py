@@ -231,7 +231,7 @@ def test_submit_status_logs_and_stop_with_workers_on_other_nodes(local_cluster, 
     logs = run_job(["jobs.submit", "logs", job, "--follow"], env, timeout=420)
     assert logs.returncode == 0 and "2 worker(s) on cpu" in logs.stdout, logs.stdout[-3000:] + logs.stderr[-2000:]
     status = run_job(["jobs.submit", "status", job], env, timeout=120)
-    assert status.returncode == 0 and "SUCCEEDED" in status.stdout, status.stdout + status.stderr
+    assert status.returncode == 0 and "status: succeeded" in status.stdout, status.stdout + status.stderr
     run = Store(f"{bucket}/store").df("runs").iloc[0].to_dict()
     assert run["job_id"] == job and run["status"] == "completed"
     assert len(set(run["worker_node_ids"].split(","))) == 2 and run["worker_node_types"] == "cpu_worker,cpu_worker"
