@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-unit test-integration bench quality cluster-check constraints cluster-up cluster-down clean
+.PHONY: setup demo test test-unit test-integration bench quality cluster-check constraints cluster-up cluster-down cluster-local cluster-local-down clean
 
 setup: $(STAMP) $(FMNIST)
 
@@ -63,6 +63,15 @@ cluster-check: setup
 # constraints.txt from the tested venv (exact versions, ray==2.60.0): after changing pyproject.toml
 constraints: setup
 	$(BIN)/python -m jobs.cluster_check --write-constraints
+
+# cluster.yaml rehearsed on this machine (docs/cluster.md): a 0-CPU head on 127.0.0.1 with token auth, and
+# an autoscaler that adds and removes 1-CPU nodes of cluster.yaml's worker types as jobs ask for them.
+# IDLE_MINUTES=0.5 removes idle nodes sooner than cluster.yaml's idle_timeout_minutes.
+cluster-local: setup
+	$(BIN)/python -m jobs.cluster_local up $(if $(IDLE_MINUTES),--idle-timeout-minutes $(IDLE_MINUTES))
+
+cluster-local-down:
+	$(BIN)/python -m jobs.cluster_local down
 
 # performance suite (bench/__main__.py): Ray Train overhead, NER vs HF Trainer, scaling, memory; < 30 min on 2 cores
 bench: setup

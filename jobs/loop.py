@@ -348,6 +348,7 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
             f"{world} worker(s) on {device.type}, backend {backend}, precision {cfg.train.precision}, grad_accum_steps {cfg.train.grad_accum_steps}"
             + (f", resumed from the epoch {meta['epoch']} checkpoint" if state is not None else "")
         )
+    workers = _all_gather(node_placement(rank), dist)  # where each rank runs: the runs row records it
     build_optimizer = workloads.hook(wl, "build_optimizer")
     optimizer = build_optimizer(cfg, unwrap(model)) if build_optimizer else make_optimizer(cfg, model)
     on_gpu = device.type == "cuda"
@@ -423,6 +424,7 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
             "step_time_median_s": _all_sum(stats["step_time_median_s"], device, dist) / world,  # mean over ranks
             "peak_rss_mb": _all_max(peak_rss_mb(), device, dist),  # the largest worker
             "elapsed_s": time.perf_counter() - run_t0,
+            "num_workers": world,  # this epoch's worker count (a run restarted on fewer nodes shows it)
         }
         if metric not in row:
             raise config_lib.ConfigError(
@@ -442,6 +444,7 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
             "metric": metric,
             "mode": mode,
             "stopped_early": stopped_early,  # cpu_s: a stopped run's cost too
+            "workers": workers,
             "cpu_s": cpu_prior + _all_sum(time.process_time() - cpu0, device, dist),
         }
         if rank == 0:
@@ -588,6 +591,26 @@ def _report(metrics: dict, meta: dict, rank: int, state: dict) -> None:
             Path(tmp, META).write_text(json.dumps(meta, default=float))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{meta['epoch']:04d}")
+
+
+def node_placement(rank: int) -> dict:
+    """This worker's rank, Ray node id and node type (the cluster.yaml type its node was launched as)."""
+    import ray
+
+    # the autoscaler starts a node with RAY_NODE_TYPE_NAME set; other nodes are typed later by the driver
+    return {
+        "rank": rank,
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "node_type": os.environ.get("RAY_NODE_TYPE_NAME", ""),
+    }
+
+
+def _all_gather(obj: dict, dist: bool) -> list[dict]:
+    if not dist:
+        return [obj]
+    out: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
 
 
 def _broadcast(obj: dict, dist: bool) -> dict:

@@ -39,7 +39,7 @@ from jobs import config as config_lib
 from jobs import preflight, tracking
 from jobs.errors import ClusterError
 from jobs.store import Store, now
-from jobs.train import fit, git_sha, init_ray, job_id, make_trainer, record_run, run_trainer, storage_uri
+from jobs.train import check_cluster, fit, git_sha, init_ray, job_id, make_trainer, record_run, run_trainer, storage_uri
 
 DISTRIBUTIONS = {  # name -> its arguments (Tune's own samplers; randint excludes `high`, as in Tune)
     "loguniform": "[low, high], low > 0",
@@ -858,6 +858,7 @@ def main(argv: list[str]) -> int:
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    check_cluster(cfg)
     return run_sweep(cfg, store, sweep_id, state, resume=bool(args.resume))
 
 

@@ -32,6 +32,7 @@ def init_ray(num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    os.environ.setdefault("PERENNIAL_GIT_SHA", git_sha())  # the trackers' git tag; an embedded cluster inherits it
     address = os.environ.get("RAY_ADDRESS")
     if address:
         check_reachable(address)
@@ -57,6 +58,9 @@ def init_ray(num_cpus: int | None = None) -> None:
         "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0"),
     }
     ray.init(
+        # "local": always a new cluster; without it ray.init joins whatever `ray start` last wrote to
+        # /tmp/ray/ray_current_cluster — another user's cluster on a shared machine (seen in CI)
+        address="local",
         num_cpus=num_cpus,
         _node_ip_address="127.0.0.1",
         dashboard_host="127.0.0.1",
@@ -66,6 +70,50 @@ def init_ray(num_cpus: int | None = None) -> None:
     os.environ.pop("RAY_GCS_SERVER_PORT", None)
     for key in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"):
         os.environ[key] = env[key]
+    watch_embedded_cluster()
+
+
+# Runs beside an embedded cluster as its own small process (psutil only: no torch, no project imports).
+# Ray's own reaper ends the cluster's process group when its driver dies, but the raylet starts the
+# DashboardAgent and RuntimeEnvAgent outside that group: after a SIGKILLed driver they lived on (parent 1),
+# holding the agent port 52365, so the next local cluster refused `ray job submit`. This watcher notes every
+# process under the driver (Ray renames them, so they are found by ancestry, not by name) and, once the
+# driver is gone, ends those still running (matched by start time, never a reused PID).
+_WATCHER = """
+import os, sys, time, psutil
+driver = psutil.Process(int(sys.argv[1]))
+seen = {}
+while driver.is_running() and driver.status() != psutil.STATUS_ZOMBIE:
+    try:
+        for p in driver.children(recursive=True):
+            seen.setdefault(p.pid, p.create_time())
+    except psutil.NoSuchProcess:
+        break
+    time.sleep(1.0)
+left = []
+for pid, created in seen.items():
+    try:
+        p = psutil.Process(pid)
+        if p.create_time() == created and pid != os.getpid():
+            p.terminate(); left.append(p)
+    except psutil.NoSuchProcess:
+        pass
+gone, alive = psutil.wait_procs(left, timeout=5)
+for p in alive:
+    try: p.kill()
+    except psutil.NoSuchProcess: pass
+"""
+
+
+def watch_embedded_cluster() -> None:
+    """Start the watcher that ends an embedded cluster's processes once this driver is gone (SIGKILL too)."""
+    subprocess.Popen(
+        [sys.executable, "-c", _WATCHER, str(os.getpid())],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # not in the driver's group: Ray's reaper and a Ctrl-C leave it running
+    )
 
 
 def loopback_only() -> None:
@@ -99,6 +147,87 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def cluster_node_types() -> tuple[dict[str, dict], bool]:
+    """The nodes this cluster has or can add: ``({name: resources}, complete)``. Worker types come from the
+    autoscaler config the head holds (``ray up`` writes ~/ray_bootstrap_config.yaml; jobs.cluster_local sets
+    PERENNIAL_CLUSTER_CONFIG), live nodes from Ray. ``complete`` is False for a RAY_ADDRESS cluster without
+    that config: its autoscaler may add nodes this process cannot see."""
+    import ray
+    import yaml
+
+    path = Path(os.environ.get("PERENNIAL_CLUSTER_CONFIG") or Path.home() / "ray_bootstrap_config.yaml")
+    kinds: dict[str, dict] = {}
+    if path.is_file():
+        for name, spec in (yaml.safe_load(path.read_text()).get("available_node_types") or {}).items():
+            if spec.get("max_workers", 0) > 0:
+                kinds[name] = dict(spec.get("resources") or {})
+    complete = bool(kinds) or not os.environ.get("RAY_ADDRESS")
+    for node in ray.nodes():
+        if node["Alive"]:
+            kinds[f"node {node['NodeID'][:8]}"] = node["Resources"]
+    return kinds, complete
+
+
+def check_cluster(cfg) -> None:
+    """Refuse, before any worker starts, what this cluster cannot run (see :func:`cluster_refusal`)."""
+    kinds, complete = cluster_node_types()
+    problem = cluster_refusal(config_lib.worker_resources(cfg.scaling), cfg.run.storage_path, kinds, complete)
+    if problem:
+        raise config_lib.ConfigError(problem)
+
+
+def cluster_refusal(want: dict, storage_path: str, kinds: dict[str, dict], complete: bool) -> str:
+    """Why a run asking ``want`` per worker cannot run on a cluster of node ``kinds``, or "": a worker no node
+    type can hold (it would stay "pending" forever), or node-local checkpoints on a cluster of several nodes
+    (a worker on another node would write them to its own disk, found out at the first checkpoint or restart)."""
+    if complete and kinds and not any(all(res.get(k, 0) >= v for k, v in want.items()) for res in kinds.values()):
+        name, res = max(kinds.items(), key=lambda kv: (kv[1].get("GPU", 0), kv[1].get("CPU", 0)))
+        shown = {k: v for k, v in res.items() if k in ("CPU", "GPU") or k in want}
+        return (
+            f"no node type of this cluster can hold one worker ({' '.join(f'{k}={v:g}' for k, v in want.items())}):"
+            f" the largest, {name}, has {', '.join(f'{k}={v:g}' for k, v in shown.items())} — lower"
+            " scaling.cpus_per_worker / gpus_per_worker, fix scaling.node_type, or add a bigger node type to cluster.yaml"
+        )
+    if "://" not in storage_path and len(kinds) > 1:
+        return (
+            f"run.storage_path='{storage_path}' is a folder on this machine, but this cluster has several "
+            "nodes whose workers cannot write there — set run.storage_path=s3://BUCKET/PREFIX "
+            "(or file:///PATH on a filesystem that every node mounts)"
+        )
+    return ""
+
+
+RUN_STATE = "perennial_run.json"  # beside a run's checkpoints: its config and store, read by --resume
+
+
+def run_state_uri(cfg, run_id: str) -> str:
+    return f"{storage_uri(cfg.run.storage_path).rstrip('/')}/{run_id}/{RUN_STATE}"
+
+
+def write_run_state(cfg, run_id: str, store: Store) -> None:
+    """What ``--resume RUN_ID`` needs, written before the run starts: a driver may die at any moment after."""
+    import pyarrow.fs as pafs
+
+    uri = run_state_uri(cfg, run_id)
+    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    state = {"run_id": run_id, "config": config_lib.to_dict(cfg), "store": store.uri}
+    with fs.open_output_stream(path) as f:
+        f.write(json.dumps(state, indent=1).encode())
+
+
+def read_run_state(storage_path: str, run_id: str) -> dict | None:
+    import pyarrow.fs as pafs
+
+    uri = f"{storage_uri(storage_path).rstrip('/')}/{run_id}/{RUN_STATE}"
+    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+    try:
+        with fs.open_input_file(path) as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, OSError):
+        return None
 
 
 def new_run_id(workload: str) -> str:
@@ -323,6 +452,7 @@ def record_run(
         "seed": cfg.train.seed,
         "git_sha": git_sha(),
         "data_fingerprint": meta.get("fingerprint", ""),
+        **worker_nodes(meta.get("workers") or []),
         **config_lib.flatten(cfg),
         **{k: float(v) for k, v in final.items() if k.startswith(("val_", "test_"))},
         **(extra_row or {}),
@@ -341,6 +471,20 @@ def record_run(
     # between its two commits, or two racing past the check above, never add or mix rows (docs/store.md).
     store.record_run(epochs, row)
     return row
+
+
+def worker_nodes(workers: list[dict]) -> dict:
+    """``worker_node_ids`` / ``worker_node_types`` for the runs row, in rank order, comma-separated."""
+    import ray
+
+    workers = sorted(workers, key=lambda w: w["rank"])
+    types = [w.get("node_type", "") for w in workers]
+    if not all(types) and ray.is_initialized():  # not launched by an autoscaler: type by the resource named after it
+        kinds = [k for k in cluster_node_types()[0] if not k.startswith("node ")]
+        resources = {n["NodeID"]: n["Resources"] for n in ray.nodes()}
+        for i, w in enumerate(workers):
+            types[i] = types[i] or next((k for k in kinds if resources.get(w["node_id"], {}).get(k)), "")
+    return {"worker_node_ids": ",".join(w["node_id"] for w in workers), "worker_node_types": ",".join(types)}
 
 
 def print_summary(row: dict, store: Store) -> None:
@@ -363,9 +507,15 @@ def _fmt(v) -> str:
 
 
 # ----------------------------------------------------------------------------- CLI
-def parser(prog: str, description: str) -> argparse.ArgumentParser:
+def parser(prog: str, description: str, resume: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description)
-    p.add_argument("--config", required=True, help="YAML config, e.g. configs/mlp.yaml")
+    p.add_argument("--config", required=not resume, help="YAML config, e.g. configs/mlp.yaml")
+    if resume:
+        p.add_argument(
+            "--resume",
+            metavar="RUN_ID",
+            help="continue a run whose driver died, from its last checkpoint (give run.storage_path=... where it ran)",
+        )
     p.add_argument("--smoke-test", action="store_true", help="tiny data and epochs: a quick end-to-end check")
     p.add_argument("--store", help="evaluation store: a directory or s3:// URI (default $PERENNIAL_STORE or ./store)")
     p.add_argument(
@@ -380,19 +530,59 @@ def prepare(args) -> tuple:
 
 
 def main(argv: list[str]) -> int:
-    args = parser("python -m jobs.train", "One Ray Train run of a workload, recorded in the store.").parse_args(argv)
-    cfg, store = prepare(args)
+    args = parser("python -m jobs.train", "One Ray Train run of a workload, recorded in the store.", resume=True)
+    args = args.parse_args(argv)
+    if args.resume:
+        cfg, store, run_id = prepare_resume(args)
+        import pyarrow.dataset as ds
+
+        done = store.df("runs", filter=ds.field("run_id") == run_id)
+        if len(done):  # recorded already (its driver lived long enough): nothing to redo, nothing written twice
+            print(f"run {run_id} is already recorded ({done.iloc[0]['status']}): nothing to resume")
+            return 0 if done.iloc[0]["status"] in FINISHED else 1
+    else:
+        if not args.config:
+            raise config_lib.ConfigError("give --config configs/<workload>.yaml (or --resume RUN_ID)")
+        cfg, store = prepare(args)
+        run_id = new_run_id(cfg.workload)
     try:
         init_ray()
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    check_cluster(cfg)
     print(
         f"training {cfg.workload} on {cfg.scaling.num_workers} worker(s) "
         f"({'GPU' if cfg.scaling.use_gpu else f'{cfg.scaling.cpus_per_worker} CPU each'}), {cfg.train.epochs} epochs"
     )
-    row = fit(cfg, store)
+    if not args.resume:
+        write_run_state(cfg, run_id, store)
+    where = "" if cfg.run.storage_path == config_lib.Run.storage_path else f" run.storage_path={cfg.run.storage_path}"
+    print(
+        f"run {run_id}{' (resumed)' if args.resume else ''}  — if this driver dies: python -m jobs.train --resume {run_id}{where}"
+    )
+    row = fit(cfg, store, run_id=run_id)  # Ray Train resumes a run of the same name from its last checkpoint
     return 0 if row["status"] in FINISHED else 1
+
+
+def prepare_resume(args) -> tuple:
+    """Config and store of the run to resume, from the state it wrote beside its checkpoints."""
+    found = [config_lib._split_override(o) for o in args.overrides]
+    if args.smoke_test or any(k != "run.storage_path" for k, _ in found):
+        raise config_lib.ConfigError(
+            "--resume continues a run with its saved config — give only run.storage_path=... (where it ran) and --store"
+        )
+    root = dict(found).get("run.storage_path") or (
+        config_lib.load_config(args.config).run.storage_path if args.config else config_lib.Run.storage_path
+    )
+    state = read_run_state(str(root), args.resume)
+    if state is None:
+        raise config_lib.ConfigError(
+            f"no run '{args.resume}' under {storage_uri(str(root))} — pass run.storage_path=... where it ran"
+        )
+    cfg = config_lib.from_dict(state["config"])
+    store = preflight.open_store(args.store or state["store"], cfg)
+    return cfg, store, args.resume
 
 
 if __name__ == "__main__":

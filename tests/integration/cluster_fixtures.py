@@ -1,0 +1,112 @@
+"""A local autoscaling cluster generated from cluster.yaml (jobs.cluster_local), for the multi-node tests.
+
+Import the fixture into a test module: ``from cluster_fixtures import local_cluster_fixture  # noqa: F401``
+(it is named ``local_cluster`` for tests).
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from conftest import ROOT, base_env
+
+from jobs.cluster_local import LocalCluster
+from jobs.errors import ClusterError
+
+IDLE_TIMEOUT_MIN = 0.2  # idle nodes go after ~12 s (+ one autoscaler round) instead of cluster.yaml's minutes
+
+
+@pytest.fixture(scope="module", name="local_cluster")
+def local_cluster_fixture(s3_server):
+    """cluster.yaml's node types on this machine: a 0-CPU head, 1-CPU nodes added and removed on demand."""
+    cluster = start_local_cluster(s3_server)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.dir, ignore_errors=True)
+
+
+def start_local_cluster(s3_server) -> LocalCluster:
+    """Start the cluster (tests and bench/cluster_local.py): faster autoscaler rounds, S3 credentials on every node."""
+    folder = Path(tempfile.mkdtemp(prefix="prc-", dir="/tmp"))  # short: Ray's socket paths are capped at 107 chars
+    # S3 credentials in every node's environment, as a cloud node gets them from its instance profile
+    env = base_env(
+        **s3_server.env,
+        AUTOSCALER_UPDATE_INTERVAL_S="2",  # scale decisions every 2 s instead of 5
+        AUTOSCALER_HEARTBEAT_TIMEOUT_S="10",  # a killed node is replaced after 10 s instead of 30
+    )
+    cloud = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    for attempt in range(3):  # Ray gives the head's raylet a fixed 30 s to register: a busy CI machine can miss it
+        try:
+            return LocalCluster.start(folder, cloud, idle_timeout_minutes=IDLE_TIMEOUT_MIN, env=env, timeout_s=300)
+        except ClusterError:
+            if attempt == 2:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
+
+
+def client_env(cluster: LocalCluster, **extra: str) -> dict[str, str]:
+    """A job process's environment: pointed at the cluster, with the cluster's token."""
+    return base_env(**cluster.env(), **extra)
+
+
+class NodeWatcher(threading.Thread):
+    """Samples the cluster's worker nodes every second: which nodes of which type ever came up."""
+
+    def __init__(self, cluster: LocalCluster):
+        super().__init__(daemon=True)
+        self.cluster, self.seen, self.counts, self.running = cluster, {}, [], True
+        self.first_up: float | None = None  # when the first worker node was seen
+
+    def run(self):
+        while self.running:
+            try:
+                nodes = self.cluster.worker_nodes()
+            except Exception:
+                nodes = None
+            if nodes is not None:
+                self.seen.update({n["node_id"]: n["node_type"] for n in nodes})
+                if nodes and self.first_up is None:
+                    self.first_up = time.time()
+                self.counts.append((time.time(), len(nodes)))
+            time.sleep(1)
+
+    def stop(self) -> None:
+        self.running = False
+        self.join(timeout=10)
+
+
+def wait_for_workers(cluster: LocalCluster, count: int, timeout_s: float) -> float:
+    """Seconds until the cluster has ``count`` worker nodes (fails after ``timeout_s``)."""
+    t0 = time.time()
+    while time.time() - t0 < timeout_s:
+        if len(cluster.worker_nodes()) == count:
+            return time.time() - t0
+        time.sleep(1)
+    raise AssertionError(f"{len(cluster.worker_nodes())} worker nodes after {timeout_s} s, expected {count}")
+
+
+def kill_node(cluster: LocalCluster, node_id: str) -> int:
+    """SIGKILL a worker node as a lost machine dies: its raylet and every process under it. Returns how many."""
+    raylets = [
+        p
+        for p in psutil.Process(cluster.supervisor_pid).children(recursive=True)
+        if p.name() == "raylet" and p.environ().get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id
+    ]
+    assert len(raylets) == 1, f"no raylet for node {node_id}"
+    procs = [raylets[0], *raylets[0].children(recursive=True)]
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    return len(procs)

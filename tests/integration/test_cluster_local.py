@@ -1,0 +1,265 @@
+"""cluster.yaml rehearsed on one machine (jobs.cluster_local): real raylets that Ray's fake multi-node
+autoscaler adds and removes, checkpoints and store on S3 (moto on 127.0.0.1), token auth on.
+
+Few tests, each checking several things, to keep the CI short (about a minute or two each on 2 cores):
+- the cluster itself: loopback only, token refused without it, starts with 0 worker nodes;
+- refusals before any worker starts: a worker no node type can hold, node-local checkpoints;
+- autoscaling: a 4-trial sweep on one node type makes the autoscaler add nodes of that type only
+  (<= max_workers); after the idle timeout the cluster is back at min_workers (0);
+- a 2-worker run lands on 2 nodes, loses one (SIGKILL to its raylet and everything under it) after its
+  first S3 checkpoint, resumes on a node the autoscaler adds, and finishes with every epoch recorded once.
+"""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import re
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import psutil
+import pytest
+from cluster_fixtures import (
+    IDLE_TIMEOUT_MIN,
+    NodeWatcher,
+    client_env,
+    kill_node,
+    local_cluster_fixture,  # noqa: F401 (the local_cluster fixture)
+    wait_for_workers,
+)
+from conftest import ROOT, run_job
+
+from jobs.store import Store
+
+MLP = str(ROOT / "configs" / "mlp.yaml")
+FIGURES: dict[str, dict] = {}  # what the tests measured, printed with -s; bench/cluster_local.py prints it as a table
+
+
+def test_local_cluster_is_loopback_only_token_guarded_and_starts_empty(local_cluster):
+    procs = psutil.Process(local_cluster.supervisor_pid).children(recursive=True)
+    listening = {(c.laddr.ip, c.laddr.port) for p in procs for c in _connections(p) if c.status == psutil.CONN_LISTEN}
+    assert listening and all(_loopback(ip) for ip, _ in listening), sorted(listening)
+    with pytest.raises(urllib.error.HTTPError) as e:  # no token, no answer
+        urllib.request.urlopen(f"{local_cluster.dashboard}/api/v0/nodes", timeout=10)
+    assert e.value.code == 401
+    assert local_cluster.worker_nodes() == []  # min_workers 0 everywhere in cluster.yaml
+    assert oct(local_cluster.token_path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_refused_before_any_worker_starts(local_cluster, s3_server):
+    bucket = s3_server.make_bucket(f"perennial-{uuid.uuid4().hex[:8]}")
+    env = client_env(local_cluster)
+    t0 = time.time()
+    # more CPUs per worker than any node type has: one line naming the largest type, not an endless "pending"
+    res = run_job(
+        ["jobs.train", "--config", MLP, "--smoke-test", "scaling.cpus_per_worker=4", f"run.storage_path={bucket}/runs"],
+        env,
+        timeout=180,
+    )
+    assert res.returncode == 2, res.stdout + res.stderr
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: no node type of this cluster can hold one worker") and "CPU=4" in line
+    assert "the largest, cpu_worker, has CPU=1" in line, line
+    # node-local checkpoints on a cluster of several nodes: refused up front, naming s3://
+    res = run_job(
+        ["jobs.train", "--config", MLP, "--smoke-test", "scaling.num_workers=2", "scaling.cpus_per_worker=1"],
+        env,
+        timeout=180,
+    )
+    assert res.returncode == 2, res.stdout + res.stderr
+    line = res.stderr.strip().splitlines()[-1]
+    assert "run.storage_path='./runs' is a folder on this machine" in line and "s3://" in line, line
+    assert time.time() - t0 < 120
+    assert local_cluster.worker_nodes() == []  # neither asked the autoscaler for a node
+    assert "runs" not in Store(f"{bucket}/store").tables()
+
+
+def test_sweep_scales_one_node_type_up_then_back_to_zero(local_cluster, s3_server):
+    bucket = s3_server.make_bucket(f"perennial-{uuid.uuid4().hex[:8]}")
+    watcher = NodeWatcher(local_cluster)
+    watcher.start()
+    t_submit = time.time()
+    res = run_job(
+        [
+            "jobs.sweep",
+            "--config",
+            MLP,
+            "--smoke-test",
+            "--store",
+            f"{bucket}/store",
+            f"run.storage_path={bucket}/runs",
+            "sweep.num_samples=4",
+            "sweep.max_concurrent_trials=2",
+            "sweep.trial_overrides={train.epochs: 2, data.max_train_samples: 1000}",
+            "scaling.cpus_per_worker=1",
+            "scaling.node_type=gpu_1x",  # a GPU type in cluster.yaml: here a 1-CPU node carrying gpu_1x: 1
+        ],
+        client_env(local_cluster),
+        timeout=420,
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    runs = Store(f"{bucket}/store").df("runs")
+    trials = runs[runs["trial_id"] != ""]
+    assert len(trials) == 4 and set(trials["status"]) <= {"completed", "stopped_early"}, trials[["status", "error"]]
+    # only the requested type was launched, never more than its max_workers (3)
+    types = list(watcher.seen.values())
+    assert types and set(types) == {"gpu_1x"} and len(types) <= 3, watcher.seen
+    for trial_types in trials["worker_node_types"]:
+        assert trial_types == "gpu_1x"
+    # back to min_workers (0) after the idle timeout
+    wait_for_workers(local_cluster, 0, timeout_s=120)
+    time.sleep(1.5)  # one more watcher sample
+    watcher.stop()
+    last_trial_end = max(runs["finished_at"]).timestamp()
+    back_to_zero = next((t for t, n in watcher.counts if t > last_trial_end and n == 0), time.time())
+    FIGURES["autoscaling"] = {
+        "submit -> first trial started (s)": min(runs["started_at"]).timestamp() - t_submit,
+        "submit -> first node up (s)": watcher.first_up - t_submit if watcher.first_up else None,
+        "nodes launched per type": dict(collections.Counter(types)),
+        "last trial end -> back to 0 worker nodes (s)": back_to_zero - last_trial_end,
+        "idle timeout (s)": IDLE_TIMEOUT_MIN * 60,
+    }
+    print(f"\nfigures: {FIGURES['autoscaling']}")
+
+
+def test_two_worker_run_on_two_nodes_survives_losing_one(local_cluster, s3_server):
+    bucket = s3_server.make_bucket(f"perennial-{uuid.uuid4().hex[:8]}")
+    import subprocess
+
+    from conftest import PY
+
+    epochs = 4
+    cmd = [
+        PY,
+        "-m",
+        "jobs.train",
+        "--config",
+        MLP,
+        "--store",
+        f"{bucket}/store",
+        f"run.storage_path={bucket}/runs",
+        "scaling.num_workers=2",
+        "scaling.cpus_per_worker=1",
+        "scaling.node_type=cpu_worker",
+        "failure.max_failures=1",
+        f"train.epochs={epochs}",
+        "train.batch_size=16",
+        "data.max_train_samples=6000",
+        "model.hidden1=64",
+        "model.hidden2=32",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=client_env(local_cluster), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    # wait for the first epoch checkpoint on S3, then kill the node of one worker
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1")
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket[5:], Prefix="runs/").get("Contents", [])]
+        if any("/epoch_0001/" in k for k in keys):
+            break
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.3)
+    else:
+        proc.kill()
+        raise AssertionError("no epoch_0001 checkpoint in 300 s")
+    before = {n["node_id"] for n in local_cluster.worker_nodes()}
+    assert len(before) == 2
+    victim = sorted(before)[-1]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket[5:], Prefix="runs/").get("Contents", [])]
+    last_at_kill = max(int(m) for m in re.findall(r"/epoch_(\d+)/", " ".join(keys)))
+    t_kill = time.time()
+    killed = kill_node(local_cluster, victim)
+    out, _ = proc.communicate(timeout=420)
+    recovery_s = time.time() - t_kill
+    assert proc.returncode == 0, out[-4000:]
+    runs = Store(f"{bucket}/store").df("runs")
+    assert len(runs) == 1
+    run = runs.iloc[0].to_dict()
+    assert run["status"] == "completed" and run["num_workers"] == 2, run
+    node_ids, node_types = run["worker_node_ids"].split(","), run["worker_node_types"].split(",")
+    assert len(set(node_ids)) == 2 and node_types == ["cpu_worker", "cpu_worker"], run
+    assert victim not in node_ids and set(node_ids) - before, (victim, node_ids, before)  # a node added after the loss
+    epochs_rows = Store(f"{bucket}/store").df("epochs")
+    assert sorted(epochs_rows["epoch"]) == list(range(1, epochs + 1))  # no epoch lost or recorded twice
+    resumed = [int(m) for m in re.findall(r"resumed from the epoch (\d+) checkpoint", out)]
+    # the last checkpoint at the kill (or the one before, if Train had not yet committed the newest)
+    assert resumed and resumed[0] >= last_at_kill - 1, (resumed, last_at_kill, out[-3000:])
+    samples = (epochs_rows["samples_per_s"] * epochs_rows["train_time_s"]).round()
+    assert samples.nunique() == 1, samples  # every epoch saw the whole training set once: no sample lost or doubled
+    rows = epochs_rows["epoch"]
+    FIGURES["node loss"] = {
+        "processes killed": killed,
+        "kill -> run completed (s)": recovery_s,
+        "whole epochs redone (besides the one in flight)": last_at_kill - resumed[0],
+        "epoch rows lost / duplicated": f"{epochs - rows.nunique()} / {len(rows) - rows.nunique()}",
+    }
+    print(f"\nfigures: {FIGURES['node loss']}")
+
+
+def _loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    return addr.is_loopback or bool(getattr(addr, "ipv4_mapped", None) and addr.ipv4_mapped.is_loopback)
+
+
+def _connections(p: psutil.Process) -> list:
+    try:
+        return p.net_connections(kind="inet")
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return []
+
+
+def test_submit_status_logs_and_stop_with_workers_on_other_nodes(local_cluster, s3_server):
+    bucket = s3_server.make_bucket(f"perennial-{uuid.uuid4().hex[:8]}")
+    env = client_env(local_cluster)
+    common = [
+        "--store",
+        f"{bucket}/store",
+        "scaling.num_workers=2",
+        "scaling.cpus_per_worker=1",
+        "scaling.node_type=cpu_worker",
+        f"run.storage_path={bucket}/runs",
+    ]
+    res = run_job(["jobs.submit", "submit", MLP, "--smoke-test", *common], env, timeout=180)
+    assert res.returncode == 0, res.stdout + res.stderr
+    job = re.search(r"submitted (\S+):", res.stdout).group(1)
+    logs = run_job(["jobs.submit", "logs", job, "--follow"], env, timeout=420)
+    assert logs.returncode == 0 and "2 worker(s) on cpu" in logs.stdout, logs.stdout[-3000:] + logs.stderr[-2000:]
+    status = run_job(["jobs.submit", "status", job], env, timeout=120)
+    assert status.returncode == 0 and "status: succeeded" in status.stdout, status.stdout + status.stderr
+    run = Store(f"{bucket}/store").df("runs").iloc[0].to_dict()
+    assert run["job_id"] == job and run["status"] == "completed"
+    assert len(set(run["worker_node_ids"].split(","))) == 2 and run["worker_node_types"] == "cpu_worker,cpu_worker"
+    head = [
+        n["node_id"] for n in local_cluster.nodes() if n["node_type"] == local_cluster.state["config"]["head_node_type"]
+    ]
+    assert head[0] not in run["worker_node_ids"]  # the driver ran on the head, the workers elsewhere
+
+    # a long job, stopped while its workers run on the worker nodes: they are freed and the nodes go idle
+    res = run_job(["jobs.submit", "submit", MLP, *common, "train.epochs=200", "data.max_train_samples=2000"], env)
+    long_job = re.search(r"submitted (\S+):", res.stdout).group(1)
+    deadline = time.time() + 300
+    while "epoch" not in run_job(["jobs.submit", "logs", long_job], env, timeout=60).stdout:
+        assert time.time() < deadline, "the long job never reached its first epoch"
+        time.sleep(3)
+    stop = run_job(["jobs.submit", "stop", long_job], env, timeout=180)
+    assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stdout + stop.stderr
+    wait_for_workers(local_cluster, 0, timeout_s=150)  # nothing left holding the nodes
+    jobs = Store(f"{bucket}/store").df("jobs")
+    assert set(jobs[jobs["submission_id"] == long_job]["status"]) >= {"stopped"}, jobs
+
+
+def test_down_ends_every_process_of_the_cluster(local_cluster):
+    """Last in this module: stops the module's cluster (the fixture's own stop is then a no-op)."""
+    procs = psutil.Process(local_cluster.supervisor_pid).children(recursive=True)
+    assert any(p.name() == "raylet" for p in procs) and any(p.name() == "gcs_server" for p in procs)
+    local_cluster.stop()
+    gone, alive = psutil.wait_procs(procs, timeout=30)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], alive
+    assert not local_cluster.alive()
+    assert not (local_cluster.dir / "cluster.json").exists()
