@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import torch
-from conftest import run_job
+from conftest import base_env, run_job
 from safetensors.torch import load_file
 
 from jobs.store import Store
@@ -15,12 +15,13 @@ from jobs.store import Store
 TINY_LORA = ["--smoke-test", "model.name_or_path=tiny", "model.lora.enabled=true", "scaling.cpus_per_worker=1"]
 
 
-def test_lora_run_resumes_with_its_adapters_and_exports_a_plain_model(ray_cluster, store_dir, tmp_path):
+def test_lora_run_resumes_with_its_adapters_and_exports_a_plain_model(store_dir, tmp_path):
     runs = tmp_path / "runs"
     res = run_job(
         ["jobs.train", "--config", "configs/ner.yaml", "--store", str(store_dir), *TINY_LORA]
         + [f"run.storage_path={runs}", "failure.max_failures=1"],
-        ray_cluster.job_env(PERENNIAL_FAULT_AFTER_EPOCH="1", RAY_DEDUP_LOGS="0"),
+        # an embedded cluster (no RAY_ADDRESS): its Train workers inherit the fault variable from this driver
+        base_env(PERENNIAL_FAULT_AFTER_EPOCH="1", RAY_DEDUP_LOGS="0"),
         timeout=600,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
