@@ -125,9 +125,9 @@ COMPACT_AFTER = 16  # small files in one partition at which a writer compacts th
 SMALL_FILE_ROWS = 10_000  # a file with fewer rows is "small": compaction merges it; bigger ones stay as they are
 RETENTION_HOURS = 7 * 24  # history `vacuum` keeps by default: a week of time travel
 COMMIT_ATTEMPTS = 40  # a conflict only means another writer committed first: retry from the new version
-# delta-rs 1.6.6 rebases a commit that removes files over a concurrent commit that removed the same files
-# (two compactions of one partition both committed: every row twice). A commit that removes files is
-# therefore never rebased: it fails on any newer version and is planned again from a fresh snapshot.
+# Commits that remove files (a run's replacement, a compaction) are replaces-by-predicate: delta-rs rebases
+# them over blind appends and refuses them over a commit that added rows they match, so they never
+# double a row. (delta-rs 1.6.6's optimize.compact is not used: it rebased over a concurrent compaction.)
 LOG = "_delta_log"
 
 
@@ -188,12 +188,6 @@ def number(v) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if f != f else f  # NaN -> None
-
-
-def no_rebase():
-    from deltalake import CommitProperties
-
-    return CommitProperties(max_commit_retries=0)
 
 
 def first_line(e: BaseException) -> str:
@@ -430,7 +424,7 @@ class Engine:
                         storage_options=self.options,
                     )
                 elif data is None:
-                    d.delete(predicate, commit_properties=no_rebase())
+                    d.delete(predicate)
                 elif predicate:
                     write_deltalake(
                         d,
@@ -438,7 +432,6 @@ class Engine:
                         mode="overwrite",
                         predicate=predicate,
                         schema_mode="merge",
-                        commit_properties=no_rebase(),
                     )
                 else:
                     write_deltalake(d, data, mode="append", schema_mode="merge")
@@ -574,9 +567,7 @@ class Engine:
             rows,
             mode="overwrite",
             predicate=predicate,
-            commit_properties=CommitProperties(
-                custom_metadata={"perennial.operation": "COMPACT"}, max_commit_retries=0
-            ),
+            commit_properties=CommitProperties(custom_metadata={"perennial.operation": "COMPACT"}),
         )
 
     def vacuum(self, retention_hours: int = RETENTION_HOURS, dry_run: bool = False) -> list[dict]:
