@@ -212,6 +212,7 @@ class Engine:
         self.options = storage_options(self.uri)
         self._open: dict[str, Any] = {}  # table -> DeltaTable, refreshed before each use
         self._retry_compaction_at: dict[tuple[str, str], int] = {}  # after a lost race: wait for more files
+        self._datasets: dict[str, tuple[int, ds.Dataset]] = {}  # table -> (version, its pyarrow dataset)
         try:
             if self.local:
                 self.fs, self.root = pafs.LocalFileSystem(), self.uri
@@ -290,7 +291,10 @@ class Engine:
         d = self.delta(table)
         if d is None:
             return None
-        data = d.to_pyarrow_dataset()
+        cached = self._datasets.get(table)
+        if cached is None or cached[0] != d.version():  # building one costs per file: reuse it per version
+            cached = self._datasets[table] = (d.version(), d.to_pyarrow_dataset())
+        data = cached[1]
         return data.filter(ds.field(PARTITION) == workload) if workload else data
 
     def empty(self, table: str) -> pa.Table:
@@ -493,8 +497,9 @@ class Engine:
                 self._compact_partition(d, w)
                 self._retry_compaction_at.pop((table, w), None)
             except (DeltaError, OSError):  # CommitFailedError included: another writer committed meanwhile
-                # try again only once more files came: under many writers, not a rewrite per append
-                self._retry_compaction_at[(table, w)] = counts[w] + max(1, self.compact_after // 2)
+                # Lost to a writer that added rows of the same runs (delta-rs refuses the compaction then):
+                # try again at twice the files, so a steady stream of such appends costs few attempts.
+                self._retry_compaction_at[(table, w)] = 2 * counts[w]
                 return
         if full:
             try:
