@@ -125,9 +125,9 @@ COMPACT_AFTER = 16  # small files in one partition at which a writer compacts th
 SMALL_FILE_ROWS = 10_000  # a file with fewer rows is "small": compaction merges it; bigger ones stay as they are
 RETENTION_HOURS = 7 * 24  # history `vacuum` keeps by default: a week of time travel
 COMMIT_ATTEMPTS = 40  # a conflict only means another writer committed first: retry from the new version
-# delta-rs 1.6.6 rebases a commit that removes files over a concurrent commit that removed the same files
-# (two compactions of one partition both committed: every row twice). A commit that removes files is
-# therefore never rebased: it fails on any newer version and is planned again from a fresh snapshot.
+# Commits that remove files (a run's replacement, a compaction) are replaces-by-predicate: delta-rs rebases
+# them over blind appends and refuses them over a commit that added rows they match, so they never
+# double a row. (delta-rs 1.6.6's optimize.compact is not used: it rebased over a concurrent compaction.)
 LOG = "_delta_log"
 
 
@@ -190,12 +190,6 @@ def number(v) -> float | None:
     return None if f != f else f  # NaN -> None
 
 
-def no_rebase():
-    from deltalake import CommitProperties
-
-    return CommitProperties(max_commit_retries=0)
-
-
 def first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -218,6 +212,7 @@ class Engine:
         self.options = storage_options(self.uri)
         self._open: dict[str, Any] = {}  # table -> DeltaTable, refreshed before each use
         self._retry_compaction_at: dict[tuple[str, str], int] = {}  # after a lost race: wait for more files
+        self._datasets: dict[str, tuple[int, ds.Dataset]] = {}  # table -> (version, its pyarrow dataset)
         try:
             if self.local:
                 self.fs, self.root = pafs.LocalFileSystem(), self.uri
@@ -296,7 +291,10 @@ class Engine:
         d = self.delta(table)
         if d is None:
             return None
-        data = d.to_pyarrow_dataset()
+        cached = self._datasets.get(table)
+        if cached is None or cached[0] != d.version():  # building one costs per file: reuse it per version
+            cached = self._datasets[table] = (d.version(), d.to_pyarrow_dataset())
+        data = cached[1]
         return data.filter(ds.field(PARTITION) == workload) if workload else data
 
     def empty(self, table: str) -> pa.Table:
@@ -430,7 +428,7 @@ class Engine:
                         storage_options=self.options,
                     )
                 elif data is None:
-                    d.delete(predicate, commit_properties=no_rebase())
+                    d.delete(predicate)
                 elif predicate:
                     write_deltalake(
                         d,
@@ -438,7 +436,6 @@ class Engine:
                         mode="overwrite",
                         predicate=predicate,
                         schema_mode="merge",
-                        commit_properties=no_rebase(),
                     )
                 else:
                     write_deltalake(d, data, mode="append", schema_mode="merge")
@@ -500,8 +497,9 @@ class Engine:
                 self._compact_partition(d, w)
                 self._retry_compaction_at.pop((table, w), None)
             except (DeltaError, OSError):  # CommitFailedError included: another writer committed meanwhile
-                # try again only once more files came: under many writers, not a rewrite per append
-                self._retry_compaction_at[(table, w)] = counts[w] + max(1, self.compact_after // 2)
+                # Lost to a writer that added rows of the same runs (delta-rs refuses the compaction then):
+                # try again at twice the files, so a steady stream of such appends costs few attempts.
+                self._retry_compaction_at[(table, w)] = 2 * counts[w]
                 return
         if full:
             try:
@@ -574,9 +572,7 @@ class Engine:
             rows,
             mode="overwrite",
             predicate=predicate,
-            commit_properties=CommitProperties(
-                custom_metadata={"perennial.operation": "COMPACT"}, max_commit_retries=0
-            ),
+            commit_properties=CommitProperties(custom_metadata={"perennial.operation": "COMPACT"}),
         )
 
     def vacuum(self, retention_hours: int = RETENTION_HOURS, dry_run: bool = False) -> list[dict]:
