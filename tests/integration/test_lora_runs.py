@@ -33,7 +33,8 @@ def test_lora_run_resumes_with_its_adapters_and_exports_a_plain_model(store_dir,
         and run["model.lora.enabled"]
         and sorted(store.history(run["run_id"])["epoch"]) == [1, 2]
     )
-    state = torch.load(runs / run["run_id"] / "epoch_0001" / "state.pt", map_location="cpu", weights_only=True)
+    kept = sorted((runs / run["run_id"]).glob("epoch_*"))  # run.num_to_keep=2: the last epoch and the final one
+    state = torch.load(kept[-1] / "state.pt", map_location="cpu", weights_only=True)
     adapters = [k for k in state["model"] if "lora_A" in k or "lora_B" in k]
     assert adapters, "the epoch checkpoint holds no LoRA adapters: a resumed run would restart them from zero"
     export = Path(run["export_uri"])
