@@ -325,8 +325,10 @@ def make_trainer(cfg, name: str, callbacks=(), extra_config: dict | None = None)
 
 def error_line(err: BaseException) -> str:
     """One readable line for a Train failure (the worker's own exception, not Ray's wrapper)."""
-    failures = getattr(err, "worker_failures", None) or {}
-    inner = next(iter(failures.values()), None) if failures else getattr(err, "controller_failure", None)
+    failures = list((getattr(err, "worker_failures", None) or {}).values())
+    # a worker that died takes the others down with it (their gloo/NCCL peers reset): name the death, not the echo
+    failures.sort(key=lambda e: "died" not in str(e) and "ActorDied" not in type(e).__name__)
+    inner = failures[0] if failures else getattr(err, "controller_failure", None)
     text = str(inner if inner is not None else err).strip().splitlines()
     last = [ln for ln in text if ln.strip() and not ln.startswith(" ")]
     return (last[-1] if last else type(err).__name__)[:500]
