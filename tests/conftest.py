@@ -159,13 +159,16 @@ def run_job(
     return subprocess.run([PY, "-m", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-def one_error_line(res: subprocess.CompletedProcess, code: int = 2) -> str:
-    """The contract of bad input (exit 2) and of no cluster (exit 1): that exit code, and stderr is exactly one
-    line, ``error: <problem> — <fix>``, with no traceback. Returns the line."""
+def one_error_line(res: subprocess.CompletedProcess, code: int = 2, only_line: bool = True) -> str:
+    """The contract of bad input (exit 2) and of no cluster (exit 1): that exit code, exactly one
+    ``error: <problem> — <fix>`` line and no Python traceback; with ``only_line``, nothing else on stderr.
+    Returns the line."""
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error: ")]
     assert res.returncode == code, f"exit {res.returncode}, want {code}:\n{res.stdout[-2000:]}{res.stderr[-2000:]}"
-    assert len(lines) == 1 and lines[0].startswith("error: "), f"want one 'error:' line:\n{res.stderr[-2000:]}"
-    return lines[0]
+    assert len(errors) == 1 and "Traceback" not in res.stderr, f"want one 'error:' line:\n{res.stderr[-2000:]}"
+    assert not only_line or len(lines) == 1, f"want nothing but the error line on stderr:\n{res.stderr[-2000:]}"
+    return errors[0]
 
 
 @pytest.fixture
