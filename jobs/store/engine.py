@@ -293,9 +293,16 @@ class Engine:
             return None
         cached = self._datasets.get(table)
         if cached is None or cached[0] != d.version():  # building one costs per file: reuse it per version
-            cached = self._datasets[table] = (d.version(), d.to_pyarrow_dataset())
+            cached = self._datasets[table] = (d.version(), self.arrow_dataset(d, table))
         data = cached[1]
         return data.filter(ds.field(PARTITION) == workload) if workload else data
+
+    def arrow_dataset(self, d, table: str) -> ds.Dataset:
+        """``d.to_pyarrow_dataset()`` over Arrow's own filesystem for the store (local or S3). deltalake's default
+        is a Python-implemented filesystem that Arrow's threads call back into; after such a read the interpreter
+        aborted at exit now and then ("terminate called without an active exception"), as with Python file objects
+        before (workloads.data.read_parquet)."""
+        return d.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(f"{self.root}/{table}", self.fs))
 
     def empty(self, table: str) -> pa.Table:
         return pa.schema([(k, v) for k, v in CORE.get(table, {}).items()] + [(PARTITION, pa.string())]).empty_table()
