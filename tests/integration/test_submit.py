@@ -71,8 +71,9 @@ def test_submit_follow_succeeds_and_records_the_job(ray_cluster, store_dir, tmp_
 
 
 def test_entrypoint_that_fails_at_once_is_recorded_failed_with_rays_message(ray_cluster, store_dir):
+    # passes submit's local pre-flight (config, data, store), fails at once on the cluster: no parent run to start from
     res = submit_cli(
-        ray_cluster, store_dir, "submit", "configs/mlp.yaml", "--smoke-test", "data.source=/nonexistent/images.npz"
+        ray_cluster, store_dir, "submit", "configs/mlp.yaml", "--smoke-test", "--verb", "continual", "--from", "best"
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     sid = submission_id(res)
@@ -80,7 +81,7 @@ def test_entrypoint_that_fails_at_once_is_recorded_failed_with_rays_message(ray_
     assert row["status"] == "failed" and "exit code 2" in row["message"]
     jobs = Store(store_dir).df("jobs")
     final = jobs[jobs["status"] == "failed"]
-    assert len(final) == 1 and "/nonexistent/images.npz" in final.iloc[0]["message"]  # Ray's message keeps the log tail
+    assert len(final) == 1 and "no mlp runs" in final.iloc[0]["message"]  # Ray's message keeps the log tail
     assert len(Store(store_dir).df("runs")) == 0  # the entrypoint wrote nothing itself
     res = submit_cli(ray_cluster, store_dir, "status", sid)
     assert res.returncode == 0 and re.search(r"status: failed", res.stdout)
