@@ -202,21 +202,21 @@ def test_submit_uploads_an_external_workloads_folder_with_the_repo_code_as_py_mo
 
     folder = tmp_path / "proj"
     (folder / "configs").mkdir(parents=True)
-    (folder / "my_tiny.py").write_text(TINY)
-    (folder / "configs" / "my_tiny.yaml").write_text("workload: ../my_tiny.py\n")
+    (folder / "my_upload.py").write_text(TINY)
+    (folder / "configs" / "my_upload.yaml").write_text("workload: ../my_upload.py\n")
     (folder / ".env").write_text("SECRET=1")
-    cfg = config_lib.load_config(folder / "configs" / "my_tiny.yaml")
-    config, upload = submit.upload_plan(str(folder / "configs" / "my_tiny.yaml"), cfg)
-    assert config == "configs/my_tiny.yaml" and upload["working_dir"] == str(folder)
+    cfg = config_lib.load_config(folder / "configs" / "my_upload.yaml")
+    config, upload = submit.upload_plan(str(folder / "configs" / "my_upload.yaml"), cfg)
+    assert config == "configs/my_upload.yaml" and upload["working_dir"] == str(folder)
     assert upload["py_modules"] == [str(ROOT / "jobs"), str(ROOT / "workloads")]
     _zip_files(str(folder), upload["excludes"], str(tmp_path / "wd.zip"), include_gitignore=True)
     from zipfile import ZipFile
 
     names = sorted(n for n in ZipFile(tmp_path / "wd.zip").namelist() if not n.endswith("/"))
-    assert names == ["configs/my_tiny.yaml", "my_tiny.py"]  # the module travels, credentials files do not
+    assert names == ["configs/my_upload.yaml", "my_upload.py"]  # the module travels, credentials files do not
     elsewhere = tmp_path / "elsewhere.yaml"
-    elsewhere.write_text("workload: proj/my_tiny.py\n")
-    with pytest.raises(ConfigError, match="outside the folder of workload 'my_tiny'.*put the config next to"):
+    elsewhere.write_text("workload: proj/my_upload.py\n")
+    with pytest.raises(ConfigError, match="outside the folder of workload 'my_upload'.*put the config next to"):
         submit.upload_plan(str(elsewhere), config_lib.load_config(elsewhere))
     shipped = config_lib.load_config(ROOT / "configs" / "mlp.yaml")
     config, upload = submit.upload_plan(str(ROOT / "configs" / "mlp.yaml"), shipped)
