@@ -421,7 +421,7 @@ class Engine:
         for attempt in range(COMMIT_ATTEMPTS):
             d = self.delta(table)  # the snapshot this transaction reads; a newer commit it overlaps is a conflict
             try:
-                if record is not None and d is not None and _later_record(d, key, record):
+                if record is not None and d is not None and _later_record(d, key, record, lambda: self.arrow_dataset(d, table)):
                     return False
                 data = self._conform(table, arrow, d) if arrow is not None else None
                 if d is None and data is None:
@@ -555,7 +555,7 @@ class Engine:
         """
         from deltalake import CommitProperties, write_deltalake
 
-        data = d.to_pyarrow_dataset()
+        data = self.arrow_dataset(d, d.table_uri.rstrip('/').rsplit('/', 1)[-1])
         where, predicate = ds.field(PARTITION) == workload, f'"{PARTITION}" = {_literal(workload)}'
         if "run_id" in data.schema.names and not everything:
             small = set(_small_files(d).get(workload, []))
@@ -763,7 +763,7 @@ def _write_error(uri: str, table: str, e: BaseException) -> StoreError:
     )
 
 
-def _later_record(d, key: dict, record: str) -> bool:
+def _later_record(d, key: dict, record: str, dataset) -> bool:
     """Whether ``d``'s snapshot holds a recording of ``key`` (workload, run_id) later than ``record``.
 
     File statistics answer it without reading data in the usual case (a new run, or a later recording:
@@ -782,7 +782,7 @@ def _later_record(d, key: dict, record: str) -> bool:
             return False
     elif actions.num_rows and "max.record_id" not in actions.column_names and "min.run_id" in actions.column_names:
         return False  # no file holds a record_id yet: nothing recorded by record_run, so nothing later
-    data = d.to_pyarrow_dataset()
+    data = dataset()  # built only when the file statistics could not answer
     if "record_id" not in data.schema.names:
         return False
     expr = None
