@@ -46,10 +46,12 @@ from jobs.train import (
     git_sha,
     init_ray,
     job_id,
+    read_state_file,
     record_run,
     run_in_process,
     run_trainer,
     storage_uri,
+    write_state_file,
 )
 
 DISTRIBUTIONS = {  # name -> its arguments (Tune's own samplers; randint excludes `high`, as in Tune)
@@ -486,26 +488,12 @@ def sweep_dir(storage_root: str, sweep_id: str) -> str:
     return f"{storage_root.rstrip('/')}/{sweep_id}"
 
 
-def _fs(uri: str):
-    import pyarrow.fs as pafs
-
-    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), os.path.abspath(uri))
-
-
 def write_state(directory: str, state: dict) -> None:
-    fs, path = _fs(directory)
-    fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(f"{path}/{STATE_FILE}") as f:
-        f.write(json.dumps(state, indent=1, default=str).encode())
+    write_state_file(directory, STATE_FILE, state)
 
 
 def read_state(directory: str) -> dict | None:
-    fs, path = _fs(directory)
-    try:
-        with fs.open_input_stream(f"{path}/{STATE_FILE}") as f:
-            return json.loads(f.read())
-    except (FileNotFoundError, OSError):
-        return None
+    return read_state_file(directory, STATE_FILE)
 
 
 def make_progress_callback(state: dict, directory: str, attempt: int, t0: float, metric: str):

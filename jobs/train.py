@@ -204,32 +204,38 @@ def cluster_refusal(want: dict, storage_path: str, kinds: dict[str, dict], compl
 RUN_STATE = "perennial_run.json"  # beside a run's checkpoints: its config and store, read by --resume
 
 
-def run_state_uri(cfg, run_id: str) -> str:
-    return f"{storage_uri(cfg.run.storage_path).rstrip('/')}/{run_id}/{RUN_STATE}"
+def write_state_file(directory: str, name: str, state: dict) -> None:
+    """``state`` as JSON in ``directory/name``, local or ``s3://`` (a run's or a sweep's resume state)."""
+    fs, path = state_fs(directory)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{name}") as f:
+        f.write(json.dumps(state, indent=1, default=str).encode())
+
+
+def read_state_file(directory: str, name: str) -> dict | None:
+    """What :func:`write_state_file` wrote, or None when there is none."""
+    fs, path = state_fs(directory)
+    try:
+        with fs.open_input_stream(f"{path}/{name}") as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def state_fs(uri: str):
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), os.path.abspath(uri))
 
 
 def write_run_state(cfg, run_id: str, store: Store) -> None:
     """What ``--resume RUN_ID`` needs, written before the run starts: a driver may die at any moment after."""
-    import pyarrow.fs as pafs
-
-    uri = run_state_uri(cfg, run_id)
-    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     state = {"run_id": run_id, "config": config_lib.to_dict(cfg), "store": store.uri}
-    with fs.open_output_stream(path) as f:
-        f.write(json.dumps(state, indent=1).encode())
+    write_state_file(f"{storage_uri(cfg.run.storage_path).rstrip('/')}/{run_id}", RUN_STATE, state)
 
 
 def read_run_state(storage_path: str, run_id: str) -> dict | None:
-    import pyarrow.fs as pafs
-
-    uri = f"{storage_uri(storage_path).rstrip('/')}/{run_id}/{RUN_STATE}"
-    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
-    try:
-        with fs.open_input_file(path) as f:
-            return json.loads(f.read())
-    except (FileNotFoundError, OSError):
-        return None
+    return read_state_file(f"{storage_uri(storage_path).rstrip('/')}/{run_id}", RUN_STATE)
 
 
 def new_run_id(workload: str) -> str:
