@@ -60,6 +60,7 @@ LEVERS = {
     "random_order": "random batch order (no length grouping)",
     "default_adamw": "torch.optim.AdamW() defaults instead of fused=True",
     "bf16": "bf16 autocast (CPU has AVX512-BF16)",
+    "fpmath_bf16": "fp32 model, oneDNN matmuls in bf16 (torch.backends.mkldnn.matmul.fp32_precision)",
     "eager_attention": "eager attention instead of SDPA",
     "loader_worker": "DataLoader num_workers=1",
     "pad_multiple_8": "data.pad_to_multiple_of=8",
@@ -199,6 +200,8 @@ def train_plain(args, lever: str, sentences: int) -> tuple:
     from workloads import ner
 
     torch.set_num_threads(args.threads)
+    if lever == "fpmath_bf16":
+        torch.backends.mkldnn.matmul.fp32_precision = "bf16"
     extra = {"bf16": ["train.precision=bf16"], "pad_multiple_8": ["data.pad_to_multiple_of=8"]}.get(lever, [])
     cfg = ner_cfg(args, [f"data.max_train_samples={sentences}", *extra])
     loop.seed_everything(cfg.train.seed)
