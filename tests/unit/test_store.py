@@ -277,6 +277,7 @@ def test_writers_compact_and_checkpoint_a_partition_on_their_own(tmp_path):
     store = Store(tmp_path / "store", compact_after=8)
     for i in range(20):
         store.append("epochs", epoch_rows(f"r{i}", "mlp" if i % 2 else "cnn"))
+    store.wait_for_maintenance()  # the writer compacts in its maintenance thread, after the append returned
     files = store.files("epochs")
     assert len(files) < 20 and len(store.df("epochs")) == 60  # compacted: fewer files, every row
     assert "COMPACT" in [c["operation"] for c in store.versions("epochs", limit=None)]
