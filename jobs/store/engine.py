@@ -125,6 +125,7 @@ INFO_KINDS = ("many_files", "in_progress", "record_pending", "orphan_file")  # f
 COMPACT_AFTER = 16  # small files in one partition at which a writer compacts them (and checkpoints the log)
 SMALL_FILE_ROWS = 10_000  # a file with fewer rows is "small": compaction merges it; bigger ones stay as they are
 RETENTION_HOURS = 7 * 24  # history `vacuum` keeps by default: a week of time travel
+COMPACT_ATTEMPTS = 4  # a writer's compaction of one partition, planned afresh after each lost race
 COMMIT_ATTEMPTS = 40  # a conflict only means another writer committed first: retry from the new version
 # Commits that remove files (a run's replacement, a compaction) are replaces-by-predicate: delta-rs rebases
 # them over blind appends and refuses them over a commit that added rows they match, so they never
@@ -616,11 +617,16 @@ class Engine:
         if full:
             d = self.delta(table)  # plan on the newest snapshot: a stale one would only lose the race
         for w in full:
-            try:
-                self._compact_partition(d, w)
-                self._retry_compaction_at.pop((table, w), None)
-            except (DeltaError, OSError):  # CommitFailedError included: another writer committed meanwhile
-                # Lost to a writer that added rows of the same runs (delta-rs refuses the compaction then):
+            for attempt in range(COMPACT_ATTEMPTS):
+                try:
+                    self._compact_partition(d, w)
+                    self._retry_compaction_at.pop((table, w), None)
+                    break
+                except (DeltaError, OSError):  # CommitFailedError included: another writer committed meanwhile
+                    d = self.delta(table)  # plan again on the newest snapshot (this thread has the time)
+                    time.sleep(min(1.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))
+            else:
+                # Kept losing to writers that add rows of the same runs (delta-rs refuses the compaction then):
                 # try again at twice the files, so a steady stream of such appends costs few attempts.
                 self._retry_compaction_at[(table, w)] = 2 * counts[w]
                 return
@@ -685,6 +691,10 @@ class Engine:
             named = sorted(i for i in ids if i is not None)
             match = ds.field("run_id").isin(named)
             listed = '"run_id" IN (' + ", ".join(_literal(i) for i in named) + ")" if named else "false"
+            if named:  # the range lets delta-rs rule out a concurrent append's file by its statistics (an IN
+                # list of more than a few values is not pruned by them, so any file added meanwhile conflicted)
+                listed = f'("run_id" >= {_literal(named[0])} AND "run_id" <= {_literal(named[-1])} AND {listed})'
+
             if None in ids:
                 match, listed = match | ds.field("run_id").is_null(), f'("run_id" IS NULL OR {listed})'
             where, predicate = where & match, f"{predicate} AND {listed}"
