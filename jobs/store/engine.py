@@ -125,6 +125,8 @@ INFO_KINDS = ("many_files", "in_progress", "record_pending", "orphan_file")  # f
 COMPACT_AFTER = 16  # small files in one partition at which a writer compacts them (and checkpoints the log)
 SMALL_FILE_ROWS = 10_000  # a file with fewer rows is "small": compaction merges it; bigger ones stay as they are
 RETENTION_HOURS = 7 * 24  # history `vacuum` keeps by default: a week of time travel
+RESULT_CACHE_BYTES = 64 << 20  # reads up to this size are kept per table version (Engine.read) ...
+RESULT_CACHE_ENTRIES = 16  # ... this many of them, the oldest dropped first
 COMPACT_ATTEMPTS = 4  # a writer's compaction of one partition, planned afresh after each lost race
 COMMIT_ATTEMPTS = 40  # a conflict only means another writer committed first: retry from the new version
 # Commits that remove files (a run's replacement, a compaction) are replaces-by-predicate: delta-rs rebases
@@ -218,6 +220,7 @@ class Engine:
         self._loaded_at: dict[str, int] = {}  # table -> the version its handle was loaded at
         self._retry_compaction_at: dict[tuple[str, str], int] = {}  # after a lost race: wait for more files
         self._datasets: dict[str, tuple[int, ds.Dataset]] = {}  # table -> (version, its pyarrow dataset)
+        self._results: dict[tuple, pa.Table] = {}  # (table, version, query) -> a small result (Engine.read)
         self._maintenance: threading.Thread | None = None  # the thread compacting after writes (if running)
         self._maintenance_due: dict[str, set[str]] = {}  # table -> partitions it is to compact
         self._maintenance_lock = threading.Lock()
@@ -337,16 +340,28 @@ class Engine:
         filter: ds.Expression | None = None,
         columns: list[str] | None = None,
     ) -> pa.Table:
-        """Rows of ``table`` (optionally one workload's, filtered, some columns) as an Arrow table."""
+        """Rows of ``table`` (optionally one workload's, filtered, some columns) as an Arrow table.
+
+        A small result is kept per table version: the same query again (a dashboard, a notebook, the
+        leaderboard after each sweep trial) reads nothing while the table has no new commit."""
         data = self.dataset(table, workload)
         if data is None:
             empty = self.empty(table)
             return empty.select([c for c in columns if c in empty.schema.names]) if columns else empty
         cols = [c for c in columns if c in data.schema.names] if columns else None
+        text = str(filter)
+        key = (table, self._datasets[table][0], workload, text, tuple(cols or ()))
+        if key in self._results:
+            return self._results[key]
         try:
-            return data.to_table(filter=filter, columns=cols)
+            out = data.to_table(filter=filter, columns=cols)
         except OSError as e:
             raise StoreError(f"cannot read store table '{table}' in '{self.uri}': {first_line(e)}") from None
+        if out.nbytes <= RESULT_CACHE_BYTES and "..." not in text:  # Arrow abbreviates a long value set: not a key
+            if len(self._results) >= RESULT_CACHE_ENTRIES:
+                self._results.pop(next(iter(self._results)))  # the oldest
+            self._results[key] = out
+        return out
 
     def df(
         self,
