@@ -176,7 +176,7 @@ def main() -> int:
         t, c = time.perf_counter(), time.process_time()
         store.record_run(history, run)
         took.append(time.perf_counter() - t)
-        spent.append(time.process_time() - c)  # CPU of all the process's threads: delta-rs's, and compaction's if running
+        spent.append(time.process_time() - c)  # all the process's threads: delta-rs's, and compaction's
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     load_records = os.getloadavg()[0]
     t1 = time.perf_counter()
