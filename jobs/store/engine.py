@@ -24,6 +24,7 @@ import numbers
 import os
 import random
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -124,11 +125,16 @@ INFO_KINDS = ("many_files", "in_progress", "record_pending", "orphan_file")  # f
 COMPACT_AFTER = 16  # small files in one partition at which a writer compacts them (and checkpoints the log)
 SMALL_FILE_ROWS = 10_000  # a file with fewer rows is "small": compaction merges it; bigger ones stay as they are
 RETENTION_HOURS = 7 * 24  # history `vacuum` keeps by default: a week of time travel
+RESULT_CACHE_BYTES = 64 << 20  # reads up to this size are kept per table version (Engine.read) ...
+RESULT_CACHE_ENTRIES = 16  # ... this many of them, the oldest dropped first
+COMPACT_ATTEMPTS = 4  # a writer's compaction of one partition, planned afresh after each lost race
 COMMIT_ATTEMPTS = 40  # a conflict only means another writer committed first: retry from the new version
 # Commits that remove files (a run's replacement, a compaction) are replaces-by-predicate: delta-rs rebases
 # them over blind appends and refuses them over a commit that added rows they match, so they never
 # double a row. (delta-rs 1.6.6's optimize.compact is not used: it rebased over a concurrent compaction.)
 LOG = "_delta_log"
+TOKEN = "perennial.commit"  # commit-info key: each commit's own token (Engine._commit)
+CHECKPOINT_INTERVAL = 100  # delta-rs writes a log checkpoint every this many commits (delta.checkpointInterval)
 
 
 def store_path(cli_value: str | None, cfg=None) -> str:
@@ -211,8 +217,14 @@ class Engine:
         self.compact_after = compact_after
         self.options = storage_options(self.uri)
         self._open: dict[str, Any] = {}  # table -> DeltaTable, refreshed before each use
+        self._loaded_at: dict[str, int] = {}  # table -> the version its handle was loaded at
         self._retry_compaction_at: dict[tuple[str, str], int] = {}  # after a lost race: wait for more files
         self._datasets: dict[str, tuple[int, ds.Dataset]] = {}  # table -> (version, its pyarrow dataset)
+        self._results: dict[tuple, pa.Table] = {}  # (table, version, query) -> a small result (Engine.read)
+        self._maintenance: threading.Thread | None = None  # the thread compacting after writes (if running)
+        self._maintenance_due: dict[str, set[str]] = {}  # table -> partitions it is to compact
+        self._maintenance_lock = threading.Lock()
+        self._maintainer: Engine | None = None  # that thread's own Engine (table handles are per thread)
         try:
             if self.local:
                 self.fs, self.root = pafs.LocalFileSystem(), self.uri
@@ -241,26 +253,40 @@ class Engine:
             raise StoreError(f"cannot read store '{self.uri}': {first_line(e)}") from None
 
     def delta(self, table: str, fresh: bool = True):
-        """The ``DeltaTable`` of ``table`` at the newest version (or at ``as_of``); None if there is none."""
+        """The ``DeltaTable`` of ``table`` at the newest version (or at ``as_of``); None if there is none.
+
+        One handle per table, brought up to date incrementally (a fresh load reads the last checkpoint and
+        every commit after it). delta-rs 1.6.6 keeps each commit a handle applied as a piece of its file list,
+        so the handle's every use (a write, its file statistics) costs more the more commits it applied: it is
+        loaded afresh once the table passed a checkpoint (every ``CHECKPOINT_INTERVAL`` commits). A log listing
+        that caught commits mid-creation (``_log_race``) is retried: it is a read, nothing was written."""
         from deltalake import DeltaTable
-        from deltalake.exceptions import TableNotFoundError
+        from deltalake.exceptions import DeltaError, TableNotFoundError
 
         if self.as_of is not None:
             if table not in self._open:
                 self._open[table] = self._load_as_of(table)
             return self._open[table]
-        d = self._open.get(table)
-        if d is None:
+        for attempt in range(COMMIT_ATTEMPTS):
+            d = self._open.get(table)
             try:
-                d = DeltaTable(self.table_uri(table), storage_options=self.options)
+                if d is not None and fresh:
+                    d.update_incremental()
+                if d is not None and d.version() // CHECKPOINT_INTERVAL > self._loaded_at[table] // CHECKPOINT_INTERVAL:
+                    d = None  # a checkpoint newer than the handle's: load from it
+                if d is None:
+                    d = DeltaTable(self.table_uri(table), storage_options=self.options)
+                    self._open[table], self._loaded_at[table] = d, d.version()
+                return d
             except TableNotFoundError:
                 return None
+            except DeltaError as e:
+                if not _log_race(e) or attempt == COMMIT_ATTEMPTS - 1:
+                    raise StoreError(f"cannot read store table '{table}' in '{self.uri}': {first_line(e)}") from None
+                self._open.pop(table, None)  # reload from scratch: the handle may hold the partial listing
             except OSError as e:
                 raise StoreError(f"cannot read store '{self.uri}': {first_line(e)}") from None
-            self._open[table] = d
-        elif fresh:
-            d.update_incremental()
-        return d
+            time.sleep(min(1.0, 0.01 * 2**attempt) * random.uniform(0.5, 1.5))
 
     def _load_as_of(self, table: str):
         from deltalake import DeltaTable
@@ -314,16 +340,28 @@ class Engine:
         filter: ds.Expression | None = None,
         columns: list[str] | None = None,
     ) -> pa.Table:
-        """Rows of ``table`` (optionally one workload's, filtered, some columns) as an Arrow table."""
+        """Rows of ``table`` (optionally one workload's, filtered, some columns) as an Arrow table.
+
+        A small result is kept per table version: the same query again (a dashboard, a notebook, the
+        leaderboard after each sweep trial) reads nothing while the table has no new commit."""
         data = self.dataset(table, workload)
         if data is None:
             empty = self.empty(table)
             return empty.select([c for c in columns if c in empty.schema.names]) if columns else empty
         cols = [c for c in columns if c in data.schema.names] if columns else None
+        text = str(filter)
+        key = (table, self._datasets[table][0], workload, text, tuple(cols or ()))
+        if key in self._results:
+            return self._results[key]
         try:
-            return data.to_table(filter=filter, columns=cols)
+            out = data.to_table(filter=filter, columns=cols)
         except OSError as e:
             raise StoreError(f"cannot read store table '{table}' in '{self.uri}': {first_line(e)}") from None
+        if out.nbytes <= RESULT_CACHE_BYTES and "..." not in text:  # Arrow abbreviates a long value set: not a key
+            if len(self._results) >= RESULT_CACHE_ENTRIES:
+                self._results.pop(next(iter(self._results)))  # the oldest
+            self._results[key] = out
+        return out
 
     def df(
         self,
@@ -407,9 +445,15 @@ class Engine:
     def _commit(
         self, table: str, rows: list[dict] | pa.Table, key: dict | None, record: str | None = None
     ) -> int | bool:
-        """One commit of ``rows`` (replacing ``key``'s rows when given), retried on a conflict."""
-        from deltalake import write_deltalake
+        """One commit of ``rows`` (replacing ``key``'s rows when given), retried on a conflict.
+
+        Every commit carries a token in its commit info. delta-rs can raise after its commit landed (its
+        post-commit refresh lists the log, and a listing that races other writers' commits fails, see
+        ``_log_race``); before retrying after any error but a plain conflict, the log after the version this
+        attempt read is searched for the token, so a landed commit is never made twice."""
+        from deltalake import CommitProperties, PostCommitHookProperties, write_deltalake
         from deltalake.exceptions import CommitFailedError, DeltaError
+        from deltalake.transaction import Transaction
 
         if self.as_of is not None:
             raise StoreError(f"store '{self.uri}' is opened --as-of {self.as_of}: it is read-only")
@@ -418,12 +462,29 @@ class Engine:
         else:
             arrow = to_arrow(table, [{**r, PARTITION: str(r.get(PARTITION) or "none")} for r in rows]) if rows else None
         predicate = " AND ".join(f'"{k}" = {_literal(v)}' for k, v in key.items()) if key else None
+        token = uuid.uuid4().hex
+        # Checkpoints every delta.checkpointInterval (100) commits, as delta-rs does by default; no expired-log
+        # cleanup per commit: it lists and stats the whole log (O(commits) per append), so maintenance does it.
+        hooks = PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False)
+        failure: BaseException | None = None
         for attempt in range(COMMIT_ATTEMPTS):
-            d = self.delta(table)  # the snapshot this transaction reads; a newer commit it overlaps is a conflict
+            # The snapshot this transaction reads. The first attempt takes the handle as it is (no log listing):
+            # delta-rs checks every commit newer than it for a conflict anyway; a retry reads the newest.
+            d = self.delta(table, fresh=attempt > 0)
+            read_version = d.version() if d is not None else -1
             try:
-                if record is not None and d is not None and _later_record(d, key, record, lambda: self.arrow_dataset(d, table)):
+                found = _recorded(self, d, table, key, record) if record is not None and d is not None else None
+                if found == "later":
                     return False
                 data = self._conform(table, arrow, d) if arrow is not None else None
+                # A new run's recording is an append (no rows to replace, no scan); an earlier recording is
+                # replaced by predicate. Either commit carries the run's transaction id (Delta's `txn` action):
+                # of two commits with one id from the same snapshot, delta-rs refuses the second (a concurrent
+                # transaction), so two recorders of a run that both found it absent never both append.
+                properties = CommitProperties(
+                    custom_metadata={TOKEN: token},
+                    app_transactions=[Transaction(_run_txn(key), 1, int(time.time() * 1000))] if record else None,
+                )
                 if d is None and data is None:
                     return True
                 if d is None:  # the first commit creates the table (two creators: one gets a conflict)
@@ -433,24 +494,40 @@ class Engine:
                         mode="append",
                         partition_by=[PARTITION],
                         storage_options=self.options,
+                        commit_properties=properties,
+                        post_commithook_properties=hooks,
                     )
                 elif data is None:
-                    d.delete(predicate)
-                elif predicate:
+                    d.delete(predicate, commit_properties=properties, post_commithook_properties=hooks)
+                elif predicate and found != "absent":
                     write_deltalake(
                         d,
                         data,
                         mode="overwrite",
                         predicate=predicate,
                         schema_mode="merge",
+                        commit_properties=properties,
+                        post_commithook_properties=hooks,
                     )
                 else:
-                    write_deltalake(d, data, mode="append", schema_mode="merge")
+                    write_deltalake(
+                        d,
+                        data,
+                        mode="append",
+                        schema_mode="merge",
+                        commit_properties=properties,
+                        post_commithook_properties=hooks,
+                    )
                 break
-            except CommitFailedError as e:
+            except CommitFailedError as e:  # another writer committed first: nothing of this attempt landed
                 failure = e
-            except DeltaError as e:  # "version 0 already exists" when two writers create a table at once
-                if "exists" not in str(e).lower() or attempt == COMMIT_ATTEMPTS - 1:
+            except DeltaError as e:
+                # "version 0 already exists" when two writers create a table at once; a log listing that raced
+                # other commits, before or after this commit landed
+                self._open.pop(table, None)  # the handle may hold a partial listing: load it afresh
+                if self._landed(table, read_version, token):
+                    break
+                if not ("exists" in str(e).lower() or _log_race(e)) or attempt == COMMIT_ATTEMPTS - 1:
                     raise _write_error(self.uri, table, e) from None
                 failure = e
             except OSError as e:
@@ -461,11 +538,32 @@ class Engine:
                 f"cannot commit to store table '{table}' in '{self.uri}' after {COMMIT_ATTEMPTS} conflicts: "
                 f"{first_line(failure)} — too many writers at once; try again"
             )
-        if d is None:  # this commit created the table (a write through ``d`` moved ``d`` to its new version)
-            d = self.delta(table)
+        d = self.delta(table, fresh=False)  # a write through ``d`` moved it to its commit; else it is loaded
         if arrow is not None:
-            self._maintain(table, d, set(arrow.column(PARTITION).unique().to_pylist()))
+            written = set(arrow.column(PARTITION).unique().to_pylist())
+            counts = {w: len(paths) for w, paths in _small_files(d).items()}
+            retry = self._maintainer._retry_compaction_at if self._maintainer is not None else {}
+            if any(counts.get(w, 0) >= retry.get((table, w), self.compact_after) for w in written):
+                self._maintain_in_background(table, written)
         return d.version() if record is None else True
+
+    def _landed(self, table: str, after: int, token: str) -> bool:
+        """Whether a commit after version ``after`` of ``table`` carries ``token``. Reads the commit files by
+        name, one after the other, rather than listing the log (the listing is what can race)."""
+        version = after + 1
+        while True:
+            path = f"{self.root}/{table}/{LOG}/{version:020d}.json"
+            try:
+                with self.fs.open_input_stream(path) as stream:
+                    if token.encode() in stream.read():
+                        return True
+            except FileNotFoundError:
+                return False
+            except OSError as e:
+                if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+                    return False
+                raise _write_error(self.uri, table, e) from None
+            version += 1
 
     def _conform(self, table: str, arrow: pa.Table, d) -> pa.Table:
         """``arrow`` with the table's column types; a value of another type is refused (one line)."""
@@ -491,6 +589,38 @@ class Engine:
         return pa.Table.from_arrays(columns, names=arrow.column_names)
 
     # ------------------------------------------------------------------ maintenance
+    def _maintain_in_background(self, table: str, workloads: set[str]) -> None:
+        """Compact ``workloads``' partitions of ``table`` in this process's maintenance thread, after the
+        write that filled them returned: a compaction reads and rewrites a partition (100s of ms), which
+        would otherwise land in every 16th write's time. One thread per Engine, with its own table handles;
+        it is no daemon, so the process finishes it before exiting (``wait_for_maintenance`` waits too)."""
+        with self._maintenance_lock:
+            self._maintenance_due.setdefault(table, set()).update(workloads)
+            if self._maintenance is None or not self._maintenance.is_alive():
+                self._maintenance = threading.Thread(target=self._maintenance_loop, name="store-maintenance")
+                self._maintenance.start()
+
+    def _maintenance_loop(self) -> None:
+        while True:
+            with self._maintenance_lock:
+                if not self._maintenance_due:
+                    self._maintenance = None
+                    return
+                table, workloads = self._maintenance_due.popitem()
+            try:
+                if self._maintainer is None:
+                    self._maintainer = Engine(self.uri, compact_after=self.compact_after)
+                d = self._maintainer.delta(table)
+                if d is not None:
+                    self._maintainer._maintain(table, d, workloads)
+            except Exception:  # best effort, as in _maintain: a later write tries again; `check` reports many_files
+                self._maintainer = None
+
+    def wait_for_maintenance(self) -> None:
+        """Return once the compaction the writes of this Engine started has finished."""
+        while (thread := self._maintenance) is not None:
+            thread.join()
+
     def _maintain(self, table: str, d, workloads: set[str]) -> None:
         """Compact each written partition that holds ``compact_after`` files or more, then checkpoint the log.
         Best effort: a conflict means another writer changed the partition; a later write tries again."""
@@ -499,12 +629,19 @@ class Engine:
         counts = {w: len(paths) for w, paths in _small_files(d).items()}
         due = {w: self._retry_compaction_at.get((table, w), self.compact_after) for w in workloads}
         full = sorted(w for w in workloads if counts.get(w, 0) >= due[w])
+        if full:
+            d = self.delta(table)  # plan on the newest snapshot: a stale one would only lose the race
         for w in full:
-            try:
-                self._compact_partition(d, w)
-                self._retry_compaction_at.pop((table, w), None)
-            except (DeltaError, OSError):  # CommitFailedError included: another writer committed meanwhile
-                # Lost to a writer that added rows of the same runs (delta-rs refuses the compaction then):
+            for attempt in range(COMPACT_ATTEMPTS):
+                try:
+                    self._compact_partition(d, w)
+                    self._retry_compaction_at.pop((table, w), None)
+                    break
+                except (DeltaError, OSError):  # CommitFailedError included: another writer committed meanwhile
+                    d = self.delta(table)  # plan again on the newest snapshot (this thread has the time)
+                    time.sleep(min(1.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))
+            else:
+                # Kept losing to writers that add rows of the same runs (delta-rs refuses the compaction then):
                 # try again at twice the files, so a steady stream of such appends costs few attempts.
                 self._retry_compaction_at[(table, w)] = 2 * counts[w]
                 return
@@ -512,6 +649,7 @@ class Engine:
             try:
                 d.update_incremental()
                 d.create_checkpoint()
+                d.cleanup_metadata()  # commits past delta.logRetentionDuration (30 days) that a checkpoint covers
             except (DeltaError, OSError):
                 pass
 
@@ -553,9 +691,9 @@ class Engine:
         conflicts with any commit that rewrote rows it matches, so the loser fails and plans again; blind
         appends meanwhile keep their files and are no conflict.
         """
-        from deltalake import CommitProperties, write_deltalake
+        from deltalake import CommitProperties, PostCommitHookProperties, write_deltalake
 
-        data = self.arrow_dataset(d, d.table_uri.rstrip('/').rsplit('/', 1)[-1])
+        data = self.arrow_dataset(d, d.table_uri.rstrip("/").rsplit("/", 1)[-1])
         where, predicate = ds.field(PARTITION) == workload, f'"{PARTITION}" = {_literal(workload)}'
         if "run_id" in data.schema.names and not everything:
             small = set(_small_files(d).get(workload, []))
@@ -568,6 +706,10 @@ class Engine:
             named = sorted(i for i in ids if i is not None)
             match = ds.field("run_id").isin(named)
             listed = '"run_id" IN (' + ", ".join(_literal(i) for i in named) + ")" if named else "false"
+            if named:  # the range lets delta-rs rule out a concurrent append's file by its statistics (an IN
+                # list of more than a few values is not pruned by them, so any file added meanwhile conflicted)
+                listed = f'("run_id" >= {_literal(named[0])} AND "run_id" <= {_literal(named[-1])} AND {listed})'
+
             if None in ids:
                 match, listed = match | ds.field("run_id").is_null(), f'("run_id" IS NULL OR {listed})'
             where, predicate = where & match, f"{predicate} AND {listed}"
@@ -580,6 +722,7 @@ class Engine:
             mode="overwrite",
             predicate=predicate,
             commit_properties=CommitProperties(custom_metadata={"perennial.operation": "COMPACT"}),
+            post_commithook_properties=PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=False),
         )
 
     def vacuum(self, retention_hours: int = RETENTION_HOURS, dry_run: bool = False) -> list[dict]:
@@ -674,7 +817,13 @@ def to_arrow(table: str, rows: list[dict[str, Any]]) -> pa.Table:
     for name, values in columns.items():
         wanted = core.get(name) or (pa.string() if name == PARTITION else _infer(values))
         try:
-            wrong = next((v for v in values if v is not None and not _fits(v, wanted)), None)
+            kinds = set(map(type, values))
+            # values of a kind that always fits go in as they are; others are checked one by one
+            wrong = (
+                None
+                if kinds <= _FITS_ALWAYS.get(wanted, set())
+                else next((v for v in values if v is not None and not _fits(v, wanted)), None)
+            )
             if wrong is not None:  # pyarrow would truncate 2.5 into an int64 column: refuse instead
                 raise pa.ArrowInvalid(repr(wrong))
             arrays.append(pa.array(values, type=wanted))
@@ -686,6 +835,15 @@ def to_arrow(table: str, rows: list[dict[str, Any]]) -> pa.Table:
             ) from None
         names.append(name)
     return pa.Table.from_arrays(arrays, names=names)
+
+
+_FITS_ALWAYS: dict[pa.DataType, set[type]] = {
+    pa.float64(): {float, type(None)},
+    pa.int64(): {int, type(None)},
+    pa.string(): {str, type(None)},
+    pa.bool_(): {bool, type(None)},
+    TS: {dt.datetime, type(None)},
+}
 
 
 def _infer(values: list) -> pa.DataType:
@@ -763,34 +921,65 @@ def _write_error(uri: str, table: str, e: BaseException) -> StoreError:
     )
 
 
-def _later_record(d, key: dict, record: str, dataset) -> bool:
-    """Whether ``d``'s snapshot holds a recording of ``key`` (workload, run_id) later than ``record``.
+def _recorded(engine: Engine, d, table: str, key: dict, record: str) -> str:
+    """What ``d``'s snapshot holds of the run ``key`` (workload, run_id): ``"later"`` (a recording later than
+    ``record``), ``"present"`` (an earlier one, to replace) or ``"absent"`` (none: a new run, the usual case).
 
-    File statistics answer it without reading data in the usual case (a new run, or a later recording:
-    no file's run_id range holds the run, or no such file's newest record_id is later than this one)."""
+    File statistics rule out most files (their run_id range misses the run); only the files that may hold
+    the run are read, and only their run_id and record_id columns."""
+    from urllib.parse import unquote
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
     actions = pa.table(d.get_add_actions(flatten=True))
-    needed = (f"partition.{PARTITION}", "min.run_id", "max.run_id", "max.record_id")
-    if actions.num_rows and all(c in actions.column_names for c in needed):
-        run_id = key["run_id"]
-        rows = zip(*(actions.column(c).to_pylist() for c in needed))
-        candidates = [
-            newest
-            for workload, low, high, newest in rows
-            if workload == key[PARTITION] and (low is None or high is None or low <= run_id <= high)
-        ]
-        if all(newest is not None and newest <= record for newest in candidates):
-            return False
-    elif actions.num_rows and "max.record_id" not in actions.column_names and "min.run_id" in actions.column_names:
-        return False  # no file holds a record_id yet: nothing recorded by record_run, so nothing later
-    data = dataset()  # built only when the file statistics could not answer
-    if "record_id" not in data.schema.names:
-        return False
-    expr = None
-    for k, v in key.items():
-        e = ds.field(k) == v
-        expr = e if expr is None else expr & e
-    found = data.to_table(filter=expr, columns=["record_id"]).column("record_id").to_pylist()
-    return any(r is not None and r > record for r in found)
+    if not actions.num_rows:
+        return "absent"
+    run_id, names = key["run_id"], actions.column_names
+    part = f"partition.{PARTITION}"
+    mine = pc.equal(actions.column(part), key[PARTITION]) if part in names else pa.array([True] * actions.num_rows)
+    if "min.run_id" in names and "max.run_id" in names:  # a file without statistics (null) may hold it
+        low, high = actions.column("min.run_id"), actions.column("max.run_id")
+        inside = pc.and_kleene(pc.less_equal(low, run_id), pc.greater_equal(high, run_id))
+        mine = pc.and_(mine, pc.fill_null(inside, True))
+    candidates = actions.filter(mine)
+    if not candidates.num_rows:
+        return "absent"
+    if "max.record_id" in names and all(
+        r is not None and r <= record for r in candidates.column("max.record_id").to_pylist()
+    ):
+        later_possible = False  # no file that may hold the run holds a later recording
+    else:
+        later_possible = True
+    base = pafs.SubTreeFileSystem(f"{engine.root}/{table}", engine.fs)
+    found = "absent"
+    for path in candidates.column("path").to_pylist():
+        f = pq.ParquetFile(unquote(path), filesystem=base)
+        columns = [c for c in ("run_id", "record_id") if c in f.schema_arrow.names]
+        if "run_id" not in columns:
+            continue
+        rows = f.read(columns=columns)
+        hit = rows.filter(pc.equal(rows.column("run_id"), run_id))
+        if not hit.num_rows:
+            continue
+        found = "present"
+        if later_possible and "record_id" in columns:
+            if any(r is not None and r > record for r in hit.column("record_id").to_pylist()):
+                return "later"
+    return found
+
+
+def _run_txn(key: dict) -> str:
+    """The Delta transaction id (``txn`` appId) every recording of one run carries."""
+    return f"perennial.run/{key[PARTITION]}/{key['run_id']}"
+
+
+def _log_race(e: BaseException) -> bool:
+    """A log listing that caught other writers' commits mid-creation: a local directory listing (ext4 and
+    others) may show commit N+1 without N when both appear while it runs, and delta-kernel refuses the gap
+    ("Expected ordered contiguous commit files"). Listing again sees both."""
+    text = str(e)
+    return "contiguous commit files" in text or "to be next version to checkpoint" in text
 
 
 def _small_files(d) -> dict[str, list[str]]:

@@ -277,6 +277,7 @@ def test_writers_compact_and_checkpoint_a_partition_on_their_own(tmp_path):
     store = Store(tmp_path / "store", compact_after=8)
     for i in range(20):
         store.append("epochs", epoch_rows(f"r{i}", "mlp" if i % 2 else "cnn"))
+    store.wait_for_maintenance()  # the writer compacts in its maintenance thread, after the append returned
     files = store.files("epochs")
     assert len(files) < 20 and len(store.df("epochs")) == 60  # compacted: fewer files, every row
     assert "COMPACT" in [c["operation"] for c in store.versions("epochs", limit=None)]
@@ -452,3 +453,38 @@ def test_the_store_cli_imports_no_torch_and_no_training_code(tmp_path):
     last = p.stdout.strip().splitlines()[-1]
     print(f"\n`jobs.store leaderboard` in-process: {last}")
     assert last.startswith("heavy []"), last
+
+
+def test_a_commit_reported_failed_after_it_landed_is_not_made_again(tmp_path, monkeypatch):
+    """delta-rs lists the log after its commit; a listing that raced other writers' commits fails with
+    "Expected ordered contiguous commit files" although the commit landed. The store finds its commit's token
+    and does not append the rows a second time; a failure before the commit is retried and commits once."""
+    import deltalake
+
+    store = Store(tmp_path / "store")
+    store.append("epochs", epoch_rows("a"))
+    real, calls = deltalake.write_deltalake, []
+    race = deltalake.exceptions.DeltaError("Generic delta kernel error: Expected ordered contiguous commit files [...]")
+
+    def after_commit(*args, **kwargs):  # the commit lands, then the post-commit refresh "races"
+        calls.append("after")
+        real(*args, **kwargs)
+        raise race
+
+    monkeypatch.setattr(deltalake, "write_deltalake", after_commit)
+    store.append("epochs", epoch_rows("b"))
+    assert calls == ["after"] and len(store.df("epochs")) == 6  # one commit, rows once
+
+    def before_commit(*args, **kwargs):  # the first attempt fails before committing, the retry commits
+        calls.append("before")
+        if calls.count("before") == 1:
+            raise race
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(deltalake, "write_deltalake", before_commit)
+    store.record_run(epoch_rows("c"), run_row("c"))
+    monkeypatch.setattr(deltalake, "write_deltalake", real)
+    fresh = Store(store.uri)
+    assert len(fresh.df("epochs")) == 9 and len(fresh.df("runs")) == 1
+    writes = [c["operation"] for c in fresh.versions("epochs", limit=None) if c["operation"] == "WRITE"]
+    assert len(writes) == 3  # a, b, c: nothing committed twice
