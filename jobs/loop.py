@@ -490,9 +490,16 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
     stopped_early = bool(meta.get("stopped_early"))
     resumed_meta = meta if state is not None else None
     partial = meta.get("partial") if state is not None else None  # a mid-epoch checkpoint: that epoch's steps so far
-    if partial is not None:  # this rank's RNG states (rank 0's if the worker count changed since)
-        ranks_rng = state["rng"]
-        partial = partial | {"rng": ranks_rng[rank] if len(ranks_rng) == world else ranks_rng[0]}
+    if partial is not None and len(state["rng"]) != world:
+        # another worker count splits the epoch's batches differently: which ones were trained is unknown here,
+        # so the epoch starts over (its samples trained once more, none skipped)
+        if rank == 0:
+            log(
+                f"the epoch {partial['epoch'] + 1} checkpoint was written by {len(state['rng'])} workers: epoch restarts"
+            )
+        partial = None
+    if partial is not None:
+        partial = partial | {"rng": state["rng"][rank]}  # this rank's RNG states
     steps_this_attempt, last_checkpoint = 0, None  # optimizer steps this worker group trained; fault injection
     preempted = preemption_watch(dist, device)  # None when Ray Train's preemption watcher is off
     notice_handled, poll_s = False, 0.0

@@ -29,6 +29,7 @@ from conftest import PY, ROOT
 
 from jobs.store import Store
 
+FIGURES: dict[str, dict] = {}  # printed with -s; bench/cluster_local.py prints it as a table
 DEADLINE_S, EPOCHS, BATCH = 30, 4, 2  # 6,000 steps an epoch (about 6 s unloaded): the notice lands mid-epoch
 STEP_CHECKPOINT = re.compile(r"/(epoch_(\d{4})_step_(\d{6}))/meta\.json$")
 
@@ -128,12 +129,15 @@ def test_a_preempted_node_gets_a_checkpoint_before_its_deadline_and_the_run_resu
     # figures (docs/cluster.md): the checkpoint against the deadline, the watch's cost, the steps redone
     # the loop's own account (written in x s, y s before Ray's deadline), when Ray forwarded the line
     loop_line = re.search(r"preemption notice for \w+: (checkpoint .*before the deadline)", out)
-    print(
-        f"\nfigures: loop: {loop_line.group(1) if loop_line else 'n/a'}; "
-        f"test: {name} in S3 {t_checkpoint - t_drained:.1f} s after `ray drain-node` returned, "
-        f"{t_deadline - t_checkpoint:.1f} s before the {DEADLINE_S} s deadline; "
-        f"preemption watch {attempt['preemption_watch_us_per_step']:.1f} us/step over {attempt['steps']} steps; "
-        f"resumed from {attempt['resumed_from']}; redone: the steps of the {t_kill - t_checkpoint:.1f} s between the "
-        "checkpoint and the kill"
-    )
+    FIGURES["spot preemption"] = {
+        "deadline (s)": DEADLINE_S,
+        "loop: checkpoint written (as it logged)": loop_line.group(1) if loop_line else "n/a (line not forwarded)",
+        "`ray drain-node` returned -> checkpoint on S3 (s)": t_checkpoint - t_drained,
+        "checkpoint on S3 -> earliest deadline (s)": t_deadline - t_checkpoint,
+        "preemption watch (us/step)": attempt["preemption_watch_us_per_step"],
+        "resumed from": attempt["resumed_from"],
+        "checkpoint on S3 -> node killed (s): steps of it redone": t_kill - t_checkpoint,
+        "epoch rows lost / duplicated": f"{EPOCHS - rows['epoch'].nunique()} / {len(rows) - rows['epoch'].nunique()}",
+    }
+    print(f"\nfigures: {FIGURES['spot preemption']}")
     assert attempt["preemption_watch_us_per_step"] is not None  # the watcher was on: a cluster of several nodes
