@@ -38,7 +38,7 @@ demo: setup
 	$(BIN)/python -m jobs.store leaderboard
 
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 tests
 
 test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit

@@ -4,8 +4,9 @@
     make bench
 
 Runs, one after the other (the machine's cores are shared, so never two at once):
-  [1] bench/overhead.py       plain PyTorch vs jobs.train step time (target ratio <= 1.03); fixed costs
-  [2] bench/vs_hf_trainer.py  NER samples/s, padding, peak RSS, val F1 vs transformers.Trainer (target >= 1.3x)
+  [1] bench/overhead.py       plain PyTorch vs jobs.train step time, local mode and worker group (target <= 1.03)
+  [2] bench/vs_hf_trainer.py  NER vs a transformers.Trainer script: samples/s (target >= 1.3x), whole command
+                              (target <= 1.0x), val/test F1, both precisions; tokenized-data cache saving
   [3] bench/scaling.py        1 vs 2 Train workers on this machine; paper estimate of N-GPU DDP
   [4] bench/memory.py         peak RSS per worker for every workload (target: NER < 2 GB)
 Each arm runs in its own subprocess; arms alternate (A/B/A/B) and every figure is min/median/max over

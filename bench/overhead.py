@@ -1,13 +1,15 @@
-"""Ray Train overhead: the same workload and loop in a plain PyTorch process and under jobs.train (1 worker).
+"""Ray Train overhead: the same workload and loop in a plain PyTorch process and under jobs.train (1 worker),
+on both of its paths: local mode (single-machine runs) and a Train worker group.
 
     python -m bench.overhead [--repeats N] [--fixed-rounds 1] [--cases mlp ner ner@1] [--cpus 2] [--smoke] [--no-ray]
 
 [1] Step time. Arm A runs ``jobs.loop.run_epoch`` — the loop every Train worker runs — in a plain
-PyTorch process (torch threads = --cpus, no Ray); arm B runs ``jobs.train`` (TorchTrainer, one worker
-holding --cpus CPUs), whose epochs row carries the same loop's ``step_time_median_s``. Same config,
+PyTorch process (torch threads = --cpus, no Ray); arm L runs ``jobs.train``'s single-machine path (Ray Train
+local mode: the loop in the driver, same reports and checkpoints); arm G a Train worker group (TorchTrainer,
+one worker holding --cpus CPUs). Their epochs rows carry the same loop's ``step_time_median_s``. Same config,
 seed and batch order in both; step time = median over one epoch's steps (data + forward + backward +
-optimizer) after 3 warm-up steps. Arms alternate A/B/A/B, each in a fresh subprocess, and the table
-gives min/median/max over repeats of each arm and of the B/A ratio of each pair (target <= 1.03), and
+optimizer) after 3 warm-up steps. Arms alternate P/L/G, P/L/G, each in a fresh subprocess, and the table
+gives min/median/max over repeats of each arm and of the L/P ratio of each round (target <= 1.03), and
 the ratio of the whole epoch's wall (every step, warm-up included). A case is ``workload[@cpus]``:
 ``ner@1`` runs both arms with 1 CPU / 1 torch thread, which leaves this 2-core machine's other core to
 Ray's own processes (the default ``--cpus 2`` gives the worker every core; see README, Performance).
@@ -54,7 +56,7 @@ FIXED_VARIANTS = {
 # Step-time configs: >= 50 steps after warm-up, about a minute per arm on 2 idle cores. NER gets more A/B pairs: its
 # arms differ by 10-40% from run to run on this shared 2-core machine, more than the overhead being measured.
 STEP_REPEATS = {"mlp": 2, "ner": 3}
-DEFAULT_CASES = ["mlp", "ner", "ner@1"]
+DEFAULT_CASES = ["mlp", "ner"]  # ner@1 (a core left to Ray: the worker-group path's case) with --cases
 STEP_CONFIGS = {
     "mlp": ["data.max_train_samples=12800", "train.epochs=1"],  # 100 steps of 128
     "ner": ["data.max_train_samples=880", "data.max_eval_samples=200", "train.epochs=1"],  # 55 steps of 16
@@ -120,17 +122,20 @@ def arm_plain(args, tmp: str) -> dict:
     }
 
 
-def arm_ray(args, tmp: str) -> dict:
-    """The same epoch under jobs.train: Ray Train, one worker holding the same CPUs."""
+def arm_train(args, tmp: str, local: bool) -> dict:
+    """The same epoch under jobs.train: local mode (the loop in this process, the single-machine default), or
+    a Ray Train worker group of one worker holding the same CPUs."""
     from jobs.store import Store
-    from jobs.train import fit, init_ray
+    from jobs.train import fit, init_ray, run_local, run_trainer
 
-    cfg = load_cfg(args.workload, [*step_overrides(args), f"run.storage_path={tmp}/runs"])
+    mode = "always" if local else "never"
+    cfg = load_cfg(args.workload, [*step_overrides(args), f"run.storage_path={tmp}/runs", f"scaling.local_mode={mode}"])
     t0 = time.perf_counter()
-    init_ray()
+    if not local:
+        init_ray()
     cluster_s = time.perf_counter() - t0
     store = Store(f"{tmp}/store")
-    row = fit(cfg, store, quiet=True)
+    row = fit(cfg, store, quiet=True, runner=run_local if local else run_trainer)
     if row["status"] != "completed":
         raise RuntimeError(f"jobs.train {args.workload}: {row['status']} {row['error']}")
     epoch = store.history(row["run_id"]).iloc[-1]
@@ -145,11 +150,18 @@ def arm_ray(args, tmp: str) -> dict:
     }
 
 
+def arm_local(args, tmp: str) -> dict:
+    return arm_train(args, tmp, local=True)
+
+
+def arm_ray(args, tmp: str) -> dict:
+    return arm_train(args, tmp, local=False)
+
+
 def arm_fixed(args, tmp: str) -> dict:
     """Cluster start, then the same tiny run three times: TorchTrainer cold, TorchTrainer warm, in-process."""
     from jobs.store import Store
-    from jobs.sweep import run_in_process
-    from jobs.train import fit, init_ray
+    from jobs.train import fit, init_ray, run_in_process
 
     cfg = load_cfg("mlp", [*TINY_RUN[1:], f"run.storage_path={tmp}/runs"], smoke_test=True)
     t0 = time.perf_counter()
@@ -173,7 +185,7 @@ def arm_fixed(args, tmp: str) -> dict:
     }
 
 
-ARMS = {"plain": arm_plain, "ray": arm_ray, "fixed": arm_fixed}
+ARMS = {"plain": arm_plain, "local": arm_local, "ray": arm_ray, "fixed": arm_fixed}
 
 
 def step_overrides(args) -> list[str]:
@@ -269,7 +281,7 @@ class RunningCluster:
 # ----------------------------------------------------------------------------- [2] the driver
 def measure(args) -> dict:
     results = {"step": {}, "fixed": {}}
-    arms = ["plain"] + ([] if args.no_ray else ["ray"])
+    arms = ["plain", "local"] + ([] if args.no_ray else ["ray"])
     for case in args.cases:
         workload, cpus = parse_case(case, args.cpus)
         label = workload if cpus == args.cpus else f"{workload}@{cpus}"
@@ -321,27 +333,29 @@ def report(results: dict, args) -> str:
         f"of both arms), min/median/max over {pairs_per_case} A/B pairs"
     ]
     lines.append(
-        f"{'case':<9}{'CPUs':>5}{'plain ms/step':>22}{'jobs.train ms/step':>22}{'ratio B/A':>20}{'epoch wall B/A':>20}"
-        f"{'train loss A | B':>20}{'load avg':>10}"
+        f"{'case':<9}{'CPUs':>5}{'plain ms/step':>20}{'local ms/step':>20}{'local/plain':>20}{'group ms/step':>20}"
+        f"{'group/plain':>20}{'epoch wall L/P':>20}{'load avg':>10}"
     )
     for label, pairs in results["step"].items():
         a = [1000 * p["plain"]["step_time_median_s"] for p in pairs]
-        b = [1000 * p["ray"]["step_time_median_s"] for p in pairs if "ray" in p]
-        ratio = [1000 * p["ray"]["step_time_median_s"] / x for p, x in zip(pairs, a) if "ray" in p]
-        wall = [
-            p["plain"]["samples_per_s"] / p["ray"]["samples_per_s"] for p in pairs if "ray" in p
-        ]  # same samples: wall B/A
-        loss = f"{pairs[0]['plain']['train_loss']:.4f}" + (
-            f" | {pairs[0]['ray']['train_loss']:.4f}" if "ray" in pairs[0] else ""
-        )
+
+        def ms(arm: str) -> list[float]:
+            return [1000 * p[arm]["step_time_median_s"] for p in pairs if arm in p]
+
+        def ratio(arm: str) -> list[float]:
+            return [1000 * p[arm]["step_time_median_s"] / x for p, x in zip(pairs, a) if arm in p]
+
+        wall = [p["plain"]["samples_per_s"] / p["local"]["samples_per_s"] for p in pairs if "local" in p]
         loads = [x for p in pairs for arm in p.values() if isinstance(arm, dict) for x in arm["load_avg"]]
         lines.append(
-            f"{label:<9}{pairs[0]['plain'].get('cpus', args.cpus):>5}{spread(a):>22}{spread(b):>22}{spread(ratio, '{:.3f}'):>20}"
-            f"{spread(wall, '{:.3f}'):>20}{loss:>20}{spread(loads, '{:.0f}'):>10}"
+            f"{label:<9}{pairs[0]['plain'].get('cpus', args.cpus):>5}{spread(a):>20}{spread(ms('local')):>20}"
+            f"{spread(ratio('local'), '{:.3f}'):>20}{spread(ms('ray')):>20}{spread(ratio('ray'), '{:.3f}'):>20}"
+            f"{spread(wall, '{:.3f}'):>20}{spread(loads, '{:.0f}'):>10}"
         )
     lines.append(
-        "(ratio B/A: median step after 3 warm-up steps, the target's figure; epoch wall B/A: every step of the epoch, "
-        "first steps included)"
+        "(local: jobs.train's single-machine path, Ray Train local mode, the target's figure (<= 1.03); group: a Ray Train "
+        "worker group of 1 on an embedded cluster; ratios of the median step after 3 warm-up steps; epoch wall L/P: "
+        "every step of the epoch, first steps included)"
     )
     if results["fixed"]:
         lines.append(

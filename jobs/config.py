@@ -39,9 +39,19 @@ class Scaling:
     gpus_per_worker: float = 1.0  # only with use_gpu
     placement_strategy: str = "PACK"  # PACK: fewest nodes | STRICT_PACK: one node or wait | SPREAD: one per node
     node_type: str = ""  # a cluster.yaml worker type (gpu_4x): every worker asks for that type's own resource
+    local_mode: str = (
+        "auto"  # auto: 1 worker, no cluster -> the loop runs in the driver (Ray Train local mode) | always | never
+    )
 
 
 PLACEMENT_STRATEGIES = ("PACK", "STRICT_PACK", "SPREAD")
+LOCAL_MODES = ("auto", "always", "never")
+PRECISIONS = (
+    "auto",
+    "fp32",
+    "bf16",
+    "fp16",
+)  # auto: bf16 where the device runs it natively (jobs.loop.resolve_precision)
 NODE_TYPE_SHARE = 0.01  # one worker's share of its node's {<type>: 1}: up to 100 workers fit a node
 
 
@@ -364,6 +374,13 @@ def check_values(cfg) -> None:
     ):
         if value < low:
             raise ConfigError(f"{key} must be >= {low}, got {value} — set e.g. {key}={max(low, 1)}")
+    if s.local_mode not in LOCAL_MODES:
+        raise ConfigError(f"scaling.local_mode must be one of {', '.join(LOCAL_MODES)}, got '{s.local_mode}'")
+    if s.local_mode == "always" and s.num_workers != 1:
+        raise ConfigError(
+            f"scaling.local_mode=always runs one worker in this process, but scaling.num_workers={s.num_workers}"
+            " — set scaling.num_workers=1 or scaling.local_mode=auto"
+        )
     if s.placement_strategy not in PLACEMENT_STRATEGIES:
         raise ConfigError(
             f"scaling.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, got '{s.placement_strategy}'"
@@ -381,8 +398,8 @@ def check_values(cfg) -> None:
         raise ConfigError(f"train.max_grad_norm must be >= 0 (0 turns clipping off), got {t.max_grad_norm}")
     if t.on_nan not in ("fail", "skip_batch"):
         raise ConfigError(f"train.on_nan must be fail or skip_batch, got '{t.on_nan}'")
-    if t.precision not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"train.precision must be fp32, bf16 or fp16, got '{t.precision}'")
+    if t.precision not in PRECISIONS:
+        raise ConfigError(f"train.precision must be {', '.join(PRECISIONS[:-1])} or fp16, got '{t.precision}'")
     if not 0.0 <= cfg.continual.replay_fraction <= 1.0:
         raise ConfigError(f"continual.replay_fraction must be between 0 and 1, got {cfg.continual.replay_fraction}")
     metric_and_mode(cfg)

@@ -104,7 +104,7 @@ def signed(delta: float, mode: str) -> float:
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv: list[str]) -> int:
-    from jobs.train import checkpoint_meta, checkpoint_uri, fit, init_ray, parser, run_trainer
+    from jobs.train import checkpoint_meta, checkpoint_uri, fit, parser, start
 
     p = parser(
         "python -m jobs.continual", "Next continual fine-tuning round: a new run initialised from a stored run's model."
@@ -170,9 +170,16 @@ def main(argv: list[str]) -> int:
         "old_split": old_split,
     }
 
+    try:
+        train_runner, path = start(cfg)
+    except ClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"round {round_} trains {path}")
+
     def runner(cfg_, run_id, callbacks, extra):
         """Ray Train, then [4] on the driver, before fit() writes the runs row (it writes extra_row as it is then)."""
-        checkpoint, error = run_trainer(cfg_, run_id, callbacks, extra)
+        checkpoint, error = train_runner(cfg_, run_id, callbacks, extra)
         meta = checkpoint_meta(checkpoint) if error is None and checkpoint is not None else {}
         if meta.get("finished"):
             extra_row.update(
@@ -191,11 +198,6 @@ def main(argv: list[str]) -> int:
             )
         return checkpoint, error
 
-    try:
-        init_ray()
-    except ClusterError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     row = fit(
         cfg,
         store,

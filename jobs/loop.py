@@ -21,10 +21,12 @@ Checkpoint directory (also readable without Ray, see :func:`read_meta`):
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import random
+import re
 import resource
 import sys
 import tempfile
@@ -107,10 +109,35 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX on this CPU (Linux): bf16 matmuls in hardware. Elsewhere torch emulates bf16, slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``train.precision=auto``: bf16 where the device computes it natively (an Ampere-or-newer GPU, a CPU with
+    AVX512-BF16/AMX), else fp32. Measured: docs/performance.md (speed, and test F1 against fp32)."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    else:
+        native = device.type == "cpu" and cpu_has_native_bf16()
+    return "bf16" if native else "fp32"
+
+
 def autocast(precision: str, device: torch.device):
-    """The autocast context for ``train.precision`` (fp32 = disabled)."""
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise config_lib.ConfigError(f"train.precision must be fp32, bf16 or fp16, got '{precision}'")
+    """The autocast context for ``train.precision`` (fp32 = disabled; auto = :func:`resolve_precision`)."""
+    if precision not in config_lib.PRECISIONS:
+        raise config_lib.ConfigError(
+            f"train.precision must be {', '.join(config_lib.PRECISIONS[:-1])} or fp16, got '{precision}'"
+        )
+    precision = resolve_precision(precision, device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
@@ -422,6 +449,7 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
 
     model = ray.train.torch.prepare_model(model)  # DDP + device placement (+ torch.cuda.set_device)
     device = ray.train.torch.get_device()
+    cfg.train.precision = resolve_precision(cfg.train.precision, device)  # auto -> what this device runs: bf16 or fp32
     check_precision(cfg.train.precision, device)
     if rank == 0:  # Ray picks the backend: nccl when workers hold GPUs, gloo on CPUs
         backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
@@ -603,6 +631,7 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
             "mode": mode,
             "stopped_early": stopped_early,  # cpu_s: a stopped run's cost too
             "workers": workers,
+            "precision": cfg.train.precision,  # as resolved on the worker (train.precision=auto)
             "cpu_s": cpu_prior + _all_sum(time.process_time() - cpu0, device, dist),
         }
         if rank == 0:
@@ -763,6 +792,11 @@ def inject_fault(
     if world > 1:
         torch.distributed.barrier()  # rank 0 has uploaded the checkpoint and queued its report
     if rank == min(1, world - 1):
+        import ray
+
+        if not ray.is_initialized():  # local mode: this process is the driver; its exit would be a driver loss
+            log(f"fault injection: the loop fails after epoch {epoch} ({FAULT_AFTER_EPOCH}={epoch})")
+            raise RuntimeError(f"fault injection after epoch {epoch}")
         deadline = time.monotonic() + 300
         committed = last_checkpoint is None
         while not committed and (committed := checkpoint_committed(last_checkpoint)) is False:
@@ -845,7 +879,8 @@ def node_placement(rank: int) -> dict:
     # the autoscaler starts a node with RAY_NODE_TYPE_NAME set; other nodes are typed later by the driver
     return {
         "rank": rank,
-        "node_id": ray.get_runtime_context().get_node_id(),
+        # local mode (no Ray started): no node to name, and asking the runtime context would start a cluster
+        "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
         "node_type": os.environ.get("RAY_NODE_TYPE_NAME", ""),
     }
 

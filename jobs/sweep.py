@@ -39,7 +39,20 @@ from jobs import config as config_lib
 from jobs import preflight, tracking
 from jobs.errors import ClusterError
 from jobs.store import Store, now
-from jobs.train import check_cluster, fit, git_sha, init_ray, job_id, make_trainer, record_run, run_trainer, storage_uri
+from jobs.train import (
+    TrialStopped,
+    check_cluster,
+    fit,
+    git_sha,
+    init_ray,
+    job_id,
+    read_state_file,
+    record_run,
+    run_in_process,
+    run_trainer,
+    storage_uri,
+    write_state_file,
+)
 
 DISTRIBUTIONS = {  # name -> its arguments (Tune's own samplers; randint excludes `high`, as in Tune)
     "loguniform": "[low, high], low > 0",
@@ -317,79 +330,8 @@ def _max_resources_from_gcs() -> dict | None:
 
 
 # ----------------------------------------------------------------------------- [2] trials
-class TrialStopped(Exception):
-    """The scheduler stopped this trial between two epochs (in-process trials only)."""
-
-
 class TrialFailed(RuntimeError):
     """The trial's run failed; its runs row (status failed) says why."""
-
-
-def run_in_process(cfg, run_id: str, callbacks=(), extra_config: dict | None = None) -> tuple:
-    """A ``jobs.train.fit`` runner for one worker: the loop runs in this process, not in a Train worker group.
-
-    Same ``train_loop_per_worker``, same RunConfig (built by make_trainer, never fit), and every
-    checkpoint goes through Ray Train's own StorageContext and CheckpointManager: the run dir, its
-    checkpoints, ``checkpoint_manager_snapshot.json`` and resume via ``get_checkpoint()`` are those of a
-    Train run, so ``ray.train.Result.from_path`` and jobs.evaluate read it like any other.
-    Returns (last checkpoint, error); a scheduler stop (TrialStopped) is not an error."""
-    import asyncio
-
-    from jobs.loop import train_loop_per_worker
-    from jobs.ray_compat import train_v2_internals
-
-    v2 = train_v2_internals()
-    CheckpointManager, LocalTrainFnUtils, set_train_fn_utils = (
-        v2.CheckpointManager,
-        v2.LocalTrainFnUtils,
-        v2.set_train_fn_utils,
-    )
-    _TrainingReport = v2.TrainingReport
-
-    assert cfg.scaling.num_workers == 1, "in-process runs have exactly one worker"
-    trainer = make_trainer(cfg, run_id, callbacks, extra_config)
-    run_config, storage = trainer.run_config, trainer.run_config.storage_context
-    events = asyncio.new_event_loop()  # CheckpointManager notifies listeners through asyncio
-
-    def on_loop(fn):
-        async def call():
-            return fn()
-
-        return events.run_until_complete(call())
-
-    manager = on_loop(
-        lambda: CheckpointManager(checkpoint_config=run_config.checkpoint_config, storage_context=storage)
-    )
-
-    class InProcessTrainFnUtils(LocalTrainFnUtils):  # Train V2's local-mode utilities + real persistence
-        def report(self, metrics, checkpoint=None, checkpoint_dir_name=None, **_):
-            persisted = None
-            if checkpoint is not None:
-                persisted = storage.persist_current_checkpoint(
-                    checkpoint, checkpoint_dir_name or storage.make_default_checkpoint_dir_name()
-                )
-            on_loop(lambda: manager.after_report(_TrainingReport(persisted, metrics, False), [metrics]))
-            super().report(metrics, persisted)
-            for callback in run_config.callbacks or []:  # as the Train controller does, after the checkpoint manager
-                callback.after_report(run_context=trainer.train_run_context, metrics=[metrics], checkpoint=persisted)
-
-    utils = InProcessTrainFnUtils(experiment_name=run_id)
-    latest = manager.latest_checkpoint_result
-    utils._last_checkpoint = latest.checkpoint if latest else None  # resume, as a restarted Train run does
-    set_train_fn_utils(utils)
-    error = None
-    try:
-        train_loop_per_worker(trainer.train_loop_config)
-    except TrialStopped:
-        pass
-    except Exception as e:
-        error = e
-    finally:
-        set_train_fn_utils(None)
-        events.run_until_complete(asyncio.sleep(0))  # let the last notification finish
-        events.close()
-    latest = manager.latest_checkpoint_result
-    return (latest.checkpoint if latest else None), error
 
 
 def run_trial(ctx: dict, params: dict, trial_id: str, callbacks, runner) -> tuple[dict, bool]:
@@ -548,26 +490,12 @@ def sweep_dir(storage_root: str, sweep_id: str) -> str:
     return f"{storage_root.rstrip('/')}/{sweep_id}"
 
 
-def _fs(uri: str):
-    import pyarrow.fs as pafs
-
-    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), os.path.abspath(uri))
-
-
 def write_state(directory: str, state: dict) -> None:
-    fs, path = _fs(directory)
-    fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(f"{path}/{STATE_FILE}") as f:
-        f.write(json.dumps(state, indent=1, default=str).encode())
+    write_state_file(directory, STATE_FILE, state)
 
 
 def read_state(directory: str) -> dict | None:
-    fs, path = _fs(directory)
-    try:
-        with fs.open_input_stream(f"{path}/{STATE_FILE}") as f:
-            return json.loads(f.read())
-    except (FileNotFoundError, OSError):
-        return None
+    return read_state_file(directory, STATE_FILE)
 
 
 def make_progress_callback(state: dict, directory: str, attempt: int, t0: float, metric: str):

@@ -3,7 +3,9 @@
     python -m jobs.train --config configs/mlp.yaml [--smoke-test] [--store PATH] [key=value ...]
     ray job submit --working-dir . -- python -m jobs.train --config configs/mlp.yaml --smoke-test
 
-Connects to the cluster in ``RAY_ADDRESS`` (as under ``ray job submit``), else starts a local one.
+One worker and no cluster named: the loop runs in this process (Ray Train local mode, same checkpoints,
+resume and store rows; no Ray cluster starts). Otherwise a Ray Train worker group on the cluster in
+``RAY_ADDRESS`` (as under ``ray job submit``), else on an embedded local one (``scaling.local_mode``).
 Exit codes: 0 the run finished, 1 it failed (the store records why), 2 bad input (nothing written).
 """
 
@@ -202,32 +204,38 @@ def cluster_refusal(want: dict, storage_path: str, kinds: dict[str, dict], compl
 RUN_STATE = "perennial_run.json"  # beside a run's checkpoints: its config and store, read by --resume
 
 
-def run_state_uri(cfg, run_id: str) -> str:
-    return f"{storage_uri(cfg.run.storage_path).rstrip('/')}/{run_id}/{RUN_STATE}"
+def write_state_file(directory: str, name: str, state: dict) -> None:
+    """``state`` as JSON in ``directory/name``, local or ``s3://`` (a run's or a sweep's resume state)."""
+    fs, path = state_fs(directory)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{name}") as f:
+        f.write(json.dumps(state, indent=1, default=str).encode())
+
+
+def read_state_file(directory: str, name: str) -> dict | None:
+    """What :func:`write_state_file` wrote, or None when there is none."""
+    fs, path = state_fs(directory)
+    try:
+        with fs.open_input_stream(f"{path}/{name}") as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def state_fs(uri: str):
+    import pyarrow.fs as pafs
+
+    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), os.path.abspath(uri))
 
 
 def write_run_state(cfg, run_id: str, store: Store) -> None:
     """What ``--resume RUN_ID`` needs, written before the run starts: a driver may die at any moment after."""
-    import pyarrow.fs as pafs
-
-    uri = run_state_uri(cfg, run_id)
-    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     state = {"run_id": run_id, "config": config_lib.to_dict(cfg), "store": store.uri}
-    with fs.open_output_stream(path) as f:
-        f.write(json.dumps(state, indent=1).encode())
+    write_state_file(f"{storage_uri(cfg.run.storage_path).rstrip('/')}/{run_id}", RUN_STATE, state)
 
 
 def read_run_state(storage_path: str, run_id: str) -> dict | None:
-    import pyarrow.fs as pafs
-
-    uri = f"{storage_uri(storage_path).rstrip('/')}/{run_id}/{RUN_STATE}"
-    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
-    try:
-        with fs.open_input_file(path) as f:
-            return json.loads(f.read())
-    except (FileNotFoundError, OSError):
-        return None
+    return read_state_file(f"{storage_uri(storage_path).rstrip('/')}/{run_id}", RUN_STATE)
 
 
 def new_run_id(workload: str) -> str:
@@ -348,6 +356,119 @@ def run_trainer(cfg, run_id: str, callbacks=(), extra_config: dict | None = None
             return None, e
 
 
+class TrialStopped(Exception):
+    """The scheduler stopped this trial between two epochs (in-process trials only)."""
+
+
+def run_in_process(cfg, run_id: str, callbacks=(), extra_config: dict | None = None) -> tuple:
+    """A ``jobs.train.fit`` runner for one worker: the loop runs in this process, not in a Train worker group.
+
+    Same ``train_loop_per_worker``, same RunConfig (built by make_trainer, never fit), and every
+    checkpoint goes through Ray Train's own StorageContext and CheckpointManager: the run dir, its
+    checkpoints, ``checkpoint_manager_snapshot.json`` and resume via ``get_checkpoint()`` are those of a
+    Train run, so ``ray.train.Result.from_path`` and jobs.evaluate read it like any other.
+    Returns (last checkpoint, error); a scheduler stop (TrialStopped) is not an error."""
+    import asyncio
+
+    from jobs.loop import train_loop_per_worker
+    from jobs.ray_compat import train_v2_internals
+
+    v2 = train_v2_internals()
+    CheckpointManager, LocalTrainFnUtils, set_train_fn_utils = (
+        v2.CheckpointManager,
+        v2.LocalTrainFnUtils,
+        v2.set_train_fn_utils,
+    )
+    _TrainingReport = v2.TrainingReport
+
+    assert cfg.scaling.num_workers == 1, "in-process runs have exactly one worker"
+    trainer = make_trainer(cfg, run_id, callbacks, extra_config)
+    run_config, storage = trainer.run_config, trainer.run_config.storage_context
+    events = asyncio.new_event_loop()  # CheckpointManager notifies listeners through asyncio
+
+    def on_loop(fn):
+        async def call():
+            return fn()
+
+        return events.run_until_complete(call())
+
+    manager = on_loop(
+        lambda: CheckpointManager(checkpoint_config=run_config.checkpoint_config, storage_context=storage)
+    )
+
+    class InProcessTrainFnUtils(LocalTrainFnUtils):  # Train V2's local-mode utilities + real persistence
+        def report(self, metrics, checkpoint=None, checkpoint_dir_name=None, **_):
+            persisted = None
+            if checkpoint is not None:
+                persisted = storage.persist_current_checkpoint(
+                    checkpoint, checkpoint_dir_name or storage.make_default_checkpoint_dir_name()
+                )
+            on_loop(lambda: manager.after_report(_TrainingReport(persisted, metrics, False), [metrics]))
+            super().report(metrics, persisted)
+            for callback in run_config.callbacks or []:  # as the Train controller does, after the checkpoint manager
+                callback.after_report(run_context=trainer.train_run_context, metrics=[metrics], checkpoint=persisted)
+
+    utils = InProcessTrainFnUtils(experiment_name=run_id)
+    latest = manager.latest_checkpoint_result
+    utils._last_checkpoint = latest.checkpoint if latest else None  # resume, as a restarted Train run does
+    set_train_fn_utils(utils)
+    error = None
+    try:
+        train_loop_per_worker(trainer.train_loop_config)
+    except TrialStopped:
+        pass
+    except Exception as e:
+        error = e
+    finally:
+        set_train_fn_utils(None)
+        events.run_until_complete(asyncio.sleep(0))  # let the last notification finish
+        events.close()
+    latest = manager.latest_checkpoint_result
+    return (latest.checkpoint if latest else None), error
+
+
+def uses_local_mode(cfg) -> bool:
+    """Whether this run takes the local-mode path: the loop in this process, no Ray cluster, no worker group.
+
+    ``scaling.local_mode``: ``auto`` (default) = one worker, no ``RAY_ADDRESS`` and no ``scaling.node_type``
+    (those name a cluster); ``always`` = one worker wherever; ``never`` = a Train worker group even for one."""
+    s, mode = cfg.scaling, cfg.scaling.local_mode
+    if mode == "auto":
+        return s.num_workers == 1 and not os.environ.get("RAY_ADDRESS") and not s.node_type
+    return mode == "always"
+
+
+def start(cfg) -> tuple:
+    """The runner for ``cfg`` and where it trains, in words: local mode, or Ray started (or joined) and
+    checked for a worker group. Raises ClusterError when the cluster in RAY_ADDRESS cannot be reached."""
+    if uses_local_mode(cfg):
+        os.environ.setdefault("PERENNIAL_GIT_SHA", git_sha())  # the trackers' git tag (init_ray sets it otherwise)
+        return (
+            run_local,
+            "in this process: Ray Train local mode, no cluster (scaling.local_mode=never for a worker group)",
+        )
+    init_ray()
+    check_cluster(cfg)
+    return run_trainer, "in a Ray Train worker group"
+
+
+def run_local(cfg, run_id: str, callbacks=(), extra_config: dict | None = None) -> tuple:
+    """``run_in_process`` with Train's failure policy: a loop that raises is restarted from its last
+    checkpoint up to ``failure.max_failures`` times (-1 = forever), as a Train worker group would be."""
+    limit, failures = cfg.failure.max_failures, 0
+    while True:
+        checkpoint, error = run_in_process(cfg, run_id, callbacks, extra_config)
+        if error is None or (limit != -1 and failures >= limit):
+            return checkpoint, error
+        failures += 1
+        print(
+            f"attempt {failures} failed: {error_line(error)} — restarting from the last checkpoint"
+            f" ({failures}/{'unlimited' if limit == -1 else limit} of failure.max_failures)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def fit(
     cfg,
     store: Store,
@@ -454,6 +575,7 @@ def record_run(
         "seed": cfg.train.seed,
         "git_sha": git_sha(),
         "data_fingerprint": meta.get("fingerprint", ""),
+        "precision": meta.get("precision", ""),  # what train.precision (auto) resolved to
         **worker_nodes(meta.get("workers") or []),
         **config_lib.flatten(cfg),
         **{k: float(v) for k, v in final.items() if k.startswith(("val_", "test_"))},
@@ -548,14 +670,14 @@ def main(argv: list[str]) -> int:
         cfg, store = prepare(args)
         run_id = new_run_id(cfg.workload)
     try:
-        init_ray()
+        runner, path = start(cfg)
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    check_cluster(cfg)
     print(
         f"training {cfg.workload} on {cfg.scaling.num_workers} worker(s) "
-        f"({'GPU' if cfg.scaling.use_gpu else f'{cfg.scaling.cpus_per_worker} CPU each'}), {cfg.train.epochs} epochs"
+        f"({'GPU' if cfg.scaling.use_gpu else f'{cfg.scaling.cpus_per_worker} CPU each'}), {cfg.train.epochs} epochs,"
+        f" {path}"
     )
     if not args.resume:
         write_run_state(cfg, run_id, store)
@@ -563,7 +685,8 @@ def main(argv: list[str]) -> int:
     print(
         f"run {run_id}{' (resumed)' if args.resume else ''}  — if this driver dies: python -m jobs.train --resume {run_id}{where}"
     )
-    row = fit(cfg, store, run_id=run_id)  # Ray Train resumes a run of the same name from its last checkpoint
+    # Ray Train (either path) resumes a run of the same name from its last checkpoint
+    row = fit(cfg, store, run_id=run_id, runner=runner)
     return 0 if row["status"] in FINISHED else 1
 
 

@@ -11,6 +11,7 @@ import copy
 import gzip
 import hashlib
 import io
+import json
 import os
 import re
 import struct
@@ -687,3 +688,85 @@ def _is_column(value, n: int) -> bool:
         and hasattr(value, "__len__")
         and len(value) == n
     )
+
+
+# ----------------------------------------------------------------------------- tokenized-data cache
+FEATURES_CACHE = "PERENNIAL_DATA_CACHE"  # the cache's folder; "0" turns it off (docs/performance.md)
+FEATURE_FORMAT = 1
+
+
+def features_cache_dir() -> Path | None:
+    """Where tokenized splits are kept between runs: ``$PERENNIAL_DATA_CACHE``, else ~/.cache/perennial/features."""
+    where = os.environ.get(FEATURES_CACHE, "")
+    if where == "0":
+        return None
+    return Path(where) if where else Path.home() / ".cache" / "perennial" / "features"
+
+
+def file_stamp(path: str | os.PathLike) -> str | None:
+    """A local file's path, size and modification time (its identity for a cache key, without reading it);
+    None for a remote or missing file, which is then never cached."""
+    if not path or is_remote(str(path)):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def features_key(files: list, code: list[str], settings: dict) -> str | None:
+    """The cache key of one tokenization: the input files (``file_stamp``), the source files of the code
+    that reads and encodes them (any edit is a new key) and the settings (model, lengths, caps, seed).
+    None when any input is remote or missing."""
+    stamps = [file_stamp(f) for f in files if f]
+    if any(s is None for s in stamps) or features_cache_dir() is None:
+        return None
+    sources = [Path(c).read_bytes() for c in code]
+    return fingerprint(str(FEATURE_FORMAT), *stamps, *sources, json.dumps(settings, sort_keys=True, default=str))
+
+
+def load_features(key: str | None) -> tuple[dict[str, list[dict] | None], dict] | None:
+    """Splits of integer-list features saved by :func:`save_features` under ``key``, and their meta; None on a
+    miss. Plain ``.npz`` arrays read with ``allow_pickle=False``: a cache file can never run code."""
+    folder = features_cache_dir()
+    if key is None or folder is None or not (folder / f"{key}.npz").is_file():
+        return None
+    try:
+        with np.load(folder / f"{key}.npz", allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            splits: dict[str, list[dict] | None] = {}
+            for split, names in meta.pop("_layout").items():
+                if names is None:
+                    splits[split] = None
+                    continue
+                columns = {}
+                for name in names:
+                    values, ends = z[f"{split}.{name}"].tolist(), np.cumsum(z[f"{split}.{name}.len"]).tolist()
+                    columns[name] = [values[a:b] for a, b in zip([0, *ends[:-1]], ends)]
+                n = len(next(iter(columns.values()))) if columns else 0
+                splits[split] = [{name: columns[name][i] for name in names} for i in range(n)]
+    except (OSError, ValueError, KeyError):  # a damaged or foreign file: a miss, rebuilt and replaced
+        return None
+    return splits, meta
+
+
+def save_features(key: str | None, splits: dict[str, list[dict] | None], meta: dict) -> None:
+    """Keep tokenized splits (lists of {name: list of ints}) under ``key``: written whole, then renamed into
+    place, so a reader never sees half a file. A cache that cannot be written is skipped silently."""
+    folder = features_cache_dir()
+    if key is None or folder is None:
+        return
+    arrays, layout = {}, {}
+    for split, rows in splits.items():
+        layout[split] = None if rows is None else (list(rows[0]) if rows else [])
+        for name in layout[split] or []:
+            arrays[f"{split}.{name}"] = np.fromiter((v for r in rows for v in r[name]), dtype=np.int32)
+            arrays[f"{split}.{name}.len"] = np.array([len(r[name]) for r in rows], dtype=np.int32)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{key}.{os.getpid()}.npz"
+        np.savez(tmp, meta=np.array(json.dumps(meta | {"_layout": layout})), **arrays)
+        os.replace(tmp, folder / f"{key}.npz")
+    except OSError:
+        return

@@ -16,6 +16,7 @@ BERT (hidden 64) on the MiniLM vocabulary, for tests.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -27,17 +28,22 @@ import torch
 from torch.utils.data import DataLoader
 
 from workloads import common
+from workloads import data as data_lib
 from workloads import lora as lora_lib
 from workloads.data import (
     CONLL2003_TAGS,
     DataError,
     Splits,
     conll2003_path,
+    features_key,
     fingerprint,
+    load_features,
     read_conll,
     read_wnut16,
+    save_features,
     split_train_val,
     subsample,
+    wnut16_path,
 )
 from workloads.lora import Lora
 
@@ -75,6 +81,7 @@ class Train(common.Train):  # the shared knobs (workloads/common.py); only what 
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0  # ner clips gradients, as HF Trainer does
     warmup_ratio: float = 0.1  # share of all optimizer steps spent warming up, then linear decay to 0
+    precision: str = "auto"  # bf16 where the CPU/GPU runs it natively, else fp32 (test F1: docs/performance.md)
 
 
 @dataclass
@@ -203,7 +210,39 @@ def collate(features: list[dict], pad_token_id: int = 0, multiple_of: int = 0) -
     }
 
 
+def data_files(cfg) -> list[str]:
+    """The files ``read_splits`` reads for ``cfg`` (the tokenized-data cache's inputs)."""
+    d = cfg.data
+    if d.train:
+        return [d.train, d.val, d.test]
+    return [wnut16_path()] if d.source == "wnut16" else [conll2003_path(s) for s in ("train", "val", "test")]
+
+
 def build_data(cfg) -> Splits:
+    """Tokenized splits, from the cache when the same files, code and settings were tokenized before
+    (workloads/data.py ``features_key``): a repeated run or sweep trial does not tokenize again."""
+    d = cfg.data
+    settings = {"model": common.checkpoint(cfg.model.name_or_path), "data": dataclasses.asdict(d)}
+    tokenizer_files = [Path(settings["model"], "tokenizer.json")]
+    key = features_key([*data_files(cfg), *tokenizer_files], [__file__, data_lib.__file__], settings)
+    if (hit := load_features(key)) is not None:
+        features, meta = hit
+    else:
+        features, meta = encode_splits(cfg)
+        save_features(key, features, meta)
+    return Splits(
+        train=features["train"],
+        val=features["val"],
+        test=features["test"],
+        labels=meta["labels"],
+        collate_fn=functools.partial(collate, pad_token_id=meta["pad_token_id"], multiple_of=d.pad_to_multiple_of),
+        fingerprint=meta["fingerprint"],
+        info={"model": cfg.model.name_or_path or "all-MiniLM-L6-v2"},
+    )
+
+
+def encode_splits(cfg) -> tuple[dict[str, list[dict] | None], dict]:
+    """Read and tokenize every split: ({split: features}, {labels, fingerprint, pad_token_id})."""
     sentences, labels, fp = read_splits(cfg)
     d = cfg.data
     train = sentences["train"]
@@ -218,17 +257,12 @@ def build_data(cfg) -> Splits:
         # sorted by length: less padding when scoring; seqeval does not care about order
         return sorted(encode(rows, labels, tokenizer, d.max_length), key=lambda f: len(f["input_ids"]))
 
-    return Splits(
-        train=encode(train, labels, tokenizer, d.max_length),
-        val=eval_set("val"),
-        test=eval_set("test"),
-        labels=labels,
-        collate_fn=functools.partial(
-            collate, pad_token_id=tokenizer.pad_token_id or 0, multiple_of=cfg.data.pad_to_multiple_of
-        ),
-        fingerprint=fp,
-        info={"model": cfg.model.name_or_path or "all-MiniLM-L6-v2"},
-    )
+    features = {
+        "train": encode(train, labels, tokenizer, d.max_length),
+        "val": eval_set("val"),
+        "test": eval_set("test"),
+    }
+    return features, {"labels": labels, "fingerprint": fp, "pad_token_id": tokenizer.pad_token_id or 0}
 
 
 def train_loader(cfg, splits: Splits) -> DataLoader:

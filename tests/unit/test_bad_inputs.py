@@ -76,7 +76,13 @@ CASES = [
     Case("zero-workers", train("scaling.num_workers=0"), "scaling.num_workers must be >= 1"),
     Case("zero-epochs", train("train.epochs=0"), "train.epochs must be >= 1"),
     Case("bad-on-nan", train("train.on_nan=explode"), "train.on_nan must be fail or skip_batch"),
-    Case("bad-precision", train("train.precision=fp8"), "train.precision must be fp32, bf16 or fp16"),
+    Case("bad-precision", train("train.precision=fp8"), "train.precision must be auto, fp32, bf16 or fp16"),
+    Case("bad-local-mode", train("scaling.local_mode=sometimes"), "scaling.local_mode must be one of auto, always"),
+    Case(
+        "local-mode-many-workers",
+        train("scaling.local_mode=always", "scaling.num_workers=2"),
+        "scaling.local_mode=always runs one worker in this process",
+    ),
     Case("bad-mode", train("sweep.mode=up"), "sweep.mode must be max or min"),
     # ---- image data (mlp / cnn)
     Case("data-path-missing", train("data.source={d}/nope.npz"), "not found"),
@@ -393,4 +399,4 @@ def test_bad_input_exits_2_with_one_line(case: Case, results):
 
 
 def test_table_is_big_enough():
-    assert len(CASES) == 71 and len({c.id for c in CASES}) == len(CASES)  # RELIABILITY.md states the count
+    assert len(CASES) == 73 and len({c.id for c in CASES}) == len(CASES)  # RELIABILITY.md states the count

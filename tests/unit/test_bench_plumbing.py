@@ -46,7 +46,9 @@ def test_overhead_smoke_times_the_plain_loop(tmp_path, capsys):
         assert (
             0 < plain["step_time_median_s"] < 60 and plain["samples_per_s"] > 0 and math.isfinite(plain["train_loss"])
         )
-    assert "ratio B/A" in capsys.readouterr().out
+        local = pairs[0]["local"]  # jobs.train's single-machine path: no Ray, so in --no-ray too
+        assert local["step_time_median_s"] > 0 and local["cluster_start_s"] < 1.0
+    assert "local/plain" in capsys.readouterr().out
 
 
 def test_overhead_cases_name_their_cpus_and_refuse_bad_ones(tmp_path, capsys):
@@ -59,29 +61,19 @@ def test_overhead_cases_name_their_cpus_and_refuse_bad_ones(tmp_path, capsys):
             overhead.main(["--smoke", "--no-ray", "--cases", bad, "--out", str(tmp_path)])
 
 
-def test_vs_hf_trainer_smoke_scores_both_trainer_arms_and_levers(tmp_path, capsys):
-    code = vs_hf_trainer.main(
-        ["--smoke", "--no-ray", "--threads", "1", "--levers", "shipped", "random_order", "--out", str(tmp_path)]
-    )
-    assert code == 0
+def test_vs_hf_trainer_smoke_times_both_commands_the_cache_and_a_lever(tmp_path, capsys):
+    """The HF Trainer script and python -m jobs.train, each a whole process (tiny BERT): both score val and
+    test, ours takes local mode and reports its precision; the cache builds identical splits."""
+    argv = ["--smoke", "--threads", "1", "--arms", "hf_fp32", "ours", "--levers", "shipped", "--out", str(tmp_path)]
+    assert vs_hf_trainer.main(argv) == 0
     res = results(tmp_path, "vs_hf_trainer")
-    assert set(res["arms"]) == {"hf", "hf_grouped", "plain"}
-    for arm in ("hf", "hf_grouped", "plain"):
-        r = res["arms"][arm][0]
-        assert (
-            r["samples_per_s"] > 0
-            and 0 <= r["padded_fraction"] < 1
-            and 0 <= r["val_f1"] <= 1
-            and r["peak_rss_mb"] > 100
-        )
-    shipped, random_order = res["levers"]["shipped"][0], res["levers"]["random_order"][0]
-    assert shipped["samples_per_s"] > 0 and random_order["samples_per_s"] > 0
+    hf, ours = res["arms"]["hf_fp32"][0], res["arms"]["ours"][0]
+    for r in (hf, ours):
+        assert r["samples_per_s"] > 0 and r["wall_s"] > 0 and 0 <= r["val_f1"] <= 1 and 0 <= r["test_f1"] <= 1
+    assert ours["local_mode"] and ours["precision"] in ("bf16", "fp32") and hf["precision"] == "fp32"
+    assert res["cache"][0]["identical"] and res["levers"]["shipped"][0]["samples_per_s"] > 0
     out = capsys.readouterr().out
-    assert (
-        "HF Trainer, group_by_length" in out
-        and "vs shipped" in out
-        and "our loop, plain process (no Ray) / HF Trainer" in out
-    )
+    assert "jobs.train ner, defaults, first run / HF's best" in out and "vs shipped" in out
 
 
 def test_scaling_estimate_follows_ring_allreduce():

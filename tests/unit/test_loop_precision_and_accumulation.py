@@ -125,8 +125,17 @@ def test_grad_scaler_only_for_fp16():
 
 
 def test_unknown_precision_is_a_config_error():
-    with pytest.raises(config_lib.ConfigError, match="train.precision must be fp32, bf16 or fp16"):
+    with pytest.raises(config_lib.ConfigError, match="train.precision must be auto, fp32, bf16 or fp16"):
         loop.check_precision("fp8", CPU)
+
+
+def test_auto_precision_is_bf16_exactly_where_the_cpu_computes_it_natively():
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    native = "avx512_bf16" in flags.split() or "amx_bf16" in flags.split()
+    assert loop.resolve_precision("auto", CPU) == ("bf16" if native else "fp32")
+    assert [loop.resolve_precision(p, CPU) for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
+    with loop.autocast("auto", CPU):  # the context follows the resolved precision
+        assert torch.is_autocast_enabled("cpu") == native
 
 
 def test_bf16_on_a_pre_ampere_gpu_is_rejected_with_the_fix(monkeypatch):

@@ -185,3 +185,32 @@ def test_missing_model_directory_is_a_data_error(tmp_path):
     cfg = make_cfg(conll_files(tmp_path), f"model.name_or_path={tmp_path / 'nope'}")
     with pytest.raises(DataError, match="config.json"):
         ner.validate(cfg)
+
+
+def test_tokenized_data_is_cached_per_files_code_and_settings(tmp_path, monkeypatch):
+    """A repeated build reads the cache instead of tokenizing; a changed file or setting is a new entry;
+    a damaged entry is rebuilt, never trusted; PERENNIAL_DATA_CACHE=0 turns the cache off."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PERENNIAL_DATA_CACHE", str(cache))
+    paths = conll_files(tmp_path)
+    first = ner.build_data(make_cfg(paths))
+    entries = list(cache.glob("*.npz"))
+    assert len(entries) == 1
+    calls = []
+    monkeypatch.setattr(ner, "encode_splits", lambda cfg: calls.append(cfg) or pytest.fail("tokenized again"))
+    again = ner.build_data(make_cfg(paths))
+    assert (again.train, again.val, again.test, again.labels) == (first.train, first.val, first.test, first.labels)
+    assert again.fingerprint == first.fingerprint and again.collate_fn(again.train)["input_ids"].shape[0] == 3
+    monkeypatch.undo()
+    monkeypatch.setenv("PERENNIAL_DATA_CACHE", str(cache))
+    ner.build_data(make_cfg(paths, "data.max_length=8"))  # another setting: another entry
+    Path(paths["train"]).write_text(TRAIN.replace("Frankfurt", "Hamburg"))  # another file: another entry
+    changed = ner.build_data(make_cfg(paths))
+    assert len(list(cache.glob("*.npz"))) == 3 and changed.fingerprint != first.fingerprint
+    for entry in cache.glob("*.npz"):
+        entry.write_bytes(b"not an npz")
+    assert ner.build_data(make_cfg(paths)).train == changed.train  # damaged: rebuilt and replaced
+    monkeypatch.setenv("PERENNIAL_DATA_CACHE", "0")
+    off = tmp_path / "off"
+    ner.build_data(make_cfg(conll_files(off if off.mkdir() is None else off)))
+    assert len(list(cache.glob("*.npz"))) == 3
