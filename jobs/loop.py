@@ -794,9 +794,11 @@ def inject_fault(
     if rank == min(1, world - 1):
         import ray
 
+        numbers = [int(n) for n in position.removeprefix("epoch_").split("_step_")]
+        after = f"epoch {numbers[0]}" + (f" step {numbers[1]}" if len(numbers) > 1 else "")
         if not ray.is_initialized():  # local mode: this process is the driver; its exit would be a driver loss
-            log(f"fault injection: the loop fails after epoch {epoch} ({FAULT_AFTER_EPOCH}={epoch})")
-            raise RuntimeError(f"fault injection after epoch {epoch}")
+            log(f"fault injection: the loop fails after {after} (last checkpoint {last_checkpoint})")
+            raise RuntimeError(f"fault injection after {after}")
         deadline = time.monotonic() + 300
         committed = last_checkpoint is None
         while not committed and (committed := checkpoint_committed(last_checkpoint)) is False:
@@ -805,8 +807,6 @@ def inject_fault(
             time.sleep(0.2)
         if committed is None:  # no Train storage context (an in-process sweep trial): give Train two polls
             time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")) + 0.5)
-        numbers = [int(n) for n in position.removeprefix("epoch_").split("_step_")]
-        after = f"epoch {numbers[0]}" + (f" step {numbers[1]}" if len(numbers) > 1 else "")
         log(
             f"fault injection: rank {rank} exits after {after} "
             f"({steps_this_attempt} steps this attempt, last checkpoint {last_checkpoint})"
