@@ -1,6 +1,6 @@
-"""The cloud cluster rehearsed on this machine: scale-up, scale-down, node loss, driver loss — figures.
+"""The cloud cluster rehearsed on this machine: scale-up, scale-down, node loss, spot preemption, driver loss — figures.
 
-    .venv/bin/python -m bench.cluster_local [--only autoscaling node_loss driver_loss]
+    .venv/bin/python -m bench.cluster_local [--only autoscaling node_loss preemption driver_loss]
 
 Starts the local autoscaling cluster generated from cluster.yaml (jobs.cluster_local, idle timeout
 0.2 min) and a local S3 server (moto on 127.0.0.1), then runs the scenarios of
@@ -10,9 +10,10 @@ the tests cannot drift) and prints what they measured:
                 sweep end -> back to 0 worker nodes
   node_loss     a 2-worker run loses one node (SIGKILL) after its first S3 checkpoint: recovery time,
                 epochs redone, epoch rows lost / duplicated
+  preemption    `ray drain-node` (reason preemption, 30 s deadline) on a 1-worker run's node: the loop's
+                checkpoint against the deadline, the watch's cost per step, where the run resumed
   driver_loss   an embedded-cluster driver SIGKILLed mid-run: processes left, --resume time, epochs
                 redone, rows lost / duplicated
-Spot preemption (checkpoint time against a drain deadline) is not measured yet: see docs/cluster.md.
 About 5-8 min on 2 busy cores.
 """
 
@@ -28,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
-SCENARIOS = ("autoscaling", "node_loss", "driver_loss")
+SCENARIOS = ("autoscaling", "node_loss", "preemption", "driver_loss")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import test_cluster_local
     import test_driver_loss
+    import test_preemption
     from cluster_fixtures import start_local_cluster
     from conftest import S3Server
 
@@ -47,13 +49,20 @@ def main(argv: list[str] | None = None) -> int:
     failures = []
     t0 = time.time()
     try:
-        if {"autoscaling", "node_loss"} & set(args.only):
+        if {"autoscaling", "node_loss", "preemption"} & set(args.only):
             cluster = start_local_cluster(s3)
             try:
                 if "autoscaling" in args.only:
                     _run(failures, test_cluster_local.test_sweep_scales_one_node_type_up_then_back_to_zero, cluster, s3)
                 if "node_loss" in args.only:
                     _run(failures, test_cluster_local.test_two_worker_run_on_two_nodes_survives_losing_one, cluster, s3)
+                if "preemption" in args.only:
+                    _run(
+                        failures,
+                        test_preemption.test_a_preempted_node_gets_a_checkpoint_before_its_deadline_and_the_run_resumes_from_it,
+                        cluster,
+                        s3,
+                    )
             finally:
                 cluster.stop()
                 shutil.rmtree(cluster.dir, ignore_errors=True)
@@ -65,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         s3.stop()
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    figures = test_cluster_local.FIGURES | test_driver_loss.FIGURES
+    figures = test_cluster_local.FIGURES | test_preemption.FIGURES | test_driver_loss.FIGURES
     load = os.getloadavg()[0]
     print(f"\ncluster rehearsal on {os.cpu_count()} cores, load average {load:.1f}, {time.time() - t0:.0f} s in all")
     for scenario, values in figures.items():

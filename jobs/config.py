@@ -389,6 +389,11 @@ def check_values(cfg) -> None:
         raise ConfigError(
             f"scaling.node_type must name a worker type of cluster.yaml (e.g. gpu_4x), got '{s.node_type}'"
         )
+    if t.checkpoint_every_steps < 0:
+        raise ConfigError(
+            f"train.checkpoint_every_steps must be >= 0 (0 = a checkpoint per epoch only), got {t.checkpoint_every_steps}"
+            " — set e.g. train.checkpoint_every_steps=500"
+        )
     if t.max_grad_norm < 0:
         raise ConfigError(f"train.max_grad_norm must be >= 0 (0 turns clipping off), got {t.max_grad_norm}")
     if t.on_nan not in ("fail", "skip_batch"):

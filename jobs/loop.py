@@ -8,9 +8,14 @@ checkpoint (rank 0 attaches it). After the last epoch (or early stop) the best e
 restored, scored on the test split, exported for serving, and reported once more as the final
 checkpoint. A restarted worker group resumes from ``ray.train.get_checkpoint()``.
 
+With ``train.checkpoint_every_steps=N`` the loop also reports a checkpoint every N optimizer steps within an
+epoch (``epoch_0003_step_000120``: 120 steps into epoch 3); a run resumed from one skips the batches already
+trained, in the same order (:func:`seed_epoch_order`), and goes on from the next step.
+
 Checkpoint directory (also readable without Ray, see :func:`read_meta`):
-    meta.json     epoch, history (one dict per epoch), best metric/epoch, final metrics
-    state.pt      model + optimizer (+ best-epoch weights), loaded with ``weights_only=True``
+    meta.json     epoch (finished), history (one dict per finished epoch), best metric/epoch, final metrics;
+                  mid-epoch also ``partial``: the epoch, its optimizer step and batches so far, its loss sums
+    state.pt      model + optimizer (+ best-epoch weights; mid-epoch also the RNG states), ``weights_only=True``
     export/       only in the final checkpoint: the servable model (workload-defined format)
 """
 
@@ -36,7 +41,7 @@ from torch.utils.data import DataLoader
 import workloads
 from jobs import config as config_lib
 from jobs import tracking
-from jobs.ray_compat import train_report_loggers
+from jobs.ray_compat import preemption_reader, train_report_loggers
 from workloads.data import add_replay
 
 META, STATE, EXPORT = "meta.json", "state.pt", "export"
@@ -57,6 +62,37 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """Every RNG a training step may draw from (dropout, augmentation), as tensors and plain values: a
+    mid-epoch checkpoint saves it so the resumed steps draw what the lost ones would have."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+
+
+def seed_epoch_order(loader: DataLoader, epoch: int, seed: int) -> None:
+    """Make epoch ``epoch``'s batch order a function of (seed, epoch) alone, so a run resumed mid-epoch
+    draws the same order and skips the batches it had trained: a ``DistributedSampler`` (several workers, or a
+    workload's own sampler) through ``set_epoch``; the default shuffled loader by reseeding its generator."""
+    if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
+        loader.sampler.set_epoch(epoch)
+    if getattr(loader, "generator", None) is not None:
+        loader.generator.manual_seed(seed + epoch)
 
 
 def to_device(batch: Any, device: torch.device) -> Any:
@@ -130,6 +166,13 @@ def better(value: float, best: float | None, mode: str) -> bool:
     if best is None:
         return True
     return value > best if mode == "max" else value < best
+
+
+def resumed_from(meta: dict) -> str:
+    """Where a checkpoint stands: "epoch 3" (the end of epoch 3), or "epoch 4 step 120" for a mid-epoch
+    checkpoint 120 optimizer steps into epoch 4 (its meta's ``epoch`` is 3, the epochs finished)."""
+    partial = meta.get("partial")
+    return f"epoch {meta['epoch'] + 1} step {partial['step']}" if partial else f"epoch {meta['epoch']}"
 
 
 def read_meta(checkpoint_dir: str | os.PathLike) -> dict:
@@ -206,11 +249,28 @@ def train_loader(wl, cfg, splits) -> DataLoader:
     )
 
 
-def run_epoch(model, loader, optimizer, wl, cfg, device, scheduler=None, scaler=None, dist=False, on_step=None) -> dict:
+def run_epoch(
+    model,
+    loader,
+    optimizer,
+    wl,
+    cfg,
+    device,
+    scheduler=None,
+    scaler=None,
+    dist=False,
+    on_step=None,
+    after_step=None,
+    partial: dict | None = None,
+) -> dict:
     """One pass over ``loader``: returns train_loss, samples, train_time_s, step_time_median_s, skipped_batches.
 
     ``on_step(step, total, loss, samples)``, if given, is called after each batch (1-based step; total None
-    for a loader without a length): progress and trackers on rank 0."""
+    for a loader without a length): progress and trackers on rank 0. ``after_step(partial)``, if given, is
+    called after each optimizer step but the epoch's last, with the epoch so far (:func:`epoch_so_far`): the
+    loop checkpoints there. ``partial``, from a mid-epoch checkpoint, resumes the epoch: its first
+    ``partial["batches"]`` batches are drawn but not trained (the loader's order is the same, see
+    :func:`seed_epoch_order`), the RNGs are set back to their state at that step, and the sums go on."""
     model.train()
     accum = max(1, cfg.train.grad_accum_steps)
     on_nan = cfg.train.on_nan
@@ -218,11 +278,20 @@ def run_epoch(model, loader, optimizer, wl, cfg, device, scheduler=None, scaler=
     if on_nan not in ("fail", "skip_batch"):
         raise config_lib.ConfigError(f"train.on_nan must be fail or skip_batch, got '{on_nan}'")
     loss_sum, n_batches, samples, skipped = 0.0, 0, 0, 0
+    skip, time_before = 0, 0.0
+    if partial:
+        skip, time_before = partial["batches"], partial["train_time_s"]
+        loss_sum, n_batches, samples, skipped = (partial[k] for k in ("loss_sum", "n_batches", "samples", "skipped"))
     t0 = time.perf_counter()
     step_starts = [t0]  # the clock as each batch arrives: per-step times for step_time_median_s
     optimizer.zero_grad(set_to_none=True)
     n_total = len(loader) if hasattr(loader, "__len__") else None
     for i, batch in enumerate(loader):
+        if i < skip:  # done before the mid-epoch checkpoint: drawn (the order goes on) but not trained
+            if i + 1 == skip:  # the RNGs as they were after that step (the loader's start may have drawn from them)
+                set_rng_state(partial["rng"])
+                t0, step_starts = time.perf_counter(), [time.perf_counter()]
+            continue
         step_starts.append(time.perf_counter())
         batch = to_device(batch, device)
         last_micro = (i + 1) % accum == 0 or (n_total is not None and i + 1 == n_total)
@@ -266,6 +335,18 @@ def run_epoch(model, loader, optimizer, wl, cfg, device, scheduler=None, scaler=
         samples += batch_samples
         if on_step is not None:
             on_step(i + 1, n_total, loss_value, batch_samples)
+        if after_step is not None and last_micro and (n_total is None or i + 1 < n_total):
+            after_step(
+                {
+                    "batches": i + 1,
+                    "step": i // accum + 1,  # optimizer steps so far in this epoch
+                    "loss_sum": loss_sum,
+                    "n_batches": n_batches,
+                    "samples": samples,
+                    "skipped": skipped,
+                    "train_time_s": time_before + time.perf_counter() - t0,
+                }
+            )
     if skipped and not n_batches:  # skip_batch must not turn a diverged run into "completed" with train_loss 0
         raise NonFiniteLossError(
             f"all {skipped} batches of the epoch had a non-finite loss — lower train.lr or check the data for NaN/inf"
@@ -274,7 +355,7 @@ def run_epoch(model, loader, optimizer, wl, cfg, device, scheduler=None, scaler=
     return {
         "train_loss": loss_sum / max(n_batches, 1),
         "samples": samples,
-        "train_time_s": step_starts[-1] - t0,
+        "train_time_s": time_before + step_starts[-1] - t0,
         "step_time_median_s": median_step_time(step_starts),
         "skipped_batches": skipped,
     }
@@ -363,7 +444,7 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
                 state = load_state(d)
         if state is not None:
             model.load_state_dict(state["model"])
-    best_state = (state.get("best_model") or state["model"]) if state else None
+    best_state = (state.get("best_model") or state["model"]) if state and meta["best_epoch"] else None
     cpu_prior = meta.get("cpu_s", 0.0)  # CPU-seconds (all ranks) of earlier attempts of this run
 
     model = ray.train.torch.prepare_model(model)  # DDP + device placement (+ torch.cuda.set_device)
@@ -374,7 +455,7 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
         backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
         log(
             f"{world} worker(s) on {device.type}, backend {backend}, precision {cfg.train.precision}, grad_accum_steps {cfg.train.grad_accum_steps}"
-            + (f", resumed from the epoch {meta['epoch']} checkpoint" if state is not None else "")
+            + (f", resumed from the {resumed_from(meta)} checkpoint" if state is not None else "")
         )
     workers = _all_gather(node_placement(rank), dist)  # where each rank runs: the runs row records it
     build_optimizer = workloads.hook(wl, "build_optimizer")
@@ -415,7 +496,19 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
         resumed = state is not None or bool(meta.get("finished"))
         tracker.start(info, config_lib.flatten(cfg), meta["epoch"] if resumed else 0, history=meta["history"])
 
+    def train_state(mid_epoch: bool = False) -> dict:
+        """What a checkpoint holds besides meta.json (best_model {} = the same as model)."""
+        return {
+            "model": unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else {},
+            # mid-epoch the model has moved on from the best epoch's weights: keep the snapshot
+            "best_model": {} if best_epoch == meta["epoch"] and not mid_epoch else (best_state or {}),
+            "scaler": scaler.state_dict() if scaler is not None else {},
+        }
+
     # [3] epochs
+    every_steps = cfg.train.checkpoint_every_steps
     history: list[dict] = meta["history"]
     best_metric, best_epoch = meta["best_metric"], meta["best_epoch"]
     epochs = cfg.train.epochs
@@ -423,18 +516,83 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
     start_epoch = meta["epoch"] if not meta.get("finished") else epochs
     run_t0 = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
     stopped_early = bool(meta.get("stopped_early"))
+    resumed_meta = meta if state is not None else None
+    partial = meta.get("partial") if state is not None else None  # a mid-epoch checkpoint: that epoch's steps so far
+    if partial is not None and len(state["rng"]) != world:
+        # another worker count splits the epoch's batches differently: which ones were trained is unknown here,
+        # so the epoch starts over (its samples trained once more, none skipped)
+        if rank == 0:
+            log(
+                f"the epoch {partial['epoch'] + 1} checkpoint was written by {len(state['rng'])} workers: epoch restarts"
+            )
+        partial = None
+    if partial is not None:
+        partial = partial | {"rng": state["rng"][rank]}  # this rank's RNG states
+    steps_this_attempt, last_checkpoint = 0, None  # optimizer steps this worker group trained; fault injection
+    preempted = preemption_watch(dist, device)  # None when Ray Train's preemption watcher is off
+    notice_handled, poll_s = False, 0.0
     for epoch in range(start_epoch, epochs):
-        if hasattr(loader, "sampler") and hasattr(
-            loader.sampler, "set_epoch"
-        ):  # also 1 worker: a workload's own sampler
-            loader.sampler.set_epoch(epoch)
+        for epoch_loader in {id(loader): loader, id(base_loader): base_loader}.values():  # Ray may have rebuilt it
+            seed_epoch_order(epoch_loader, epoch, cfg.train.seed)
+        epoch_meta = meta  # the last epoch-end meta: what a mid-epoch checkpoint adds its step to
+
+        def after_step(so_far: dict, epoch=epoch, epoch_meta=epoch_meta) -> None:
+            nonlocal steps_this_attempt, last_checkpoint, notice_handled, poll_s
+            steps_this_attempt += 1
+            name = f"epoch_{epoch + 1:04d}_step_{so_far['step']:06d}"
+            notice = None
+            if preempted is not None and not notice_handled:  # once per worker group: it ends at the deadline
+                t_poll = time.perf_counter()
+                notice = preempted()
+                poll_s += time.perf_counter() - t_poll
+            if not (notice or (every_steps and so_far["step"] % every_steps == 0)):
+                inject_fault(name, rank, world, ckpt is not None, last_checkpoint, steps_this_attempt)
+                return
+            # epoch_meta["epoch"] stays the count of finished epochs and the history only theirs: the store's
+            # epochs rows come from the history, so a mid-epoch checkpoint never yields a half-epoch row
+            step_meta = epoch_meta | {"partial": so_far | {"epoch": epoch}}
+            # each rank's own: they differ (rank 0 alone validates, and its val loader draws a seed)
+            step_state = train_state(mid_epoch=True) | {"rng": _all_gather(rng_state(), dist)}
+            t_wall = time.time()
+            _report(
+                {"epoch": epoch, "step": so_far["step"], "train_loss": so_far["loss_sum"] / max(so_far["n_batches"], 1)}
+                | {"mid_epoch": True},
+                step_meta,
+                rank,
+                step_state,
+                name,
+            )
+            last_checkpoint, saved_at = name, time.time()
+            if rank == 0:
+                log(f"  checkpoint {name} ({saved_at - t_wall:.2f} s)")
+            if notice:
+                notice_handled = True
+                if rank == 0:  # the figure docs/cluster.md reports: the checkpoint against the deadline
+                    log(preemption_line(notice, name, saved_at - t_wall, saved_at))
+            inject_fault(name, rank, world, ckpt is not None, last_checkpoint, steps_this_attempt)
+
         on_step = None
         if tracker is not None:
 
             def on_step(step, total, loss, samples, epoch=epoch):
                 tracker.on_step(epoch, step, total or 0, loss, samples, optimizer.param_groups[0]["lr"])
 
-        stats = run_epoch(model, loader, optimizer, wl, cfg, device, scheduler, scaler, dist, on_step=on_step)
+        stats = run_epoch(
+            model,
+            loader,
+            optimizer,
+            wl,
+            cfg,
+            device,
+            scheduler,
+            scaler,
+            dist,
+            on_step=on_step,
+            after_step=after_step,
+            partial=partial if partial is not None and partial["epoch"] == epoch else None,
+        )
+        steps_this_attempt += 1  # the epoch's last optimizer step (after_step is not called for it)
+        partial = None
         val = {}
         if rank == 0:  # full val set on rank 0: exact metrics, no sampler padding
             with autocast(cfg.train.precision, device):
@@ -478,27 +636,22 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
         }
         if rank == 0:
             log(_progress_line(row, epochs, metric, improved))
-        _report(
-            row | {"best_metric": best_metric},
-            meta,
-            rank,
-            state={
-                "model": unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else {},
-                "best_model": {} if best_epoch == epoch + 1 else best_state,  # {} = same as "model"
-                "scaler": scaler.state_dict() if scaler is not None else {},
-            },
-        )
+        _report(row | {"best_metric": best_metric}, meta, rank, train_state(), f"epoch_{epoch + 1:04d}")
         if tracker is not None:  # after the report: an epoch a tracker shows has its checkpoint uploaded
             tracker.on_epoch(row)
-        inject_fault(epoch + 1, rank, world, resumed=ckpt is not None)
+        last_checkpoint = f"epoch_{epoch + 1:04d}"
+        inject_fault(last_checkpoint, rank, world, ckpt is not None, last_checkpoint, steps_this_attempt)
         if stopped_early:
             if rank == 0:
                 log(f"early stop: no {metric} gain for {patience} epochs (best epoch {best_epoch})")
             break
 
     # [4] best weights -> test split -> export -> final report
+    if rank == 0:
+        log(  # steps redone after a restart; the watch's cost per step (docs/cluster.md)
+            f"{steps_this_attempt} optimizer steps trained by this worker group"
+            + (f", preemption watch {poll_s / max(steps_this_attempt, 1) * 1e6:.1f} us/step" if preempted else "")
+        )
     if best_state:
         unwrap(model).load_state_dict(best_state)
     final = {"epoch": meta["epoch"], "best_metric": best_metric, "best_epoch": best_epoch}
@@ -527,6 +680,12 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
                 "fingerprint": splits.fingerprint,
                 "labels": splits.labels,
                 "cpu_s": cpu_s,
+                # the worker group that finished: where it started, what it trained (a restart's redone steps)
+                "last_attempt": {
+                    "resumed_from": resumed_from(resumed_meta) if resumed_meta is not None else "",
+                    "steps": steps_this_attempt,
+                    "preemption_watch_us_per_step": poll_s / max(steps_this_attempt, 1) * 1e6 if preempted else None,
+                },
             }
             Path(tmp, META).write_text(json.dumps(meta_final, default=float))
             if splits.test is not None:
@@ -542,36 +701,121 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
             tracker.finish("stopped_early" if stopped_early else "completed", Path(tmp, EXPORT))
 
 
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
+PREEMPTION_CHECK_EVERY_S = 0.5  # with several workers: how often (in step time) the ranks agree on a notice
+
+
+def preemption_watch(dist: bool, device: torch.device, read=None):
+    """A per-step check for a preemption notice (``ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION``, a
+    spot reclaim): returns a function giving this rank's ``PreemptionInfo``, ``True`` when only another rank
+    has it yet, or None; every rank gets a truthy answer at the same step (they must checkpoint together).
+    None when Ray Train's preemption watcher is off (jobs.train turns it off on its one-node embedded cluster).
+
+    On one worker: one attribute read per step. With several, Ray Train fans the notice out to every worker but
+    not at the same instant, so the ranks agree through an all-reduce of a flag. Every step, that cost 0.76 ms
+    (+22% on a 4 ms DDP step, bench/preemption_watch.py); so it runs about every
+    ``PREEMPTION_CHECK_EVERY_S`` of training (rank 0 sets the step interval from its step time, carried in the
+    same all-reduce), asynchronously: started at one check and read at the next. A notice is acted on within
+    about two intervals, against Ray's 5 s poll of the draining nodes and a deadline of tens of seconds."""
+    if os.environ.get(PREEMPTION_WATCHER, "1").strip().lower() in ("0", "false"):
+        return None
+    read = read or preemption_reader()  # bench/preemption_watch.py passes its own
+    if read is None:
+        return None
+    if not dist:
+        return read
+    leader = torch.distributed.get_rank() == 0
+    pending: list = []  # (work, buffer) of the all-reduce started at the previous check
+    every = {"steps": 1, "left": 1, "t": time.perf_counter()}  # the same on every rank: set from the all-reduce
+
+    def agreed():
+        every["left"] -= 1
+        if every["left"] > 0:
+            return None
+        seen = False
+        now = time.perf_counter()
+        step_s = (now - every["t"]) / every["steps"]
+        every["t"] = now
+        if pending:
+            work, buffer = pending.pop()
+            work.wait()
+            seen = buffer[0].item() > 0
+            every["steps"] = max(1, int(buffer[1].item()))
+        every["left"] = every["steps"]
+        suggest = min(1000, max(1, int(PREEMPTION_CHECK_EVERY_S / max(step_s, 1e-6)))) if leader else 0
+        buffer = torch.tensor([0.0 if read() is None else 1.0, float(suggest)], device=device)
+        pending.append((torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.MAX, async_op=True), buffer))
+        return (read() or True) if seen else None
+
+    return agreed
+
+
+def preemption_line(notice, name: str, took_s: float, saved_at: float) -> str:
+    """The log line of a checkpoint written on a preemption notice: how long it took, and how long before
+    the deadline it was done."""
+    deadline_ms = getattr(notice, "deadline_ms", None)
+    left = f"{deadline_ms / 1000 - saved_at:.1f} s before the deadline" if deadline_ms else "no deadline given"
+    nodes = ", ".join(getattr(notice, "preempted_node_ids", [])) or "another rank's node"
+    return f"preemption notice for {nodes}: checkpoint {name} written in {took_s:.2f} s, {left}"
+
+
 FAULT_AFTER_EPOCH = "PERENNIAL_FAULT_AFTER_EPOCH"
+FAULT_AT_STEP = "PERENNIAL_FAULT_AT_STEP"
 
 
-def inject_fault(epoch: int, rank: int, world: int, resumed: bool) -> None:
-    """Test-only fault injection: with ``PERENNIAL_FAULT_AFTER_EPOCH=N`` in the workers' environment, rank 1
-    (rank 0 when alone) dies with ``os._exit(1)`` right after epoch N's report — once: a worker group that
-    resumed from a checkpoint never fires. It dies only once Train has committed epoch N's checkpoint (its
-    checkpoint manager's snapshot lists it), so with ``failure.max_failures>=1`` the run must resume from
-    epoch N (tests/integration/test_s3_checkpoints.py; reusable by reliability tests)."""
-    if os.environ.get(FAULT_AFTER_EPOCH, "") != str(epoch) or resumed:
+def inject_fault(
+    position: str, rank: int, world: int, resumed: bool, last_checkpoint: str | None, steps_this_attempt: int
+) -> None:
+    """Test-only fault injection: rank 1 (rank 0 when alone) dies with ``os._exit(1)`` once — a worker group
+    that resumed from a checkpoint never fires — at ``position`` (``epoch_NNNN`` at an epoch's end,
+    ``epoch_NNNN_step_SSSSSS`` after an optimizer step), when the workers' environment names it:
+
+    - ``PERENNIAL_FAULT_AFTER_EPOCH=N``: right after epoch N's report;
+    - ``PERENNIAL_FAULT_AT_STEP=E:S``: after optimizer step S of epoch E (1-based), checkpointed or not.
+
+    It dies only once Train has committed the last checkpoint (its checkpoint manager's snapshot lists it),
+    so with ``failure.max_failures>=1`` the run must resume from there and redo the steps after it
+    (tests/integration/test_s3_checkpoints.py, test_mid_epoch_checkpoints.py; reusable by reliability tests)."""
+    if resumed:
+        return
+    epoch_fault, step_fault = os.environ.get(FAULT_AFTER_EPOCH, ""), os.environ.get(FAULT_AT_STEP, "")
+    wanted = set()
+    if epoch_fault.isdigit():
+        wanted.add(f"epoch_{int(epoch_fault):04d}")
+    if step_fault.count(":") == 1 and step_fault.replace(":", "").isdigit():
+        e, s = step_fault.split(":")
+        wanted.add(f"epoch_{int(e):04d}_step_{int(s):06d}")
+    if position not in wanted:
         return
     if world > 1:
-        torch.distributed.barrier()  # rank 0 has uploaded epoch N's checkpoint and queued its report
+        torch.distributed.barrier()  # rank 0 has uploaded the checkpoint and queued its report
     if rank == min(1, world - 1):
         import ray
 
+        numbers = [int(n) for n in position.removeprefix("epoch_").split("_step_")]
+        after = f"epoch {numbers[0]}" + (f" step {numbers[1]}" if len(numbers) > 1 else "")
         if not ray.is_initialized():  # local mode: this process is the driver; its exit would be a driver loss
-            log(f"fault injection: the loop fails after epoch {epoch} ({FAULT_AFTER_EPOCH}={epoch})")
-            raise RuntimeError(f"fault injection after epoch {epoch}")
+            log(f"fault injection: the loop fails after {after} (last checkpoint {last_checkpoint})")
+            raise RuntimeError(f"fault injection after {after}")
         deadline = time.monotonic() + 300
-        while (committed := checkpoint_committed(epoch)) is False and time.monotonic() < deadline:
+        committed = last_checkpoint is None
+        while not committed and (committed := checkpoint_committed(last_checkpoint)) is False:
+            if time.monotonic() > deadline:
+                break
             time.sleep(0.2)
         if committed is None:  # no Train storage context (an in-process sweep trial): give Train two polls
             time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")) + 0.5)
-        log(f"fault injection: rank {rank} exits after epoch {epoch} ({FAULT_AFTER_EPOCH}={epoch})")
+        log(
+            f"fault injection: rank {rank} exits after {after} "
+            f"({steps_this_attempt} steps this attempt, last checkpoint {last_checkpoint})"
+        )
         os._exit(1)
 
 
-def checkpoint_committed(epoch: int) -> bool | None:
-    """True once this run's ``checkpoint_manager_snapshot.json`` lists epoch ``epoch``'s checkpoint; None when
+def checkpoint_committed(name: str) -> bool | None:
+    """True once this run's ``checkpoint_manager_snapshot.json`` lists the checkpoint dir ``name``; None when
     this process has no Train storage context to look in."""
     import ray.train
 
@@ -586,7 +830,7 @@ def checkpoint_committed(epoch: int) -> bool | None:
     except (OSError, ValueError):  # not written yet, or caught mid-write
         return False
     names = {str(r.get("checkpoint_dir_name", "")) for r in snapshot.get("checkpoint_results", [])}
-    return f"epoch_{epoch:04d}" in names
+    return name in names
 
 
 def _storage_path(ctx, cfg) -> str:
@@ -615,7 +859,8 @@ def _on(loader: DataLoader, device: torch.device):
         yield to_device(batch, device)
 
 
-def _report(metrics: dict, meta: dict, rank: int, state: dict) -> None:
+def _report(metrics: dict, meta: dict, rank: int, state: dict, name: str) -> None:
+    """``ray.train.report`` of ``metrics`` with a checkpoint dir ``name`` (meta.json + state.pt) from rank 0."""
     import ray.train
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -624,7 +869,7 @@ def _report(metrics: dict, meta: dict, rank: int, state: dict) -> None:
             torch.save(state, Path(tmp, STATE))
             Path(tmp, META).write_text(json.dumps(meta, default=float))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"epoch_{meta['epoch']:04d}")
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
 
 
 def node_placement(rank: int) -> dict:

@@ -8,6 +8,8 @@ of a run in the middle of a sweep:
   in its own process through Ray Train's own checkpoint bookkeeping);
 - the logger Train V2's worker context logs each report to (named by its file path in 2.60);
 - ``ray_constants.ENABLE_RAY_CLUSTER``, Ray's single-machine mode, which keeps every listener on 127.0.0.1;
+- the preemption notice Ray Train's watcher hands each worker, read in place (the public
+  ``ray.train.get_preemption_info()`` is a round trip to an actor, too slow to poll every step);
 - the autoscaler's offline config validation (jobs.cluster_check) and the job client's packaging
   (what a job upload holds, for the upload tests).
 """
@@ -45,6 +47,19 @@ def train_report_loggers() -> list[logging.Logger]:
     from ray.train.v2._internal.execution import context
 
     return [logging.getLogger("ray.train"), logging.getLogger(context.__file__)]
+
+
+def preemption_reader():
+    """A function returning this Train worker's copy of Ray Train's preemption notice (a ``PreemptionInfo``, or
+    None before any): one attribute read, what ``ray.train.get_preemption_info()`` broadcasts from rank 0. None
+    outside a Train worker group (an in-process sweep trial has no watcher)."""
+    from ray.train.v2._internal.execution.context import get_train_context
+
+    try:
+        preemption = get_train_context().preemption_context
+    except (RuntimeError, AttributeError):
+        return None
+    return lambda: preemption.preemption_info
 
 
 def single_machine_mode() -> None:

@@ -413,6 +413,8 @@ def _in_process_trial_class():
                 self.results.put(("error", e))
 
         def after_report(self, run_context, metrics, checkpoint):
+            if metrics[0].get("mid_epoch"):  # a train.checkpoint_every_steps checkpoint: Tune's steps are epochs
+                return
             self.results.put(("report", metrics[0] | ({"checkpoint_path": checkpoint.path} if checkpoint else {})))
             self.resume.acquire()
             if self.stopping:

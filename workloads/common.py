@@ -33,6 +33,7 @@ class Train:
     grad_accum_steps: int = 1
     on_nan: str = "fail"  # fail | skip_batch
     max_grad_norm: float = 0.0  # clip the gradients' global norm before each step (0 = off)
+    checkpoint_every_steps: int = 0  # also checkpoint mid-epoch every this many optimizer steps (0 = once per epoch)
 
 
 # ----------------------------------------------------------------------------- Hugging Face helpers

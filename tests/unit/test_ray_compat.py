@@ -37,3 +37,24 @@ def test_autoscaler_validation_and_packaging_are_callable():
     prepare_config, validate_config = ray_compat.autoscaler_validation()
     assert callable(prepare_config) and callable(validate_config)
     assert "include_gitignore" in inspect.signature(ray_compat.create_package()).parameters
+
+
+def test_preemption_reader_reads_the_notice_train_hands_its_workers():
+    from ray.train.v2._internal.execution.context import set_train_context
+    from ray.train.v2._internal.execution.preemption import PreemptionContext
+    from ray.train.v2.api.preemption import PreemptionInfo
+
+    assert ray_compat.preemption_reader() is None  # not in a Train worker: nothing to watch
+
+    class Context:  # the one attribute of Train's internal context the reader uses
+        preemption_context = PreemptionContext()
+
+    set_train_context(Context())
+    try:
+        read = ray_compat.preemption_reader()
+        assert read() is None
+        info = PreemptionInfo(deadline_ms=123, preempted_node_to_ranks={"n1": [0]})
+        Context.preemption_context.preemption_info = info  # as the worker's mark_preempt sets it
+        assert read() is info
+    finally:
+        set_train_context(None)
