@@ -150,7 +150,7 @@ PROGRESS = re.compile(
 
 
 def test_progress_lines_appear_at_the_configured_interval_in_a_submitted_jobs_logs(ray_cluster, tmp_path):
-    every_s = 0.25
+    every_s = 0.1
     res = ray_submit(
         ray_cluster,
         {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"},
@@ -161,7 +161,7 @@ def test_progress_lines_appear_at_the_configured_interval_in_a_submitted_jobs_lo
         "--store",
         str(tmp_path / "store"),
         f"run.storage_path={tmp_path / 'runs'}",
-        "train.batch_size=8",  # ~250 steps an epoch: long enough for several lines
+        "train.batch_size=2",  # ~1,000 steps an epoch (~1 s on 2 idle cores): long enough for several lines
         f"log.every_s={every_s}",
         timeout=600,
     )

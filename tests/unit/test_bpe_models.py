@@ -104,7 +104,8 @@ def _train_and_record(wl, cfg, splits, store: Store, tmp_path: Path, run_id: str
         loop.run_epoch(model, loop.train_loader(wl, cfg, splits), optimizer, wl, cfg, torch.device("cpu"))
     export = tmp_path / run_id / "export"
     loop.export_model(wl, model, cfg, splits, export)
-    test = wl.evaluate(model, loop.eval_loader(splits, splits.test, 8), splits)
+    with loop.autocast(cfg.train.precision, torch.device("cpu")):  # as the loop scores test (ner: auto = bf16 here)
+        test = wl.evaluate(model, loop.eval_loader(splits, splits.test, cfg.train.batch_size * 2), splits)
     row = {"run_id": run_id, "workload": cfg.workload, "status": "completed", "finished_at": now()}
     row |= {"config_json": json.dumps(config_lib.to_dict(cfg)), "export_uri": str(export)}
     row |= {"data_fingerprint": splits.fingerprint, **{f"test_{k}": float(v) for k, v in test.items()}}
