@@ -33,12 +33,13 @@ from workloads import WORKLOADS
 # ----------------------------------------------------------------------------- job sections
 @dataclass
 class Scaling:
-    num_workers: int = 1  # Ray Train workers (DDP ranks)
+    num_workers: int | list = 1  # Ray Train workers (DDP ranks); [min, max] = elastic (docs/cluster.md#elastic-workers)
     use_gpu: bool = False  # one GPU per worker; NCCL backend
     cpus_per_worker: int = 1  # Ray CPUs per worker = torch threads in that worker
     gpus_per_worker: float = 1.0  # only with use_gpu
     placement_strategy: str = "PACK"  # PACK: fewest nodes | STRICT_PACK: one node or wait | SPREAD: one per node
     node_type: str = ""  # a cluster.yaml worker type (gpu_4x): every worker asks for that type's own resource
+    elastic_resize_interval_s: float = 60.0  # elastic runs: how often a running worker group may grow
     local_mode: str = (
         "auto"  # auto: 1 worker, no cluster -> the loop runs in the driver (Ray Train local mode) | always | never
     )
@@ -53,6 +54,21 @@ PRECISIONS = (
     "fp16",
 )  # auto: bf16 where the device runs it natively (jobs.loop.resolve_precision)
 NODE_TYPE_SHARE = 0.01  # one worker's share of its node's {<type>: 1}: up to 100 workers fit a node
+
+
+def worker_range(s: Scaling) -> tuple[int, int]:
+    """(min, max) workers: ``scaling.num_workers`` N is (N, N); [min, max] is an elastic run."""
+    n = s.num_workers
+    return (n, n) if isinstance(n, int) else (int(n[0]), int(n[1]))
+
+
+def max_workers(s: Scaling) -> int:
+    return worker_range(s)[1]
+
+
+def is_elastic(s: Scaling) -> bool:
+    low, high = worker_range(s)
+    return not isinstance(s.num_workers, int) and low != high
 
 
 def worker_resources(s: Scaling) -> dict:
@@ -309,6 +325,8 @@ def _coerce(tp: Any, value: Any, key: str):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None:
             return None
+        if len(args) > 1 and isinstance(value, list) and list in args:  # int | list: [min, max] and the like
+            return _coerce(list, value, key)
         return _coerce(args[0], value, key)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, f"{key}.")
@@ -364,8 +382,8 @@ def check_values(cfg) -> None:
     """Value checks the types cannot express, made on the driver before Ray starts (a bad value found
     inside a Train worker would cost a cluster start and end as a failed run, exit 1, not exit 2)."""
     s, t = cfg.scaling, cfg.train
+    check_num_workers(s.num_workers)
     for key, value, low in (
-        ("scaling.num_workers", s.num_workers, 1),
         ("scaling.cpus_per_worker", s.cpus_per_worker, 0),
         ("failure.max_failures", cfg.failure.max_failures, -1),
         ("train.epochs", t.epochs, 1),
@@ -376,7 +394,9 @@ def check_values(cfg) -> None:
             raise ConfigError(f"{key} must be >= {low}, got {value} — set e.g. {key}={max(low, 1)}")
     if s.local_mode not in LOCAL_MODES:
         raise ConfigError(f"scaling.local_mode must be one of {', '.join(LOCAL_MODES)}, got '{s.local_mode}'")
-    if s.local_mode == "always" and s.num_workers != 1:
+    if s.elastic_resize_interval_s < 0:
+        raise ConfigError(f"scaling.elastic_resize_interval_s must be >= 0, got {s.elastic_resize_interval_s}")
+    if s.local_mode == "always" and worker_range(s) != (1, 1):
         raise ConfigError(
             f"scaling.local_mode=always runs one worker in this process, but scaling.num_workers={s.num_workers}"
             " — set scaling.num_workers=1 or scaling.local_mode=auto"
@@ -404,6 +424,18 @@ def check_values(cfg) -> None:
         raise ConfigError(f"continual.replay_fraction must be between 0 and 1, got {cfg.continual.replay_fraction}")
     metric_and_mode(cfg)
     check_tracking(cfg)
+
+
+def check_num_workers(n) -> None:
+    """``scaling.num_workers``: an integer >= 1, or [min, max] with 1 <= min <= max (an elastic run)."""
+    fix = "set e.g. scaling.num_workers=2, or scaling.num_workers=[1,4] for an elastic run"
+    if isinstance(n, list):
+        if len(n) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in n):
+            raise ConfigError(f"scaling.num_workers as a list must be [min, max], two integers, got {n} — {fix}")
+        if not 1 <= n[0] <= n[1]:
+            raise ConfigError(f"scaling.num_workers=[min, max] needs 1 <= min <= max, got {n} — {fix}")
+    elif isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"scaling.num_workers must be >= 1, got {n} — {fix}")
 
 
 def check_tracking(cfg) -> None:

@@ -21,6 +21,7 @@ Checkpoint directory (also readable without Ray, see :func:`read_meta`):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -396,6 +397,23 @@ def _batch_size(batch: Any) -> int:
 
 
 # ----------------------------------------------------------------------------- the Ray Train worker loop
+def elastic_batch_policy(cfg, world: int) -> str:
+    """An elastic run (``scaling.num_workers=[min, max]``) keeps its global batch whatever its worker count:
+    each optimizer step averages ``batch_size x grad_accum_steps x max`` samples, so with ``world`` < max
+    workers each one accumulates ``ceil(max / world)`` times as many micro-batches (exact when ``world``
+    divides max; otherwise the global batch is up to one worker's share larger). Per-worker memory, the
+    learning rate and the schedule in optimizer steps stay as configured: the steps per epoch and the lr
+    at each step do not depend on how many nodes the run had. Returns the config for the steps (``cfg``
+    itself, or a copy with that ``train.grad_accum_steps``) and a note for the start-up line."""
+    low, high = config_lib.worker_range(cfg.scaling)
+    if low == high:
+        return cfg, ""
+    factor = -(-high // max(1, world))
+    train = dataclasses.replace(cfg.train, grad_accum_steps=max(1, cfg.train.grad_accum_steps) * factor)
+    note = f" (elastic {low}-{high}: {world} now, global batch kept by accumulating {factor}x)"
+    return dataclasses.replace(cfg, train=train), note
+
+
 def train_loop_per_worker(config_dict: dict) -> None:
     trackers: list[tracking.Tracker] = []  # rank 0's, once started: closed with the run's status if the loop raises
     try:
@@ -421,6 +439,7 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     dist = world > 1
     torch.set_num_threads(max(1, cfg.scaling.cpus_per_worker))  # threads = CPUs this worker holds
+    step_cfg, elastic_note = elastic_batch_policy(cfg, world)  # the config the optimizer steps follow
     metric, mode = config_lib.metric_and_mode(cfg)
     cpu0 = time.process_time()
 
@@ -454,7 +473,8 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
     if rank == 0:  # Ray picks the backend: nccl when workers hold GPUs, gloo on CPUs
         backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
         log(
-            f"{world} worker(s) on {device.type}, backend {backend}, precision {cfg.train.precision}, grad_accum_steps {cfg.train.grad_accum_steps}"
+            f"{world} worker(s) on {device.type}, backend {backend}, precision {cfg.train.precision}, grad_accum_steps {step_cfg.train.grad_accum_steps}"
+            + elastic_note
             + (f", resumed from the {resumed_from(meta)} checkpoint" if state is not None else "")
         )
     workers = _all_gather(node_placement(rank), dist)  # where each rank runs: the runs row records it
@@ -467,7 +487,7 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
         base_loader, auto_transfer=on_gpu
     )  # copies on a side CUDA stream, one batch ahead
     build_scheduler = workloads.hook(wl, "build_scheduler")
-    scheduler = build_scheduler(cfg, optimizer, len(loader)) if build_scheduler else None
+    scheduler = build_scheduler(step_cfg, optimizer, len(loader)) if build_scheduler else None
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None and state.get("scheduler"):
@@ -582,7 +602,7 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
             loader,
             optimizer,
             wl,
-            cfg,
+            step_cfg,
             device,
             scheduler,
             scaler,

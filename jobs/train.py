@@ -309,13 +309,15 @@ def make_trainer(cfg, name: str, callbacks=(), extra_config: dict | None = None)
     from jobs.loop import train_loop_per_worker
 
     s = cfg.scaling
-    if s.num_workers < 1:
-        raise config_lib.ConfigError(f"scaling.num_workers must be >= 1, got {s.num_workers}")
+    config_lib.check_num_workers(s.num_workers)
+    low, high = config_lib.worker_range(s)
+    elastic = {"elastic_resize_monitor_interval_s": s.elastic_resize_interval_s} if low != high else {}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config_lib.to_dict(cfg) | (extra_config or {}),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=s.num_workers,
+            num_workers=(low, high) if low != high else high,  # (min, max): Train's elastic worker group
+            **elastic,
             use_gpu=s.use_gpu,
             resources_per_worker=config_lib.worker_resources(s),
             placement_strategy=s.placement_strategy,  # PACK keeps DDP ranks on one node when one fits them
@@ -381,7 +383,7 @@ def run_in_process(cfg, run_id: str, callbacks=(), extra_config: dict | None = N
     )
     _TrainingReport = v2.TrainingReport
 
-    assert cfg.scaling.num_workers == 1, "in-process runs have exactly one worker"
+    assert config_lib.worker_range(cfg.scaling) == (1, 1), "in-process runs have exactly one worker"
     trainer = make_trainer(cfg, run_id, callbacks, extra_config)
     run_config, storage = trainer.run_config, trainer.run_config.storage_context
     events = asyncio.new_event_loop()  # CheckpointManager notifies listeners through asyncio
@@ -434,7 +436,7 @@ def uses_local_mode(cfg) -> bool:
     (those name a cluster); ``always`` = one worker wherever; ``never`` = a Train worker group even for one."""
     s, mode = cfg.scaling, cfg.scaling.local_mode
     if mode == "auto":
-        return s.num_workers == 1 and not os.environ.get("RAY_ADDRESS") and not s.node_type
+        return config_lib.worker_range(s) == (1, 1) and not os.environ.get("RAY_ADDRESS") and not s.node_type
     return mode == "always"
 
 
@@ -568,9 +570,11 @@ def record_run(
         "finished_at": now(),
         "wall_s": wall,
         "cpu_s": final.get("cpu_s", meta.get("cpu_s")),
-        "gpu_s": wall * s.num_workers * s.gpus_per_worker if s.use_gpu else 0.0,
+        # elastic runs: an upper bound (the epochs rows give each epoch's worker count)
+        "gpu_s": wall * config_lib.max_workers(s) * s.gpus_per_worker if s.use_gpu else 0.0,
         "train_time_s": final.get("train_time_s", sum(h.get("train_time_s", 0.0) for h in history)),
-        "num_workers": s.num_workers,
+        "num_workers": config_lib.max_workers(s),  # the most workers it may run on (fixed runs: the count)
+        "min_workers": config_lib.worker_range(s)[0],  # < num_workers: an elastic run
         "use_gpu": s.use_gpu,
         "seed": cfg.train.seed,
         "git_sha": git_sha(),
@@ -675,7 +679,7 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(
-        f"training {cfg.workload} on {cfg.scaling.num_workers} worker(s) "
+        f"training {cfg.workload} on {workers_text(cfg.scaling)} "
         f"({'GPU' if cfg.scaling.use_gpu else f'{cfg.scaling.cpus_per_worker} CPU each'}), {cfg.train.epochs} epochs,"
         f" {path}"
     )
@@ -688,6 +692,13 @@ def main(argv: list[str]) -> int:
     # Ray Train (either path) resumes a run of the same name from its last checkpoint
     row = fit(cfg, store, run_id=run_id, runner=runner)
     return 0 if row["status"] in FINISHED else 1
+
+
+def workers_text(s) -> str:
+    low, high = config_lib.worker_range(s)
+    if low == high:
+        return f"{high} worker(s)"
+    return f"{low} to {high} workers (elastic: it grows as nodes come, shrinks as they go, every {s.elastic_resize_interval_s:g} s at most)"
 
 
 def prepare_resume(args) -> tuple:

@@ -118,3 +118,55 @@ def test_relative_data_paths_become_absolute(tmp_path, monkeypatch):
     cfg = load_config(None, ["workload=mlp", "data.source=d.npz"])
     assert cfg.data.source == str(tmp_path / "d.npz")
     assert load_config(None, ["workload=mlp", "data.source=digits"]).data.source == "digits"  # a name, not a path
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("2", (2, 2)), ("[1,4]", (1, 4)), ("[2,2]", (2, 2))],
+)
+def test_num_workers_is_a_count_or_an_elastic_range(tmp_path, value, expected):
+    cfg = load_config(write(tmp_path, "workload: mlp\n"), [f"scaling.num_workers={value}"])
+    config_lib.check_values(cfg)
+    assert config_lib.worker_range(cfg.scaling) == expected
+    assert config_lib.is_elastic(cfg.scaling) == (expected[0] != expected[1])
+    # survives the trip to a Train worker (a list in the config dict, a range again on the other side)
+    assert config_lib.worker_range(config_lib.from_dict(config_lib.to_dict(cfg)).scaling) == expected
+
+
+@pytest.mark.parametrize(
+    "value, needle",
+    [
+        ("[3,1]", "needs 1 <= min <= max, got [3, 1]"),
+        ("[0,2]", "needs 1 <= min <= max"),
+        ("[1,2,3]", "must be [min, max], two integers"),
+        ("[1,two]", "must be [min, max], two integers"),
+        ("0", "scaling.num_workers must be >= 1"),
+        ("many", "'scaling.num_workers' must be an integer"),
+    ],
+)
+def test_bad_num_workers_is_one_clear_error(tmp_path, value, needle):
+    with pytest.raises(ConfigError) as e:
+        config_lib.check_values(load_config(write(tmp_path, "workload: mlp\n"), [f"scaling.num_workers={value}"]))
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_elastic_runs_keep_the_global_batch_and_the_schedule(tmp_path):
+    """[1, 4] workers: with 1, 2, 3 or 4 of them, each optimizer step sees (at least) the samples of 4
+    workers' batches, and the steps per epoch (what the lr schedule counts) stay those of 4 workers."""
+    from jobs.loop import elastic_batch_policy
+
+    cfg = load_config(
+        write(tmp_path, "workload: mlp\n"), ["scaling.num_workers=[1,4]", "train.grad_accum_steps=2"]
+    )
+    n_batches_all = 4000  # batches of one epoch on one worker
+    steps = {}
+    for world in (1, 2, 3, 4):
+        step_cfg, note = elastic_batch_policy(cfg, world)
+        accum = step_cfg.train.grad_accum_steps
+        assert world * accum * cfg.train.batch_size >= 4 * 2 * cfg.train.batch_size  # the global batch, at least
+        assert f"{world} now" in note
+        steps[world] = -(-(n_batches_all // world) // accum)
+    assert steps[1] == steps[2] == steps[4] == 500 and abs(steps[3] - 500) / 500 < 0.34, steps
+    assert cfg.train.grad_accum_steps == 2  # the run's own config (export, trackers) is left as given
+    fixed = load_config(write(tmp_path, "workload: mlp\n"), ["scaling.num_workers=2"])
+    assert elastic_batch_policy(fixed, 1) == (fixed, "")
