@@ -12,7 +12,9 @@ the tests cannot drift) and prints what they measured:
                 epochs redone, epoch rows lost / duplicated
   preemption    `ray drain-node` (reason preemption, 30 s deadline) on a 1-worker run's node: the loop's
                 checkpoint against the deadline, the watch's cost per step, where the run resumed
-  driver_loss   an embedded-cluster driver SIGKILLed mid-run: processes left, --resume time, epochs
+  elastic       a [1,2]-worker run on 2 nodes (ray.cluster_utils) loses one, goes on with 1 worker, grows back
+                when a node returns: time to shrink, time to grow, workers per epoch, rows lost / duplicated
+  driver_loss   an embedded-cluster (and a local-mode) driver SIGKILLed mid-run: processes left, --resume time, epochs
                 redone, rows lost / duplicated
 About 5-8 min on 2 busy cores.
 """
@@ -29,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "integration")]
-SCENARIOS = ("autoscaling", "node_loss", "preemption", "driver_loss")
+SCENARIOS = ("autoscaling", "node_loss", "preemption", "elastic", "driver_loss")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import test_cluster_local
     import test_driver_loss
+    import test_elastic
     import test_preemption
     from cluster_fixtures import start_local_cluster
     from conftest import S3Server
@@ -66,15 +69,20 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 cluster.stop()
                 shutil.rmtree(cluster.dir, ignore_errors=True)
+        if "elastic" in args.only:
+            with test_elastic.elastic_cluster() as cluster:
+                _run(failures, test_elastic.test_elastic_run_shrinks_to_one_worker_and_grows_back, cluster, s3)
         if "driver_loss" in args.only:
-            tmp = Path(tempfile.mkdtemp(prefix="bench-driver-loss-"))
-            _run(failures, test_driver_loss.test_killed_driver_leaves_no_process_and_resume_records_the_run_once, tmp)
-            shutil.rmtree(tmp, ignore_errors=True)
+            for local_mode in ("never", "auto"):  # the embedded cluster's driver, then a local-mode driver
+                tmp = Path(tempfile.mkdtemp(prefix="bench-driver-loss-"))
+                test = test_driver_loss.test_killed_driver_leaves_no_process_and_resume_records_the_run_once
+                _run(failures, test, tmp, local_mode)
+                shutil.rmtree(tmp, ignore_errors=True)
     finally:
         s3.stop()
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    figures = test_cluster_local.FIGURES | test_preemption.FIGURES | test_driver_loss.FIGURES
+    figures = test_cluster_local.FIGURES | test_preemption.FIGURES | test_elastic.FIGURES | test_driver_loss.FIGURES
     load = os.getloadavg()[0]
     print(f"\ncluster rehearsal on {os.cpu_count()} cores, load average {load:.1f}, {time.time() - t0:.0f} s in all")
     for scenario, values in figures.items():
@@ -89,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(failures: list, test, *args) -> None:
     try:
         test(*args)
-    except AssertionError as e:  # the figures of the other scenarios are still worth printing
+    except Exception as e:  # the figures of the other scenarios are still worth printing
         failures.append((test.__name__, str(e).splitlines()[0][:300] if str(e) else "assertion failed"))
 
 

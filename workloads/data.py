@@ -726,6 +726,12 @@ def features_key(files: list, code: list[str], settings: dict) -> str | None:
     return fingerprint(str(FEATURE_FORMAT), *stamps, *sources, json.dumps(settings, sort_keys=True, default=str))
 
 
+def features_cached(key: str | None) -> bool:
+    """Whether :func:`load_features` would find ``key`` (without reading it)."""
+    folder = features_cache_dir()
+    return key is not None and folder is not None and (folder / f"{key}.npz").is_file()
+
+
 def load_features(key: str | None) -> tuple[dict[str, list[dict] | None], dict] | None:
     """Splits of integer-list features saved by :func:`save_features` under ``key``, and their meta; None on a
     miss. Plain ``.npz`` arrays read with ``allow_pickle=False``: a cache file can never run code."""

@@ -145,14 +145,18 @@ def _tag_order(tag: str) -> tuple:
 
 
 def validate(cfg) -> None:
-    """Cheap checks on the driver before Ray starts: the files parse, the model directory exists."""
-    read_splits(cfg)
+    """Cheap checks on the driver before Ray starts: the files parse, the model directory exists.
+    Files that this code already tokenized with these settings (a features-cache hit) parsed then, and
+    cannot have changed since (their size and mtime are in the key): they are not parsed again."""
     lora_lib.check(cfg.model.lora)
     path = common.checkpoint(cfg.model.name_or_path)  # a Hub id not in the cache while offline fails here
     if not Path(path, "config.json").is_file():
         raise DataError(
             f"model.name_or_path '{cfg.model.name_or_path}' has no config.json — give a Hugging Face checkpoint directory or Hub id"
         )
+    if data_lib.features_cached(features_cache_key(cfg)):
+        return
+    read_splits(cfg)
     load_tokenizer(cfg)
 
 
@@ -222,9 +226,7 @@ def build_data(cfg) -> Splits:
     """Tokenized splits, from the cache when the same files, code and settings were tokenized before
     (workloads/data.py ``features_key``): a repeated run or sweep trial does not tokenize again."""
     d = cfg.data
-    settings = {"model": common.checkpoint(cfg.model.name_or_path), "data": dataclasses.asdict(d)}
-    tokenizer_files = [Path(settings["model"], "tokenizer.json")]
-    key = features_key([*data_files(cfg), *tokenizer_files], [__file__, data_lib.__file__], settings)
+    key = features_cache_key(cfg)
     if (hit := load_features(key)) is not None:
         features, meta = hit
     else:
@@ -239,6 +241,13 @@ def build_data(cfg) -> Splits:
         fingerprint=meta["fingerprint"],
         info={"model": cfg.model.name_or_path or "all-MiniLM-L6-v2"},
     )
+
+
+def features_cache_key(cfg) -> str | None:
+    """The tokenized-data cache key of ``cfg``: its data files, the tokenizer, this code and the settings."""
+    settings = {"model": common.checkpoint(cfg.model.name_or_path), "data": dataclasses.asdict(cfg.data)}
+    tokenizer_files = [Path(settings["model"], "tokenizer.json")]
+    return features_key([*data_files(cfg), *tokenizer_files], [__file__, data_lib.__file__], settings)
 
 
 def encode_splits(cfg) -> tuple[dict[str, list[dict] | None], dict]:

@@ -155,9 +155,7 @@ def test_elastic_runs_keep_the_global_batch_and_the_schedule(tmp_path):
     workers' batches, and the steps per epoch (what the lr schedule counts) stay those of 4 workers."""
     from jobs.loop import elastic_batch_policy
 
-    cfg = load_config(
-        write(tmp_path, "workload: mlp\n"), ["scaling.num_workers=[1,4]", "train.grad_accum_steps=2"]
-    )
+    cfg = load_config(write(tmp_path, "workload: mlp\n"), ["scaling.num_workers=[1,4]", "train.grad_accum_steps=2"])
     n_batches_all = 4000  # batches of one epoch on one worker
     steps = {}
     for world in (1, 2, 3, 4):

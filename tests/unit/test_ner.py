@@ -214,3 +214,20 @@ def test_tokenized_data_is_cached_per_files_code_and_settings(tmp_path, monkeypa
     off = tmp_path / "off"
     ner.build_data(make_cfg(conll_files(off if off.mkdir() is None else off)))
     assert len(list(cache.glob("*.npz"))) == 3
+
+
+def test_preflight_skips_parsing_files_the_cache_already_holds(tmp_path, monkeypatch):
+    """validate() parses the files on a miss (and finds a bad one); on a cache hit for the same files, code
+    and settings they parsed when they were cached, so the pre-flight check does not read them again."""
+    monkeypatch.setenv("PERENNIAL_DATA_CACHE", str(tmp_path / "cache"))
+    paths = conll_files(tmp_path)
+    parsed = []
+    real = ner.read_splits
+    monkeypatch.setattr(ner, "read_splits", lambda cfg: parsed.append(1) or real(cfg))
+    ner.validate(make_cfg(paths))
+    assert parsed == [1]  # a miss: parsed
+    ner.build_data(make_cfg(paths))  # a run tokenizes and caches them
+    ner.validate(make_cfg(paths))
+    assert parsed == [1, 1]  # build_data's own parse; validate did not parse again
+    ner.validate(make_cfg(paths, "data.max_length=8"))  # other settings: another key, parsed again
+    assert parsed == [1, 1, 1]
