@@ -37,8 +37,12 @@ demo: setup
 	$(BIN)/python -m jobs.sweep --config configs/mlp.yaml
 	$(BIN)/python -m jobs.store leaderboard
 
+# Two pytest-xdist workers, whole files each (a module's cluster fixture stays on one worker): the
+# integration tests mostly wait (cluster starts, autoscaler rounds, idle timeouts), so two lanes overlap
+# that waiting with the other lane's work. TEST_WORKERS=0 runs everything in this one process.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) tests
 
 test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit

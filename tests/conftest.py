@@ -31,7 +31,9 @@ os.environ["HOME"] = TEST_HOME
 NET_GUARD_DIR = ROOT / "tests" / "netguard"
 NET_GUARD = bool(os.environ.get("CI")) or os.environ.get("PERENNIAL_NET_GUARD") == "1"
 if NET_GUARD:
-    os.environ["PERENNIAL_NET_GUARD_LOG"] = str(Path(TEST_HOME) / "net-guard.log")
+    # One log for the whole session: pytest-xdist's workers inherit the controller's, which judges it at the end
+    # (a worker's own verdict would not reach the session's exit code).
+    os.environ.setdefault("PERENNIAL_NET_GUARD_LOG", str(Path(TEST_HOME) / "net-guard.log"))
     sys.path.insert(0, str(NET_GUARD_DIR))
     import sitecustomize as _net_guard
 
