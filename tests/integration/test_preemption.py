@@ -136,7 +136,8 @@ def test_a_preempted_node_gets_a_checkpoint_before_its_deadline_and_the_run_resu
         "checkpoint on S3 -> earliest deadline (s)": t_deadline - t_checkpoint,
         "preemption watch (us/step)": attempt["preemption_watch_us_per_step"],
         "resumed from": attempt["resumed_from"],
-        "checkpoint on S3 -> node killed (s): steps of it redone": t_kill - t_checkpoint,
+        "checkpoint on S3 -> node killed (s)": t_kill - t_checkpoint,
+        "resume point - preemption checkpoint (optimizer steps)": resumed_at - preempted_at,
         "epoch rows lost / duplicated": f"{EPOCHS - rows['epoch'].nunique()} / {len(rows) - rows['epoch'].nunique()}",
     }
     print(f"\nfigures: {FIGURES['spot preemption']}")
