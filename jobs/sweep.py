@@ -260,24 +260,24 @@ def default_concurrency(cfg) -> int:
     import ray
 
     s, per_worker = cfg.scaling, config_lib.worker_resources(cfg.scaling)
-    workers = config_lib.max_workers(s)  # an elastic trial counted at its largest
+    per_trial = config_lib.max_workers(s)  # ranks of one trial (an elastic trial counted at its largest)
     largest = autoscaler_nodes()
     if largest is not None:
         head, workers, max_workers, where = largest
         ranks = sorted((ranks_per_node(node, per_worker) for node in workers), reverse=True)[:max_workers]
         ranks = [ranks_per_node(node, per_worker) for node in head] + ranks
         if s.placement_strategy == "STRICT_PACK":  # a trial's ranks never share a node with another's
-            fits = sum(r // workers for r in ranks)
+            fits = sum(r // per_trial for r in ranks)
         else:
-            fits = sum(ranks) // workers
+            fits = sum(ranks) // per_trial
         print(f"sweep: {max(1, fits)} trials at a time fit the autoscaler's largest cluster ({where})")
         return max(1, fits)
     maximum = _max_resources_from_gcs()
     res = maximum or ray.cluster_resources()
-    fits = ranks_per_node(res, per_worker) // workers
+    fits = ranks_per_node(res, per_worker) // per_trial
     if fits >= 1:
         return fits
-    need = {k: v * workers for k, v in per_worker.items()}
+    need = {k: v * per_trial for k, v in per_worker.items()}
     have = {k: res.get(k, 0) for k in per_worker}
     if os.environ.get("RAY_ADDRESS") and not maximum:
         raise config_lib.ConfigError(
