@@ -285,6 +285,27 @@ def test_writers_compact_and_checkpoint_a_partition_on_their_own(tmp_path):
     assert [f for f in store.check() if f["kind"] != "many_files"] == []
 
 
+def test_writers_checkpoint_the_log_every_few_commits_and_a_new_reader_loads_from_it(tmp_path):
+    """The store's writers checkpoint every CHECKPOINT_INTERVAL commits (not delta-rs's 100): a handle's writes
+    cost more the more commits it applied after its checkpoint. One checkpoint per interval, whoever committed it."""
+    from jobs.store.engine import CHECKPOINT_INTERVAL as every
+
+    store = Store(tmp_path / "store", compact_after=10**6)  # no compaction: only the writers' own checkpoints
+    runs = 2 * every + 3
+    for i in range(runs):
+        store.record_run(epoch_rows(f"r{i}"), run_row(f"r{i}"))
+    for table in ("epochs", "runs"):
+        log = tmp_path / "store" / table / "_delta_log"
+        assert sorted(int(p.name.split(".")[0]) for p in log.glob("*.checkpoint.parquet")) == [every, 2 * every]
+        assert json.loads((log / "_last_checkpoint").read_text())["version"] == 2 * every
+    fresh = Store(store.uri)
+    assert len(fresh.df("epochs")) == 3 * runs and sorted(fresh.df("runs")["run_id"]) == sorted(
+        f"r{i}" for i in range(runs)
+    )
+    assert store.record_run(epoch_rows("r0", n=2), run_row("r0", epochs=2))  # a re-recording still replaces
+    assert len(Store(store.uri).df("epochs")) == 3 * runs - 1
+
+
 def test_compact_command_merges_files_and_keeps_every_row(tmp_path):
     store = Store(tmp_path / "store")
     for i in range(6):
