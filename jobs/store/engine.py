@@ -140,6 +140,13 @@ TOKEN = "perennial.commit"  # commit-info key: each commit's own token (Engine._
 CHECKPOINT_INTERVAL = 10
 
 
+def checkpoint_phase(table: str) -> int:
+    """Which versions of ``table`` get a checkpoint: those ``v`` with ``(v + phase) % CHECKPOINT_INTERVAL == 0``.
+    ``runs`` is half an interval after the other tables, so a run record (one commit to ``epochs``, one to ``runs``,
+    both tables' versions moving together) never pays for two checkpoints (and reloads) at once."""
+    return CHECKPOINT_INTERVAL // 2 if table == "runs" else 0
+
+
 def store_path(cli_value: str | None, cfg=None) -> str:
     """``--store`` flag > $PERENNIAL_STORE > the config's ``store.path`` > ``./store``."""
     return cli_value or os.environ.get("PERENNIAL_STORE") or (cfg.store.path if cfg is not None else "") or "./store"
@@ -276,7 +283,12 @@ class Engine:
             try:
                 if d is not None and fresh:
                     d.update_incremental()
-                if d is not None and d.version() // CHECKPOINT_INTERVAL > self._loaded_at[table] // CHECKPOINT_INTERVAL:
+                phase = checkpoint_phase(table)
+                if (
+                    d is not None
+                    and (d.version() + phase) // CHECKPOINT_INTERVAL
+                    > (self._loaded_at[table] + phase) // CHECKPOINT_INTERVAL
+                ):
                     d = None  # a checkpoint newer than the handle's: load from it
                 if d is None:
                     d = DeltaTable(self.table_uri(table), storage_options=self.options)
@@ -539,7 +551,7 @@ class Engine:
                         post_commithook_properties=hooks,
                     )
                 if d is not None:  # a write through ``d`` moved it to its commit
-                    _checkpoint_if_due(d)
+                    _checkpoint_if_due(d, table)
                 break
             except CommitFailedError as e:  # another writer committed first: nothing of this attempt landed
                 failure = e
@@ -747,7 +759,7 @@ class Engine:
             commit_properties=CommitProperties(custom_metadata={"perennial.operation": "COMPACT"}),
             post_commithook_properties=PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False),
         )
-        _checkpoint_if_due(d)
+        _checkpoint_if_due(d, table)
 
     def vacuum(self, retention_hours: int = RETENTION_HOURS, dry_run: bool = False) -> list[dict]:
         """Delete files no version younger than ``retention_hours`` reads (time travel keeps that window)."""
@@ -993,13 +1005,14 @@ def _recorded(engine: Engine, d, table: str, key: dict, record: str) -> str:
     return found
 
 
-def _checkpoint_if_due(d) -> None:
+def _checkpoint_if_due(d, table: str) -> None:
     """Write a log checkpoint of ``d`` (a handle a write just moved to its commit) when its version is a multiple
-    of ``CHECKPOINT_INTERVAL``: one writer commits each version, so one writes each checkpoint. Best effort: a
+    of ``CHECKPOINT_INTERVAL`` (shifted by ``checkpoint_phase``): one writer commits each version, so one writes each
+    checkpoint. Best effort: a
     checkpoint only speeds up loading the log; a failed one leaves the next interval's."""
     from deltalake.exceptions import DeltaError
 
-    if d.version() % CHECKPOINT_INTERVAL == 0:
+    if (d.version() + checkpoint_phase(table)) % CHECKPOINT_INTERVAL == 0:
         try:
             d.create_checkpoint()
         except (DeltaError, OSError):
