@@ -309,6 +309,48 @@ def test_writers_checkpoint_the_log_every_few_commits_and_a_new_reader_loads_fro
     assert len(Store(store.uri).df("epochs")) == 3 * runs - 1
 
 
+def test_delta_rs_prunes_by_an_in_list_of_at_most_20_values(tmp_path):
+    """Why a compaction of more than IN_LIST_PRUNED runs may replace by the run_id range alone: a longer IN list
+    rules out no file, so a concurrent append inside the range conflicts with either predicate, outside with neither."""
+    from deltalake import DeltaTable, write_deltalake
+    from deltalake.exceptions import CommitFailedError
+
+    from jobs.store.engine import IN_LIST_PRUNED
+
+    def conflicts(n: int, new_run: str) -> bool:
+        uri = str(tmp_path / f"t{n}{new_run}")
+        for i in range(n):
+            write_deltalake(uri, pa.table({"run_id": [f"a{i:03d}"], "x": [1.0]}), mode="append")
+        d = DeltaTable(uri)  # the compaction's snapshot
+        ids = ", ".join(f"'a{i:03d}'" for i in range(n))
+        write_deltalake(uri, pa.table({"run_id": [new_run], "x": [2.0]}), mode="append")  # a concurrent append
+        try:
+            predicate = f"run_id >= 'a000' AND run_id <= 'a{n - 1:03d}' AND run_id IN ({ids})"
+            write_deltalake(d, d.to_pyarrow_table(), mode="overwrite", predicate=predicate)
+            return False
+        except CommitFailedError:
+            return True
+
+    assert not conflicts(IN_LIST_PRUNED, "a0005")  # inside the range, not in the list: pruned by the list
+    assert conflicts(IN_LIST_PRUNED + 1, "a0005")  # a longer list prunes nothing: the range decides
+    assert not conflicts(IN_LIST_PRUNED + 1, "b")  # outside the range
+
+
+def test_a_compaction_of_many_runs_keeps_every_row_once(tmp_path):
+    store = Store(tmp_path / "store", compact_after=30)
+    store.append("runs", [run_row(f"old{i}", "cnn") for i in range(3)])  # another partition, untouched
+    for i in range(30):
+        store.record_run(epoch_rows(f"r{i:02d}"), run_row(f"r{i:02d}"))
+    store.wait_for_maintenance()
+    compactions = [c for c in store.delta("runs").history() if c.get("perennial.operation") == "COMPACT"]
+    assert compactions and "IN (" not in json.dumps(compactions[-1]["operationParameters"])  # by the range alone
+    fresh = Store(store.uri)
+    runs, epochs = fresh.df("runs"), fresh.df("epochs")
+    assert sorted(runs["run_id"]) == sorted([f"old{i}" for i in range(3)] + [f"r{i:02d}" for i in range(30)])
+    assert len(epochs) == 90 and epochs.groupby("run_id").size().eq(3).all()
+    assert len([f for f in fresh.files("runs") if "workload=mlp" in f]) < 30
+
+
 def test_compact_command_merges_files_and_keeps_every_row(tmp_path):
     store = Store(tmp_path / "store")
     for i in range(6):
