@@ -285,6 +285,72 @@ def test_writers_compact_and_checkpoint_a_partition_on_their_own(tmp_path):
     assert [f for f in store.check() if f["kind"] != "many_files"] == []
 
 
+def test_writers_checkpoint_the_log_every_few_commits_and_a_new_reader_loads_from_it(tmp_path):
+    """The store's writers checkpoint every CHECKPOINT_INTERVAL commits (not delta-rs's 100): a handle's writes
+    cost more the more commits it applied after its checkpoint. One checkpoint per interval, whoever committed it."""
+    from jobs.store.engine import CHECKPOINT_INTERVAL as every
+    from jobs.store.engine import checkpoint_phase
+
+    store = Store(tmp_path / "store", compact_after=10**6)  # no compaction: only the writers' own checkpoints
+    runs = 2 * every + 3
+    for i in range(runs):
+        store.record_run(epoch_rows(f"r{i}"), run_row(f"r{i}"))
+    for table in ("epochs", "runs"):
+        log = tmp_path / "store" / table / "_delta_log"
+        due = [v for v in range(runs) if v and (v + checkpoint_phase(table)) % every == 0]
+        assert sorted(int(p.name.split(".")[0]) for p in log.glob("*.checkpoint.parquet")) == due and len(due) >= 2
+        assert json.loads((log / "_last_checkpoint").read_text())["version"] == due[-1]
+    assert checkpoint_phase("epochs") != checkpoint_phase("runs")  # a record never pays for two checkpoints
+    fresh = Store(store.uri)
+    assert len(fresh.df("epochs")) == 3 * runs and sorted(fresh.df("runs")["run_id"]) == sorted(
+        f"r{i}" for i in range(runs)
+    )
+    assert store.record_run(epoch_rows("r0", n=2), run_row("r0", epochs=2))  # a re-recording still replaces
+    assert len(Store(store.uri).df("epochs")) == 3 * runs - 1
+
+
+def test_delta_rs_prunes_by_an_in_list_of_at_most_20_values(tmp_path):
+    """Why a compaction of more than IN_LIST_PRUNED runs may replace by the run_id range alone: a longer IN list
+    rules out no file, so a concurrent append inside the range conflicts with either predicate, outside with neither."""
+    from deltalake import DeltaTable, write_deltalake
+    from deltalake.exceptions import CommitFailedError
+
+    from jobs.store.engine import IN_LIST_PRUNED
+
+    def conflicts(n: int, new_run: str) -> bool:
+        uri = str(tmp_path / f"t{n}{new_run}")
+        for i in range(n):
+            write_deltalake(uri, pa.table({"run_id": [f"a{i:03d}"], "x": [1.0]}), mode="append")
+        d = DeltaTable(uri)  # the compaction's snapshot
+        ids = ", ".join(f"'a{i:03d}'" for i in range(n))
+        write_deltalake(uri, pa.table({"run_id": [new_run], "x": [2.0]}), mode="append")  # a concurrent append
+        try:
+            predicate = f"run_id >= 'a000' AND run_id <= 'a{n - 1:03d}' AND run_id IN ({ids})"
+            write_deltalake(d, d.to_pyarrow_table(), mode="overwrite", predicate=predicate)
+            return False
+        except CommitFailedError:
+            return True
+
+    assert not conflicts(IN_LIST_PRUNED, "a0005")  # inside the range, not in the list: pruned by the list
+    assert conflicts(IN_LIST_PRUNED + 1, "a0005")  # a longer list prunes nothing: the range decides
+    assert not conflicts(IN_LIST_PRUNED + 1, "b")  # outside the range
+
+
+def test_a_compaction_of_many_runs_keeps_every_row_once(tmp_path):
+    store = Store(tmp_path / "store", compact_after=30)
+    store.append("runs", [run_row(f"old{i}", "cnn") for i in range(3)])  # another partition, untouched
+    for i in range(30):
+        store.record_run(epoch_rows(f"r{i:02d}"), run_row(f"r{i:02d}"))
+    store.wait_for_maintenance()
+    compactions = [c for c in store.delta("runs").history() if c.get("perennial.operation") == "COMPACT"]
+    assert compactions and "IN (" not in json.dumps(compactions[-1]["operationParameters"])  # by the range alone
+    fresh = Store(store.uri)
+    runs, epochs = fresh.df("runs"), fresh.df("epochs")
+    assert sorted(runs["run_id"]) == sorted([f"old{i}" for i in range(3)] + [f"r{i:02d}" for i in range(30)])
+    assert len(epochs) == 90 and epochs.groupby("run_id").size().eq(3).all()
+    assert len([f for f in fresh.files("runs") if "workload=mlp" in f]) < 30
+
+
 def test_compact_command_merges_files_and_keeps_every_row(tmp_path):
     store = Store(tmp_path / "store")
     for i in range(6):
