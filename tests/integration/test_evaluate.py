@@ -33,7 +33,8 @@ def train(ray_cluster, store_dir: Path, tmp_path: Path, config: str, *overrides:
 
 
 def evaluate(store_dir: Path, run_id: str, *args: str):
-    return run_job(["jobs.evaluate", "--run", run_id, "--store", str(store_dir), *args], base_env(), timeout=300)  # a loaded CI machine: ner evaluate took > 120 s at load 40
+    # 300 s: on a loaded CI machine a ner evaluate took more than 120 s (load average 40)
+    return run_job(["jobs.evaluate", "--run", run_id, "--store", str(store_dir), *args], base_env(), timeout=300)
 
 
 @pytest.mark.parametrize(
