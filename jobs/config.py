@@ -68,7 +68,12 @@ def max_workers(s: Scaling) -> int:
 
 def is_elastic(s: Scaling) -> bool:
     low, high = worker_range(s)
-    return not isinstance(s.num_workers, int) and low != high
+    return low != high
+
+
+def one_worker(s: Scaling) -> bool:
+    """Exactly one worker (``1`` or ``[1, 1]``): what local mode and in-process sweep trials run."""
+    return worker_range(s) == (1, 1)
 
 
 def worker_resources(s: Scaling) -> dict:
@@ -396,7 +401,7 @@ def check_values(cfg) -> None:
         raise ConfigError(f"scaling.local_mode must be one of {', '.join(LOCAL_MODES)}, got '{s.local_mode}'")
     if s.elastic_resize_interval_s < 0:
         raise ConfigError(f"scaling.elastic_resize_interval_s must be >= 0, got {s.elastic_resize_interval_s}")
-    if s.local_mode == "always" and worker_range(s) != (1, 1):
+    if s.local_mode == "always" and not one_worker(s):
         raise ConfigError(
             f"scaling.local_mode=always runs one worker in this process, but scaling.num_workers={s.num_workers}"
             " — set scaling.num_workers=1 or scaling.local_mode=auto"

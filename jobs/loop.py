@@ -397,7 +397,7 @@ def _batch_size(batch: Any) -> int:
 
 
 # ----------------------------------------------------------------------------- the Ray Train worker loop
-def elastic_batch_policy(cfg, world: int) -> str:
+def elastic_batch_policy(cfg, world: int) -> tuple[Any, str]:
     """An elastic run (``scaling.num_workers=[min, max]``) keeps its global batch whatever its worker count:
     each optimizer step averages ``batch_size x grad_accum_steps x max`` samples, so with ``world`` < max
     workers each one accumulates ``ceil(max / world)`` times as many micro-batches (exact when ``world``
@@ -405,9 +405,9 @@ def elastic_batch_policy(cfg, world: int) -> str:
     learning rate and the schedule in optimizer steps stay as configured: the steps per epoch and the lr
     at each step do not depend on how many nodes the run had. Returns the config for the steps (``cfg``
     itself, or a copy with that ``train.grad_accum_steps``) and a note for the start-up line."""
-    low, high = config_lib.worker_range(cfg.scaling)
-    if low == high:
+    if not config_lib.is_elastic(cfg.scaling):
         return cfg, ""
+    low, high = config_lib.worker_range(cfg.scaling)
     factor = -(-high // max(1, world))
     train = dataclasses.replace(cfg.train, grad_accum_steps=max(1, cfg.train.grad_accum_steps) * factor)
     note = f" (elastic {low}-{high}: {world} now, global batch kept by accumulating {factor}x)"

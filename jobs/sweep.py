@@ -247,7 +247,7 @@ def trial_resources(cfg) -> dict:
 
 
 def in_process(cfg) -> bool:
-    return cfg.sweep.in_process and config_lib.worker_range(cfg.scaling) == (1, 1)
+    return cfg.sweep.in_process and config_lib.one_worker(cfg.scaling)
 
 
 def default_concurrency(cfg) -> int:

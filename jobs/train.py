@@ -311,13 +311,14 @@ def make_trainer(cfg, name: str, callbacks=(), extra_config: dict | None = None)
     s = cfg.scaling
     config_lib.check_num_workers(s.num_workers)
     low, high = config_lib.worker_range(s)
-    elastic = {"elastic_resize_monitor_interval_s": s.elastic_resize_interval_s} if low != high else {}
+    elastic = config_lib.is_elastic(s)
+    resize = {"elastic_resize_monitor_interval_s": s.elastic_resize_interval_s} if elastic else {}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config_lib.to_dict(cfg) | (extra_config or {}),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=(low, high) if low != high else high,  # (min, max): Train's elastic worker group
-            **elastic,
+            num_workers=(low, high) if elastic else high,  # (min, max): Train's elastic worker group
+            **resize,
             use_gpu=s.use_gpu,
             resources_per_worker=config_lib.worker_resources(s),
             placement_strategy=s.placement_strategy,  # PACK keeps DDP ranks on one node when one fits them
@@ -383,7 +384,7 @@ def run_in_process(cfg, run_id: str, callbacks=(), extra_config: dict | None = N
     )
     _TrainingReport = v2.TrainingReport
 
-    assert config_lib.worker_range(cfg.scaling) == (1, 1), "in-process runs have exactly one worker"
+    assert config_lib.one_worker(cfg.scaling), "in-process runs have exactly one worker"
     trainer = make_trainer(cfg, run_id, callbacks, extra_config)
     run_config, storage = trainer.run_config, trainer.run_config.storage_context
     events = asyncio.new_event_loop()  # CheckpointManager notifies listeners through asyncio
@@ -436,7 +437,7 @@ def uses_local_mode(cfg) -> bool:
     (those name a cluster); ``always`` = one worker wherever; ``never`` = a Train worker group even for one."""
     s, mode = cfg.scaling, cfg.scaling.local_mode
     if mode == "auto":
-        return config_lib.worker_range(s) == (1, 1) and not os.environ.get("RAY_ADDRESS") and not s.node_type
+        return config_lib.one_worker(s) and not os.environ.get("RAY_ADDRESS") and not s.node_type
     return mode == "always"
 
 

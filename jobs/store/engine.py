@@ -144,10 +144,14 @@ IN_LIST_PRUNED = 20
 
 
 def checkpoint_phase(table: str) -> int:
-    """Which versions of ``table`` get a checkpoint: those ``v`` with ``(v + phase) % CHECKPOINT_INTERVAL == 0``.
-    ``runs`` is half an interval after the other tables, so a run record (one commit to ``epochs``, one to ``runs``,
-    both tables' versions moving together) never pays for two checkpoints (and reloads) at once."""
+    """``runs`` checkpoints half an interval after the other tables, so a run record (one commit to ``epochs``, one
+    to ``runs``, both tables' versions moving together) never pays for two checkpoints (and reloads) at once."""
     return CHECKPOINT_INTERVAL // 2 if table == "runs" else 0
+
+
+def checkpoint_slot(table: str, version: int) -> int:
+    """The checkpoint interval ``version`` of ``table`` falls in; a version that starts a slot gets a checkpoint."""
+    return (version + checkpoint_phase(table)) // CHECKPOINT_INTERVAL
 
 
 def store_path(cli_value: str | None, cfg=None) -> str:
@@ -286,12 +290,7 @@ class Engine:
             try:
                 if d is not None and fresh:
                     d.update_incremental()
-                phase = checkpoint_phase(table)
-                if (
-                    d is not None
-                    and (d.version() + phase) // CHECKPOINT_INTERVAL
-                    > (self._loaded_at[table] + phase) // CHECKPOINT_INTERVAL
-                ):
+                if d is not None and checkpoint_slot(table, d.version()) > checkpoint_slot(table, self._loaded_at[table]):
                     d = None  # a checkpoint newer than the handle's: load from it
                 if d is None:
                     d = DeltaTable(self.table_uri(table), storage_options=self.options)
@@ -351,19 +350,14 @@ class Engine:
             cached = self._actions[table] = (d.version(), pa.table(d.get_add_actions(flatten=True)))
         return cached[1]
 
-    def arrow_dataset(self, d, table: str) -> ds.Dataset:
+    def arrow_dataset(self, d, table: str, workload: str | None = None) -> ds.Dataset:
         """``d.to_pyarrow_dataset()`` over Arrow's own filesystem for the store (local or S3). deltalake's default
         is a Python-implemented filesystem that Arrow's threads call back into; after such a read the interpreter
         aborted at exit now and then ("terminate called without an active exception"), as with Python file objects
-        before (workloads.data.read_parquet)."""
-        return d.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(f"{self.root}/{table}", self.fs))
-
-    def partition_dataset(self, d, table: str, workload: str) -> ds.Dataset:
-        """``arrow_dataset`` of one partition's files only (building a dataset costs per file)."""
-        return d.to_pyarrow_dataset(
-            filesystem=pafs.SubTreeFileSystem(f"{self.root}/{table}", self.fs),
-            file_pruning_predicate=f'"{PARTITION}" = {_literal(workload)}',
-        )
+        before (workloads.data.read_parquet).
+        With ``workload``, over that partition's files only (building a dataset costs per file)."""
+        pruning = {"file_pruning_predicate": f'"{PARTITION}" = {_literal(workload)}'} if workload else {}
+        return d.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(f"{self.root}/{table}", self.fs), **pruning)
 
     def empty(self, table: str) -> pa.Table:
         return pa.schema([(k, v) for k, v in CORE.get(table, {}).items()] + [(PARTITION, pa.string())]).empty_table()
@@ -731,7 +725,7 @@ class Engine:
         from deltalake import CommitProperties, PostCommitHookProperties, write_deltalake
 
         table = d.table_uri.rstrip("/").rsplit("/", 1)[-1]
-        data = self.partition_dataset(d, table, workload)
+        data = self.arrow_dataset(d, table, workload)
         where, predicate = ds.field(PARTITION) == workload, f'"{PARTITION}" = {_literal(workload)}'
         if "run_id" in data.schema.names and not everything:
             small = set(_small_files(self.actions(d, table)).get(workload, []))
@@ -1032,13 +1026,13 @@ def _range_holds_only(actions: pa.Table, workload: str, paths: set[str], low: st
 
 
 def _checkpoint_if_due(d, table: str) -> None:
-    """Write a log checkpoint of ``d`` (a handle a write just moved to its commit) when its version is a multiple
-    of ``CHECKPOINT_INTERVAL`` (shifted by ``checkpoint_phase``): one writer commits each version, so one writes each
-    checkpoint. Best effort: a
-    checkpoint only speeds up loading the log; a failed one leaves the next interval's."""
+    """Write a log checkpoint of ``d`` (a handle a write just moved to its commit) when its version starts a
+    ``checkpoint_slot``: one writer commits each version, so one writes each checkpoint. Best effort: a checkpoint
+    only speeds up loading the log; a failed one leaves the next interval's."""
     from deltalake.exceptions import DeltaError
 
-    if (d.version() + checkpoint_phase(table)) % CHECKPOINT_INTERVAL == 0:
+    v = d.version()
+    if checkpoint_slot(table, v) > checkpoint_slot(table, v - 1):
         try:
             d.create_checkpoint()
         except (DeltaError, OSError):
