@@ -76,7 +76,11 @@ def epoch_metas(s3, bucket: str) -> dict[int, dict]:
     out = {}
     for obj in s3.list_objects_v2(Bucket=bucket, Prefix="runs/").get("Contents", []):
         if m := re.search(r"/epoch_(\d+)/meta\.json$", obj["Key"]):
-            out[int(m.group(1))] = json.loads(s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read())
+            try:
+                body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+            except s3.exceptions.NoSuchKey:  # pruned (run.keep_checkpoints) between the listing and the read
+                continue
+            out[int(m.group(1))] = json.loads(body)
     return out
 
 

@@ -49,8 +49,10 @@ def sweep_args(
     ]
 
 
-def check_sweep(store_dir: Path, runs_root: Path, n_trials: int, asha: bool = True) -> tuple:
-    """What every finished sweep must satisfy; returns (runs, the sweeps row)."""
+def check_sweep(store_dir: Path, runs_root: Path, n_trials: int, asha: bool | None = True) -> tuple:
+    """What every finished sweep must satisfy; returns (runs, the sweeps row). ``asha``: whether a trial must have
+    been stopped early (None: either; a resumed sweep's ASHA rungs hold only the results reported after it resumed,
+    so whether a copy of the hopeless config is stopped depends on which trials finished before the kill)."""
     store = Store(store_dir)
     runs, sweeps, epochs = store.df("runs"), store.df("sweeps"), store.df("epochs")
     assert len(sweeps) == 1, sweeps
@@ -58,9 +60,13 @@ def check_sweep(store_dir: Path, runs_root: Path, n_trials: int, asha: bool = Tr
     assert len(runs) == n_trials and runs["run_id"].is_unique and runs["trial_id"].is_unique
     assert set(runs["sweep_id"]) == {sweep["sweep_id"]}
     assert not epochs.duplicated(["run_id", "epoch"]).any() and len(epochs) == runs["epochs"].sum()
-    assert set(runs["status"]) <= {"completed", "stopped_early"} and (runs["status"] == "stopped_early").any() == asha
+    assert set(runs["status"]) <= {"completed", "stopped_early"}
     assert sweep["num_trials"] == n_trials and sweep["epochs_budget"] == 2 * n_trials
-    assert sweep["epochs_used"] == runs["epochs"].sum() and (sweep["epochs_used"] < sweep["epochs_budget"]) == asha
+    assert sweep["epochs_used"] == runs["epochs"].sum()
+    if asha is not None:
+        assert (runs["status"] == "stopped_early").any() == asha and (
+            sweep["epochs_used"] < sweep["epochs_budget"]
+        ) == asha
     best = runs[runs["run_id"] == sweep["best_run_id"]].iloc[0]
     assert best["status"] == "completed" and best["train.lr"] == 0.01 and best["best_metric"] == sweep["best_metric"]
     assert (Path(best["export_uri"]) / "model.safetensors").is_file()
@@ -121,7 +127,7 @@ def test_killed_sweep_resumes_without_rerunning_or_duplicating(ray_cluster, stor
         timeout=400,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    runs, sweep = check_sweep(store_dir, tmp_path / "runs", 4)
+    runs, sweep = check_sweep(store_dir, tmp_path / "runs", 4, asha=None)
     assert sweep["sweep_id"] == sweep_id
     kept = runs.set_index("run_id").loc[before["run_id"]]
     assert list(kept["finished_at"]) == list(before["finished_at"])  # rows written before the kill stay the only ones
