@@ -37,12 +37,11 @@ demo: setup
 	$(BIN)/python -m jobs.sweep --config configs/mlp.yaml
 	$(BIN)/python -m jobs.store leaderboard
 
-# One process by default: two pytest-xdist lanes (TEST_WORKERS=2, whole files each) were tried on 2026-11-30 and
-# cut a CI run only from ~38 to ~34 min, while timing-bound cluster tests failed in them, a different one each
-# run (nodes not back to 0 in 150 s, a killed sweep's resume, an elastic run's start).
-TEST_WORKERS ?= 0
+# Two pytest-xdist lanes by default (TEST_WORKERS=0: one process). The timing-bound cluster tests share one lane and
+# run one after another (tests/conftest.py, TIMING_BOUND); the other files fill the second lane.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) tests
 
 test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit

@@ -110,7 +110,7 @@ def test_sweep_scales_one_node_type_up_then_back_to_zero(local_cluster, s3_serve
     for trial_types in trials["worker_node_types"]:
         assert trial_types == "gpu_1x"
     # back to min_workers (0) after the idle timeout
-    wait_for_workers(local_cluster, 0, timeout_s=120)
+    wait_for_workers(local_cluster, 0, timeout_s=240)
     time.sleep(1.5)  # one more watcher sample
     watcher.stop()
     last_trial_end = max(runs["finished_at"]).timestamp()
@@ -250,7 +250,7 @@ def test_submit_status_logs_and_stop_with_workers_on_other_nodes(local_cluster, 
         time.sleep(3)
     stop = run_job(["jobs.submit", "stop", long_job], env, timeout=180)
     assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stdout + stop.stderr
-    wait_for_workers(local_cluster, 0, timeout_s=150)  # nothing left holding the nodes
+    wait_for_workers(local_cluster, 0, timeout_s=240)  # nothing left holding the nodes
     jobs = Store(f"{bucket}/store").df("jobs")
     assert set(jobs[jobs["submission_id"] == long_job]["status"]) >= {"stopped"}, jobs
 
