@@ -385,8 +385,28 @@ def train_trial(params: dict, ctx: dict) -> None:
     row, trained = run_trial(ctx, params, tune.get_context().get_trial_id(), [TuneReportCallback()], run_trainer)
     if not trained:
         tune.report(final_result(row))
+    else:
+        wait_for_queued_train_reports()
     if row["status"] == "failed":
         raise TrialFailed(row["error"])
+
+
+def wait_for_queued_train_reports(timeout_s: float = 120.0, settle_s: float = 0.5) -> None:
+    """Return once Tune has taken the Train run's last report off the one-slot queue TuneReportCallback fills.
+
+    Ray 2.60's function-trainable session deadlocks when the function returns while a report is still queued
+    there: its end-of-function marker fills the session's one-slot result queue, then the trial actor's main thread
+    takes the queued report and waits forever to put it into that full queue (seen in CI: a sweep hung with both
+    trials finished). ``settle_s`` covers the moment between Tune taking the report and passing it on."""
+    from ray.train._internal.session import get_session
+
+    reports = getattr(get_session(), "_inter_actor_queue", None)  # created by TuneReportCallback
+    if reports is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    while not reports.empty() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(settle_s)
 
 
 def _in_process_trial_class():
