@@ -24,6 +24,7 @@ import numbers
 import os
 import random
 import re
+import sys
 import threading
 import time
 import uuid
@@ -141,6 +142,7 @@ CHECKPOINT_INTERVAL = 10
 # delta-rs 1.6.6 (DataFusion) rules a file out by its statistics for an IN list of at most this many values; a longer
 # list matches every file (tests/unit/test_store.py::test_delta_rs_prunes_by_an_in_list_of_at_most_20_values)
 IN_LIST_PRUNED = 20
+MAINTENANCE_NICE = 19  # the maintenance thread's CPU priority (Linux nice value, per thread): the lowest
 
 
 def checkpoint_phase(table: str) -> int:
@@ -290,7 +292,9 @@ class Engine:
             try:
                 if d is not None and fresh:
                     d.update_incremental()
-                if d is not None and checkpoint_slot(table, d.version()) > checkpoint_slot(table, self._loaded_at[table]):
+                if d is not None and checkpoint_slot(table, d.version()) > checkpoint_slot(
+                    table, self._loaded_at[table]
+                ):
                     d = None  # a checkpoint newer than the handle's: load from it
                 if d is None:
                     d = DeltaTable(self.table_uri(table), storage_options=self.options)
@@ -632,6 +636,7 @@ class Engine:
                 self._maintenance.start()
 
     def _maintenance_loop(self) -> None:
+        _lower_thread_priority()
         while True:
             with self._maintenance_lock:
                 if not self._maintenance_due:
@@ -732,7 +737,7 @@ class Engine:
             ids: set = set()
             for fragment in data.get_fragments(filter=where):
                 if fragment.path in small or any(fragment.path.endswith("/" + p) for p in small):
-                    ids.update(fragment.to_table(columns=["run_id"]).column("run_id").to_pylist())
+                    ids.update(fragment.to_table(columns=["run_id"], use_threads=False).column("run_id").to_pylist())
             if not ids:
                 return
             named = sorted(i for i in ids if i is not None)
@@ -755,7 +760,8 @@ class Engine:
             if None in ids:
                 match, listed = match | ds.field("run_id").is_null(), f'("run_id" IS NULL OR {listed})'
             where, predicate = where & match, f"{predicate} AND {listed}"
-        rows = data.to_table(filter=where)
+        # on the calling thread (Arrow's pool is shared with the writes; the maintenance thread runs at low priority)
+        rows = data.to_table(filter=where, use_threads=False)
         if "run_id" in rows.column_names:
             rows = rows.sort_by([("run_id", "ascending")])
         write_deltalake(
@@ -1036,6 +1042,18 @@ def _checkpoint_if_due(d, table: str) -> None:
         try:
             d.create_checkpoint()
         except (DeltaError, OSError):
+            pass
+
+
+def _lower_thread_priority() -> None:
+    """Run the calling thread (the maintenance thread) at the lowest CPU priority: a compaction then takes the cores
+    the writes leave idle instead of delaying the next write (docs/store.md, "Measured"). Linux keeps a nice value per
+    thread (``setpriority`` of thread id 0 is the calling thread); elsewhere this changes the whole process, so it is
+    left alone there."""
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, MAINTENANCE_NICE)
+        except OSError:  # not permitted (a sandbox): compaction simply runs at the writer's priority
             pass
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -554,3 +555,20 @@ def test_a_commit_reported_failed_after_it_landed_is_not_made_again(tmp_path, mo
     assert len(fresh.df("epochs")) == 9 and len(fresh.df("runs")) == 1
     writes = [c["operation"] for c in fresh.versions("epochs", limit=None) if c["operation"] == "WRITE"]
     assert len(writes) == 3  # a, b, c: nothing committed twice
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a per-thread nice value is Linux's")
+def test_the_maintenance_thread_runs_at_low_priority_and_the_writer_does_not():
+    """A compaction takes the cores the writes leave idle: only the maintenance thread's nice value changes."""
+    from jobs.store.engine import MAINTENANCE_NICE, _lower_thread_priority
+
+    before, seen = os.getpriority(os.PRIO_PROCESS, 0), []
+
+    def maintenance():
+        _lower_thread_priority()
+        seen.append(os.getpriority(os.PRIO_PROCESS, 0))
+
+    thread = threading.Thread(target=maintenance)
+    thread.start()
+    thread.join()
+    assert seen == [max(before, MAINTENANCE_NICE)] and os.getpriority(os.PRIO_PROCESS, 0) == before
