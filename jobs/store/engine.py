@@ -242,7 +242,11 @@ class Engine:
         self._actions: dict[str, tuple[int, pa.Table]] = {}  # table -> (version, its add actions) (Engine.actions)
         self._results: dict[tuple, pa.Table] = {}  # (table, version, query) -> a small result (Engine.read)
         self._maintenance: threading.Thread | None = None  # the thread compacting after writes (if running)
+        self._checkpointer: threading.Thread | None = None  # the thread writing log checkpoints (if running)
         self._maintenance_due: dict[str, set[str]] = {}  # table -> partitions it is to compact
+        self._checkpoints_due: dict[str, int] = {}  # table -> the version the maintenance thread is to checkpoint
+        self._checkpointed: dict[str, int] = {}  # table -> the newest version that thread checkpointed
+        self._checkpointing: dict[str, int] = {}  # table -> the version that thread is checkpointing now
         self._maintenance_lock = threading.Lock()
         self._maintainer: Engine | None = None  # that thread's own Engine (table handles are per thread)
         try:
@@ -292,9 +296,7 @@ class Engine:
             try:
                 if d is not None and fresh:
                     d.update_incremental()
-                if d is not None and checkpoint_slot(table, d.version()) > checkpoint_slot(
-                    table, self._loaded_at[table]
-                ):
+                if d is not None and self._reload_due(table, d.version()):
                     d = None  # a checkpoint newer than the handle's: load from it
                 if d is None:
                     d = DeltaTable(self.table_uri(table), storage_options=self.options)
@@ -309,6 +311,20 @@ class Engine:
             except OSError as e:
                 raise StoreError(f"cannot read store '{self.uri}': {first_line(e)}") from None
             time.sleep(min(1.0, 0.01 * 2**attempt) * random.uniform(0.5, 1.5))
+
+    def _reload_due(self, table: str, version: int) -> bool:
+        """Whether the handle of ``table`` (now at ``version``) is to be loaded afresh from a newer checkpoint: once
+        this Engine's maintenance thread wrote one past the version the handle was loaded at, or once the table
+        passed a checkpoint slot whose checkpoint another writer writes (not one this Engine's thread still writes:
+        a load before that checkpoint exists would start from the older one)."""
+        loaded = self._loaded_at[table]
+        if self._checkpointed.get(table, -1) > loaded:
+            return True
+        slot = checkpoint_slot(table, version)
+        if slot <= checkpoint_slot(table, loaded):
+            return False
+        pending = self._checkpoints_due.get(table, self._checkpointing.get(table))
+        return pending is None or checkpoint_slot(table, pending) != slot
 
     def _load_as_of(self, table: str):
         from deltalake import DeltaTable
@@ -551,8 +567,8 @@ class Engine:
                         commit_properties=properties,
                         post_commithook_properties=hooks,
                     )
-                if d is not None:  # a write through ``d`` moved it to its commit
-                    _checkpoint_if_due(d, table)
+                if d is not None and _starts_slot(table, d.version()):  # a write through ``d`` moved it to its commit
+                    self._checkpoint_in_background(table, d.version())
                 break
             except CommitFailedError as e:  # another writer committed first: nothing of this attempt landed
                 failure = e
@@ -627,13 +643,45 @@ class Engine:
     def _maintain_in_background(self, table: str, workloads: set[str]) -> None:
         """Compact ``workloads``' partitions of ``table`` in this process's maintenance thread, after the
         write that filled them returned: a compaction reads and rewrites a partition (100s of ms), which
-        would otherwise land in every 16th write's time. One thread per Engine, with its own table handles;
-        it is no daemon, so the process finishes it before exiting (``wait_for_maintenance`` waits too)."""
+        would otherwise land in every 16th write's time. One thread per Engine, with its own table handles,
+        at the lowest CPU priority (``_lower_thread_priority``); it is no daemon, so the process finishes it
+        before exiting (``wait_for_maintenance`` waits too)."""
         with self._maintenance_lock:
             self._maintenance_due.setdefault(table, set()).update(workloads)
             if self._maintenance is None or not self._maintenance.is_alive():
                 self._maintenance = threading.Thread(target=self._maintenance_loop, name="store-maintenance")
                 self._maintenance.start()
+
+    def _checkpoint_in_background(self, table: str, version: int) -> None:
+        """Have this Engine's checkpoint thread write the log checkpoint of ``version`` (which starts a
+        ``checkpoint_slot``: one writer commits each version, so one writes each checkpoint). Written by the write
+        itself, it cost a fifth of the records ~15-25 ms more. The writer's handle goes on taking commits meanwhile
+        and is loaded from the checkpoint once the thread wrote it (``_reload_due``). Not the maintenance thread:
+        at its low priority, on a busy machine, a checkpoint would wait while the writer's handle grows costlier."""
+        with self._maintenance_lock:
+            self._checkpoints_due[table] = max(version, self._checkpoints_due.get(table, -1))
+            if self._checkpointer is None or not self._checkpointer.is_alive():
+                self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="store-checkpoint")
+                self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaError
+
+        while True:
+            with self._maintenance_lock:
+                if not self._checkpoints_due:
+                    self._checkpointer = None
+                    return
+                table, version = self._checkpoints_due.popitem()
+                self._checkpointing[table] = version
+            try:  # that exact version, as a writer checkpointing it itself would (best effort, as there)
+                DeltaTable(self.table_uri(table), version=version, storage_options=self.options).create_checkpoint()
+                self._checkpointed[table] = max(version, self._checkpointed.get(table, -1))
+            except (DeltaError, OSError):
+                pass
+            finally:
+                self._checkpointing.pop(table, None)
 
     def _maintenance_loop(self) -> None:
         _lower_thread_priority()
@@ -653,8 +701,8 @@ class Engine:
                 self._maintainer = None
 
     def wait_for_maintenance(self) -> None:
-        """Return once the compaction the writes of this Engine started has finished."""
-        while (thread := self._maintenance) is not None:
+        """Return once the compactions and checkpoints the writes of this Engine started have finished."""
+        while (thread := self._maintenance or self._checkpointer) is not None:
             thread.join()
 
     def _maintain(self, table: str, d, workloads: set[str]) -> None:
@@ -1037,8 +1085,7 @@ def _checkpoint_if_due(d, table: str) -> None:
     only speeds up loading the log; a failed one leaves the next interval's."""
     from deltalake.exceptions import DeltaError
 
-    v = d.version()
-    if checkpoint_slot(table, v) > checkpoint_slot(table, v - 1):
+    if _starts_slot(table, d.version()):
         try:
             d.create_checkpoint()
         except (DeltaError, OSError):
@@ -1055,6 +1102,11 @@ def _lower_thread_priority() -> None:
             os.setpriority(os.PRIO_PROCESS, 0, MAINTENANCE_NICE)
         except OSError:  # not permitted (a sandbox): compaction simply runs at the writer's priority
             pass
+
+
+def _starts_slot(table: str, version: int) -> bool:
+    """Whether ``version`` of ``table`` is the first of a ``checkpoint_slot`` (its checkpoint is due)."""
+    return checkpoint_slot(table, version) > checkpoint_slot(table, version - 1)
 
 
 def _run_txn(key: dict) -> str:

@@ -288,7 +288,8 @@ def test_writers_compact_and_checkpoint_a_partition_on_their_own(tmp_path):
 
 def test_writers_checkpoint_the_log_every_few_commits_and_a_new_reader_loads_from_it(tmp_path):
     """The store's writers checkpoint every CHECKPOINT_INTERVAL commits (not delta-rs's 100): a handle's writes
-    cost more the more commits it applied after its checkpoint. One checkpoint per interval, whoever committed it."""
+    cost more the more commits it applied after its checkpoint. One checkpoint per interval, whoever committed it,
+    written by its checkpoint thread; the writer's handle is then loaded from it."""
     from jobs.store.engine import CHECKPOINT_INTERVAL as every
     from jobs.store.engine import checkpoint_phase
 
@@ -296,11 +297,13 @@ def test_writers_checkpoint_the_log_every_few_commits_and_a_new_reader_loads_fro
     runs = 2 * every + 3
     for i in range(runs):
         store.record_run(epoch_rows(f"r{i}"), run_row(f"r{i}"))
+    store.wait_for_maintenance()  # the maintenance thread writes the checkpoints, after the write returned
     for table in ("epochs", "runs"):
         log = tmp_path / "store" / table / "_delta_log"
         due = [v for v in range(runs) if v and (v + checkpoint_phase(table)) % every == 0]
         assert sorted(int(p.name.split(".")[0]) for p in log.glob("*.checkpoint.parquet")) == due and len(due) >= 2
         assert json.loads((log / "_last_checkpoint").read_text())["version"] == due[-1]
+        assert store.delta(table) is not None and store._loaded_at[table] >= due[-1]  # the writer's handle moved on
     assert checkpoint_phase("epochs") != checkpoint_phase("runs")  # a record never pays for two checkpoints
     fresh = Store(store.uri)
     assert len(fresh.df("epochs")) == 3 * runs and sorted(fresh.df("runs")["run_id"]) == sorted(
