@@ -142,6 +142,9 @@ CHECKPOINT_INTERVAL = 10
 # delta-rs 1.6.6 (DataFusion) rules a file out by its statistics for an IN list of at most this many values; a longer
 # list matches every file (tests/unit/test_store.py::test_delta_rs_prunes_by_an_in_list_of_at_most_20_values)
 IN_LIST_PRUNED = 20
+# A writer that leaves a partition with this many times ``compact_after`` small files waits for the maintenance thread
+# (which, at low priority, can fall behind on a machine whose cores are busy): a partition's files stay bounded.
+BACKLOG = 4
 MAINTENANCE_NICE = 19  # the maintenance thread's CPU priority (Linux nice value, per thread): the lowest
 
 
@@ -594,8 +597,11 @@ class Engine:
             written = set(arrow.column(PARTITION).unique().to_pylist())
             counts = {w: len(paths) for w, paths in _small_files(self.actions(d, table)).items()}
             retry = self._maintainer._retry_compaction_at if self._maintainer is not None else {}
-            if any(counts.get(w, 0) >= retry.get((table, w), self.compact_after) for w in written):
+            due = [w for w in written if counts.get(w, 0) >= retry.get((table, w), self.compact_after)]
+            if due:
                 self._maintain_in_background(table, written)
+            if any(counts[w] >= BACKLOG * self.compact_after for w in due) and (thread := self._maintenance):
+                thread.join()  # the low-priority thread falls behind on a busy machine: wait, so files stay bounded
         return d.version() if record is None else True
 
     def _landed(self, table: str, after: int, token: str) -> bool:

@@ -575,3 +575,23 @@ def test_the_maintenance_thread_runs_at_low_priority_and_the_writer_does_not():
     thread.start()
     thread.join()
     assert seen == [max(before, MAINTENANCE_NICE)] and os.getpriority(os.PRIO_PROCESS, 0) == before
+
+
+def test_a_writer_waits_for_a_maintenance_thread_that_fell_behind(tmp_path, monkeypatch):
+    """The maintenance thread runs at low priority; on a busy machine a writer could outrun it. Once a partition
+    holds BACKLOG x compact_after small files, the writer waits for the thread: the file count stays bounded."""
+    from jobs.store.engine import BACKLOG, Engine, _small_files
+
+    slow = Engine._maintain
+
+    def behind(self, *args):
+        time.sleep(0.5)  # a starved thread
+        return slow(self, *args)
+
+    monkeypatch.setattr(Engine, "_maintain", behind)
+    store, most = Store(tmp_path / "store", compact_after=2), 0
+    for i in range(4 * BACKLOG):
+        store.append("epochs", epoch_rows(f"r{i:02d}", n=1))
+        most = max(most, len(_small_files(store.actions(store.delta("epochs"), "epochs")).get("mlp", [])))
+    store.wait_for_maintenance()
+    assert most <= BACKLOG * 2 and len(store.df("epochs")) == 4 * BACKLOG
