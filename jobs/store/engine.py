@@ -247,9 +247,9 @@ class Engine:
         self._maintenance: threading.Thread | None = None  # the thread compacting after writes (if running)
         self._checkpointer: threading.Thread | None = None  # the thread writing log checkpoints (if running)
         self._maintenance_due: dict[str, set[str]] = {}  # table -> partitions it is to compact
-        self._checkpoints_due: dict[str, int] = {}  # table -> the version the maintenance thread is to checkpoint
-        self._checkpointed: dict[str, int] = {}  # table -> the newest version that thread checkpointed
-        self._checkpointing: dict[str, int] = {}  # table -> the version that thread is checkpointing now
+        self._checkpoints_due: dict[str, int] = {}  # table -> the version the checkpoint thread is to checkpoint
+        self._checkpointed: dict[str, int] = {}  # table -> the newest version the checkpoint thread wrote
+        self._checkpointing: dict[str, int] = {}  # table -> the version it is checkpointing now
         self._maintenance_lock = threading.Lock()
         self._maintainer: Engine | None = None  # that thread's own Engine (table handles are per thread)
         try:
@@ -317,7 +317,7 @@ class Engine:
 
     def _reload_due(self, table: str, version: int) -> bool:
         """Whether the handle of ``table`` (now at ``version``) is to be loaded afresh from a newer checkpoint: once
-        this Engine's maintenance thread wrote one past the version the handle was loaded at, or once the table
+        this Engine's checkpoint thread wrote one past the version the handle was loaded at, or once the table
         passed a checkpoint slot whose checkpoint another writer writes (not one this Engine's thread still writes:
         a load before that checkpoint exists would start from the older one)."""
         loaded = self._loaded_at[table]
