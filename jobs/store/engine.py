@@ -24,6 +24,7 @@ import numbers
 import os
 import random
 import re
+import sys
 import threading
 import time
 import uuid
@@ -141,6 +142,10 @@ CHECKPOINT_INTERVAL = 10
 # delta-rs 1.6.6 (DataFusion) rules a file out by its statistics for an IN list of at most this many values; a longer
 # list matches every file (tests/unit/test_store.py::test_delta_rs_prunes_by_an_in_list_of_at_most_20_values)
 IN_LIST_PRUNED = 20
+# A writer that leaves a partition with this many times ``compact_after`` small files waits for the maintenance thread
+# (which, at low priority, can fall behind on a machine whose cores are busy): a partition's files stay bounded.
+BACKLOG = 4
+MAINTENANCE_NICE = 19  # the maintenance thread's CPU priority (Linux nice value, per thread): the lowest
 
 
 def checkpoint_phase(table: str) -> int:
@@ -240,7 +245,11 @@ class Engine:
         self._actions: dict[str, tuple[int, pa.Table]] = {}  # table -> (version, its add actions) (Engine.actions)
         self._results: dict[tuple, pa.Table] = {}  # (table, version, query) -> a small result (Engine.read)
         self._maintenance: threading.Thread | None = None  # the thread compacting after writes (if running)
+        self._checkpointer: threading.Thread | None = None  # the thread writing log checkpoints (if running)
         self._maintenance_due: dict[str, set[str]] = {}  # table -> partitions it is to compact
+        self._checkpoints_due: dict[str, int] = {}  # table -> the version the checkpoint thread is to checkpoint
+        self._checkpointed: dict[str, int] = {}  # table -> the newest version the checkpoint thread wrote
+        self._checkpointing: dict[str, int] = {}  # table -> the version it is checkpointing now
         self._maintenance_lock = threading.Lock()
         self._maintainer: Engine | None = None  # that thread's own Engine (table handles are per thread)
         try:
@@ -290,7 +299,7 @@ class Engine:
             try:
                 if d is not None and fresh:
                     d.update_incremental()
-                if d is not None and checkpoint_slot(table, d.version()) > checkpoint_slot(table, self._loaded_at[table]):
+                if d is not None and self._reload_due(table, d.version()):
                     d = None  # a checkpoint newer than the handle's: load from it
                 if d is None:
                     d = DeltaTable(self.table_uri(table), storage_options=self.options)
@@ -305,6 +314,20 @@ class Engine:
             except OSError as e:
                 raise StoreError(f"cannot read store '{self.uri}': {first_line(e)}") from None
             time.sleep(min(1.0, 0.01 * 2**attempt) * random.uniform(0.5, 1.5))
+
+    def _reload_due(self, table: str, version: int) -> bool:
+        """Whether the handle of ``table`` (now at ``version``) is to be loaded afresh from a newer checkpoint: once
+        this Engine's checkpoint thread wrote one past the version the handle was loaded at, or once the table
+        passed a checkpoint slot whose checkpoint another writer writes (not one this Engine's thread still writes:
+        a load before that checkpoint exists would start from the older one)."""
+        loaded = self._loaded_at[table]
+        if self._checkpointed.get(table, -1) > loaded:
+            return True
+        slot = checkpoint_slot(table, version)
+        if slot <= checkpoint_slot(table, loaded):
+            return False
+        pending = self._checkpoints_due.get(table, self._checkpointing.get(table))
+        return pending is None or checkpoint_slot(table, pending) != slot
 
     def _load_as_of(self, table: str):
         from deltalake import DeltaTable
@@ -547,8 +570,8 @@ class Engine:
                         commit_properties=properties,
                         post_commithook_properties=hooks,
                     )
-                if d is not None:  # a write through ``d`` moved it to its commit
-                    _checkpoint_if_due(d, table)
+                if d is not None and _starts_slot(table, d.version()):  # a write through ``d`` moved it to its commit
+                    self._checkpoint_in_background(table, d.version())
                 break
             except CommitFailedError as e:  # another writer committed first: nothing of this attempt landed
                 failure = e
@@ -574,8 +597,11 @@ class Engine:
             written = set(arrow.column(PARTITION).unique().to_pylist())
             counts = {w: len(paths) for w, paths in _small_files(self.actions(d, table)).items()}
             retry = self._maintainer._retry_compaction_at if self._maintainer is not None else {}
-            if any(counts.get(w, 0) >= retry.get((table, w), self.compact_after) for w in written):
+            due = [w for w in written if counts.get(w, 0) >= retry.get((table, w), self.compact_after)]
+            if due:
                 self._maintain_in_background(table, written)
+            if any(counts[w] >= BACKLOG * self.compact_after for w in due) and (thread := self._maintenance):
+                thread.join()  # the low-priority thread falls behind on a busy machine: wait, so files stay bounded
         return d.version() if record is None else True
 
     def _landed(self, table: str, after: int, token: str) -> bool:
@@ -623,15 +649,48 @@ class Engine:
     def _maintain_in_background(self, table: str, workloads: set[str]) -> None:
         """Compact ``workloads``' partitions of ``table`` in this process's maintenance thread, after the
         write that filled them returned: a compaction reads and rewrites a partition (100s of ms), which
-        would otherwise land in every 16th write's time. One thread per Engine, with its own table handles;
-        it is no daemon, so the process finishes it before exiting (``wait_for_maintenance`` waits too)."""
+        would otherwise land in every 16th write's time. One thread per Engine, with its own table handles,
+        at the lowest CPU priority (``_lower_thread_priority``); it is no daemon, so the process finishes it
+        before exiting (``wait_for_maintenance`` waits too)."""
         with self._maintenance_lock:
             self._maintenance_due.setdefault(table, set()).update(workloads)
             if self._maintenance is None or not self._maintenance.is_alive():
                 self._maintenance = threading.Thread(target=self._maintenance_loop, name="store-maintenance")
                 self._maintenance.start()
 
+    def _checkpoint_in_background(self, table: str, version: int) -> None:
+        """Have this Engine's checkpoint thread write the log checkpoint of ``version`` (which starts a
+        ``checkpoint_slot``: one writer commits each version, so one writes each checkpoint). Written by the write
+        itself, it cost a fifth of the records ~15-25 ms more. The writer's handle goes on taking commits meanwhile
+        and is loaded from the checkpoint once the thread wrote it (``_reload_due``). Not the maintenance thread:
+        at its low priority, on a busy machine, a checkpoint would wait while the writer's handle grows costlier."""
+        with self._maintenance_lock:
+            self._checkpoints_due[table] = max(version, self._checkpoints_due.get(table, -1))
+            if self._checkpointer is None or not self._checkpointer.is_alive():
+                self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="store-checkpoint")
+                self._checkpointer.start()
+
+    def _checkpoint_loop(self) -> None:
+        from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaError
+
+        while True:
+            with self._maintenance_lock:
+                if not self._checkpoints_due:
+                    self._checkpointer = None
+                    return
+                table, version = self._checkpoints_due.popitem()
+                self._checkpointing[table] = version
+            try:  # that exact version, as a writer checkpointing it itself would (best effort, as there)
+                DeltaTable(self.table_uri(table), version=version, storage_options=self.options).create_checkpoint()
+                self._checkpointed[table] = max(version, self._checkpointed.get(table, -1))
+            except (DeltaError, OSError):
+                pass
+            finally:
+                self._checkpointing.pop(table, None)
+
     def _maintenance_loop(self) -> None:
+        _lower_thread_priority()
         while True:
             with self._maintenance_lock:
                 if not self._maintenance_due:
@@ -648,8 +707,8 @@ class Engine:
                 self._maintainer = None
 
     def wait_for_maintenance(self) -> None:
-        """Return once the compaction the writes of this Engine started has finished."""
-        while (thread := self._maintenance) is not None:
+        """Return once the compactions and checkpoints the writes of this Engine started have finished."""
+        while (thread := self._maintenance or self._checkpointer) is not None:
             thread.join()
 
     def _maintain(self, table: str, d, workloads: set[str]) -> None:
@@ -732,7 +791,7 @@ class Engine:
             ids: set = set()
             for fragment in data.get_fragments(filter=where):
                 if fragment.path in small or any(fragment.path.endswith("/" + p) for p in small):
-                    ids.update(fragment.to_table(columns=["run_id"]).column("run_id").to_pylist())
+                    ids.update(fragment.to_table(columns=["run_id"], use_threads=False).column("run_id").to_pylist())
             if not ids:
                 return
             named = sorted(i for i in ids if i is not None)
@@ -755,7 +814,8 @@ class Engine:
             if None in ids:
                 match, listed = match | ds.field("run_id").is_null(), f'("run_id" IS NULL OR {listed})'
             where, predicate = where & match, f"{predicate} AND {listed}"
-        rows = data.to_table(filter=where)
+        # on the calling thread (Arrow's pool is shared with the writes; the maintenance thread runs at low priority)
+        rows = data.to_table(filter=where, use_threads=False)
         if "run_id" in rows.column_names:
             rows = rows.sort_by([("run_id", "ascending")])
         write_deltalake(
@@ -1031,12 +1091,28 @@ def _checkpoint_if_due(d, table: str) -> None:
     only speeds up loading the log; a failed one leaves the next interval's."""
     from deltalake.exceptions import DeltaError
 
-    v = d.version()
-    if checkpoint_slot(table, v) > checkpoint_slot(table, v - 1):
+    if _starts_slot(table, d.version()):
         try:
             d.create_checkpoint()
         except (DeltaError, OSError):
             pass
+
+
+def _lower_thread_priority() -> None:
+    """Run the calling thread (the maintenance thread) at the lowest CPU priority: a compaction then takes the cores
+    the writes leave idle instead of delaying the next write (docs/store.md, "Measured"). Linux keeps a nice value per
+    thread (``setpriority`` of thread id 0 is the calling thread); elsewhere this changes the whole process, so it is
+    left alone there."""
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, MAINTENANCE_NICE)
+        except OSError:  # not permitted (a sandbox): compaction simply runs at the writer's priority
+            pass
+
+
+def _starts_slot(table: str, version: int) -> bool:
+    """Whether ``version`` of ``table`` is the first of a ``checkpoint_slot`` (its checkpoint is due)."""
+    return checkpoint_slot(table, version) > checkpoint_slot(table, version - 1)
 
 
 def _run_txn(key: dict) -> str:

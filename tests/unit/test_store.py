@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -287,7 +288,8 @@ def test_writers_compact_and_checkpoint_a_partition_on_their_own(tmp_path):
 
 def test_writers_checkpoint_the_log_every_few_commits_and_a_new_reader_loads_from_it(tmp_path):
     """The store's writers checkpoint every CHECKPOINT_INTERVAL commits (not delta-rs's 100): a handle's writes
-    cost more the more commits it applied after its checkpoint. One checkpoint per interval, whoever committed it."""
+    cost more the more commits it applied after its checkpoint. One checkpoint per interval, whoever committed it,
+    written by its checkpoint thread; the writer's handle is then loaded from it."""
     from jobs.store.engine import CHECKPOINT_INTERVAL as every
     from jobs.store.engine import checkpoint_phase
 
@@ -295,11 +297,13 @@ def test_writers_checkpoint_the_log_every_few_commits_and_a_new_reader_loads_fro
     runs = 2 * every + 3
     for i in range(runs):
         store.record_run(epoch_rows(f"r{i}"), run_row(f"r{i}"))
+    store.wait_for_maintenance()  # the maintenance thread writes the checkpoints, after the write returned
     for table in ("epochs", "runs"):
         log = tmp_path / "store" / table / "_delta_log"
         due = [v for v in range(runs) if v and (v + checkpoint_phase(table)) % every == 0]
         assert sorted(int(p.name.split(".")[0]) for p in log.glob("*.checkpoint.parquet")) == due and len(due) >= 2
         assert json.loads((log / "_last_checkpoint").read_text())["version"] == due[-1]
+        assert store.delta(table) is not None and store._loaded_at[table] >= due[-1]  # the writer's handle moved on
     assert checkpoint_phase("epochs") != checkpoint_phase("runs")  # a record never pays for two checkpoints
     fresh = Store(store.uri)
     assert len(fresh.df("epochs")) == 3 * runs and sorted(fresh.df("runs")["run_id"]) == sorted(
@@ -554,3 +558,40 @@ def test_a_commit_reported_failed_after_it_landed_is_not_made_again(tmp_path, mo
     assert len(fresh.df("epochs")) == 9 and len(fresh.df("runs")) == 1
     writes = [c["operation"] for c in fresh.versions("epochs", limit=None) if c["operation"] == "WRITE"]
     assert len(writes) == 3  # a, b, c: nothing committed twice
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a per-thread nice value is Linux's")
+def test_the_maintenance_thread_runs_at_low_priority_and_the_writer_does_not():
+    """A compaction takes the cores the writes leave idle: only the maintenance thread's nice value changes."""
+    from jobs.store.engine import MAINTENANCE_NICE, _lower_thread_priority
+
+    before, seen = os.getpriority(os.PRIO_PROCESS, 0), []
+
+    def maintenance():
+        _lower_thread_priority()
+        seen.append(os.getpriority(os.PRIO_PROCESS, 0))
+
+    thread = threading.Thread(target=maintenance)
+    thread.start()
+    thread.join()
+    assert seen == [max(before, MAINTENANCE_NICE)] and os.getpriority(os.PRIO_PROCESS, 0) == before
+
+
+def test_a_writer_waits_for_a_maintenance_thread_that_fell_behind(tmp_path, monkeypatch):
+    """The maintenance thread runs at low priority; on a busy machine a writer could outrun it. Once a partition
+    holds BACKLOG x compact_after small files, the writer waits for the thread: the file count stays bounded."""
+    from jobs.store.engine import BACKLOG, Engine, _small_files
+
+    slow = Engine._maintain
+
+    def behind(self, *args):
+        time.sleep(0.5)  # a starved thread
+        return slow(self, *args)
+
+    monkeypatch.setattr(Engine, "_maintain", behind)
+    store, most = Store(tmp_path / "store", compact_after=2), 0
+    for i in range(4 * BACKLOG):
+        store.append("epochs", epoch_rows(f"r{i:02d}", n=1))
+        most = max(most, len(_small_files(store.actions(store.delta("epochs"), "epochs")).get("mlp", [])))
+    store.wait_for_maintenance()
+    assert most <= BACKLOG * 2 and len(store.df("epochs")) == 4 * BACKLOG
