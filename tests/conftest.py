@@ -164,8 +164,8 @@ class RayCluster:
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)  # only the processes this fixture started
-            try:
-                self.proc.wait(timeout=30)
+            try:  # `ray start --block` took the whole 30 s it was once given, at the end of every session
+                self.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.log.close()
