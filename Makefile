@@ -37,11 +37,15 @@ demo: setup
 	$(BIN)/python -m jobs.sweep --config configs/mlp.yaml
 	$(BIN)/python -m jobs.store leaderboard
 
-# Two pytest-xdist lanes by default (TEST_WORKERS=0: one process). The timing-bound cluster tests share one lane and
-# run one after another (tests/conftest.py, TIMING_BOUND); the other files fill the second lane.
-TEST_WORKERS ?= 2
+# Two lanes by default (tests/lanes.sh: the timing-bound cluster tests in one pytest process, every other test in a
+# second one beside it); TEST_LANES=1: one process.
+TEST_LANES ?= 2
 test: setup
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup) tests
+ifeq ($(TEST_LANES),1)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 tests
+else
+	bash tests/lanes.sh $(BIN)/python -q -p no:cacheprovider --durations=15
+endif
 
 test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit

@@ -31,8 +31,7 @@ os.environ["HOME"] = TEST_HOME
 NET_GUARD_DIR = ROOT / "tests" / "netguard"
 NET_GUARD = bool(os.environ.get("CI")) or os.environ.get("PERENNIAL_NET_GUARD") == "1"
 if NET_GUARD:
-    # One log for the whole session: pytest-xdist's workers inherit the controller's, which judges it at the end
-    # (a worker's own verdict would not reach the session's exit code).
+    # One log per test session (a log the caller names is kept), judged at the session's end.
     os.environ.setdefault("PERENNIAL_NET_GUARD_LOG", str(Path(TEST_HOME) / "net-guard.log"))
     sys.path.insert(0, str(NET_GUARD_DIR))
     import sitecustomize as _net_guard
@@ -40,29 +39,6 @@ if NET_GUARD:
     _net_guard.install()
 TEST_PYTHONPATH = os.pathsep.join([str(ROOT), *([str(NET_GUARD_DIR)] if NET_GUARD else [])])
 os.environ["PYTHONPATH"] = TEST_PYTHONPATH
-
-
-# Under `make test`'s two pytest-xdist lanes (--dist loadgroup): the tests whose outcome depends on timing (nodes
-# killed, drained, scaled up and down, drivers killed, deadlines) run one after another in one lane; every other file
-# is a unit of its own and goes to whichever lane is free. Two of those at once on 2 cores made them flaky.
-TIMING_BOUND = {
-    "test_cluster_local.py",
-    "test_driver_loss.py",
-    "test_elastic.py",
-    "test_faults.py",
-    "test_local_cluster.py",
-    "test_mid_epoch_checkpoints.py",
-    "test_placement.py",
-    "test_preemption.py",
-    "test_submit.py",
-    "test_sweep.py",
-}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        group = "timing-bound" if item.path.name in TIMING_BOUND else str(item.path.relative_to(ROOT))
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -19,7 +19,7 @@ import time
 import uuid
 
 import pytest
-from conftest import PY, ROOT, base_env
+from conftest import PY, ROOT, base_env, free_port
 
 from jobs.store import Store
 from jobs.train import loopback_only
@@ -43,6 +43,7 @@ def elastic_cluster():
 
     loopback_only()
     local = {"node_ip_address": "127.0.0.1", "object_store_memory": 80 * 1024**2}
+    head = {"dashboard_port": free_port()}  # not 8265: an embedded cluster of a test beside it may hold that one
     saved = os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
     os.environ["RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"] = "20"  # the Train controller (on the head) reads it
     for attempt in range(3):  # Ray gives a raylet 30 s to register (fixed): an overloaded host can miss it
@@ -50,6 +51,7 @@ def elastic_cluster():
         try:
             c.add_node(
                 **local,
+                **head,
                 num_cpus=0,
                 dashboard_host="127.0.0.1",
                 _system_config={"health_check_period_ms": 1000, "health_check_failure_threshold": 3},

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from jobs import config as config_lib
 from jobs.train import loopback_only, make_trainer
@@ -27,10 +28,11 @@ def nodes():
 
     loopback_only()  # every node's servers on 127.0.0.1 (Ray would bind 0.0.0.0 and an outward IP)
     local = {"node_ip_address": "127.0.0.1", "object_store_memory": 80 * 1024**2}
+    head = {"dashboard_port": free_port()}  # not 8265: an embedded cluster of a test beside it may hold that one
     for attempt in range(3):  # Ray gives a raylet 30 s to register (fixed): an overloaded host can miss it
         cluster = Cluster(initialize_head=False)
         try:
-            cluster.add_node(**local, num_cpus=0, dashboard_host="127.0.0.1")  # the head
+            cluster.add_node(**local, **head, num_cpus=0, dashboard_host="127.0.0.1")  # the head
             ids = {
                 "gpu_4x": cluster.add_node(**local, num_cpus=2, resources={"gpu_4x": 1}).node_id,
                 "gpu_1x": cluster.add_node(**local, num_cpus=1, resources={"gpu_1x": 1}).node_id,
