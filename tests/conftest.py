@@ -23,6 +23,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # A HOME of the test session's own: the Ray auth token the test clusters generate, and anything else a tool keeps
 # under ~, never touch the developer's (a test passing only because ~/.ray/auth_token already exists proves nothing).
+# tests/lanes.sh runs one lane as a background job, which starts with SIGINT ignored: take it back, so that an
+# interrupt runs the fixtures' teardown (which stops the Ray clusters they started)
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 TEST_HOME = tempfile.mkdtemp(prefix="perennial-test-home-")
 os.environ["HOME"] = TEST_HOME
 

@@ -22,7 +22,18 @@ for f in "${TIMING_BOUND[@]}"; do ignore+=("--ignore=$f"); done
 log=$(mktemp)
 "$PY" -m pytest "$@" "${ignore[@]}" tests >"$log" 2>&1 &
 other=$!
-trap 'kill "$other" 2>/dev/null; rm -f "$log"' EXIT
+# On Ctrl-C (or any exit) lane 2 is interrupted too, so that its fixtures stop the Ray clusters they started
+# (tests/conftest.py gives it back the SIGINT that a background job of a script starts without).
+stop_other() {
+  if kill -0 "$other" 2>/dev/null; then
+    kill -INT "$other"
+    for _ in $(seq 60); do kill -0 "$other" 2>/dev/null || break; sleep 1; done
+    kill -TERM "$other" 2>/dev/null
+  fi
+  rm -f "$log"
+}
+trap stop_other EXIT
+trap 'exit 130' INT TERM
 echo "lane 1: the timing-bound cluster tests (lane 2, every other test, prints when it ends)"
 "$PY" -m pytest "$@" "${TIMING_BOUND[@]}"
 first=$?
