@@ -515,7 +515,7 @@ class Engine:
             arrow = to_arrow(table, [{**r, PARTITION: str(r.get(PARTITION) or "none")} for r in rows]) if rows else None
         predicate = " AND ".join(f'"{k}" = {_literal(v)}' for k, v in key.items()) if key else None
         token = uuid.uuid4().hex
-        # The store checkpoints every CHECKPOINT_INTERVAL commits itself (_checkpoint_if_due); no expired-log
+        # The store checkpoints every CHECKPOINT_INTERVAL commits itself (_checkpoint_in_background); no expired-log
         # cleanup per commit: it lists and stats the whole log (O(commits) per append), so maintenance does it.
         hooks = PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False)
         failure: BaseException | None = None
