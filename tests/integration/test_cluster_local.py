@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import collections
 import ipaddress
+import json
 import re
+import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,7 +33,7 @@ from cluster_fixtures import (
     local_cluster_fixture,  # noqa: F401 (the local_cluster fixture)
     wait_for_workers,
 )
-from conftest import ROOT, run_job
+from conftest import PY, ROOT, run_job
 
 from jobs.store import Store
 
@@ -241,18 +244,52 @@ def test_submit_status_logs_and_stop_with_workers_on_other_nodes(local_cluster, 
     ]
     assert head[0] not in run["worker_node_ids"]  # the driver ran on the head, the workers elsewhere
 
-    # a long job, stopped while its workers run on the worker nodes: they are freed and the nodes go idle
+    # a long job, stopped while its workers train on the worker nodes (its first epoch line is in its logs): the
+    # job ends as stopped and its Train workers are gone, so the nodes go idle (scale-down: the sweep test above)
     res = run_job(["jobs.submit", "submit", MLP, *common, "train.epochs=200", "data.max_train_samples=2000"], env)
     long_job = re.search(r"submitted (\S+):", res.stdout).group(1)
-    deadline = time.time() + 300
-    while "epoch" not in run_job(["jobs.submit", "logs", long_job], env, timeout=60).stdout:
-        assert time.time() < deadline, "the long job never reached its first epoch"
-        time.sleep(3)
+    follow = subprocess.Popen(
+        [PY, "-m", "jobs.submit", "logs", long_job, "--follow"], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        seen = wait_for_line(follow, re.compile(r"epoch 1/200\s+train_loss"), timeout_s=300)
+    finally:
+        follow.kill()
+        follow.wait()
+    assert seen, "the long job never logged its first epoch"
+    assert train_workers(local_cluster), "no Train worker alive while the job trains"
     stop = run_job(["jobs.submit", "stop", long_job], env, timeout=180)
     assert stop.returncode == 0 and "stopped" in stop.stdout, stop.stdout + stop.stderr
-    wait_for_workers(local_cluster, 0, timeout_s=240)  # nothing left holding the nodes
+    deadline = time.time() + 120
+    while train_workers(local_cluster):  # nothing of the job left holding the nodes
+        assert time.time() < deadline, f"Train workers still alive 120 s after the stop: {train_workers(local_cluster)}"
+        time.sleep(1)
     jobs = Store(f"{bucket}/store").df("jobs")
     assert set(jobs[jobs["submission_id"] == long_job]["status"]) >= {"stopped"}, jobs
+
+
+def wait_for_line(proc: subprocess.Popen, pattern: re.Pattern, timeout_s: float) -> bool:
+    """Whether ``proc`` prints a line matching ``pattern`` within ``timeout_s`` (read on a thread: never stuck)."""
+    found = threading.Event()
+
+    def read():
+        for line in proc.stdout:
+            if pattern.search(line):
+                found.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    return found.wait(timeout_s)
+
+
+def train_workers(cluster) -> list[str]:
+    """Ids of the cluster's alive Ray Train worker actors (the dashboard's state API, with the cluster's token)."""
+    req = urllib.request.Request(
+        f"{cluster.dashboard}/api/v0/actors?detail=1&limit=10000",
+        headers={"Authorization": f"Bearer {cluster.token_path.read_text().strip()}"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        rows = json.loads(resp.read())["data"]["result"]["result"]
+    return [a["actor_id"] for a in rows if a["state"] == "ALIVE" and a["class_name"] == "RayTrainWorker"]
 
 
 def test_down_ends_every_process_of_the_cluster(local_cluster):

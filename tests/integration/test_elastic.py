@@ -95,7 +95,7 @@ def wait_for_epoch(proc, s3, bucket: str, workers: int, after: int, timeout_s: f
         if done:
             return min(done)
         assert proc.poll() is None, proc.stdout.read()[-4000:]
-        time.sleep(0.5)
+        time.sleep(1)  # each look lists the checkpoints on S3 and reads their meta.json (moto, in this process)
     raise AssertionError(f"no epoch after {after} on {workers} worker(s) in {timeout_s} s")
 
 
@@ -104,7 +104,7 @@ def test_elastic_run_shrinks_to_one_worker_and_grows_back(cluster, s3_server):
 
     bucket = s3_server.make_bucket(f"perennial-{uuid.uuid4().hex[:8]}")
     s3 = boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1")
-    epochs = 30
+    epochs = 26  # the node goes after epoch ~2 and returns ~8-14 epochs later (seen in CI): a margin of ~10 epochs
     cmd = [
         *(PY, "-m", "jobs.train", "--config", str(ROOT / "configs" / "mlp.yaml"), "--store", f"{bucket}/store"),
         f"run.storage_path={bucket}/runs",

@@ -9,9 +9,11 @@ unit-tested without Ray in tests/unit/test_mid_epoch_resume.py.
 from __future__ import annotations
 
 import re
+import subprocess
+from pathlib import Path
 
 import pytest
-from conftest import base_env, run_job
+from conftest import PY, ROOT, base_env
 
 from jobs.store import Store
 
@@ -26,24 +28,43 @@ RUN = [
 STEPS = re.compile(r"(\d+) optimizer steps trained by this worker group")
 
 
-def train(tmp_path, name: str, **env: str):
-    store = tmp_path / name / "store"
-    res = run_job(
-        ["jobs.train", "--config", "configs/mlp.yaml", "--smoke-test", "--store", str(store)]
-        + RUN
-        + [f"run.storage_path={tmp_path / name / 'runs'}"],
-        # an embedded cluster (no RAY_ADDRESS): its Train workers inherit the fault variable from this driver
-        base_env(RAY_DEDUP_LOGS="0", **env),
-        timeout=900,
-    )
-    log = res.stdout + res.stderr
-    assert res.returncode == 0, log[-4000:]
-    return log, Store(store)
+def start(tmp_path, name: str, **env: str) -> tuple[subprocess.Popen, Path]:
+    """``jobs.train`` as a subprocess on an embedded cluster of its own (no RAY_ADDRESS): its Train workers inherit
+    the fault variable from this driver. The two runs of the test go at once, each on its own cluster; each writes
+    its output to a file (two pipes read one after the other could stall the second run)."""
+    (tmp_path / name).mkdir()
+    cmd = [
+        PY,
+        "-m",
+        "jobs.train",
+        "--config",
+        "configs/mlp.yaml",
+        "--smoke-test",
+        "--store",
+        str(tmp_path / name / "store"),
+    ]
+    cmd += [*RUN, f"run.storage_path={tmp_path / name / 'runs'}"]
+    with open(tmp_path / name / "log", "w") as out:
+        proc = subprocess.Popen(cmd, env=base_env(RAY_DEDUP_LOGS="0", **env), cwd=ROOT, stdout=out, stderr=out)
+    return proc, tmp_path / name
+
+
+def finish(proc: subprocess.Popen, folder: Path) -> tuple[str, Store]:
+    try:
+        proc.wait(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log = (folder / "log").read_text()
+    assert proc.returncode == 0, log[-4000:]
+    return log, Store(folder / "store")
 
 
 def test_a_run_killed_mid_epoch_resumes_at_its_last_step_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path):
-    log_plain, plain = train(tmp_path, "plain")
-    log, faulted = train(tmp_path, "faulted", PERENNIAL_FAULT_AT_STEP=f"2:{FAULT_STEP}")
+    plain_run = start(tmp_path, "plain")
+    faulted_run = start(tmp_path, "faulted", PERENNIAL_FAULT_AT_STEP=f"2:{FAULT_STEP}")
+    log_plain, plain = finish(*plain_run)
+    log, faulted = finish(*faulted_run)
 
     # checkpoints every 5 optimizer steps within each epoch, besides the epoch's own
     assert f"checkpoint epoch_0001_step_{EVERY:06d}" in log_plain, log_plain[-3000:]
