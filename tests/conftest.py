@@ -166,6 +166,17 @@ def run_job(
     return subprocess.run([PY, "-m", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+def run_jobs_at_once(
+    *jobs: tuple[list[str], dict[str, str]], timeout: float = 300
+) -> list[subprocess.CompletedProcess]:
+    """Several independent ``run_job`` calls at once (each ``(args, env)``), results in order: their start-ups and
+    waits overlap, which shortens a test that needs two runs side by side."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return list(pool.map(lambda job: run_job(job[0], job[1], timeout=timeout), jobs))
+
+
 def one_error_line(res: subprocess.CompletedProcess, code: int = 2, only_line: bool = True) -> str:
     """The contract of bad input (exit 2) and of no cluster (exit 1): that exit code, exactly one
     ``error: <problem> — <fix>`` line and no Python traceback; with ``only_line``, nothing else on stderr.

@@ -4,7 +4,7 @@ group on an embedded cluster: the same failure policy, resume and store rows on 
 from __future__ import annotations
 
 import pytest
-from conftest import base_env, run_job
+from conftest import base_env, run_job, run_jobs_at_once
 
 from jobs.store import Store
 
@@ -12,22 +12,25 @@ TINY = ["scaling.cpus_per_worker=1", "train.epochs=3"]
 PATHS = {"never": "in a Ray Train worker group", "auto": "in this process: Ray Train local mode"}
 
 
-def train(store_dir, runs_dir, local_mode: str, *extra: str, **env: str):
-    return run_job(
+def args(store_dir, runs_dir, local_mode: str, *extra: str) -> list[str]:
+    return (
         ["jobs.train", "--config", "configs/mlp.yaml", "--smoke-test", "--store", str(store_dir), *TINY]
         + [f"run.storage_path={runs_dir}"]
-        + [f"scaling.local_mode={local_mode}", *extra],
-        base_env(**env),
-        timeout=400,
+        + [f"scaling.local_mode={local_mode}", *extra]
     )
+
+
+def train(store_dir, runs_dir, local_mode: str, *extra: str, **env: str):
+    return run_job(args(store_dir, runs_dir, local_mode, *extra), base_env(**env), timeout=400)
 
 
 def test_a_failed_attempt_resumes_and_both_paths_record_the_same_run(tmp_path):
     """A loop that dies after epoch 1 with failure.max_failures=1: each path restarts it from the epoch 1
     checkpoint, and the store gets one completed run with epochs 1..3 once each, with the same columns."""
     store_dir = tmp_path / "store"
-    for mode, says in PATHS.items():
-        res = train(store_dir, tmp_path / "runs", mode, "failure.max_failures=1", PERENNIAL_FAULT_AFTER_EPOCH="1")
+    env = base_env(PERENNIAL_FAULT_AFTER_EPOCH="1")
+    both = [(args(store_dir, tmp_path / "runs", mode, "failure.max_failures=1"), env) for mode in PATHS]
+    for res, says in zip(run_jobs_at_once(*both, timeout=400), PATHS.values()):  # the two paths at once, one store
         out = res.stdout + res.stderr
         assert res.returncode == 0, out[-3000:]
         assert says in out, out[-3000:]  # the run says which path it took
