@@ -46,7 +46,6 @@ from jobs import config as config_lib
 from jobs import preflight
 from jobs.errors import ClusterError
 from jobs.store import Store, now, print_frame, store_path
-from jobs.train import git_sha
 
 ROOT = Path(__file__).resolve().parent.parent
 VERBS = ("train", "sweep", "continual")
@@ -307,6 +306,8 @@ def cmd_submit(args, cfg, store: Store) -> int:
     if "://" not in cfg.run.storage_path and not os.path.isabs(cfg.run.storage_path):
         overrides.append(f"run.storage_path={absolute(cfg.run.storage_path)}")  # not inside the job's temp copy
     submission_id = f"{cfg.workload}-{args.verb}-{uuid.uuid4().hex[:8]}"
+    from jobs.train import git_sha  # here, not at the top: status, logs, list and stop need no torch or Ray Train
+
     sha = git_sha()
     entrypoint = shlex.join(
         [

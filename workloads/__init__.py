@@ -20,15 +20,31 @@ from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
 from jobs.errors import ConfigError
-from workloads import cnn, mlp, ner, rnn, sentiment
 
-WORKLOADS = {
-    "mlp": mlp,
-    "cnn": cnn,
-    "ner": ner,
-    "rnn": rnn,
-    "sentiment": sentiment,
-}
+
+class _Shipped(typing.Mapping[str, ModuleType]):
+    """The shipped workloads, name -> module, each imported when first asked for: a command that needs none of
+    them (``jobs.submit status``, ``jobs.new --help``) does not pay for importing torch."""
+
+    def __init__(self, *names: str):
+        self._names = names
+
+    def __getitem__(self, name: str) -> ModuleType:
+        if name not in self._names:
+            raise KeyError(name)
+        return importlib.import_module(f"workloads.{name}")
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
+
+
+WORKLOADS = _Shipped("mlp", "cnn", "ner", "rnn", "sentiment")
 CONTRACT_DOC = "docs/workloads.md"
 
 

@@ -581,7 +581,10 @@ class Engine:
                 self._open.pop(table, None)  # the handle may hold a partial listing: load it afresh
                 if self._landed(table, read_version, token):
                     break
-                if not ("exists" in str(e).lower() or _log_race(e)) or attempt == COMMIT_ATTEMPTS - 1:
+                # another writer created the table since this attempt found none, with other columns ("Cannot cast
+                # schema"): the retry conforms the rows to that table and merges their new columns into it
+                created = d is None and self.delta(table) is not None
+                if not (created or "exists" in str(e).lower() or _log_race(e)) or attempt == COMMIT_ATTEMPTS - 1:
                     raise _write_error(self.uri, table, e) from None
                 failure = e
             except OSError as e:

@@ -595,3 +595,32 @@ def test_a_writer_waits_for_a_maintenance_thread_that_fell_behind(tmp_path, monk
         most = max(most, len(_small_files(store.actions(store.delta("epochs"), "epochs")).get("mlp", [])))
     store.wait_for_maintenance()
     assert most <= BACKLOG * 2 and len(store.df("epochs")) == 4 * BACKLOG
+
+
+def test_a_writer_that_found_no_table_lands_in_the_one_another_writer_created_first(tmp_path, monkeypatch):
+    """Two trials of a sweep that end together both find no `runs` table; the other one creates it first, with
+    fewer columns (a trial stopped early has no test metrics). The late writer's rows must land in that table with
+    their extra columns merged, not fail with "Cannot cast schema, number of fields does not match" (seen in CI:
+    the sweep then recorded a trial that had trained well as failed)."""
+    import deltalake
+
+    uri = tmp_path / "store"
+    real, calls = deltalake.write_deltalake, []
+    early = {"run_id": "b", "workload": "mlp", "status": "stopped_early"}
+
+    def other_writer_first(target, *args, **kwargs):
+        if not calls and isinstance(target, str) and target.endswith("/runs"):  # its create of `runs`: the other wins
+            calls.append("create")
+            Store(uri).append("runs", [early])
+        return real(target, *args, **kwargs)
+
+    monkeypatch.setattr(deltalake, "write_deltalake", other_writer_first)
+    assert Store(uri).record_run(epoch_rows("a"), run_row("a", test_accuracy=0.75))
+    monkeypatch.setattr(deltalake, "write_deltalake", real)
+    assert calls == ["create"]
+    runs = Store(uri).df("runs").set_index("run_id")
+    assert sorted(runs.index) == ["a", "b"] and runs.loc["a", "test_accuracy"] == 0.75
+    assert (
+        runs.loc["b", "status"] == "stopped_early" and runs.loc["b", "test_accuracy"] != runs.loc["b", "test_accuracy"]
+    )
+    assert len(Store(uri).df("epochs")) == 3
