@@ -551,6 +551,7 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
     steps_this_attempt, last_checkpoint = 0, None  # optimizer steps this worker group trained; fault injection
     preempted = preemption_watch(dist, device)  # None when Ray Train's preemption watcher is off
     notice_handled, poll_s = False, 0.0
+    step_delay = float(os.environ.get(STEP_DELAY, "") or 0)  # test-only: a floor under each step's wall time
     for epoch in range(start_epoch, epochs):
         for epoch_loader in {id(loader): loader, id(base_loader): base_loader}.values():  # Ray may have rebuilt it
             seed_epoch_order(epoch_loader, epoch, cfg.train.seed)
@@ -559,6 +560,8 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
         def after_step(so_far: dict, epoch=epoch, epoch_meta=epoch_meta) -> None:
             nonlocal steps_this_attempt, last_checkpoint, notice_handled, poll_s
             steps_this_attempt += 1
+            if step_delay:
+                time.sleep(step_delay)
             name = f"epoch_{epoch + 1:04d}_step_{so_far['step']:06d}"
             notice = None
             if preempted is not None and not notice_handled:  # once per worker group: it ends at the deadline
@@ -783,6 +786,9 @@ def preemption_line(notice, name: str, took_s: float, saved_at: float) -> str:
 
 FAULT_AFTER_EPOCH = "PERENNIAL_FAULT_AFTER_EPOCH"
 FAULT_AT_STEP = "PERENNIAL_FAULT_AT_STEP"
+# Test-only: seconds each worker sleeps after an optimizer step, so that a run's epochs last long enough for a test
+# to act between them on a quiet machine and still use no CPU meanwhile (tests/integration/test_elastic.py)
+STEP_DELAY = "PERENNIAL_STEP_DELAY_S"
 
 
 def inject_fault(

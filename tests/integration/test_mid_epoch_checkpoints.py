@@ -33,8 +33,17 @@ def start(tmp_path, name: str, **env: str) -> tuple[subprocess.Popen, Path]:
     the fault variable from this driver. The two runs of the test go at once, each on its own cluster; each writes
     its output to a file (two pipes read one after the other could stall the second run)."""
     (tmp_path / name).mkdir()
-    cmd = [PY, "-m", "jobs.train", "--config", "configs/mlp.yaml", "--smoke-test", *RUN]
-    cmd += ["--store", str(tmp_path / name / "store"), f"run.storage_path={tmp_path / name / 'runs'}"]
+    cmd = [
+        PY,
+        "-m",
+        "jobs.train",
+        "--config",
+        "configs/mlp.yaml",
+        "--smoke-test",
+        "--store",
+        str(tmp_path / name / "store"),
+    ]
+    cmd += [*RUN, f"run.storage_path={tmp_path / name / 'runs'}"]  # the overrides last, together
     with open(tmp_path / name / "log", "w") as out:
         proc = subprocess.Popen(cmd, env=base_env(RAY_DEDUP_LOGS="0", **env), cwd=ROOT, stdout=out, stderr=out)
     return proc, tmp_path / name
