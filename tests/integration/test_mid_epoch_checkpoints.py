@@ -9,11 +9,9 @@ unit-tested without Ray in tests/unit/test_mid_epoch_resume.py.
 from __future__ import annotations
 
 import re
-import subprocess
-from pathlib import Path
 
 import pytest
-from conftest import PY, ROOT, base_env
+from conftest import base_env, run_jobs_at_once
 
 from jobs.store import Store
 
@@ -28,43 +26,32 @@ RUN = [
 STEPS = re.compile(r"(\d+) optimizer steps trained by this worker group")
 
 
-def start(tmp_path, name: str, **env: str) -> tuple[subprocess.Popen, Path]:
-    """``jobs.train`` as a subprocess on an embedded cluster of its own (no RAY_ADDRESS): its Train workers inherit
-    the fault variable from this driver. The two runs of the test go at once, each on its own cluster; each writes
-    its output to a file (two pipes read one after the other could stall the second run)."""
-    (tmp_path / name).mkdir()
-    cmd = [
-        PY,
-        "-m",
+def train_args(tmp_path, name: str) -> list[str]:
+    """``jobs.train`` on an embedded cluster of its own (no RAY_ADDRESS): its Train workers inherit the fault
+    variable from this driver."""
+    store = ["--store", str(tmp_path / name / "store")]
+    return [
         "jobs.train",
         "--config",
         "configs/mlp.yaml",
         "--smoke-test",
-        "--store",
-        str(tmp_path / name / "store"),
+        *store,
+        *RUN,
+        f"run.storage_path={tmp_path / name / 'runs'}",
     ]
-    cmd += [*RUN, f"run.storage_path={tmp_path / name / 'runs'}"]  # the overrides last, together
-    with open(tmp_path / name / "log", "w") as out:
-        proc = subprocess.Popen(cmd, env=base_env(RAY_DEDUP_LOGS="0", **env), cwd=ROOT, stdout=out, stderr=out)
-    return proc, tmp_path / name
-
-
-def finish(proc: subprocess.Popen, folder: Path) -> tuple[str, Store]:
-    try:
-        proc.wait(timeout=900)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    log = (folder / "log").read_text()
-    assert proc.returncode == 0, log[-4000:]
-    return log, Store(folder / "store")
 
 
 def test_a_run_killed_mid_epoch_resumes_at_its_last_step_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path):
-    plain_run = start(tmp_path, "plain")
-    faulted_run = start(tmp_path, "faulted", PERENNIAL_FAULT_AT_STEP=f"2:{FAULT_STEP}")
-    log_plain, plain = finish(*plain_run)
-    log, faulted = finish(*faulted_run)
+    fault = base_env(RAY_DEDUP_LOGS="0", PERENNIAL_FAULT_AT_STEP=f"2:{FAULT_STEP}")
+    runs = run_jobs_at_once(  # the run left alone and the faulted one at once, each on its own cluster
+        (train_args(tmp_path, "plain"), base_env(RAY_DEDUP_LOGS="0")),
+        (train_args(tmp_path, "faulted"), fault),
+        timeout=900,
+    )
+    for res in runs:
+        assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    log_plain, log = (res.stdout + res.stderr for res in runs)
+    plain, faulted = Store(tmp_path / "plain" / "store"), Store(tmp_path / "faulted" / "store")
 
     # checkpoints every 5 optimizer steps within each epoch, besides the epoch's own
     assert f"checkpoint epoch_0001_step_{EVERY:06d}" in log_plain, log_plain[-3000:]
