@@ -14,7 +14,8 @@ export TRANSFORMERS_OFFLINE := 1
 
 setup: $(STAMP) $(FMNIST)
 
-# torch==2.13.0 first: it is a local CPU build; any other torch request pulls GBs of CUDA wheels.
+# torch==2.13.0 named in each install of the project: it is a local CPU build; any other torch request pulls GBs of
+# CUDA wheels.
 # constraints.txt pins every package to the tested version (cluster nodes install from the same file).
 # uv installs the same pins as pip, in parallel: 45 s instead of about 3 min on 2 cores with empty caches
 # (docs/architecture.md). It reads no pip.conf, so pip's find-links (where the CPU torch wheel lies) are handed on.
