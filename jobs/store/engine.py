@@ -139,13 +139,13 @@ TOKEN = "perennial.commit"  # commit-info key: each commit's own token (Engine._
 # a handle's writes and file statistics cost more the more commits it applied after its checkpoint (delta-rs 1.6.6
 # keeps each as a piece of the file list), so frequent small checkpoints make every write cheaper (docs/store.md).
 CHECKPOINT_INTERVAL = 10
-# delta-rs 1.6.6 (DataFusion) rules a file out by its statistics for an IN list of at most this many values; a longer
-# list matches every file (tests/unit/test_store.py::test_delta_rs_prunes_by_an_in_list_of_at_most_20_values)
-IN_LIST_PRUNED = 20
 # A writer that leaves a partition with this many times ``compact_after`` small files waits for the maintenance thread
 # (which, at low priority, can fall behind on a machine whose cores are busy): a partition's files stay bounded.
 BACKLOG = 4
 MAINTENANCE_NICE = 19  # the maintenance thread's CPU priority (Linux nice value, per thread): the lowest
+# The maintenance thread starts a compaction only once this Engine's writes paused this long (a record's two commits
+# follow each other at once): on a machine with few cores a compaction beside a write doubled the write's time.
+IDLE_S = 0.1
 
 
 def checkpoint_phase(table: str) -> int:
@@ -249,9 +249,14 @@ class Engine:
         self._maintenance_due: dict[str, set[str]] = {}  # table -> partitions it is to compact
         self._checkpoints_due: dict[str, int] = {}  # table -> the version the checkpoint thread is to checkpoint
         self._checkpointed: dict[str, int] = {}  # table -> the newest version the checkpoint thread wrote
+        self._preloaded: dict[str, Any] = {}  # table -> a handle the checkpoint thread loaded from its checkpoint
         self._checkpointing: dict[str, int] = {}  # table -> the version it is checkpointing now
         self._maintenance_lock = threading.Lock()
+        self._idle = threading.Condition()  # notified when a write ends (_writing, _wait_until_idle)
+        self._writes = 0  # writes of this Engine in progress
+        self._last_write = 0.0  # time.monotonic() when its last write ended
         self._maintainer: Engine | None = None  # that thread's own Engine (table handles are per thread)
+        self._cleaned: set[str] = set()  # tables whose expired log entries this Engine removed (_maintain)
         try:
             if self.local:
                 self.fs, self.root = pafs.LocalFileSystem(), self.uri
@@ -300,7 +305,11 @@ class Engine:
                 if d is not None and fresh:
                     d.update_incremental()
                 if d is not None and self._reload_due(table, d.version()):
-                    d = None  # a checkpoint newer than the handle's: load from it
+                    d = self._preloaded.pop(table, None)  # a checkpoint newer than the handle's: load from it
+                    if d is not None:  # the checkpoint thread loaded it meanwhile: bring it up to date
+                        d.update_incremental()
+                        self._open[table], self._loaded_at[table] = d, self._checkpointed[table]
+                        return d
                 if d is None:
                     d = DeltaTable(self.table_uri(table), storage_options=self.options)
                     self._open[table], self._loaded_at[table] = d, d.version()
@@ -497,6 +506,33 @@ class Engine:
     def _commit(
         self, table: str, rows: list[dict] | pa.Table, key: dict | None, record: str | None = None
     ) -> int | bool:
+        """``_commit_once`` while marked as writing (maintenance waits for a pause, ``_wait_until_idle``); then, if
+        it left a partition with ``BACKLOG`` x ``compact_after`` small files, wait for the maintenance thread."""
+        with self._idle:
+            self._writes += 1
+        try:
+            out, backlogged = self._commit_once(table, rows, key, record)
+        finally:
+            with self._idle:
+                self._writes -= 1
+                self._last_write = time.monotonic()
+                self._idle.notify_all()
+        if backlogged and (thread := self._maintenance):
+            thread.join()  # the maintenance thread falls behind under a long burst of writes: files stay bounded
+        return out
+
+    def _wait_until_idle(self) -> None:
+        """Return once no write of this Engine is in progress and the last one ended ``IDLE_S`` ago."""
+        with self._idle:
+            while True:
+                quiet = time.monotonic() - self._last_write
+                if not self._writes and quiet >= IDLE_S:
+                    return
+                self._idle.wait(None if self._writes else IDLE_S - quiet)
+
+    def _commit_once(
+        self, table: str, rows: list[dict] | pa.Table, key: dict | None, record: str | None = None
+    ) -> tuple[int | bool, bool]:
         """One commit of ``rows`` (replacing ``key``'s rows when given), retried on a conflict.
 
         Every commit carries a token in its commit info. delta-rs can raise after its commit landed (its
@@ -527,7 +563,7 @@ class Engine:
             try:
                 found = _recorded(self, d, table, key, record) if record is not None and d is not None else None
                 if found == "later":
-                    return False
+                    return False, False
                 data = self._conform(table, arrow, d) if arrow is not None else None
                 # A new run's recording is an append (no rows to replace, no scan); an earlier recording is
                 # replaced by predicate. Either commit carries the run's transaction id (Delta's `txn` action):
@@ -538,7 +574,7 @@ class Engine:
                     app_transactions=[Transaction(_run_txn(key), 1, int(time.time() * 1000))] if record else None,
                 )
                 if d is None and data is None:
-                    return True
+                    return True, False
                 if d is None:  # the first commit creates the table (two creators: one gets a conflict)
                     write_deltalake(
                         self.table_uri(table),
@@ -596,6 +632,7 @@ class Engine:
                 f"{first_line(failure)} — too many writers at once; try again"
             )
         d = self.delta(table, fresh=False)  # a write through ``d`` moved it to its commit; else it is loaded
+        backlogged = False
         if arrow is not None:
             written = set(arrow.column(PARTITION).unique().to_pylist())
             counts = {w: len(paths) for w, paths in _small_files(self.actions(d, table)).items()}
@@ -603,25 +640,28 @@ class Engine:
             due = [w for w in written if counts.get(w, 0) >= retry.get((table, w), self.compact_after)]
             if due:
                 self._maintain_in_background(table, written)
-            if any(counts[w] >= BACKLOG * self.compact_after for w in due) and (thread := self._maintenance):
-                thread.join()  # the low-priority thread falls behind on a busy machine: wait, so files stay bounded
-        return d.version() if record is None else True
+            backlogged = any(counts[w] >= BACKLOG * self.compact_after for w in due)
+        return (d.version() if record is None else True), backlogged
 
     def _landed(self, table: str, after: int, token: str) -> bool:
-        """Whether a commit after version ``after`` of ``table`` carries ``token``. Reads the commit files by
-        name, one after the other, rather than listing the log (the listing is what can race)."""
+        """Whether a commit after version ``after`` of ``table`` carries ``token``."""
+        return self._landed_at(table, after, token) is not None
+
+    def _landed_at(self, table: str, after: int, token: str) -> int | None:
+        """The version after ``after`` of ``table`` whose commit carries ``token`` (None if none does). Reads the
+        commit files by name, one after the other, rather than listing the log (the listing is what can race)."""
         version = after + 1
         while True:
             path = f"{self.root}/{table}/{LOG}/{version:020d}.json"
             try:
                 with self.fs.open_input_stream(path) as stream:
                     if token.encode() in stream.read():
-                        return True
+                        return version
             except FileNotFoundError:
-                return False
+                return None
             except OSError as e:
                 if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
-                    return False
+                    return None
                 raise _write_error(self.uri, table, e) from None
             version += 1
 
@@ -686,7 +726,11 @@ class Engine:
                 self._checkpointing[table] = version
             try:  # that exact version, as a writer checkpointing it itself would (best effort, as there)
                 DeltaTable(self.table_uri(table), version=version, storage_options=self.options).create_checkpoint()
-                self._checkpointed[table] = max(version, self._checkpointed.get(table, -1))
+                fresh = DeltaTable(self.table_uri(table), storage_options=self.options)  # loaded from it
+                with self._maintenance_lock:
+                    if version > self._checkpointed.get(table, -1):
+                        self._preloaded[table] = fresh
+                        self._checkpointed[table] = version
             except (DeltaError, OSError):
                 pass
             finally:
@@ -705,7 +749,7 @@ class Engine:
                     self._maintainer = Engine(self.uri, compact_after=self.compact_after)
                 d = self._maintainer.delta(table)
                 if d is not None:
-                    self._maintainer._maintain(table, d, workloads)
+                    self._maintainer._maintain(table, d, workloads, self._wait_until_idle)
             except Exception:  # best effort, as in _maintain: a later write tries again; `check` reports many_files
                 self._maintainer = None
 
@@ -714,17 +758,18 @@ class Engine:
         while (thread := self._maintenance or self._checkpointer) is not None:
             thread.join()
 
-    def _maintain(self, table: str, d, workloads: set[str]) -> None:
-        """Compact each written partition that holds ``compact_after`` files or more, then checkpoint the log.
+    def _maintain(self, table: str, d, workloads: set[str], wait=lambda: None) -> None:
+        """Compact each written partition that holds ``compact_after`` files or more (the writers checkpoint the log);
+        ``wait`` returns when the next compaction may start (the writer paused).
         Best effort: a conflict means another writer changed the partition; a later write tries again."""
         from deltalake.exceptions import DeltaError
 
         counts = {w: len(paths) for w, paths in _small_files(self.actions(d, table)).items()}
         due = {w: self._retry_compaction_at.get((table, w), self.compact_after) for w in workloads}
         full = sorted(w for w in workloads if counts.get(w, 0) >= due[w])
-        if full:
-            d = self.delta(table)  # plan on the newest snapshot: a stale one would only lose the race
         for w in full:
+            wait()
+            d = self.delta(table)  # plan on the newest snapshot: a stale one would only lose the race
             for attempt in range(COMPACT_ATTEMPTS):
                 try:
                     self._compact_partition(d, w)
@@ -738,10 +783,10 @@ class Engine:
                 # try again at twice the files, so a steady stream of such appends costs few attempts.
                 self._retry_compaction_at[(table, w)] = 2 * counts[w]
                 return
-        if full:
+        if full and table not in self._cleaned:  # once per table and process: it lists and stats the whole log
+            self._cleaned.add(table)
             try:
                 d.update_incremental()
-                d.create_checkpoint()
                 d.cleanup_metadata()  # commits past delta.logRetentionDuration (30 days) that a checkpoint covers
             except (DeltaError, OSError):
                 pass
@@ -774,62 +819,92 @@ class Engine:
         return summary
 
     def _compact_partition(self, d, workload: str, everything: bool = False) -> None:
-        """Merge one partition's small files of snapshot ``d`` (all its files if ``everything``) into one
-        file sorted by run, in one commit that replaces exactly the rows it read.
+        """Merge one partition's small files of snapshot ``d`` (all its files if ``everything``) into one file
+        sorted by run, in one commit that removes exactly the files it read and adds the merged one.
 
-        The commit is a replace-by-predicate of the runs those files hold (``run_id IN (...)``; the whole
-        partition for tables without runs), so a bigger file is rewritten only if it holds one of those
-        runs too. Not ``optimize.compact``: delta-rs 1.6.6 commits two concurrent compactions of one
-        partition both (rebasing the second over the first) and every row then reads twice. A replace
-        conflicts with any commit that rewrote rows it matches, so the loser fails and plans again; blind
-        appends meanwhile keep their files and are no conflict.
+        The merged file is written here with pyarrow (on this thread: the maintenance thread runs at low priority,
+        delta-rs's own threads do not) and committed with ``create_write_transaction``: a write of ~10 ms on
+        delta-rs's threads, where an overwrite-by-predicate planned and ran a DataFusion scan there (~80 ms; it
+        shared those threads with the writes, docs/store.md). The removes are data changes, so delta-rs refuses
+        the commit over any commit that removed data since ``d`` (a run's re-recording, another compaction, of this
+        partition or another: "a concurrent transaction deleted data this operation read"): two compactions of one
+        file never both land, and a replaced recording's rows are never written back. Blind appends meanwhile keep
+        their files and are no conflict. delta-rs 1.6.6's optimize.compact is not used: it rebased a concurrent
+        compaction of the same files (every row then read twice).
         """
-        from deltalake import CommitProperties, PostCommitHookProperties, write_deltalake
+        from urllib.parse import unquote
+
+        import pyarrow.parquet as pq
+        from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties
+        from deltalake.exceptions import DeltaError
+        from deltalake.transaction import AddAction, RemoveAction
 
         table = d.table_uri.rstrip("/").rsplit("/", 1)[-1]
-        data = self.arrow_dataset(d, table, workload)
-        where, predicate = ds.field(PARTITION) == workload, f'"{PARTITION}" = {_literal(workload)}'
-        if "run_id" in data.schema.names and not everything:
-            small = set(_small_files(self.actions(d, table)).get(workload, []))
-            ids: set = set()
-            for fragment in data.get_fragments(filter=where):
-                if fragment.path in small or any(fragment.path.endswith("/" + p) for p in small):
-                    ids.update(fragment.to_table(columns=["run_id"], use_threads=False).column("run_id").to_pylist())
-            if not ids:
-                return
-            named = sorted(i for i in ids if i is not None)
-            match = ds.field("run_id").isin(named)
-            listed = '"run_id" IN (' + ", ".join(_literal(i) for i in named) + ")" if named else "false"
-            if named:  # the range lets delta-rs rule out a concurrent append's file by its statistics (an IN
-                # list of more than a few values is not pruned by them, so any file added meanwhile conflicted)
-                low, high = named[0], named[-1]
-                within = f'"run_id" >= {_literal(low)} AND "run_id" <= {_literal(high)}'
-                if len(named) > IN_LIST_PRUNED and _range_holds_only(
-                    self.actions(d, table), workload, small, low, high
-                ):
-                    # Such a list prunes nothing, so the range alone decides conflicts either way; and when no other
-                    # file may hold a run in the range, it matches the same rows: delta-rs plans it far faster
-                    # (a runs partition of ~470 runs: 86 -> 36 ms)
-                    match, listed = (ds.field("run_id") >= low) & (ds.field("run_id") <= high), f"({within})"
-                else:
-                    listed = f"({within} AND {listed})"
-
-            if None in ids:
-                match, listed = match | ds.field("run_id").is_null(), f'("run_id" IS NULL OR {listed})'
-            where, predicate = where & match, f"{predicate} AND {listed}"
-        # on the calling thread (Arrow's pool is shared with the writes; the maintenance thread runs at low priority)
-        rows = data.to_table(filter=where, use_threads=False)
+        actions = self.actions(d, table)
+        part = f"partition.{PARTITION}"
+        if not actions.num_rows or part not in actions.column_names:
+            return
+        mine = [
+            (p, n)
+            for p, n, w in zip(*(actions.column(c).to_pylist() for c in ("path", "num_records", part)))
+            if w == workload
+        ]
+        paths = [p for p, n in mine if everything or n is None or n < SMALL_FILE_ROWS]
+        if len(paths) < 2:
+            return
+        schema = pa.schema(d.schema().to_arrow())
+        fields = [f for f in schema if f.name != PARTITION]
+        base = f"{self.root}/{table}"
+        pieces = []
+        for path in paths:  # on this thread (Arrow's pool is shared with the writes)
+            piece = pq.read_table(f"{base}/{unquote(path)}", filesystem=self.fs, use_threads=False)
+            pieces.append(
+                pa.table(
+                    [
+                        piece.column(f.name).cast(f.type)
+                        if f.name in piece.column_names
+                        else pa.nulls(piece.num_rows, f.type)
+                        for f in fields
+                    ],
+                    schema=pa.schema(fields),
+                )
+            )
+        rows = pa.concat_tables(pieces)
         if "run_id" in rows.column_names:
             rows = rows.sort_by([("run_id", "ascending")])
-        write_deltalake(
-            d,
-            rows,
-            mode="overwrite",
-            predicate=predicate,
-            commit_properties=CommitProperties(custom_metadata={"perennial.operation": "COMPACT"}),
-            post_commithook_properties=PostCommitHookProperties(create_checkpoint=False, cleanup_expired_logs=False),
-        )
-        _checkpoint_if_due(d, table)
+        rel = f"{paths[0].rsplit('/', 1)[0]}/part-compact-{uuid.uuid4()}.snappy.parquet"  # the partition's folder
+        target = f"{base}/{unquote(rel)}"
+        pq.write_table(rows, target, filesystem=self.fs, compression="snappy")
+        when = int(time.time() * 1000)
+        values = {PARTITION: workload}
+        add = AddAction(rel, self.fs.get_file_info(target).size, values, when, True, _file_stats(rows))
+        removes = [RemoveAction(p, True, when, None, values) for p in paths]
+        token = uuid.uuid4().hex
+        try:
+            d.create_write_transaction(
+                [add, *removes],
+                mode="append",
+                schema=d.schema(),
+                partition_by=[PARTITION],
+                commit_properties=CommitProperties(custom_metadata={"perennial.operation": "COMPACT", TOKEN: token}),
+                post_commithook_properties=PostCommitHookProperties(
+                    create_checkpoint=False, cleanup_expired_logs=False
+                ),
+            )
+        except (DeltaError, OSError):
+            if self._landed_at(table, d.version(), token) is None:
+                try:  # no commit names it: readers never see it; delete it now rather than leave it to vacuum
+                    self.fs.delete_file(target)
+                except OSError:
+                    pass
+                raise
+        version = self._landed_at(table, d.version(), token)  # create_write_transaction leaves ``d`` where it was
+        d.update_incremental()
+        if version is not None and _starts_slot(table, version):
+            try:  # this commit starts a checkpoint slot: its checkpoint is this writer's to write
+                DeltaTable(self.table_uri(table), version=version, storage_options=self.options).create_checkpoint()
+            except (DeltaError, OSError):
+                pass
 
     def vacuum(self, retention_hours: int = RETENTION_HOURS, dry_run: bool = False) -> list[dict]:
         """Delete files no version younger than ``retention_hours`` reads (time travel keeps that window)."""
@@ -1075,30 +1150,25 @@ def _recorded(engine: Engine, d, table: str, key: dict, record: str) -> str:
     return found
 
 
-def _range_holds_only(actions: pa.Table, workload: str, paths: set[str], low: str, high: str) -> bool:
-    """Whether, by their run_id statistics, no file of ``workload``'s partition but ``paths`` may hold a run_id in
-    ``low``..``high`` (a file without statistics may hold any)."""
-    part, names = f"partition.{PARTITION}", actions.column_names
-    if part not in names or "min.run_id" not in names or "max.run_id" not in names:
-        return False
-    columns = (actions.column(c).to_pylist() for c in ("path", part, "min.run_id", "max.run_id"))
-    for path, w, lo, hi in zip(*columns):
-        if w == workload and path not in paths and (lo is None or hi is None or (lo <= high and hi >= low)):
-            return False
-    return True
+def _file_stats(rows: pa.Table) -> str:
+    """Delta file statistics of ``rows`` (a data file's rows, without the partition column): row count, null counts,
+    and exact minimum and maximum of its string and numeric columns (delta-rs rules files out by them, and
+    ``_recorded`` reads a run's candidate files by their run_id range). No bounds for other types, nor for a
+    float column holding NaN or infinities: a file without bounds for a column may hold any value."""
+    import pyarrow.compute as pc
 
-
-def _checkpoint_if_due(d, table: str) -> None:
-    """Write a log checkpoint of ``d`` (a handle a write just moved to its commit) when its version starts a
-    ``checkpoint_slot``: one writer commits each version, so one writes each checkpoint. Best effort: a checkpoint
-    only speeds up loading the log; a failed one leaves the next interval's."""
-    from deltalake.exceptions import DeltaError
-
-    if _starts_slot(table, d.version()):
-        try:
-            d.create_checkpoint()
-        except (DeltaError, OSError):
-            pass
+    low, high, nulls = {}, {}, {}
+    for name in rows.column_names:
+        col, kind = rows.column(name), rows.schema.field(name).type
+        nulls[name] = col.null_count
+        numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind)
+        if col.null_count == len(col) or not (numeric or pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+            continue
+        bounds = pc.min_max(col).as_py()
+        if pa.types.is_floating(kind) and not pc.all(pc.is_finite(col.drop_null())).as_py():
+            continue
+        low[name], high[name] = bounds["min"], bounds["max"]
+    return json.dumps({"numRecords": rows.num_rows, "minValues": low, "maxValues": high, "nullCount": nulls})
 
 
 def _lower_thread_priority() -> None:

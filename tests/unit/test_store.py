@@ -313,31 +313,45 @@ def test_writers_checkpoint_the_log_every_few_commits_and_a_new_reader_loads_fro
     assert len(Store(store.uri).df("epochs")) == 3 * runs - 1
 
 
-def test_delta_rs_prunes_by_an_in_list_of_at_most_20_values(tmp_path):
-    """Why a compaction of more than IN_LIST_PRUNED runs may replace by the run_id range alone: a longer IN list
-    rules out no file, so a concurrent append inside the range conflicts with either predicate, outside with neither."""
-    from deltalake import DeltaTable, write_deltalake
+def test_a_compaction_never_lands_over_a_commit_that_removed_data_since_its_snapshot(tmp_path):
+    """A compaction removes exactly the files it read and adds the merged one (``create_write_transaction``). Planned
+    on a snapshot, it must not land over a re-recording or another compaction committed meanwhile (either would
+    bring back replaced rows or read every row twice), and must land over blind appends, keeping their files."""
     from deltalake.exceptions import CommitFailedError
 
-    from jobs.store.engine import IN_LIST_PRUNED
+    from jobs.store.engine import Engine
 
-    def conflicts(n: int, new_run: str) -> bool:
-        uri = str(tmp_path / f"t{n}{new_run}")
-        for i in range(n):
-            write_deltalake(uri, pa.table({"run_id": [f"a{i:03d}"], "x": [1.0]}), mode="append")
-        d = DeltaTable(uri)  # the compaction's snapshot
-        ids = ", ".join(f"'a{i:03d}'" for i in range(n))
-        write_deltalake(uri, pa.table({"run_id": [new_run], "x": [2.0]}), mode="append")  # a concurrent append
+    def partition(name: str) -> Engine:
+        store = Store(tmp_path / name, compact_after=10**6)  # nothing compacted but by this test
+        for i in range(4):
+            store.record_run(epoch_rows(f"r{i}"), run_row(f"r{i}"))
+        return store
+
+    def compacts(store: Engine, meanwhile) -> bool:
+        snapshot = Engine(store.uri).delta("epochs")
+        meanwhile(store)
         try:
-            predicate = f"run_id >= 'a000' AND run_id <= 'a{n - 1:03d}' AND run_id IN ({ids})"
-            write_deltalake(d, d.to_pyarrow_table(), mode="overwrite", predicate=predicate)
-            return False
-        except CommitFailedError:
+            Engine(store.uri)._compact_partition(snapshot, "mlp")
             return True
+        except CommitFailedError:
+            return False
 
-    assert not conflicts(IN_LIST_PRUNED, "a0005")  # inside the range, not in the list: pruned by the list
-    assert conflicts(IN_LIST_PRUNED + 1, "a0005")  # a longer list prunes nothing: the range decides
-    assert not conflicts(IN_LIST_PRUNED + 1, "b")  # outside the range
+    appended = partition("append")
+    assert compacts(appended, lambda s: s.append("epochs", epoch_rows("new", n=2)))
+    rows = Store(appended.uri).df("epochs")
+    assert len(rows) == 14 and rows.groupby("run_id").size().to_dict() == {"new": 2, "r0": 3, "r1": 3, "r2": 3, "r3": 3}
+    assert len(Store(appended.uri).files("epochs")) == 2  # the merged file and the append's
+
+    recorded = partition("rerecord")
+    assert not compacts(recorded, lambda s: s.record_run(epoch_rows("r1", n=1), run_row("r1", epochs=1)))
+    assert len(Store(recorded.uri).df("epochs")) == 10  # r1's new recording only, the old rows not brought back
+
+    twice = partition("twice")
+    assert not compacts(twice, lambda s: Engine(s.uri)._compact_partition(Engine(s.uri).delta("epochs"), "mlp"))
+    assert len(Store(twice.uri).df("epochs")) == 12 and len(Store(twice.uri).files("epochs")) == 1
+    assert not [f for f in (tmp_path / "twice" / "epochs").rglob("*.parquet") if "compact" in f.name][
+        1:
+    ]  # the loser's file deleted
 
 
 def test_a_compaction_of_many_runs_keeps_every_row_once(tmp_path):
@@ -347,7 +361,7 @@ def test_a_compaction_of_many_runs_keeps_every_row_once(tmp_path):
         store.record_run(epoch_rows(f"r{i:02d}"), run_row(f"r{i:02d}"))
     store.wait_for_maintenance()
     compactions = [c for c in store.delta("runs").history() if c.get("perennial.operation") == "COMPACT"]
-    assert compactions and "IN (" not in json.dumps(compactions[-1]["operationParameters"])  # by the range alone
+    assert compactions
     fresh = Store(store.uri)
     runs, epochs = fresh.df("runs"), fresh.df("epochs")
     assert sorted(runs["run_id"]) == sorted([f"old{i}" for i in range(3)] + [f"r{i:02d}" for i in range(30)])
@@ -624,3 +638,35 @@ def test_a_writer_that_found_no_table_lands_in_the_one_another_writer_created_fi
         runs.loc["b", "status"] == "stopped_early" and runs.loc["b", "test_accuracy"] != runs.loc["b", "test_accuracy"]
     )
     assert len(Store(uri).df("epochs")) == 3
+
+
+def test_a_compaction_starts_only_once_the_writes_paused(tmp_path, monkeypatch):
+    """On a machine with few cores a compaction beside a write doubled the write's time: the maintenance thread
+    starts each compaction only when no write of its Engine is in progress and the last one ended IDLE_S ago."""
+    from jobs.store.engine import IDLE_S, Engine
+
+    writes, starts = [], []
+    commit, compact = Engine._commit, Engine._compact_partition
+
+    def timed_commit(self, *args, **kwargs):
+        began = time.monotonic()
+        try:
+            return commit(self, *args, **kwargs)
+        finally:
+            writes.append((began, time.monotonic()))
+
+    def noted_compaction(self, *args, **kwargs):
+        starts.append(time.monotonic())
+        return compact(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "_commit", timed_commit)
+    monkeypatch.setattr(Engine, "_compact_partition", noted_compaction)
+    store = Store(tmp_path / "store", compact_after=3)
+    for i in range(6):  # back to back: below the backlog at which a writer waits for the thread
+        store.append("epochs", epoch_rows(f"r{i}", n=1))
+    store.wait_for_maintenance()
+    assert starts and len(store.df("epochs")) == 6
+    for start in starts:
+        before = [end for began, end in writes if began <= start]
+        assert all(end <= start for began, end in writes if began <= start)  # no write in progress
+        assert start - max(before) >= IDLE_S  # and the last one ended IDLE_S before
