@@ -12,8 +12,9 @@ row twice (the log swaps the small files for the compacted one in one commit).
 
 Schema: a new column merges into the table; a value whose type differs from the table's column is
 refused before anything is written (an int into a double column is widened, exactly; nothing else
-is cast). Writers compact a partition once it holds ``compact_after`` files and checkpoint the log
-then; ``vacuum`` keeps ``RETENTION_HOURS`` of history for time travel (``as_of``).
+is cast). Writers compact a partition once it holds ``compact_after`` small files and their writes paused
+(``IDLE_S``), and checkpoint the log every ``CHECKPOINT_INTERVAL`` commits; ``vacuum`` keeps
+``RETENTION_HOURS`` of history for time travel (``as_of``).
 """
 
 from __future__ import annotations
