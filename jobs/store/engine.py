@@ -253,7 +253,7 @@ class Engine:
         self._preloaded: dict[str, Any] = {}  # table -> a handle the checkpoint thread loaded from its checkpoint
         self._checkpointing: dict[str, int] = {}  # table -> the version it is checkpointing now
         self._maintenance_lock = threading.Lock()
-        self._idle = threading.Condition()  # notified when a write ends (_writing, _wait_until_idle)
+        self._idle = threading.Condition()  # notified when a write ends (_commit, _wait_until_idle)
         self._writes = 0  # writes of this Engine in progress
         self._last_write = 0.0  # time.monotonic() when its last write ended
         self._maintainer: Engine | None = None  # that thread's own Engine (table handles are per thread)
@@ -824,9 +824,9 @@ class Engine:
         sorted by run, in one commit that removes exactly the files it read and adds the merged one.
 
         The merged file is written here with pyarrow (on this thread: the maintenance thread runs at low priority,
-        delta-rs's own threads do not) and committed with ``create_write_transaction``: a write of ~10 ms on
-        delta-rs's threads, where an overwrite-by-predicate planned and ran a DataFusion scan there (~80 ms; it
-        shared those threads with the writes, docs/store.md). The removes are data changes, so delta-rs refuses
+        delta-rs's own threads do not) and committed with ``create_write_transaction``: only that commit runs on
+        delta-rs's threads (44 ms wall p50 beside the bench's records), where an overwrite-by-predicate planned and
+        ran a DataFusion scan there too (~80 ms; those threads are the writes' too, docs/store.md). The removes are data changes, so delta-rs refuses
         the commit over any commit that removed data since ``d`` (a run's re-recording, another compaction, of this
         partition or another: "a concurrent transaction deleted data this operation read"): two compactions of one
         file never both land, and a replaced recording's rows are never written back. Blind appends meanwhile keep
