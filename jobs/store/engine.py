@@ -714,6 +714,12 @@ class Engine:
                 self._checkpointer = threading.Thread(target=self._checkpoint_loop, name="store-checkpoint")
                 self._checkpointer.start()
 
+    def _write_checkpoint(self, table: str, version: int) -> None:
+        """The log checkpoint of exactly ``version`` of ``table`` (the version that starts a checkpoint slot)."""
+        from deltalake import DeltaTable
+
+        DeltaTable(self.table_uri(table), version=version, storage_options=self.options).create_checkpoint()
+
     def _checkpoint_loop(self) -> None:
         from deltalake import DeltaTable
         from deltalake.exceptions import DeltaError
@@ -726,7 +732,7 @@ class Engine:
                 table, version = self._checkpoints_due.popitem()
                 self._checkpointing[table] = version
             try:  # that exact version, as a writer checkpointing it itself would (best effort, as there)
-                DeltaTable(self.table_uri(table), version=version, storage_options=self.options).create_checkpoint()
+                self._write_checkpoint(table, version)
                 fresh = DeltaTable(self.table_uri(table), storage_options=self.options)  # loaded from it
                 with self._maintenance_lock:
                     if version > self._checkpointed.get(table, -1):
@@ -836,7 +842,7 @@ class Engine:
         from urllib.parse import unquote
 
         import pyarrow.parquet as pq
-        from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties
+        from deltalake import CommitProperties, PostCommitHookProperties
         from deltalake.exceptions import DeltaError
         from deltalake.transaction import AddAction, RemoveAction
 
@@ -856,21 +862,9 @@ class Engine:
         schema = pa.schema(d.schema().to_arrow())
         fields = [f for f in schema if f.name != PARTITION]
         base = f"{self.root}/{table}"
-        pieces = []
-        for path in paths:  # on this thread (Arrow's pool is shared with the writes)
-            piece = pq.read_table(f"{base}/{unquote(path)}", filesystem=self.fs, use_threads=False)
-            pieces.append(
-                pa.table(
-                    [
-                        piece.column(f.name).cast(f.type)
-                        if f.name in piece.column_names
-                        else pa.nulls(piece.num_rows, f.type)
-                        for f in fields
-                    ],
-                    schema=pa.schema(fields),
-                )
-            )
-        rows = pa.concat_tables(pieces)
+        files = [f"{base}/{unquote(path)}" for path in paths]  # a file without a later-merged column: nulls there
+        data = ds.dataset(files, schema=pa.schema(fields), filesystem=self.fs, format="parquet")
+        rows = data.to_table(use_threads=False)  # on this thread (Arrow's pool is shared with the writes)
         if "run_id" in rows.column_names:
             rows = rows.sort_by([("run_id", "ascending")])
         rel = f"{paths[0].rsplit('/', 1)[0]}/part-compact-{uuid.uuid4()}.snappy.parquet"  # the partition's folder
@@ -903,7 +897,7 @@ class Engine:
         d.update_incremental()
         if version is not None and _starts_slot(table, version):
             try:  # this commit starts a checkpoint slot: its checkpoint is this writer's to write
-                DeltaTable(self.table_uri(table), version=version, storage_options=self.options).create_checkpoint()
+                self._write_checkpoint(table, version)
             except (DeltaError, OSError):
                 pass
 
