@@ -232,10 +232,10 @@ class RunningCluster:
     """A Ray head started here (``ray start --head --block`` on 127.0.0.1), ended by its process group id."""
 
     def __init__(self, num_cpus: int, env: dict):
-        from jobs.train import _free_port
+        from jobs.ports import free_port
 
         self.temp_dir = tempfile.mkdtemp(prefix="bench-ray-")
-        self.address = f"127.0.0.1:{_free_port()}"
+        self.address = f"127.0.0.1:{free_port()}"
         self.env = env | {"RAY_AUTH_MODE": "token"}  # token auth on, as make cluster-up starts it
         from jobs.local_cluster import ensure_token
 
@@ -250,9 +250,9 @@ class RunningCluster:
             f"--port={self.address.rsplit(':', 1)[1]}",
             "--node-ip-address=127.0.0.1",
             "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={_free_port()}",
-            f"--ray-client-server-port={_free_port()}",
-            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-port={free_port()}",
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
             f"--temp-dir={self.temp_dir}",
         ]
         self.log = open(Path(self.temp_dir) / "ray-start.log", "w")

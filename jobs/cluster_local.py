@@ -27,7 +27,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from jobs.errors import ClusterError, ConfigError, cli_main
+from jobs.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = Path(os.environ.get("TMPDIR", "/tmp")) / f"perennial-cluster-{os.getuid()}"
@@ -251,6 +251,7 @@ class LocalCluster:
         return cluster
 
     def _wait_ready(self, supervisor: subprocess.Popen, timeout_s: float) -> None:
+        import http.client
         import urllib.error
         import urllib.request
 
@@ -265,6 +266,12 @@ class LocalCluster:
                     return
                 except urllib.error.HTTPError:  # 401 without the token: the server is up
                     return
+                except http.client.HTTPException:  # not HTTP: another program bound the port before the head did
+                    raise ClusterError(
+                        f"port {self.dashboard.rsplit(':', 1)[1]} was taken by another program while the cluster "
+                        f"started, so its dashboard is not there — run 'python -m jobs.cluster_local up' again "
+                        f"(it picks new ports)"
+                    ) from None
                 except OSError:
                     pass
             time.sleep(0.5)
@@ -327,12 +334,6 @@ def node_type_of(resources: dict, config: dict) -> str:
         if name != config["head_node_type"] and resources.get(name):
             return name
     return config["head_node_type"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------- the supervisor

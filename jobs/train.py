@@ -24,6 +24,7 @@ from pathlib import Path
 from jobs import config as config_lib
 from jobs import preflight
 from jobs.errors import ClusterError
+from jobs.ports import free_port
 from jobs.store import FINISHED, Store, now
 
 
@@ -48,7 +49,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     # An embedded cluster on 127.0.0.1 at a port we choose, so that we can tell its own actors where it is:
     # Ray Train's placement-group cleaner looks the cluster up by "auto", which fails as soon as a second
     # Ray instance runs on the machine — and then a trial stopped by ASHA never frees its CPUs.
-    port = _free_port()
+    port = free_port()
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)
     loopback_only()
     env = {
@@ -141,14 +142,6 @@ def check_reachable(address: str, timeout_s: float = 3.0) -> None:
         raise ClusterError(
             f"no Ray cluster at RAY_ADDRESS={address} (cannot connect: {e.strerror or e}) — start one with 'ray start --head' or unset RAY_ADDRESS"
         ) from None
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def cluster_node_types() -> tuple[dict[str, dict], bool]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -13,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from jobs.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -56,12 +57,6 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def base_env(**extra: str) -> dict[str, str]:
     """The environment for a subprocess: the venv's bin first on PATH (Ray jobs run `python`)."""
     env = dict(os.environ)
@@ -73,20 +68,42 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
+class PortTaken(RuntimeError):
+    """A port chosen for the Ray head was bound by another process before the head bound it."""
+
+
 class RayCluster:
     """A real local Ray head (`ray start --head --block`), bound to 127.0.0.1, ended by its PID."""
 
     def __init__(self, num_cpus: int = 2):
-        self.port, self.dashboard_port = free_port(), free_port()
-        self.temp_dir = tempfile.mkdtemp(prefix="ray-")
-        self.address = f"127.0.0.1:{self.port}"
-        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         # local-only: every server on loopback. One node, never more: no spot notice to watch, so no Ray Train
         # preemption watcher (one actor process per run, ~1.7 s CPU each, 42 runs in a CI run), as jobs.train does
         # on its own embedded cluster; the multi-node clusters of tests/integration/test_preemption.py keep it.
         self.env = base_env(
             RAY_AUTH_MODE="token", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0"
         )
+        self.home = Path(self.env["HOME"])
+        self.token_file = self.home / ".ray" / "auth_token"
+        subprocess.run(  # token auth needs a token: generated in the test session's HOME (no-op if it exists)
+            [str(Path(PY).parent / "ray"), "get-auth-token", "--generate"],
+            env=self.env,
+            capture_output=True,
+            check=True,
+            timeout=120,
+        )
+        for attempt in range(3):
+            try:
+                self._start(num_cpus)
+                return
+            except PortTaken:  # another process bound a port between free_port() and the head: fresh ports
+                if attempt == 2:
+                    raise
+
+    def _start(self, num_cpus: int) -> None:
+        self.port, self.dashboard_port = free_port(), free_port()
+        self.temp_dir = tempfile.mkdtemp(prefix="ray-")
+        self.address = f"127.0.0.1:{self.port}"
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         cmd = [
             str(Path(PY).parent / "ray"),
             "start",
@@ -102,15 +119,6 @@ class RayCluster:
             f"--dashboard-agent-listen-port={free_port()}",
             f"--temp-dir={self.temp_dir}",
         ]
-        self.home = Path(self.env["HOME"])
-        self.token_file = self.home / ".ray" / "auth_token"
-        subprocess.run(  # token auth needs a token: generated in the test session's HOME (no-op if it exists)
-            [str(Path(PY).parent / "ray"), "get-auth-token", "--generate"],
-            env=self.env,
-            capture_output=True,
-            check=True,
-            timeout=120,
-        )
         self.log = open(Path(self.temp_dir) / "ray-start.log", "w")
         self.proc = subprocess.Popen(
             cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
@@ -122,14 +130,18 @@ class RayCluster:
             raise
 
     def _wait_ready(self, timeout: float = 180.0) -> None:
+        import http.client
         import urllib.error
         import urllib.request
 
         deadline = time.time() + timeout
         while time.time() < deadline:
+            log = Path(self.log.name).read_text(errors="replace")
+            if "already occupied" in log or "Failed to start the dashboard" in log:
+                raise PortTaken(f"a port of the Ray head was taken: {log[-2000:]}")
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ray start exited: {Path(self.log.name).read_text()[-2000:]}")
-            if "Ray runtime started" not in Path(self.log.name).read_text(errors="replace"):
+                raise RuntimeError(f"ray start exited: {log[-2000:]}")
+            if "Ray runtime started" not in log:
                 time.sleep(1)  # the dashboard answers before the node is up; an overloaded start can still fail
                 continue
             try:
@@ -137,6 +149,8 @@ class RayCluster:
                 return
             except urllib.error.HTTPError:  # 401 without the token: the server is up
                 return
+            except http.client.HTTPException as e:  # not HTTP at all: another program's server holds the port
+                raise PortTaken(f"{self.dashboard} answers, but not as Ray's dashboard ({type(e).__name__})") from e
             except OSError:
                 time.sleep(1)
         raise RuntimeError(f"Ray head not ready after {timeout} s: {Path(self.log.name).read_text()[-2000:]}")

@@ -12,7 +12,6 @@ so it fails fast with exit 1 instead.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import TEST_PYTHONPATH, S3Server
+
+from jobs.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_S = 300  # per case; a healthy one takes 2-6 s, far more only on a saturated machine
@@ -303,12 +304,6 @@ def make_bad_files(d: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- running the table
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens once the socket closes
-
-
 def case_env(case: Case, fill=lambda s: s) -> dict[str, str]:
     keep = ("PERENNIAL_NET_GUARD_LOG",)
     env = {
@@ -317,7 +312,7 @@ def case_env(case: Case, fill=lambda s: s) -> dict[str, str]:
     env = {k: v for k, v in env.items() if not k.startswith("AWS_")} if case.drop_env else env
     env |= {
         "PYTHONPATH": TEST_PYTHONPATH,
-        "RAY_ADDRESS": f"127.0.0.1:{closed_port()}",  # tripwire: never a real cluster
+        "RAY_ADDRESS": f"127.0.0.1:{free_port()}",  # tripwire: never a real cluster
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
@@ -333,7 +328,7 @@ def run_case(case: Case, d: Path, s3_endpoint: str) -> dict:
             s.replace("{d}", str(d))
             .replace("{runs}", str(runs))
             .replace("{s3}", s3_endpoint)
-            .replace("{closed}", str(closed_port()))
+            .replace("{closed}", str(free_port()))
         )
 
     argv = [fill(a) for a in case.argv]

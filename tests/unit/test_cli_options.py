@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from jobs.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -27,7 +22,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("where", ["before", "after"])
 def test_submit_takes_address_and_format_before_or_after_the_subcommand(where):
-    address = f"http://127.0.0.1:{closed_port()}"
+    address = f"http://127.0.0.1:{free_port()}"
     shared = ["--address", address, "--format", "json"]
     argv = [*shared, "status", "mlp-train-x"] if where == "before" else ["status", "mlp-train-x", *shared]
     res = run("jobs.submit", *argv)

@@ -3,9 +3,9 @@ only rank 1 makes both ranks answer at the same step, or their checkpoint report
 
 from __future__ import annotations
 
-import socket
-
 import torch.multiprocessing as mp
+
+from jobs.ports import free_port
 
 
 def _rank(rank: int, port: int, out) -> None:
@@ -35,9 +35,7 @@ def _rank(rank: int, port: int, out) -> None:
 
 
 def test_ranks_agree_on_a_notice_only_one_of_them_has():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     procs = [ctx.Process(target=_rank, args=(r, port, out)) for r in range(2)]
