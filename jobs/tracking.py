@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import shutil
 import struct
 import sys
 import tempfile
@@ -152,7 +153,8 @@ def tensorboard_dir(storage_path: str, run_id: str) -> str:
 class TensorBoard:
     """Event files: train loss and lr every ``every_steps`` steps, each epoch's metrics, test metrics, hparams.
 
-    A remote storage path (s3://) gets a local folder, copied there after each epoch and at the end."""
+    A remote storage path (s3://) gets a local staging folder, copied there after each epoch and at the end, and
+    removed once the last copy is up."""
 
     def __init__(self, every_steps: int):
         self.every_steps = every_steps
@@ -211,6 +213,8 @@ class TensorBoard:
                 self.writer.add_scalar(key, value, int(final.get("epoch") or 0))
         self._flush()
         self.writer.close()
+        if self.remote:  # the staging folder: every event is in the bucket now
+            shutil.rmtree(self.writer.log_dir, ignore_errors=True)
         self.writer = None
 
     def _flush(self) -> None:

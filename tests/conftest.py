@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,14 +48,24 @@ TEST_PYTHONPATH = os.pathsep.join([str(ROOT), *([str(NET_GUARD_DIR)] if NET_GUAR
 os.environ["PYTHONPATH"] = TEST_PYTHONPATH
 
 
+RAY_TEMP_DIRS: list[str] = []  # the Ray heads' temp dirs (logs): removed at the end of a session that passed
+
+
 def pytest_sessionfinish(session, exitstatus):
-    """The guard's verdict: any refused connection fails the session, naming the process and the address."""
+    """The guard's verdict: any refused connection fails the session, naming the process and the address. Then
+    the session's own temp folders go (its HOME; the Ray heads' logs unless the session failed)."""
     log = Path(os.environ.get("PERENNIAL_NET_GUARD_LOG", "/nonexistent"))
     if NET_GUARD and log.is_file() and log.read_text().strip():
         lines = log.read_text().splitlines()
         print(f"\nNETWORK GUARD: {len(lines)} attempt(s) to reach beyond 127.0.0.1 (first 20):", file=sys.stderr)
         print("\n".join(lines[:20]), file=sys.stderr)
         session.exitstatus = 1
+    if session.exitstatus == 0:
+        for folder in RAY_TEMP_DIRS:
+            shutil.rmtree(folder, ignore_errors=True)
+    elif RAY_TEMP_DIRS:
+        print(f"\nRay logs of this session's test clusters: {' '.join(RAY_TEMP_DIRS)}", file=sys.stderr)
+    shutil.rmtree(TEST_HOME, ignore_errors=True)  # the guard's log (read above) and the token live there
 
 
 def base_env(**extra: str) -> dict[str, str]:
@@ -102,6 +113,7 @@ class RayCluster:
     def _start(self, num_cpus: int) -> None:
         self.port, self.dashboard_port = free_port(), free_port()
         self.temp_dir = tempfile.mkdtemp(prefix="ray-")
+        RAY_TEMP_DIRS.append(self.temp_dir)
         self.address = f"127.0.0.1:{self.port}"
         self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
         cmd = [

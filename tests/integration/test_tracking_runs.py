@@ -194,7 +194,10 @@ def test_tensorboard_events_reach_an_s3_storage_path(s3_server, tmp_path):
     writer.on_step(0, 1, 1, 0.5, 8, 0.1)
     writer.on_epoch({"epoch": 1, "val_accuracy": 0.5})
     writer.on_test({"epoch": 1, "test_accuracy": 0.4, "best_metric": 0.5})
+    staging = Path(writer.writer.log_dir)
+    assert staging.is_dir() and str(staging) != writer.target
     writer.finish("completed", None)
+    assert not staging.exists()  # one staging folder per run would otherwise pile up in /tmp
     s3 = boto3.client("s3", endpoint_url=s3_server.endpoint)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket.removeprefix("s3://"))["Contents"]]
     assert len(keys) == 1 and keys[0].startswith("runs/mlp-s3tb/tensorboard/events.out.tfevents."), keys
