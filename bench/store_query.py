@@ -10,7 +10,8 @@ compaction runs in the writer's maintenance thread after a call returns, and the
 the queries, as a process does at exit). Then, with no manual step: the leaderboard
 (cold = a new Store, warm = the same Store again), a DuckDB group-by over `epochs`, one run's history,
 and the whole `python -m jobs.store leaderboard` process. Targets: record p95 <= 50 ms; leaderboard
-warm <= 0.5 s; DuckDB group-by <= 0.5 s.
+warm <= 0.5 s; DuckDB group-by <= 0.5 s. For the first and the last tenth of the records it also prints how
+much of a record is delta-rs's two ``write_deltalake`` calls (docs/store.md, "Where the record path stands").
 """
 
 from __future__ import annotations
@@ -129,6 +130,24 @@ def bulk(store: Store, first: int, last: int, workloads: int, epochs: int, rng, 
         )
 
 
+def time_delta_rs_writes() -> list[float]:
+    """Wrap ``deltalake.write_deltalake`` (the engine looks it up at each commit) to add its wall seconds to the
+    one-item list returned: a record's delta-rs part is the list's growth during the record."""
+    import deltalake
+
+    total, write = [0.0], deltalake.write_deltalake
+
+    def timed_write(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return write(*args, **kwargs)
+        finally:
+            total[0] += time.perf_counter() - t
+
+    deltalake.write_deltalake = timed_write
+    return total
+
+
 def timed(fn, repeat: int = 3) -> tuple[float, float, object]:
     """(wall s, CPU s of this process, result): the best of ``repeat`` runs when one run is quick.
     CPU seconds are what the work costs on an idle core; wall seconds include waiting for a core."""
@@ -170,13 +189,15 @@ def main() -> int:
     )
 
     records = [run_rows(i, args.workloads, args.epochs, rng) for i in range(args.runs - args.records, args.runs)]
-    took, spent = [], []
+    took, spent, in_delta = [], [], []
+    delta_s = time_delta_rs_writes()
     t0, c0 = time.perf_counter(), time.process_time()
     for history, run in records:  # exactly what jobs.train does per run
-        t, c = time.perf_counter(), time.process_time()
+        t, c, w = time.perf_counter(), time.process_time(), delta_s[0]
         store.record_run(history, run)
         took.append(time.perf_counter() - t)
         spent.append(time.process_time() - c)  # all the process's threads: delta-rs's, and compaction's
+        in_delta.append(delta_s[0] - w)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     load_records = os.getloadavg()[0]
     t1 = time.perf_counter()
@@ -197,6 +218,15 @@ def main() -> int:
         ),
         ("one run record, max (ms; CPU ms in the last column)", float(ms.max()), float(cpu_ms.max())),
     ]
+    # Where a record's time goes: delta-rs's two writes (Parquet file, commit, the handle's refresh) against the
+    # rest (rows to Arrow, the type check, the is-the-run-there check, the compaction trigger), early and late.
+    part = np.array(in_delta) * 1000
+    tenth = max(1, len(ms) // 10)
+    for label, sl in ((f"first {tenth}", slice(0, tenth)), (f"last {tenth}", slice(-tenth, None))):
+        figures += [
+            (f"records, {label}: whole record p50 / p95 (ms)", *np.percentile(ms[sl], [50, 95]).tolist()),
+            (f"records, {label}: delta-rs's two writes p50 / p95 (ms)", *np.percentile(part[sl], [50, 95]).tolist()),
+        ]
     figures.append(("maintenance still running after the last record returned (waited)", drain, None))
     history_ops = [c["operation"] for t in ("epochs", "runs") for c in store.versions(t, limit=None)]
     figures.append(("automatic compactions during the records (both tables)", history_ops.count("COMPACT"), None))
