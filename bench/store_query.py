@@ -237,7 +237,7 @@ def main() -> int:
     warm = timed(lambda: store.leaderboard(top=5))
     sql_cold = timed(lambda: Store(uri).sql(GROUP_BY), repeat=1)
     sql_warm = timed(lambda: store.sql(GROUP_BY))
-    hist = timed(lambda: store.history("wl03-000003"))
+    hist = timed(lambda: store.history(f"wl{3 % args.workloads:02d}-{3:06d}"))
     cli = timed(
         lambda: subprocess.run(
             [sys.executable, "-m", "jobs.store", "leaderboard", "--top", "3", "--store", uri],
