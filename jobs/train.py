@@ -40,7 +40,7 @@ def init_ray(num_cpus: int | None = None) -> None:
     if address:
         check_reachable(address)
         try:
-            ray.init(address=address, logging_level=logging.WARNING)
+            ray.init(address=address, logging_level=logging.WARNING, runtime_env=cluster_address_env(address))
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ClusterError(
                 f"no Ray cluster at RAY_ADDRESS={address} ({str(e).splitlines()[0]}) — start one with 'ray start --head' or unset RAY_ADDRESS"
@@ -106,6 +106,22 @@ for p in alive:
     try: p.kill()
     except psutil.NoSuchProcess: pass
 """
+
+
+def cluster_address_env(address: str) -> dict | None:
+    """The job's runtime env that tells its actors which cluster they are on: ``RAY_ADDRESS`` for a ``host:port``
+    address. Ray Train's placement-group cleaner (an actor) looks its cluster up by ``RAY_ADDRESS``, else by the
+    cluster named in ``<temp>/ray/ray_current_cluster``: the one last started on the machine, maybe another. There
+    it found no run controller, took it for dead and removed the live run's placement group, so the run failed
+    (seen in CI beside the multi-node tests; ``tests/integration/test_train_job.py``). None for other address forms,
+    and when the submitted job's own runtime env names ``RAY_ADDRESS`` (ray.init would refuse the conflict)."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not host or not port.isdigit():
+        return None
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    if "RAY_ADDRESS" in ((job.get("runtime_env") or {}).get("env_vars") or {}):
+        return None
+    return {"env_vars": {"RAY_ADDRESS": address}}
 
 
 def watch_embedded_cluster() -> None:

@@ -86,22 +86,33 @@ class PortTaken(RuntimeError):
 class RayCluster:
     """A real local Ray head (`ray start --head --block`), bound to 127.0.0.1, ended by its PID."""
 
-    def __init__(self, num_cpus: int = 2):
+    def __init__(self, num_cpus: int = 2, token_auth: bool = True):
+        # The default temp dir of the cluster's processes (RAY_TMPDIR) is its own: an actor that looks its cluster
+        # up by "auto" reads <it>/ray/ray_current_cluster, never the machine's /tmp/ray (the last cluster any
+        # `ray start` or ray.cluster_utils wrote there, maybe another test's).
+        self.ray_tmpdir = Path(tempfile.mkdtemp(prefix="ray-tmpdir-"))
+        RAY_TEMP_DIRS.append(str(self.ray_tmpdir))
         # local-only: every server on loopback. One node, never more: no spot notice to watch, so no Ray Train
         # preemption watcher (one actor process per run, ~1.7 s CPU each, 42 runs in a CI run), as jobs.train does
         # on its own embedded cluster; the multi-node clusters of tests/integration/test_preemption.py keep it.
         self.env = base_env(
-            RAY_AUTH_MODE="token", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0"
+            RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+            RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0",
+            RAY_TMPDIR=str(self.ray_tmpdir),
+            **({"RAY_AUTH_MODE": "token"} if token_auth else {}),
         )
+        if not token_auth:
+            self.env.pop("RAY_AUTH_MODE", None)
         self.home = Path(self.env["HOME"])
         self.token_file = self.home / ".ray" / "auth_token"
-        subprocess.run(  # token auth needs a token: generated in the test session's HOME (no-op if it exists)
-            [str(Path(PY).parent / "ray"), "get-auth-token", "--generate"],
-            env=self.env,
-            capture_output=True,
-            check=True,
-            timeout=120,
-        )
+        if token_auth:
+            subprocess.run(  # token auth needs a token: generated in the test session's HOME (no-op if it exists)
+                [str(Path(PY).parent / "ray"), "get-auth-token", "--generate"],
+                env=self.env,
+                capture_output=True,
+                check=True,
+                timeout=120,
+            )
         for attempt in range(3):
             try:
                 self._start(num_cpus)

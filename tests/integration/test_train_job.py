@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from conftest import PY, ROOT, one_error_line, run_job
+from conftest import PY, ROOT, RayCluster, one_error_line, run_job
 
 from jobs.store import Store
 
@@ -36,6 +36,45 @@ def test_train_two_workers_writes_one_run_and_its_epochs(ray_cluster, store_dir,
     assert sorted(epochs["epoch"]) == [1, 2] and set(epochs["run_id"]) == {run["run_id"]}
     assert (Path(run["export_uri"]) / "model.safetensors").is_file()
     assert "epoch 2/2" in res.stdout  # progress per epoch reaches the driver's console
+
+
+def test_another_cluster_named_as_the_machines_current_one_does_not_end_a_run_on_this_one(
+    ray_cluster, store_dir, tmp_path
+):
+    """Ray Train's placement-group cleaner, an actor, looks its cluster up by RAY_ADDRESS, else by the cluster named
+    in <temp>/ray/ray_current_cluster: the last one started on the machine. Named there, a cluster without token
+    auth (as ray.cluster_utils starts them) answered that it had no such run controller; the cleaner took the live
+    controller for dead and removed its placement group, and the run failed (seen in CI, beside the multi-node
+    tests). jobs.train now gives the job's actors RAY_ADDRESS. This cluster's processes read their own temp dir
+    (RAY_TMPDIR), so the other cluster is named there, not in the machine's /tmp/ray."""
+    other = RayCluster(num_cpus=0, token_auth=False)
+    named = ray_cluster.ray_tmpdir / "ray" / "ray_current_cluster"
+    named.parent.mkdir(parents=True, exist_ok=True)
+    named.write_text(other.address)
+    try:
+        res = run_job(
+            [
+                "jobs.train",
+                "--config",
+                "configs/mlp.yaml",
+                "--smoke-test",
+                "--store",
+                str(store_dir),
+                "scaling.num_workers=1",
+                "scaling.local_mode=never",
+                f"run.storage_path={tmp_path / 'runs'}",
+            ],
+            ray_cluster.job_env(),
+        )
+    finally:
+        named.unlink(missing_ok=True)
+        other.stop()
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # the cleaner neither took the controller for dead nor left: it would have said so
+    for said in ("is dead. cleaning up placement group", "register placement group with cleaner", "group was removed"):
+        assert said not in res.stderr.lower(), res.stderr[-3000:]
+    runs = Store(store_dir).df("runs")
+    assert list(runs["status"]) == ["completed"]
 
 
 def test_bad_override_exits_2_and_writes_nothing(ray_cluster, store_dir):
