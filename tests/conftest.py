@@ -206,6 +206,11 @@ def run_job(
     return subprocess.run([PY, "-m", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
+def smoke_train(store: str | Path, *overrides: str, config: str = "configs/mlp.yaml") -> list[str]:
+    """The arguments of a ``jobs.train --smoke-test`` run of ``config`` into ``store``, for ``run_job``."""
+    return ["jobs.train", "--config", config, "--smoke-test", "--store", str(store), *overrides]
+
+
 def run_jobs_at_once(
     *jobs: tuple[list[str], dict[str, str]], timeout: float = 300
 ) -> list[subprocess.CompletedProcess]:

@@ -5,24 +5,16 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from conftest import PY, ROOT, RayCluster, one_error_line, run_job
+from conftest import PY, ROOT, RayCluster, one_error_line, run_job, smoke_train
 
 from jobs.store import Store
 
 
 def test_train_two_workers_writes_one_run_and_its_epochs(ray_cluster, store_dir, tmp_path):
     res = run_job(
-        [
-            "jobs.train",
-            "--config",
-            "configs/mlp.yaml",
-            "--smoke-test",
-            "--store",
-            str(store_dir),
-            "scaling.num_workers=2",
-            "scaling.cpus_per_worker=1",
-            f"run.storage_path={tmp_path / 'runs'}",
-        ],
+        smoke_train(
+            store_dir, "scaling.num_workers=2", "scaling.cpus_per_worker=1", f"run.storage_path={tmp_path / 'runs'}"
+        ),
         ray_cluster.job_env(),
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -53,17 +45,7 @@ def test_another_cluster_named_as_the_machines_current_one_does_not_end_a_run_on
     named.write_text(other.address)
     try:
         res = run_job(
-            [
-                "jobs.train",
-                "--config",
-                "configs/mlp.yaml",
-                "--smoke-test",
-                "--store",
-                str(store_dir),
-                "scaling.num_workers=1",
-                "scaling.local_mode=never",
-                f"run.storage_path={tmp_path / 'runs'}",
-            ],
+            smoke_train(store_dir, "scaling.num_workers=1", f"run.storage_path={tmp_path / 'runs'}"),
             ray_cluster.job_env(),
         )
     finally:
