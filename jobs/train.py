@@ -115,8 +115,8 @@ def cluster_address_env(address: str) -> dict | None:
     it found no run controller, took it for dead and removed the live run's placement group, so the run failed
     (seen in CI beside the multi-node tests; ``tests/integration/test_train_job.py``). None for other address forms,
     and when the submitted job's own runtime env names ``RAY_ADDRESS`` (ray.init would refuse the conflict)."""
-    host, sep, port = address.rpartition(":")
-    if "://" in address or not sep or not host or not port.isdigit():
+    parts = host_port(address)
+    if parts is None or not parts[0]:
         return None
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
     if "RAY_ADDRESS" in ((job.get("runtime_env") or {}).get("env_vars") or {}):
@@ -144,16 +144,23 @@ def loopback_only() -> None:
     single_machine_mode()
 
 
+def host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of a ``host:port`` Ray address (the host may be empty); None for "auto", ray://, URLs."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return None
+    return host, int(port)
+
+
 def check_reachable(address: str, timeout_s: float = 3.0) -> None:
     """Fail in seconds when nothing listens at a ``host:port`` RAY_ADDRESS: ``ray.init`` retries an
     absent GCS for minutes (measured: still waiting after 120 s). Other forms ("auto", ray://) go to Ray."""
     import socket
 
-    host, sep, port = address.rpartition(":")
-    if "://" in address or not sep or not port.isdigit():
+    if (parts := host_port(address)) is None:
         return
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        socket.create_connection((parts[0].strip("[]"), parts[1]), timeout=timeout_s).close()
     except OSError as e:
         raise ClusterError(
             f"no Ray cluster at RAY_ADDRESS={address} (cannot connect: {e.strerror or e}) — start one with 'ray start --head' or unset RAY_ADDRESS"

@@ -99,10 +99,10 @@ class RayCluster:
             RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
             RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0",
             RAY_TMPDIR=str(self.ray_tmpdir),
-            **({"RAY_AUTH_MODE": "token"} if token_auth else {}),
+            RAY_AUTH_MODE="token",
         )
         if not token_auth:
-            self.env.pop("RAY_AUTH_MODE", None)
+            del self.env["RAY_AUTH_MODE"]
         self.home = Path(self.env["HOME"])
         self.token_file = self.home / ".ray" / "auth_token"
         if token_auth:
