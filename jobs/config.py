@@ -1,58 +1,70 @@
-"""Config: a YAML file over typed dataclass defaults, then trailing ``key=value`` overrides.
+"""Config: a YAML file over typed defaults, then trailing ``key=value`` overrides.
 
     cfg = load_config("configs/mlp.yaml", ["train.lr=0.01", "scaling.num_workers=2"])
     cfg.train.lr, cfg.scaling.num_workers, cfg.workload
+    python -m jobs.config --schema --workload ner > ner.schema.json   # for an editor to check configs/*.yaml
 
-A config has the workload's own sections (``data``, ``model``, ``train``: the dataclasses in
+A config has the workload's own sections (``data``, ``model``, ``train``: the pydantic models in
 ``workloads/<name>.py``) plus the job sections defined here (``scaling``, ``failure``, ``run``,
-``sweep``, ``store``, ``continual``, ``log``, ``tracking``). Unknown keys and wrong types raise
-:class:`ConfigError` with a one-line message that names the key and the fix; every ``jobs.*`` verb turns that into
-exit code 2 (see :func:`cli_main`).
+``sweep``, ``store``, ``continual``, ``log``, ``tracking``). Each section is a :class:`workloads.Section`:
+pydantic types each key, checks its bounds and rejects unknown keys; :func:`from_dict` turns its
+findings into one :class:`ConfigError` line that names the key and the fix, and every ``jobs.*`` verb
+turns that into exit code 2 (see :func:`cli_main`). The config is checked once, on the driver; Ray
+workers receive the checked object (it pickles by its workload's name, see :meth:`JobConfig.__reduce__`).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
+import importlib.util
 import json
 import os
 import re
-import types
-import typing
-from dataclasses import dataclass, field
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import pydantic
 import yaml
+from pydantic import AfterValidator, Field
 
 import workloads
 from jobs.errors import ConfigError, DataError, UserError, cli_main  # noqa: F401 — re-exported for the verbs
-from workloads import WORKLOADS
+from workloads import WORKLOADS, Section
 
 
 # ----------------------------------------------------------------------------- job sections
-@dataclass
-class Scaling:
-    num_workers: int | list = 1  # Ray Train workers (DDP ranks); [min, max] = elastic (docs/cluster.md#elastic-workers)
-    use_gpu: bool = False  # one GPU per worker; NCCL backend
-    cpus_per_worker: int = 1  # Ray CPUs per worker = torch threads in that worker
-    gpus_per_worker: float = 1.0  # only with use_gpu
-    placement_strategy: str = "PACK"  # PACK: fewest nodes | STRICT_PACK: one node or wait | SPREAD: one per node
-    node_type: str = ""  # a cluster.yaml worker type (gpu_4x): every worker asks for that type's own resource
-    elastic_resize_interval_s: float = 60.0  # elastic runs: how often a running worker group may grow
-    local_mode: str = (
-        "auto"  # auto: 1 worker, no cluster -> the loop runs in the driver (Ray Train local mode) | always | never
+def check_num_workers(n):
+    """``scaling.num_workers``: an integer >= 1, or [min, max] with 1 <= min <= max (an elastic run)."""
+    fix = "set e.g. scaling.num_workers=2, or scaling.num_workers=[1,4] for an elastic run"
+    if isinstance(n, list):
+        if len(n) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in n):
+            raise ConfigError(f"scaling.num_workers as a list must be [min, max], two integers, got {n} — {fix}")
+        if not 1 <= n[0] <= n[1]:
+            raise ConfigError(f"scaling.num_workers=[min, max] needs 1 <= min <= max, got {n} — {fix}")
+    elif isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"scaling.num_workers must be >= 1, got {n} — {fix}")
+    return n
+
+
+class Scaling(Section):
+    num_workers: Annotated[int | list, AfterValidator(check_num_workers)] = (
+        1  # Ray Train workers (DDP ranks); [min, max] = elastic (docs/cluster.md#elastic-workers)
     )
+    use_gpu: bool = False  # one GPU per worker; NCCL backend
+    cpus_per_worker: int = Field(1, ge=0)  # Ray CPUs per worker = torch threads in that worker
+    gpus_per_worker: float = Field(1.0, ge=0)  # only with use_gpu
+    placement_strategy: Literal["PACK", "STRICT_PACK", "SPREAD"] = "PACK"  # fewest nodes | one node or wait | spread
+    node_type: str = ""  # a cluster.yaml worker type (gpu_4x): every worker asks for that type's own resource
+    elastic_resize_interval_s: float = Field(60.0, ge=0)  # elastic runs: how often a running worker group may grow
+    local_mode: Literal["auto", "always", "never"] = "auto"  # auto: 1 worker, no cluster -> Train local mode
 
 
 PLACEMENT_STRATEGIES = ("PACK", "STRICT_PACK", "SPREAD")
 LOCAL_MODES = ("auto", "always", "never")
-PRECISIONS = (
-    "auto",
-    "fp32",
-    "bf16",
-    "fp16",
-)  # auto: bf16 where the device runs it natively (jobs.loop.resolve_precision)
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 where the device runs it natively (jobs.loop)
 NODE_TYPE_SHARE = 0.01  # one worker's share of its node's {<type>: 1}: up to 100 workers fit a node
 
 
@@ -82,59 +94,50 @@ def worker_resources(s: Scaling) -> dict:
     return resources | ({s.node_type: NODE_TYPE_SHARE} if s.node_type else {})
 
 
-@dataclass
-class Failure:
-    max_failures: int = 0  # worker-group restarts, each from the last checkpoint (-1 = forever)
+class Failure(Section):
+    max_failures: int = Field(0, ge=-1)  # worker-group restarts, each from the last checkpoint (-1 = forever)
 
 
-@dataclass
-class Run:
+class Run(Section):
     storage_path: str = "./runs"  # Ray Train checkpoints: local dir or s3://bucket/prefix
-    num_to_keep: int = 2  # epoch checkpoints kept per run (the export is kept apart)
+    num_to_keep: int = Field(2, ge=1)  # epoch checkpoints kept per run (the export is kept apart)
 
 
-@dataclass
-class Store:
+class Store(Section):
     path: str = ""  # evaluation store; empty = $PERENNIAL_STORE or ./store
 
 
-@dataclass
-class Sweep:
-    search_space: dict = field(default_factory=dict)  # {"train.lr": {"loguniform": [1e-4, 1e-2]}}
-    search: str = "random"  # random | grid | optuna
-    scheduler: str = "asha"  # asha | fifo
-    num_samples: int = 8  # trials (for grid: repeats of the whole grid)
-    max_concurrent_trials: int = 0  # 0 = derived from cluster resources and scaling
+class Sweep(Section):
+    search_space: dict = {}  # {"train.lr": {"loguniform": [1e-4, 1e-2]}}
+    search: Literal["random", "grid", "optuna"] = "random"
+    scheduler: Literal["asha", "fifo"] = "asha"
+    num_samples: int = Field(8, ge=1)  # trials (for grid: repeats of the whole grid)
+    max_concurrent_trials: int = Field(0, ge=0)  # 0 = derived from cluster resources and scaling
     metric: str = ""  # empty = the workload's METRIC
-    mode: str = ""  # empty = the workload's MODE
-    grace_period: int = 1  # ASHA: epochs before a trial may be stopped
-    reduction_factor: int = 3  # ASHA: keep the top 1/reduction_factor at each rung
+    mode: Literal["", "max", "min"] = ""  # empty = the workload's MODE
+    grace_period: int = Field(1, ge=1)  # ASHA: epochs before a trial may be stopped
+    reduction_factor: int = Field(3, ge=2)  # ASHA: keep the top 1/reduction_factor at each rung
     seed: int = 0  # search algorithm seed
     in_process: bool = True  # 1-worker trials run the loop in the trial's own process: no Train worker-group start-up
-    trial_overrides: dict = field(
-        default_factory=dict
-    )  # {"train.epochs": 6}: every trial's budget, not the final run's
+    trial_overrides: dict = {}  # {"train.epochs": 6}: every trial's budget, not the final run's
 
 
-@dataclass
-class Continual:
-    replay_fraction: float = 0.0  # share of the parent's training data mixed into a new round
+class Continual(Section):
+    replay_fraction: float = Field(0.0, ge=0, le=1)  # share of the parent's training data mixed into a new round
     init_from: str = ""  # a stored run's export (local path or s3://) the model starts from; set by jobs.continual
-    replay_data: dict = field(default_factory=dict)  # the parent's `data` section, replayed with replay_fraction
+    replay_data: dict = {}  # the parent's `data` section, replayed with replay_fraction
 
 
-@dataclass
-class Log:
-    every_s: float = 30.0  # rank 0 prints a progress line this often within an epoch (0 = off; a bar on a TTY)
-    every_steps: int = 50  # train loss and lr go to TensorBoard / MLflow / W&B every this many steps (0 = off)
+class Log(Section):
+    every_s: float = Field(30.0, ge=0)  # rank 0 prints a progress line this often within an epoch (0 = off)
+    every_steps: int = Field(50, ge=0)  # train loss and lr go to TensorBoard / MLflow / W&B every this many steps
 
 
-@dataclass
-class Tracking:
+class Tracking(Section):
     tensorboard: bool = True  # event files in <run.storage_path>/<run_id>/tensorboard (extra: tensorboard)
     mlflow_uri: str = ""  # e.g. sqlite:///mlflow.db, file:./mlruns or http://host:5000; empty = off (extra: mlflow)
     wandb_project: str = ""  # empty = off (extra: wandb); WANDB_API_KEY, or wandb_mode=offline
-    wandb_mode: str = ""  # online | offline | disabled; empty = $WANDB_MODE, else online
+    wandb_mode: Literal["", "online", "offline", "disabled"] = ""  # empty = $WANDB_MODE, else online
     experiment: str = ""  # MLflow experiment name; empty = the workload's name
     log_model: bool = True  # MLflow: the final export as the run's artifact "export"
 
@@ -157,21 +160,32 @@ TRACKER_EXTRAS = {  # config key -> (module it needs, the extra that installs it
 }
 
 
-# ----------------------------------------------------------------------------- building
+# ----------------------------------------------------------------------------- the whole config
+class JobConfig(Section):
+    """The base of every full config; :func:`config_class` adds ``workload`` and the sections."""
+
+    def __reduce__(self):
+        # the class is made per workload at run time: a worker rebuilds it by name, then takes the checked values
+        return _bare_config, (self.workload, self.workload_dir), self.__getstate__()
+
+
+def _bare_config(workload: str, workload_dir: str):
+    if workload_dir and os.path.isdir(workload_dir):  # an external workload, importable on this worker
+        workloads.add_to_path(workload_dir)
+    cls = config_class(workload)
+    return cls.__new__(cls)
+
+
 @functools.cache  # one class per workload, so configs compare equal and pickle by the same class
-def config_class(workload: str) -> type:
-    """The dataclass of a full config for ``workload`` (a resolved name): its sections plus the job sections."""
-    wl_config = workloads.module(workload).Config
-    hints = typing.get_type_hints(wl_config)  # resolves `from __future__ import annotations` strings
-    specs: list[tuple[str, Any, Any]] = [
-        ("workload", str, field(default=workload)),
-        ("workload_dir", str, field(default="")),  # where an external workload module is imported from
-    ]
-    for f in dataclasses.fields(wl_config):
-        specs.append((f.name, hints[f.name], field(default_factory=f.default_factory)))
-    for name, cls in JOB_SECTIONS.items():
-        specs.append((name, cls, field(default_factory=cls)))
-    return dataclasses.make_dataclass(f"{workload.capitalize()}JobConfig", specs)
+def config_class(workload: str) -> type[JobConfig]:
+    """The model of a full config for ``workload`` (a resolved name): its sections plus the job sections."""
+    fields: dict[str, Any] = {
+        "workload": (str, workload),
+        "workload_dir": (str, ""),  # where an external workload module is imported from
+    }
+    fields |= {name: (f.annotation, f) for name, f in workloads.sections(workloads.module(workload).Config).items()}
+    fields |= {name: (cls, cls()) for name, cls in JOB_SECTIONS.items()}
+    return pydantic.create_model(f"{workload.replace('.', '_').capitalize()}Config", __base__=JobConfig, **fields)
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = (), smoke_test: bool = False):
@@ -215,50 +229,51 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (), smoke
 def absolutize_paths(cfg):
     """Relative local paths in ``data``/``model`` made absolute: Ray Train workers (and Ray jobs) run in
     another working directory than the driver that parsed the config."""
-    for section in ("data", "model"):
-        obj = getattr(cfg, section, None)
-        if obj is None or not dataclasses.is_dataclass(obj):
-            continue
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if (
-                isinstance(value, str)
-                and value
-                and "://" not in value
-                and not os.path.isabs(value)
-                and os.path.exists(value)
-            ):
-                setattr(obj, f.name, os.path.abspath(value))
+    for section in (getattr(cfg, "data", None), getattr(cfg, "model", None)):
+        for name in section_fields(section):
+            value = getattr(section, name)
+            if isinstance(value, str) and value and "://" not in value and not os.path.isabs(value):
+                if os.path.exists(value):
+                    setattr(section, name, os.path.abspath(value))
     return cfg
 
 
 def from_dict(raw: dict):
-    """Typed config from a plain dict (as :func:`to_dict` returns); raises :class:`ConfigError`."""
+    """Typed, checked config from a plain dict (as :func:`to_dict` returns); raises :class:`ConfigError`."""
     workload = raw.get("workload")
     if not isinstance(workload, str):
         raise ConfigError("'workload' must be a string naming a workload")
-    if raw.get("workload_dir") and os.path.isdir(raw["workload_dir"]):  # a worker, or jobs.evaluate of a stored run
+    if raw.get("workload_dir") and os.path.isdir(raw["workload_dir"]):  # jobs.evaluate of a stored run
         workloads.add_to_path(raw["workload_dir"])
-    return _build(config_class(workload), raw, "")
+    cls = config_class(workload)
+    try:
+        return cls.model_validate(raw)
+    except pydantic.ValidationError as e:
+        raise _one_line(cls, e.errors()[0]) from None
 
 
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    return cfg.model_dump()
+
+
+def section_fields(obj) -> dict[str, Any]:
+    """A section's (or a whole config's) keys -> their types; {} for a value. A model or (external) dataclass."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    if isinstance(cls, type) and issubclass(cls, pydantic.BaseModel):
+        return {name: f.annotation for name, f in cls.model_fields.items()}
+    return {k: f.annotation for k, f in workloads.sections(cls).items()} if dataclasses.is_dataclass(cls) else {}
 
 
 def flatten(cfg, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
     """``{"train.lr": 0.001, ...}`` — the hyperparameters of a run (dicts and lists as JSON)."""
     out: dict[str, Any] = {}
-    keep = sections or tuple(
-        f.name
-        for f in dataclasses.fields(cfg)
-        if f.name not in ("sweep", "store", "workload", "log", "tracking", "workload_dir")
-    )
+    skip = ("sweep", "store", "workload", "log", "tracking", "workload_dir")
+    keep = sections or tuple(name for name in section_fields(cfg) if name not in skip)
 
     def walk(prefix: str, obj: Any) -> None:
-        if dataclasses.is_dataclass(obj):
-            for f in dataclasses.fields(obj):
-                walk(f"{prefix}.{f.name}" if prefix else f.name, getattr(obj, f.name))
+        if names := section_fields(obj):
+            for name in names:
+                walk(f"{prefix}.{name}" if prefix else name, getattr(obj, name))
         elif isinstance(obj, (dict, list, tuple)):
             out[prefix] = json.dumps(obj, sort_keys=True)
         else:
@@ -308,67 +323,46 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _build(cls: type, raw: Any, path: str):
-    where = path.rstrip(".") or "the top level"
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"'{where}' must be a section (mapping), got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in names:
-            raise ConfigError(f"unknown config key '{path}{key}' — valid keys in {where}: {', '.join(sorted(names))}")
-        kwargs[key] = _coerce(hints[key], value, f"{path}{key}")
-    return cls(**kwargs)
+TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string"}
+TYPE_WORDS |= {
+    "dict": "a mapping",
+    "list": "a list",
+    "model": "a section (mapping)",
+    "dataclass": "a section (mapping)",
+}
+BOUND_WORDS = {"greater_than_equal": ("ge", ">="), "greater_than": ("gt", ">"), "less_than_equal": ("le", "<=")}
+BOUND_WORDS |= {"less_than": ("lt", "<")}
 
 
-def _coerce(tp: Any, value: Any, key: str):
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        if len(args) > 1 and isinstance(value, list) and list in args:  # int | list: [min, max] and the like
-            return _coerce(list, value, key)
-        return _coerce(args[0], value, key)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, f"{key}.")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"config key '{key}' must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"config key '{key}' must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `3e5` and `1e-4` (no dot) as strings
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"config key '{key}' must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)  # e.g. data.train=2024 from a key=value override
-        raise ConfigError(f"config key '{key}' must be a string, got {value!r}")
-    if tp is dict or origin is dict:
-        if isinstance(value, dict):
-            return value
-        raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}")
-    if tp is list or origin is list:
-        if isinstance(value, list):
-            return value
-        raise ConfigError(f"config key '{key}' must be a list, got {value!r}")
-    return value
+def _one_line(cls: type, err: dict) -> ConfigError:
+    """pydantic's first finding as our one line: the dotted key, what it must be, what it got."""
+    if isinstance(cause := err.get("ctx", {}).get("error"), ConfigError):  # a field validator's own message
+        return cause
+    names, section = [], cls
+    for part in err["loc"]:  # ("train", "lr") -> train.lr; union members and list indexes are not keys
+        fields = section_fields(section)
+        if part not in fields:
+            break
+        names.append(part)
+        section = fields[part]
+    key, kind, got = ".".join(names), err["type"], err.get("input")
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+        where = key or "the top level"
+        unknown = f"{key}.{err['loc'][len(names)]}" if key else err["loc"][0]
+        valid = ", ".join(sorted(section_fields(section)))
+        return ConfigError(f"unknown config key '{unknown}' — valid keys in {where}: {valid}")
+    if kind in BOUND_WORDS:
+        bound, sign = BOUND_WORDS[kind]
+        return ConfigError(f"{key} must be {sign} {err['ctx'][bound]}, got {got!r}")
+    if kind == "literal_error":
+        choices = [c.strip("'") for c in re.split(r", | or ", err["ctx"]["expected"]) if c != "''"]
+        return ConfigError(f"{key} must be {', '.join(choices[:-1])} or {choices[-1]}, got {got!r}")
+    words = next((w for t, w in TYPE_WORDS.items() if kind.startswith(t)), None)
+    if words and words.startswith("a section"):
+        return ConfigError(f"'{key}' must be {words}, got {got!r}")
+    if words:
+        return ConfigError(f"config key '{key}' must be {words}, got {got!r}")
+    return ConfigError(f"config key '{key}': {err['msg']}, got {got!r} — fix the value in the config or the override")
 
 
 USER_ERRORS = (UserError,)
@@ -377,84 +371,50 @@ USER_ERRORS = (UserError,)
 def metric_and_mode(cfg) -> tuple[str, str]:
     """The metric a run optimises: the sweep's override, else the workload's METRIC/MODE."""
     wl = workloads.module(cfg.workload)
-    mode = cfg.sweep.mode or wl.MODE
-    if mode not in ("max", "min"):
-        raise ConfigError(f"sweep.mode must be max or min, got '{mode}'")
-    return cfg.sweep.metric or wl.METRIC, mode
+    return cfg.sweep.metric or wl.METRIC, cfg.sweep.mode or wl.MODE
 
 
 def check_values(cfg) -> None:
-    """Value checks the types cannot express, made on the driver before Ray starts (a bad value found
+    """What one key's type and bounds cannot say, checked on the driver before Ray starts (a bad value found
     inside a Train worker would cost a cluster start and end as a failed run, exit 1, not exit 2)."""
-    s, t = cfg.scaling, cfg.train
-    check_num_workers(s.num_workers)
-    for key, value, low in (
-        ("scaling.cpus_per_worker", s.cpus_per_worker, 0),
-        ("failure.max_failures", cfg.failure.max_failures, -1),
-        ("train.epochs", t.epochs, 1),
-        ("train.batch_size", t.batch_size, 1),
-        ("train.grad_accum_steps", t.grad_accum_steps, 1),
-    ):
-        if value < low:
-            raise ConfigError(f"{key} must be >= {low}, got {value} — set e.g. {key}={max(low, 1)}")
-    if s.local_mode not in LOCAL_MODES:
-        raise ConfigError(f"scaling.local_mode must be one of {', '.join(LOCAL_MODES)}, got '{s.local_mode}'")
-    if s.elastic_resize_interval_s < 0:
-        raise ConfigError(f"scaling.elastic_resize_interval_s must be >= 0, got {s.elastic_resize_interval_s}")
+    s = cfg.scaling
     if s.local_mode == "always" and not one_worker(s):
         raise ConfigError(
             f"scaling.local_mode=always runs one worker in this process, but scaling.num_workers={s.num_workers}"
             " — set scaling.num_workers=1 or scaling.local_mode=auto"
         )
-    if s.placement_strategy not in PLACEMENT_STRATEGIES:
-        raise ConfigError(
-            f"scaling.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, got '{s.placement_strategy}'"
-        )
     if s.node_type and (s.node_type in ("CPU", "GPU", "memory") or not re.fullmatch(r"[A-Za-z0-9_-]+", s.node_type)):
         raise ConfigError(
             f"scaling.node_type must name a worker type of cluster.yaml (e.g. gpu_4x), got '{s.node_type}'"
         )
-    if t.checkpoint_every_steps < 0:
-        raise ConfigError(
-            f"train.checkpoint_every_steps must be >= 0 (0 = a checkpoint per epoch only), got {t.checkpoint_every_steps}"
-            " — set e.g. train.checkpoint_every_steps=500"
-        )
-    if t.max_grad_norm < 0:
-        raise ConfigError(f"train.max_grad_norm must be >= 0 (0 turns clipping off), got {t.max_grad_norm}")
-    if t.on_nan not in ("fail", "skip_batch"):
-        raise ConfigError(f"train.on_nan must be fail or skip_batch, got '{t.on_nan}'")
-    if t.precision not in PRECISIONS:
-        raise ConfigError(f"train.precision must be {', '.join(PRECISIONS[:-1])} or fp16, got '{t.precision}'")
-    if not 0.0 <= cfg.continual.replay_fraction <= 1.0:
-        raise ConfigError(f"continual.replay_fraction must be between 0 and 1, got {cfg.continual.replay_fraction}")
-    metric_and_mode(cfg)
     check_tracking(cfg)
 
 
-def check_num_workers(n) -> None:
-    """``scaling.num_workers``: an integer >= 1, or [min, max] with 1 <= min <= max (an elastic run)."""
-    fix = "set e.g. scaling.num_workers=2, or scaling.num_workers=[1,4] for an elastic run"
-    if isinstance(n, list):
-        if len(n) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in n):
-            raise ConfigError(f"scaling.num_workers as a list must be [min, max], two integers, got {n} — {fix}")
-        if not 1 <= n[0] <= n[1]:
-            raise ConfigError(f"scaling.num_workers=[min, max] needs 1 <= min <= max, got {n} — {fix}")
-    elif isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ConfigError(f"scaling.num_workers must be >= 1, got {n} — {fix}")
-
-
 def check_tracking(cfg) -> None:
-    """``log`` values, and each configured tracker's package installed (else the extra that installs it)."""
-    import importlib.util
-
-    if cfg.log.every_s < 0 or cfg.log.every_steps < 0:
-        raise ConfigError(
-            f"log.every_s and log.every_steps must be >= 0 (0 = off), got {cfg.log.every_s} and {cfg.log.every_steps}"
-        )
-    if cfg.tracking.wandb_mode not in ("", "online", "offline", "disabled"):
-        raise ConfigError(f"tracking.wandb_mode must be online, offline or disabled, got '{cfg.tracking.wandb_mode}'")
+    """Each configured tracker's package installed (else the extra that installs it)."""
     for key, (module, extra) in TRACKER_EXTRAS.items():
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) and importlib.util.find_spec(module) is None:
             off = f"{key}=false" if name == "tensorboard" else f"{key}="
             raise ConfigError(f"{key} is set but {module} is not installed — pip install -e .[{extra}], or set {off}")
+
+
+def schema(workload: str) -> dict:
+    """The JSON schema of a config for ``workload`` (editors validate configs/*.yaml with it)."""
+    return config_class(workloads.resolve(workload)[0]).model_json_schema()
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.config", description=__doc__.splitlines()[0])
+    parser.add_argument("--schema", action="store_true", help="print the JSON schema of a config")
+    parser.add_argument("--workload", default="mlp", help="whose data/model/train sections (default: mlp)")
+    args = parser.parse_args(argv)
+    if not args.schema:
+        parser.error("give --schema")
+    json.dump(schema(args.workload), sys.stdout, indent=2)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)

@@ -19,7 +19,28 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
+import pydantic
+
 from jobs.errors import ConfigError
+
+
+class Section(pydantic.BaseModel):
+    """A config section (``data``, ``train``, ``scaling``, ...): typed fields, each with its bounds; unknown keys are errors."""
+
+    model_config = pydantic.ConfigDict(extra="forbid", coerce_numbers_to_str=True)  # data.train=2024 is a path
+
+
+def sections(config: type) -> dict[str, pydantic.fields.FieldInfo]:
+    """A workload ``Config``'s sections, name -> field: a pydantic model's, or a dataclass's (external workloads)."""
+    if dataclasses.is_dataclass(config):
+        hints = typing.get_type_hints(config)
+        return {
+            f.name: pydantic.fields.FieldInfo(annotation=hints[f.name], default_factory=f.default_factory)
+            for f in dataclasses.fields(config)
+        }
+    if isinstance(config, type) and issubclass(config, pydantic.BaseModel):
+        return dict(config.model_fields)
+    return {}
 
 
 class _Shipped(typing.Mapping[str, ModuleType]):
@@ -55,7 +76,7 @@ class Workload(Protocol):
     ``splits`` is a :class:`workloads.data.Splits`; ``cfg`` the typed config (the module's ``Config``
     sections plus the job sections of jobs/config.py)."""
 
-    Config: type  # dataclass with data / model / train sections; train subclasses workloads.common.Train
+    Config: type  # data / model / train sections (workloads.Section models); train subclasses workloads.common.Train
     METRIC: str  # e.g. "val_accuracy": what sweeps, early stopping and "best" optimise
     MODE: str  # "max" | "min"
 
@@ -98,10 +119,11 @@ def check(wl: ModuleType, name: str) -> ModuleType:
             )
     from workloads.common import Train
 
-    sections = typing.get_type_hints(wl.Config) if dataclasses.is_dataclass(wl.Config) else {}
-    if not all(k in sections for k in ("data", "model", "train")) or not issubclass(sections["train"], Train):
+    found = {k: f.annotation for k, f in sections(wl.Config).items()}
+    train = found.get("train")
+    if not {"data", "model"} <= found.keys() or not (isinstance(train, type) and issubclass(train, Train)):
         raise ConfigError(
-            f"workload '{name}': Config must be a dataclass with data, model and train sections, its train a "
+            f"workload '{name}': Config must have data, model and train sections, its train a "
             f"subclass of workloads.common.Train (see {CONTRACT_DOC})"
         )
     public = {n for n in vars(wl) if not n.startswith("_")}

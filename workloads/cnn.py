@@ -11,35 +11,31 @@ keep 4x4 maps instead of pooling down to nothing. One-cycle learning rate; early
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from workloads import common
+from workloads import Section, common
 from workloads.data import Splits, load_images, split_train_val, subsample
 
 
 # ----------------------------------------------------------------------------- config
-@dataclass
-class Data:
+class Data(Section):
     source: str = "auto"  # auto | fashion_mnist | digits | path.npz | path.parquet | IDX prefix DIR/train
-    val_fraction: float = 0.1  # share of the training set held out for validation (early stopping)
-    max_train_samples: int = 0  # 0 = all; a quick run caps this
+    val_fraction: float = Field(0.1, ge=0, lt=1)  # share of the training set held out for validation (early stopping)
+    max_train_samples: int = Field(0, ge=0)  # 0 = all; a quick run caps this
     seed: int = 0  # the train/val split
 
 
-@dataclass
-class Model:
-    channels: list = field(default_factory=lambda: [32, 64])  # one conv block per entry
-    hidden: int = 128  # dense layer before the classifier
-    dropout: float = 0.25
-    min_pool_side: int = 8  # a block halves the maps only while they are at least this wide
+class Model(Section):
+    channels: list[int] = Field([32, 64], min_length=1)  # one conv block per entry
+    hidden: int = Field(128, ge=1)  # dense layer before the classifier
+    dropout: float = Field(0.25, ge=0, lt=1)
+    min_pool_side: int = Field(8, ge=1)  # a block halves the maps only while they are at least this wide
 
 
-@dataclass
 class Train(common.Train):  # the shared knobs (workloads/common.py); only what differs here
     epochs: int = 10
     batch_size: int = 128
@@ -48,11 +44,10 @@ class Train(common.Train):  # the shared knobs (workloads/common.py); only what 
     patience: int = 3  # stop after 3 epochs without a val_accuracy gain; the best epoch is restored
 
 
-@dataclass
-class Config:
-    data: Data = field(default_factory=Data)
-    model: Model = field(default_factory=Model)
-    train: Train = field(default_factory=Train)
+class Config(Section):
+    data: Data = Data()
+    model: Model = Model()
+    train: Train = Train()
 
 
 METRIC, MODE = "val_accuracy", "max"

@@ -2,38 +2,47 @@
 
 Each workload's ``Train`` subclasses :class:`Train` and lists only the defaults it changes and its own
 extras, so a difference between workloads (ner clips gradients, cnn stops early) shows at a glance.
+A changed default keeps the type and bounds declared here (``epochs: int = 12`` still needs >= 1).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch.utils.data import DataLoader, Dataset
 
 from jobs.errors import DataError
-from workloads import hub
+from workloads import Section, hub
 
 
 # ----------------------------------------------------------------------------- shared training knobs
-@dataclass
-class Train:
+class Train(Section):
     """The knobs jobs/loop.py reads for every workload (HF's ``TrainingArguments``, in small)."""
 
-    epochs: int = 3
-    batch_size: int = 32  # per worker
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)  # per worker
+    lr: float = Field(1e-3, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
     seed: int = 0
-    patience: int = 0  # early stopping on the val metric (0 = off); the best epoch is restored
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; GradScaler for fp16)
-    grad_accum_steps: int = 1
-    on_nan: str = "fail"  # fail | skip_batch
-    max_grad_norm: float = 0.0  # clip the gradients' global norm before each step (0 = off)
-    checkpoint_every_steps: int = 0  # also checkpoint mid-epoch every this many optimizer steps (0 = once per epoch)
+    patience: int = Field(0, ge=0)  # early stopping on the val metric (0 = off); the best epoch is restored
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"  # autocast; GradScaler for fp16; auto: bf16 if native
+    grad_accum_steps: int = Field(1, ge=1)
+    on_nan: Literal["fail", "skip_batch"] = "fail"
+    max_grad_norm: float = Field(0.0, ge=0)  # clip the gradients' global norm before each step (0 = off)
+    checkpoint_every_steps: int = Field(0, ge=0)  # also checkpoint mid-epoch every this many optimizer steps (0 = off)
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs) -> None:
+        # a workload's Train that changes a default (epochs: int = 12) keeps the type and bounds declared above
+        for name, base in Train.model_fields.items():
+            field = cls.model_fields[name]
+            field.annotation, field.metadata = base.annotation, base.metadata
+        cls.model_rebuild(force=True)
 
 
 # ----------------------------------------------------------------------------- Hugging Face helpers

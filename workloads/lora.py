@@ -15,39 +15,22 @@ from __future__ import annotations
 import copy
 import sys
 import warnings
-from dataclasses import dataclass, field
 
 import torch
+from pydantic import Field
+
+from workloads import Section
 
 
-@dataclass
-class Lora:
+class Lora(Section):
     enabled: bool = False  # train low-rank adapters (+ the task head) instead of every weight
-    r: int = 8  # adapter rank: the sweepable knob (trainable params grow linearly with it)
-    alpha: int = 16  # adapter scale = alpha / r
-    dropout: float = 0.1  # on the adapter input
-    target_modules: list = field(default_factory=lambda: ["query", "value"])  # BERT attention projections (LoRA paper)
+    r: int = Field(8, ge=1)  # adapter rank: the sweepable knob (trainable params grow linearly with it)
+    alpha: int = Field(16, gt=0)  # adapter scale = alpha / r
+    dropout: float = Field(0.1, ge=0, lt=1)  # on the adapter input
+    target_modules: list[str] = Field(["query", "value"], min_length=1)  # BERT attention projections (LoRA paper)
 
 
 TASK_TYPES = {"token": "TOKEN_CLS", "sequence": "SEQ_CLS"}  # peft task types; each keeps its head trainable
-
-
-def check(lora: Lora) -> None:
-    """Cheap driver-side checks of the ``model.lora`` section (raises DataError: exit 2)."""
-    from workloads.data import DataError
-
-    if not lora.enabled:
-        return
-    if lora.r < 1:
-        raise DataError(f"model.lora.r must be >= 1, got {lora.r}")
-    if lora.alpha <= 0:
-        raise DataError(f"model.lora.alpha must be > 0, got {lora.alpha}")
-    if not 0.0 <= lora.dropout < 1.0:
-        raise DataError(f"model.lora.dropout must be in [0, 1), got {lora.dropout}")
-    if not lora.target_modules or not all(isinstance(m, str) and m for m in lora.target_modules):
-        raise DataError(
-            f"model.lora.target_modules must list layer names, got {lora.target_modules!r} — e.g. [query, value]"
-        )
 
 
 def wrap(model: torch.nn.Module, lora: Lora, task: str) -> torch.nn.Module:
@@ -58,7 +41,6 @@ def wrap(model: torch.nn.Module, lora: Lora, task: str) -> torch.nn.Module:
 
     from workloads.data import DataError
 
-    check(lora)
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     missing = [m for m in lora.target_modules if m not in names]
     if not lora.target_modules or missing:

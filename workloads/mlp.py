@@ -10,45 +10,40 @@ scored once, on the best epoch's weights, at the end of the run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from workloads import common
+from workloads import Section, common
 from workloads.data import Splits, load_images, split_train_val, subsample
 
 
 # ----------------------------------------------------------------------------- config
-@dataclass
-class Data:
+class Data(Section):
     source: str = "auto"  # auto | fashion_mnist | digits | path.npz | path.parquet | IDX prefix DIR/train
-    val_fraction: float = 0.1  # share of the training set held out for validation
-    max_train_samples: int = 0  # 0 = all; a quick run caps this
+    val_fraction: float = Field(0.1, ge=0, lt=1)  # share of the training set held out for validation
+    max_train_samples: int = Field(0, ge=0)  # 0 = all; a quick run caps this
     seed: int = 0  # the train/val split
 
 
-@dataclass
-class Model:
-    hidden1: int = 512
-    hidden2: int = 256
-    dropout: float = 0.2
+class Model(Section):
+    hidden1: int = Field(512, ge=1)
+    hidden2: int = Field(256, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
 
 
-@dataclass
 class Train(common.Train):  # the shared knobs (workloads/common.py); only what differs here
     epochs: int = 12
     batch_size: int = 128
     weight_decay: float = 1e-4
 
 
-@dataclass
-class Config:
-    data: Data = field(default_factory=Data)
-    model: Model = field(default_factory=Model)
-    train: Train = field(default_factory=Train)
+class Config(Section):
+    data: Data = Data()
+    model: Model = Model()
+    train: Train = Train()
 
 
 METRIC, MODE = "val_accuracy", "max"

