@@ -62,8 +62,6 @@ class Scaling(Section):
     local_mode: Literal["auto", "always", "never"] = "auto"  # auto: 1 worker, no cluster -> Train local mode
 
 
-PLACEMENT_STRATEGIES = ("PACK", "STRICT_PACK", "SPREAD")
-LOCAL_MODES = ("auto", "always", "never")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 where the device runs it natively (jobs.loop)
 NODE_TYPE_SHARE = 0.01  # one worker's share of its node's {<type>: 1}: up to 100 workers fit a node
 
@@ -375,8 +373,8 @@ def metric_and_mode(cfg) -> tuple[str, str]:
 
 
 def check_values(cfg) -> None:
-    """What one key's type and bounds cannot say, checked on the driver before Ray starts (a bad value found
-    inside a Train worker would cost a cluster start and end as a failed run, exit 1, not exit 2)."""
+    """What one key's type and bounds cannot say (and each configured tracker installed), checked on the driver
+    before Ray starts: found inside a Train worker, it would cost a cluster start and end as exit 1, not 2."""
     s = cfg.scaling
     if s.local_mode == "always" and not one_worker(s):
         raise ConfigError(
@@ -387,11 +385,6 @@ def check_values(cfg) -> None:
         raise ConfigError(
             f"scaling.node_type must name a worker type of cluster.yaml (e.g. gpu_4x), got '{s.node_type}'"
         )
-    check_tracking(cfg)
-
-
-def check_tracking(cfg) -> None:
-    """Each configured tracker's package installed (else the extra that installs it)."""
     for key, (module, extra) in TRACKER_EXTRAS.items():
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) and importlib.util.find_spec(module) is None:

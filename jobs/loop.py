@@ -1,6 +1,6 @@
 """THE training loop: ``train_loop_per_worker`` runs inside every Ray Train worker, for every workload.
 
-    TorchTrainer(train_loop_per_worker, train_loop_config=config.to_dict(cfg), ...)
+    TorchTrainer(train_loop_per_worker, train_loop_config={"config": cfg}, ...)
 
 Per epoch: train (DDP via ``prepare_model``/``prepare_data_loader``, AMP, gradient accumulation,
 NaN policy), validate on rank 0, broadcast the metrics, and ``ray.train.report`` them with a
@@ -21,7 +21,6 @@ Checkpoint directory (also readable without Ray, see :func:`read_meta`):
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -409,9 +408,9 @@ def elastic_batch_policy(cfg, world: int) -> tuple[Any, str]:
         return cfg, ""
     low, high = config_lib.worker_range(cfg.scaling)
     factor = -(-high // max(1, world))
-    train = dataclasses.replace(cfg.train, grad_accum_steps=max(1, cfg.train.grad_accum_steps) * factor)
+    train = cfg.train.model_copy(update={"grad_accum_steps": max(1, cfg.train.grad_accum_steps) * factor})
     note = f" (elastic {low}-{high}: {world} now, global batch kept by accumulating {factor}x)"
-    return dataclasses.replace(cfg, train=train), note
+    return cfg.model_copy(update={"train": train}), note
 
 
 def train_loop_per_worker(config_dict: dict) -> None:
@@ -433,7 +432,7 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
     # Train logs every report at INFO; the per-epoch line below says it better (PERENNIAL_TRAIN_LOG_LEVEL=INFO for both)
     for logger in train_report_loggers():
         logger.setLevel(os.environ.get("PERENNIAL_TRAIN_LOG_LEVEL", "WARNING"))
-    cfg = config_lib.from_dict({k: v for k, v in config_dict.items() if not k.startswith("_")})  # _keys: job extras
+    cfg = config_dict["config"]  # checked on the driver (jobs.config); _keys: job extras
     wl = workloads.module(cfg.workload)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

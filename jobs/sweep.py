@@ -22,7 +22,6 @@ Exit codes: 0 the sweep finished (some trials may have failed), 1 no trial finis
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import queue
@@ -91,7 +90,7 @@ def tune_space(cfg, space: dict | None = None) -> dict:
     search = cfg.sweep.search
     if search not in SEARCHES:
         raise config_lib.ConfigError(f"sweep.search must be one of {', '.join(SEARCHES)}, got '{search}'")
-    sections = [f.name for f in dataclasses.fields(workloads.module(cfg.workload).Config)]
+    sections = list(config_lib.section_fields(workloads.module(cfg.workload).Config))
     out = {}
     for key, spec in space.items():
         where = f"sweep.search_space.{key}"
@@ -165,12 +164,12 @@ def tune_space(cfg, space: dict | None = None) -> dict:
 def _field_type(cfg, key: str, where: str) -> type:
     obj, tp = cfg, type(cfg)
     for part in key.split("."):
-        if not dataclasses.is_dataclass(obj) or part not in {f.name for f in dataclasses.fields(obj)}:
+        if part not in config_lib.section_fields(obj):
             raise config_lib.ConfigError(
                 f"{where}: '{key}' is not in workload '{cfg.workload}''s config — check the spelling (python -m jobs.train --help lists none; see workloads/{cfg.workload}.py)"
             )
-        tp, obj = typing.get_type_hints(type(obj))[part], getattr(obj, part)
-    if dataclasses.is_dataclass(obj):
+        tp, obj = config_lib.section_fields(obj)[part], getattr(obj, part)
+    if config_lib.section_fields(obj):
         raise config_lib.ConfigError(f"{where}: '{key}' is a section, not a hyperparameter — name a key inside it")
     if typing.get_origin(tp) in (typing.Union, types.UnionType):  # `float | None` is a float field
         tp = next(a for a in typing.get_args(tp) if a is not type(None))

@@ -535,7 +535,7 @@ def start_sweep(cfg, sweep_id: str, search_space: dict) -> dict:
         run = client.create_run(
             experiment_id, run_name=sweep_id, tags={SWEEP_TAG: sweep_id, "sweep_id": sweep_id, "workload": cfg.workload}
         )
-        params = {f"sweep.{k}": v for k, v in dataclasses.asdict(cfg.sweep).items() if k != "search_space"}
+        params = {f"sweep.{k}": v for k, v in cfg.sweep.model_dump().items() if k != "search_space"}
         mlflow_params(client, run.info.run_id, _hparams(params | {"sweep.search_space": json.dumps(search_space)}))
     return {"mlflow_parent_run_id": run.info.run_id}
 

@@ -331,7 +331,7 @@ def make_trainer(cfg, name: str, callbacks=(), extra_config: dict | None = None)
     resize = {"elastic_resize_monitor_interval_s": s.elastic_resize_interval_s} if elastic else {}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=config_lib.to_dict(cfg) | (extra_config or {}),
+        train_loop_config={"config": cfg} | (extra_config or {}),  # the checked config: workers use it as it is
         scaling_config=ray.train.ScalingConfig(
             num_workers=(low, high) if elastic else high,  # (min, max): Train's elastic worker group
             **resize,
@@ -702,7 +702,7 @@ def main(argv: list[str]) -> int:
     )
     if not args.resume:
         write_run_state(cfg, run_id, store)
-    where = "" if cfg.run.storage_path == config_lib.Run.storage_path else f" run.storage_path={cfg.run.storage_path}"
+    where = "" if cfg.run.storage_path == config_lib.Run().storage_path else f" run.storage_path={cfg.run.storage_path}"
     print(
         f"run {run_id}{' (resumed)' if args.resume else ''}  — if this driver dies: python -m jobs.train --resume {run_id}{where}"
     )
@@ -726,7 +726,7 @@ def prepare_resume(args) -> tuple:
             "--resume continues a run with its saved config — give only run.storage_path=... (where it ran) and --store"
         )
     root = dict(found).get("run.storage_path") or (
-        config_lib.load_config(args.config).run.storage_path if args.config else config_lib.Run.storage_path
+        config_lib.load_config(args.config).run.storage_path if args.config else config_lib.Run().storage_path
     )
     state = read_run_state(str(root), args.resume)
     if state is None:

@@ -57,7 +57,9 @@ def test_exponent_without_a_dot_is_a_number(tmp_path):
         ("workload: mlp\nbogus: 1\n", [], "unknown config key 'bogus'"),
         ("workload: mlp\n", ["train.epochs=ten"], "'train.epochs' must be an integer"),
         ("workload: mlp\n", ["train.lr=fast"], "'train.lr' must be a number"),
-        ("workload: mlp\n", ["scaling.use_gpu=1"], "'scaling.use_gpu' must be true or false"),
+        ("workload: mlp\n", ["scaling.use_gpu=2"], "'scaling.use_gpu' must be true or false"),
+        ("workload: mlp\n", ["train.epochs=0"], "train.epochs must be >= 1, got 0"),
+        ("workload: mlp\n", ["train.precision=fp8"], "train.precision must be auto, fp32, bf16 or fp16"),
         ("workload: mlp\ntrain: 3\n", [], "'train' must be a section"),
         ("workload: nope\n", [], "unknown workload 'nope'"),
         ("train: {}\n", [], "no workload given"),
@@ -168,3 +170,47 @@ def test_elastic_runs_keep_the_global_batch_and_the_schedule(tmp_path):
     assert cfg.train.grad_accum_steps == 2  # the run's own config (export, trackers) is left as given
     fixed = load_config(write(tmp_path, "workload: mlp\n"), ["scaling.num_workers=2"])
     assert elastic_batch_policy(fixed, 1) == (fixed, "")
+
+
+def test_every_shipped_config_validates_against_its_workloads_schema():
+    """`python -m jobs.config --schema --workload W` is what an editor checks configs/*.yaml with."""
+    import jsonschema
+    import yaml
+
+    schemas = {}
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text())
+        schema = schemas.setdefault(raw["workload"], config_lib.schema(raw["workload"]))
+        jsonschema.validate(raw, schema)  # raises on the first mismatch, naming the file's key
+    bad = {"workload": "mlp", "train": {"lrr": 0.1, "epochs": 0}, "scaling": {"local_mode": "sometimes"}}
+    found = sorted(e.json_path for e in jsonschema.Draft202012Validator(schemas["mlp"]).iter_errors(bad))
+    assert found == ["$.scaling.local_mode", "$.train", "$.train.epochs"]  # the unknown key, a bound, a choice
+
+
+def test_schema_cli_prints_a_workloads_json_schema():
+    res = subprocess.run(
+        [sys.executable, "-m", "jobs.config", "--schema", "--workload", "ner"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    import json
+
+    schema = json.loads(res.stdout)
+    assert schema["additionalProperties"] is False and {"data", "train", "scaling"} <= set(schema["properties"])
+    assert "warmup_ratio" in schema["$defs"]["Train"]["properties"]  # ner's own train knob
+
+
+def test_a_worker_gets_the_checked_config_without_parsing_it_again(tmp_path):
+    """A Ray worker unpickles the driver's config object: a fresh process, the same values, no YAML or override."""
+    import pickle
+
+    cfg = load_config(write(tmp_path, "workload: mlp\n"), ["train.lr=0.003", "scaling.num_workers=[1,2]"])
+    (tmp_path / "cfg.pkl").write_bytes(pickle.dumps(cfg))
+    code = "import pickle, sys; c = pickle.load(open(sys.argv[1], 'rb')); print(type(c).__name__, c.train.lr, c.scaling.num_workers)"
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "cfg.pkl")], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert res.stdout.split() == ["MlpConfig", "0.003", "[1,", "2]"], res.stderr

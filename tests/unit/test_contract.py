@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import pickle
 import subprocess
 import sys
 import typing
@@ -31,8 +31,7 @@ class Data:
 class Model:
     hidden: int = 8
 
-@dataclass
-class Train(common.Train):
+class Train(common.Train):  # a pydantic model: no @dataclass here (docs/workloads.md)
     epochs: int = 2
     batch_size: int = 16
 
@@ -80,10 +79,10 @@ def test_every_shipped_workload_meets_the_contract(name):
     train = typing.get_type_hints(wl.Config)["train"]
     assert issubclass(train, common.Train)
     # only the knobs it changes: every field redeclared in the workload differs from the common default
-    base = {f.name: f.default for f in dataclasses.fields(common.Train)}
-    for f in dataclasses.fields(train):
-        if f.name in base and f.name in train.__dict__.get("__annotations__", {}):
-            assert f.default != base[f.name], f"{name}.Train repeats the common default of {f.name}"
+    for field, base in common.Train.model_fields.items():
+        if field in train.__dict__.get("__annotations__", {}):
+            assert train.model_fields[field].default != base.default, f"{name}.Train repeats the default of {field}"
+            assert train.model_fields[field].metadata == base.metadata  # and keeps its bounds (epochs >= 1)
     hooks = {n for n in vars(wl) if n in workloads.HOOKS}
     assert set(workloads.REQUIRED) <= hooks
 
@@ -128,8 +127,17 @@ def test_a_file_workload_gets_typed_overrides_and_its_stem_as_name(tmp_path):
         config_lib.load_config(folder / "my_tiny.yaml", ["model.hiden=4"])
     with pytest.raises(ConfigError, match=r"config key 'model.hidden' must be an integer"):
         config_lib.load_config(folder / "my_tiny.yaml", ["model.hidden=big"])
-    again = config_lib.from_dict(config_lib.to_dict(cfg))  # as a Ray worker rebuilds it
-    assert again == cfg and "workload_dir" not in config_lib.flatten(cfg)
+    with pytest.raises(ConfigError, match=r"train.epochs must be >= 1"):  # the bound of common.Train holds
+        config_lib.load_config(folder / "my_tiny.yaml", ["train.epochs=0"])
+    assert config_lib.from_dict(config_lib.to_dict(cfg)) == cfg and "workload_dir" not in config_lib.flatten(cfg)
+    # a Ray worker started elsewhere unpickles the checked config: the workload's folder goes on its path first
+    (tmp_path / "cfg.pkl").write_bytes(pickle.dumps(cfg))
+    code = "import pickle, sys; c = pickle.load(open(sys.argv[1], 'rb')); print(c.workload, c.model.hidden, c.train.lr)"
+    env = {"PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "cfg.pkl")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert res.stdout.split() == ["my_tiny", "4", "0.01"], res.stderr[-2000:]
 
 
 def test_a_dotted_module_resolves_and_a_missing_one_is_one_line(tmp_path, monkeypatch):

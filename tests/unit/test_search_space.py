@@ -88,7 +88,7 @@ def test_search_grid_turns_choices_into_grid_axes(tmp_path):
         ("    train.epochs: {randint: [2, 9]}\n", "", "train.epochs is every trial's budget"),
         ("    train.lr: {loguniform: [1.0e-4, 1.0e-2]}\n", "  search: grid\n", "search=grid needs grid or choice"),
         ("    train.lr: {grid: [0.1, 0.01]}\n", "  search: optuna\n", "search=optuna samples; it has no grid"),
-        ("    train.lr: {grid: [0.1, 0.01]}\n", "  search: bayes\n", "sweep.search must be one of"),
+        ("    train.lr: {grid: [0.1, 0.01]}\n", "  search: bayes\n", "sweep.search must be random, grid or optuna"),
     ],
 )
 def test_bad_search_space_is_a_config_error(tmp_path, space_yaml, extra, needle):
@@ -100,14 +100,15 @@ def test_bad_search_space_is_a_config_error(tmp_path, space_yaml, extra, needle)
 @pytest.mark.parametrize(
     "extra, needle",
     [
-        ("  scheduler: hyperband\n", "sweep.scheduler must be one of asha, fifo"),
+        ("  scheduler: hyperband\n", "sweep.scheduler must be asha or fifo, got 'hyperband'"),
         ("  grace_period: 12\n", "ASHA needs 1 <= sweep.grace_period < train.epochs"),
     ],
 )
 def test_bad_scheduler_is_a_config_error(tmp_path, extra, needle):
-    cfg = cfg_with(tmp_path, "    train.lr: {loguniform: [1.0e-4, 1.0e-2]}\n", extra)
-    with pytest.raises(ConfigError) as err:
-        sweep.make_search(cfg, "val_accuracy", "max")
+    with pytest.raises(ConfigError) as err:  # a bad name fails as the config loads, a bad grace period here
+        sweep.make_search(
+            cfg_with(tmp_path, "    train.lr: {loguniform: [1.0e-4, 1.0e-2]}\n", extra), "val_accuracy", "max"
+        )
     assert needle in str(err.value)
 
 
