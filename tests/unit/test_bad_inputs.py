@@ -183,7 +183,11 @@ CASES = [
         train("data.train={d}/labels.csv", "data.encoding=klingon", config=SENTIMENT),
         "not a known text encoding",
     ),
-    Case("rnn-bad-cell", train("model.cell=transformer", config="configs/rnn.yaml"), "model.cell must be gru, lstm or rnn"),
+    Case(
+        "rnn-bad-cell",
+        train("model.cell=transformer", config="configs/rnn.yaml"),
+        "model.cell must be gru, lstm or rnn",
+    ),
     # ---- the store
     Case("store-is-a-file", train(), "is a file, not a directory", store="{d}/a_file"),
     Case("store-under-a-file", train(), "is a file, not a directory", store="{d}/a_file/store"),

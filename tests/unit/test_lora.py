@@ -95,9 +95,10 @@ def test_disabled_lora_leaves_the_model_alone():
         ({"target_modules": []}, "target_modules"),
     ],
 )
-def test_bad_lora_settings_are_data_errors(change, words):
-    with pytest.raises(DataError, match=words):
-        lora.check(lora.Lora(enabled=True, **change))
+def test_bad_lora_settings_are_config_errors(change, words):
+    key, value = next(iter(change.items()))
+    with pytest.raises(config_lib.ConfigError, match=words):
+        config_lib.load_config(None, ["workload=ner", "model.lora.enabled=true", f"model.lora.{key}={value}"])
 
 
 def test_target_modules_that_match_no_layer_are_named():
