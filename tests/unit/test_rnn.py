@@ -96,9 +96,9 @@ def test_empty_text_is_one_unknown_token(tmp_path):
     assert min(len(it["input_ids"]) for it in splits.train) == 1
 
 
-def test_unknown_cell_and_bad_label_are_data_errors(tmp_path):
-    with pytest.raises(DataError, match="model.cell must be one of"):
-        rnn.validate(cfg_for(tmp_path, "model.cell=transformer"))
+def test_unknown_cell_is_a_config_error_and_bad_label_a_data_error(tmp_path):
+    with pytest.raises(config_lib.ConfigError, match="model.cell must be gru, lstm or rnn, got 'transformer'"):
+        cfg_for(tmp_path, "model.cell=transformer")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "nice", "label": "positive"}\n\n{"text": "hmm", "label": "mixed"}\n')
     cfg = config_lib.load_config(None, ["workload=rnn", f"data.train={bad}", "data.labels=[negative, positive]"])

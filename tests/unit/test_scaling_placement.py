@@ -105,7 +105,7 @@ def test_in_process_trials_hold_the_same_resources_as_a_train_worker():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("scaling.placement_strategy=pack", "placement_strategy must be one of PACK, STRICT_PACK, SPREAD"),
+        ("scaling.placement_strategy=pack", "placement_strategy must be PACK, STRICT_PACK or SPREAD"),
         ("scaling.placement_strategy=STRICT_SPREAD", "got 'STRICT_SPREAD'"),
         ("scaling.node_type=GPU", "node_type must name a worker type"),
         ("scaling.node_type=gpu 4x", "node_type must name a worker type"),
