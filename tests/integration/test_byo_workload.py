@@ -37,8 +37,7 @@ class Model:
     hidden: int = 16
 
 
-@dataclass
-class Train(common.Train):
+class Train(common.Train):  # the shared knobs are a pydantic model: no @dataclass on this one
     epochs: int = 2
     batch_size: int = 32
     lr: float = 0.01
