@@ -321,8 +321,11 @@ def _set_dotted(raw: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string"}
-TYPE_WORDS |= {
+TYPE_WORDS = {  # pydantic's error type starts with the key -> what the value must be
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "string": "a string",
     "dict": "a mapping",
     "list": "a list",
     "model": "a section (mapping)",

@@ -174,8 +174,9 @@ def test_elastic_runs_keep_the_global_batch_and_the_schedule(tmp_path):
 
 def test_every_shipped_config_validates_against_its_workloads_schema():
     """`python -m jobs.config --schema --workload W` is what an editor checks configs/*.yaml with."""
-    import jsonschema
     import yaml
+
+    jsonschema = pytest.importorskip("jsonschema")  # without it, test_every_shipped_config_loads checks by the model
 
     schemas = {}
     for path in sorted((ROOT / "configs").glob("*.yaml")):
