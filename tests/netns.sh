@@ -7,7 +7,9 @@
 set -u
 
 # Every process the tests start inherits these: no usage stats, no cloud or instance-metadata probes.
-export RAY_USAGE_STATS_ENABLED=0             # Ray: no usage-stats report (usage-stats.ray.io)
+export RAY_USAGE_STATS_ENABLED=0             # Ray: no usage-stats report
+# A dashboard still posts a "disabled" report to usage-stats.ray.io (ray/dashboard/modules/usage_stats): to loopback
+export RAY_USAGE_STATS_REPORT_URL=http://127.0.0.1:9/
 export AWS_EC2_METADATA_DISABLED=true        # boto3/botocore and Arrow's S3: no EC2 metadata for credentials/region
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 
@@ -23,6 +25,7 @@ fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))'
 }
 
 if [ "${PERENNIAL_NETNS:-}" = inside ]; then
+  unset PERENNIAL_NETNS  # a wrapper started by the tests makes a namespace of its own
   bring_lo_up || { echo "netns: could not bring lo up in the namespace" >&2; exit 2; }
   exec "$@"
 fi
