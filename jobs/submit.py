@@ -55,7 +55,7 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # stay here — Ray reads .gitignore but not .git/info/exclude), and never credentials files.
 UPLOAD = ("jobs", "workloads", "configs", "pyproject.toml")  # top-level entries; plus the config's own folder
 EXCLUDES = [
-    ".git/",
+    ".git",  # a folder, or the file that stands for it in a git worktree
     ".venv/",
     "venv/",
     "runs/",
