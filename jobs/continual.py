@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import workloads
@@ -102,38 +103,21 @@ def signed(delta: float, mode: str) -> float:
     return delta if mode == "max" else -delta
 
 
-# ----------------------------------------------------------------------------- CLI
-def main(argv: list[str]) -> int:
-    from jobs.train import checkpoint_meta, checkpoint_uri, fit, parser, start
+# ----------------------------------------------------------------------------- [2] the parent on the new data
+@dataclass
+class Baseline:
+    """What [2] measured before training, and what [4] needs to score the child on the parent's data."""
 
-    p = parser(
-        "python -m jobs.continual", "Next continual fine-tuning round: a new run initialised from a stored run's model."
-    )
-    p.add_argument(
-        "--from",
-        dest="parent",
-        required=True,
-        metavar="best|RUN_ID",
-        help="best = the workload's best finished run in the store (ties: newest); or a run id",
-    )
-    args = p.parse_args(argv)
-    cfg, store = preflight.prepare(args.config, args.overrides, args.smoke_test, args.store)
-    wl = workloads.module(cfg.workload)
-    metric, mode = config_lib.metric_and_mode(cfg)
-    base = metric.removeprefix("val_")
-    fraction = cfg.continual.replay_fraction
+    old_cfg: object  # the round's config with the parent's data
+    old: object  # the parent's splits
+    old_split: str  # "test", or "val" for a parent trained without a test split
+    parent_new: float  # the parent on the new test split
+    parent_old: float | None  # the parent on its own split
+    replay_samples: int
 
-    # [1] the parent, its config and its export (every check before anything is written)
-    parent = pick_parent(store, cfg.workload, args.parent, metric, mode)
-    pcfg = parent_config(parent, cfg.workload)
-    old_cfg = config_lib.with_data(cfg, config_lib.to_dict(pcfg)["data"])
-    round_ = int(parent.get("round") or 1) + 1
-    print(
-        f"round {round_} of {cfg.workload} from run {parent['run_id']} (round {round_ - 1}, {metric} "
-        f"{_fmt(parent.get(metric))}), new data: {describe_data(json.dumps(config_lib.to_dict(cfg)))}"
-    )
 
-    # [2] the parent on the new test split; the old (parent's) split kept for [4]
+def score_parent(wl, cfg, old_cfg, parent: dict, base: str) -> Baseline:
+    """[2]: the parent's export on the new test split, and on its own split (stored, or scored here)."""
     with tempfile.TemporaryDirectory() as tmp:
         export_dir = fetch_export(parent, tmp)
         new = wl.build_data(cfg)
@@ -147,65 +131,115 @@ def main(argv: list[str]) -> int:
             )
         if new.fingerprint and new.fingerprint == parent.get("data_fingerprint"):
             print(f"note: the new data has the parent's fingerprint {new.fingerprint} — this round sees no new data")
-        parent_new = score(wl, cfg, new, new.test, export_dir)
+        parent_new = score(wl, cfg, new, new.test, export_dir)[base]
         old_split = "test" if old.test is not None else "val"  # a parent trained without a test split: its val split
         parent_old = parent.get(f"{old_split}_{base}")
         if parent_old is None:  # not stored (an older run): score it here
             parent_old = score(wl, old_cfg, old, getattr(old, old_split), export_dir)[base]
-    replay_samples = len(replay_indices(len(old.train), fraction, cfg.train.seed))
-    del new  # the Train workers build their own
-    print(
-        f"parent: {base} {parent_new[base]:.4f} on the new test split, {parent_old:.4f} on its own {old_split} split"
-        + (f"; replaying {replay_samples} of its {len(old.train)} training examples" if fraction else "")
-    )
+    # the Train workers build their own new data; only the parent's is kept, for [4]
+    replay_samples = len(replay_indices(len(old.train), cfg.continual.replay_fraction, cfg.train.seed))
+    return Baseline(old_cfg, old, old_split, parent_new, parent_old, replay_samples)
 
-    # [3] the round: a fresh Train run whose loop starts from the parent's export
+
+# ----------------------------------------------------------------------------- [3] the round's Train run
+def round_config(cfg, parent: dict, pcfg):
+    """The round's config: the loop starts from the parent's export, replaying the parent's data if asked."""
     cfg = config_lib.set_dotted(cfg, "continual.init_from", parent["export_uri"])
-    if fraction:
+    if cfg.continual.replay_fraction:
         cfg = config_lib.set_dotted(cfg, "continual.replay_data", config_lib.to_dict(pcfg)["data"])
-    extra_row = {
-        "parent_new_test_" + base: parent_new[base],
-        "parent_old_test_" + base: parent_old,
-        "replay_samples": replay_samples,
-        "old_split": old_split,
-    }
+    return cfg
 
-    try:
-        train_runner, path = start(cfg)
-    except ClusterError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"round {round_} trains {path}")
+
+def scoring_runner(train_runner, wl, baseline: Baseline, base: str, mode: str, extra_row: dict):
+    """Ray Train's runner, then [4] on the driver, before fit() writes the runs row (it writes extra_row as it
+    is then)."""
+    from jobs.train import checkpoint_meta, checkpoint_uri
 
     def runner(cfg_, run_id, callbacks, extra):
-        """Ray Train, then [4] on the driver, before fit() writes the runs row (it writes extra_row as it is then)."""
         checkpoint, error = train_runner(cfg_, run_id, callbacks, extra)
         meta = checkpoint_meta(checkpoint) if error is None and checkpoint is not None else {}
         if meta.get("finished"):
             extra_row.update(
                 round_scores(
                     wl,
-                    old_cfg,
-                    old,
-                    old_split,
+                    baseline.old_cfg,
+                    baseline.old,
+                    baseline.old_split,
                     f"{checkpoint_uri(checkpoint)}/export",
                     base,
                     mode,
                     meta.get("final", {}).get(f"test_{base}"),
-                    parent_new[base],
-                    parent_old,
+                    baseline.parent_new,
+                    baseline.parent_old,
                 )
             )
         return checkpoint, error
 
-    row = fit(
-        cfg,
-        store,
-        parent_run_id=parent["run_id"],
-        round=round_,
-        extra_row=extra_row,
-        runner=runner,
+    return runner
+
+
+# ----------------------------------------------------------------------------- CLI
+def parse_args(argv: list[str]):
+    from jobs.train import parser
+
+    p = parser(
+        "python -m jobs.continual", "Next continual fine-tuning round: a new run initialised from a stored run's model."
     )
+    p.add_argument(
+        "--from",
+        dest="parent",
+        required=True,
+        metavar="best|RUN_ID",
+        help="best = the workload's best finished run in the store (ties: newest); or a run id",
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    from jobs.train import fit, start
+
+    args = parse_args(argv)
+    cfg, store = preflight.prepare(args.config, args.overrides, args.smoke_test, args.store)
+    wl = workloads.module(cfg.workload)
+    metric, mode = config_lib.metric_and_mode(cfg)
+    base = metric.removeprefix("val_")
+
+    # [1] the parent, its config and its export (every check before anything is written)
+    parent = pick_parent(store, cfg.workload, args.parent, metric, mode)
+    pcfg = parent_config(parent, cfg.workload)
+    old_cfg = config_lib.with_data(cfg, config_lib.to_dict(pcfg)["data"])
+    round_ = int(parent.get("round") or 1) + 1
+    print(
+        f"round {round_} of {cfg.workload} from run {parent['run_id']} (round {round_ - 1}, {metric} "
+        f"{_fmt(parent.get(metric))}), new data: {describe_data(json.dumps(config_lib.to_dict(cfg)))}"
+    )
+    # [2] the parent on the new test split and on its own
+    baseline = score_parent(wl, cfg, old_cfg, parent, base)
+    print(
+        f"parent: {base} {baseline.parent_new:.4f} on the new test split, {baseline.parent_old:.4f} on its own "
+        f"{baseline.old_split} split"
+        + (
+            f"; replaying {baseline.replay_samples} of its {len(baseline.old.train)} training examples"
+            if cfg.continual.replay_fraction
+            else ""
+        )
+    )
+    # [3] the round: a fresh Train run whose loop starts from the parent's export; [4] in its runner
+    cfg = round_config(cfg, parent, pcfg)
+    extra_row = {
+        "parent_new_test_" + base: baseline.parent_new,
+        "parent_old_test_" + base: baseline.parent_old,
+        "replay_samples": baseline.replay_samples,
+        "old_split": baseline.old_split,
+    }
+    try:
+        train_runner, path = start(cfg)
+    except ClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"round {round_} trains {path}")
+    runner = scoring_runner(train_runner, wl, baseline, base, mode, extra_row)
+    row = fit(cfg, store, parent_run_id=parent["run_id"], round=round_, extra_row=extra_row, runner=runner)
     print_round(row, base)
     return 0 if row["status"] in FINISHED else 1
 

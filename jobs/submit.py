@@ -55,7 +55,7 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # stay here — Ray reads .gitignore but not .git/info/exclude), and never credentials files.
 UPLOAD = ("jobs", "workloads", "configs", "pyproject.toml")  # top-level entries; plus the config's own folder
 EXCLUDES = [
-    ".git/",
+    ".git",  # a folder, or the file that stands for it in a git worktree
     ".venv/",
     "venv/",
     "runs/",
@@ -285,8 +285,8 @@ def print_outcome(info) -> None:
 
 
 # ----------------------------------------------------------------------------- commands
-def cmd_submit(args, cfg, store: Store) -> int:
-    config, upload = upload_plan(args.config, cfg)
+def check_submit_args(args) -> dict[str, str]:
+    """The verb, --from and --env checked before anything is submitted; returns --env as a dict."""
     if not (ROOT / "jobs" / f"{args.verb}.py").is_file():
         raise config_lib.ConfigError(
             f"verb '{args.verb}' has no jobs/{args.verb}.py in this repo — use one of: "
@@ -302,14 +302,15 @@ def cmd_submit(args, cfg, store: Store) -> int:
         if not name or (not _ and name not in os.environ):
             raise config_lib.ConfigError(f"--env {item}: give NAME=VALUE, or NAME of a variable set here")
         env_vars[name] = value if _ else os.environ[name]
+    return env_vars
+
+
+def job_entrypoint(args, cfg, config: str) -> str:
+    """``python -m jobs.<verb> --config CONFIG ...``, with a local run.storage_path made absolute."""
     overrides = list(args.overrides)
     if "://" not in cfg.run.storage_path and not os.path.isabs(cfg.run.storage_path):
         overrides.append(f"run.storage_path={absolute(cfg.run.storage_path)}")  # not inside the job's temp copy
-    submission_id = f"{cfg.workload}-{args.verb}-{uuid.uuid4().hex[:8]}"
-    from jobs.train import git_sha  # here, not at the top: status, logs, list and stop need no torch or Ray Train
-
-    sha = git_sha()
-    entrypoint = shlex.join(
+    return shlex.join(
         [
             "python",
             "-m",
@@ -321,6 +322,55 @@ def cmd_submit(args, cfg, store: Store) -> int:
             *overrides,
         ]
     )
+
+
+def job_env_vars(env_vars: dict, store: Store, submission_id: str, sha: str, address: str) -> dict[str, str]:
+    """The job's environment: --env, then the store, the job id and the code version; a warning when a local
+    store goes to a cluster that may not share this disk."""
+    local_cluster = urlparse(address).hostname in ("127.0.0.1", "localhost", "::1")
+    if not local_cluster and "://" not in store.uri:
+        print(
+            f"warning: the store {store.uri} is a local path, but the cluster at {address} may not share "
+            "this machine's disk — use --store s3://bucket/prefix",
+            file=sys.stderr,
+        )
+    env_vars = env_vars | {"PERENNIAL_STORE": store.uri, "PERENNIAL_JOB_ID": submission_id, "PERENNIAL_GIT_SHA": sha}
+    if local_cluster:
+        # A single-machine cluster: Ray Train's placement-group cleaner looks up the State API by
+        # auto-detection, which fails when several Ray instances run on the machine; point it here.
+        env_vars.setdefault("RAY_API_SERVER_ADDRESS", address)
+    return env_vars
+
+
+def record_submitted(store: Store, entrypoint: str, metadata: dict, submission_id: str, submitted_at) -> None:
+    """The submission's first ``jobs`` row (``submitted``); its final row comes from whoever sees it end."""
+    store.append(
+        "jobs",
+        [
+            {
+                "submission_id": submission_id,
+                "workload": metadata["workload"],
+                "entrypoint": entrypoint,
+                "verb": metadata["verb"],
+                "status": "submitted",
+                "message": "",
+                "submitted_at": submitted_at,
+                "config_hash": metadata["config_hash"],
+                "git_sha": metadata["git_sha"],
+                "address": metadata["address"],
+            }
+        ],
+    )
+
+
+def cmd_submit(args, cfg, store: Store) -> int:
+    config, upload = upload_plan(args.config, cfg)
+    env_vars = check_submit_args(args)
+    entrypoint = job_entrypoint(args, cfg, config)
+    submission_id = f"{cfg.workload}-{args.verb}-{uuid.uuid4().hex[:8]}"
+    from jobs.train import git_sha  # here, not at the top: status, logs, list and stop need no torch or Ray Train
+
+    sha = git_sha()
     ray_client = client(args.address)
     submitted_at = now()
     metadata = {
@@ -334,19 +384,7 @@ def cmd_submit(args, cfg, store: Store) -> int:
         "submitted_at": submitted_at.isoformat(),
         "address": ray_client.get_address(),
     }
-    local_cluster = urlparse(metadata["address"]).hostname in ("127.0.0.1", "localhost", "::1")
-    if not local_cluster and "://" not in store.uri:
-        print(
-            f"warning: the store {store.uri} is a local path, but the cluster at {metadata['address']} may not share "
-            "this machine's disk — use --store s3://bucket/prefix",
-            file=sys.stderr,
-        )
-    env_vars |= {"PERENNIAL_STORE": store.uri, "PERENNIAL_JOB_ID": submission_id, "PERENNIAL_GIT_SHA": sha}
-    if local_cluster:
-        # A single-machine cluster: Ray Train's placement-group cleaner looks up the State API by
-        # auto-detection, which fails when several Ray instances run on the machine; point it here.
-        env_vars.setdefault("RAY_API_SERVER_ADDRESS", metadata["address"])
-    runtime_env = upload | {"env_vars": env_vars}
+    runtime_env = upload | {"env_vars": job_env_vars(env_vars, store, submission_id, sha, metadata["address"])}
     try:
         ray_client.submit_job(
             entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env, metadata=metadata
@@ -354,23 +392,7 @@ def cmd_submit(args, cfg, store: Store) -> int:
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ClusterError(f"submission refused by {ray_client.get_address()}: {first}") from None
-    store.append(
-        "jobs",
-        [
-            {
-                "submission_id": submission_id,
-                "workload": cfg.workload,
-                "entrypoint": entrypoint,
-                "verb": args.verb,
-                "status": "submitted",
-                "message": "",
-                "submitted_at": submitted_at,
-                "config_hash": metadata["config_hash"],
-                "git_sha": sha,
-                "address": metadata["address"],
-            }
-        ],
-    )
+    record_submitted(store, entrypoint, metadata, submission_id, submitted_at)
     print(f"submitted {submission_id}: {entrypoint}")
     if not args.follow:
         print(f"  follow: python -m jobs.submit logs {submission_id} --follow")

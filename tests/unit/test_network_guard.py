@@ -1,7 +1,8 @@
-"""The network guard that CI runs the suite under (tests/netguard/sitecustomize.py, turned on by tests/conftest.py):
-a Python process with it refuses a TCP connection or a name lookup beyond 127.0.0.1 and logs it, and lets
-loopback through. The refused attempts run inside an empty network namespace (`unshare -n`), so nothing could
-leave the machine even if the guard were broken."""
+"""What keeps the tests on loopback. First tests/netns.sh, which `make test` runs pytest under: a network namespace
+holding only `lo`, where a connect beyond it has no route. Where no namespace can be made, the network guard
+(tests/netguard/sitecustomize.py, turned on by tests/conftest.py): a Python process with it refuses a TCP
+connection or a name lookup beyond 127.0.0.1 and logs it, and lets loopback through. The refused attempts run
+inside an empty network namespace (`unshare -n`), so nothing could leave the machine even if the guard were broken."""
 
 from __future__ import annotations
 
@@ -41,7 +42,10 @@ srv.bind(("127.0.0.1", 0))
 srv.listen(1)
 c = socket.create_connection(srv.getsockname(), timeout=5)
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.connect(("192.0.2.1", 9))  # a UDP connect sends nothing: allowed (Ray learns its outward IP this way)
+try:
+    u.connect(("192.0.2.1", 9))  # a UDP connect sends nothing: allowed (Ray learns its outward IP this way)
+except OSError as e:
+    assert "network guard" not in str(e), e  # no route, in tests/netns.sh's namespace: the kernel's answer
 print("loopback ok")
 """
 
@@ -78,3 +82,60 @@ def test_guard_lets_loopback_through(tmp_path):
     )
     assert res.returncode == 0 and res.stdout.strip() == "loopback ok", res.stderr[-2000:]
     assert not log.exists()
+
+
+NETNS = ROOT / "tests" / "netns.sh"
+THROUGH_THE_WRAPPER = """
+import errno, os, socket
+s = socket.socket()
+s.settimeout(5)
+try:
+    s.connect(("192.0.2.1", 9))  # TEST-NET-1: documentation only
+    print("connected")
+except OSError as e:
+    print(errno.errorcode.get(e.errno, e))
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(1)
+socket.create_connection(srv.getsockname(), timeout=5)
+print("loopback ok", os.environ["AWS_EC2_METADATA_DISABLED"], os.environ["RAY_USAGE_STATS_ENABLED"])
+"""
+
+
+def wrapper_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PERENNIAL_NET_GUARD", "AWS_EC2_METADATA_DISABLED")}
+    return env | extra
+
+
+def test_netns_wrapper_lets_loopback_through_and_nothing_else():
+    """tests/netns.sh, which `make test` runs pytest under: a connect beyond loopback has no route at all."""
+    if subprocess.run(["unshare", "-n" if os.geteuid() == 0 else "-rn", "true"], capture_output=True).returncode:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root, where `unshare -n` makes the tests' network namespace")
+        pytest.skip("no network namespace can be made here (the wrapper falls back to the Python guard)")
+    res = subprocess.run(
+        ["bash", str(NETNS), sys.executable, "-c", THROUGH_THE_WRAPPER],
+        env=wrapper_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split("\n")[:2] == ["ENETUNREACH", "loopback ok true 0"], res.stdout + res.stderr
+    assert res.stderr == ""
+
+
+def test_netns_wrapper_without_a_namespace_says_so_and_turns_the_python_guard_on(tmp_path):
+    bin_dir = tmp_path / "bin"  # a PATH with no unshare on it
+    bin_dir.mkdir()
+    for tool in ("bash", "id"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    res = subprocess.run(
+        ["bash", str(NETNS), sys.executable, "-c", "import os; print(os.environ.get('PERENNIAL_NET_GUARD'))"],
+        env=wrapper_env(PATH=str(bin_dir)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0 and res.stdout.strip() == "1", res.stdout + res.stderr
+    assert len(res.stderr.splitlines()) == 1 and "no network namespace" in res.stderr
