@@ -2,7 +2,7 @@
 and queries over 1,000,000 `epochs` rows.
 
     .venv/bin/python -m bench.store_query [--writers 8] [--appends 1000] [--runs 10000] [--epochs 100]
-                                          [--records 1000] [--no-s3] [--dir /tmp/x]
+                                          [--records 1000] [--on local s3] [--dir /tmp/x]
 
 [1] Concurrency: ``--writers`` processes append ``--appends`` one-row commits each to one table while this process
 reads it all along and another process compacts it (``compact_if_due`` every second, under the lease); then every
@@ -329,7 +329,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--writers", type=int, default=8)
     p.add_argument("--appends", type=int, default=1000, help="one-row appends per writer ([1]; 0 skips [1])")
-    p.add_argument("--no-s3", action="store_true", help="[1] on local disk only")
+    p.add_argument("--on", nargs="+", choices=["local", "s3"], default=["local", "s3"], help="where [1] runs")
     p.add_argument("--runs", type=int, default=10_000)
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--workloads", type=int, default=20)
@@ -341,9 +341,9 @@ def main() -> int:
     shutil.rmtree(f"{base}/concurrent", ignore_errors=True)
     figures: list[tuple] = []
     load = [os.getloadavg()[0]]
-    where = [("local disk", f"{base}/concurrent", None)]
+    where = [("local disk", f"{base}/concurrent", None)] if "local" in args.on else []
     server = None
-    if args.appends and not args.no_s3:
+    if args.appends and "s3" in args.on:
         uri, env, server = s3_store()
         where.append(("moto S3", uri, env))
     for name, uri, env in where if args.appends else []:
