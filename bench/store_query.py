@@ -110,6 +110,7 @@ def concurrent_appends(uri: str, writers: int, appends: int, env: dict | None = 
         "append_p50_ms": float(np.percentile(took, 50)),
         "append_p95_ms": float(np.percentile(took, 95)),
     }
+    print(json.dumps({**figures, "read_error_samples": read_errors[:3]}), flush=True)
     assert (figures["rows"], figures["lost"], figures["duplicated"]) == (writers * appends, 0, 0), figures
     assert figures["append_commits"] == writers * appends, figures  # one commit per append, none repeated
     assert not read_errors and not figures["rows_vanished"] and not problems, (read_errors[:3], problems[:3])
@@ -349,7 +350,6 @@ def main() -> int:
     for name, uri, env in where if args.appends else []:
         print(f"[1] {args.writers} writers x {args.appends} appends on {name}: {uri}", flush=True)
         f = concurrent_appends(uri, args.writers, args.appends, env)
-        print(json.dumps(f), flush=True)
         figures += [
             (
                 f"[1] {name}: rows / lost / duplicated / append commits",

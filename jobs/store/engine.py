@@ -466,9 +466,9 @@ def set_table_properties(d) -> None:
 def _log_race(e: BaseException) -> bool:
     """A log listing that caught other writers' commits mid-creation: a local directory listing (ext4 and
     others) may show commit N+1 without N when both appear while it runs, and delta-kernel refuses the gap
-    ("Expected ordered contiguous commit files"). Listing again sees both."""
+    ("Expected ordered contiguous commit files", "Gap between checkpoint version"). Listing again sees both."""
     text = str(e)
-    return "contiguous commit files" in text or "to be next version to checkpoint" in text
+    return any(s in text for s in ("contiguous commit files", "to be next version to checkpoint", "Gap between checkpoint"))
 
 
 def _literal(v: Any) -> str:
