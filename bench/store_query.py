@@ -295,7 +295,7 @@ def records_and_queries(uri: str, args) -> list[tuple]:
 
 def s3_store():
     """A moto S3 server on 127.0.0.1 in its own process (delta-rs calls that hold the GIL would stall one in this
-    process) and a fresh bucket: (its URI, the AWS_* variables, the server process)."""
+    process), serving one request at a time, and a fresh bucket: (its URI, the AWS_* variables, the server)."""
     import socket
 
     import boto3
@@ -303,8 +303,15 @@ def s3_store():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
+    # Single-threaded: moto checks If-None-Match and then stores the object without a lock, so in its threaded
+    # server two concurrent PUTs of one commit file can both succeed (a lost commit; AWS S3 makes the check atomic).
+    serve = (
+        "import sys; from werkzeug.serving import run_simple; "
+        "from moto.server import DomainDispatcherApplication, create_backend_app; "
+        "run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_backend_app), threaded=False)"
+    )
     server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-c", serve, str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
