@@ -37,7 +37,7 @@ import workloads
 from jobs import config as config_lib
 from jobs import preflight, tracking
 from jobs.errors import ClusterError
-from jobs.store import Store, now
+from jobs.store import Store, compact_if_due, now
 from jobs.train import (
     TrialStopped,
     check_cluster,
@@ -538,6 +538,8 @@ def make_progress_callback(state: dict, directory: str, attempt: int, t0: float,
             )
             state["attempts"][attempt][1] = time.time() - t0
             write_state(directory, state)
+            if self.done % 10 == 0:  # every 10 finished trials the driver merges small files (one compactor)
+                compact_if_due(Store(state["store"]), state["config"]["workload"])
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             r = trial.last_result or {}
@@ -643,6 +645,7 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
         )
     write_state(directory, state)
     tracking.finish_sweep(cfg, sweep_id, ctx["tracking"], store.runs(sweep_id=sweep_id))
+    compact_if_due(store, cfg.workload)  # the sweep's end: its partition's small files, one compactor at a time
     return summarize(cfg, store, sweep_id, state, metric, mode)
 
 

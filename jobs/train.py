@@ -25,7 +25,7 @@ from jobs import config as config_lib
 from jobs import preflight
 from jobs.errors import ClusterError
 from jobs.ports import free_port
-from jobs.store import FINISHED, Store, now
+from jobs.store import FINISHED, Store, compact_if_due, now
 
 
 # ----------------------------------------------------------------------------- Ray plumbing
@@ -708,6 +708,7 @@ def main(argv: list[str]) -> int:
     )
     # Ray Train (either path) resumes a run of the same name from its last checkpoint
     row = fit(cfg, store, run_id=run_id, runner=runner)
+    compact_if_due(store, cfg.workload)  # the end of a job: its partition's small files, one compactor at a time
     return 0 if row["status"] in FINISHED else 1
 
 

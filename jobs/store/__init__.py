@@ -2,9 +2,9 @@
 
     python -m jobs.store leaderboard [--workload mlp] [--as-of 7d]      (all verbs: python -m jobs.store -h)
 
-engine.py appends, reads and maintains the tables; queries.py holds :class:`Store` (the engine plus
-leaderboard, runs, history, compare, lineage, sql); plots.py draws; migrate.py converts a plain-Parquet
-store; cli.py is the command line. docs/store.md describes the layout, the guarantees and the readers.
+engine.py appends and reads the tables (schema.py: their column types); maintenance.py compacts (one at a
+time per table, under a lease), vacuums and checks; queries.py holds :class:`Store` (the engine plus
+maintenance, leaderboard, runs, history, compare, lineage, sql); plots.py draws; cli.py is the command line. docs/store.md describes the layout, the guarantees and the readers.
 """
 
 from jobs.errors import StoreError
@@ -20,6 +20,7 @@ from jobs.store.engine import (
     store_path,
     to_arrow,
 )
+from jobs.store.maintenance import compact_if_due
 from jobs.store.queries import Store, clean_row, describe_data, lineage, missing, print_frame
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Store",
     "StoreError",
     "clean_row",
+    "compact_if_due",
     "describe_data",
     "lineage",
     "missing",

@@ -11,7 +11,6 @@
     python -m jobs.store check [--fix]
     python -m jobs.store compact [--table epochs]
     python -m jobs.store vacuum [--retention-hours 168] [--dry-run]
-    python -m jobs.store migrate OLD_PATH
     python -m jobs.store export [--mlflow URI] [--tensorboard DIR] [--workload W]
 
 Every verb takes ``--store PATH_OR_S3_URI`` and ``--format table|csv|json``, before or after the verb;
@@ -174,13 +173,6 @@ def vacuum(args) -> int:
     return 0
 
 
-def migrate(args) -> int:
-    from jobs.store.migrate import migrate as run_migration
-
-    print_frame(frame(run_migration(args.old_path)), args.format)
-    return 0
-
-
 def table_arguments(p):
     p.add_argument("--table", action="append", help="table(s) (default: all)")
 
@@ -211,25 +203,19 @@ COMMANDS: dict[str, Command] = {
         versions,
     ),
     "check": Command(
-        "report Delta-level problems: non-Delta tables, lost or orphan files, half-recorded runs",
+        "report Delta-level problems: non-Delta folders, lost or orphan files, half-recorded runs",
         check_arguments,
         check,
         query=False,
     ),
     "compact": Command(
-        "merge each partition's small files now (writers also do it on their own); checkpoint the log",
+        "merge each partition's files now, one compaction per table at a time (sweeps and jobs also do it)",
         lambda p: (table_arguments(p), p.add_argument("--workload")),
         compact,
         query=False,
     ),
     "vacuum": Command(
         "delete files only versions older than the retention read", vacuum_arguments, vacuum, query=False
-    ),
-    "migrate": Command(
-        "convert a plain-Parquet store (the pre-Delta layout) into Delta tables, in place",
-        lambda p: p.add_argument("old_path", help="the old store's folder or s3:// URI"),
-        migrate,
-        query=False,
     ),
 }
 

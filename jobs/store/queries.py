@@ -1,6 +1,6 @@
 """Queries over the store: leaderboard, runs, history, compare, lineage and SQL (DuckDB over the Delta tables).
 
-:class:`Store` is the engine (append, read, maintenance) plus these queries; every query reads the
+:class:`Store` is the engine (append, read) plus maintenance and these queries; every query reads the
 tables' newest version, or the version a store opened with ``as_of`` names.
 """
 
@@ -15,11 +15,23 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from jobs.errors import StoreError
-from jobs.store.engine import CORE, FINISHED, PARTITION, Engine, first_line, number, parse_since
+from jobs.store import maintenance
+from jobs.store.engine import CORE, FINISHED, PARTITION, RETENTION_HOURS, Engine, first_line, number, parse_since
 
 
 class Store(Engine):
     """A store at a local directory or ``s3://bucket/prefix``: Delta tables plus the queries over them."""
+
+    # ------------------------------------------------------------------ maintenance (jobs/store/maintenance.py)
+    def compact(self, tables: list[str] | None = None, workload: str | None = None) -> list[dict]:
+        """Merge each partition's files, one compaction per table at a time (under its lease)."""
+        return maintenance.compact(self, tables, workload)
+
+    def vacuum(self, retention_hours: int = RETENTION_HOURS, dry_run: bool = False) -> list[dict]:
+        return maintenance.vacuum(self, retention_hours, dry_run)
+
+    def check(self, fix: bool = False, older_than_s: float = 3600.0) -> list[dict]:
+        return maintenance.check(self, fix, older_than_s)
 
     def runs(
         self,

@@ -8,8 +8,6 @@ import json
 import time
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from conftest import base_env, run_job
 
@@ -98,7 +96,7 @@ def test_bad_input_is_one_line_and_exit_2(filled):
         (["leaderboard", "--as-of", "someday"], "--as-of 'someday'"),
         (["leaderboard", "--as-of", "99"], "has versions 0-"),
         (["--as-of", "0", "vacuum"], "drop --as-of"),
-        (["migrate", "/nonexistent/old-store"], "no store at"),
+        (["compact", "--table", "nope"], "no table 'nope'"),
     ):
         res = store_cli(filled, *args)
         assert res.returncode == 2, res.stderr
@@ -156,19 +154,3 @@ def test_a_type_conflict_is_refused_then_compact_vacuum_and_check_run_clean(fill
     assert res.returncode == 0 and "no problems found" in res.stdout, res.stdout + res.stderr
     res = store_cli(filled, "--format", "json", "runs", "--workload", "mlp")
     assert sorted(r["run_id"] for r in json.loads(res.stdout)) == ["mlp-r0", "mlp-r1", "mlp-r2"]
-
-
-def test_migrate_from_the_command_line(tmp_path):
-    old = tmp_path / "old"
-    for i, workload in enumerate(["mlp", "mlp", "cnn"]):
-        folder = old / "runs" / f"workload={workload}"
-        folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(
-            pa.table({"run_id": [f"r{i}"], "status": ["completed"], "best_metric": [0.5 + i / 10]}),
-            folder / f"{i}.parquet",
-        )
-    res = run_job(["jobs.store", "migrate", str(old), "--format", "json"], base_env())
-    assert res.returncode == 0, res.stderr
-    assert [(r["table"], r["rows"], r["old_files"]) for r in json.loads(res.stdout)] == [("runs", 3, 3)]
-    res = run_job(["jobs.store", "leaderboard", "--store", str(old), "--format", "json"], base_env())
-    assert sorted(r["run_id"] for r in json.loads(res.stdout)) == ["r0", "r1", "r2"]

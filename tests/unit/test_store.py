@@ -1,4 +1,4 @@
-"""The Delta Lake store without Ray: commits, run records, schema, time travel, maintenance, migrate, readers."""
+"""The Delta Lake store without Ray: commits, run records, schema, time travel, maintenance, readers."""
 
 from __future__ import annotations
 
@@ -274,101 +274,6 @@ def test_as_of_reads_a_version_and_a_time_and_refuses_writes(tmp_path):
         Store(store.uri, as_of="last tuesday")
 
 
-def test_writers_compact_and_checkpoint_a_partition_on_their_own(tmp_path):
-    store = Store(tmp_path / "store", compact_after=8)
-    for i in range(20):
-        store.append("epochs", epoch_rows(f"r{i}", "mlp" if i % 2 else "cnn"))
-    store.wait_for_maintenance()  # the writer compacts in its maintenance thread, after the append returned
-    files = store.files("epochs")
-    assert len(files) < 20 and len(store.df("epochs")) == 60  # compacted: fewer files, every row
-    assert "COMPACT" in [c["operation"] for c in store.versions("epochs", limit=None)]
-    assert list((tmp_path / "store/epochs/_delta_log").glob("*.checkpoint.parquet"))
-    assert [f for f in store.check() if f["kind"] != "many_files"] == []
-
-
-def test_writers_checkpoint_the_log_every_few_commits_and_a_new_reader_loads_from_it(tmp_path):
-    """The store's writers checkpoint every CHECKPOINT_INTERVAL commits (not delta-rs's 100): a handle's writes
-    cost more the more commits it applied after its checkpoint. One checkpoint per interval, whoever committed it,
-    written by its checkpoint thread; the writer's handle is then loaded from it."""
-    from jobs.store.engine import CHECKPOINT_INTERVAL as every
-    from jobs.store.engine import checkpoint_phase
-
-    store = Store(tmp_path / "store", compact_after=10**6)  # no compaction: only the writers' own checkpoints
-    runs = 2 * every + 3
-    for i in range(runs):
-        store.record_run(epoch_rows(f"r{i}"), run_row(f"r{i}"))
-    store.wait_for_maintenance()  # the maintenance thread writes the checkpoints, after the write returned
-    for table in ("epochs", "runs"):
-        log = tmp_path / "store" / table / "_delta_log"
-        due = [v for v in range(runs) if v and (v + checkpoint_phase(table)) % every == 0]
-        assert sorted(int(p.name.split(".")[0]) for p in log.glob("*.checkpoint.parquet")) == due and len(due) >= 2
-        assert json.loads((log / "_last_checkpoint").read_text())["version"] == due[-1]
-        assert store.delta(table) is not None and store._loaded_at[table] >= due[-1]  # the writer's handle moved on
-    assert checkpoint_phase("epochs") != checkpoint_phase("runs")  # a record never pays for two checkpoints
-    fresh = Store(store.uri)
-    assert len(fresh.df("epochs")) == 3 * runs and sorted(fresh.df("runs")["run_id"]) == sorted(
-        f"r{i}" for i in range(runs)
-    )
-    assert store.record_run(epoch_rows("r0", n=2), run_row("r0", epochs=2))  # a re-recording still replaces
-    assert len(Store(store.uri).df("epochs")) == 3 * runs - 1
-
-
-def test_a_compaction_never_lands_over_a_commit_that_removed_data_since_its_snapshot(tmp_path):
-    """A compaction removes exactly the files it read and adds the merged one (``create_write_transaction``). Planned
-    on a snapshot, it must not land over a re-recording or another compaction committed meanwhile (either would
-    bring back replaced rows or read every row twice), and must land over blind appends, keeping their files."""
-    from deltalake.exceptions import CommitFailedError
-
-    from jobs.store.engine import Engine
-
-    def partition(name: str) -> Engine:
-        store = Store(tmp_path / name, compact_after=10**6)  # nothing compacted but by this test
-        for i in range(4):
-            store.record_run(epoch_rows(f"r{i}"), run_row(f"r{i}"))
-        return store
-
-    def compacts(store: Engine, meanwhile) -> bool:
-        snapshot = Engine(store.uri).delta("epochs")
-        meanwhile(store)
-        try:
-            Engine(store.uri)._compact_partition(snapshot, "mlp")
-            return True
-        except CommitFailedError:
-            return False
-
-    appended = partition("append")
-    assert compacts(appended, lambda s: s.append("epochs", epoch_rows("new", n=2)))
-    rows = Store(appended.uri).df("epochs")
-    assert len(rows) == 14 and rows.groupby("run_id").size().to_dict() == {"new": 2, "r0": 3, "r1": 3, "r2": 3, "r3": 3}
-    assert len(Store(appended.uri).files("epochs")) == 2  # the merged file and the append's
-
-    recorded = partition("rerecord")
-    assert not compacts(recorded, lambda s: s.record_run(epoch_rows("r1", n=1), run_row("r1", epochs=1)))
-    assert len(Store(recorded.uri).df("epochs")) == 10  # r1's new recording only, the old rows not brought back
-
-    twice = partition("twice")
-    assert not compacts(twice, lambda s: Engine(s.uri)._compact_partition(Engine(s.uri).delta("epochs"), "mlp"))
-    assert len(Store(twice.uri).df("epochs")) == 12 and len(Store(twice.uri).files("epochs")) == 1
-    assert not [f for f in (tmp_path / "twice" / "epochs").rglob("*.parquet") if "compact" in f.name][
-        1:
-    ]  # the loser's file deleted
-
-
-def test_a_compaction_of_many_runs_keeps_every_row_once(tmp_path):
-    store = Store(tmp_path / "store", compact_after=30)
-    store.append("runs", [run_row(f"old{i}", "cnn") for i in range(3)])  # another partition, untouched
-    for i in range(30):
-        store.record_run(epoch_rows(f"r{i:02d}"), run_row(f"r{i:02d}"))
-    store.wait_for_maintenance()
-    compactions = [c for c in store.delta("runs").history() if c.get("perennial.operation") == "COMPACT"]
-    assert compactions
-    fresh = Store(store.uri)
-    runs, epochs = fresh.df("runs"), fresh.df("epochs")
-    assert sorted(runs["run_id"]) == sorted([f"old{i}" for i in range(3)] + [f"r{i:02d}" for i in range(30)])
-    assert len(epochs) == 90 and epochs.groupby("run_id").size().eq(3).all()
-    assert len([f for f in fresh.files("runs") if "workload=mlp" in f]) < 30
-
-
 def test_compact_command_merges_files_and_keeps_every_row(tmp_path):
     store = Store(tmp_path / "store")
     for i in range(6):
@@ -383,6 +288,149 @@ def test_compact_command_merges_files_and_keeps_every_row(tmp_path):
     store.append("epochs", epoch_rows("late"))
     assert len(Store(store.uri).df("epochs")) == 21
     assert len(Store(store.uri, as_of=5).df("epochs")) == 18  # time travel to before the compaction
+
+
+# ----------------------------------------------------------------------------- maintenance: delta-rs's, or one at a time
+def log_actions(table_dir: Path, version: int) -> list[dict]:
+    return [json.loads(line) for line in (table_dir / "_delta_log" / f"{version:020d}.json").read_text().splitlines()]
+
+
+def test_writers_only_write_and_delta_rs_checkpoints_by_the_table_properties(tmp_path):
+    """A writer commits and returns: no thread, no compaction. Tables carry delta.checkpointInterval and the
+    log-cleanup properties, so delta-rs's post-commit hook checkpoints; a table made without them gets them on its
+    next write; a new reader loads from the checkpoint."""
+    from deltalake import write_deltalake
+
+    from jobs.store.engine import CHECKPOINT_INTERVAL, TABLE_PROPERTIES
+
+    store = Store(tmp_path / "store", compact_after=2)
+    runs = CHECKPOINT_INTERVAL + 2
+    for i in range(runs):
+        store.record_run(epoch_rows(f"r{i}"), run_row(f"r{i}"))
+    assert threading.active_count() == 1  # a writing process starts no thread
+    assert len(store.files("epochs")) == runs  # and compacts nothing: that is compact_if_due's, elsewhere
+    assert "COMPACT" not in [c["operation"] for c in store.versions("epochs", limit=None)]
+    for table in ("epochs", "runs"):
+        log = tmp_path / "store" / table / "_delta_log"
+        assert store.delta(table).metadata().configuration == TABLE_PROPERTIES
+        assert list(log.glob("*.checkpoint.parquet")) and (log / "_last_checkpoint").exists()
+    fresh = Store(store.uri)
+    assert len(fresh.df("epochs")) == 3 * runs and len(fresh.df("runs")) == runs
+    write_deltalake(str(tmp_path / "old"), to_arrow_rows("runs", [run_row("a")]), partition_by=["workload"])
+    old = Store(tmp_path)
+    assert old.delta("old").metadata().configuration == {}
+    old.append("old", [run_row("b")])
+    assert old.delta("old").metadata().configuration == TABLE_PROPERTIES and len(old.df("old")) == 2
+
+
+def to_arrow_rows(table: str, rows: list[dict]):
+    from jobs.store.schema import to_arrow
+
+    return to_arrow(table, rows)
+
+
+def test_compact_if_due_compacts_a_partition_past_its_threshold_as_no_data_change(tmp_path):
+    """The end of a job compacts its partition once it holds compact_after files; delta-rs's rewrite commits with
+    dataChange=false (a streaming reader does not read the rows again); every row stays once; other partitions
+    and tables below the threshold are left alone."""
+    from jobs.store import compact_if_due
+
+    store = Store(tmp_path / "store", compact_after=5)
+    store.append("runs", [run_row(f"old{i}", "cnn") for i in range(3)])
+    for i in range(4):
+        store.record_run(epoch_rows(f"r{i}"), run_row(f"r{i}"))
+    assert compact_if_due(store, "mlp") == []  # 4 files: not due
+    store.record_run(epoch_rows("r4"), run_row("r4"))
+    done = compact_if_due(store, "mlp")
+    assert {(s["table"], s["files_before"], s["files_after"]) for s in done} == {("epochs", 5, 1), ("runs", 5, 1)}
+    version = store.delta("epochs").version()
+    actions = log_actions(tmp_path / "store" / "epochs", version)
+    changes = [(kind, a[kind]["dataChange"]) for a in actions for kind in ("add", "remove") if kind in a]
+    assert sorted(changes) == [("add", False)] + [("remove", False)] * 5
+    assert store.versions("epochs", 1)[0]["operation"] == "COMPACT"
+    fresh = Store(store.uri)
+    assert len(fresh.df("epochs")) == 15 and fresh.df("epochs").groupby("run_id").size().eq(3).all()
+    assert sorted(fresh.df("runs")["run_id"]) == sorted([f"old{i}" for i in range(3)] + [f"r{i}" for i in range(5)])
+    assert len([f for f in fresh.files("runs") if "workload=cnn" in f]) == 1
+    assert store.record_run(epoch_rows("r2", n=1), run_row("r2", epochs=1))  # a re-recording after it replaces
+    assert len(Store(store.uri).df("epochs")) == 13
+
+
+def test_a_compaction_never_lands_over_a_re_recording_and_keeps_appends(tmp_path):
+    """delta-rs refuses a compaction planned before a run's re-recording committed ("a concurrent transaction
+    deleted data this operation read"): the replaced rows never come back. Over a blind append it lands and
+    the appended file stays."""
+    from deltalake.exceptions import CommitFailedError
+
+    store = Store(tmp_path / "store")
+    for i in range(4):
+        store.record_run(epoch_rows(f"r{i}"), run_row(f"r{i}"))
+    snapshot = Store(store.uri).delta("epochs")
+    store.record_run(epoch_rows("r1", n=1), run_row("r1", epochs=1))
+    with pytest.raises(CommitFailedError, match="deleted data"):
+        snapshot.optimize.compact()
+    assert len(Store(store.uri).df("epochs")) == 10
+    snapshot = Store(store.uri).delta("epochs")
+    store.append("epochs", epoch_rows("new", n=2))
+    snapshot.optimize.compact()
+    rows = Store(store.uri).df("epochs")
+    assert len(rows) == 12 and rows.groupby("run_id").size().to_dict() == {"new": 2, "r0": 3, "r1": 1, "r2": 3, "r3": 3}
+    assert len(Store(store.uri).files("epochs")) == 2
+
+
+def test_delta_rs_double_commits_two_compactions_and_the_lease_prevents_it(tmp_path):
+    """delta-rs 1.6.6: two optimize.compact calls planned on the same snapshot both commit, and every row then reads
+    twice. If this assertion fails, delta-rs fixed it: the lease may then go (jobs/store/maintenance.py).
+    Through the store, two compactors in two processes at once: the lease lets one compact, the other skips."""
+    from deltalake import DeltaTable
+
+    bare = Store(tmp_path / "bare")
+    for i in range(10):
+        bare.append("epochs", epoch_rows(f"r{i}"))
+    first, second = DeltaTable(bare.table_uri("epochs")), DeltaTable(bare.table_uri("epochs"))
+    first.optimize.compact()
+    second.optimize.compact()
+    assert len(Store(bare.uri).df("epochs")) == 2 * 30, "delta-rs no longer double-commits compactions"
+
+    store = Store(tmp_path / "leased", compact_after=2)
+    for i in range(40):
+        store.append("epochs", epoch_rows(f"r{i}"))
+    code = "import sys, json; from jobs.store import Store; print(json.dumps(Store(sys.argv[1]).compact(['epochs'])))"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, store.uri], env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [json.loads(p.communicate(timeout=600)[0]) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    fresh = Store(store.uri)
+    assert len(fresh.df("epochs")) == 120 and len(fresh.files("epochs")) == 1, outs
+    compactions = [c for c in fresh.versions("epochs", limit=None) if c["operation"] == "COMPACT"]
+    assert len(compactions) == 1 and not list((tmp_path / "leased" / "epochs").glob("_compaction.lease"))
+
+
+def test_the_lease_admits_one_compactor_and_expires(tmp_path):
+    from jobs.store import maintenance
+
+    store = Store(tmp_path / "store", compact_after=2)
+    for i in range(3):
+        store.append("epochs", epoch_rows(f"r{i}"))
+    with maintenance.lease(store, "epochs") as held:
+        assert held
+        with maintenance.lease(store, "epochs") as second:
+            assert not second  # another compactor, here or in any process, holds it
+        assert store.compact() == [
+            {"table": "epochs", "partition": "workload=mlp", "files_before": 3, "files_after": None, "version": 2}
+        ]
+    assert len(store.files("epochs")) == 3  # it skipped: nothing compacted, nothing lost
+    lease = tmp_path / "store" / "epochs" / maintenance.LEASE
+    lease.write_text("a compactor that crashed")
+    with maintenance.lease(store, "epochs") as held:
+        assert not held  # a young lease holds
+    old = time.time() - maintenance.LEASE_S - 1
+    os.utime(lease, (old, old))
+    assert store.compact()[0]["files_after"] == 1  # an expired one is taken over
+    assert not lease.exists() and len(store.df("epochs")) == 9
 
 
 def test_vacuum_keeps_a_week_unless_told_otherwise(tmp_path):
@@ -412,70 +460,6 @@ def test_check_reports_orphan_lost_and_non_delta_files(tmp_path):
     lost = Path(store.files("runs")[0].removeprefix("file://"))
     lost.unlink()
     assert [f["kind"] for f in Store(store.uri).check() if f["kind"] != "not_delta"] == ["missing_file"]
-
-
-def write_old_store(root: Path) -> dict[str, int]:
-    """A store in the pre-Delta layout: per-workload files, a compacted file naming the two it replaced
-    (still present, as after a compaction that died), a temp file, a column that later became double."""
-    rows = {}
-
-    def put(table, workload, name, data, replaces=None):
-        folder = root / table / f"workload={workload}"
-        folder.mkdir(parents=True, exist_ok=True)
-        t = pa.table(data)
-        if replaces:
-            t = t.replace_schema_metadata({b"perennial.replaces": json.dumps(replaces).encode()})
-        pq.write_table(t, folder / name)
-
-    put("runs", "mlp", "a.parquet", {"run_id": ["a"], "best_metric": [0.5], "train.lr": [1]})
-    put("runs", "mlp", "b.parquet", {"run_id": ["b"], "best_metric": [0.6], "train.lr": [0.01]})
-    put("runs", "cnn", "c.parquet", {"run_id": ["c"], "best_metric": [None], "status": ["failed"]})
-    rows["runs"] = 3
-    put("epochs", "mlp", "1.parquet", {"run_id": ["a", "a"], "epoch": [1, 2]})
-    put("epochs", "mlp", "2.parquet", {"run_id": ["b"], "epoch": [1]})
-    put(
-        "epochs",
-        "mlp",
-        "x-compacted.parquet",
-        {"run_id": ["a", "a", "b"], "epoch": [1, 2, 1]},
-        ["1.parquet", "2.parquet"],
-    )
-    put("epochs", "mlp", "3.parquet", {"run_id": ["c"], "epoch": [1], "val_f1": [0.7]})
-    (root / "epochs/workload=mlp/.4.parquet.tmp").write_bytes(b"torn")
-    rows["epochs"] = 4
-    return rows
-
-
-def test_migrate_converts_an_old_store_in_place_and_keeps_the_old_files(tmp_path):
-    root = tmp_path / "store"
-    expected = write_old_store(root)
-    old_files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
-    from jobs.store.migrate import migrate
-
-    summary = {s["table"]: s for s in migrate(str(root))}
-    store = Store(root)
-    assert {t: len(store.df(t)) for t in ("runs", "epochs")} == expected == {t: s["rows"] for t, s in summary.items()}
-    runs = store.df("runs").set_index("run_id")
-    assert runs.loc["a", "train.lr"] == 1.0 and runs.loc["c", "status"] == "failed"
-    assert sorted(store.df("epochs")["run_id"]) == ["a", "a", "b", "c"]
-    moved = sorted(p.relative_to(root / "_legacy").as_posix() for p in (root / "_legacy").rglob("*") if p.is_file())
-    assert moved == old_files  # every old file kept, none left among the Delta files
-    assert store.check() == []
-    with pytest.raises(StoreError, match="nothing to migrate"):
-        migrate(str(root))
-    store.record_run(epoch_rows("d"), run_row("d"))  # a migrated table takes new records (record_id merges in)
-    assert len(Store(root).df("runs")) == 4
-
-
-def test_migrate_refuses_a_file_whose_column_type_conflicts_and_changes_nothing(tmp_path):
-    root = tmp_path / "store"
-    write_old_store(root)
-    pq.write_table(pa.table({"run_id": ["z"], "best_metric": ["n/a"]}), root / "runs/workload=mlp/z.parquet")
-    from jobs.store.migrate import migrate
-
-    with pytest.raises(StoreError, match="z.parquet"):
-        migrate(str(root))
-    assert not (root / "runs/_delta_log").exists() and (root / "runs/workload=mlp/a.parquet").exists()
 
 
 def test_polars_duckdb_and_pandas_read_the_store_without_project_code(tmp_path):
@@ -574,43 +558,6 @@ def test_a_commit_reported_failed_after_it_landed_is_not_made_again(tmp_path, mo
     assert len(writes) == 3  # a, b, c: nothing committed twice
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a per-thread nice value is Linux's")
-def test_the_maintenance_thread_runs_at_low_priority_and_the_writer_does_not():
-    """A compaction takes the cores the writes leave idle: only the maintenance thread's nice value changes."""
-    from jobs.store.engine import MAINTENANCE_NICE, _lower_thread_priority
-
-    before, seen = os.getpriority(os.PRIO_PROCESS, 0), []
-
-    def maintenance():
-        _lower_thread_priority()
-        seen.append(os.getpriority(os.PRIO_PROCESS, 0))
-
-    thread = threading.Thread(target=maintenance)
-    thread.start()
-    thread.join()
-    assert seen == [max(before, MAINTENANCE_NICE)] and os.getpriority(os.PRIO_PROCESS, 0) == before
-
-
-def test_a_writer_waits_for_a_maintenance_thread_that_fell_behind(tmp_path, monkeypatch):
-    """The maintenance thread runs at low priority; on a busy machine a writer could outrun it. Once a partition
-    holds BACKLOG x compact_after small files, the writer waits for the thread: the file count stays bounded."""
-    from jobs.store.engine import BACKLOG, Engine, _small_files
-
-    slow = Engine._maintain
-
-    def behind(self, *args):
-        time.sleep(0.5)  # a starved thread
-        return slow(self, *args)
-
-    monkeypatch.setattr(Engine, "_maintain", behind)
-    store, most = Store(tmp_path / "store", compact_after=2), 0
-    for i in range(4 * BACKLOG):
-        store.append("epochs", epoch_rows(f"r{i:02d}", n=1))
-        most = max(most, len(_small_files(store.actions(store.delta("epochs"), "epochs")).get("mlp", [])))
-    store.wait_for_maintenance()
-    assert most <= BACKLOG * 2 and len(store.df("epochs")) == 4 * BACKLOG
-
-
 def test_a_writer_that_found_no_table_lands_in_the_one_another_writer_created_first(tmp_path, monkeypatch):
     """Two trials of a sweep that end together both find no `runs` table; the other one creates it first, with
     fewer columns (a trial stopped early has no test metrics). The late writer's rows must land in that table with
@@ -638,35 +585,3 @@ def test_a_writer_that_found_no_table_lands_in_the_one_another_writer_created_fi
         runs.loc["b", "status"] == "stopped_early" and runs.loc["b", "test_accuracy"] != runs.loc["b", "test_accuracy"]
     )
     assert len(Store(uri).df("epochs")) == 3
-
-
-def test_a_compaction_starts_only_once_the_writes_paused(tmp_path, monkeypatch):
-    """On a machine with few cores a compaction beside a write doubled the write's time: the maintenance thread
-    starts each compaction only when no write of its Engine is in progress and the last one ended IDLE_S ago."""
-    from jobs.store.engine import IDLE_S, Engine
-
-    writes, starts = [], []
-    commit, compact = Engine._commit, Engine._compact_partition
-
-    def timed_commit(self, *args, **kwargs):
-        began = time.monotonic()
-        try:
-            return commit(self, *args, **kwargs)
-        finally:
-            writes.append((began, time.monotonic()))
-
-    def noted_compaction(self, *args, **kwargs):
-        starts.append(time.monotonic())
-        return compact(self, *args, **kwargs)
-
-    monkeypatch.setattr(Engine, "_commit", timed_commit)
-    monkeypatch.setattr(Engine, "_compact_partition", noted_compaction)
-    store = Store(tmp_path / "store", compact_after=3)
-    for i in range(6):  # back to back: below the backlog at which a writer waits for the thread
-        store.append("epochs", epoch_rows(f"r{i}", n=1))
-    store.wait_for_maintenance()
-    assert starts and len(store.df("epochs")) == 6
-    for start in starts:
-        before = [end for began, end in writes if began <= start]
-        assert all(end <= start for began, end in writes if began <= start)  # no write in progress
-        assert start - max(before) >= IDLE_S  # and the last one ended IDLE_S before

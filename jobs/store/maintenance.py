@@ -1,0 +1,278 @@
+"""The store's maintenance: compaction (one at a time per table, under a lease), vacuum and check.
+
+    python -m jobs.store compact [--table epochs] [--workload mlp]
+
+Compaction runs in three places only, never in every writer: ``jobs.store compact``, a sweep's driver (every few
+finished trials and at its end) and the end of a job (``compact_if_due``). It is delta-rs's ``optimize.compact``,
+which commits its rewrite with ``dataChange=false`` (a streaming reader does not read the rows again). delta-rs
+1.6.6 lets two overlapping compactions of one table both commit, and every row then reads twice (upstream:
+delta-io/delta-rs, optimize has no conflict check against a concurrent optimize), so each compaction holds the
+table's lease: an object in the table's folder created only if absent (local disk: ``O_EXCL``; S3: a conditional
+put), which expires after ``LEASE_S`` so that a crashed compactor does not block the table for good.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import random
+import time
+import uuid
+import warnings
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from jobs.errors import StoreError
+from jobs.store.engine import LOG, PARTITION, Engine, first_line, now, set_table_properties
+
+LEASE = "_compaction.lease"  # in the table's folder: Delta readers and vacuum skip names starting with "_"
+LEASE_S = 600.0  # a lease older than this is expired (a compaction of one table takes seconds)
+COMPACT_ATTEMPTS = 4  # a compaction refused over a run's re-recording is planned again this many times
+
+
+@contextlib.contextmanager
+def lease(store: Engine, table: str) -> Iterator[bool]:
+    """Hold ``table``'s compaction lease for the ``with`` block: yields False (and holds nothing) if another
+    compactor, in this process or any other, holds it now."""
+    token = uuid.uuid4().hex
+    held = _acquire(store, f"{store.root}/{table}/{LEASE}", token)
+    try:
+        yield held
+    finally:
+        if held:
+            _release(store, f"{store.root}/{table}/{LEASE}", token)
+
+
+def _acquire(store: Engine, path: str, token: str) -> bool:
+    for _ in range(2):
+        if _create(store, path, token.encode()):
+            return True
+        info = store.fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            continue  # released meanwhile
+        if info.mtime is None or time.time() - info.mtime.timestamp() < LEASE_S:
+            return False
+        # Expired: exactly one compactor takes it over (the one that creates the marker named after this lease's
+        # time), deletes it and creates its own; a slower one that saw the same expired lease loses the marker.
+        if not _create(store, f"{path}.{info.mtime_ns}.expired", b""):
+            return False
+        store.fs.delete_file(path)
+    return False
+
+
+def _release(store: Engine, path: str, token: str) -> None:
+    try:
+        with store.fs.open_input_stream(path) as stream:
+            mine = stream.read() == token.encode()
+        if mine:  # not a lease that expired under this compactor and is now another's
+            store.fs.delete_file(path)
+    except OSError:
+        pass
+
+
+def _create(store: Engine, path: str, body: bytes) -> bool:
+    """Create ``path`` only if it is absent: of many callers, one wins (local disk: ``O_EXCL``; S3: a put with
+    ``If-None-Match: *``, which pyarrow's S3 filesystem cannot send, so boto3 does)."""
+    if store.local:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(body)
+        return True
+    try:
+        import boto3
+        from botocore.exceptions import ClientError
+    except ImportError:
+        raise StoreError("compacting a store on S3 needs boto3 — pip install boto3") from None
+    bucket, _, key = path.partition("/")
+    try:
+        boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+    except ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+            return False
+        raise StoreError(f"cannot write the compaction lease {path}: {first_line(e)}") from None
+    return True
+
+
+def files_per_partition(d) -> dict[str, int]:
+    actions = pa.table(d.get_add_actions(flatten=True))
+    column = f"partition.{PARTITION}"
+    if not actions.num_rows or column not in actions.column_names:
+        return {}
+    counts = actions.group_by(column).aggregate([([], "count_all")])
+    return dict(zip(counts.column(column).to_pylist(), counts.column("count_all").to_pylist()))
+
+
+def compact(
+    store: Engine, tables: list[str] | None = None, workload: str | None = None, due_only: bool = False
+) -> list[dict]:
+    """Merge each partition's files (or ``workload``'s) under each table's lease; with ``due_only``, only
+    partitions holding ``store.compact_after`` files or more. One summary row per partition; a table whose
+    lease another compactor holds is skipped (``files_after`` None)."""
+    summary = []
+    for table in tables or store.tables():
+        d = store.delta(table)
+        if d is None:
+            raise StoreError(f"no table '{table}' in store '{store.uri}' — tables: {', '.join(store.tables())}")
+        before = files_per_partition(d)
+        partitions = sorted(before) if workload is None else [workload]
+        if due_only:
+            partitions = [w for w in partitions if before.get(w, 0) >= store.compact_after]
+        if not partitions:
+            continue
+        with lease(store, table) as held:
+            if held:
+                d = store.delta(table)  # the newest snapshot, taken under the lease: a stale one doubles rows
+                before = files_per_partition(d)
+                set_table_properties(d)
+                for w in partitions:
+                    if before.get(w, 0) > 1:
+                        _compact_partition(store, table, w)
+            after = files_per_partition(store.delta(table)) if held else {}
+        for w in partitions:
+            summary.append(
+                {"table": table, "partition": f"{PARTITION}={w}", "files_before": before.get(w, 0)}
+                | {"files_after": after.get(w, 0) if held else None, "version": store.delta(table).version()}
+            )
+    return summary
+
+
+def _compact_partition(store: Engine, table: str, workload: str) -> None:
+    from deltalake import CommitProperties
+    from deltalake.exceptions import CommitFailedError
+
+    for attempt in range(COMPACT_ATTEMPTS):
+        try:
+            store.delta(table).optimize.compact(
+                partition_filters=[(PARTITION, "=", workload)],
+                commit_properties=CommitProperties(custom_metadata={"perennial.operation": "COMPACT"}),
+            )
+            return
+        except CommitFailedError:  # a run of the partition re-recorded meanwhile: plan again on the newest snapshot
+            time.sleep(min(1.0, 0.05 * 2**attempt) * random.uniform(0.5, 1.5))
+
+
+def compact_if_due(store: Engine, workload: str, tables: tuple[str, ...] = ("epochs", "runs")) -> list[dict]:
+    """Compact ``workload``'s partition of each of ``tables`` that holds ``store.compact_after`` files or more
+    (a sweep's driver and the end of a job call this). Best effort: a failure is a warning, the rows are safe."""
+    from deltalake.exceptions import DeltaError
+
+    try:
+        present = [t for t in tables if store.delta(t) is not None]
+        return compact(store, present, workload, due_only=True) if present else []
+    except (DeltaError, OSError, StoreError) as e:
+        warnings.warn(f"store compaction skipped: {first_line(e)} — `python -m jobs.store compact` retries it")
+        return []
+
+
+def vacuum(store: Engine, retention_hours: int, dry_run: bool = False) -> list[dict]:
+    """Delete files no version younger than ``retention_hours`` reads (time travel keeps that window)."""
+    summary = []
+    for table in store.tables():
+        d = store.delta(table)
+        removed = d.vacuum(
+            retention_hours=retention_hours, dry_run=dry_run, enforce_retention_duration=False, full=True
+        )  # full: also files no commit names (killed writers, lost races) older than the retention
+        if not dry_run:
+            d.cleanup_metadata()  # log entries past delta.logRetentionDuration (30 days)
+        summary.append({"table": table, "files_removed" if not dry_run else "would_remove": len(removed)})
+    return summary
+
+
+def check(store: Engine, fix: bool = False, older_than_s: float = 3600.0) -> list[dict]:
+    """Problems at the Delta level: a table folder that is not a Delta table, data files the log names but
+    storage lacks, files no commit names (left by a killed writer; ``fix`` deletes those older than
+    ``older_than_s``), runs whose two tables hold different recordings, and partitions due for compaction.
+    Returns one dict per finding."""
+    findings = []
+
+    def add(kind, table, path, detail, fixed=False):
+        findings.append({"kind": kind, "table": table, "path": path, "detail": detail, "fixed": fixed})
+
+    cutoff = now() - dt.timedelta(seconds=older_than_s)
+    tables = store.tables()
+    for i in store.fs.get_file_info(pafs.FileSelector(store.root, allow_not_found=True)):
+        name = os.path.basename(i.path)
+        if i.type == pafs.FileType.Directory and not name.startswith((".", "_")) and name not in tables:
+            add("not_delta", name, i.path, "not a Delta table (no _delta_log) — move it out of the store")
+    for table in tables:
+        d = store.delta(table)
+        live = {_rel(store.table_uri(table), f) for f in d.file_uris()}
+        named = live | _files_named_in_log(store.fs, f"{store.root}/{table}/{LOG}")
+        base = f"{store.root}/{table}"
+        present = {}
+        for f in store.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
+            rel = f.path[len(base) + 1 :]
+            if f.type == pafs.FileType.File and not rel.startswith(LOG) and rel.endswith(".parquet"):
+                present[rel] = f
+        for rel in sorted(live - set(present)):
+            if fix:
+                d.repair(dry_run=False)
+            add("missing_file", table, rel, "named by the log but not in storage — its rows are gone", fix)
+        for rel in sorted(set(present) - named):
+            f = present[rel]
+            if f.mtime is not None and f.mtime >= cutoff:
+                add("in_progress", table, rel, "no commit names it yet: a writer may still be running")
+                continue
+            if fix:
+                store.fs.delete_file(f.path)
+            detail = "no commit names it (a writer killed before its commit, or a commit that lost a race): "
+            add("orphan_file", table, rel, detail + "readers never see it; --fix or vacuum deletes it", fix)
+        for w, n in sorted(files_per_partition(d).items()):
+            if n >= 2 * store.compact_after:
+                add("many_files", table, f"{PARTITION}={w}", f"{n} files — `python -m jobs.store compact`")
+    if {"runs", "epochs"} <= set(tables):
+        for run_id, detail in _record_mismatches(store):
+            add("record_pending", "runs", run_id, detail)
+    return findings
+
+
+def _rel(table_uri: str, file_uri: str) -> str:
+    from urllib.parse import unquote
+
+    file_uri = unquote(file_uri.removeprefix("file://"))
+    return file_uri[len(table_uri) + 1 :] if file_uri.startswith(table_uri) else file_uri
+
+
+def _files_named_in_log(fs: pafs.FileSystem, log: str) -> set[str]:
+    """Every data file an add or remove action of a commit still in the log names (time travel reads those)."""
+    from urllib.parse import unquote
+
+    named = set()
+    for f in fs.get_file_info(pafs.FileSelector(log, allow_not_found=True)):
+        if not f.path.endswith(".json") or os.path.basename(f.path).startswith("_"):
+            continue
+        with fs.open_input_stream(f.path) as stream:
+            for line in stream.read().decode().splitlines():
+                action = json.loads(line) if line.strip() else {}
+                for kind in ("add", "remove"):
+                    if kind in action:
+                        named.add(unquote(action[kind]["path"]))
+    return named
+
+
+def _record_mismatches(store: Engine) -> list[tuple[str, str]]:
+    """Runs whose ``runs`` row and ``epochs`` rows come from different recordings (a recorder still
+    running, or killed between its two commits: recording the run again settles it)."""
+    runs = store.read("runs", columns=["run_id", "record_id"])
+    epochs = store.read("epochs", columns=["run_id", "record_id"])
+    if "record_id" not in runs.column_names or "record_id" not in epochs.column_names:
+        return []
+    by_run = dict(zip(runs.column("run_id").to_pylist(), runs.column("record_id").to_pylist()))
+    epoch_records: dict[str, set] = {}
+    for r in epochs.group_by(["run_id", "record_id"]).aggregate([]).to_pylist():
+        epoch_records.setdefault(r["run_id"], set()).add(r["record_id"])
+    out = []
+    for run_id, record in by_run.items():
+        if record is None or run_id not in epoch_records:
+            continue
+        if epoch_records[run_id] != {record}:
+            later = sorted(x for x in epoch_records[run_id] if x)
+            out.append((run_id, f"runs row from recording {record}, epochs from {', '.join(later)}"))
+    return out
