@@ -32,7 +32,7 @@ def test_cluster_up_submit_down_from_an_empty_home(ray_cluster, tmp_path):
     env = base_env(HOME=str(home), PERENNIAL_CLUSTER_DIR=folder)
     for key in ("RAY_AUTH_MODE", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):
         env.pop(key, None)  # the README's shell has neither set
-    make = ["make", "-s", "CLUSTER_ARGS=--num-cpus=1"]
+    make = ["make", "-s", "CLUSTER_ARGS=--num-cpus=2"]  # what configs/mlp.yaml asks of one worker
     try:
         up = subprocess.run([*make, "cluster-up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-2000:]
