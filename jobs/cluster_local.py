@@ -137,6 +137,10 @@ class PortTaken(ClusterError):
     """Another process bound one of the head's ports between ``free_port()`` and the head binding it."""
 
 
+class HeadExited(ClusterError):
+    """The head exited while it started: Ray gives its raylet a fixed 30 s to register, which a busy machine misses."""
+
+
 CLIENT_KEYS = (
     "RAY_ADDRESS",
     "RAY_API_SERVER_ADDRESS",
@@ -237,7 +241,7 @@ class LocalCluster:
             state = {"ports": ports, "config": config, "token_auth": token_auth}
             try:
                 return cls._launch(folder, state, num_cpus, process_env(folder, env, token_auth, config), timeout_s)
-            except PortTaken:  # fresh ports, a fresh head
+            except (PortTaken, HeadExited):  # fresh ports, a fresh head
                 if attempt == 3:
                     raise
 
@@ -282,7 +286,7 @@ class LocalCluster:
             if "already occupied" in text or "Failed to start the dashboard" in text:
                 raise PortTaken(f"a port of the Ray head was taken: {text[-1500:]}")
             if supervisor.poll() is not None:
-                raise ClusterError(f"the local cluster's head exited: {text[-1500:]}")
+                raise HeadExited(f"the local cluster's head exited: {text[-1500:]}")
             if "Ray runtime started" in text and answers(f"{self.dashboard}/api/version") and answers(agent):
                 return
             time.sleep(0.5)
