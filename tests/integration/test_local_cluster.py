@@ -6,6 +6,7 @@ keeps running)."""
 from __future__ import annotations
 
 import shlex
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -79,6 +80,7 @@ def test_cluster_up_submit_down_from_an_empty_home(ray_cluster, tmp_path):
         assert no_token.returncode != 0 and "token" in (no_token.stdout + no_token.stderr).lower()
     finally:
         down = subprocess.run([*make, "cluster-down"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
     assert down.returncode == 0, down.stderr[-2000:]
     assert "stopped" in down.stdout
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in procs)
