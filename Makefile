@@ -75,14 +75,15 @@ test-unit: setup
 test-integration: setup
 	$(NETNS) $(PYTEST) tests/integration
 
-# A one-machine Ray cluster for `ray job submit` / jobs.submit: 127.0.0.1 only, token auth on (token generated
-# in ~/.ray/auth_token if missing). cluster-down stops this cluster alone (by its temp dir), never `ray stop`.
-CLUSTER_DIR ?= /tmp/perennial-ray
+# Local Ray clusters (jobs/cluster_local.py): 127.0.0.1 only, token auth on, each in a folder of its own
+# (PERENNIAL_CLUSTER_DIR picks it) that holds its token. A down target ends its own cluster alone, by the PID of the
+# supervisor every process of that cluster descends from, never `ray stop`.
+# cluster-up: one node with this machine's CPUs, for `ray job submit` / jobs.submit (CLUSTER_ARGS=--num-cpus=N).
 cluster-up: setup
-	$(BIN)/python -m jobs.local_cluster up --temp-dir $(CLUSTER_DIR) $(CLUSTER_ARGS)
+	$(BIN)/python -m jobs.cluster_local up $(CLUSTER_ARGS)
 
 cluster-down:
-	$(BIN)/python -m jobs.local_cluster down --temp-dir $(CLUSTER_DIR)
+	$(BIN)/python -m jobs.cluster_local down
 
 # cluster*.yaml through Ray's own validator + the project's rules, offline (no cloud account needed)
 cluster-check: setup
@@ -93,14 +94,14 @@ cluster-check: setup
 constraints: setup
 	$(BIN)/python -m jobs.cluster_check --write-constraints
 
-# cluster.yaml rehearsed on this machine (docs/cluster.md): a 0-CPU head on 127.0.0.1 with token auth, and
-# an autoscaler that adds and removes 1-CPU nodes of cluster.yaml's worker types as jobs ask for them.
-# IDLE_MINUTES=0.5 removes idle nodes sooner than cluster.yaml's idle_timeout_minutes.
+# cluster.yaml rehearsed on this machine (docs/cluster.md): a 0-CPU head, and an autoscaler that adds and removes
+# 1-CPU nodes of cluster.yaml's worker types as jobs ask for them. IDLE_MINUTES=0.5 removes idle nodes sooner than
+# cluster.yaml's idle_timeout_minutes.
 cluster-local: setup
-	$(BIN)/python -m jobs.cluster_local up $(if $(IDLE_MINUTES),--idle-timeout-minutes $(IDLE_MINUTES))
+	$(BIN)/python -m jobs.cluster_local up --rehearsal $(if $(IDLE_MINUTES),--idle-timeout-minutes $(IDLE_MINUTES))
 
 cluster-local-down:
-	$(BIN)/python -m jobs.cluster_local down
+	$(BIN)/python -m jobs.cluster_local down --rehearsal
 
 # performance suite (bench/__main__.py): Ray Train overhead, NER vs HF Trainer, scaling, memory; < 30 min on 2 cores
 bench: setup

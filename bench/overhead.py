@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -228,56 +227,6 @@ def run_arm(args, arm: str, workload: str = "", env: dict | None = None, cpus: i
     return out | {"arm": arm, "workload": workload, "load_avg": [load_before, load_avg()]}
 
 
-class RunningCluster:
-    """A Ray head started here (``ray start --head --block`` on 127.0.0.1), ended by its process group id."""
-
-    def __init__(self, num_cpus: int, env: dict):
-        from jobs.ports import free_port
-
-        self.temp_dir = tempfile.mkdtemp(prefix="bench-ray-")
-        self.address = f"127.0.0.1:{free_port()}"
-        self.env = env | {"RAY_AUTH_MODE": "token"}  # token auth on, as make cluster-up starts it
-        from jobs.local_cluster import ensure_token
-
-        ensure_token()  # token auth needs a token: generated in ~/.ray if missing
-        cmd = [
-            str(Path(sys.executable).parent / "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--disable-usage-stats",
-            f"--num-cpus={num_cpus}",
-            f"--port={self.address.rsplit(':', 1)[1]}",
-            "--node-ip-address=127.0.0.1",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={free_port()}",
-            f"--ray-client-server-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--temp-dir={self.temp_dir}",
-        ]
-        self.log = open(Path(self.temp_dir) / "ray-start.log", "w")
-        self.proc = subprocess.Popen(
-            cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        deadline = time.time() + 180
-        while "Ray runtime started" not in Path(self.log.name).read_text(
-            errors="replace"
-        ):  # as tests/conftest.py waits
-            if self.proc.poll() is not None or time.time() > deadline:
-                self.stop()
-                raise RuntimeError(f"ray start failed: {Path(self.log.name).read_text()[-1500:]}")
-            time.sleep(1)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # only what this bench started
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
-
-
 # ----------------------------------------------------------------------------- [2] the driver
 def measure(args) -> dict:
     results = {"step": {}, "fixed": {}}
@@ -304,9 +253,12 @@ def measure(args) -> dict:
     base_env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     variants = {name: base_env | settings for name, settings in FIXED_VARIANTS.items()}
     cluster = None
-    if not args.smoke:  # reuse of a running cluster: a job connects to it instead of starting its own
-        cluster = RunningCluster(args.cpus, variants[list(FIXED_VARIANTS)[-1]])
-        variants["+ a running cluster (ray start)"] = cluster.env | {"RAY_ADDRESS": cluster.address}
+    if not args.smoke:  # reuse of a running cluster, as make cluster-up starts it: a job joins instead of starting one
+        from jobs.cluster_local import LocalCluster
+
+        env = variants[list(FIXED_VARIANTS)[-1]]
+        cluster = LocalCluster.start(tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp"), num_cpus=args.cpus, env=env)
+        variants["+ a running cluster (ray start)"] = env | cluster.env()
     if args.smoke:  # arms run inline: one setting, whatever this process has
         variants = dict(list(variants.items())[-1:])
     results["fixed"] = {name: [] for name in variants}

@@ -1,21 +1,27 @@
-"""The cloud cluster of cluster.yaml, rehearsed on one machine with Ray's fake multi-node autoscaler.
+"""Ray clusters on this machine, 127.0.0.1 only, token auth on: one node, or cluster.yaml rehearsed.
 
-    python -m jobs.cluster_local up [--cluster-yaml cluster.yaml] [--idle-timeout-minutes 1] [--dir DIR]
-    python -m jobs.cluster_local env        # the export line that points a shell at it
-    python -m jobs.cluster_local down       # (make cluster-local / make cluster-local-down)
-    python -m jobs.cluster_local config     # the generated autoscaler config, printed
+    python -m jobs.cluster_local up [--num-cpus N]        # make cluster-up: one node with this machine's CPUs
+    python -m jobs.cluster_local up --rehearsal [--cluster-yaml cluster.yaml] [--idle-timeout-minutes 1]
+                                                          # make cluster-local: cluster.yaml's node types, autoscaled
+    python -m jobs.cluster_local env [--rehearsal]        # the export line that points a shell at it
+    python -m jobs.cluster_local down [--rehearsal]       # make cluster-down / make cluster-local-down
+    python -m jobs.cluster_local config                   # the rehearsal's generated autoscaler config, printed
 
-The node types are *generated from* cluster.yaml's ``available_node_types`` (``local_config``): the
-same names, min/max workers and idle timeout, a head with ``CPU: 0``; every worker node shrinks to
-1 CPU, a GPU type becomes a CPU node, and each worker type carries a custom resource named after it
-(``{"gpu_1x": 1}``) so that placement by node type is still exercised. The autoscaler launches and
-removes real raylets on this machine as jobs ask for them (Ray's ``fake_multinode`` provider).
+Each cluster lives in a folder of its own (``--dir``; default ``$PERENNIAL_CLUSTER_DIR``, else
+``/tmp/perennial-ray-UID`` or ``/tmp/perennial-rehearsal-UID``): its token (``auth_token``, mode 0600,
+never ``~/.ray``), Ray's temp dir and ``cluster.json``, which ``env`` and ``down`` read. Tests and benches
+start their clusters with ``LocalCluster.start`` too.
 
-Everything listens on 127.0.0.1 and token auth is on, with a token generated into the cluster's own
-folder (never ``~/.ray``). A small supervisor process owns the cluster: it is the child subreaper of
-every Ray process the cluster starts (head, autoscaler, the nodes it adds, their agents), so ``down``
-ends exactly those processes, orphans included, by the supervisor's PID — never with ``ray stop``,
-which would end every Ray cluster of the user.
+The rehearsal's node types are *generated from* cluster.yaml's ``available_node_types``
+(``local_config``): the same names, min/max workers and idle timeout, a head with ``CPU: 0``; every
+worker node shrinks to 1 CPU, a GPU type becomes a CPU node, and each worker type carries a custom
+resource named after it (``{"gpu_1x": 1}``) so that placement by node type is still exercised. Ray's
+``fake_multinode`` autoscaler launches and removes real raylets on this machine as jobs ask for them.
+
+A small supervisor process owns each cluster: it is the child subreaper of every Ray process the
+cluster starts (head, autoscaler, the nodes it adds, their agents), so ``down`` ends exactly those
+processes, orphans included, by the supervisor's PID — never with ``ray stop``, which would end every
+Ray cluster of the user.
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ import ctypes
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -38,11 +46,18 @@ from jobs.errors import ClusterError, ConfigError, cli_main
 from jobs.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DIR = Path(os.environ.get("TMPDIR", "/tmp")) / f"perennial-cluster-{os.getuid()}"
 MAX_LOCAL_NODES = 3  # worker nodes at most, all types together: a 2-core laptop holds the head plus three
 OBJECT_STORE_BYTES = 128 * 1024**2  # per node; Ray's default (30% of RAM per node) is far too much here
 STATE = "cluster.json"
 LOCAL_HEAD_TYPE = "ray.head.default"  # fake_multi_node.node_provider.FAKE_HEAD_NODE_TYPE
+
+
+def default_dir(rehearsal: bool) -> Path:
+    """The cluster's folder when ``--dir`` is not given: ``$PERENNIAL_CLUSTER_DIR``, else one per kind and user."""
+    if os.environ.get("PERENNIAL_CLUSTER_DIR"):
+        return Path(os.environ["PERENNIAL_CLUSTER_DIR"])
+    kind = "rehearsal" if rehearsal else "ray"
+    return Path(os.environ.get("TMPDIR", "/tmp")) / f"perennial-{kind}-{os.getuid()}"
 
 
 # ----------------------------------------------------------------------------- the generated config
@@ -118,36 +133,57 @@ def read_cluster_yaml(path: str | os.PathLike) -> dict:
 
 
 # ----------------------------------------------------------------------------- the running cluster
-class LocalCluster:
-    """A local autoscaling cluster, described by ``<dir>/cluster.json`` while it runs.
+class PortTaken(ClusterError):
+    """Another process bound one of the head's ports between ``free_port()`` and the head binding it."""
 
-    ``LocalCluster.start(dir, config)`` starts one; ``LocalCluster.attach(dir)`` finds a running one;
-    ``env()`` is what a client needs (addresses, token); ``stop()`` ends every process it started."""
+
+class HeadExited(ClusterError):
+    """The head exited while it started: Ray gives its raylet a fixed 30 s to register, which a busy machine misses."""
+
+
+CLIENT_KEYS = (
+    "RAY_ADDRESS",
+    "RAY_API_SERVER_ADDRESS",
+    "RAY_AUTH_MODE",
+    "RAY_AUTH_TOKEN_PATH",
+    "PERENNIAL_CLUSTER_CONFIG",
+)
+
+
+class LocalCluster:
+    """A local cluster, described by ``<dir>/cluster.json`` while it runs.
+
+    ``LocalCluster.start(dir)`` starts one node, ``LocalCluster.start(dir, cluster_yaml_dict)`` the rehearsal;
+    ``LocalCluster.attach(dir)`` finds a running one; ``env()`` is what a client needs (addresses, token);
+    ``stop()`` ends every process it started."""
 
     def __init__(self, folder: Path, state: dict):
         self.dir, self.state = Path(folder), state
         self.address = state["address"]  # GCS, for ray.init / jobs.train
         self.dashboard = state["dashboard"]  # job API, for jobs.submit / ray job
         self.supervisor_pid = state["supervisor_pid"]
+        self.rehearsal = state["config"] is not None
 
     @property
     def token_path(self) -> Path:
-        return self.dir / "home" / ".ray" / "auth_token"
+        return self.dir / "auth_token"
 
     def env(self) -> dict[str, str]:
         """Variables that point a client (ray.init, jobs.train, jobs.submit, ray job) at this cluster."""
-        return {
+        env = {
             "RAY_ADDRESS": self.address,
             "RAY_API_SERVER_ADDRESS": self.dashboard,
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": str(self.token_path),
-            "PERENNIAL_CLUSTER_CONFIG": str(self.dir / "home" / "ray_bootstrap_config.yaml"),
             # else a client swaps 127.0.0.1 in the address for the machine's outward IP, where nothing listens
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         }
+        if self.state["token_auth"]:
+            env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
+        if self.rehearsal:  # jobs.train reads the node types from it (check_fits)
+            env["PERENNIAL_CLUSTER_CONFIG"] = str(self.dir / "home" / "ray_bootstrap_config.yaml")
+        return env
 
     @classmethod
-    def attach(cls, folder: str | os.PathLike = DEFAULT_DIR) -> LocalCluster | None:
+    def attach(cls, folder: str | os.PathLike) -> LocalCluster | None:
         path = Path(folder) / STATE
         if not path.exists():
             return None
@@ -155,28 +191,36 @@ class LocalCluster:
         return cluster if cluster.alive() else None
 
     def alive(self) -> bool:
-        try:  # reap it if this process started it: an exited child stays a zombie, which kill(pid, 0) still finds
+        """Whether the supervisor runs: a live process of that PID whose command line is the supervisor's."""
+        import psutil
+
+        try:  # reap it if this process started it: an exited child stays a zombie
             if os.waitpid(self.supervisor_pid, os.WNOHANG)[0] == self.supervisor_pid:
                 return False
         except ChildProcessError:
             pass
-        try:
-            os.kill(self.supervisor_pid, 0)
-            return True
-        except ProcessLookupError:
+        try:  # the command line too: after a reboot the PID may be another program's
+            return "_supervise" in psutil.Process(self.supervisor_pid).cmdline()
+        except psutil.Error:
             return False
 
     @classmethod
     def start(
         cls,
         folder: str | os.PathLike,
-        cluster_cfg: dict,
+        cluster_cfg: dict | None = None,
         *,
+        num_cpus: int | None = None,
         idle_timeout_minutes: float | None = None,
+        token_auth: bool = True,
         env: dict[str, str] | None = None,
         timeout_s: float = 180.0,
     ) -> LocalCluster:
-        """Start the head (0 CPU) with the generated autoscaler config; wait until it takes jobs."""
+        """Start a cluster in ``folder`` and wait until it takes jobs.
+
+        Without ``cluster_cfg``: one node with ``num_cpus`` CPUs (default: the machine's). With a parsed
+        cluster.yaml: the rehearsal, a 0-CPU head whose autoscaler adds that config's node types.
+        ``env`` is the environment the cluster's processes start from (default this process's)."""
         folder = Path(folder)
         if (running := cls.attach(folder)) is not None:
             raise ClusterError(
@@ -184,62 +228,43 @@ class LocalCluster:
                 f"'python -m jobs.cluster_local down --dir {folder}' first"
             )
         shutil.rmtree(folder, ignore_errors=True)
-        (folder / "home" / ".ray").mkdir(parents=True)
-        token = folder / "home" / ".ray" / "auth_token"
-        token.write_text(secrets.token_hex(32))  # the form `ray get-auth-token --generate` writes
-        token.chmod(0o600)
-        port, dashboard_port = free_port(), free_port()
-        config = local_config(cluster_cfg, gcs_address=f"127.0.0.1:{port}", idle_timeout_minutes=idle_timeout_minutes)
-        # where `ray up` puts it on a cloud head: jobs.train reads the node types from there (check_fits)
-        (folder / "home" / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        ray_bin = Path(sys.executable).parent / "ray"
-        cmd = [
-            str(ray_bin if ray_bin.exists() else "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--disable-usage-stats",
-            "--num-cpus=0",  # ray start does not apply the yaml's head resources
-            f"--object-store-memory={OBJECT_STORE_BYTES}",
-            f"--port={port}",
-            "--node-ip-address=127.0.0.1",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard_port}",
-            f"--ray-client-server-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--temp-dir={folder / 'ray'}",
-            f"--autoscaling-config={folder / 'home' / 'ray_bootstrap_config.yaml'}",
-        ]
-        child_env = {
-            **os.environ,
-            **(env or {}),
-            "HOME": str(folder / "home"),  # the token lives here; so do Ray's own ~/.ray files
-            "RAY_AUTH_MODE": "token",
-            "RAY_AUTH_TOKEN_PATH": str(token),
-            "RAY_FAKE_CLUSTER": "1",
-            # local-only mode: the head and every node the autoscaler adds bind to 127.0.0.1 (see jobs.train.loopback_only)
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
-        child_env.pop("RAY_ADDRESS", None)
-        log = open(folder / "head.log", "w")
-        supervisor = subprocess.Popen(
-            [sys.executable, "-m", "jobs.cluster_local", "_supervise", "--", *cmd],
-            env=child_env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # not in the caller's terminal group: Ctrl-C there leaves it up
-        )
-        log.close()
-        state = {
+        folder.mkdir(parents=True)
+        if token_auth:  # owner-only from its first byte; the form `ray get-auth-token --generate` writes
+            with os.fdopen(os.open(folder / "auth_token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+                f.write(secrets.token_hex(32))
+        for attempt in (1, 2, 3):
+            ports = {name: free_port() for name in ("gcs", "dashboard", "client", "agent")}
+            config = None
+            if cluster_cfg is not None:
+                gcs = f"127.0.0.1:{ports['gcs']}"
+                config = local_config(cluster_cfg, gcs_address=gcs, idle_timeout_minutes=idle_timeout_minutes)
+            state = {"ports": ports, "config": config, "token_auth": token_auth}
+            try:
+                return cls._launch(folder, state, num_cpus, process_env(folder, env, token_auth, config), timeout_s)
+            except (PortTaken, HeadExited):  # fresh ports, a fresh head
+                if attempt == 3:
+                    raise
+
+    @classmethod
+    def _launch(cls, folder: Path, state: dict, num_cpus: int | None, env: dict, timeout_s: float) -> LocalCluster:
+        ports, config = state["ports"], state["config"]
+        if config is not None:  # where `ray up` puts it on a cloud head: jobs.train reads the node types there
+            (folder / "home").mkdir(exist_ok=True)
+            (folder / "home" / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        cmd = [sys.executable, "-m", "jobs.cluster_local", "_supervise", "--", *head_command(folder, state, num_cpus)]
+        with open(folder / "head.log", "w") as log:
+            supervisor = subprocess.Popen(
+                cmd,
+                env=env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # not in the caller's terminal group: Ctrl-C there leaves it up
+            )
+        state |= {
             "supervisor_pid": supervisor.pid,
-            "address": f"127.0.0.1:{port}",
-            "dashboard": f"http://127.0.0.1:{dashboard_port}",
-            "temp_dir": str(folder / "ray"),
-            "config": config,
+            "address": f"127.0.0.1:{ports['gcs']}",
+            "dashboard": f"http://127.0.0.1:{ports['dashboard']}",
         }
         (folder / STATE).write_text(json.dumps(state, indent=1))
         cluster = cls(folder, state)
@@ -251,29 +276,19 @@ class LocalCluster:
         return cluster
 
     def _wait_ready(self, supervisor: subprocess.Popen, timeout_s: float) -> None:
-        import http.client
-        import urllib.error
-        import urllib.request
-
+        """Until the head is up and both its dashboard and its job agent answer: a job submitted before the
+        agent is up is refused ("No available agent")."""
         log = self.dir / "head.log"
+        agent = f"http://127.0.0.1:{self.state['ports']['agent']}/"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            text = log.read_text(errors="replace")
+            if "already occupied" in text or "Failed to start the dashboard" in text:
+                raise PortTaken(f"a port of the Ray head was taken: {text[-1500:]}")
             if supervisor.poll() is not None:
-                raise ClusterError(f"the local cluster's head exited: {log.read_text(errors='replace')[-1500:]}")
-            if "Ray runtime started" in log.read_text(errors="replace"):
-                try:
-                    urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=2)
-                    return
-                except urllib.error.HTTPError:  # 401 without the token: the server is up
-                    return
-                except http.client.HTTPException:  # not HTTP: another program bound the port before the head did
-                    raise ClusterError(
-                        f"port {self.dashboard.rsplit(':', 1)[1]} was taken by another program while the cluster "
-                        f"started, so its dashboard is not there — run 'python -m jobs.cluster_local up' again "
-                        f"(it picks new ports)"
-                    ) from None
-                except OSError:
-                    pass
+                raise HeadExited(f"the local cluster's head exited: {text[-1500:]}")
+            if "Ray runtime started" in text and answers(f"{self.dashboard}/api/version") and answers(agent):
+                return
             time.sleep(0.5)
         raise ClusterError(f"the local cluster did not start in {timeout_s:.0f} s: see {log}")
 
@@ -290,7 +305,7 @@ class LocalCluster:
             os.kill(self.supervisor_pid, signal.SIGKILL)
         (self.dir / STATE).unlink(missing_ok=True)
 
-    # --- views of the running cluster, for tests, the bench and the CLI
+    # --- views of a running rehearsal, for tests and the bench
     def nodes(self, alive: bool = True) -> list[dict]:
         """Nodes as ``{"node_id", "node_type", "state", "resources"}``, from the dashboard's state API
         (no ray.init here: the caller may hold another Ray session). The head has the head's type."""
@@ -317,14 +332,72 @@ class LocalCluster:
         """Alive nodes other than the head."""
         return [n for n in self.nodes() if n["node_type"] != self.state["config"]["head_node_type"]]
 
-    def process_count(self) -> int:
-        """Processes the supervisor still holds (itself excluded)."""
-        import psutil
 
-        try:
-            return len(psutil.Process(self.supervisor_pid).children(recursive=True))
-        except psutil.NoSuchProcess:
-            return 0
+def head_command(folder: Path, state: dict, num_cpus: int | None) -> list[str]:
+    """``ray start --head --block`` with every listener on 127.0.0.1 and the ports in ``state``; Ray's temp dir in
+    the cluster's folder. The rehearsal's head has 0 CPUs and runs the autoscaler."""
+    ports, ray_bin = state["ports"], Path(sys.executable).parent / "ray"
+    cmd = [
+        str(ray_bin if ray_bin.exists() else "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--disable-usage-stats",
+        f"--port={ports['gcs']}",
+        "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={ports['dashboard']}",
+        f"--ray-client-server-port={ports['client']}",
+        f"--dashboard-agent-listen-port={ports['agent']}",
+        f"--temp-dir={folder / 'ray'}",
+    ]
+    if state["config"] is None:
+        return cmd + ([f"--num-cpus={num_cpus}"] if num_cpus is not None else [])
+    return cmd + [
+        "--num-cpus=0",  # ray start does not apply the yaml's head resources
+        f"--object-store-memory={OBJECT_STORE_BYTES}",
+        f"--autoscaling-config={folder / 'home' / 'ray_bootstrap_config.yaml'}",
+    ]
+
+
+def process_env(folder: Path, base: dict[str, str] | None, token_auth: bool, config: dict | None) -> dict[str, str]:
+    """The environment of every process of the cluster (head, added nodes, jobs' drivers and workers)."""
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in CLIENT_KEYS}
+    env |= {
+        # Ray's default temp dir is <it>/ray: an actor that looks its cluster up by "auto" finds this one, never
+        # the last cluster started on the machine
+        "RAY_TMPDIR": str(folder),
+        # local-only mode: the head and every node the autoscaler adds bind to 127.0.0.1 (see jobs.train.loopback_only)
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p),
+        # jobs run the first `python` on the cluster's PATH: this environment's (the venv's), as `ray` is
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    }
+    if token_auth:
+        env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(folder / "auth_token")}
+    if config is not None:  # a cloud head's HOME holds ray_bootstrap_config.yaml; so does the rehearsal's
+        env |= {"HOME": str(folder / "home"), "RAY_FAKE_CLUSTER": "1"}
+    return env
+
+
+def answers(url: str) -> bool:
+    """Whether a web server answers at ``url`` (an error status counts: 401 without the token, 404)."""
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url, timeout=2)
+    except urllib.error.HTTPError:
+        return True
+    except ConnectionError:
+        return False
+    except http.client.HTTPException:  # not HTTP: another program bound the port before the head did
+        raise PortTaken(f"{url} answers, but not as Ray's server") from None
+    except OSError:
+        return False
+    return True
 
 
 def node_type_of(resources: dict, config: dict) -> str:
@@ -348,16 +421,11 @@ def supervise(cmd: list[str]) -> int:
     PR_SET_CHILD_SUBREAPER = 36
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     head = subprocess.Popen(cmd)
-    stopping = False
-
-    def on_term(signum, frame):
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
     me = psutil.Process()
-    while not stopping and head.poll() is None:
+    while not stopping.is_set() and head.poll() is None:
         time.sleep(0.5)
         for child in me.children():  # reap adopted orphans that exit (else they stay zombies)
             if child.pid != head.pid:
@@ -365,25 +433,27 @@ def supervise(cmd: list[str]) -> int:
                     os.waitpid(child.pid, os.WNOHANG)
                 except ChildProcessError:
                     pass
-    procs = me.children(recursive=True)
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-    for p in me.children(recursive=True):  # anything started while we were ending the rest
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
+    end_descendants(me)
     return 0
+
+
+def end_descendants(me) -> None:
+    """SIGTERM every descendant of ``me``, SIGKILL those left after 5 s and any started meanwhile."""
+    import psutil
+
+    def each(procs, action: str) -> None:
+        for p in procs:
+            try:
+                getattr(p, action)()
+            except psutil.NoSuchProcess:
+                pass
+
+    procs = me.children(recursive=True)
+    each(procs, "terminate")
+    _, alive = psutil.wait_procs(procs, timeout=5)
+    each(alive, "kill")
+    psutil.wait_procs(alive, timeout=5)
+    each(me.children(recursive=True), "kill")
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -392,44 +462,60 @@ def main(argv: list[str]) -> int:
         return supervise(argv[2:] if argv[1:2] == ["--"] else argv[1:])
     p = argparse.ArgumentParser(prog="python -m jobs.cluster_local", description=__doc__.split("\n\n")[0])
     p.add_argument("action", choices=("up", "down", "env", "config"))
+    p.add_argument(
+        "--rehearsal", action="store_true", help="cluster.yaml's node types, autoscaled (make cluster-local)"
+    )
+    p.add_argument("--num-cpus", type=int, help="CPUs of the one node (default: this machine's)")
     p.add_argument("--cluster-yaml", default=str(ROOT / "cluster.yaml"), help="the cloud cluster config to rehearse")
-    p.add_argument("--dir", default=str(DEFAULT_DIR), help=f"the cluster's own folder (default {DEFAULT_DIR})")
     p.add_argument("--idle-timeout-minutes", type=float, help="override cluster.yaml's idle_timeout_minutes")
+    p.add_argument("--dir", help="the cluster's own folder (default $PERENNIAL_CLUSTER_DIR, else one in /tmp per kind)")
     args = p.parse_args(argv)
+    if args.rehearsal and args.num_cpus is not None:
+        p.error("--num-cpus is for the one-node cluster: the rehearsal's nodes have 1 CPU each")
+    folder = Path(args.dir) if args.dir else default_dir(args.rehearsal)
     if args.action == "config":
-        cfg = local_config(
-            read_cluster_yaml(args.cluster_yaml),
-            gcs_address="127.0.0.1:PORT",
-            idle_timeout_minutes=args.idle_timeout_minutes,
-        )
-        print(yaml.safe_dump(cfg, sort_keys=False), end="")
+        cfg = read_cluster_yaml(args.cluster_yaml)
+        local = local_config(cfg, gcs_address="127.0.0.1:PORT", idle_timeout_minutes=args.idle_timeout_minutes)
+        print(yaml.safe_dump(local, sort_keys=False), end="")
         return 0
     if args.action == "up":
+        cfg = read_cluster_yaml(args.cluster_yaml) if args.rehearsal else None
         cluster = LocalCluster.start(
-            args.dir, read_cluster_yaml(args.cluster_yaml), idle_timeout_minutes=args.idle_timeout_minutes
+            folder, cfg, num_cpus=args.num_cpus, idle_timeout_minutes=args.idle_timeout_minutes
         )
-        types = cluster.state["config"]["available_node_types"]
-        print(f"local cluster up: head (0 CPU) at {cluster.address}, dashboard {cluster.dashboard}")
-        for name, spec in types.items():
+        print_up(cluster, " --rehearsal" * args.rehearsal + (f" --dir {folder}" if args.dir else ""))
+        return 0
+    cluster = LocalCluster.attach(folder)
+    if args.action == "env":
+        if cluster is None:
+            start = "make cluster-local" if args.rehearsal else "make cluster-up"
+            raise ClusterError(f"no local cluster runs from {folder} — start one with '{start}'")
+        print("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in cluster.env().items()))
+        return 0
+    if cluster is None:
+        print(f"no local cluster runs from {folder}")
+        return 0
+    cluster.stop()
+    print(f"local cluster stopped ({folder})")
+    return 0
+
+
+def print_up(cluster: LocalCluster, flags: str) -> None:
+    where = f"at {cluster.address}, dashboard {cluster.dashboard} (127.0.0.1 only, token auth on)"
+    if not cluster.rehearsal:
+        print(f"local cluster up: one node {where}")
+    else:
+        config = cluster.state["config"]
+        print(f"local cluster up: head (0 CPU) {where}")
+        for name, spec in config["available_node_types"].items():
             if spec.get("max_workers"):
                 custom = {k: v for k, v in spec["resources"].items() if k != "object_store_memory"}
                 print(f"  {name}: {spec['min_workers']}..{spec['max_workers']} nodes of {custom}")
-        print(f"  idle nodes go after {cluster.state['config']['idle_timeout_minutes']} min")
-        print(f"point a shell at it:  eval $(python -m jobs.cluster_local env --dir {args.dir})")
-        print("stop it:             make cluster-local-down")
-        return 0
-    cluster = LocalCluster.attach(args.dir)
-    if args.action == "env":
-        if cluster is None:
-            raise ClusterError(f"no local cluster runs from {args.dir} — start one with 'make cluster-local'")
-        print("export " + " ".join(f"{k}={v}" for k, v in cluster.env().items()))
-        return 0
-    if cluster is None:
-        print(f"no local cluster runs from {args.dir}")
-        return 0
-    cluster.stop()
-    print(f"local cluster stopped ({args.dir})")
-    return 0
+        print(f"  idle nodes go after {config['idle_timeout_minutes']} min")
+    python = os.path.relpath(sys.executable)  # as the user's shell names it: .venv/bin/python
+    python = sys.executable if python.startswith("..") else python
+    print(f"point a shell at it:  eval $({python} -m jobs.cluster_local env{flags})")
+    print(f"stop it:              {python} -m jobs.cluster_local down{flags}")
 
 
 if __name__ == "__main__":

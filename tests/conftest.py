@@ -9,11 +9,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+import psutil
 import pytest
 
+from jobs.cluster_local import LocalCluster
 from jobs.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,117 +80,34 @@ def base_env(**extra: str) -> dict[str, str]:
     return env
 
 
-class PortTaken(RuntimeError):
-    """A port chosen for the Ray head was bound by another process before the head bound it."""
-
-
 class RayCluster:
-    """A real local Ray head (`ray start --head --block`), bound to 127.0.0.1, ended by its PID."""
+    """A one-node cluster of jobs.cluster_local for the tests, with the environments their jobs get."""
 
     def __init__(self, num_cpus: int = 2, token_auth: bool = True):
-        # The default temp dir of the cluster's processes (RAY_TMPDIR) is its own: an actor that looks its cluster
-        # up by "auto" reads <it>/ray/ray_current_cluster, never the machine's /tmp/ray (the last cluster any
-        # `ray start` or ray.cluster_utils wrote there, maybe another test's).
-        self.ray_tmpdir = Path(tempfile.mkdtemp(prefix="ray-tmpdir-"))
-        RAY_TEMP_DIRS.append(str(self.ray_tmpdir))
-        # local-only: every server on loopback. One node, never more: no spot notice to watch, so no Ray Train
-        # preemption watcher (one actor process per run, ~1.7 s CPU each, 42 runs in a CI run), as jobs.train does
-        # on its own embedded cluster; the multi-node clusters of tests/integration/test_preemption.py keep it.
-        self.env = base_env(
-            RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
-            RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0",
-            RAY_TMPDIR=str(self.ray_tmpdir),
-            RAY_AUTH_MODE="token",
-        )
-        if not token_auth:
-            del self.env["RAY_AUTH_MODE"]
-        self.home = Path(self.env["HOME"])
-        self.token_file = self.home / ".ray" / "auth_token"
-        if token_auth:
-            subprocess.run(  # token auth needs a token: generated in the test session's HOME (no-op if it exists)
-                [str(Path(PY).parent / "ray"), "get-auth-token", "--generate"],
-                env=self.env,
-                capture_output=True,
-                check=True,
-                timeout=120,
-            )
-        for attempt in range(3):
-            try:
-                self._start(num_cpus)
-                return
-            except PortTaken:  # another process bound a port between free_port() and the head: fresh ports
-                if attempt == 2:
-                    raise
-
-    def _start(self, num_cpus: int) -> None:
-        self.port, self.dashboard_port = free_port(), free_port()
-        self.temp_dir = tempfile.mkdtemp(prefix="ray-")
-        RAY_TEMP_DIRS.append(self.temp_dir)
-        self.address = f"127.0.0.1:{self.port}"
-        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
-        cmd = [
-            str(Path(PY).parent / "ray"),
-            "start",
-            "--head",
-            "--block",
-            "--disable-usage-stats",
-            f"--num-cpus={num_cpus}",
-            f"--port={self.port}",
-            "--node-ip-address=127.0.0.1",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={self.dashboard_port}",
-            f"--ray-client-server-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--temp-dir={self.temp_dir}",
-        ]
-        self.log = open(Path(self.temp_dir) / "ray-start.log", "w")
-        self.proc = subprocess.Popen(
-            cmd, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()  # a head that never got ready must not outlive the test session
-            raise
-
-    def _wait_ready(self, timeout: float = 180.0) -> None:
-        import http.client
-        import urllib.error
-        import urllib.request
-
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            log = Path(self.log.name).read_text(errors="replace")
-            if "already occupied" in log or "Failed to start the dashboard" in log:
-                raise PortTaken(f"a port of the Ray head was taken: {log[-2000:]}")
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"ray start exited: {log[-2000:]}")
-            if "Ray runtime started" not in log:
-                time.sleep(1)  # the dashboard answers before the node is up; an overloaded start can still fail
-                continue
-            try:
-                urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=2)
-                return
-            except urllib.error.HTTPError:  # 401 without the token: the server is up
-                return
-            except http.client.HTTPException as e:  # not HTTP at all: another program's server holds the port
-                raise PortTaken(f"{self.dashboard} answers, but not as Ray's dashboard ({type(e).__name__})") from e
-            except OSError:
-                time.sleep(1)
-        raise RuntimeError(f"Ray head not ready after {timeout} s: {Path(self.log.name).read_text()[-2000:]}")
+        folder = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths are capped at 107 chars
+        RAY_TEMP_DIRS.append(folder)
+        # One node, never more: no spot notice to watch, so no Ray Train preemption watcher (an actor process per
+        # run), as jobs.train does on its own embedded cluster; the multi-node clusters of test_preemption.py keep it.
+        base = base_env(RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0")
+        self.cluster = LocalCluster.start(folder, num_cpus=num_cpus, token_auth=token_auth, env=base)
+        self.address, self.dashboard = self.cluster.address, self.cluster.dashboard
+        self.token_file = self.cluster.token_path
+        self.dashboard_port = int(self.dashboard.rsplit(":", 1)[1])
+        self.ray_tmpdir = self.cluster.dir  # the cluster's RAY_TMPDIR: it names itself in <it>/ray/ray_current_cluster
+        self.proc = psutil.Process(self.cluster.supervisor_pid)  # every process of the cluster descends from it
+        # what a test hands a job: the cluster's token, no address (job_env adds it; a submit test names the dashboard)
+        client = {k: v for k, v in self.cluster.env().items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+        self.env = base | client | {"RAY_TMPDIR": str(self.ray_tmpdir)}
 
     def job_env(self, **extra: str) -> dict[str, str]:
         """Environment for a process that should use this cluster (as `ray job submit` gives)."""
         return self.env | {"RAY_ADDRESS": self.address} | extra
 
+    def alive(self) -> bool:
+        return self.cluster.alive()
+
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # only the processes this fixture started
-            try:  # `ray start --block` took the whole 30 s it was once given, at the end of every session
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
+        self.cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -45,13 +45,11 @@ def start_local_cluster(s3_server) -> LocalCluster:
         AUTOSCALER_HEARTBEAT_TIMEOUT_S="10",  # a killed node is replaced after 10 s instead of 30
     )
     cloud = yaml.safe_load((ROOT / "cluster.yaml").read_text())
-    for attempt in range(3):  # Ray gives the head's raylet a fixed 30 s to register: a busy CI machine can miss it
-        try:
-            return LocalCluster.start(folder, cloud, idle_timeout_minutes=IDLE_TIMEOUT_MIN, env=env, timeout_s=300)
-        except ClusterError:
-            if attempt == 2:
-                shutil.rmtree(folder, ignore_errors=True)
-                raise
+    try:
+        return LocalCluster.start(folder, cloud, idle_timeout_minutes=IDLE_TIMEOUT_MIN, env=env, timeout_s=300)
+    except ClusterError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def client_env(cluster: LocalCluster, **extra: str) -> dict[str, str]:

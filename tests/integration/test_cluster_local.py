@@ -2,6 +2,7 @@
 autoscaler adds and removes, checkpoints and store on S3 (moto on 127.0.0.1), token auth on.
 
 Few tests, each checking several things, to keep the CI short (about a minute or two each on 2 cores):
+- the README's rehearsal block, run by bash as printed (its own cluster, up and down);
 - the cluster itself: loopback only, token refused without it, starts with 0 worker nodes;
 - refusals before any worker starts: a worker no node type can hold, node-local checkpoints;
 - autoscaling: a 4-trial sweep on one node type makes the autoscaler add nodes of that type only
@@ -15,13 +16,17 @@ from __future__ import annotations
 import collections
 import ipaddress
 import json
+import os
 import re
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 import psutil
 import pytest
@@ -33,12 +38,50 @@ from cluster_fixtures import (
     local_cluster_fixture,  # noqa: F401 (the local_cluster fixture)
     wait_for_workers,
 )
-from conftest import PY, ROOT, run_job
+from conftest import PY, ROOT, base_env, run_job
 
+from jobs.cluster_local import LocalCluster
 from jobs.store import Store
 
 MLP = str(ROOT / "configs" / "mlp.yaml")
 FIGURES: dict[str, dict] = {}  # what the tests measured, printed with -s; bench/cluster_local.py prints it as a table
+
+
+def readme_block(marker: str) -> str:
+    """The ```bash block that follows ``marker`` in README.md, as printed."""
+    text = (ROOT / "README.md").read_text()
+    return text[text.index(marker) :].split("```bash\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_the_readme_rehearsal_block_runs_as_printed(tmp_path):
+    """First in this module, so the module's own cluster is not up yet beside it."""
+    block = readme_block("<!-- the rehearsal block:")
+    checkout = tmp_path / "checkout"  # this one's files, linked, so that the block's ./store and ./runs are its own
+    checkout.mkdir()
+    for entry in ROOT.iterdir():
+        if entry.name not in ("store", "runs"):
+            (checkout / entry.name).symlink_to(entry)
+    (tmp_path / "home").mkdir()
+    folder = tempfile.mkdtemp(prefix="prr-", dir="/tmp")  # short: Ray's socket paths live under it
+    env = base_env(HOME=str(tmp_path / "home"), PERENNIAL_CLUSTER_DIR=folder)
+    # a new shell: no venv on PATH, no store named
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != str(Path(PY).parent))
+    env.pop("PERENNIAL_STORE", None)
+    try:
+        res = subprocess.run(
+            ["bash", "-e", "-c", block], cwd=checkout, env=env, capture_output=True, text=True, timeout=900
+        )
+    finally:
+        if (cluster := LocalCluster.attach(folder)) is not None:
+            cluster.stop()
+        shutil.rmtree(folder, ignore_errors=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "local cluster stopped" in res.stdout
+    runs = Store(checkout / "store").df("runs")
+    trials = runs[runs["trial_id"] != ""]
+    assert len(trials) >= 2 and set(trials["status"]) <= {"completed", "stopped_early"}, trials[["status", "error"]]
+    assert set(trials["worker_node_types"]) == {"gpu_1x"}  # placed on the nodes the autoscaler added
+    assert (checkout / "runs").is_dir()
 
 
 def test_local_cluster_is_loopback_only_token_guarded_and_starts_empty(local_cluster):

@@ -1,8 +1,12 @@
-"""The local rehearsal cluster is generated from cluster.yaml (jobs.cluster_local.local_config), no Ray started."""
+"""jobs.cluster_local without Ray: the rehearsal generated from cluster.yaml (local_config), and the CLI's refusals."""
 
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +98,30 @@ def test_cluster_refusals_before_any_worker_starts():
     assert "run.storage_path='./runs' is a folder on this machine" in local and "s3://" in local
     assert cluster_refusal({"CPU": 1}, "./runs", {"node a": {"CPU": 2.0}}, complete=True) == ""  # one machine
     assert cluster_refusal({"CPU": 1}, "file:///nfs/runs", kinds, complete=True) == ""
+
+
+def test_down_never_ends_a_process_that_is_not_its_clusters_supervisor(tmp_path):
+    """A cluster.json left behind names a PID that is now another program's (here: this test): no cluster there."""
+    from jobs.cluster_local import STATE, LocalCluster
+
+    state = {"supervisor_pid": os.getpid(), "address": "127.0.0.1:1", "dashboard": "http://127.0.0.1:2"}
+    (tmp_path / STATE).write_text(json.dumps(state | {"config": None, "token_auth": True}))
+    assert LocalCluster.attach(tmp_path) is None
+    res = cli("down", "--dir", str(tmp_path))
+    assert res.returncode == 0 and f"no local cluster runs from {tmp_path}" in res.stdout
+
+
+def test_env_without_a_cluster_and_contradictory_flags_are_one_line_errors(tmp_path):
+    res = cli("env", "--rehearsal", "--dir", str(tmp_path))
+    assert res.returncode == 1 and res.stderr.strip().splitlines() == [
+        f"error: no local cluster runs from {tmp_path} — start one with 'make cluster-local'"
+    ]
+    res = cli("up", "--rehearsal", "--num-cpus", "2", "--dir", str(tmp_path))
+    assert res.returncode == 2 and "--num-cpus is for the one-node cluster" in res.stderr
+    assert not any(tmp_path.iterdir())  # nothing started, nothing written
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "jobs.cluster_local", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
