@@ -91,6 +91,7 @@ class Failure:
 class Run:
     storage_path: str = "./runs"  # Ray Train checkpoints: local dir or s3://bucket/prefix
     num_to_keep: int = 2  # epoch checkpoints kept per run (the export is kept apart)
+    hooks: list = field(default_factory=list)  # extra loop hooks, "module:Class?key=value" (docs/architecture.md)
 
 
 @dataclass
