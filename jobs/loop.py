@@ -269,12 +269,11 @@ def run_epoch(
 ) -> dict:
     """One pass over ``loader``: returns train_loss, samples, train_time_s, step_time_median_s, skipped_batches.
 
-    ``on_step(step, total, loss, samples)``, if given, is called after each batch (1-based step; total None
-    for a loader without a length). ``after_step(so_far)``, if given, is called after each optimizer step but
-    the epoch's last, with the epoch so far: batches, step, loss_sum, n_batches, samples, skipped, train_time_s.
-    ``partial`` (a ``so_far`` plus ``rng``, from a mid-epoch checkpoint) resumes the epoch: its first
-    ``partial["batches"]`` batches are drawn but not trained (the loader's order is the same, see
-    :func:`seed_epoch_order`), the RNGs are set back to their state at that step, and the sums go on."""
+    ``on_step(step, total, loss, samples)``: after each batch (1-based step; total None without a length).
+    ``after_step(so_far)``: after each optimizer step but the epoch's last, with the epoch so far (batches, step,
+    loss_sum, n_batches, samples, skipped, train_time_s). ``partial`` (a ``so_far`` plus ``rng``, from a
+    mid-epoch checkpoint) resumes the epoch: its first batches are drawn but not trained (the same order, see
+    :func:`seed_epoch_order`), the RNGs are set back to that step, and the sums go on."""
     model.train()
     accum = max(1, cfg.train.grad_accum_steps)
     if cfg.train.on_nan not in ("fail", "skip_batch"):
@@ -312,15 +311,19 @@ def run_epoch(
         if after_step is not None and last_micro and (n_total is None or i + 1 < n_total):
             step = i // accum + 1  # optimizer steps so far in this epoch
             after_step({"batches": i + 1, "step": step, **sums, "train_time_s": time_before + time.perf_counter() - t0})
+    step_starts.append(time.perf_counter())
+    return _epoch_stats(sums, time_before + step_starts[-1] - t0, step_starts)
+
+
+def _epoch_stats(sums: dict, train_time_s: float, step_starts: list[float]) -> dict:
     if sums["skipped"] and not sums["n_batches"]:  # skip_batch must not turn a diverged run into "completed"
         raise NonFiniteLossError(
             f"all {sums['skipped']} batches of the epoch had a non-finite loss — lower train.lr or check the data for NaN/inf"
         )
-    step_starts.append(time.perf_counter())
     return {
         "train_loss": sums["loss_sum"] / max(sums["n_batches"], 1),
         "samples": sums["samples"],
-        "train_time_s": time_before + step_starts[-1] - t0,
+        "train_time_s": train_time_s,
         "step_time_median_s": median_step_time(step_starts),
         "skipped_batches": sums["skipped"],
     }
