@@ -449,37 +449,27 @@ class TrainSession:
 
     def __init__(self, cfg):
         import ray.train
+        import ray.train.torch
 
-        ctx = ray.train.get_context()
+        self.train, self.torch, ctx = ray.train, ray.train.torch, ray.train.get_context()
         self.world_rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
-        self.run_name = ctx.get_experiment_name()
-        self.storage_path = _storage_path(ctx, cfg)
+        self.run_name, self.storage_path = ctx.get_experiment_name(), _storage_path(ctx, cfg)
 
     @property
     def device(self) -> torch.device:
-        import ray.train.torch
-
-        return ray.train.torch.get_device()
+        return self.torch.get_device()
 
     def get_checkpoint(self):
-        import ray.train
-
-        return ray.train.get_checkpoint()
+        return self.train.get_checkpoint()
 
     def report(self, metrics: dict, checkpoint=None, checkpoint_dir_name: str | None = None) -> None:
-        import ray.train
-
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name)
+        self.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        import ray.train.torch
-
-        return ray.train.torch.prepare_model(model)  # DDP + device placement (+ torch.cuda.set_device)
+        return self.torch.prepare_model(model)  # DDP + device placement (+ torch.cuda.set_device)
 
     def prepare_data_loader(self, loader: DataLoader, auto_transfer: bool) -> DataLoader:
-        import ray.train.torch
-
-        return ray.train.torch.prepare_data_loader(loader, auto_transfer=auto_transfer)
+        return self.torch.prepare_data_loader(loader, auto_transfer=auto_transfer)
 
 
 def _storage_path(ctx, cfg) -> str:
