@@ -420,7 +420,8 @@ class Session(Protocol):
     - ``storage_path``: the storage root as an absolute local path or a URI (s3://...).
     - ``device``: the torch device this worker trains on.
     - ``get_checkpoint()``: the checkpoint to resume from, or None for a fresh start.
-    - ``report(metrics, checkpoint, checkpoint_dir_name)``: every rank calls it; rank 0 attaches the checkpoint.
+    - ``report(metrics, checkpoint, checkpoint_dir_name)``: every rank calls it; rank 0 attaches the checkpoint,
+      a temporary folder the loop deletes once ``report`` returns (so it must have been persisted by then).
     - ``prepare_model(model)``, ``prepare_data_loader(loader, auto_transfer)``: DDP, device placement, the
       distributed sampler (``ray.train.torch.prepare_*``).
     """
