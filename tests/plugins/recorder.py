@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from jobs.hooks import Hook
+from types import SimpleNamespace
+
+from jobs.hooks import Hook, PreemptionWatch
 
 EVENTS: list[tuple] = []  # (event, epoch, detail), cleared by the test
 
@@ -25,3 +27,17 @@ class Recorder(Hook):
 
     def on_final(self, loop, final, export_dir) -> None:
         EVENTS.append(("on_final", loop.epoch, export_dir.is_dir()))
+
+
+class NoticeAtStep(PreemptionWatch):
+    """The preemption watch, with a notice that arrives at optimizer step ``step`` of the first epoch."""
+
+    def __init__(self, step: int):
+        super().__init__(lambda: self.notice)
+        self.step, self.notice = int(step), None
+
+    def on_step_end(self, loop, so_far) -> None:
+        self.notice = (
+            SimpleNamespace(deadline_ms=None, preempted_node_ids=["node-a"]) if so_far["step"] == self.step else None
+        )
+        super().on_step_end(loop, so_far)

@@ -78,6 +78,18 @@ def test_a_run_resumed_from_its_epoch_checkpoint_trains_only_the_epochs_after_it
     assert final["history"][0] == first_final["history"][0]  # epoch 1 as the checkpoint had it, not trained again
 
 
+@pytest.mark.parametrize("every_steps", [0, 3])
+def test_a_preemption_notice_gets_one_checkpoint_at_that_step(tmp_path, capfd, every_steps):
+    session = FolderSession(tmp_path)
+    notice = faults.hooks("tests.plugins.recorder:Recorder", "tests.plugins.recorder:NoticeAtStep?step=3")
+    loop.run(config(notice, f"train.checkpoint_every_steps={every_steps}"), session)
+    names = [name for name, _ in session.reports]
+    assert names[:2] == ["epoch_0001_step_000003", "epoch_0001"], names  # one checkpoint, even when both ask
+    assert "preemption notice for node-a: checkpoint epoch_0001_step_000003 written in" in capfd.readouterr().out
+    final = json.loads((tmp_path / "final" / loop.META).read_text())
+    assert final["last_attempt"]["preemption_watch_us_per_step"] >= 0
+
+
 @pytest.mark.parametrize(
     "spec, says",
     [
