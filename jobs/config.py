@@ -99,6 +99,7 @@ class Failure(Section):
 class Run(Section):
     storage_path: str = "./runs"  # Ray Train checkpoints: local dir or s3://bucket/prefix
     num_to_keep: int = Field(2, ge=1)  # epoch checkpoints kept per run (the export is kept apart)
+    hooks: list[str] = []  # extra loop hooks, "module:Class?key=value" (docs/architecture.md)
 
 
 class Store(Section):

@@ -1,12 +1,17 @@
-"""THE training loop: ``train_loop_per_worker`` runs inside every Ray Train worker, for every workload.
+"""THE training loop: every workload trains through :func:`run`, in every Ray Train worker and sweep trial.
 
     TorchTrainer(train_loop_per_worker, train_loop_config={"config": cfg}, ...)
 
-Per epoch: train (DDP via ``prepare_model``/``prepare_data_loader``, AMP, gradient accumulation,
-NaN policy), validate on rank 0, broadcast the metrics, and ``ray.train.report`` them with a
-checkpoint (rank 0 attaches it). After the last epoch (or early stop) the best epoch's weights are
-restored, scored on the test split, exported for serving, and reported once more as the final
-checkpoint. A restarted worker group resumes from ``ray.train.get_checkpoint()``.
+:class:`Loop` runs named steps: ``_setup_data``, ``_setup_model``, ``_restore`` (the checkpoint of a restarted
+worker group or a resumed trial), ``_setup_device`` (DDP and device placement), ``_setup_optimizer``,
+``_setup_hooks``; then :meth:`Loop.run_epoch` per epoch (train with AMP, gradient accumulation and the NaN policy
+of :func:`run_epoch`, validate on rank 0, broadcast, report a checkpoint); then :meth:`Loop.finish` (the best
+epoch's weights scored on the test split, exported for serving, reported as the final checkpoint). Everything
+optional is a hook (jobs/hooks.py): trackers, step checkpoints, the preemption watch, early stopping, and the
+hooks a config names in ``run.hooks``.
+
+The loop reaches Ray only through a :class:`Session`: :class:`TrainSession` in a Ray Train worker
+(``train_loop_per_worker``); jobs.sweep has its own for a Tune trial.
 
 With ``train.checkpoint_every_steps=N`` the loop also reports a checkpoint every N optimizer steps within an
 epoch (``epoch_0003_step_000120``: 120 steps into epoch 3); a run resumed from one skips the batches already
@@ -21,6 +26,7 @@ Checkpoint directory (also readable without Ray, see :func:`read_meta`):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -28,11 +34,10 @@ import os
 import random
 import re
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -40,17 +45,15 @@ from torch.utils.data import DataLoader
 
 import workloads
 from jobs import config as config_lib
-from jobs import tracking
-from jobs.ray_compat import preemption_reader, train_report_loggers
+from jobs import hooks as hooks_lib
+from jobs.hooks import PREEMPTION_WATCHER, log, preemption_watch  # noqa: F401 — the loop's API (bench, tests)
+from jobs.ray_compat import train_report_loggers
 from workloads.data import add_replay
 
+if TYPE_CHECKING:
+    import ray.train
+
 META, STATE, EXPORT = "meta.json", "state.pt", "export"
-
-
-def log(message: str) -> None:
-    """Print from rank 0. ``sys.__stdout__`` bypasses Ray Train's print patch, which would tee
-    every line to the console twice; Ray still forwards the worker's stdout to the driver."""
-    print(message, file=sys.__stdout__ or sys.stdout, flush=True)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -265,29 +268,23 @@ def run_epoch(
 ) -> dict:
     """One pass over ``loader``: returns train_loss, samples, train_time_s, step_time_median_s, skipped_batches.
 
-    ``on_step(step, total, loss, samples)``, if given, is called after each batch (1-based step; total None
-    for a loader without a length): progress and trackers on rank 0. ``after_step(partial)``, if given, is
-    called after each optimizer step but the epoch's last, with the epoch so far (:func:`epoch_so_far`): the
-    loop checkpoints there. ``partial``, from a mid-epoch checkpoint, resumes the epoch: its first
-    ``partial["batches"]`` batches are drawn but not trained (the loader's order is the same, see
-    :func:`seed_epoch_order`), the RNGs are set back to their state at that step, and the sums go on."""
+    ``on_step(step, total, loss, samples)``: after each batch (1-based step; total None without a length).
+    ``after_step(so_far)``: after each optimizer step but the epoch's last, with the epoch so far (batches, step,
+    loss_sum, n_batches, samples, skipped, train_time_s). ``partial`` (a ``so_far`` plus ``rng``, from a
+    mid-epoch checkpoint) resumes the epoch: its first batches are drawn but not trained (the same order, see
+    :func:`seed_epoch_order`), the RNGs are set back to that step, and the sums go on."""
     model.train()
     accum = max(1, cfg.train.grad_accum_steps)
-    on_nan = cfg.train.on_nan
-    max_norm = cfg.train.max_grad_norm
-    if on_nan not in ("fail", "skip_batch"):
-        raise config_lib.ConfigError(f"train.on_nan must be fail or skip_batch, got '{on_nan}'")
-    loss_sum, n_batches, samples, skipped = 0.0, 0, 0, 0
-    skip, time_before = 0, 0.0
-    if partial:
-        skip, time_before = partial["batches"], partial["train_time_s"]
-        loss_sum, n_batches, samples, skipped = (partial[k] for k in ("loss_sum", "n_batches", "samples", "skipped"))
+    if cfg.train.on_nan not in ("fail", "skip_batch"):
+        raise config_lib.ConfigError(f"train.on_nan must be fail or skip_batch, got '{cfg.train.on_nan}'")
+    sums = {k: (partial or {}).get(k, 0) for k in ("loss_sum", "n_batches", "samples", "skipped")}
+    skip, time_before = (partial["batches"], partial["train_time_s"]) if partial else (0, 0.0)
     t0 = time.perf_counter()
     step_starts = [t0]  # the clock as each batch arrives: per-step times for step_time_median_s
     optimizer.zero_grad(set_to_none=True)
     n_total = len(loader) if hasattr(loader, "__len__") else None
     for i, batch in enumerate(loader):
-        if i < skip:  # done before the mid-epoch checkpoint: drawn (the order goes on) but not trained
+        if i < skip:  # trained before the mid-epoch checkpoint: drawn (the order goes on) but not trained
             if i + 1 == skip:  # the RNGs as they were after that step (the loader's start may have drawn from them)
                 set_rng_state(partial["rng"])
                 t0, step_starts = time.perf_counter(), [time.perf_counter()]
@@ -297,68 +294,76 @@ def run_epoch(
         last_micro = (i + 1) % accum == 0 or (n_total is not None and i + 1 == n_total)
         # the epoch's last window may be short: average over the micro-batches it has, as one bigger batch would
         window = accum if n_total is None else min(accum, n_total - (i // accum) * accum)
-        sync = model.no_sync() if (dist and not last_micro and hasattr(model, "no_sync")) else _null()
-        with sync:
-            with autocast(cfg.train.precision, device):
-                loss = wl.train_step(model, batch)
-            finite = bool(torch.isfinite(loss.detach()))
-            if dist and on_nan == "skip_batch":  # every rank must agree, or DDP's all-reduce hangs
-                flag = torch.tensor([0.0 if finite else 1.0], device=device)
-                torch.distributed.all_reduce(flag)
-                finite = flag.item() == 0.0
-            if not finite:
-                if on_nan == "fail":
-                    raise NonFiniteLossError(
-                        f"loss is {loss.item()} at batch {i} — lower train.lr, or set train.on_nan=skip_batch"
-                    )
-                skipped += 1
-                optimizer.zero_grad(set_to_none=True)
-                continue
-            scaled = loss / window
-            (scaler.scale(scaled) if scaler is not None else scaled).backward()
-        if last_micro:
-            if max_norm > 0:  # on the true (unscaled, all-reduced) gradients
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+        loss = _backward(model, batch, i, wl, cfg, device, scaler, dist, sync=last_micro, window=window)
+        if loss is None:  # not finite, and train.on_nan=skip_batch
+            sums["skipped"] += 1
             optimizer.zero_grad(set_to_none=True)
-            if scheduler is not None:
-                scheduler.step()
+            continue
+        if last_micro:
+            _optimizer_step(model, optimizer, scheduler, scaler, cfg.train.max_grad_norm)
         loss_value, batch_samples = loss.item(), _batch_size(batch)
-        loss_sum += loss_value
-        n_batches += 1
-        samples += batch_samples
+        sums["loss_sum"] += loss_value
+        sums["n_batches"] += 1
+        sums["samples"] += batch_samples
         if on_step is not None:
             on_step(i + 1, n_total, loss_value, batch_samples)
         if after_step is not None and last_micro and (n_total is None or i + 1 < n_total):
-            after_step(
-                {
-                    "batches": i + 1,
-                    "step": i // accum + 1,  # optimizer steps so far in this epoch
-                    "loss_sum": loss_sum,
-                    "n_batches": n_batches,
-                    "samples": samples,
-                    "skipped": skipped,
-                    "train_time_s": time_before + time.perf_counter() - t0,
-                }
-            )
-    if skipped and not n_batches:  # skip_batch must not turn a diverged run into "completed" with train_loss 0
-        raise NonFiniteLossError(
-            f"all {skipped} batches of the epoch had a non-finite loss — lower train.lr or check the data for NaN/inf"
-        )
+            step = i // accum + 1  # optimizer steps so far in this epoch
+            after_step({"batches": i + 1, "step": step, **sums, "train_time_s": time_before + time.perf_counter() - t0})
     step_starts.append(time.perf_counter())
+    return _epoch_stats(sums, time_before + step_starts[-1] - t0, step_starts)
+
+
+def _epoch_stats(sums: dict, train_time_s: float, step_starts: list[float]) -> dict:
+    if sums["skipped"] and not sums["n_batches"]:  # skip_batch must not turn a diverged run into "completed"
+        raise NonFiniteLossError(
+            f"all {sums['skipped']} batches of the epoch had a non-finite loss — lower train.lr or check the data for NaN/inf"
+        )
     return {
-        "train_loss": loss_sum / max(n_batches, 1),
-        "samples": samples,
-        "train_time_s": time_before + step_starts[-1] - t0,
+        "train_loss": sums["loss_sum"] / max(sums["n_batches"], 1),
+        "samples": sums["samples"],
+        "train_time_s": train_time_s,
         "step_time_median_s": median_step_time(step_starts),
-        "skipped_batches": skipped,
+        "skipped_batches": sums["skipped"],
     }
+
+
+def _backward(model, batch, index: int, wl, cfg, device, scaler, dist: bool, sync: bool, window: int):
+    """Forward and backward of one micro-batch: its loss, or None when the loss is not finite and
+    ``train.on_nan=skip_batch``. Gradients are all-reduced only on the window's last micro-batch (``sync``)."""
+    no_sync = dist and not sync and hasattr(model, "no_sync")
+    with model.no_sync() if no_sync else contextlib.nullcontext():
+        with autocast(cfg.train.precision, device):
+            loss = wl.train_step(model, batch)
+        finite = bool(torch.isfinite(loss.detach()))
+        if dist and cfg.train.on_nan == "skip_batch":  # every rank must agree, or DDP's all-reduce hangs
+            flag = torch.tensor([0.0 if finite else 1.0], device=device)
+            torch.distributed.all_reduce(flag)
+            finite = flag.item() == 0.0
+        if not finite:
+            if cfg.train.on_nan == "fail":
+                raise NonFiniteLossError(
+                    f"loss is {loss.item()} at batch {index} — lower train.lr, or set train.on_nan=skip_batch"
+                )
+            return None
+        scaled = loss / window
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+    return loss
+
+
+def _optimizer_step(model, optimizer, scheduler, scaler, max_norm: float) -> None:
+    if max_norm > 0:  # on the true (unscaled, all-reduced) gradients
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if scheduler is not None:
+        scheduler.step()
 
 
 def median_step_time(step_starts: list[float], warmup: int = 3) -> float:
@@ -377,14 +382,6 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _batch_size(batch: Any) -> int:
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0])
@@ -395,7 +392,6 @@ def _batch_size(batch: Any) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- the Ray Train worker loop
 def elastic_batch_policy(cfg, world: int) -> tuple[Any, str]:
     """An elastic run (``scaling.num_workers=[min, max]``) keeps its global batch whatever its worker count:
     each optimizer step averages ``batch_size x grad_accum_steps x max`` samples, so with ``world`` < max
@@ -413,449 +409,67 @@ def elastic_batch_policy(cfg, world: int) -> tuple[Any, str]:
     return cfg.model_copy(update={"train": train}), note
 
 
-def train_loop_per_worker(config_dict: dict) -> None:
-    trackers: list[tracking.Tracker] = []  # rank 0's, once started: closed with the run's status if the loop raises
-    try:
-        _train_loop(config_dict, trackers)
-    except BaseException as e:
-        # a sweep scheduler's stop (jobs.sweep.TrialStopped, raised from a report in-process) is not a failure
-        status = "stopped_early" if type(e).__name__ == "TrialStopped" else "failed"
-        for tracker in trackers:
-            tracker.finish(status)
-        raise
+# ----------------------------------------------------------------------------- where the loop runs: a Session
+class Session(Protocol):
+    """What the loop asks of the Ray process it runs in (a Ray Train worker, a Tune trial); nothing else in the
+    loop calls Ray Train. A Tune trial's session has rank 0 of 1 and places the model itself.
+
+    - ``world_rank``, ``world_size``: this worker's rank and the worker count.
+    - ``run_name``: the run's folder under ``storage_path`` (its checkpoints and tensorboard/), the trackers' run id.
+    - ``storage_path``: the storage root as an absolute local path or a URI (s3://...).
+    - ``device``: the torch device this worker trains on.
+    - ``get_checkpoint()``: the checkpoint to resume from, or None for a fresh start.
+    - ``report(metrics, checkpoint, checkpoint_dir_name)``: every rank calls it; rank 0 attaches the checkpoint,
+      a temporary folder the loop deletes once ``report`` returns (so it must have been persisted by then).
+    - ``prepare_model(model)``, ``prepare_data_loader(loader, auto_transfer)``: DDP, device placement, the
+      distributed sampler (``ray.train.torch.prepare_*``).
+    """
+
+    world_rank: int
+    world_size: int
+    run_name: str
+    storage_path: str
+
+    @property
+    def device(self) -> torch.device: ...
+
+    def get_checkpoint(self) -> ray.train.Checkpoint | None: ...
+
+    def report(
+        self, metrics: dict, checkpoint: ray.train.Checkpoint | None = None, checkpoint_dir_name: str | None = None
+    ) -> None: ...
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module: ...
+
+    def prepare_data_loader(self, loader: DataLoader, auto_transfer: bool) -> DataLoader: ...
 
 
-def _train_loop(config_dict: dict, trackers: list) -> None:
-    import ray.train
-    import ray.train.torch
+class TrainSession:
+    """The :class:`Session` of a Ray Train worker: ``ray.train`` and ``ray.train.torch`` themselves."""
 
-    # Train logs every report at INFO; the per-epoch line below says it better (PERENNIAL_TRAIN_LOG_LEVEL=INFO for both)
-    for logger in train_report_loggers():
-        logger.setLevel(os.environ.get("PERENNIAL_TRAIN_LOG_LEVEL", "WARNING"))
-    cfg = config_dict["config"]  # checked on the driver (jobs.config); _keys: job extras
-    wl = workloads.module(cfg.workload)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    dist = world > 1
-    torch.set_num_threads(max(1, cfg.scaling.cpus_per_worker))  # threads = CPUs this worker holds
-    step_cfg, elastic_note = elastic_batch_policy(cfg, world)  # the config the optimizer steps follow
-    metric, mode = config_lib.metric_and_mode(cfg)
-    cpu0 = time.process_time()
+    def __init__(self, cfg):
+        import ray.train
+        import ray.train.torch
 
-    # [1] data and model, seeded (the same init on every rank; DDP broadcasts rank 0's anyway)
-    seed_everything(cfg.train.seed)
-    splits = wl.build_data(cfg)
-    if cfg.continual.replay_data and cfg.continual.replay_fraction > 0:  # continual: a share of the parent's data
-        old = wl.build_data(config_lib.with_data(cfg, cfg.continual.replay_data))
-        splits.train = add_replay(splits, old, cfg.continual.replay_fraction, cfg.train.seed)
-    model = wl.build_model(cfg, splits)
-    if cfg.continual.init_from:  # continual: start from the parent's export
-        model = _init_from_parent(wl, cfg, splits, cfg.continual.init_from)
+        self.train, self.torch, ctx = ray.train, ray.train.torch, ray.train.get_context()
+        self.world_rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.run_name, self.storage_path = ctx.get_experiment_name(), _storage_path(ctx, cfg)
 
-    # [2] resume: a restarted worker group (or a resumed sweep trial) gets the last checkpoint
-    state, meta = None, {"epoch": 0, "history": [], "best_metric": None, "best_epoch": None}
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            meta = read_meta(d)
-            if not meta.get("finished"):
-                state = load_state(d)
-        if state is not None:
-            model.load_state_dict(state["model"])
-    best_state = (state.get("best_model") or state["model"]) if state and meta["best_epoch"] else None
-    cpu_prior = meta.get("cpu_s", 0.0)  # CPU-seconds (all ranks) of earlier attempts of this run
+    @property
+    def device(self) -> torch.device:
+        return self.torch.get_device()
 
-    model = ray.train.torch.prepare_model(model)  # DDP + device placement (+ torch.cuda.set_device)
-    device = ray.train.torch.get_device()
-    cfg.train.precision = resolve_precision(cfg.train.precision, device)  # auto -> what this device runs: bf16 or fp32
-    check_precision(cfg.train.precision, device)
-    if rank == 0:  # Ray picks the backend: nccl when workers hold GPUs, gloo on CPUs
-        backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
-        log(
-            f"{world} worker(s) on {device.type}, backend {backend}, precision {cfg.train.precision}, grad_accum_steps {step_cfg.train.grad_accum_steps}"
-            + elastic_note
-            + (f", resumed from the {resumed_from(meta)} checkpoint" if state is not None else "")
-        )
-    workers = _all_gather(node_placement(rank), dist)  # where each rank runs: the runs row records it
-    build_optimizer = workloads.hook(wl, "build_optimizer")
-    optimizer = build_optimizer(cfg, unwrap(model)) if build_optimizer else make_optimizer(cfg, model)
-    on_gpu = device.type == "cuda"
-    base_loader = train_loader(wl, cfg, splits)
-    base_loader.pin_memory = on_gpu  # page-locked host batches, so the host->GPU copy can run asynchronously
-    loader = ray.train.torch.prepare_data_loader(
-        base_loader, auto_transfer=on_gpu
-    )  # copies on a side CUDA stream, one batch ahead
-    build_scheduler = workloads.hook(wl, "build_scheduler")
-    scheduler = build_scheduler(step_cfg, optimizer, len(loader)) if build_scheduler else None
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None and state.get("scheduler"):
-            scheduler.load_state_dict(state["scheduler"])
-    scaler = grad_scaler(cfg.train.precision, device)
-    if scaler is not None and state is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])  # keep the learned loss scale across a restart
-    val_loader = eval_loader(splits, splits.val, cfg.train.batch_size * 2)
-    tracker = None
-    if rank == 0:  # progress, TensorBoard, MLflow, W&B: only rank 0 (docs/tracking.md)
-        tracker = tracking.Tracker(cfg, log)
-        trackers.append(tracker)
-        info = tracking.RunInfo(
-            run_id=ctx.get_experiment_name(),
-            workload=cfg.workload,
-            storage_path=_storage_path(ctx, cfg),
-            git_sha=os.environ.get("PERENNIAL_GIT_SHA", ""),
-            data_fingerprint=splits.fingerprint or "",
-            metric=metric,
-            mode=mode,
-            epochs=cfg.train.epochs,
-            steps_per_epoch=len(loader) if hasattr(loader, "__len__") else 0,
-            world_size=world,
-            **config_dict.get("_tracking", {}),  # sweep_id, trial_id, mlflow_parent_run_id (jobs.sweep)
-        )
-        resumed = state is not None or bool(meta.get("finished"))
-        tracker.start(info, config_lib.flatten(cfg), meta["epoch"] if resumed else 0, history=meta["history"])
+    def get_checkpoint(self):
+        return self.train.get_checkpoint()
 
-    def train_state(mid_epoch: bool = False) -> dict:
-        """What a checkpoint holds besides meta.json (best_model {} = the same as model)."""
-        return {
-            "model": unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else {},
-            # mid-epoch the model has moved on from the best epoch's weights: keep the snapshot
-            "best_model": {} if best_epoch == meta["epoch"] and not mid_epoch else (best_state or {}),
-            "scaler": scaler.state_dict() if scaler is not None else {},
-        }
+    def report(self, metrics: dict, checkpoint=None, checkpoint_dir_name: str | None = None) -> None:
+        self.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name)
 
-    # [3] epochs
-    every_steps = cfg.train.checkpoint_every_steps
-    history: list[dict] = meta["history"]
-    best_metric, best_epoch = meta["best_metric"], meta["best_epoch"]
-    epochs = cfg.train.epochs
-    patience = cfg.train.patience
-    start_epoch = meta["epoch"] if not meta.get("finished") else epochs
-    run_t0 = time.perf_counter() - (history[-1]["elapsed_s"] if history else 0.0)
-    stopped_early = bool(meta.get("stopped_early"))
-    resumed_meta = meta if state is not None else None
-    partial = meta.get("partial") if state is not None else None  # a mid-epoch checkpoint: that epoch's steps so far
-    if partial is not None and len(state["rng"]) != world:
-        # another worker count splits the epoch's batches differently: which ones were trained is unknown here,
-        # so the epoch starts over (its samples trained once more, none skipped)
-        if rank == 0:
-            log(
-                f"the epoch {partial['epoch'] + 1} checkpoint was written by {len(state['rng'])} workers: epoch restarts"
-            )
-        partial = None
-    if partial is not None:
-        partial = partial | {"rng": state["rng"][rank]}  # this rank's RNG states
-    steps_this_attempt, last_checkpoint = 0, None  # optimizer steps this worker group trained; fault injection
-    preempted = preemption_watch(dist, device)  # None when Ray Train's preemption watcher is off
-    notice_handled, poll_s = False, 0.0
-    step_delay = float(os.environ.get(STEP_DELAY, "") or 0)  # test-only: a floor under each step's wall time
-    for epoch in range(start_epoch, epochs):
-        for epoch_loader in {id(loader): loader, id(base_loader): base_loader}.values():  # Ray may have rebuilt it
-            seed_epoch_order(epoch_loader, epoch, cfg.train.seed)
-        epoch_meta = meta  # the last epoch-end meta: what a mid-epoch checkpoint adds its step to
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self.torch.prepare_model(model)  # DDP + device placement (+ torch.cuda.set_device)
 
-        def after_step(so_far: dict, epoch=epoch, epoch_meta=epoch_meta) -> None:
-            nonlocal steps_this_attempt, last_checkpoint, notice_handled, poll_s
-            steps_this_attempt += 1
-            if step_delay:
-                time.sleep(step_delay)
-            name = f"epoch_{epoch + 1:04d}_step_{so_far['step']:06d}"
-            notice = None
-            if preempted is not None and not notice_handled:  # once per worker group: it ends at the deadline
-                t_poll = time.perf_counter()
-                notice = preempted()
-                poll_s += time.perf_counter() - t_poll
-            if not (notice or (every_steps and so_far["step"] % every_steps == 0)):
-                inject_fault(name, rank, world, ckpt is not None, last_checkpoint, steps_this_attempt)
-                return
-            # epoch_meta["epoch"] stays the count of finished epochs and the history only theirs: the store's
-            # epochs rows come from the history, so a mid-epoch checkpoint never yields a half-epoch row
-            step_meta = epoch_meta | {"partial": so_far | {"epoch": epoch}}
-            # each rank's own: they differ (rank 0 alone validates, and its val loader draws a seed)
-            step_state = train_state(mid_epoch=True) | {"rng": _all_gather(rng_state(), dist)}
-            t_wall = time.time()
-            _report(
-                {"epoch": epoch, "step": so_far["step"], "train_loss": so_far["loss_sum"] / max(so_far["n_batches"], 1)}
-                | {"mid_epoch": True},
-                step_meta,
-                rank,
-                step_state,
-                name,
-            )
-            last_checkpoint, saved_at = name, time.time()
-            if rank == 0:
-                log(f"  checkpoint {name} ({saved_at - t_wall:.2f} s)")
-            if notice:
-                notice_handled = True
-                if rank == 0:  # the figure docs/cluster.md reports: the checkpoint against the deadline
-                    log(preemption_line(notice, name, saved_at - t_wall, saved_at))
-            inject_fault(name, rank, world, ckpt is not None, last_checkpoint, steps_this_attempt)
-
-        on_step = None
-        if tracker is not None:
-
-            def on_step(step, total, loss, samples, epoch=epoch):
-                tracker.on_step(epoch, step, total or 0, loss, samples, optimizer.param_groups[0]["lr"])
-
-        stats = run_epoch(
-            model,
-            loader,
-            optimizer,
-            wl,
-            step_cfg,
-            device,
-            scheduler,
-            scaler,
-            dist,
-            on_step=on_step,
-            after_step=after_step,
-            partial=partial if partial is not None and partial["epoch"] == epoch else None,
-        )
-        steps_this_attempt += 1  # the epoch's last optimizer step (after_step is not called for it)
-        partial = None
-        val = {}
-        if rank == 0:  # full val set on rank 0: exact metrics, no sampler padding
-            with autocast(cfg.train.precision, device):
-                val = {f"val_{k}": v for k, v in wl.evaluate(unwrap(model), _on(val_loader, device), splits).items()}
-        val = _broadcast(val, dist)
-        train_time = _all_sum(stats["train_time_s"], device, dist) / world
-        samples = _all_sum(stats["samples"], device, dist)
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": stats["train_loss"],
-            **val,
-            "train_time_s": train_time,
-            "samples_per_s": samples / max(train_time, 1e-9),
-            "skipped_batches": stats["skipped_batches"],
-            "step_time_median_s": _all_sum(stats["step_time_median_s"], device, dist) / world,  # mean over ranks
-            "peak_rss_mb": _all_max(peak_rss_mb(), device, dist),  # the largest worker
-            "elapsed_s": time.perf_counter() - run_t0,
-            "num_workers": world,  # this epoch's worker count (a run restarted on fewer nodes shows it)
-        }
-        if metric not in row:
-            raise config_lib.ConfigError(
-                f"metric '{metric}' is not reported by workload '{cfg.workload}' (it reports {sorted(row)})"
-            )
-        improved = better(row[metric], best_metric, mode)
-        if improved:  # snapshot: early stopping and the test score use the best epoch's weights
-            best_metric, best_epoch = row[metric], epoch + 1
-            best_state = {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
-        history.append(row)
-        stopped_early = bool(patience) and epoch + 1 - best_epoch >= patience and epoch + 1 < epochs
-        meta = {
-            "epoch": epoch + 1,
-            "history": history,
-            "best_metric": best_metric,
-            "best_epoch": best_epoch,
-            "metric": metric,
-            "mode": mode,
-            "stopped_early": stopped_early,  # cpu_s: a stopped run's cost too
-            "workers": workers,
-            "precision": cfg.train.precision,  # as resolved on the worker (train.precision=auto)
-            "cpu_s": cpu_prior + _all_sum(time.process_time() - cpu0, device, dist),
-        }
-        if rank == 0:
-            log(_progress_line(row, epochs, metric, improved))
-        _report(row | {"best_metric": best_metric}, meta, rank, train_state(), f"epoch_{epoch + 1:04d}")
-        if tracker is not None:  # after the report: an epoch a tracker shows has its checkpoint uploaded
-            tracker.on_epoch(row)
-        last_checkpoint = f"epoch_{epoch + 1:04d}"
-        inject_fault(last_checkpoint, rank, world, ckpt is not None, last_checkpoint, steps_this_attempt)
-        if stopped_early:
-            if rank == 0:
-                log(f"early stop: no {metric} gain for {patience} epochs (best epoch {best_epoch})")
-            break
-
-    # [4] best weights -> test split -> export -> final report
-    if rank == 0:
-        log(  # steps redone after a restart; the watch's cost per step (docs/cluster.md)
-            f"{steps_this_attempt} optimizer steps trained by this worker group"
-            + (f", preemption watch {poll_s / max(steps_this_attempt, 1) * 1e6:.1f} us/step" if preempted else "")
-        )
-    if best_state:
-        unwrap(model).load_state_dict(best_state)
-    final = {"epoch": meta["epoch"], "best_metric": best_metric, "best_epoch": best_epoch}
-    best_row = next((h for h in history if h["epoch"] == best_epoch), history[-1] if history else {})
-    final.update({k: v for k, v in best_row.items() if k.startswith("val_")})
-    cpu_s = cpu_prior + _all_sum(time.process_time() - cpu0, device, dist)
-    final["cpu_s"] = cpu_s
-    final["train_time_s"] = sum(h["train_time_s"] for h in history)
-    with tempfile.TemporaryDirectory() as tmp:
-        if rank == 0:
-            if splits.test is not None:
-                test_loader = eval_loader(splits, splits.test, cfg.train.batch_size * 2)
-                with autocast(cfg.train.precision, device):
-                    final.update(
-                        {
-                            f"test_{k}": v
-                            for k, v in wl.evaluate(unwrap(model), _on(test_loader, device), splits).items()
-                        }
-                    )
-            export_model(
-                wl, unwrap(model).cpu() if device.type != "cpu" else unwrap(model), cfg, splits, Path(tmp, EXPORT)
-            )
-            meta_final = meta | {
-                "finished": True,
-                "final": final,
-                "fingerprint": splits.fingerprint,
-                "labels": splits.labels,
-                "cpu_s": cpu_s,
-                # the worker group that finished: where it started, what it trained (a restart's redone steps)
-                "last_attempt": {
-                    "resumed_from": resumed_from(resumed_meta) if resumed_meta is not None else "",
-                    "steps": steps_this_attempt,
-                    "preemption_watch_us_per_step": poll_s / max(steps_this_attempt, 1) * 1e6 if preempted else None,
-                },
-            }
-            Path(tmp, META).write_text(json.dumps(meta_final, default=float))
-            if splits.test is not None:
-                log("test: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k.startswith("test_")))
-        final = _broadcast(final, dist)
-        ray.train.report(
-            final | {metric: best_metric, "final": True},
-            checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None,
-            checkpoint_dir_name="final",
-        )
-        if tracker is not None:
-            tracker.on_test(final)
-            tracker.finish("stopped_early" if stopped_early else "completed", Path(tmp, EXPORT))
-
-
-PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
-
-
-PREEMPTION_CHECK_EVERY_S = 0.5  # with several workers: how often (in step time) the ranks agree on a notice
-
-
-def preemption_watch(dist: bool, device: torch.device, read=None):
-    """A per-step check for a preemption notice (``ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION``, a
-    spot reclaim): returns a function giving this rank's ``PreemptionInfo``, ``True`` when only another rank
-    has it yet, or None; every rank gets a truthy answer at the same step (they must checkpoint together).
-    None when Ray Train's preemption watcher is off (jobs.train turns it off on its one-node embedded cluster).
-
-    On one worker: one attribute read per step. With several, Ray Train fans the notice out to every worker but
-    not at the same instant, so the ranks agree through an all-reduce of a flag. Every step, that cost 0.76 ms
-    (+22% on a 4 ms DDP step, bench/preemption_watch.py); so it runs about every
-    ``PREEMPTION_CHECK_EVERY_S`` of training (rank 0 sets the step interval from its step time, carried in the
-    same all-reduce), asynchronously: started at one check and read at the next. A notice is acted on within
-    about two intervals, against Ray's 5 s poll of the draining nodes and a deadline of tens of seconds."""
-    if os.environ.get(PREEMPTION_WATCHER, "1").strip().lower() in ("0", "false"):
-        return None
-    read = read or preemption_reader()  # bench/preemption_watch.py passes its own
-    if read is None:
-        return None
-    if not dist:
-        return read
-    leader = torch.distributed.get_rank() == 0
-    pending: list = []  # (work, buffer) of the all-reduce started at the previous check
-    every = {"steps": 1, "left": 1, "t": time.perf_counter()}  # the same on every rank: set from the all-reduce
-
-    def agreed():
-        every["left"] -= 1
-        if every["left"] > 0:
-            return None
-        seen = False
-        now = time.perf_counter()
-        step_s = (now - every["t"]) / every["steps"]
-        every["t"] = now
-        if pending:
-            work, buffer = pending.pop()
-            work.wait()
-            seen = buffer[0].item() > 0
-            every["steps"] = max(1, int(buffer[1].item()))
-        every["left"] = every["steps"]
-        suggest = min(1000, max(1, int(PREEMPTION_CHECK_EVERY_S / max(step_s, 1e-6)))) if leader else 0
-        buffer = torch.tensor([0.0 if read() is None else 1.0, float(suggest)], device=device)
-        pending.append((torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.MAX, async_op=True), buffer))
-        return (read() or True) if seen else None
-
-    return agreed
-
-
-def preemption_line(notice, name: str, took_s: float, saved_at: float) -> str:
-    """The log line of a checkpoint written on a preemption notice: how long it took, and how long before
-    the deadline it was done."""
-    deadline_ms = getattr(notice, "deadline_ms", None)
-    left = f"{deadline_ms / 1000 - saved_at:.1f} s before the deadline" if deadline_ms else "no deadline given"
-    nodes = ", ".join(getattr(notice, "preempted_node_ids", [])) or "another rank's node"
-    return f"preemption notice for {nodes}: checkpoint {name} written in {took_s:.2f} s, {left}"
-
-
-FAULT_AFTER_EPOCH = "PERENNIAL_FAULT_AFTER_EPOCH"
-FAULT_AT_STEP = "PERENNIAL_FAULT_AT_STEP"
-# Test-only: seconds each worker sleeps after an optimizer step, so that a run's epochs last long enough for a test
-# to act between them on a quiet machine and still use no CPU meanwhile (tests/integration/test_elastic.py)
-STEP_DELAY = "PERENNIAL_STEP_DELAY_S"
-
-
-def inject_fault(
-    position: str, rank: int, world: int, resumed: bool, last_checkpoint: str | None, steps_this_attempt: int
-) -> None:
-    """Test-only fault injection: rank 1 (rank 0 when alone) dies with ``os._exit(1)`` once — a worker group
-    that resumed from a checkpoint never fires — at ``position`` (``epoch_NNNN`` at an epoch's end,
-    ``epoch_NNNN_step_SSSSSS`` after an optimizer step), when the workers' environment names it:
-
-    - ``PERENNIAL_FAULT_AFTER_EPOCH=N``: right after epoch N's report;
-    - ``PERENNIAL_FAULT_AT_STEP=E:S``: after optimizer step S of epoch E (1-based), checkpointed or not.
-
-    It dies only once Train has committed the last checkpoint (its checkpoint manager's snapshot lists it),
-    so with ``failure.max_failures>=1`` the run must resume from there and redo the steps after it
-    (tests/integration/test_s3_checkpoints.py, test_mid_epoch_checkpoints.py; reusable by reliability tests)."""
-    if resumed:
-        return
-    epoch_fault, step_fault = os.environ.get(FAULT_AFTER_EPOCH, ""), os.environ.get(FAULT_AT_STEP, "")
-    wanted = set()
-    if epoch_fault.isdigit():
-        wanted.add(f"epoch_{int(epoch_fault):04d}")
-    if step_fault.count(":") == 1 and step_fault.replace(":", "").isdigit():
-        e, s = step_fault.split(":")
-        wanted.add(f"epoch_{int(e):04d}_step_{int(s):06d}")
-    if position not in wanted:
-        return
-    if world > 1:
-        torch.distributed.barrier()  # rank 0 has uploaded the checkpoint and queued its report
-    if rank == min(1, world - 1):
-        import ray
-
-        numbers = [int(n) for n in position.removeprefix("epoch_").split("_step_")]
-        after = f"epoch {numbers[0]}" + (f" step {numbers[1]}" if len(numbers) > 1 else "")
-        if not ray.is_initialized():  # local mode: this process is the driver; its exit would be a driver loss
-            log(f"fault injection: the loop fails after {after} (last checkpoint {last_checkpoint})")
-            raise RuntimeError(f"fault injection after {after}")
-        deadline = time.monotonic() + 300
-        committed = last_checkpoint is None
-        while not committed and (committed := checkpoint_committed(last_checkpoint)) is False:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        if committed is None:  # no Train storage context (an in-process sweep trial): give Train two polls
-            time.sleep(2 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")) + 0.5)
-        log(
-            f"fault injection: rank {rank} exits after {after} "
-            f"({steps_this_attempt} steps this attempt, last checkpoint {last_checkpoint})"
-        )
-        os._exit(1)
-
-
-def checkpoint_committed(name: str) -> bool | None:
-    """True once this run's ``checkpoint_manager_snapshot.json`` lists the checkpoint dir ``name``; None when
-    this process has no Train storage context to look in."""
-    import ray.train
-
-    try:
-        storage = ray.train.get_context().get_storage()
-        fs, run_dir = storage.storage_filesystem, storage.experiment_fs_path
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return None
-    try:
-        with fs.open_input_stream(f"{run_dir}/checkpoint_manager_snapshot.json") as f:
-            snapshot = json.loads(f.read())
-    except (OSError, ValueError):  # not written yet, or caught mid-write
-        return False
-    names = {str(r.get("checkpoint_dir_name", "")) for r in snapshot.get("checkpoint_results", [])}
-    return name in names
+    def prepare_data_loader(self, loader: DataLoader, auto_transfer: bool) -> DataLoader:
+        return self.torch.prepare_data_loader(loader, auto_transfer=auto_transfer)
 
 
 def _storage_path(ctx, cfg) -> str:
@@ -872,6 +486,343 @@ def _storage_path(ctx, cfg) -> str:
     return f"{scheme}://{storage.storage_fs_path}"
 
 
+def train_loop_per_worker(config_dict: dict) -> None:
+    """The Ray Train entry: ``{"config": the checked config}`` (``_tracking``: extra trackers' tags)."""
+    # Train logs every report at INFO; the per-epoch line says it better (PERENNIAL_TRAIN_LOG_LEVEL=INFO for both)
+    for logger in train_report_loggers():
+        logger.setLevel(os.environ.get("PERENNIAL_TRAIN_LOG_LEVEL", "WARNING"))
+    cfg = config_dict["config"]  # checked once, on the driver (jobs.config)
+    run(cfg, TrainSession(cfg), config_dict.get("_tracking", {}))
+
+
+def run(cfg, session: Session, tags: dict | None = None) -> None:
+    """Train ``cfg`` in this worker to the end (or an early stop). ``tags``: extra tracker fields (sweep_id,
+    trial_id, mlflow_parent_run_id). A raised error closes the hooks with status failed, or stopped_early for a
+    sweep scheduler's stop (jobs.sweep.TrialStopped, raised from a report)."""
+    loop = Loop(cfg, session, tags or {})
+    try:
+        loop.fit()
+    except BaseException as e:
+        loop.call("on_exception", "stopped_early" if type(e).__name__ == "TrialStopped" else "failed")
+        raise
+
+
+# ----------------------------------------------------------------------------- the loop
+class Loop:
+    """One worker's run: setup steps, :meth:`run_epoch` per epoch, :meth:`finish`. Hooks read its attributes."""
+
+    def __init__(self, cfg, session: Session, tags: dict):
+        self.cfg, self.session, self.tags = cfg, session, tags
+        self.rank, self.world = session.world_rank, session.world_size
+        self.dist = self.world > 1
+        self.wl = workloads.module(cfg.workload)
+        self.metric, self.mode = config_lib.metric_and_mode(cfg)
+        self.hooks: list[hooks_lib.Hook] = []
+        self.cpu0 = time.process_time()
+        self.epoch, self.stopped_early = 0, False
+        self.steps_this_attempt, self.last_checkpoint = 0, None  # optimizer steps this worker group trained
+
+    def call(self, event: str, *args) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(self, *args)
+
+    def fit(self) -> None:
+        torch.set_num_threads(max(1, self.cfg.scaling.cpus_per_worker))  # threads = CPUs this worker holds
+        self._setup_data()
+        self._setup_model()
+        self._restore()
+        self._setup_device()
+        self._setup_optimizer()
+        self._setup_hooks()
+        start = self.meta["epoch"] if not self.meta.get("finished") else self.cfg.train.epochs
+        for epoch in range(start, self.cfg.train.epochs):
+            self.run_epoch(epoch)
+            if self.stopped_early:
+                break
+        self.finish()
+
+    # [1] setup: data and model, seeded (the same init on every rank; DDP broadcasts rank 0's anyway)
+    def _setup_data(self) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.train.seed)
+        self.splits = self.wl.build_data(cfg)
+        if cfg.continual.replay_data and cfg.continual.replay_fraction > 0:  # continual: a share of the parent's data
+            old = self.wl.build_data(config_lib.with_data(cfg, cfg.continual.replay_data))
+            self.splits.train = add_replay(self.splits, old, cfg.continual.replay_fraction, cfg.train.seed)
+
+    def _setup_model(self) -> None:
+        self.model = self.wl.build_model(self.cfg, self.splits)
+        if self.cfg.continual.init_from:  # continual: start from the parent's export
+            self.model = _init_from_parent(self.wl, self.cfg, self.splits, self.cfg.continual.init_from)
+
+    def _restore(self) -> None:
+        """A restarted worker group (or a resumed sweep trial) goes on from the session's checkpoint."""
+        self.state, self.meta = None, {"epoch": 0, "history": [], "best_metric": None, "best_epoch": None}
+        self.checkpoint = self.session.get_checkpoint()
+        if self.checkpoint is not None:
+            with self.checkpoint.as_directory() as d:
+                self.meta = read_meta(d)
+                if not self.meta.get("finished"):
+                    self.state = load_state(d)
+        state, meta = self.state, self.meta
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+        self.best_state = (state.get("best_model") or state["model"]) if state and meta["best_epoch"] else None
+        self.history, self.best_metric, self.best_epoch = meta["history"], meta["best_metric"], meta["best_epoch"]
+        self.cpu_prior = meta.get("cpu_s", 0.0)  # CPU-seconds (all ranks) of earlier attempts of this run
+        self.run_t0 = time.perf_counter() - (self.history[-1]["elapsed_s"] if self.history else 0.0)
+        self.stopped_early = bool(meta.get("stopped_early"))
+        self.last_attempt = {  # the worker group that finishes: where it started, what it trained
+            "resumed_from": resumed_from(meta) if state is not None else "",
+            "steps": 0,
+            "preemption_watch_us_per_step": None,
+        }
+        self.partial = self._partial_epoch()
+
+    def _partial_epoch(self) -> dict | None:
+        """A mid-epoch checkpoint's epoch so far, with this rank's RNG states; None to start the epoch over."""
+        partial = self.meta.get("partial") if self.state is not None else None
+        if partial is None:
+            return None
+        if len(self.state["rng"]) != self.world:
+            # another worker count splits the epoch's batches differently: which ones were trained is unknown here,
+            # so the epoch starts over (its samples trained once more, none skipped)
+            if self.rank == 0:
+                log(
+                    f"the epoch {partial['epoch'] + 1} checkpoint was written by {len(self.state['rng'])} workers: epoch restarts"
+                )
+            return None
+        return partial | {"rng": self.state["rng"][self.rank]}
+
+    def _setup_device(self) -> None:
+        cfg = self.cfg
+        self.model = self.session.prepare_model(self.model)
+        self.device = self.session.device
+        cfg.train.precision = resolve_precision(cfg.train.precision, self.device)  # auto -> bf16 or fp32 here
+        check_precision(cfg.train.precision, self.device)
+        self.step_cfg, elastic_note = elastic_batch_policy(cfg, self.world)  # the config the optimizer steps follow
+        if self.rank == 0:  # Ray picks the backend: nccl when workers hold GPUs, gloo on CPUs
+            backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
+            log(
+                f"{self.world} worker(s) on {self.device.type}, backend {backend}, precision {cfg.train.precision}, "
+                f"grad_accum_steps {self.step_cfg.train.grad_accum_steps}"
+                + elastic_note
+                + (f", resumed from the {resumed_from(self.meta)} checkpoint" if self.state is not None else "")
+            )
+        self.workers = _all_gather(node_placement(self.rank), self.dist)  # where each rank runs: the runs row
+
+    def _setup_optimizer(self) -> None:
+        """Optimizer, train loader (its length sets the schedule), scheduler and loss scaler, restored if resumed."""
+        cfg, wl, state, on_gpu = self.cfg, self.wl, self.state, self.device.type == "cuda"
+        build_optimizer = workloads.hook(wl, "build_optimizer")
+        model = self.model
+        self.optimizer = build_optimizer(cfg, unwrap(model)) if build_optimizer else make_optimizer(cfg, model)
+        self.base_loader = train_loader(wl, cfg, self.splits)
+        self.base_loader.pin_memory = on_gpu  # page-locked host batches: the host->GPU copy runs asynchronously
+        # auto_transfer: copies on a side CUDA stream, one batch ahead
+        self.loader = self.session.prepare_data_loader(self.base_loader, auto_transfer=on_gpu)
+        build_scheduler = workloads.hook(wl, "build_scheduler")
+        self.scheduler = build_scheduler(self.step_cfg, self.optimizer, len(self.loader)) if build_scheduler else None
+        self.scaler = grad_scaler(cfg.train.precision, self.device)
+        if state is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scheduler is not None and state.get("scheduler"):
+                self.scheduler.load_state_dict(state["scheduler"])
+            if self.scaler is not None and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])  # keep the learned loss scale across a restart
+        self.val_loader = eval_loader(self.splits, self.splits.val, cfg.train.batch_size * 2)
+
+    def _setup_hooks(self) -> None:
+        self.hooks = hooks_lib.built_in(self.cfg, self.rank, self.dist, self.device)
+        self.hooks += [hooks_lib.from_spec(spec) for spec in self.cfg.run.hooks]
+        self.call("on_train_start")
+
+    # [2] the epochs
+    def run_epoch(self, epoch: int) -> None:
+        """Train one epoch, validate it, report its checkpoint."""
+        self.epoch = epoch
+        for loader in {id(self.loader): self.loader, id(self.base_loader): self.base_loader}.values():
+            seed_epoch_order(loader, epoch, self.cfg.train.seed)  # both: Ray may have rebuilt the loader
+        partial = self.partial if self.partial is not None and self.partial["epoch"] == epoch else None
+        stats = run_epoch(
+            self.model,
+            self.loader,
+            self.optimizer,
+            self.wl,
+            self.step_cfg,
+            self.device,
+            self.scheduler,
+            self.scaler,
+            self.dist,
+            on_step=self._on_batch,
+            after_step=self._after_step,
+            partial=partial,
+        )
+        self.steps_this_attempt += 1  # the epoch's last optimizer step (after_step is not called for it)
+        self.partial = None
+        row = self._epoch_row(stats)
+        improved = better(row[self.metric], self.best_metric, self.mode)
+        if improved:  # snapshot: early stopping and the test score use the best epoch's weights
+            self.best_metric, self.best_epoch = row[self.metric], epoch + 1
+            self.best_state = {k: v.detach().cpu().clone() for k, v in unwrap(self.model).state_dict().items()}
+        self.history.append(row)
+        self.stopped_early = False
+        self.call("on_evaluate", row)
+        self.meta = self._epoch_meta()
+        if self.rank == 0:
+            log(_progress_line(row, self.cfg.train.epochs, self.metric, improved))
+        name = f"epoch_{epoch + 1:04d}"
+        self._report(row | {"best_metric": self.best_metric}, self.meta, self.train_state(), name)
+        self.last_checkpoint = name
+        self.call("on_epoch_end", row)
+
+    def _on_batch(self, step: int, total: int | None, loss: float, samples: int) -> None:
+        self.call("on_batch_end", step, total, loss, samples)
+
+    def _after_step(self, so_far: dict) -> None:
+        self.steps_this_attempt += 1
+        self.call("on_step_end", so_far)
+
+    def _epoch_row(self, stats: dict) -> dict:
+        """The epoch's row of the history: train stats summed or averaged over the ranks, val metrics of rank 0."""
+        device, dist, world = self.device, self.dist, self.world
+        val = {}
+        if self.rank == 0:  # full val set on rank 0: exact metrics, no sampler padding
+            with autocast(self.cfg.train.precision, device):
+                metrics = self.wl.evaluate(unwrap(self.model), _on(self.val_loader, device), self.splits)
+            val = {f"val_{k}": v for k, v in metrics.items()}
+        val = _broadcast(val, dist)
+        train_time = _all_sum(stats["train_time_s"], device, dist) / world
+        row = {
+            "epoch": self.epoch + 1,
+            "train_loss": stats["train_loss"],
+            **val,
+            "train_time_s": train_time,
+            "samples_per_s": _all_sum(stats["samples"], device, dist) / max(train_time, 1e-9),
+            "skipped_batches": stats["skipped_batches"],
+            "step_time_median_s": _all_sum(stats["step_time_median_s"], device, dist) / world,  # mean over ranks
+            "peak_rss_mb": _all_max(peak_rss_mb(), device, dist),  # the largest worker
+            "elapsed_s": time.perf_counter() - self.run_t0,
+            "num_workers": world,  # this epoch's worker count (a run restarted on fewer nodes shows it)
+        }
+        if self.metric not in row:
+            raise config_lib.ConfigError(
+                f"metric '{self.metric}' is not reported by workload '{self.cfg.workload}' (it reports {sorted(row)})"
+            )
+        return row
+
+    def _epoch_meta(self) -> dict:
+        return {
+            "epoch": self.epoch + 1,
+            "history": self.history,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "metric": self.metric,
+            "mode": self.mode,
+            "stopped_early": self.stopped_early,
+            "workers": self.workers,
+            "precision": self.cfg.train.precision,  # as resolved on the worker (train.precision=auto)
+            "cpu_s": self._cpu_s(),  # a stopped run's cost too
+        }
+
+    def _cpu_s(self) -> float:
+        return self.cpu_prior + _all_sum(time.process_time() - self.cpu0, self.device, self.dist)
+
+    def train_state(self, mid_epoch: bool = False) -> dict:
+        """What a checkpoint holds besides meta.json (best_model {} = the same as model)."""
+        same_as_model = self.best_epoch == self.meta["epoch"] and not mid_epoch  # mid-epoch the model moved on
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else {},
+            "best_model": {} if same_as_model else (self.best_state or {}),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+        }
+
+    def save_step_checkpoint(self, so_far: dict) -> tuple[str, float, float]:
+        """Report a mid-epoch checkpoint (every rank at the same step): its name, seconds taken, wall time when
+        saved. A second call at the same step writes nothing."""
+        name = f"epoch_{self.epoch + 1:04d}_step_{so_far['step']:06d}"
+        if name == self.last_checkpoint:
+            return name, 0.0, time.time()
+        # meta["epoch"] stays the count of finished epochs and the history only theirs: the store's epochs rows
+        # come from the history, so a mid-epoch checkpoint never yields a half-epoch row
+        step_meta = self.meta | {"partial": so_far | {"epoch": self.epoch}}
+        # each rank's own RNG states: they differ (rank 0 alone validates, and its val loader draws a seed)
+        step_state = self.train_state(mid_epoch=True) | {"rng": _all_gather(rng_state(), self.dist)}
+        loss = so_far["loss_sum"] / max(so_far["n_batches"], 1)
+        t_wall = time.time()
+        metrics = {"epoch": self.epoch, "step": so_far["step"], "train_loss": loss, "mid_epoch": True}
+        self._report(metrics, step_meta, step_state, name)
+        self.last_checkpoint, saved_at = name, time.time()
+        if self.rank == 0:
+            log(f"  checkpoint {name} ({saved_at - t_wall:.2f} s)")
+        return name, saved_at - t_wall, saved_at
+
+    def _report(self, metrics: dict, meta: dict, state: dict, name: str) -> None:
+        """Report ``metrics`` with a checkpoint dir ``name`` (meta.json + state.pt) from rank 0."""
+        import ray.train
+
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if self.rank == 0:
+                torch.save(state, Path(tmp, STATE))
+                Path(tmp, META).write_text(json.dumps(meta, default=float))
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            self.session.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+
+    # [3] finish: best weights -> test split -> export -> final report
+    def finish(self) -> None:
+        self.last_attempt["steps"] = self.steps_this_attempt
+        self.call("on_train_end")
+        watch_us = self.last_attempt["preemption_watch_us_per_step"]
+        if self.rank == 0:  # steps redone after a restart; the watch's cost per step (docs/cluster.md)
+            log(
+                f"{self.steps_this_attempt} optimizer steps trained by this worker group"
+                + (f", preemption watch {watch_us:.1f} us/step" if watch_us is not None else "")
+            )
+        if self.best_state:
+            unwrap(self.model).load_state_dict(self.best_state)
+        final = {"epoch": self.meta["epoch"], "best_metric": self.best_metric, "best_epoch": self.best_epoch}
+        best_row = next(
+            (h for h in self.history if h["epoch"] == self.best_epoch), self.history[-1] if self.history else {}
+        )
+        final.update({k: v for k, v in best_row.items() if k.startswith("val_")})
+        final["cpu_s"] = self._cpu_s()
+        final["train_time_s"] = sum(h["train_time_s"] for h in self.history)
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = self._final_checkpoint(final, Path(tmp)) if self.rank == 0 else None
+            final = _broadcast(final, self.dist)
+            metrics = final | {self.metric: self.best_metric, "final": True}
+            self.session.report(metrics, checkpoint=checkpoint, checkpoint_dir_name="final")
+            self.call("on_final", final, Path(tmp, EXPORT))
+
+    def _final_checkpoint(self, final: dict, tmp: Path):
+        """Rank 0: the test split's metrics into ``final``, the export and meta.json into ``tmp``."""
+        import ray.train
+
+        model, splits, device = unwrap(self.model), self.splits, self.device
+        if splits.test is not None:
+            test_loader = eval_loader(splits, splits.test, self.cfg.train.batch_size * 2)
+            with autocast(self.cfg.train.precision, device):
+                metrics = self.wl.evaluate(model, _on(test_loader, device), splits)
+            final.update({f"test_{k}": v for k, v in metrics.items()})
+        export_model(self.wl, model.cpu() if device.type != "cpu" else model, self.cfg, splits, tmp / EXPORT)
+        meta_final = self.meta | {
+            "finished": True,
+            "final": final,
+            "fingerprint": splits.fingerprint,
+            "labels": splits.labels,
+            "cpu_s": final["cpu_s"],
+            "last_attempt": self.last_attempt,
+        }
+        (tmp / META).write_text(json.dumps(meta_final, default=float))
+        if splits.test is not None:
+            log("test: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k.startswith("test_")))
+        return ray.train.Checkpoint.from_directory(str(tmp))
+
+
+# ----------------------------------------------------------------------------- small parts of the loop
 def _init_from_parent(wl, cfg, splits, export_dir: str) -> torch.nn.Module:
     import ray.train
 
@@ -882,19 +833,6 @@ def _init_from_parent(wl, cfg, splits, export_dir: str) -> torch.nn.Module:
 def _on(loader: DataLoader, device: torch.device):
     for batch in loader:
         yield to_device(batch, device)
-
-
-def _report(metrics: dict, meta: dict, rank: int, state: dict, name: str) -> None:
-    """``ray.train.report`` of ``metrics`` with a checkpoint dir ``name`` (meta.json + state.pt) from rank 0."""
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
-        if rank == 0:
-            torch.save(state, Path(tmp, STATE))
-            Path(tmp, META).write_text(json.dumps(meta, default=float))
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
 
 
 def node_placement(rank: int) -> dict:

@@ -179,8 +179,7 @@ for i in range(n):
     store.append("epochs", [{"run_id": f"writer-{writer}", "workload": "stress", "epoch": i, "train_loss": float(i)}])
 print(f"{(time.perf_counter() - t0) / n * 1000:.2f}")
 """
-# 8 x 1,000 Delta commits take minutes on 2 cores (each commit reads the log): CI runs 8 x 150; the full figure is
-# PERENNIAL_STORE_APPENDS=1000 (RELIABILITY.md gives both).
+# each commit reads the log, so 8 x 1,000 commits take minutes: CI runs 8 x 150 (PERENNIAL_STORE_APPENDS=1000: the full run)
 WRITERS, APPENDS = 8, int(os.environ.get("PERENNIAL_STORE_APPENDS", "150"))
 
 
@@ -346,9 +345,8 @@ def test_job_status_with_no_cluster_fails_fast_with_one_line():
 
 
 # ----------------------------------------------------------------------------- NaN / inf loss
-# Measured (tests/integration/test_faults.py history, RELIABILITY.md): AdamW at lr 3e5 on 256 digits in
-# batches of 64 overflows to a non-finite loss at optimizer step 6 — the 2nd batch of epoch 2 — for every
-# seed and thread count tried; so epoch 1 is a good checkpoint and epoch 2 diverges.
+# AdamW at lr 3e5 on 256 digits in batches of 64 overflows at optimizer step 6 (epoch 2's 2nd batch, every seed
+# tried: RELIABILITY.md): epoch 1 is a good checkpoint and epoch 2 diverges.
 DIVERGE = [
     "data.source=digits",
     "data.max_train_samples=256",

@@ -7,6 +7,7 @@ import pytest
 from conftest import base_env, run_job, run_jobs_at_once
 
 from jobs.store import Store
+from tests.plugins import faults
 
 TINY = ["scaling.cpus_per_worker=1", "train.epochs=3"]
 PATHS = {"never": "in a Ray Train worker group", "auto": "in this process: Ray Train local mode"}
@@ -28,8 +29,8 @@ def test_a_failed_attempt_resumes_and_both_paths_record_the_same_run(tmp_path):
     """A loop that dies after epoch 1 with failure.max_failures=1: each path restarts it from the epoch 1
     checkpoint, and the store gets one completed run with epochs 1..3 once each, with the same columns."""
     store_dir = tmp_path / "store"
-    env = base_env(PERENNIAL_FAULT_AFTER_EPOCH="1")
-    both = [(args(store_dir, tmp_path / "runs", mode, "failure.max_failures=1"), env) for mode in PATHS]
+    fault = faults.after_epoch(1)
+    both = [(args(store_dir, tmp_path / "runs", mode, "failure.max_failures=1", fault), base_env()) for mode in PATHS]
     for res, says in zip(run_jobs_at_once(*both, timeout=400), PATHS.values()):  # the two paths at once, one store
         out = res.stdout + res.stderr
         assert res.returncode == 0, out[-3000:]
@@ -50,7 +51,7 @@ def test_a_failed_attempt_resumes_and_both_paths_record_the_same_run(tmp_path):
 @pytest.mark.parametrize("local_mode", ["auto"])
 def test_out_of_retries_is_a_failed_run_with_its_error(tmp_path, local_mode):
     """max_failures=0: the first failure ends the run: exit 1, a failed row naming the error, epoch 1 kept."""
-    res = train(tmp_path / "store", tmp_path / "runs", local_mode, PERENNIAL_FAULT_AFTER_EPOCH="1")
+    res = train(tmp_path / "store", tmp_path / "runs", local_mode, faults.after_epoch(1))
     assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
     store = Store(str(tmp_path / "store"))
     run = store.df("runs").iloc[0]

@@ -11,6 +11,7 @@ from conftest import base_env, run_job
 from safetensors.torch import load_file
 
 from jobs.store import Store
+from tests.plugins import faults
 
 TINY_LORA = ["--smoke-test", "model.name_or_path=tiny", "model.lora.enabled=true", "scaling.cpus_per_worker=1"]
 
@@ -19,9 +20,8 @@ def test_lora_run_resumes_with_its_adapters_and_exports_a_plain_model(store_dir,
     runs = tmp_path / "runs"
     res = run_job(
         ["jobs.train", "--config", "configs/ner.yaml", "--store", str(store_dir), *TINY_LORA]
-        + [f"run.storage_path={runs}", "failure.max_failures=1"],
-        # an embedded cluster (no RAY_ADDRESS): its Train workers inherit the fault variable from this driver
-        base_env(PERENNIAL_FAULT_AFTER_EPOCH="1", RAY_DEDUP_LOGS="0"),
+        + [f"run.storage_path={runs}", "failure.max_failures=1", faults.after_epoch(1)],
+        base_env(RAY_DEDUP_LOGS="0"),
         timeout=600,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

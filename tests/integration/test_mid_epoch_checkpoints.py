@@ -1,5 +1,5 @@
 """``train.checkpoint_every_steps``, end to end: a 2-worker ``jobs.train`` run on an embedded Ray cluster whose
-rank 1 dies after step 8 of epoch 2 (``PERENNIAL_FAULT_AT_STEP=2:8``, jobs.loop.inject_fault), three steps past
+rank 1 dies after step 8 of epoch 2 (the test hook ``tests.plugins.faults:FaultAtStep``), three steps past
 its last mid-epoch checkpoint (step 5), with ``failure.max_failures=1``. The run must resume mid-epoch, redo
 only those three steps, and end with the same epochs rows and test score as the same run left alone; the
 store gets one row per epoch (never a half-epoch one). The mechanism itself (batch order, RNG, sums) is
@@ -14,6 +14,7 @@ import pytest
 from conftest import base_env, run_jobs_at_once
 
 from jobs.store import Store
+from tests.plugins import faults
 
 EVERY, FAULT_STEP = 5, 8
 RUN = [
@@ -26,9 +27,8 @@ RUN = [
 STEPS = re.compile(r"(\d+) optimizer steps trained by this worker group")
 
 
-def train_args(tmp_path, name: str) -> list[str]:
-    """``jobs.train`` on an embedded cluster of its own (no RAY_ADDRESS): its Train workers inherit the fault
-    variable from this driver."""
+def train_args(tmp_path, name: str, *extra: str) -> list[str]:
+    """``jobs.train`` on an embedded cluster of its own (no RAY_ADDRESS)."""
     store = ["--store", str(tmp_path / name / "store")]
     return [
         "jobs.train",
@@ -38,14 +38,15 @@ def train_args(tmp_path, name: str) -> list[str]:
         *store,
         *RUN,
         f"run.storage_path={tmp_path / name / 'runs'}",
+        *extra,
     ]
 
 
 def test_a_run_killed_mid_epoch_resumes_at_its_last_step_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path):
-    fault = base_env(RAY_DEDUP_LOGS="0", PERENNIAL_FAULT_AT_STEP=f"2:{FAULT_STEP}")
+    fault = faults.hooks(f"tests.plugins.faults:FaultAtStep?epoch=2&step={FAULT_STEP}")
     runs = run_jobs_at_once(  # the run left alone and the faulted one at once, each on its own cluster
         (train_args(tmp_path, "plain"), base_env(RAY_DEDUP_LOGS="0")),
-        (train_args(tmp_path, "faulted"), fault),
+        (train_args(tmp_path, "faulted", fault), base_env(RAY_DEDUP_LOGS="0")),
         timeout=900,
     )
     for res in runs:

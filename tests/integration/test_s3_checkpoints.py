@@ -2,7 +2,7 @@
 
 One 2-worker ``jobs.train`` run, submitted with ``ray job submit`` as on a cluster, with
 ``run.storage_path=s3://...`` and ``--store s3://...``: rank 1 is killed after epoch 1
-(``PERENNIAL_FAULT_AFTER_EPOCH=1``, see jobs.loop.inject_fault) and ``failure.max_failures=1``
+(the test hook ``tests.plugins.faults:FaultAfterEpoch``) and ``failure.max_failures=1``
 must bring the run back from epoch 1's S3 checkpoint; then ``jobs.evaluate`` loads the exported
 model back from S3. Credentials come from the standard AWS_* variables, passed to the job (its
 driver and its Train workers) through the runtime environment, as a cluster's instance profile
@@ -22,13 +22,14 @@ import pytest
 from conftest import PY, ROOT, run_job
 
 from jobs.store import Store
+from tests.plugins import faults
 
 
 @pytest.fixture(scope="module")
 def s3_run(ray_cluster, s3_server):
     """Submit the run once; the tests below read what it left in S3."""
     bucket = s3_server.make_bucket(f"perennial-{uuid.uuid4().hex[:8]}")
-    env_vars = {**s3_server.env, "PERENNIAL_FAULT_AFTER_EPOCH": "1", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+    env_vars = {**s3_server.env, "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
     # no --working-dir upload (test_train_job covers it): the test cluster's PYTHONPATH already holds the repo
     cmd = [
         str(Path(PY).parent / "ray"),
@@ -51,6 +52,7 @@ def s3_run(ray_cluster, s3_server):
         "scaling.num_workers=2",
         "scaling.cpus_per_worker=1",
         "failure.max_failures=1",
+        faults.after_epoch(1),
     ]
     res = subprocess.run(cmd, env=ray_cluster.env, cwd=ROOT, capture_output=True, text=True, timeout=500)
     assert res.returncode == 0 and "succeeded" in res.stdout, res.stdout[-4000:] + res.stderr[-3000:]

@@ -1,8 +1,8 @@
 """Watching real runs on the shared Ray cluster: a sweep mirrored to MLflow (SQLite), W&B (offline files) and
 TensorBoard with a Train worker killed mid-trial, and progress lines in a submitted job's logs.
 
-The sweep is submitted with ``ray job submit`` so that ``PERENNIAL_FAULT_AFTER_EPOCH=1`` (jobs.loop.inject_fault)
-and the W&B variables reach the Train workers through the runtime environment, as on a cluster. Its trials run
+The sweep is submitted with ``ray job submit`` so that the W&B variables reach the Train workers through the
+runtime environment, as on a cluster; the test hook ``tests.plugins.faults:FaultAfterEpoch`` comes in ``run.hooks``. Its trials run
 as Train runs (``sweep.in_process=false``) with ``failure.max_failures=1``: the worker of each trial dies after
 epoch 1 and its Train run resumes from the epoch 1 checkpoint. Every tracker must still hold exactly one entry
 per epoch, in one tracker run per trial.
@@ -20,6 +20,7 @@ from conftest import PY, ROOT
 from tracker_files import tensorboard_hparams, tensorboard_scalars, wandb_history, wandb_runs
 
 from jobs.store import Store
+from tests.plugins import faults
 
 EPOCHS = 3
 SWEEP = "workload: mlp\nsweep:\n  search: grid\n  scheduler: fifo\n  num_samples: 1\n  search_space:\n    train.lr: {grid: [0.01, 0.003]}\n"
@@ -50,7 +51,6 @@ def tracked_sweep(ray_cluster, tmp_path_factory):
     config.write_text(SWEEP)
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     env_vars = {
-        "PERENNIAL_FAULT_AFTER_EPOCH": "1",
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
         "WANDB_MODE": "offline",
         "WANDB_DIR": str(tmp / "wandb"),
@@ -69,6 +69,7 @@ def tracked_sweep(ray_cluster, tmp_path_factory):
         f"train.epochs={EPOCHS}",
         "sweep.in_process=false",
         "failure.max_failures=1",
+        faults.after_epoch(1),
         "scaling.cpus_per_worker=1",
         "log.every_s=0.01",  # a sweep still prints no step lines
         "log.every_steps=4",

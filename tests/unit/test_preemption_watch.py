@@ -1,4 +1,4 @@
-"""jobs.loop.preemption_watch across two real DDP processes (gloo on 127.0.0.1, no Ray): a notice that reaches
+"""jobs.hooks.preemption_watch across two real DDP processes (gloo on 127.0.0.1, no Ray): a notice that reaches
 only rank 1 makes both ranks answer at the same step, or their checkpoint reports (collectives) would hang."""
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ def _rank(rank: int, port: int, out) -> None:
 
     import torch
 
-    from jobs import loop
+    from jobs import hooks
 
-    os.environ[loop.PREEMPTION_WATCHER] = "1"
-    loop.PREEMPTION_CHECK_EVERY_S = 0.01  # steps of ~1 ms below: an all-reduce about every 10 steps
+    os.environ[hooks.PREEMPTION_WATCHER] = "1"
+    hooks.PREEMPTION_CHECK_EVERY_S = 0.01  # steps of ~1 ms below: an all-reduce about every 10 steps
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     step = {"n": 0}
     # rank 1 alone gets the notice, from step 30 on (Ray Train's watcher reaches workers at different times)
-    check = loop.preemption_watch(
+    check = hooks.preemption_watch(
         True, torch.device("cpu"), read=lambda: "notice" if rank == 1 and step["n"] >= 30 else None
     )
     answers = []

@@ -1,0 +1,244 @@
+"""The training loop's hooks: everything optional the loop does besides training (jobs/loop.py calls them).
+
+A hook subclasses :class:`Hook` and overrides the events it needs (HF's ``TrainerCallback``, in small). Each
+event gets the running :class:`jobs.loop.Loop`, whose attributes a hook reads (``rank``, ``epoch``, ``history``,
+``best_epoch``, ``steps_this_attempt``, ``last_checkpoint`` ...) and whose ``save_step_checkpoint`` it may call.
+
+Built in, installed from the config: :class:`Tracking` (rank 0), :class:`PreemptionWatch`, :class:`StepCheckpoints`
+(``train.checkpoint_every_steps``), :class:`EarlyStopping` (``train.patience``). Extra hooks come from
+``run.hooks``: a list of ``"module:Class"`` import paths, each with its keyword arguments after a ``?`` as a
+query string, values read as YAML (``"tests.plugins.faults:FaultAtStep?epoch=2&step=8"``); they run after
+the built-in ones, on every rank.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+from urllib.parse import parse_qsl
+
+import torch
+import yaml
+
+from jobs import config as config_lib
+from jobs import tracking
+from jobs.ray_compat import preemption_reader
+
+
+def log(message: str) -> None:
+    """Print from rank 0. ``sys.__stdout__`` bypasses Ray Train's print patch, which would tee
+    every line to the console twice; Ray still forwards the worker's stdout to the driver."""
+    print(message, file=sys.__stdout__ or sys.stdout, flush=True)
+
+
+class Hook:
+    """The events of the loop, in the order they come; each does nothing unless overridden."""
+
+    def on_train_start(self, loop) -> None:
+        """Setup and restore are done; the first epoch is next."""
+
+    def on_batch_end(self, loop, step: int, total: int, loss: float, samples: int) -> None:
+        """After each batch: 1-based ``step`` of ``total`` (0 for a loader without a length)."""
+
+    def on_step_end(self, loop, so_far: dict) -> None:
+        """After each optimizer step but the epoch's last: ``so_far`` is the epoch so far (jobs.loop.run_epoch)."""
+
+    def on_evaluate(self, loop, row: dict) -> None:
+        """The epoch's row (train and val metrics) is in ``loop.history``; its checkpoint is next."""
+
+    def on_epoch_end(self, loop, row: dict) -> None:
+        """The epoch's checkpoint is reported (``loop.last_checkpoint``)."""
+
+    def on_train_end(self, loop) -> None:
+        """The epochs are over; the test split, the export and the final report are next."""
+
+    def on_final(self, loop, final: dict, export_dir) -> None:
+        """After the final report: ``final`` metrics, the export (gone once this returns)."""
+
+    def on_exception(self, loop, status: str) -> None:
+        """The loop raised: ``status`` is failed, or stopped_early for a sweep scheduler's stop."""
+
+
+class Tracking(Hook):
+    """Progress lines, TensorBoard, MLflow, W&B (jobs/tracking.py), on rank 0 only."""
+
+    def __init__(self, cfg):
+        self.tracker = tracking.Tracker(cfg, log)
+
+    def on_train_start(self, loop) -> None:
+        cfg, loader = loop.cfg, loop.loader
+        info = tracking.RunInfo(
+            run_id=loop.session.run_name,
+            workload=cfg.workload,
+            storage_path=loop.session.storage_path,
+            git_sha=os.environ.get("PERENNIAL_GIT_SHA", ""),
+            data_fingerprint=loop.splits.fingerprint or "",
+            metric=loop.metric,
+            mode=loop.mode,
+            epochs=cfg.train.epochs,
+            steps_per_epoch=len(loader) if hasattr(loader, "__len__") else 0,
+            world_size=loop.world,
+            **loop.tags,  # sweep_id, trial_id, mlflow_parent_run_id (jobs.sweep)
+        )
+        resumed = loop.state is not None or bool(loop.meta.get("finished"))
+        start_epoch = loop.meta["epoch"] if resumed else 0
+        self.tracker.start(info, config_lib.flatten(cfg), start_epoch, history=loop.meta["history"])
+
+    def on_batch_end(self, loop, step, total, loss, samples) -> None:
+        lr = loop.optimizer.param_groups[0]["lr"]
+        self.tracker.on_step(loop.epoch, step, total or 0, loss, samples, lr)
+
+    def on_epoch_end(self, loop, row) -> None:
+        self.tracker.on_epoch(row)  # after the report: an epoch a tracker shows has its checkpoint uploaded
+
+    def on_final(self, loop, final, export_dir) -> None:
+        self.tracker.on_test(final)
+        self.tracker.finish("stopped_early" if loop.stopped_early else "completed", export_dir)
+
+    def on_exception(self, loop, status) -> None:
+        self.tracker.finish(status)
+
+
+class StepCheckpoints(Hook):
+    """``train.checkpoint_every_steps=N``: a mid-epoch checkpoint every N optimizer steps."""
+
+    def __init__(self, every_steps: int):
+        self.every_steps = every_steps
+
+    def on_step_end(self, loop, so_far) -> None:
+        if so_far["step"] % self.every_steps == 0:
+            loop.save_step_checkpoint(so_far)
+
+
+class EarlyStopping(Hook):
+    """``train.patience=N``: stop once N epochs in a row bring no gain on the metric."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+
+    def on_evaluate(self, loop, row) -> None:
+        done = row["epoch"]
+        loop.stopped_early = done - loop.best_epoch >= self.patience and done < loop.cfg.train.epochs
+
+    def on_epoch_end(self, loop, row) -> None:
+        if loop.stopped_early and loop.rank == 0:
+            log(f"early stop: no {loop.metric} gain for {self.patience} epochs (best epoch {loop.best_epoch})")
+
+
+class PreemptionWatch(Hook):
+    """A checkpoint at the first step after a preemption notice, on every rank at once (see
+    :func:`preemption_watch`); the final meta records the watch's cost per step (docs/cluster.md)."""
+
+    def __init__(self, check):
+        self.check, self.poll_s, self.handled = check, 0.0, False
+
+    def on_step_end(self, loop, so_far) -> None:
+        if self.handled:  # once per worker group: it ends at the deadline
+            return
+        t_poll = time.perf_counter()
+        notice = self.check()
+        self.poll_s += time.perf_counter() - t_poll
+        if notice:
+            self.handled = True
+            name, took_s, saved_at = loop.save_step_checkpoint(so_far)
+            if loop.rank == 0:
+                log(preemption_line(notice, name, took_s, saved_at))
+
+    def on_train_end(self, loop) -> None:
+        loop.last_attempt["preemption_watch_us_per_step"] = self.poll_s / max(loop.steps_this_attempt, 1) * 1e6
+
+
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+PREEMPTION_CHECK_EVERY_S = 0.5  # with several workers: how often (in step time) the ranks agree on a notice
+
+
+def preemption_watch(dist: bool, device: torch.device, read=None):
+    """A per-step check for a preemption notice (``ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION``, a
+    spot reclaim): returns a function giving this rank's ``PreemptionInfo``, ``True`` when only another rank
+    has it yet, or None; every rank gets a truthy answer at the same step (they must checkpoint together).
+    None when Ray Train's preemption watcher is off (jobs.train turns it off on its one-node embedded cluster).
+
+    On one worker: one attribute read per step. With several, Ray Train fans the notice out to every worker but
+    not at the same instant, so the ranks agree through an all-reduce of a flag (:class:`AgreedNotice`)."""
+    if os.environ.get(PREEMPTION_WATCHER, "1").strip().lower() in ("0", "false"):
+        return None
+    read = read or preemption_reader()  # bench/preemption_watch.py passes its own
+    if read is None:
+        return None
+    return AgreedNotice(read, device) if dist else read
+
+
+class AgreedNotice:
+    """The ranks' agreement on a notice. An all-reduce every step costs too much (docs/cluster.md), so it runs
+    about every ``PREEMPTION_CHECK_EVERY_S`` of training (rank 0 sets the step interval from its step time,
+    carried in the same all-reduce), asynchronously: started at one check and read at the next. A notice is acted
+    on within about two intervals, against Ray's 5 s poll of the draining nodes and a deadline of tens of seconds."""
+
+    def __init__(self, read, device: torch.device):
+        self.read, self.device = read, device
+        self.leader = torch.distributed.get_rank() == 0
+        self.pending: list = []  # (work, buffer) of the all-reduce started at the previous check
+        self.steps, self.left, self.t = 1, 1, time.perf_counter()  # the same on every rank: set from the all-reduce
+
+    def __call__(self):
+        self.left -= 1
+        if self.left > 0:
+            return None
+        seen = False
+        now = time.perf_counter()
+        step_s = (now - self.t) / self.steps
+        self.t = now
+        if self.pending:
+            work, buffer = self.pending.pop()
+            work.wait()
+            seen = buffer[0].item() > 0
+            self.steps = max(1, int(buffer[1].item()))
+        self.left = self.steps
+        suggest = min(1000, max(1, int(PREEMPTION_CHECK_EVERY_S / max(step_s, 1e-6)))) if self.leader else 0
+        buffer = torch.tensor([0.0 if self.read() is None else 1.0, float(suggest)], device=self.device)
+        work = torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.MAX, async_op=True)
+        self.pending.append((work, buffer))
+        return (self.read() or True) if seen else None
+
+
+def preemption_line(notice, name: str, took_s: float, saved_at: float) -> str:
+    """The log line of a checkpoint written on a preemption notice: how long it took, and how long before
+    the deadline it was done."""
+    deadline_ms = getattr(notice, "deadline_ms", None)
+    left = f"{deadline_ms / 1000 - saved_at:.1f} s before the deadline" if deadline_ms else "no deadline given"
+    nodes = ", ".join(getattr(notice, "preempted_node_ids", [])) or "another rank's node"
+    return f"preemption notice for {nodes}: checkpoint {name} written in {took_s:.2f} s, {left}"
+
+
+def built_in(cfg, rank: int, dist: bool, device: torch.device) -> list[Hook]:
+    """The hooks the config turns on, in the order they run."""
+    hooks: list[Hook] = [Tracking(cfg)] if rank == 0 else []  # progress and trackers: rank 0 only (docs/tracking.md)
+    if (check := preemption_watch(dist, device)) is not None:  # None when Ray Train's watcher is off
+        hooks.append(PreemptionWatch(check))
+    if cfg.train.checkpoint_every_steps:
+        hooks.append(StepCheckpoints(cfg.train.checkpoint_every_steps))
+    if cfg.train.patience:
+        hooks.append(EarlyStopping(cfg.train.patience))
+    return hooks
+
+
+def from_spec(spec: str) -> Hook:
+    """A hook from ``"module:Class?key=value&..."`` (``run.hooks``); a bad spec is a one-line ConfigError."""
+    path, _, query = spec.partition("?")
+    module_name, _, name = path.partition(":")
+    fix = "write run.hooks entries as 'package.module:Class?key=value'"
+    if not module_name or not name:
+        raise config_lib.ConfigError(f"run.hooks entry '{spec}' names no class — {fix}")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as e:
+        raise config_lib.ConfigError(f"run.hooks entry '{spec}' cannot be imported ({e}) — {fix}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Hook)):
+        raise config_lib.ConfigError(f"run.hooks entry '{spec}' is not a jobs.hooks.Hook subclass — subclass it")
+    kwargs = {key: yaml.safe_load(value) for key, value in parse_qsl(query, keep_blank_values=True)}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise config_lib.ConfigError(f"run.hooks entry '{spec}': {e} — {fix}") from None
