@@ -6,9 +6,11 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psutil
@@ -163,13 +165,29 @@ def store_dir(tmp_path: Path) -> Path:
 class S3Server:
     """A real S3 API server (moto's server mode) on 127.0.0.1, with credentials in AWS_* env vars."""
 
-    def __init__(self):
-        from moto.server import ThreadedMotoServer
+    # One request at a time: threaded moto checks If-None-Match and stores the object without a lock, so two
+    # concurrent PUTs of one Delta commit could both succeed (AWS S3 makes that check atomic).
+    SERVE = (
+        "import sys; from werkzeug.serving import run_simple; "
+        "from moto.server import DomainDispatcherApplication, create_backend_app; "
+        "run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_backend_app), threaded=False)"
+    )
 
+    def __init__(self):
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
-        self.server.start()
+        self.server = subprocess.Popen(
+            [sys.executable, "-c", self.SERVE, str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 120
+        while True:  # ready once it accepts a connection
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto server on 127.0.0.1:{self.port} did not start") from None
+                time.sleep(0.1)
         self.env = {
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
@@ -192,7 +210,8 @@ class S3Server:
         return f"s3://{name}"
 
     def stop(self) -> None:
-        self.server.stop()
+        self.server.terminate()
+        self.server.wait(timeout=30)
 
 
 @pytest.fixture(scope="session")

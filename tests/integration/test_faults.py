@@ -22,7 +22,7 @@ import psutil
 import pytest
 from conftest import PY, ROOT, base_env, free_port, one_error_line, run_job
 
-from jobs.store import INFO_KINDS, Store
+from jobs.store import Store
 
 
 def wait_until(predicate, timeout: float, what: str, poll: float = 0.05):
@@ -167,72 +167,6 @@ def test_train_worker_killed_after_a_checkpoint(ray_cluster, tmp_path, max_failu
             f"\nkilled 1 of 2 workers at {killed_at:.1f} s, max_failures=0: status failed, error '{run['error'][:120]}'; "
             f"epochs rows {history}; last good checkpoint {last_good.name} kept; wall {wall:.1f} s"
         )
-
-
-# ----------------------------------------------------------------------------- the store under concurrent writers
-WRITER = """
-import sys, time
-from jobs.store import Store
-store, writer, n = Store(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-t0 = time.perf_counter()
-for i in range(n):
-    store.append("epochs", [{"run_id": f"writer-{writer}", "workload": "stress", "epoch": i, "train_loss": float(i)}])
-print(f"{(time.perf_counter() - t0) / n * 1000:.2f}")
-"""
-# each commit reads the log, so 8 x 1,000 commits take minutes: CI runs 8 x 150 (PERENNIAL_STORE_APPENDS=1000: the full run)
-WRITERS, APPENDS = 8, int(os.environ.get("PERENNIAL_STORE_APPENDS", "150"))
-
-
-def test_concurrent_writers_lose_and_duplicate_nothing(tmp_path):
-    store_dir = tmp_path / "store"
-    env = base_env()
-    t0 = time.monotonic()
-    writers = [
-        subprocess.Popen(
-            [PY, "-c", WRITER, str(store_dir), str(w), str(APPENDS)],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for w in range(WRITERS)
-    ]
-    reader, reads, seen = Store(store_dir), 0, []
-    while any(w.poll() is None for w in writers):  # a reader polling all along: never an error, never fewer rows
-        seen.append(reader.read("epochs").num_rows)
-        reads += 1
-        time.sleep(0.2)
-    outs = [w.communicate() for w in writers]
-    write_wall = time.monotonic() - t0
-    assert all(w.returncode == 0 for w in writers), [err[-2000:] for _, err in outs]
-    assert seen == sorted(seen), "a reader saw rows disappear"
-    per_append_ms = [float(out.strip().splitlines()[-1]) for out, _ in outs]
-
-    t1 = time.monotonic()
-    store = Store(store_dir)
-    table = store.read("epochs")  # a fresh reader: log (checkpoint + newer commits) read cold
-    read_s = time.monotonic() - t1
-    pairs = list(zip(table.column("run_id").to_pylist(), table.column("epoch").to_pylist()))
-    expected = {(f"writer-{w}", i) for w in range(WRITERS) for i in range(APPENDS)}
-    lost, duplicated = len(expected - set(pairs)), len(pairs) - len(set(pairs))
-    assert table.num_rows == WRITERS * APPENDS and lost == 0 and duplicated == 0, (table.num_rows, lost, duplicated)
-    assert set(table.column("train_loss").to_pylist()) == {float(i) for i in range(APPENDS)}
-    history = store.versions("epochs", limit=None)
-    appends = sum(1 for c in history if c["operation"] == "WRITE")
-    compactions = sum(1 for c in history if c["operation"] == "COMPACT")
-    assert appends == WRITERS * APPENDS  # one commit per append, none lost or repeated by a retry
-    findings = store.check(older_than_s=0)
-    problems = [f for f in findings if f["kind"] not in INFO_KINDS]
-    assert problems == [], problems[:3]
-    orphans = sum(f["kind"] == "orphan_file" for f in findings)  # data files of commits that lost a race
-    files = len(store.files("epochs"))
-    print(
-        f"\n{WRITERS} writers x {APPENDS} appends: {table.num_rows} rows, lost {lost}, duplicated {duplicated}; "
-        f"writes {write_wall:.1f} s wall ({min(per_append_ms):.1f}-{max(per_append_ms):.1f} ms/append per writer); "
-        f"{reads} concurrent reads OK; {compactions} automatic compactions, {files} files at the end, {orphans} uncommitted "
-        f"files of lost races (readers never see them); cold read {read_s:.2f} s"
-    )
 
 
 # ----------------------------------------------------------------------------- a writer killed mid-write
