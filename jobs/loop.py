@@ -414,19 +414,58 @@ def elastic_batch_policy(cfg, world: int) -> tuple[Any, str]:
     return dataclasses.replace(cfg, train=train), note
 
 
-def train_loop_per_worker(config_dict: dict) -> None:
+class TrainSession:
+    """Where the loop reports to, resumes from and places its model: a Ray Train worker's own session. Another
+    session (local mode's, a Tune trial's) has the same attributes and methods."""
+
+    def __init__(self):
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.world_rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.run_id = ctx.get_experiment_name()
+        storage = ctx.get_storage()
+        self.storage_path = _fs_uri(storage.storage_filesystem, storage.storage_fs_path)
+
+    def report(self, metrics: dict, checkpoint=None, checkpoint_dir_name: str | None = None) -> None:
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name)
+
+    def get_checkpoint(self):
+        import ray.train
+
+        return ray.train.get_checkpoint()
+
+    def device(self) -> torch.device:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)  # DDP + device placement (+ torch.cuda.set_device)
+
+    def prepare_data_loader(self, loader: DataLoader, auto_transfer: bool) -> DataLoader:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_data_loader(loader, auto_transfer=auto_transfer)
+
+
+def train_loop_per_worker(config_dict: dict, session=None) -> None:
     trackers: list[tracking.Tracker] = []  # rank 0's, once started: closed with the run's status if the loop raises
     try:
-        _train_loop(config_dict, trackers)
+        _train_loop(config_dict, trackers, session or TrainSession())
     except BaseException as e:
-        # a sweep scheduler's stop (jobs.sweep.TrialStopped, raised from a report in-process) is not a failure
-        status = "stopped_early" if type(e).__name__ == "TrialStopped" else "failed"
+        # a Tune scheduler stops a trial by raising SystemExit from its report: not a failure
+        status = "stopped_early" if isinstance(e, SystemExit) else "failed"
         for tracker in trackers:
             tracker.finish(status)
         raise
 
 
-def _train_loop(config_dict: dict, trackers: list) -> None:
+def _train_loop(config_dict: dict, trackers: list, session) -> None:
     import ray.train
     import ray.train.torch
 
@@ -435,8 +474,7 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
         logger.setLevel(os.environ.get("PERENNIAL_TRAIN_LOG_LEVEL", "WARNING"))
     cfg = config_lib.from_dict({k: v for k, v in config_dict.items() if not k.startswith("_")})  # _keys: job extras
     wl = workloads.module(cfg.workload)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = session.world_rank, session.world_size
     dist = world > 1
     torch.set_num_threads(max(1, cfg.scaling.cpus_per_worker))  # threads = CPUs this worker holds
     step_cfg, elastic_note = elastic_batch_policy(cfg, world)  # the config the optimizer steps follow
@@ -455,7 +493,7 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
 
     # [2] resume: a restarted worker group (or a resumed sweep trial) gets the last checkpoint
     state, meta = None, {"epoch": 0, "history": [], "best_metric": None, "best_epoch": None}
-    ckpt = ray.train.get_checkpoint()
+    ckpt = session.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
             meta = read_meta(d)
@@ -466,8 +504,8 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
     best_state = (state.get("best_model") or state["model"]) if state and meta["best_epoch"] else None
     cpu_prior = meta.get("cpu_s", 0.0)  # CPU-seconds (all ranks) of earlier attempts of this run
 
-    model = ray.train.torch.prepare_model(model)  # DDP + device placement (+ torch.cuda.set_device)
-    device = ray.train.torch.get_device()
+    model = session.prepare_model(model)
+    device = session.device()
     cfg.train.precision = resolve_precision(cfg.train.precision, device)  # auto -> what this device runs: bf16 or fp32
     check_precision(cfg.train.precision, device)
     if rank == 0:  # Ray picks the backend: nccl when workers hold GPUs, gloo on CPUs
@@ -483,9 +521,7 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
     on_gpu = device.type == "cuda"
     base_loader = train_loader(wl, cfg, splits)
     base_loader.pin_memory = on_gpu  # page-locked host batches, so the host->GPU copy can run asynchronously
-    loader = ray.train.torch.prepare_data_loader(
-        base_loader, auto_transfer=on_gpu
-    )  # copies on a side CUDA stream, one batch ahead
+    loader = session.prepare_data_loader(base_loader, auto_transfer=on_gpu)  # copies on a side CUDA stream
     build_scheduler = workloads.hook(wl, "build_scheduler")
     scheduler = build_scheduler(step_cfg, optimizer, len(loader)) if build_scheduler else None
     if state is not None:
@@ -501,9 +537,9 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
         tracker = tracking.Tracker(cfg, log)
         trackers.append(tracker)
         info = tracking.RunInfo(
-            run_id=ctx.get_experiment_name(),
+            run_id=session.run_id,
             workload=cfg.workload,
-            storage_path=_storage_path(ctx, cfg),
+            storage_path=session.storage_path,
             git_sha=os.environ.get("PERENNIAL_GIT_SHA", ""),
             data_fingerprint=splits.fingerprint or "",
             metric=metric,
@@ -584,6 +620,7 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
                 rank,
                 step_state,
                 name,
+                session,
             )
             last_checkpoint, saved_at = name, time.time()
             if rank == 0:
@@ -659,7 +696,7 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
         }
         if rank == 0:
             log(_progress_line(row, epochs, metric, improved))
-        _report(row | {"best_metric": best_metric}, meta, rank, train_state(), f"epoch_{epoch + 1:04d}")
+        _report(row | {"best_metric": best_metric}, meta, rank, train_state(), f"epoch_{epoch + 1:04d}", session)
         if tracker is not None:  # after the report: an epoch a tracker shows has its checkpoint uploaded
             tracker.on_epoch(row)
         last_checkpoint = f"epoch_{epoch + 1:04d}"
@@ -714,7 +751,7 @@ def _train_loop(config_dict: dict, trackers: list) -> None:
             if splits.test is not None:
                 log("test: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k.startswith("test_")))
         final = _broadcast(final, dist)
-        ray.train.report(
+        session.report(
             final | {metric: best_metric, "final": True},
             checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None,
             checkpoint_dir_name="final",
@@ -859,18 +896,12 @@ def checkpoint_committed(name: str) -> bool | None:
     return name in names
 
 
-def _storage_path(ctx, cfg) -> str:
-    """The run's storage path as Train resolved it (absolute; the worker's cwd is not the driver's)."""
-    try:
-        storage = ctx.get_storage()
-    except NotImplementedError:  # in-process runs (jobs.sweep) keep the driver's cwd and an absolute path
-        path = cfg.run.storage_path
-        return path if "://" in path else os.path.abspath(path)
-    fs = storage.storage_filesystem
+def _fs_uri(fs, path: str) -> str:
+    """A pyarrow filesystem's path as a URI (a plain path for the local disk)."""
     if type(fs).__name__ == "LocalFileSystem":
-        return storage.storage_fs_path
+        return path
     scheme = {"S3FileSystem": "s3", "GcsFileSystem": "gs"}.get(type(fs).__name__, fs.type_name)
-    return f"{scheme}://{storage.storage_fs_path}"
+    return f"{scheme}://{path}"
 
 
 def _init_from_parent(wl, cfg, splits, export_dir: str) -> torch.nn.Module:
@@ -885,8 +916,8 @@ def _on(loader: DataLoader, device: torch.device):
         yield to_device(batch, device)
 
 
-def _report(metrics: dict, meta: dict, rank: int, state: dict, name: str) -> None:
-    """``ray.train.report`` of ``metrics`` with a checkpoint dir ``name`` (meta.json + state.pt) from rank 0."""
+def _report(metrics: dict, meta: dict, rank: int, state: dict, name: str, session) -> None:
+    """``session.report`` of ``metrics`` with a checkpoint dir ``name`` (meta.json + state.pt) from rank 0."""
     import ray.train
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -895,7 +926,7 @@ def _report(metrics: dict, meta: dict, rank: int, state: dict, name: str) -> Non
             torch.save(state, Path(tmp, STATE))
             Path(tmp, META).write_text(json.dumps(meta, default=float))
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+        session.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
 
 
 def node_placement(rank: int) -> dict:
