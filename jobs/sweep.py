@@ -112,32 +112,7 @@ def tune_space(cfg, space: dict | None = None) -> dict:
             raise config_lib.ConfigError(
                 f"{where}: unknown distribution '{dist}' — use one of {', '.join(DISTRIBUTIONS)}"
             )
-        usage = f"{where}: {dist} takes {DISTRIBUTIONS[dist]}"
-        if not isinstance(args, list) or not args:
-            raise config_lib.ConfigError(f"{usage}, got {args!r}")
-        if dist in ("choice", "grid"):
-            samples = args
-        else:
-            if len(args) != (3 if dist == "quniform" else 2):
-                raise config_lib.ConfigError(f"{usage}, got {args!r}")
-            number = int if dist == "randint" else (int, float)
-            if not all(isinstance(a, number) and not isinstance(a, bool) for a in args):
-                kind = "integers" if dist == "randint" else "numbers"
-                raise config_lib.ConfigError(
-                    f"{usage} — its bounds must be {kind}, got {args!r} (in YAML write 1.0e-4, not 1e-4)"
-                )
-            low, high = args[0], args[1]
-            if low > high or (dist == "randint" and low == high):
-                raise config_lib.ConfigError(f"{where}: lower bound {low} > upper bound {high} — swap them")
-            if dist == "loguniform" and low <= 0:
-                raise config_lib.ConfigError(f"{usage} — low must be > 0 on a log scale, got {low}")
-            if dist == "quniform" and args[2] <= 0:
-                raise config_lib.ConfigError(f"{usage} — q must be > 0, got {args[2]}")
-            if dist in ("uniform", "loguniform") and field_type is not float:
-                raise config_lib.ConfigError(
-                    f"{where}: {dist} samples floats but {key} is {field_type.__name__} — use randint, quniform or choice"
-                )
-            samples = [low, high - 1] if dist == "randint" else [low, high]
+        samples = _samples(where, key, dist, args, field_type)
         for value in samples:  # each value must fit the field (type), as a key=value override would
             try:
                 config_lib.set_dotted(cfg, key, value)
@@ -158,6 +133,37 @@ def tune_space(cfg, space: dict | None = None) -> dict:
         else:
             out[key] = getattr(tune, dist)(*args)
     return out
+
+
+def _samples(where: str, key: str, dist: str, args, field_type: type) -> list:
+    """The values of ``dist`` that must fit the field: every listed one, or both bounds; ConfigError for bad args."""
+    usage = f"{where}: {dist} takes {DISTRIBUTIONS[dist]}"
+    if not isinstance(args, list) or not args:
+        raise config_lib.ConfigError(f"{usage}, got {args!r}")
+    if dist in ("choice", "grid"):
+        samples = args
+    else:
+        if len(args) != (3 if dist == "quniform" else 2):
+            raise config_lib.ConfigError(f"{usage}, got {args!r}")
+        number = int if dist == "randint" else (int, float)
+        if not all(isinstance(a, number) and not isinstance(a, bool) for a in args):
+            kind = "integers" if dist == "randint" else "numbers"
+            raise config_lib.ConfigError(
+                f"{usage} — its bounds must be {kind}, got {args!r} (in YAML write 1.0e-4, not 1e-4)"
+            )
+        low, high = args[0], args[1]
+        if low > high or (dist == "randint" and low == high):
+            raise config_lib.ConfigError(f"{where}: lower bound {low} > upper bound {high} — swap them")
+        if dist == "loguniform" and low <= 0:
+            raise config_lib.ConfigError(f"{usage} — low must be > 0 on a log scale, got {low}")
+        if dist == "quniform" and args[2] <= 0:
+            raise config_lib.ConfigError(f"{usage} — q must be > 0, got {args[2]}")
+        if dist in ("uniform", "loguniform") and field_type is not float:
+            raise config_lib.ConfigError(
+                f"{where}: {dist} samples floats but {key} is {field_type.__name__} — use randint, quniform or choice"
+            )
+        samples = [low, high - 1] if dist == "randint" else [low, high]
+    return samples
 
 
 def _field_type(cfg, key: str, where: str) -> type:
@@ -660,40 +666,48 @@ def summarize(cfg, store: Store, sweep_id: str, state: dict, metric: str, mode: 
             print(f"  model: {best['export_uri']}")
     print(f"  store: {store.uri}  (python -m jobs.store runs --sweep {sweep_id})")
 
+    write_sweeps_row(cfg, store, sweep_id, state, runs, best, metric, mode)
+    return 0 if best is not None else 1
+
+
+def write_sweeps_row(cfg, store: Store, sweep_id: str, state: dict, runs, best, metric: str, mode: str) -> None:
+    """The sweep's one ``sweeps`` row (written once: a summary printed again writes nothing)."""
+    import pandas as pd
     import pyarrow.dataset as ds
 
-    if not len(store.df("sweeps", filter=ds.field("sweep_id") == sweep_id)):
-        started = pd.Timestamp(state["started_at"]).to_pydatetime()
-        store.append(
-            "sweeps",
-            [
-                {
-                    "sweep_id": sweep_id,
-                    "workload": cfg.workload,
-                    "status": "completed" if best is not None else "failed",
-                    "search": cfg.sweep.search,
-                    "scheduler": cfg.sweep.scheduler,
-                    "search_space_json": json.dumps(space, sort_keys=True),
-                    "metric": metric,
-                    "mode": mode,
-                    "best_trial_id": best["trial_id"] if best is not None else "",
-                    "best_run_id": best["run_id"] if best is not None else "",
-                    "best_metric": float(best["best_metric"]) if best is not None else None,
-                    "best_config_json": best["config_json"] if best is not None else "",
-                    "num_trials": len(runs),
-                    "trials_completed": int(counts.get("completed", 0)),
-                    "trials_stopped_early": int(counts.get("stopped_early", 0)),
-                    "trials_failed": int(counts.get("failed", 0)),
-                    "epochs_used": used,
-                    "epochs_budget": budget,
-                    "started_at": started,
-                    "finished_at": now(),
-                    "wall_s": wall,
-                    "cpu_s": cpu,
-                }
-            ],
-        )
-    return 0 if best is not None else 1
+    if len(store.df("sweeps", filter=ds.field("sweep_id") == sweep_id)):
+        return
+    counts, used = runs["status"].value_counts(), int(runs["epochs"].fillna(0).sum())
+    started = pd.Timestamp(state["started_at"]).to_pydatetime()
+    store.append(
+        "sweeps",
+        [
+            {
+                "sweep_id": sweep_id,
+                "workload": cfg.workload,
+                "status": "completed" if best is not None else "failed",
+                "search": cfg.sweep.search,
+                "scheduler": cfg.sweep.scheduler,
+                "search_space_json": json.dumps(state["search_space"], sort_keys=True),
+                "metric": metric,
+                "mode": mode,
+                "best_trial_id": best["trial_id"] if best is not None else "",
+                "best_run_id": best["run_id"] if best is not None else "",
+                "best_metric": float(best["best_metric"]) if best is not None else None,
+                "best_config_json": best["config_json"] if best is not None else "",
+                "num_trials": len(runs),
+                "trials_completed": int(counts.get("completed", 0)),
+                "trials_stopped_early": int(counts.get("stopped_early", 0)),
+                "trials_failed": int(counts.get("failed", 0)),
+                "epochs_used": used,
+                "epochs_budget": len(runs) * cfg.train.epochs,
+                "started_at": started,
+                "finished_at": now(),
+                "wall_s": sum(w for _, w in state["attempts"]),
+                "cpu_s": float(runs["cpu_s"].fillna(0).sum()),
+            }
+        ],
+    )
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -584,33 +584,50 @@ def record_run(
     round: int | None = None,
     extra_row: dict | None = None,
 ) -> dict:
-    """Write a run's ``epochs`` then its ``runs`` row from its last checkpoint; returns the runs row.
-
-    Status: ``failed`` with an error; ``completed`` when the loop wrote its final checkpoint;
-    otherwise ``stopped_early`` (patience, or a sweep scheduler stopped it). Idempotent: a run the
-    store already has is not written again (a resumed sweep may record a trial twice)."""
+    """Write a run's ``epochs`` then its ``runs`` row (:func:`runs_row`) from its last checkpoint; returns the runs
+    row. Idempotent: a run the store already has is not written again (a resumed sweep may record a trial twice)."""
     import pyarrow.dataset as ds
 
     done = store.df("runs", filter=ds.field("run_id") == run_id)
     if len(done):
         return done.iloc[0].to_dict()
-    metric, mode = config_lib.metric_and_mode(cfg)
     meta = checkpoint_meta(checkpoint) if checkpoint is not None else {}
-    final = meta.get("final", {})
     history = meta.get("history", [])
+    ids = {"parent_run_id": parent_run_id, "round": round, "sweep_id": sweep_id, "trial_id": trial_id}
+    row = runs_row(cfg, run_id, ids, meta, checkpoint, error, started, wall) | (extra_row or {})
+    epochs = [
+        {
+            "run_id": run_id,
+            "workload": cfg.workload,
+            "sweep_id": sweep_id,
+            "trial_id": trial_id,
+            **{k: (float(v) if isinstance(v, float) else v) for k, v in h.items()},
+        }
+        for h in history
+    ]
+    # The whole history, replacing the run's rows in one commit per table (epochs first): a recorder killed
+    # between its two commits, or two racing past the check above, never add or mix rows (docs/store.md).
+    store.record_run(epochs, row)
+    return row
+
+
+def runs_row(cfg, run_id: str, ids: dict, meta: dict, checkpoint, error, started, wall: float) -> dict:
+    """A run's ``runs`` row from its last checkpoint's meta.json; ``ids``: its parent run, round, sweep and trial.
+
+    Status: ``failed`` with an error; ``completed`` when the loop wrote its final checkpoint; otherwise
+    ``stopped_early`` (patience, or a sweep scheduler stopped it)."""
+    metric, mode = config_lib.metric_and_mode(cfg)
+    final, history = meta.get("final", {}), meta.get("history", [])
     if error is not None:
         status = "failed"
     else:
         status = "stopped_early" if meta.get("stopped_early") or not meta.get("finished") else "completed"
     s = cfg.scaling
     ckpt_uri = checkpoint_uri(checkpoint) if meta.get("finished") else ""
-    row = {
+    return {
         "run_id": run_id,
         "workload": cfg.workload,
-        "parent_run_id": parent_run_id,
-        "round": round,
-        "sweep_id": sweep_id,
-        "trial_id": trial_id,
+        **ids,
         "job_id": job_id(),
         "status": status,
         "error": error_line(error) if error is not None else "",
@@ -639,22 +656,7 @@ def record_run(
         **worker_nodes(meta.get("workers") or []),
         **config_lib.flatten(cfg),
         **{k: float(v) for k, v in final.items() if k.startswith(("val_", "test_"))},
-        **(extra_row or {}),
     }
-    epochs = [
-        {
-            "run_id": run_id,
-            "workload": cfg.workload,
-            "sweep_id": sweep_id,
-            "trial_id": trial_id,
-            **{k: (float(v) if isinstance(v, float) else v) for k, v in h.items()},
-        }
-        for h in history
-    ]
-    # The whole history, replacing the run's rows in one commit per table (epochs first): a recorder killed
-    # between its two commits, or two racing past the check above, never add or mix rows (docs/store.md).
-    store.record_run(epochs, row)
-    return row
 
 
 def worker_nodes(workers: list[dict]) -> dict:
