@@ -10,10 +10,11 @@ jobs/loop.py: a ``runs`` row (sweep_id, trial_id, status completed | stopped_ear
 ``epochs``; the sweep itself is one ``sweeps`` row. Everything a sweep writes outside the store lives in
 ``<run.storage_path>/<sweep_id>/``: Tune's experiment state and one Ray Train run dir per trial.
 
-Trials with one worker run the loop in the Tune trial's own process (``sweep.in_process``, default on):
-the same loop, Ray Train's own checkpoint storage and the same store rows, without the Train worker
-group that dominates a small sweep's time. Multi-worker trials are a TorchTrainer inside a Tune
-function trainable (Train V2: ``Tuner(TorchTrainer)`` is gone).
+Every trial is a Tune function trainable. With one worker the loop runs in the trial itself
+(``sweep.in_process``, default on), reporting with ``tune.report(metrics, checkpoint=...)`` and resuming from
+``tune.get_checkpoint()``: the same loop and store rows, without the Train worker group that dominates a small
+sweep's time. Multi-worker trials run a TorchTrainer inside the trial (Train V2: ``Tuner(TorchTrainer)`` is gone).
+By default the sweep prints one line per trial event; ``--verbose`` adds every trial's per-epoch lines.
 
 Exit codes: 0 the sweep finished (some trials may have failed), 1 no trial finished or no cluster,
 2 bad input (nothing written).
