@@ -41,6 +41,7 @@ from jobs.errors import ClusterError
 from jobs.store import Store, now
 from jobs.train import (
     check_cluster,
+    checkpoint_meta,
     fit,
     git_sha,
     init_ray,
@@ -353,7 +354,7 @@ def run_trial(ctx: dict, params: dict, trial_id: str, callbacks, runner) -> tupl
     if len(recorded) and run_id in set(recorded["run_id"]):
         return recorded[recorded["run_id"] == run_id].iloc[0].to_dict(), False
     checkpoint = last_checkpoint(f"{cfg.run.storage_path}/{run_id}")
-    if checkpoint is not None and checkpoint.path.endswith("/final"):
+    if checkpoint is not None and checkpoint_meta(checkpoint).get("finished"):
         return record_run(
             cfg, store, run_id, checkpoint, started=now(), wall=0.0, sweep_id=ctx["sweep_id"], trial_id=trial_id
         ), False
