@@ -474,8 +474,9 @@ def read_state(directory: str) -> dict | None:
     return read_state_file(directory, STATE_FILE)
 
 
-def make_progress_callback(state: dict, directory: str, attempt: int, t0: float, metric: str):
-    """Prints one line per finished trial and keeps the attempt's wall time in the state file."""
+def make_progress_callback(state: dict, directory: str, attempt: int, t0: float, metric: str, record):
+    """Prints one line per finished trial, records a trial the scheduler stopped (``record(trial_id, params,
+    last result)``: the trial itself records only a run it finished), keeps the attempt's wall time in the state."""
     from ray.tune import Callback
 
     class Progress(Callback):
@@ -497,6 +498,8 @@ def make_progress_callback(state: dict, directory: str, attempt: int, t0: float,
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             r = trial.last_result or {}
+            if not r.get("final"):
+                record(trial.trial_id, trial.config, r)
             self._line(trial, r.get("status") or ("completed" if r.get("final") else "stopped_early"))
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -566,12 +569,10 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
     attempt, t0 = len(state["attempts"]), time.time()
     state["attempts"].append([t0, 0.0])
     write_state(directory, state)
+    record = functools.partial(record_trial, ctx["base"], store, sweep_id)
+    progress = make_progress_callback(state, directory, attempt, t0, metric, record)
     # Tune's result files, without its TensorBoard logger (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS in main)
-    callbacks = [
-        make_progress_callback(state, directory, attempt, t0, metric),
-        CSVLoggerCallback(),
-        JsonLoggerCallback(),
-    ]
+    callbacks = [progress, CSVLoggerCallback(), JsonLoggerCallback()]
     tuner = make_tuner(cfg, sweep_id, state, trainable, callbacks, resume, concurrency)
     print(
         f"sweep {sweep_id}: {cfg.workload}, search={cfg.sweep.search}, scheduler={cfg.sweep.scheduler}, "
@@ -582,37 +583,26 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
     )
     results = tuner.fit()
     state["attempts"][attempt][1] = time.time() - t0
-    record_stopped_trials(results, ctx["base"], store, sweep_id)
+    recorded = set(store.runs(sweep_id=sweep_id).get("run_id", []))
+    for result in results:  # trials lost with their actor or a killed driver, found in a resumed sweep's results
+        trial_id = (result.metrics or {}).get("trial_id")
+        if trial_id and f"{sweep_id}-{trial_id}" not in recorded:
+            record(trial_id, result.config, result.metrics, result.error)
     write_state(directory, state)
     tracking.finish_sweep(cfg, sweep_id, ctx["tracking"], store.runs(sweep_id=sweep_id))
     return summarize(cfg, store, sweep_id, state, metric, mode)
 
 
-def record_stopped_trials(results, base: dict, store: Store, sweep_id: str) -> None:
-    """Record each trial that did not record itself (stopped by the scheduler, or killed), from its run's last
-    checkpoint. Idempotent, so a resumed sweep may do it again."""
-    recorded = set(store.runs(sweep_id=sweep_id).get("run_id", []))
-    for result in results:
-        trial_id = (result.metrics or {}).get("trial_id")
-        if not trial_id or f"{sweep_id}-{trial_id}" in recorded:  # no report yet: nothing to record
-            continue
-        run_id = f"{sweep_id}-{trial_id}"
-        checkpoint = last_checkpoint(f"{base['run']['storage_path']}/{run_id}")
-        if checkpoint is None and result.error is None:
-            continue
-        wall = float((result.metrics or {}).get("time_total_s") or 0.0)
-        tcfg = trial_config(base, result.config or {})
-        record_run(
-            tcfg,
-            store,
-            run_id,
-            checkpoint,
-            result.error,
-            started=now(),
-            wall=wall,
-            sweep_id=sweep_id,
-            trial_id=trial_id,
-        )
+def record_trial(base: dict, store: Store, sweep_id: str, trial_id: str, params: dict, metrics: dict, error=None):
+    """Record a trial that did not record itself (stopped by the scheduler, or its actor lost) from its run's last
+    checkpoint. Idempotent: a trial recorded already is not written again."""
+    run_id = f"{sweep_id}-{trial_id}"
+    checkpoint = last_checkpoint(f"{base['run']['storage_path']}/{run_id}")
+    if checkpoint is None and error is None:  # no report yet: nothing to record
+        return
+    wall = float(metrics.get("time_total_s") or 0.0)
+    tcfg = trial_config(base, params or {})
+    record_run(tcfg, store, run_id, checkpoint, error, started=now(), wall=wall, sweep_id=sweep_id, trial_id=trial_id)
 
 
 def _short(v) -> str:
