@@ -569,7 +569,7 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
     attempt, t0 = len(state["attempts"]), time.time()
     state["attempts"].append([t0, 0.0])
     write_state(directory, state)
-    record = functools.partial(record_trial, ctx["base"], store, sweep_id)
+    record = functools.partial(record_trial, ctx["base"], ctx["store"], sweep_id)  # Tune pickles its callbacks
     progress = make_progress_callback(state, directory, attempt, t0, metric, record)
     # Tune's result files, without its TensorBoard logger (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS in main)
     callbacks = [progress, CSVLoggerCallback(), JsonLoggerCallback()]
@@ -593,7 +593,7 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
     return summarize(cfg, store, sweep_id, state, metric, mode)
 
 
-def record_trial(base: dict, store: Store, sweep_id: str, trial_id: str, params: dict, metrics: dict, error=None):
+def record_trial(base: dict, store_uri: str, sweep_id: str, trial_id: str, params: dict, metrics: dict, error=None):
     """Record a trial that did not record itself (stopped by the scheduler, or its actor lost) from its run's last
     checkpoint. Idempotent: a trial recorded already is not written again."""
     run_id = f"{sweep_id}-{trial_id}"
@@ -601,7 +601,7 @@ def record_trial(base: dict, store: Store, sweep_id: str, trial_id: str, params:
     if checkpoint is None and error is None:  # no report yet: nothing to record
         return
     wall = float(metrics.get("time_total_s") or 0.0)
-    tcfg = trial_config(base, params or {})
+    tcfg, store = trial_config(base, params or {}), Store(store_uri)
     record_run(tcfg, store, run_id, checkpoint, error, started=now(), wall=wall, sweep_id=sweep_id, trial_id=trial_id)
 
 
