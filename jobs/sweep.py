@@ -720,6 +720,12 @@ def main(argv: list[str]) -> int:
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. sweep.num_samples=16 train.epochs=6"
     )
     args = p.parse_args(argv)
+    # before Tune is imported (it reads some of these once)
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the job's working dir (relative data paths)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state fresh enough for --resume
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no Tune TensorBoard: the loop writes its own
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's verbose=0 then prints nothing; the sweep prints its lines
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # num_to_keep's snapshots
     cfg, store, sweep_id, state = resumed_sweep(args) if args.resume else new_sweep(args)
 
     import pyarrow.dataset as ds
@@ -728,11 +734,6 @@ def main(argv: list[str]) -> int:
         print(f"sweep {sweep_id} already finished")
         metric, mode = config_lib.metric_and_mode(cfg)
         return summarize(cfg, store, sweep_id, state, metric, mode)
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the job's working dir (relative data paths)
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state fresh enough for --resume
-    os.environ.setdefault(
-        "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"
-    )  # the loop writes TensorBoard; Tune's would double it
     try:
         init_ray(log_to_driver=args.verbose)
     except ClusterError as e:
