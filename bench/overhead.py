@@ -18,8 +18,8 @@ Ray's own processes (the default ``--cpus 2`` gives the worker every core; see R
 then each change jobs/train.py makes for its embedded cluster, then connecting to a running cluster
 started here with ``ray start --head``): cluster start (``init_ray``) and the Train run's own fixed
 cost = wall of a tiny ``fit()`` through TorchTrainer minus the wall of the same ``fit()`` run
-in-process (jobs.sweep.run_in_process: same loop, checkpoints and store rows, no Train controller or
-worker group), cold (the cluster's first run) and warm (a second run on the same cluster).
+in-process (jobs.train.run_in_process: Ray Train local mode, same loop, checkpoints and store rows, no Train
+controller or worker group), cold (the cluster's first run) and warm (a second run on the same cluster).
 
 ``--smoke`` runs tiny configs in this process (the plumbing, for tests/unit/test_bench_plumbing.py);
 ``--no-ray`` leaves out every arm that needs Ray. Results: bench/out/overhead.json.

@@ -23,10 +23,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "integratio
 
 
 def one_round(cluster, py: str) -> dict:
-    import ray.train
     from test_sweep import kill_sweep_after_first_row
 
     from jobs.store import Store
+    from jobs.train import checkpoint_meta, last_checkpoint
 
     tmp = Path(tempfile.mkdtemp(prefix="sweep-resume-"))
     store_dir = tmp / "store"
@@ -47,9 +47,9 @@ def one_round(cluster, py: str) -> dict:
     )
     mismatched = 0
     for r in runs.itertuples():
-        last = ray.train.Result.from_path(tmp / "runs" / sweep_id / r.run_id).checkpoint
-        want = "final" if r.status == "completed" else f"epoch_{r.epochs:04d}"
-        mismatched += last is None or Path(last.path).name != want
+        last = last_checkpoint(str(tmp / "runs" / sweep_id / r.run_id))
+        meta = checkpoint_meta(last) if last is not None else {}
+        mismatched += meta.get("epoch") != r.epochs or bool(meta.get("finished")) != (r.status == "completed")
     return {
         "exit": res.returncode,
         "before": len(before),
@@ -64,11 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.sweep_resume", description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=10)
     args = p.parse_args(argv)
-    import logging
-
     from conftest import PY, RayCluster
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # Result.from_path's "snapshot found" notes
     cluster = RayCluster()
     clean = 0
     try:

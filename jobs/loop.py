@@ -486,24 +486,25 @@ def _storage_path(ctx, cfg) -> str:
     return f"{scheme}://{storage.storage_fs_path}"
 
 
-def train_loop_per_worker(config_dict: dict) -> None:
-    """The Ray Train entry: ``{"config": the checked config}`` (``_tracking``: extra trackers' tags)."""
+def train_loop_per_worker(config_dict: dict, session: Session | None = None) -> None:
+    """The Ray Train entry: ``{"config": the checked config}`` (``_tracking``: extra trackers' tags). ``session``:
+    another place than a Train worker group (local mode's, a Tune trial's); a :class:`TrainSession` by default."""
     # Train logs every report at INFO; the per-epoch line says it better (PERENNIAL_TRAIN_LOG_LEVEL=INFO for both)
     for logger in train_report_loggers():
         logger.setLevel(os.environ.get("PERENNIAL_TRAIN_LOG_LEVEL", "WARNING"))
     cfg = config_dict["config"]  # checked once, on the driver (jobs.config)
-    run(cfg, TrainSession(cfg), config_dict.get("_tracking", {}))
+    run(cfg, session or TrainSession(cfg), config_dict.get("_tracking", {}))
 
 
 def run(cfg, session: Session, tags: dict | None = None) -> None:
     """Train ``cfg`` in this worker to the end (or an early stop). ``tags``: extra tracker fields (sweep_id,
     trial_id, mlflow_parent_run_id). A raised error closes the hooks with status failed, or stopped_early for a
-    sweep scheduler's stop (jobs.sweep.TrialStopped, raised from a report)."""
+    Tune scheduler's stop (SystemExit, raised from a trial's report)."""
     loop = Loop(cfg, session, tags or {})
     try:
         loop.fit()
     except BaseException as e:
-        loop.call("on_exception", "stopped_early" if type(e).__name__ == "TrialStopped" else "failed")
+        loop.call("on_exception", "stopped_early" if isinstance(e, SystemExit) else "failed")
         raise
 
 

@@ -1,12 +1,13 @@
 """Every private Ray API the project uses, in one place, for the Ray version it was written against.
 
-Ray's public API does not cover four things perennial needs; each is imported here and nowhere else, so that a
+Ray's public API does not cover these things perennial needs; each is imported here and nowhere else, so that a
 Ray upgrade that moves one breaks this file (and tests/unit/test_ray_compat.py, which imports them all) instead
 of a run in the middle of a sweep:
 
-- Train V2's checkpoint manager, local train-fn utilities and training report (jobs.sweep runs a 1-worker trial
-  in its own process through Ray Train's own checkpoint bookkeeping);
-- the logger Train V2's worker context logs each report to (named by its file path in 2.60);
+- the logger Train V2's worker context logs each report to (named by its file path in 2.60), and the runtime-env
+  logger of a job upload;
+- the cluster's maximum resources as the autoscaler recorded them (the figure Ray Train itself checks);
+- the Tune session's queue that TuneReportCallback fills, drained before a multi-worker trial returns;
 - ``ray_constants.ENABLE_RAY_CLUSTER``, Ray's single-machine mode, which keeps every listener on 127.0.0.1;
 - the preemption notice Ray Train's watcher hands each worker, read in place (the public
   ``ray.train.get_preemption_info()`` is a round trip to an actor, too slow to poll every step);
@@ -17,7 +18,6 @@ of a run in the middle of a sweep:
 from __future__ import annotations
 
 import logging
-import types
 
 RAY_VERSION = "2.60.0"  # the version these imports were written and tested against
 
@@ -28,18 +28,34 @@ def ray_version_matches() -> bool:
     return ray.__version__ == RAY_VERSION
 
 
-def train_v2_internals() -> types.SimpleNamespace:
-    """CheckpointManager, LocalTrainFnUtils, set_train_fn_utils and _TrainingReport of Ray Train V2."""
-    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import CheckpointManager
-    from ray.train.v2._internal.execution.train_fn_utils import LocalTrainFnUtils, set_train_fn_utils
-    from ray.train.v2._internal.execution.training_report import _TrainingReport
+RUNTIME_ENV_LOGGER = "ray._private.runtime_env"  # logs one line per file a job upload leaves out
 
-    return types.SimpleNamespace(
-        CheckpointManager=CheckpointManager,
-        LocalTrainFnUtils=LocalTrainFnUtils,
-        set_train_fn_utils=set_train_fn_utils,
-        TrainingReport=_TrainingReport,
-    )
+
+def max_resources_from_cluster_config() -> dict | None:
+    """The cluster's largest size as the autoscaler wrote it to the GCS (what Ray Train checks a run against)."""
+    from ray._private.state import state
+
+    return state.get_max_resources_from_cluster_config()
+
+
+def wait_for_tune_report_queue(timeout_s: float = 120.0, settle_s: float = 0.5) -> None:
+    """Return once Tune has taken a Train run's last report off the one-slot queue TuneReportCallback fills.
+
+    A function trainable that returns while a report still waits there deadlocks in Ray 2.60: the end-of-function
+    marker fills the session's one-slot result queue, then the trial actor's main thread takes the queued report
+    and waits forever to put it there (ray/train/_internal/session.py: ``_get_result_from_queues`` calls ``report``,
+    whose ``result_queue.put(block=True)`` never returns). ``settle_s`` covers Tune passing the report on."""
+    import time
+
+    from ray.train._internal.session import get_session
+
+    reports = getattr(get_session(), "_inter_actor_queue", None)  # created by TuneReportCallback
+    if reports is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    while not reports.empty() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(settle_s)
 
 
 def train_report_loggers() -> list[logging.Logger]:

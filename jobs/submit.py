@@ -98,8 +98,10 @@ def client(address: str | None):
     from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
+    from jobs.ray_compat import RUNTIME_ENV_LOGGER
+
     logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)  # "WebSocket closed" chatter
-    logging.getLogger("ray._private.runtime_env").setLevel(logging.ERROR)  # per-file "ignoring upload" notes
+    logging.getLogger(RUNTIME_ENV_LOGGER).setLevel(logging.ERROR)  # per-file "ignoring upload" notes
 
     if address:  # Ray reads RAY_API_SERVER_ADDRESS / RAY_ADDRESS before its `address` argument
         os.environ["RAY_API_SERVER_ADDRESS"] = address

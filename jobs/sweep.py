@@ -10,10 +10,11 @@ jobs/loop.py: a ``runs`` row (sweep_id, trial_id, status completed | stopped_ear
 ``epochs``; the sweep itself is one ``sweeps`` row. Everything a sweep writes outside the store lives in
 ``<run.storage_path>/<sweep_id>/``: Tune's experiment state and one Ray Train run dir per trial.
 
-Trials with one worker run the loop in the Tune trial's own process (``sweep.in_process``, default on):
-the same loop, Ray Train's own checkpoint storage and the same store rows, without the Train worker
-group that dominates a small sweep's time. Multi-worker trials are a TorchTrainer inside a Tune
-function trainable (Train V2: ``Tuner(TorchTrainer)`` is gone).
+Every trial is a Tune function trainable. With one worker the loop runs in the trial itself
+(``sweep.in_process``, default on), reporting with ``tune.report(metrics, checkpoint=...)`` and resuming from
+``tune.get_checkpoint()``: the same loop and store rows, without the Train worker group that dominates a small
+sweep's time. Multi-worker trials run a TorchTrainer inside the trial (Train V2: ``Tuner(TorchTrainer)`` is gone).
+By default the sweep prints one line per trial event; ``--verbose`` adds every trial's per-epoch lines.
 
 Exit codes: 0 the sweep finished (some trials may have failed), 1 no trial finished or no cluster,
 2 bad input (nothing written).
@@ -22,11 +23,10 @@ Exit codes: 0 the sweep finished (some trials may have failed), 1 no trial finis
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
-import queue
 import sys
-import threading
 import time
 import types
 import typing
@@ -39,15 +39,15 @@ from jobs import preflight, tracking
 from jobs.errors import ClusterError
 from jobs.store import Store, compact_if_due, now
 from jobs.train import (
-    TrialStopped,
     check_cluster,
+    checkpoint_meta,
     fit,
     git_sha,
     init_ray,
     job_id,
+    last_checkpoint,
     read_state_file,
     record_run,
-    run_in_process,
     run_trainer,
     storage_uri,
     write_state_file,
@@ -113,32 +113,7 @@ def tune_space(cfg, space: dict | None = None) -> dict:
             raise config_lib.ConfigError(
                 f"{where}: unknown distribution '{dist}' — use one of {', '.join(DISTRIBUTIONS)}"
             )
-        usage = f"{where}: {dist} takes {DISTRIBUTIONS[dist]}"
-        if not isinstance(args, list) or not args:
-            raise config_lib.ConfigError(f"{usage}, got {args!r}")
-        if dist in ("choice", "grid"):
-            samples = args
-        else:
-            if len(args) != (3 if dist == "quniform" else 2):
-                raise config_lib.ConfigError(f"{usage}, got {args!r}")
-            number = int if dist == "randint" else (int, float)
-            if not all(isinstance(a, number) and not isinstance(a, bool) for a in args):
-                kind = "integers" if dist == "randint" else "numbers"
-                raise config_lib.ConfigError(
-                    f"{usage} — its bounds must be {kind}, got {args!r} (in YAML write 1.0e-4, not 1e-4)"
-                )
-            low, high = args[0], args[1]
-            if low > high or (dist == "randint" and low == high):
-                raise config_lib.ConfigError(f"{where}: lower bound {low} > upper bound {high} — swap them")
-            if dist == "loguniform" and low <= 0:
-                raise config_lib.ConfigError(f"{usage} — low must be > 0 on a log scale, got {low}")
-            if dist == "quniform" and args[2] <= 0:
-                raise config_lib.ConfigError(f"{usage} — q must be > 0, got {args[2]}")
-            if dist in ("uniform", "loguniform") and field_type is not float:
-                raise config_lib.ConfigError(
-                    f"{where}: {dist} samples floats but {key} is {field_type.__name__} — use randint, quniform or choice"
-                )
-            samples = [low, high - 1] if dist == "randint" else [low, high]
+        samples = _samples(where, key, dist, args, field_type)
         for value in samples:  # each value must fit the field (type), as a key=value override would
             try:
                 config_lib.set_dotted(cfg, key, value)
@@ -159,6 +134,37 @@ def tune_space(cfg, space: dict | None = None) -> dict:
         else:
             out[key] = getattr(tune, dist)(*args)
     return out
+
+
+def _samples(where: str, key: str, dist: str, args, field_type: type) -> list:
+    """The values of ``dist`` that must fit the field: every listed one, or both bounds; ConfigError for bad args."""
+    usage = f"{where}: {dist} takes {DISTRIBUTIONS[dist]}"
+    if not isinstance(args, list) or not args:
+        raise config_lib.ConfigError(f"{usage}, got {args!r}")
+    if dist in ("choice", "grid"):
+        samples = args
+    else:
+        if len(args) != (3 if dist == "quniform" else 2):
+            raise config_lib.ConfigError(f"{usage}, got {args!r}")
+        number = int if dist == "randint" else (int, float)
+        if not all(isinstance(a, number) and not isinstance(a, bool) for a in args):
+            kind = "integers" if dist == "randint" else "numbers"
+            raise config_lib.ConfigError(
+                f"{usage} — its bounds must be {kind}, got {args!r} (in YAML write 1.0e-4, not 1e-4)"
+            )
+        low, high = args[0], args[1]
+        if low > high or (dist == "randint" and low == high):
+            raise config_lib.ConfigError(f"{where}: lower bound {low} > upper bound {high} — swap them")
+        if dist == "loguniform" and low <= 0:
+            raise config_lib.ConfigError(f"{usage} — low must be > 0 on a log scale, got {low}")
+        if dist == "quniform" and args[2] <= 0:
+            raise config_lib.ConfigError(f"{usage} — q must be > 0, got {args[2]}")
+        if dist in ("uniform", "loguniform") and field_type is not float:
+            raise config_lib.ConfigError(
+                f"{where}: {dist} samples floats but {key} is {field_type.__name__} — use randint, quniform or choice"
+            )
+        samples = [low, high - 1] if dist == "randint" else [low, high]
+    return samples
 
 
 def _field_type(cfg, key: str, where: str) -> type:
@@ -321,10 +327,10 @@ def ranks_per_node(node: dict, per_worker: dict) -> int:
 
 def _max_resources_from_gcs() -> dict | None:
     """Ray's own record of the cluster's largest size (the one Ray Train checks), where the autoscaler wrote it."""
-    try:
-        from ray._private.state import state
+    from jobs.ray_compat import max_resources_from_cluster_config
 
-        return state.get_max_resources_from_cluster_config() or None
+    try:
+        return max_resources_from_cluster_config() or None
     except Exception:  # a private API: absent or changed in another Ray, then the nodes up now decide
         return None
 
@@ -339,8 +345,6 @@ def run_trial(ctx: dict, params: dict, trial_id: str, callbacks, runner) -> tupl
 
     A trial the store already has is not rerun; one whose Train run finished but was not recorded
     (driver killed in between) is recorded from its final checkpoint."""
-    import ray.train
-
     os.environ.update(ctx["env"])  # the driver's job id and git sha: a trial's actor may not see the job or repo
     cfg = trial_config(ctx["base"], params)
     store = Store(ctx["store"])
@@ -348,11 +352,8 @@ def run_trial(ctx: dict, params: dict, trial_id: str, callbacks, runner) -> tupl
     recorded = store.runs(sweep_id=ctx["sweep_id"])
     if len(recorded) and run_id in set(recorded["run_id"]):
         return recorded[recorded["run_id"] == run_id].iloc[0].to_dict(), False
-    try:
-        checkpoint = ray.train.Result.from_path(f"{cfg.run.storage_path}/{run_id}").checkpoint
-    except Exception:
-        checkpoint = None
-    if checkpoint is not None and checkpoint.path.endswith("/final"):
+    checkpoint = last_checkpoint(f"{cfg.run.storage_path}/{run_id}")
+    if checkpoint is not None and checkpoint_meta(checkpoint).get("finished"):
         return record_run(
             cfg, store, run_id, checkpoint, started=now(), wall=0.0, sweep_id=ctx["sweep_id"], trial_id=trial_id
         ), False
@@ -375,134 +376,89 @@ def final_result(row: dict) -> dict:
     return {"epoch": int(row["epochs"] or 0), row["metric"]: row["best_metric"], "final": True, "status": row["status"]}
 
 
+class TuneSession:
+    """The loop's session in a one-worker trial, which runs the loop in the trial's own thread: ``tune.report``
+    persists each checkpoint into the trial's folder (named after its run), and a restarted trial resumes from
+    ``tune.get_checkpoint()``. Tune hands every report to the scheduler and searcher, which read the metric: a
+    mid-epoch checkpoint carries the last epoch's metrics, and one before the first epoch ends is not reported.
+
+    Not Ray Train's local mode: in a Tune function ``ray.train.get_context`` raises (Ray 2.60,
+    ray/train/v2/_internal/util.py ``requires_train_worker``), and ``ray.train.torch.prepare_model`` calls it
+    (ray/train/v2/torch/train_loop_utils.py). One worker needs no DDP: the model goes to the trial's device."""
+
+    world_rank, world_size = 0, 1
+
+    def __init__(self, run_id: str, storage_path: str, use_gpu: bool):
+        self.run_name, self.storage_path, self.last_epoch = run_id, storage_path, None
+        self.use_gpu = use_gpu
+
+    def report(self, metrics: dict, checkpoint=None, checkpoint_dir_name: str | None = None) -> None:
+        from ray import tune
+
+        if metrics.get("mid_epoch"):
+            if self.last_epoch is None:
+                return
+            metrics = self.last_epoch | metrics
+        else:
+            self.last_epoch = metrics
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint.path) if checkpoint else None)
+
+    def get_checkpoint(self):
+        from ray import tune
+
+        return tune.get_checkpoint()
+
+    @property
+    def device(self):
+        import torch
+
+        return torch.device("cuda", 0) if self.use_gpu else torch.device("cpu")  # Ray sets CUDA_VISIBLE_DEVICES
+
+    def prepare_model(self, model):
+        return model.to(self.device)
+
+    def prepare_data_loader(self, loader, auto_transfer: bool):
+        return loader  # the loop moves each batch to the device
+
+    def run(self, cfg, run_id: str, callbacks=(), extra_config: dict | None = None) -> tuple:
+        """A ``jobs.train.fit`` runner: the loop in this thread. Returns (last checkpoint, error); SystemExit (the
+        scheduler's stop, raised from a report) passes through."""
+        from jobs.loop import train_loop_per_worker
+
+        try:
+            train_loop_per_worker({"config": cfg} | (extra_config or {}), self)
+        except Exception as e:
+            return self.get_checkpoint(), e
+        return self.get_checkpoint(), None
+
+
 def train_trial(params: dict, ctx: dict) -> None:
-    """Tune function trainable for multi-worker trials: one TorchTrainer run named after the trial id
-    (so a restarted trial resumes its own Train checkpoint), metrics to Tune by TuneReportCallback."""
+    """Tune function trainable: one trial = one run of jobs/loop.py, recorded in the store. One worker: the loop
+    runs here, in Ray Train's local mode, reporting to Tune (:class:`TuneSession`). More: a TorchTrainer run named
+    after the trial (a restarted trial resumes its own Train checkpoint), its reports sent on by TuneReportCallback."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    row, trained = run_trial(ctx, params, tune.get_context().get_trial_id(), [TuneReportCallback()], run_trainer)
+    from jobs.ray_compat import wait_for_tune_report_queue
+
+    trial_id = tune.get_context().get_trial_id()
+    if ctx["in_process"]:
+        run_id, use_gpu = f"{ctx['sweep_id']}-{trial_id}", ctx["base"]["scaling"]["use_gpu"]
+        callbacks, runner = [], TuneSession(run_id, ctx["base"]["run"]["storage_path"], use_gpu).run
+    else:
+        callbacks, runner = [TuneReportCallback()], run_trainer
+    row, trained = run_trial(ctx, params, trial_id, callbacks, runner)
     if not trained:
         tune.report(final_result(row))
-    else:
-        wait_for_queued_train_reports()
+    elif not ctx["in_process"]:
+        wait_for_tune_report_queue()
     if row["status"] == "failed":
         raise TrialFailed(row["error"])
 
 
-def wait_for_queued_train_reports(timeout_s: float = 120.0, settle_s: float = 0.5) -> None:
-    """Return once Tune has taken the Train run's last report off the one-slot queue TuneReportCallback fills.
-
-    Ray 2.60's function-trainable session deadlocks when the function returns while a report is still queued
-    there: its end-of-function marker fills the session's one-slot result queue, then the trial actor's main thread
-    takes the queued report and waits forever to put it into that full queue (seen in CI: a sweep hung with both
-    trials finished). ``settle_s`` covers the moment between Tune taking the report and passing it on."""
-    from ray.train._internal.session import get_session
-
-    reports = getattr(get_session(), "_inter_actor_queue", None)  # created by TuneReportCallback
-    if reports is None:
-        return
-    deadline = time.monotonic() + timeout_s
-    while not reports.empty() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(settle_s)
-
-
-def _in_process_trial_class():
-    """Built lazily: importing Tune at module import would slow every jobs.sweep --help and unit test."""
-    from ray import tune
-    from ray.train import UserCallback
-
-    class LoopThread(UserCallback):
-        """One trial's loop, in a thread; as the run's Train callback it hands each report to ``step()``
-        and waits there for the next step, so a stop from the scheduler lands between two epochs."""
-
-        def __init__(self, ctx: dict, params: dict, trial_id: str):
-            self.results: queue.Queue = queue.Queue()
-            self.resume = threading.Semaphore(0)
-            self.stopping = self.waiting = False
-            self.thread = threading.Thread(
-                target=self.work, args=(ctx, params, trial_id), name=f"trial-{trial_id}", daemon=True
-            )
-            self.thread.start()
-
-        def work(self, ctx: dict, params: dict, trial_id: str) -> None:
-            try:
-                self.results.put(("done", run_trial(ctx, params, trial_id, [self], run_in_process)))
-            except BaseException as e:
-                self.results.put(("error", e))
-
-        def after_report(self, run_context, metrics, checkpoint):
-            if metrics[0].get("mid_epoch"):  # a train.checkpoint_every_steps checkpoint: Tune's steps are epochs
-                return
-            self.results.put(("report", metrics[0] | ({"checkpoint_path": checkpoint.path} if checkpoint else {})))
-            self.resume.acquire()
-            if self.stopping:
-                raise TrialStopped()
-
-        def next_result(self) -> dict:
-            if self.waiting:  # let the loop go on past the report Tune has seen
-                self.resume.release()
-                self.waiting = False
-            kind, payload = self.results.get()
-            if kind == "report" and not payload.get("final"):
-                self.waiting = True
-                return payload
-            final = None
-            if kind == "report":  # the final report: the loop goes on to record the run; the trial ends with it
-                self.resume.release()
-                final, (kind, payload) = payload, self.results.get()
-            if kind == "error":
-                raise payload
-            row, _ = payload
-            if row["status"] == "failed":
-                raise TrialFailed(row["error"])
-            return (final or final_result(row)) | {"done": True}
-
-        def end(self) -> None:
-            """Stop a loop parked in a report (it records the run as stopped_early) and wait for it."""
-            self.stopping = True
-            self.resume.release()
-            self.thread.join(timeout=300)
-
-    class InProcessTrial(tune.Trainable):
-        """Tune class trainable for 1-worker trials: jobs/loop.py runs in this actor (run_in_process).
-
-        A class, not a function trainable: inside a function trainable ``ray.train.report`` refuses to
-        run (Tune session). Each ``step()`` is one report of the loop. Tune reuses the actor for the
-        next trial (``reset_config``), so torch, sklearn and Ray Train are imported once per actor."""
-
-        def setup(self, config: dict, ctx: dict):
-            # The loop starts at the first step(), not here: Tune may build an actor for one trial and
-            # then hand that trial to a cached actor, keeping this one for a later trial (reset_config).
-            # Started here, the trial would run twice at once (seen when a resumed sweep restarts trials).
-            self._ctx, self._config, self._loop = ctx, config, None
-
-        def step(self) -> dict:
-            if self._loop is None:
-                self._loop = LoopThread(self._ctx, self._config, self.trial_id)
-            return self._loop.next_result()
-
-        def reset_config(self, new_config: dict) -> bool:
-            self._end()  # a trial the scheduler stopped records itself before the next one starts
-            self._config = new_config
-            return True
-
-        def cleanup(self):
-            self._end()
-
-        def _end(self) -> None:
-            if self._loop is not None:
-                self._loop.end()
-                self._loop = None
-
-        def save_checkpoint(self, checkpoint_dir: str):
-            return None  # a trial's checkpoints are its Train run's; a restarted trial resumes from them
-
-        def load_checkpoint(self, checkpoint):
-            pass
-
-    return InProcessTrial
+def trial_dirname(sweep_id: str, trial) -> str:
+    """A one-worker trial's folder, where Tune keeps its checkpoints: ``<sweep dir>/<run_id>``, as a Train run's."""
+    return f"{sweep_id}-{trial.trial_id}"
 
 
 # ----------------------------------------------------------------------------- [3] the sweep
@@ -518,8 +474,9 @@ def read_state(directory: str) -> dict | None:
     return read_state_file(directory, STATE_FILE)
 
 
-def make_progress_callback(state: dict, directory: str, attempt: int, t0: float, metric: str):
-    """Prints one line per finished trial and keeps the attempt's wall time in the state file."""
+def make_progress_callback(state: dict, directory: str, attempt: int, t0: float, metric: str, record):
+    """Prints one line per finished trial, records a trial the scheduler stopped (``record(trial_id, params,
+    last result)``: the trial itself records only a run it finished), keeps the attempt's wall time in the state."""
     from ray.tune import Callback
 
     class Progress(Callback):
@@ -543,6 +500,8 @@ def make_progress_callback(state: dict, directory: str, attempt: int, t0: float,
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             r = trial.last_result or {}
+            if not r.get("final"):
+                record(trial.trial_id, trial.config, r)
             self._line(trial, r.get("status") or ("completed" if r.get("final") else "stopped_early"))
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -551,59 +510,72 @@ def make_progress_callback(state: dict, directory: str, attempt: int, t0: float,
     return Progress()
 
 
-def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> int:
-    import ray.train
-    from ray import tune
-
-    metric, mode = config_lib.metric_and_mode(cfg)
-    root = storage_uri(cfg.run.storage_path)
-    directory = sweep_dir(root, sweep_id)
+def trial_context(cfg, store: Store, sweep_id: str, state: dict) -> dict:
+    """What every trial gets: the sweep's base config (trial run folders under the sweep's), store, ids, env."""
     base = config_lib.to_dict(cfg)
-    base["run"]["storage_path"] = directory  # each trial's Train run dir: <root>/<sweep_id>/<run_id>
+    base["run"]["storage_path"] = sweep_dir(storage_uri(cfg.run.storage_path), sweep_id)  # <sweep dir>/<run_id>
     base["log"]["every_s"] = 0.0  # a sweep prints trial events, not every trial's steps
-    ctx = {
+    return {
         "sweep_id": sweep_id,
         "base": base,
+        "in_process": in_process(cfg),
         "store": store.uri if "://" in store.uri else store.root,
         "env": {"PERENNIAL_JOB_ID": job_id(), "PERENNIAL_GIT_SHA": git_sha()},
         "tracking": tracking.start_sweep(cfg, sweep_id, state["search_space"]),  # MLflow parent run
     }
-    if in_process(cfg):
-        trainable = tune.with_parameters(_in_process_trial_class(), ctx=ctx)
-    else:
-        trainable = tune.with_parameters(train_trial, ctx=ctx)
-    trainable = tune.with_resources(trainable, trial_resources(cfg))
+
+
+def make_tuner(cfg, sweep_id: str, state: dict, trainable, callbacks: list, resume: bool, concurrency: int):
+    """A new Tuner for the sweep, or the killed one restored from its folder (``--resume``)."""
+    from ray import tune
+
+    directory = sweep_dir(storage_uri(cfg.run.storage_path), sweep_id)
+    if resume and tune.Tuner.can_restore(directory):
+        tuner = tune.Tuner.restore(directory, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        tuner._local_tuner.get_run_config().callbacks = callbacks  # restore takes no RunConfig: swap in this run's
+        print(f"resuming sweep {sweep_id}: finished trials are kept, unfinished ones continue from their last epoch")
+        return tuner
+    metric, mode = config_lib.metric_and_mode(cfg)
+    search_alg, scheduler = make_search(cfg, metric, mode, concurrency)
+    return tune.Tuner(
+        trainable,
+        param_space=tune_space(cfg, state["search_space"]),
+        tune_config=tune.TuneConfig(
+            metric=metric,
+            mode=mode,
+            search_alg=search_alg,
+            scheduler=scheduler,
+            num_samples=cfg.sweep.num_samples,
+            reuse_actors=in_process(cfg),  # torch and the data are imported once per actor
+            trial_dirname_creator=functools.partial(trial_dirname, sweep_id) if in_process(cfg) else None,
+        ),
+        run_config=tune.RunConfig(
+            name=sweep_id,
+            storage_path=storage_uri(cfg.run.storage_path),
+            callbacks=callbacks,
+            verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=max(2, cfg.run.num_to_keep)),
+        ),
+    )
+
+
+def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> int:
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    metric, mode = config_lib.metric_and_mode(cfg)
+    directory = sweep_dir(storage_uri(cfg.run.storage_path), sweep_id)
+    ctx = trial_context(cfg, store, sweep_id, state)
+    trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), trial_resources(cfg))
     concurrency = cfg.sweep.max_concurrent_trials or default_concurrency(cfg)
     attempt, t0 = len(state["attempts"]), time.time()
     state["attempts"].append([t0, 0.0])
     write_state(directory, state)
-    callbacks = [make_progress_callback(state, directory, attempt, t0, metric)]
-    if resume and tune.Tuner.can_restore(directory):
-        tuner = tune.Tuner.restore(directory, trainable=trainable, resume_unfinished=True, resume_errored=False)
-        print(f"resuming sweep {sweep_id}: finished trials are kept, unfinished ones continue from their last epoch")
-    else:
-        search_alg, scheduler = make_search(cfg, metric, mode, concurrency)
-        tuner = tune.Tuner(
-            trainable,
-            param_space=tune_space(cfg, state["search_space"]),
-            tune_config=tune.TuneConfig(
-                metric=metric,
-                mode=mode,
-                search_alg=search_alg,
-                scheduler=scheduler,
-                num_samples=cfg.sweep.num_samples,
-                reuse_actors=in_process(cfg),
-            ),
-            run_config=tune.RunConfig(
-                name=sweep_id,
-                storage_path=root,
-                callbacks=callbacks,
-                verbose=0,
-                checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
-            ),
-        )
-    if resume:  # a restored Tuner unpickles its old callbacks; Tuner.restore takes no RunConfig, so swap them in
-        tuner._local_tuner.get_run_config().callbacks = callbacks
+    record = functools.partial(record_trial, ctx["base"], ctx["store"], sweep_id)  # Tune pickles its callbacks
+    progress = make_progress_callback(state, directory, attempt, t0, metric, record)
+    # Tune's result files, without its TensorBoard logger (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS in main)
+    callbacks = [progress, CSVLoggerCallback(), JsonLoggerCallback()]
+    tuner = make_tuner(cfg, sweep_id, state, trainable, callbacks, resume, concurrency)
     print(
         f"sweep {sweep_id}: {cfg.workload}, search={cfg.sweep.search}, scheduler={cfg.sweep.scheduler}, "
         f"{cfg.sweep.num_samples} samples, up to {cfg.train.epochs} epochs, {concurrency} at a time"
@@ -613,40 +585,27 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
     )
     results = tuner.fit()
     state["attempts"][attempt][1] = time.time() - t0
-
-    # Trials Tune stopped while they ran as Train runs (multi-worker) could not record themselves:
-    # record each from its Train run's last checkpoint. Idempotent, so a resumed sweep may do it again.
     recorded = set(store.runs(sweep_id=sweep_id).get("run_id", []))
-    for result in results:
+    for result in results:  # trials lost with their actor or a killed driver, found in a resumed sweep's results
         trial_id = (result.metrics or {}).get("trial_id")
-        if not trial_id:  # a trial that died before its first report: nothing to record
-            continue
-        run_id = f"{sweep_id}-{trial_id}"
-        if run_id in recorded:
-            continue
-        tcfg = trial_config(base, result.config or {})
-        try:
-            checkpoint = ray.train.Result.from_path(f"{directory}/{run_id}").checkpoint
-        except Exception:
-            checkpoint = None
-        if checkpoint is None and result.error is None:
-            continue
-        wall = float((result.metrics or {}).get("time_total_s") or 0.0)
-        record_run(
-            tcfg,
-            store,
-            run_id,
-            checkpoint,
-            result.error,
-            started=now(),
-            wall=wall,
-            sweep_id=sweep_id,
-            trial_id=trial_id,
-        )
+        if trial_id and f"{sweep_id}-{trial_id}" not in recorded:
+            record(trial_id, result.config, result.metrics, result.error)
     write_state(directory, state)
     tracking.finish_sweep(cfg, sweep_id, ctx["tracking"], store.runs(sweep_id=sweep_id))
     compact_if_due(store, cfg.workload)  # the sweep's end: its partition's small files, one compactor at a time
     return summarize(cfg, store, sweep_id, state, metric, mode)
+
+
+def record_trial(base: dict, store_uri: str, sweep_id: str, trial_id: str, params: dict, metrics: dict, error=None):
+    """Record a trial that did not record itself (stopped by the scheduler, or its actor lost) from its run's last
+    checkpoint. Idempotent: a trial recorded already is not written again."""
+    run_id = f"{sweep_id}-{trial_id}"
+    checkpoint = last_checkpoint(f"{base['run']['storage_path']}/{run_id}")
+    if checkpoint is None and error is None:  # no report yet: nothing to record
+        return
+    wall = float(metrics.get("time_total_s") or 0.0)
+    tcfg, store = trial_config(base, params or {}), Store(store_uri)
+    record_run(tcfg, store, run_id, checkpoint, error, started=now(), wall=wall, sweep_id=sweep_id, trial_id=trial_id)
 
 
 def _short(v) -> str:
@@ -702,40 +661,48 @@ def summarize(cfg, store: Store, sweep_id: str, state: dict, metric: str, mode: 
             print(f"  model: {best['export_uri']}")
     print(f"  store: {store.uri}  (python -m jobs.store runs --sweep {sweep_id})")
 
+    write_sweeps_row(cfg, store, sweep_id, state, runs, best, metric, mode)
+    return 0 if best is not None else 1
+
+
+def write_sweeps_row(cfg, store: Store, sweep_id: str, state: dict, runs, best, metric: str, mode: str) -> None:
+    """The sweep's one ``sweeps`` row (written once: a summary printed again writes nothing)."""
+    import pandas as pd
     import pyarrow.dataset as ds
 
-    if not len(store.df("sweeps", filter=ds.field("sweep_id") == sweep_id)):
-        started = pd.Timestamp(state["started_at"]).to_pydatetime()
-        store.append(
-            "sweeps",
-            [
-                {
-                    "sweep_id": sweep_id,
-                    "workload": cfg.workload,
-                    "status": "completed" if best is not None else "failed",
-                    "search": cfg.sweep.search,
-                    "scheduler": cfg.sweep.scheduler,
-                    "search_space_json": json.dumps(space, sort_keys=True),
-                    "metric": metric,
-                    "mode": mode,
-                    "best_trial_id": best["trial_id"] if best is not None else "",
-                    "best_run_id": best["run_id"] if best is not None else "",
-                    "best_metric": float(best["best_metric"]) if best is not None else None,
-                    "best_config_json": best["config_json"] if best is not None else "",
-                    "num_trials": len(runs),
-                    "trials_completed": int(counts.get("completed", 0)),
-                    "trials_stopped_early": int(counts.get("stopped_early", 0)),
-                    "trials_failed": int(counts.get("failed", 0)),
-                    "epochs_used": used,
-                    "epochs_budget": budget,
-                    "started_at": started,
-                    "finished_at": now(),
-                    "wall_s": wall,
-                    "cpu_s": cpu,
-                }
-            ],
-        )
-    return 0 if best is not None else 1
+    if len(store.df("sweeps", filter=ds.field("sweep_id") == sweep_id)):
+        return
+    counts, used = runs["status"].value_counts(), int(runs["epochs"].fillna(0).sum())
+    started = pd.Timestamp(state["started_at"]).to_pydatetime()
+    store.append(
+        "sweeps",
+        [
+            {
+                "sweep_id": sweep_id,
+                "workload": cfg.workload,
+                "status": "completed" if best is not None else "failed",
+                "search": cfg.sweep.search,
+                "scheduler": cfg.sweep.scheduler,
+                "search_space_json": json.dumps(state["search_space"], sort_keys=True),
+                "metric": metric,
+                "mode": mode,
+                "best_trial_id": best["trial_id"] if best is not None else "",
+                "best_run_id": best["run_id"] if best is not None else "",
+                "best_metric": float(best["best_metric"]) if best is not None else None,
+                "best_config_json": best["config_json"] if best is not None else "",
+                "num_trials": len(runs),
+                "trials_completed": int(counts.get("completed", 0)),
+                "trials_stopped_early": int(counts.get("stopped_early", 0)),
+                "trials_failed": int(counts.get("failed", 0)),
+                "epochs_used": used,
+                "epochs_budget": len(runs) * cfg.train.epochs,
+                "started_at": started,
+                "finished_at": now(),
+                "wall_s": sum(w for _, w in state["attempts"]),
+                "cpu_s": float(runs["cpu_s"].fillna(0).sum()),
+            }
+        ],
+    )
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -750,53 +717,19 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--store", help="evaluation store: a directory or s3:// URI (default $PERENNIAL_STORE or ./store)")
     p.add_argument(
+        "--verbose", action="store_true", help="also print every trial's per-epoch lines and the autoscaler's events"
+    )
+    p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. sweep.num_samples=16 train.epochs=6"
     )
     args = p.parse_args(argv)
-
-    if args.resume:
-        found = [config_lib._split_override(o) for o in args.overrides]
-        if args.smoke_test or any(k != "run.storage_path" for k, _ in found):
-            raise config_lib.ConfigError(
-                "--resume continues a sweep with its saved config — give only run.storage_path=... (where it lives) and --store"
-            )
-        root = dict(found).get("run.storage_path") or (
-            config_lib.load_config(args.config).run.storage_path if args.config else "./runs"
-        )
-        state = read_state(sweep_dir(storage_uri(str(root)), args.resume))
-        if state is None:
-            raise config_lib.ConfigError(
-                f"no sweep '{args.resume}' under {storage_uri(str(root))} — pass run.storage_path=... where it ran"
-            )
-        cfg = config_lib.from_dict(state["config"])
-        store = preflight.open_store(args.store or state["store"], cfg)
-        sweep_id = args.resume
-    else:
-        if not args.config:
-            raise config_lib.ConfigError("give --config configs/<workload>.yaml (or --resume SWEEP_ID)")
-        cfg = config_lib.load_config(args.config, args.overrides, smoke_test=args.smoke_test)
-        given = [config_lib._split_override(o)[0] for o in args.overrides]
-        if args.smoke_test:
-            given += list(workloads.hook(workloads.module(cfg.workload), "SMOKE_TEST") or {})
-            if "sweep.num_samples" not in given:
-                cfg = config_lib.set_dotted(cfg, "sweep.num_samples", min(cfg.sweep.num_samples, SMOKE_MAX_SAMPLES))
-        cfg = with_trial_overrides(cfg, given)
-        preflight.check_config(cfg)  # the checks jobs.train makes, on every trial's base config
-        if cfg.sweep.num_samples < 1:
-            raise config_lib.ConfigError(f"sweep.num_samples must be >= 1, got {cfg.sweep.num_samples}")
-        store = preflight.open_store(args.store, cfg)
-        space = search_space(cfg)
-        tune_space(cfg, space)  # every bad-input check before Ray starts: exit 2, nothing written
-        make_search(cfg, *config_lib.metric_and_mode(cfg))
-        sweep_id = f"{cfg.workload}-sweep-{uuid.uuid4().hex[:8]}"
-        state = {
-            "sweep_id": sweep_id,
-            "config": config_lib.to_dict(cfg),
-            "search_space": space,
-            "store": store.uri if "://" in store.uri else store.root,
-            "started_at": now().isoformat(),
-            "attempts": [],
-        }
+    # before Tune is imported (it reads some of these once)
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the job's working dir (relative data paths)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state fresh enough for --resume
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no Tune TensorBoard: the loop writes its own
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's verbose=0 then prints nothing; the sweep prints its lines
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # num_to_keep's snapshots
+    cfg, store, sweep_id, state = resumed_sweep(args) if args.resume else new_sweep(args)
 
     import pyarrow.dataset as ds
 
@@ -804,15 +737,62 @@ def main(argv: list[str]) -> int:
         print(f"sweep {sweep_id} already finished")
         metric, mode = config_lib.metric_and_mode(cfg)
         return summarize(cfg, store, sweep_id, state, metric, mode)
-    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the job's working dir (relative data paths)
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state fresh enough for --resume
     try:
-        init_ray()
+        init_ray(log_to_driver=args.verbose)
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     check_cluster(cfg)
     return run_sweep(cfg, store, sweep_id, state, resume=bool(args.resume))
+
+
+def resumed_sweep(args) -> tuple:
+    """(config, store, sweep id, state) of the sweep ``--resume`` names, from the state it wrote."""
+    found = [config_lib._split_override(o) for o in args.overrides]
+    if args.smoke_test or any(k != "run.storage_path" for k, _ in found):
+        raise config_lib.ConfigError(
+            "--resume continues a sweep with its saved config — give only run.storage_path=... (where it lives) and --store"
+        )
+    root = dict(found).get("run.storage_path") or (
+        config_lib.load_config(args.config).run.storage_path if args.config else "./runs"
+    )
+    state = read_state(sweep_dir(storage_uri(str(root)), args.resume))
+    if state is None:
+        raise config_lib.ConfigError(
+            f"no sweep '{args.resume}' under {storage_uri(str(root))} — pass run.storage_path=... where it ran"
+        )
+    cfg = config_lib.from_dict(state["config"])
+    return cfg, preflight.open_store(args.store or state["store"], cfg), args.resume, state
+
+
+def new_sweep(args) -> tuple:
+    """(config, store, sweep id, state) of a new sweep; every bad-input check before Ray starts (exit 2)."""
+    if not args.config:
+        raise config_lib.ConfigError("give --config configs/<workload>.yaml (or --resume SWEEP_ID)")
+    cfg = config_lib.load_config(args.config, args.overrides, smoke_test=args.smoke_test)
+    given = [config_lib._split_override(o)[0] for o in args.overrides]
+    if args.smoke_test:
+        given += list(workloads.hook(workloads.module(cfg.workload), "SMOKE_TEST") or {})
+        if "sweep.num_samples" not in given:
+            cfg = config_lib.set_dotted(cfg, "sweep.num_samples", min(cfg.sweep.num_samples, SMOKE_MAX_SAMPLES))
+    cfg = with_trial_overrides(cfg, given)
+    preflight.check_config(cfg)  # the checks jobs.train makes, on every trial's base config
+    if cfg.sweep.num_samples < 1:
+        raise config_lib.ConfigError(f"sweep.num_samples must be >= 1, got {cfg.sweep.num_samples}")
+    store = preflight.open_store(args.store, cfg)
+    space = search_space(cfg)
+    tune_space(cfg, space)
+    make_search(cfg, *config_lib.metric_and_mode(cfg))
+    sweep_id = f"{cfg.workload}-sweep-{uuid.uuid4().hex[:8]}"
+    state = {
+        "sweep_id": sweep_id,
+        "config": config_lib.to_dict(cfg),
+        "search_space": space,
+        "store": store.uri if "://" in store.uri else store.root,
+        "started_at": now().isoformat(),
+        "attempts": [],
+    }
+    return cfg, store, sweep_id, state
 
 
 if __name__ == "__main__":

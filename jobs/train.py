@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -29,8 +30,9 @@ from jobs.store import FINISHED, Store, compact_if_due, now
 
 
 # ----------------------------------------------------------------------------- Ray plumbing
-def init_ray(num_cpus: int | None = None) -> None:
-    """Connect to ``RAY_ADDRESS`` if set, else start an embedded local cluster (dashboard on 127.0.0.1)."""
+def init_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> None:
+    """Connect to ``RAY_ADDRESS`` if set, else start an embedded local cluster (dashboard on 127.0.0.1).
+    ``log_to_driver=False``: the workers' output and the autoscaler's events are not printed here."""
     import ray
 
     if ray.is_initialized():
@@ -40,7 +42,12 @@ def init_ray(num_cpus: int | None = None) -> None:
     if address:
         check_reachable(address)
         try:
-            ray.init(address=address, logging_level=logging.WARNING, runtime_env=cluster_address_env(address))
+            ray.init(
+                address=address,
+                logging_level=logging.WARNING,
+                runtime_env=cluster_address_env(address),
+                log_to_driver=log_to_driver,
+            )
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ClusterError(
                 f"no Ray cluster at RAY_ADDRESS={address} ({str(e).splitlines()[0]}) — start one with 'ray start --head' or unset RAY_ADDRESS"
@@ -68,6 +75,7 @@ def init_ray(num_cpus: int | None = None) -> None:
         _node_ip_address="127.0.0.1",
         dashboard_host="127.0.0.1",
         logging_level=logging.WARNING,
+        log_to_driver=log_to_driver,
         runtime_env={"env_vars": env},
     )
     os.environ.pop("RAY_GCS_SERVER_PORT", None)
@@ -317,8 +325,9 @@ def checkpoint_meta(checkpoint) -> dict:
         return json.loads(f.read())
 
 
-def make_trainer(cfg, name: str, callbacks=(), extra_config: dict | None = None):
-    """The TorchTrainer for ``cfg``: scaling, failure and checkpoint settings all from the config."""
+def make_trainer(cfg, name: str, callbacks=(), extra_config: dict | None = None, train_fn=None):
+    """The TorchTrainer for ``cfg``: scaling, failure and checkpoint settings all from the config. ``train_fn``
+    (the loop with a session of its own) runs in Ray Train's local mode: in this process, no worker group."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -330,10 +339,10 @@ def make_trainer(cfg, name: str, callbacks=(), extra_config: dict | None = None)
     elastic = config_lib.is_elastic(s)
     resize = {"elastic_resize_monitor_interval_s": s.elastic_resize_interval_s} if elastic else {}
     return TorchTrainer(
-        train_loop_per_worker,
+        train_fn or train_loop_per_worker,
         train_loop_config={"config": cfg} | (extra_config or {}),  # the checked config: workers use it as it is
         scaling_config=ray.train.ScalingConfig(
-            num_workers=(low, high) if elastic else high,  # (min, max): Train's elastic worker group
+            num_workers=0 if train_fn else (low, high) if elastic else high,  # (min, max): an elastic group
             **resize,
             use_gpu=s.use_gpu,
             resources_per_worker=config_lib.worker_resources(s),
@@ -375,75 +384,106 @@ def run_trainer(cfg, run_id: str, callbacks=(), extra_config: dict | None = None
             return None, e
 
 
-class TrialStopped(Exception):
-    """The scheduler stopped this trial between two epochs (in-process trials only)."""
+def checkpoint_order(name: str) -> tuple | None:
+    """Where a checkpoint folder comes in its run, or None for another folder: ``final`` last,
+    ``epoch_0003_step_000120`` (120 steps into epoch 3) after ``epoch_0002``, Tune's ``checkpoint_000004`` by index."""
+    if name == "final":
+        return (float("inf"), 0)
+    if m := re.fullmatch(r"epoch_(\d+)(?:_step_(\d+))?", name):
+        return (int(m[1]) - 1, int(m[2])) if m[2] else (int(m[1]), 0)
+    if m := re.fullmatch(r"checkpoint_(\d+)", name):
+        return (int(m[1]), 0)
+    return None
+
+
+def run_checkpoints(run_dir: str) -> list:
+    """``(filesystem, [folder path, ...])`` of a run's whole checkpoints (meta.json present), oldest first."""
+    import pyarrow.fs as pafs
+
+    from jobs.loop import META
+
+    fs, path = state_fs(run_dir)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path))
+    except (FileNotFoundError, OSError):
+        return fs, []
+    names = [i.base_name for i in infos if i.type == pafs.FileType.Directory and checkpoint_order(i.base_name)]
+    names.sort(key=checkpoint_order)
+    return fs, [f"{path}/{n}" for n in names if fs.get_file_info(f"{path}/{n}/{META}").type == pafs.FileType.File]
+
+
+def last_checkpoint(run_dir: str):
+    """The newest whole checkpoint in a run's folder (a Train run's, a local-mode run's or a sweep trial's), or None."""
+    import ray.train
+
+    fs, paths = run_checkpoints(run_dir)
+    return ray.train.Checkpoint(paths[-1], filesystem=fs) if paths else None
+
+
+class LocalSession:
+    """The loop's session in Ray Train local mode (``ScalingConfig(num_workers=0)``), plus the persistence that mode
+    lacks in Ray 2.60: ``LocalTrainFnUtils.report`` keeps the reported checkpoint object (the loop's temporary
+    folder, deleted right after) and ``get_checkpoint`` returns only it (ray/train/v2/_internal/execution/
+    train_fn_utils.py, LocalTrainFnUtils); ``LocalController.run`` returns a Result with no path
+    (ray/train/v2/_internal/execution/local_mode/utils.py). So each checkpoint is copied into the run folder here,
+    the newest one there resumes the run, and ``run.num_to_keep`` applies."""
+
+    world_rank, world_size = 0, 1
+
+    def __init__(self, run_id: str, storage_path: str, keep: int):
+        self.run_name, self.storage_path, self.keep = run_id, storage_path, keep
+        self.run_dir = f"{storage_path.rstrip('/')}/{run_id}"
+
+    def report(self, metrics: dict, checkpoint=None, checkpoint_dir_name: str | None = None) -> None:
+        if checkpoint is None:
+            return
+        import pyarrow.fs as pafs
+
+        from jobs.loop import META
+
+        fs, path = state_fs(f"{self.run_dir}/{checkpoint_dir_name or f'checkpoint_{int(time.time() * 1e3)}'}")
+        src = Path(checkpoint.path)
+        for file in sorted((f for f in src.rglob("*") if f.is_file()), key=lambda f: f == src / META):
+            dest = f"{path}/{file.relative_to(src).as_posix()}"  # meta.json last: it marks the checkpoint whole
+            fs.create_dir(dest.rpartition("/")[0], recursive=True)
+            pafs.copy_files(str(file), dest, destination_filesystem=fs)
+        fs, paths = run_checkpoints(self.run_dir)
+        for old in paths[: -self.keep]:
+            fs.delete_dir(old)
+
+    def get_checkpoint(self):
+        return last_checkpoint(self.run_dir)
+
+    @property
+    def device(self):  # Ray Train's own placement, which local mode serves as a worker's
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+
+    def prepare_model(self, model):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def prepare_data_loader(self, loader, auto_transfer: bool):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_data_loader(loader, auto_transfer=auto_transfer)
 
 
 def run_in_process(cfg, run_id: str, callbacks=(), extra_config: dict | None = None) -> tuple:
-    """A ``jobs.train.fit`` runner for one worker: the loop runs in this process, not in a Train worker group.
-
-    Same ``train_loop_per_worker``, same RunConfig (built by make_trainer, never fit), and every
-    checkpoint goes through Ray Train's own StorageContext and CheckpointManager: the run dir, its
-    checkpoints, ``checkpoint_manager_snapshot.json`` and resume via ``get_checkpoint()`` are those of a
-    Train run, so ``ray.train.Result.from_path`` and jobs.evaluate read it like any other.
-    Returns (last checkpoint, error); a scheduler stop (TrialStopped) is not an error."""
-    import asyncio
-
+    """One attempt of a one-worker run in this process: Ray Train's local mode runs the loop here, with a
+    :class:`LocalSession`. Train calls no callbacks in local mode. Returns (the last checkpoint, error)."""
     from jobs.loop import train_loop_per_worker
-    from jobs.ray_compat import train_v2_internals
-
-    v2 = train_v2_internals()
-    CheckpointManager, LocalTrainFnUtils, set_train_fn_utils = (
-        v2.CheckpointManager,
-        v2.LocalTrainFnUtils,
-        v2.set_train_fn_utils,
-    )
-    _TrainingReport = v2.TrainingReport
 
     assert config_lib.one_worker(cfg.scaling), "in-process runs have exactly one worker"
-    trainer = make_trainer(cfg, run_id, callbacks, extra_config)
-    run_config, storage = trainer.run_config, trainer.run_config.storage_context
-    events = asyncio.new_event_loop()  # CheckpointManager notifies listeners through asyncio
-
-    def on_loop(fn):
-        async def call():
-            return fn()
-
-        return events.run_until_complete(call())
-
-    manager = on_loop(
-        lambda: CheckpointManager(checkpoint_config=run_config.checkpoint_config, storage_context=storage)
-    )
-
-    class InProcessTrainFnUtils(LocalTrainFnUtils):  # Train V2's local-mode utilities + real persistence
-        def report(self, metrics, checkpoint=None, checkpoint_dir_name=None, **_):
-            persisted = None
-            if checkpoint is not None:
-                persisted = storage.persist_current_checkpoint(
-                    checkpoint, checkpoint_dir_name or storage.make_default_checkpoint_dir_name()
-                )
-            on_loop(lambda: manager.after_report(_TrainingReport(persisted, metrics, False), [metrics]))
-            super().report(metrics, persisted)
-            for callback in run_config.callbacks or []:  # as the Train controller does, after the checkpoint manager
-                callback.after_report(run_context=trainer.train_run_context, metrics=[metrics], checkpoint=persisted)
-
-    utils = InProcessTrainFnUtils(experiment_name=run_id)
-    latest = manager.latest_checkpoint_result
-    utils._last_checkpoint = latest.checkpoint if latest else None  # resume, as a restarted Train run does
-    set_train_fn_utils(utils)
-    error = None
+    session = LocalSession(run_id, storage_uri(cfg.run.storage_path), max(2, cfg.run.num_to_keep))
+    trainer = make_trainer(cfg, run_id, callbacks, extra_config, train_fn=lambda c: train_loop_per_worker(c, session))
     try:
-        train_loop_per_worker(trainer.train_loop_config)
-    except TrialStopped:
-        pass
+        trainer.fit()
     except Exception as e:
-        error = e
-    finally:
-        set_train_fn_utils(None)
-        events.run_until_complete(asyncio.sleep(0))  # let the last notification finish
-        events.close()
-    latest = manager.latest_checkpoint_result
-    return (latest.checkpoint if latest else None), error
+        return session.get_checkpoint(), e
+    return session.get_checkpoint(), None
 
 
 def uses_local_mode(cfg) -> bool:
@@ -545,33 +585,50 @@ def record_run(
     round: int | None = None,
     extra_row: dict | None = None,
 ) -> dict:
-    """Write a run's ``epochs`` then its ``runs`` row from its last checkpoint; returns the runs row.
-
-    Status: ``failed`` with an error; ``completed`` when the loop wrote its final checkpoint;
-    otherwise ``stopped_early`` (patience, or a sweep scheduler stopped it). Idempotent: a run the
-    store already has is not written again (a resumed sweep may record a trial twice)."""
+    """Write a run's ``epochs`` then its ``runs`` row (:func:`runs_row`) from its last checkpoint; returns the runs
+    row. Idempotent: a run the store already has is not written again (a resumed sweep may record a trial twice)."""
     import pyarrow.dataset as ds
 
     done = store.df("runs", filter=ds.field("run_id") == run_id)
     if len(done):
         return done.iloc[0].to_dict()
-    metric, mode = config_lib.metric_and_mode(cfg)
     meta = checkpoint_meta(checkpoint) if checkpoint is not None else {}
-    final = meta.get("final", {})
     history = meta.get("history", [])
+    ids = {"parent_run_id": parent_run_id, "round": round, "sweep_id": sweep_id, "trial_id": trial_id}
+    row = runs_row(cfg, run_id, ids, meta, checkpoint, error, started, wall) | (extra_row or {})
+    epochs = [
+        {
+            "run_id": run_id,
+            "workload": cfg.workload,
+            "sweep_id": sweep_id,
+            "trial_id": trial_id,
+            **{k: (float(v) if isinstance(v, float) else v) for k, v in h.items()},
+        }
+        for h in history
+    ]
+    # The whole history, replacing the run's rows in one commit per table (epochs first): a recorder killed
+    # between its two commits, or two racing past the check above, never add or mix rows (docs/store.md).
+    store.record_run(epochs, row)
+    return row
+
+
+def runs_row(cfg, run_id: str, ids: dict, meta: dict, checkpoint, error, started, wall: float) -> dict:
+    """A run's ``runs`` row from its last checkpoint's meta.json; ``ids``: its parent run, round, sweep and trial.
+
+    Status: ``failed`` with an error; ``completed`` when the loop wrote its final checkpoint; otherwise
+    ``stopped_early`` (patience, or a sweep scheduler stopped it)."""
+    metric, mode = config_lib.metric_and_mode(cfg)
+    final, history = meta.get("final", {}), meta.get("history", [])
     if error is not None:
         status = "failed"
     else:
         status = "stopped_early" if meta.get("stopped_early") or not meta.get("finished") else "completed"
     s = cfg.scaling
     ckpt_uri = checkpoint_uri(checkpoint) if meta.get("finished") else ""
-    row = {
+    return {
         "run_id": run_id,
         "workload": cfg.workload,
-        "parent_run_id": parent_run_id,
-        "round": round,
-        "sweep_id": sweep_id,
-        "trial_id": trial_id,
+        **ids,
         "job_id": job_id(),
         "status": status,
         "error": error_line(error) if error is not None else "",
@@ -600,22 +657,7 @@ def record_run(
         **worker_nodes(meta.get("workers") or []),
         **config_lib.flatten(cfg),
         **{k: float(v) for k, v in final.items() if k.startswith(("val_", "test_"))},
-        **(extra_row or {}),
     }
-    epochs = [
-        {
-            "run_id": run_id,
-            "workload": cfg.workload,
-            "sweep_id": sweep_id,
-            "trial_id": trial_id,
-            **{k: (float(v) if isinstance(v, float) else v) for k, v in h.items()},
-        }
-        for h in history
-    ]
-    # The whole history, replacing the run's rows in one commit per table (epochs first): a recorder killed
-    # between its two commits, or two racing past the check above, never add or mix rows (docs/store.md).
-    store.record_run(epochs, row)
-    return row
 
 
 def worker_nodes(workers: list[dict]) -> dict:

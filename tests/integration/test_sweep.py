@@ -10,15 +10,16 @@ since copies of one config reach the same accuracy.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-import ray.train
 from conftest import PY, ROOT, run_job
 
 from jobs.store import Store
+from jobs.train import checkpoint_meta, last_checkpoint
 
 GRID = (
     "workload: mlp\n"
@@ -70,9 +71,9 @@ def check_sweep(store_dir: Path, runs_root: Path, n_trials: int, asha: bool | No
     best = runs[runs["run_id"] == sweep["best_run_id"]].iloc[0]
     assert best["status"] == "completed" and best["train.lr"] == 0.01 and best["best_metric"] == sweep["best_metric"]
     assert (Path(best["export_uri"]) / "model.safetensors").is_file()
-    for run in runs.itertuples():  # every trial's run dir is a Ray Train run dir, whichever way it ran
-        last = ray.train.Result.from_path(runs_root / sweep["sweep_id"] / run.run_id).checkpoint
-        assert Path(last.path).name == ("final" if run.status == "completed" else f"epoch_{run.epochs:04d}")
+    for run in runs.itertuples():  # every trial's folder holds its checkpoints, whichever way it ran
+        meta = checkpoint_meta(last_checkpoint(str(runs_root / sweep["sweep_id"] / run.run_id)))
+        assert meta["epoch"] == run.epochs and bool(meta.get("finished")) == (run.status == "completed")
     return runs, sweep
 
 
@@ -88,6 +89,14 @@ def test_asha_sweep_stops_a_trial_early_and_records_every_trial(ray_cluster, sto
     assert (
         f"best: trial {sweep['best_trial_id']}" in res.stdout and sweep["best_run_id"] in res.stdout
     )  # summary + model
+    # by default one line per trial event: no trial's per-epoch lines (--verbose prints them), each trial once
+    assert not re.search(r"^(\(.* pid=\d+.*\) )?epoch \d+/\d+ ", res.stdout, re.MULTILINE), res.stdout[-3000:]
+    assert "pid=" not in res.stdout and all(
+        len(re.findall(rf"^\[\d\] trial {t} ", res.stdout, re.MULTILINE)) == 1 for t in runs["trial_id"]
+    )
+    # one set of TensorBoard runs: the loop's, in each trial's tensorboard/ folder; none from Tune's own logger
+    events = list((tmp_path / "runs").rglob("events.out.tfevents*"))
+    assert {p.parent.name for p in events} == {"tensorboard"} and len({p.parent for p in events}) == 4, events
 
 
 def kill_sweep_after_first_row(cluster, tmp_path: Path, store_dir: Path) -> tuple:

@@ -18,11 +18,40 @@ def test_ray_is_the_version_the_private_apis_were_written_for():
     )
 
 
-def test_train_v2_internals_have_the_methods_jobs_sweep_calls():
-    v2 = ray_compat.train_v2_internals()
-    assert {"after_report", "latest_checkpoint_result"} <= set(dir(v2.CheckpointManager))  # what run_in_process uses
-    assert "report" in dir(v2.LocalTrainFnUtils) and callable(v2.set_train_fn_utils)
-    assert "metrics" in inspect.signature(v2.TrainingReport).parameters
+def test_cluster_maximum_runtime_env_logger_and_tune_report_queue_exist():
+    import importlib
+
+    from ray.train._internal.session import _TrainSession
+
+    assert ray_compat.max_resources_from_cluster_config is not None
+    from ray._private.state import state
+
+    assert callable(state.get_max_resources_from_cluster_config)  # what max_resources_from_cluster_config calls
+    importlib.import_module(ray_compat.RUNTIME_ENV_LOGGER)  # the logger is named after this module
+    assert "_get_or_create_inter_actor_queue" in dir(_TrainSession)  # TuneReportCallback's queue, which we drain
+    assert "_inter_actor_queue" in inspect.getsource(_TrainSession.__init__) + inspect.getsource(_TrainSession.reset)
+
+
+def test_ray_train_local_mode_still_keeps_no_checkpoint_of_its_own(tmp_path):
+    """What jobs.train.LocalSession adds: Ray 2.60's local mode (num_workers=0) copies no checkpoint to
+    storage_path and gives its Result no path. When this fails, Ray persists them itself: LocalSession can shrink."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    def loop():
+        folder = tmp_path / "tmp_checkpoint"
+        folder.mkdir()
+        (folder / "meta.json").write_text("{}")
+        ray.train.report({"epoch": 1}, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+    trainer = TorchTrainer(
+        loop,
+        scaling_config=ray.train.ScalingConfig(num_workers=0),
+        run_config=ray.train.RunConfig(name="local", storage_path=str(tmp_path / "runs")),
+    )
+    result = trainer.fit()
+    assert result.path is None and result.checkpoint.path == str(tmp_path / "tmp_checkpoint")
+    assert not (tmp_path / "runs" / "local").exists()
 
 
 def test_report_loggers_and_single_machine_mode():
