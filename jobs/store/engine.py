@@ -359,7 +359,7 @@ class Engine:
         refresh lists the log, and a listing that races other writers' commits fails, see ``_log_race``); before
         retrying after any error but a plain conflict, the commits after the version this attempt read are searched
         for the token, so a landed commit is never made twice."""
-        from deltalake import CommitProperties, write_deltalake
+        from deltalake import CommitProperties
         from deltalake.exceptions import CommitFailedError, DeltaError
         from deltalake.transaction import Transaction
 
@@ -380,39 +380,9 @@ class Engine:
             d = self.delta(table, fresh=attempt > 0)
             read_version = d.version() if d is not None else -1
             try:
-                if d is None:  # the first commit creates the table (two creators: one gets "already exists")
-                    if arrow is None:
-                        return True
-                    write_deltalake(
-                        self.table_uri(table),
-                        arrow,
-                        mode="append",
-                        partition_by=[PARTITION],
-                        configuration=TABLE_PROPERTIES,
-                        storage_options=self.options,
-                        commit_properties=properties,
-                    )
-                    break
-                found = d.transaction_version(txn[0]) if txn else None
-                if found is not None and found >= txn[1]:
-                    return found == txn[1]  # this recording is there already, or a later one
-                set_table_properties(d)
-                data = conform(table, arrow, d) if arrow is not None else None
-                replace = predicate is not None and (txn is None or found is not None)  # a new run: a plain append
-                if data is None:
-                    if replace:
-                        d.delete(predicate, commit_properties=properties)
-                elif replace:
-                    write_deltalake(
-                        d,
-                        data,
-                        mode="overwrite",
-                        predicate=predicate,
-                        schema_mode="merge",
-                        commit_properties=properties,
-                    )
-                else:
-                    write_deltalake(d, data, mode="append", schema_mode="merge", commit_properties=properties)
+                done = self._write(table, d, arrow, predicate, txn, properties)
+                if done is not None:
+                    return done
                 break
             except CommitFailedError as e:  # another writer committed first: nothing of this attempt landed
                 failure = e
@@ -437,6 +407,41 @@ class Engine:
                 f"{first_line(failure)} — too many writers at once; try again"
             )
         return True if txn else self.delta(table, fresh=False).version()
+
+    def _write(self, table: str, d, arrow, predicate: str | None, txn, properties) -> bool | None:
+        """One write attempt on handle ``d`` (None: the table does not exist yet). Returns None once written, or
+        whether ``txn``'s recording is in the table when nothing needs writing."""
+        from deltalake import write_deltalake
+
+        if d is None:  # the first commit creates the table (two creators: one gets "already exists")
+            if arrow is None:
+                return True
+            write_deltalake(
+                self.table_uri(table),
+                arrow,
+                mode="append",
+                partition_by=[PARTITION],
+                configuration=TABLE_PROPERTIES,
+                storage_options=self.options,
+                commit_properties=properties,
+            )
+            return None
+        found = d.transaction_version(txn[0]) if txn else None
+        if found is not None and found >= txn[1]:
+            return found == txn[1]  # this recording is there already, or a later one
+        set_table_properties(d)
+        data = conform(table, arrow, d) if arrow is not None else None
+        replace = predicate is not None and (txn is None or found is not None)  # a new run: a plain append
+        if data is None:
+            if replace:
+                d.delete(predicate, commit_properties=properties)
+        elif replace:
+            write_deltalake(
+                d, data, mode="overwrite", predicate=predicate, schema_mode="merge", commit_properties=properties
+            )
+        else:
+            write_deltalake(d, data, mode="append", schema_mode="merge", commit_properties=properties)
+        return None
 
     def _landed_at(self, table: str, after: int, token: str) -> int | None:
         """The version after ``after`` of ``table`` whose commit carries ``token`` (None if none does). Reads the
@@ -468,7 +473,9 @@ def _log_race(e: BaseException) -> bool:
     others) may show commit N+1 without N when both appear while it runs, and delta-kernel refuses the gap
     ("Expected ordered contiguous commit files", "Gap between checkpoint version"). Listing again sees both."""
     text = str(e)
-    return any(s in text for s in ("contiguous commit files", "to be next version to checkpoint", "Gap between checkpoint"))
+    return any(
+        s in text for s in ("contiguous commit files", "to be next version to checkpoint", "Gap between checkpoint")
+    )
 
 
 def _literal(v: Any) -> str:
