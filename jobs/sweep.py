@@ -501,7 +501,7 @@ def make_progress_callback(state: dict, directory: str, attempt: int, t0: float,
         def on_trial_complete(self, iteration, trials, trial, **info):
             r = trial.last_result or {}
             if not r.get("final"):
-                record(trial.trial_id, trial.config, r)
+                record(trial.trial_id, trial.config, r, path=trial.path)
             self._line(trial, r.get("status") or ("completed" if r.get("final") else "stopped_early"))
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -589,22 +589,24 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
     for result in results:  # trials lost with their actor or a killed driver, found in a resumed sweep's results
         trial_id = (result.metrics or {}).get("trial_id")
         if trial_id and f"{sweep_id}-{trial_id}" not in recorded:
-            record(trial_id, result.config, result.metrics, result.error)
+            record(trial_id, result.config, result.metrics, result.error, path=result.path)
     write_state(directory, state)
     tracking.finish_sweep(cfg, sweep_id, ctx["tracking"], store.runs(sweep_id=sweep_id))
     compact_if_due(store, cfg.workload)  # the sweep's end: its partition's small files, one compactor at a time
     return summarize(cfg, store, sweep_id, state, metric, mode)
 
 
-def record_trial(base: dict, store_uri: str, sweep_id: str, trial_id: str, params: dict, metrics: dict, error=None):
+def record_trial(base: dict, store_uri: str, sweep_id: str, trial_id: str, params, metrics, error=None, path=""):
     """Record a trial that did not record itself (stopped by the scheduler, or its actor lost) from its run's last
-    checkpoint. Idempotent: a trial recorded already is not written again."""
+    checkpoint. Idempotent: a trial recorded already is not written again. ``path``: the Tune trial's folder, where a
+    one-worker trial keeps its checkpoints (Tune adds a suffix to a restarted trial's folder name)."""
     run_id = f"{sweep_id}-{trial_id}"
-    checkpoint = last_checkpoint(f"{base['run']['storage_path']}/{run_id}")
+    tcfg, store = trial_config(base, params or {}), Store(store_uri)
+    folder = path if in_process(tcfg) and path else f"{base['run']['storage_path']}/{run_id}"
+    checkpoint = last_checkpoint(folder)
     if checkpoint is None and error is None:  # no report yet: nothing to record
         return
     wall = float(metrics.get("time_total_s") or 0.0)
-    tcfg, store = trial_config(base, params or {}), Store(store_uri)
     record_run(tcfg, store, run_id, checkpoint, error, started=now(), wall=wall, sweep_id=sweep_id, trial_id=trial_id)
 
 
