@@ -72,7 +72,11 @@ def check_sweep(store_dir: Path, runs_root: Path, n_trials: int, asha: bool | No
     assert best["status"] == "completed" and best["train.lr"] == 0.01 and best["best_metric"] == sweep["best_metric"]
     assert (Path(best["export_uri"]) / "model.safetensors").is_file()
     for run in runs.itertuples():  # every trial's folder holds its checkpoints, whichever way it ran
-        meta = checkpoint_meta(last_checkpoint(str(runs_root / sweep["sweep_id"] / run.run_id)))
+        folders = sorted((runs_root / sweep["sweep_id"]).glob(f"{run.run_id}*"))  # Tune suffixes a restarted trial's
+        meta = max(
+            (checkpoint_meta(c) for f in folders if (c := last_checkpoint(str(f)))),
+            key=lambda m: (m["epoch"], bool(m.get("finished"))),
+        )
         assert meta["epoch"] == run.epochs and bool(meta.get("finished")) == (run.status == "completed")
     return runs, sweep
 
