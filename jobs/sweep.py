@@ -602,7 +602,9 @@ def record_trial(base: dict, store_uri: str, sweep_id: str, trial_id: str, param
     one-worker trial keeps its checkpoints (Tune adds a suffix to a restarted trial's folder name)."""
     run_id = f"{sweep_id}-{trial_id}"
     tcfg, store = trial_config(base, params or {}), Store(store_uri)
-    folder = path if in_process(tcfg) and path else f"{base['run']['storage_path']}/{run_id}"
+    # the trials' storage path is the sweep's folder; Tune's trial.path has no scheme on S3, so only its name is used
+    name = path.rstrip("/").rpartition("/")[2] if in_process(tcfg) and path else run_id
+    folder = f"{storage_uri(base['run']['storage_path']).rstrip('/')}/{name}"
     checkpoint = last_checkpoint(folder)
     if checkpoint is None and error is None:  # no report yet: nothing to record
         return
