@@ -60,6 +60,7 @@ def tracked_sweep(ray_cluster, tmp_path_factory):
         ray_cluster,
         env_vars,
         "jobs.sweep",
+        "--verbose",  # the workers' lines, where the injected fault shows
         "--config",
         str(config),
         "--smoke-test",

@@ -103,8 +103,10 @@ print("loopback ok", os.environ["AWS_EC2_METADATA_DISABLED"], os.environ["RAY_US
 
 
 def wrapper_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("PERENNIAL_NET_GUARD", "AWS_EC2_METADATA_DISABLED")}
-    return env | extra
+    """This process's environment without the Python guard (CI turns it on), so the wrapper alone is tested."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PERENNIAL_NET_GUARD", "AWS_EC2_METADATA_DISABLED", "CI")}
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).name != "netguard"]
+    return env | {"PYTHONPATH": os.pathsep.join(paths)} | extra
 
 
 def test_netns_wrapper_lets_loopback_through_and_nothing_else():
