@@ -42,6 +42,8 @@ def test_another_cluster_named_as_the_machines_current_one_does_not_end_a_run_on
     other = RayCluster(num_cpus=0, token_auth=False)
     named = ray_cluster.ray_tmpdir / "ray" / "ray_current_cluster"
     named.parent.mkdir(parents=True, exist_ok=True)
+    # put back afterwards: without the file, a later job's supervisor picks any Ray instance it finds on the machine
+    before = named.read_text() if named.exists() else None
     named.write_text(other.address)
     try:
         res = run_job(
@@ -49,7 +51,7 @@ def test_another_cluster_named_as_the_machines_current_one_does_not_end_a_run_on
             ray_cluster.job_env(),
         )
     finally:
-        named.unlink(missing_ok=True)
+        named.write_text(before) if before is not None else named.unlink(missing_ok=True)
         other.stop()
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     # the cleaner neither took the controller for dead nor left: it would have said so
