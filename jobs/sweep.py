@@ -48,6 +48,7 @@ from jobs.train import (
     last_checkpoint,
     read_state_file,
     record_run,
+    resume_root,
     run_trainer,
     storage_uri,
     write_state_file,
@@ -752,19 +753,10 @@ def main(argv: list[str]) -> int:
 
 def resumed_sweep(args) -> tuple:
     """(config, store, sweep id, state) of the sweep ``--resume`` names, from the state it wrote."""
-    found = [config_lib._split_override(o) for o in args.overrides]
-    if args.smoke_test or any(k != "run.storage_path" for k, _ in found):
-        raise config_lib.ConfigError(
-            "--resume continues a sweep with its saved config — give only run.storage_path=... (where it lives) and --store"
-        )
-    root = dict(found).get("run.storage_path") or (
-        config_lib.load_config(args.config).run.storage_path if args.config else "./runs"
-    )
-    state = read_state(sweep_dir(storage_uri(str(root)), args.resume))
+    root = resume_root(args, "sweep")
+    state = read_state(sweep_dir(root, args.resume))
     if state is None:
-        raise config_lib.ConfigError(
-            f"no sweep '{args.resume}' under {storage_uri(str(root))} — pass run.storage_path=... where it ran"
-        )
+        raise config_lib.ConfigError(f"no sweep '{args.resume}' under {root} — pass run.storage_path=... where it ran")
     cfg = config_lib.from_dict(state["config"])
     return cfg, preflight.open_store(args.store or state["store"], cfg), args.resume, state
 
@@ -781,8 +773,6 @@ def new_sweep(args) -> tuple:
             cfg = config_lib.set_dotted(cfg, "sweep.num_samples", min(cfg.sweep.num_samples, SMOKE_MAX_SAMPLES))
     cfg = with_trial_overrides(cfg, given)
     preflight.check_config(cfg)  # the checks jobs.train makes, on every trial's base config
-    if cfg.sweep.num_samples < 1:
-        raise config_lib.ConfigError(f"sweep.num_samples must be >= 1, got {cfg.sweep.num_samples}")
     store = preflight.open_store(args.store, cfg)
     space = search_space(cfg)
     tune_space(cfg, space)

@@ -761,21 +761,25 @@ def workers_text(s) -> str:
     return f"{low} to {high} workers (elastic: it grows as nodes come, shrinks as they go, every {s.elastic_resize_interval_s:g} s at most)"
 
 
-def prepare_resume(args) -> tuple:
-    """Config and store of the run to resume, from the state it wrote beside its checkpoints."""
+def resume_root(args, what: str) -> str:
+    """The storage root a ``--resume`` of a run or sweep looks in: only run.storage_path=... may be given with it."""
     found = [config_lib._split_override(o) for o in args.overrides]
     if args.smoke_test or any(k != "run.storage_path" for k, _ in found):
         raise config_lib.ConfigError(
-            "--resume continues a run with its saved config — give only run.storage_path=... (where it ran) and --store"
+            f"--resume continues a {what} with its saved config — give only run.storage_path=... (where it ran) and --store"
         )
     root = dict(found).get("run.storage_path") or (
         config_lib.load_config(args.config).run.storage_path if args.config else config_lib.Run().storage_path
     )
-    state = read_run_state(str(root), args.resume)
+    return storage_uri(str(root))
+
+
+def prepare_resume(args) -> tuple:
+    """Config and store of the run to resume, from the state it wrote beside its checkpoints."""
+    root = resume_root(args, "run")
+    state = read_run_state(root, args.resume)
     if state is None:
-        raise config_lib.ConfigError(
-            f"no run '{args.resume}' under {storage_uri(str(root))} — pass run.storage_path=... where it ran"
-        )
+        raise config_lib.ConfigError(f"no run '{args.resume}' under {root} — pass run.storage_path=... where it ran")
     cfg = config_lib.from_dict(state["config"])
     store = preflight.open_store(args.store or state["store"], cfg)
     return cfg, store, args.resume
