@@ -34,8 +34,8 @@ BATCH_KEYS = {"verb", "smoke_test", "jobs", "grid"}
 
 def lost_infrastructure(info) -> bool:
     """Whether a failed Ray job ended because its driver was lost, not by its own failure."""
-    code = info.driver_exit_code
-    return (info.error_type is not None and info.error_type.value in LOST) or (
+    code, kind = info.driver_exit_code, getattr(info.error_type, "value", info.error_type)  # list_jobs: a str
+    return kind in LOST or (
         code is not None and (code < 0 or code >= 128)  # -9 from Popen, 137 from a shell: killed by a signal
     )
 

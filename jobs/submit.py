@@ -457,7 +457,7 @@ def latest_attempts(infos: list) -> list:
 
 def watch_batch(ray_client, batch_id: str, poll_s: float = 2.0) -> int:
     """Until every job of the batch has ended: record each end, and submit a job whose driver was lost again, up
-    to its ``retries``. Stateless between polls, so a restarted watcher carries on. 0 if every job succeeded."""
+    to its ``retries``. Stateless between polls, so a restarted watcher carries on."""
     while True:
         infos = batch_jobs(ray_client, batch_id)
         observe(infos)
@@ -471,7 +471,7 @@ def watch_batch(ray_client, batch_id: str, poll_s: float = 2.0) -> int:
                     waiting += resubmit(ray_client, info)
         if not waiting:
             print(f"batch {batch_id} ended: {batch.counts([i.status.value.lower() for i in latest])}", flush=True)
-            return 0 if all(i.status.value == "SUCCEEDED" for i in latest) else 1
+            return 0  # the watcher's own outcome; a failed job is the batch's (status): no RayJob backoff reruns all
         time.sleep(poll_s)
 
 
@@ -574,7 +574,8 @@ def cmd_list(args) -> int:
     if args.batch and args.format == "table":
         watcher = next((i for i in ray_client.list_jobs() if i.submission_id == f"{args.batch}-watch"), None)
         state = f"; its watcher {watcher.status.value.lower()}" if watcher else ""
-        print(f"batch {args.batch}: {batch.counts(list(df['status']))}{state}")
+        jobs = [i.status.value.lower() for i in latest_attempts(infos)]
+        print(f"batch {args.batch}: {batch.counts(jobs)} ({len(infos)} attempts){state}")
     print_frame(df.sort_values("submitted_at", ascending=False), args.format, empty="(no jobs)")
     return 0
 
