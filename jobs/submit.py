@@ -60,36 +60,10 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # The working_dir upload: only what a job runs (Ray caps the size; data, results and scratch dirs
 # stay here — Ray reads .gitignore but not .git/info/exclude), and never credentials files.
 UPLOAD = ("jobs", "workloads", "configs", "pyproject.toml")  # top-level entries; plus the config's own folder
-EXCLUDES = [
-    ".git",  # a folder, or the file that stands for it in a git worktree
-    ".venv/",
-    "venv/",
-    "runs/",
-    "store/",
-    "ray_results/",
-    "plots/",
-    "bench/out/",
-    "data/",
-    "__pycache__/",
-    ".pytest_cache/",
-    ".mypy_cache/",
-    ".ruff_cache/",
-    "*.egg-info/",
-    ".gl/",
-    "*.parquet",
-    "*.pt",
-    "*.safetensors",
-    "*.ckpt",
-    ".env",
-    ".env.*",
-    ".envrc",
-    ".aws/",
-    ".netrc",
-    ".pypirc",
-    "*.pem",
-    "*.key",
-    "credentials*",
-]
+# ".git": a folder, or the file that stands for it in a git worktree
+EXCLUDES = """.git .venv/ venv/ runs/ store/ ray_results/ plots/ bench/out/ data/ __pycache__/ .pytest_cache/ .mypy_cache/
+.ruff_cache/ *.egg-info/ .gl/ *.parquet *.pt *.safetensors *.ckpt .env .env.* .envrc .aws/ .netrc .pypirc *.pem *.key
+credentials*""".split()
 
 
 def upload_excludes(config: str) -> list[str]:
@@ -106,7 +80,8 @@ def client(address: str | None):
 
     from jobs.ray_compat import RUNTIME_ENV_LOGGER
 
-    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)  # "WebSocket closed" chatter
+    for chatter in ("ray.dashboard.modules.job.sdk", "ray.dashboard.modules.dashboard_sdk"):  # "WebSocket closed",
+        logging.getLogger(chatter).setLevel(logging.WARNING)  # "Package ... already exists, skipping upload"
     logging.getLogger(RUNTIME_ENV_LOGGER).setLevel(logging.ERROR)  # per-file "ignoring upload" notes
 
     if address:  # Ray reads RAY_API_SERVER_ADDRESS / RAY_ADDRESS before its `address` argument

@@ -113,3 +113,17 @@ def test_bad_batch_entry_exits_2_and_submits_nothing(ray_cluster, store_dir, tmp
     line = one_error_line(res)
     assert "batch entry 2 (configs/mlp.yaml train.lrr=1)" in line and "train.lrr" in line, line
     assert not Path(store_dir).exists() or "jobs" not in Store(store_dir).tables()
+
+
+def test_stop_batch_stops_its_watcher_and_its_jobs(ray_cluster, store_dir, tmp_path):
+    spec = tmp_path / "batch.yaml"
+    grid = f"{{train.seed: [1, 2, 3], run.storage_path: [{tmp_path / 'runs'}]}}"
+    spec.write_text(f"smoke_test: true\ngrid:\n  configs: [configs/mlp.yaml]\n  overrides: {grid}\n")
+    res = batch_cli(ray_cluster, "batch", str(spec), "--retries", "1", "--store", str(store_dir))
+    batch_id = re.search(r"^batch (batch-[0-9a-f]{8}): 3 jobs submitted", res.stdout, re.M).group(1)
+    stop = batch_cli(ray_cluster, "stop", "--batch", batch_id)
+    assert stop.returncode == 0, stop.stdout[-2000:] + stop.stderr[-2000:]
+    lines = stop.stdout.splitlines()
+    assert lines[0] == f"job {batch_id}-watch stopped" and len(lines) == 4, stop.stdout  # the watcher first
+    jobs = Store(store_dir).df("jobs")
+    assert len(jobs) == 6 and set(jobs["status"]) <= {"submitted", "stopped", "succeeded"}  # nothing resubmitted
