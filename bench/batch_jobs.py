@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         spec, store = folder / "batch.yaml", folder / "store"
         grid = {
-            "run.storage_path": [str(folder / "runs")],
+            "run.storage_path": [f"file://{folder / 'runs'}"],  # every rehearsal node shares this disk
             "scaling.cpus_per_worker": [1],
             "train.seed": list(range(args.jobs)),
         }
