@@ -111,3 +111,22 @@ def test_batch_file_lists_entries_then_the_grid(tmp_path):
     assert entries == [("configs/mlp.yaml", [])] + [
         (c, [f"train.seed={s}", "train.lr=0.1"]) for c in ("configs/mlp.yaml", "configs/cnn.yaml") for s in (1, 2)
     ]
+
+
+def test_only_a_lost_driver_counts_as_lost_infrastructure():
+    from types import SimpleNamespace as Job
+
+    from ray.job_submission import JobErrorType
+
+    lost = [
+        Job(error_type="JOB_SUPERVISOR_ACTOR_DIED", driver_exit_code=None),  # list_jobs gives a str
+        Job(error_type=JobErrorType.JOB_SUPERVISOR_ACTOR_DIED, driver_exit_code=None),  # get_job_info an enum
+        Job(error_type="JOB_ENTRYPOINT_COMMAND_ERROR", driver_exit_code=-9),  # SIGKILL
+        Job(error_type="JOB_ENTRYPOINT_COMMAND_ERROR", driver_exit_code=137),  # SIGKILL, through `sh -c`
+    ]
+    own = [
+        Job(error_type="JOB_ENTRYPOINT_COMMAND_ERROR", driver_exit_code=1),  # an exception, NaN
+        Job(error_type="JOB_ENTRYPOINT_COMMAND_ERROR", driver_exit_code=2),  # bad input
+        Job(error_type="RUNTIME_ENV_SETUP_FAILURE", driver_exit_code=None),
+    ]
+    assert all(batch.lost_infrastructure(j) for j in lost) and not any(batch.lost_infrastructure(j) for j in own)
