@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MAX_LOCAL_NODES = 3  # worker nodes at most, all types together: a 2-core laptop holds the head plus three
 OBJECT_STORE_BYTES = 128 * 1024**2  # per node; Ray's default (30% of RAM per node) is far too much here
 STATE = "cluster.json"
-LOCAL_JOB_SLOTS = 2  # job drivers at once on the head (cluster.yaml's head has more cores for them)
+LOCAL_JOB_SLOTS = 2  # job drivers at once on the head: they share this machine's cores and memory
 LOCAL_HEAD_TYPE = "ray.head.default"  # fake_multi_node.node_provider.FAKE_HEAD_NODE_TYPE
 
 
