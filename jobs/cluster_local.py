@@ -42,6 +42,7 @@ from pathlib import Path
 
 import yaml
 
+from jobs.batch import JOB_SLOT
 from jobs.errors import ClusterError, ConfigError, cli_main
 from jobs.ports import free_port
 
@@ -49,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MAX_LOCAL_NODES = 3  # worker nodes at most, all types together: a 2-core laptop holds the head plus three
 OBJECT_STORE_BYTES = 128 * 1024**2  # per node; Ray's default (30% of RAM per node) is far too much here
 STATE = "cluster.json"
+LOCAL_JOB_SLOTS = 2  # job drivers at once on the head: they share this machine's cores and memory
 LOCAL_HEAD_TYPE = "ray.head.default"  # fake_multi_node.node_provider.FAKE_HEAD_NODE_TYPE
 
 
@@ -350,6 +352,7 @@ def head_command(folder: Path, state: dict, num_cpus: int | None) -> list[str]:
         f"--ray-client-server-port={ports['client']}",
         f"--dashboard-agent-listen-port={ports['agent']}",
         f"--temp-dir={folder / 'ray'}",
+        f"--resources={json.dumps({JOB_SLOT: LOCAL_JOB_SLOTS})}",  # drivers that may run at once (jobs/batch.py)
     ]
     if state["config"] is None:
         return cmd + ([f"--num-cpus={num_cpus}"] if num_cpus is not None else [])

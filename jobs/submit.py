@@ -1,25 +1,29 @@
-"""Submit jobs to a Ray cluster and keep their record in the store's `jobs` table.
+"""Submit jobs and batches of jobs to a Ray cluster and keep their record in the store's `jobs` table.
 
     python -m jobs.submit submit configs/mlp.yaml [--verb train|sweep|continual [--from best|RUN_ID]] [--follow] [--smoke-test] [key=value ...]
-    python -m jobs.submit status ID
+    python -m jobs.submit batch BATCH.yaml [--retries N] [--follow]      # many jobs at once (jobs/batch.py)
+    python -m jobs.submit status ID|BATCH_ID
     python -m jobs.submit logs ID [--follow]
-    python -m jobs.submit list [--workload W] [--status S]
-    python -m jobs.submit stop ID
+    python -m jobs.submit list [--workload W] [--status S] [--batch BATCH_ID]
+    python -m jobs.submit stop ID | --batch BATCH_ID
+    python -m jobs.submit render --k8s CONFIG|BATCH.yaml [--retries N] [--queue Q] [--priority P]   # a KubeRay RayJob
     (all take --address URL, default $RAY_ADDRESS or http://127.0.0.1:8265, and --format table|csv|json;
-     submit takes --store PATH_OR_S3_URI, default $PERENNIAL_STORE, the config's store.path or ./store)
+     submit and batch take --store PATH_OR_S3_URI, default $PERENNIAL_STORE, the config's store.path or ./store)
 
 A thin layer over Ray's ``JobSubmissionClient``. ``submit`` checks the config locally (bad input:
 exit 2, nothing submitted), uploads the repo as the job's working_dir (without .venv, runs/,
 store/, caches, data and credentials files), runs ``python -m jobs.<verb> --config CONFIG ...``
 with PERENNIAL_STORE / PERENNIAL_JOB_ID / PERENNIAL_GIT_SHA set, and names the submission
-``<workload>-<verb>-<8 hex>``. A cluster using token auth (``ray start --head`` does) needs
-RAY_AUTH_MODE=token here, as for Ray's own CLI.
+``<workload>-<verb>-<8 hex>``. Every driver asks Ray for a job slot (``jobs.batch.DRIVER_RESOURCES``): beyond
+the head's slots, jobs wait PENDING in Ray. A batch's jobs carry its ``batch_id``; its watcher, one more Ray job
+(``watch``), records their ends and submits a job whose driver was lost again with ``--resume``, up to --retries
+times. A cluster using token auth (``ray start --head`` does) needs RAY_AUTH_MODE=token here, as for Ray's own CLI.
 
 The `jobs` table holds two rows per submission: ``submitted`` (written by ``submit``) and a final
 one (``succeeded`` / ``failed`` / ``stopped`` with Ray's message, start and end time). Ray, not
 the entrypoint, decides the outcome, so a job that crashed before writing anything is recorded
 too: whichever command first sees the job ended (``submit --follow``, ``logs --follow``,
-``status``, ``list``, ``stop``) writes the final row, into the store the job was submitted with
+``status``, ``list``, ``stop``, a batch's watcher) writes the final row, into the store the job was submitted with
 (kept in the job's Ray metadata). It is built only from what Ray reports and written under the
 fixed name ``<submission_id>-final``, so two commands racing to write it leave one identical file. Exit codes: 0 success (with --follow: the job succeeded), 1 the job failed or
 was stopped, or no cluster at the address, 2 bad input.
@@ -34,6 +38,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 import time
@@ -42,9 +47,10 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import workloads
+from jobs import batch, k8s, preflight
 from jobs import config as config_lib
-from jobs import preflight
-from jobs.errors import ClusterError
+from jobs.batch import DRIVER_RESOURCES
+from jobs.errors import ClusterError, UserError
 from jobs.store import Store, now, print_frame, store_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,36 +60,10 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # The working_dir upload: only what a job runs (Ray caps the size; data, results and scratch dirs
 # stay here — Ray reads .gitignore but not .git/info/exclude), and never credentials files.
 UPLOAD = ("jobs", "workloads", "configs", "pyproject.toml")  # top-level entries; plus the config's own folder
-EXCLUDES = [
-    ".git",  # a folder, or the file that stands for it in a git worktree
-    ".venv/",
-    "venv/",
-    "runs/",
-    "store/",
-    "ray_results/",
-    "plots/",
-    "bench/out/",
-    "data/",
-    "__pycache__/",
-    ".pytest_cache/",
-    ".mypy_cache/",
-    ".ruff_cache/",
-    "*.egg-info/",
-    ".gl/",
-    "*.parquet",
-    "*.pt",
-    "*.safetensors",
-    "*.ckpt",
-    ".env",
-    ".env.*",
-    ".envrc",
-    ".aws/",
-    ".netrc",
-    ".pypirc",
-    "*.pem",
-    "*.key",
-    "credentials*",
-]
+# ".git": a folder, or the file that stands for it in a git worktree
+EXCLUDES = """.git .venv/ venv/ runs/ store/ ray_results/ plots/ bench/out/ data/ __pycache__/ .pytest_cache/ .mypy_cache/
+.ruff_cache/ *.egg-info/ .gl/ *.parquet *.pt *.safetensors *.ckpt .env .env.* .envrc .aws/ .netrc .pypirc *.pem *.key
+credentials*""".split()
 
 
 def upload_excludes(config: str) -> list[str]:
@@ -100,7 +80,8 @@ def client(address: str | None):
 
     from jobs.ray_compat import RUNTIME_ENV_LOGGER
 
-    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)  # "WebSocket closed" chatter
+    for chatter in ("ray.dashboard.modules.job.sdk", "ray.dashboard.modules.dashboard_sdk"):  # "WebSocket closed",
+        logging.getLogger(chatter).setLevel(logging.WARNING)  # "Package ... already exists, skipping upload"
     logging.getLogger(RUNTIME_ENV_LOGGER).setLevel(logging.ERROR)  # per-file "ignoring upload" notes
 
     if address:  # Ray reads RAY_API_SERVER_ADDRESS / RAY_ADDRESS before its `address` argument
@@ -160,6 +141,8 @@ def final_row(info) -> dict:
         "config_hash": meta.get("config_hash", ""),
         "git_sha": meta.get("git_sha", ""),
         "address": meta.get("address", ""),
+        "batch_id": meta.get("batch_id", ""),
+        "attempt": int(meta.get("attempt", 1)),
     }
 
 
@@ -286,7 +269,7 @@ def print_outcome(info) -> None:
         print("  " + info.message.strip().splitlines()[0])
 
 
-# ----------------------------------------------------------------------------- commands
+# ----------------------------------------------------------------------------- submitting
 def check_submit_args(args) -> dict[str, str]:
     """The verb, --from and --env checked before anything is submitted; returns --env as a dict."""
     if not (ROOT / "jobs" / f"{args.verb}.py").is_file():
@@ -307,22 +290,14 @@ def check_submit_args(args) -> dict[str, str]:
     return env_vars
 
 
-def job_entrypoint(args, cfg, config: str) -> str:
+def job_entrypoint(verb: str, config: str, cfg, overrides, smoke_test: bool, parent: str | None = None) -> str:
     """``python -m jobs.<verb> --config CONFIG ...``, with a local run.storage_path made absolute."""
-    overrides = list(args.overrides)
+    overrides = list(overrides)
     if "://" not in cfg.run.storage_path and not os.path.isabs(cfg.run.storage_path):
         overrides.append(f"run.storage_path={absolute(cfg.run.storage_path)}")  # not inside the job's temp copy
+    parent_args = ["--from", parent] if parent else []
     return shlex.join(
-        [
-            "python",
-            "-m",
-            f"jobs.{args.verb}",
-            "--config",
-            config,
-            *(["--from", args.parent] if args.parent else []),
-            *(["--smoke-test"] if args.smoke_test else []),
-            *overrides,
-        ]
+        ["python", "-m", f"jobs.{verb}", "--config", config, *parent_args, *["--smoke-test"] * smoke_test, *overrides]
     )
 
 
@@ -344,66 +319,169 @@ def job_env_vars(env_vars: dict, store: Store, submission_id: str, sha: str, add
     return env_vars
 
 
-def record_submitted(store: Store, entrypoint: str, metadata: dict, submission_id: str, submitted_at) -> None:
-    """The submission's first ``jobs`` row (``submitted``); its final row comes from whoever sees it end."""
+def new_job(address: str, cfg, store: Store, plan: tuple, overrides, *, verb: str = "train", **how) -> tuple:
+    """``(submission id, entrypoint, runtime_env, metadata)`` of one job, not yet submitted; ``plan`` is its
+    ``upload_plan``; ``how``: smoke_test, parent, env_vars, batch_id, retries."""
+    from jobs.train import git_sha  # here, not at the top: status, logs, list and stop need no torch or Ray Train
+
+    sid, sha = f"{cfg.workload}-{verb}-{uuid.uuid4().hex[:8]}", git_sha()
+    entrypoint = job_entrypoint(verb, plan[0], cfg, overrides, how.get("smoke_test", False), how.get("parent"))
+    metadata = {
+        "perennial": "1",
+        "workload": cfg.workload,
+        "verb": verb,
+        "config": plan[0],
+        "config_hash": config_hash(cfg),
+        "git_sha": sha,
+        "store": store.uri,
+        "address": address,
+        "batch_id": how.get("batch_id", ""),
+        "attempt": "1",
+        "first_id": sid,  # the first attempt: what a batch's watcher groups a job's attempts by
+        "retries": str(how.get("retries", 0)),
+    }
+    env_vars = job_env_vars(how.get("env_vars") or {}, store, sid, sha, address)
+    return sid, entrypoint, plan[1] | {"env_vars": env_vars}, metadata
+
+
+def launch(ray_client, store: Store, sid: str, entrypoint: str, runtime_env: dict, metadata: dict) -> None:
+    """Submit one Ray job, its driver asking for a job slot (jobs.batch.DRIVER_RESOURCES); then its `submitted` row."""
+    metadata = metadata | {"submitted_at": now().isoformat()}
+    try:
+        ray_client.submit_job(
+            entrypoint=entrypoint, submission_id=sid, runtime_env=runtime_env, metadata=metadata, **DRIVER_RESOURCES
+        )
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ClusterError(f"submission refused by {ray_client.get_address()}: {first}") from None
+    row = {k: metadata[k] for k in ("workload", "verb", "config_hash", "git_sha", "address", "batch_id")}
+    submitted_at = dt.datetime.fromisoformat(metadata["submitted_at"])
     store.append(
         "jobs",
         [
-            {
-                "submission_id": submission_id,
-                "workload": metadata["workload"],
-                "entrypoint": entrypoint,
-                "verb": metadata["verb"],
-                "status": "submitted",
-                "message": "",
-                "submitted_at": submitted_at,
-                "config_hash": metadata["config_hash"],
-                "git_sha": metadata["git_sha"],
-                "address": metadata["address"],
-            }
+            row
+            | {"submission_id": sid, "entrypoint": entrypoint, "status": "submitted", "message": ""}
+            | {"submitted_at": submitted_at, "attempt": int(metadata["attempt"])}
         ],
     )
 
 
 def cmd_submit(args, cfg, store: Store) -> int:
-    config, upload = upload_plan(args.config, cfg)
+    plan = upload_plan(args.config, cfg)
     env_vars = check_submit_args(args)
-    entrypoint = job_entrypoint(args, cfg, config)
-    submission_id = f"{cfg.workload}-{args.verb}-{uuid.uuid4().hex[:8]}"
-    from jobs.train import git_sha  # here, not at the top: status, logs, list and stop need no torch or Ray Train
-
-    sha = git_sha()
     ray_client = client(args.address)
-    submitted_at = now()
-    metadata = {
-        "perennial": "1",
-        "workload": cfg.workload,
-        "verb": args.verb,
-        "config": config,
-        "config_hash": config_hash(cfg),
-        "git_sha": sha,
-        "store": store.uri,
-        "submitted_at": submitted_at.isoformat(),
-        "address": ray_client.get_address(),
-    }
-    runtime_env = upload | {"env_vars": job_env_vars(env_vars, store, submission_id, sha, metadata["address"])}
-    try:
-        ray_client.submit_job(
-            entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env, metadata=metadata
-        )
-    except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ClusterError(f"submission refused by {ray_client.get_address()}: {first}") from None
-    record_submitted(store, entrypoint, metadata, submission_id, submitted_at)
-    print(f"submitted {submission_id}: {entrypoint}")
+    how = {"smoke_test": args.smoke_test, "parent": args.parent, "env_vars": env_vars}
+    job = new_job(ray_client.get_address(), cfg, store, plan, args.overrides, verb=args.verb, **how)
+    launch(ray_client, store, *job)
+    print(f"submitted {job[0]}: {job[1]}")
     if not args.follow:
-        print(f"  follow: python -m jobs.submit logs {submission_id} --follow")
-        print(f"  status: python -m jobs.submit status {submission_id}")
+        print(f"  follow: python -m jobs.submit logs {job[0]} --follow")
+        print(f"  status: python -m jobs.submit status {job[0]}")
         return 0
-    return follow(ray_client, submission_id)
+    return follow(ray_client, job[0])
 
 
+# ----------------------------------------------------------------------------- batches
+def cmd_batch(args) -> int:
+    """Check every entry (one bad entry: one line naming it, exit 2, nothing submitted), submit them all, then the
+    batch's watcher (or, with --follow, watch here)."""
+    verb, smoke_test, entries = batch.read(args.file)
+    checked = []
+    for i, (config, overrides) in enumerate(entries, 1):
+        try:
+            cfg = preflight.load(config, overrides, smoke_test)
+            checked.append((cfg, upload_plan(config, cfg), overrides))
+        except UserError as e:
+            raise config_lib.ConfigError(f"batch entry {i} ({shlex.join([config, *overrides])}): {e}") from None
+    if not checked:
+        raise config_lib.ConfigError(f"batch file '{args.file}' names no job — add entries under jobs: or grid:")
+    store = preflight.open_store(absolute(store_path(args.store, checked[0][0])), checked[0][0])
+    ray_client = client(args.address)
+    address, batch_id = ray_client.get_address(), f"batch-{uuid.uuid4().hex[:8]}"
+    how = {"smoke_test": smoke_test, "batch_id": batch_id, "retries": args.retries}
+    jobs = [new_job(address, cfg, store, plan, overrides, verb=verb, **how) for cfg, plan, overrides in checked]
+    for job in jobs:
+        launch(ray_client, store, *job)
+    print(f"batch {batch_id}: {len(jobs)} jobs submitted (drivers beyond the head's {batch.JOB_SLOT} wait PENDING)")
+    if args.follow:
+        return watch_batch(ray_client, batch_id)
+    # the watcher, a Ray job of its own (no slot): it outlives this command; its state is Ray's job table + the store
+    watcher = shlex.join(["python", "-m", "jobs.submit", "watch", batch_id, "--address", address])
+    env_vars = {k: v for k, v in jobs[0][2]["env_vars"].items() if k != "PERENNIAL_JOB_ID"}
+    ray_client.submit_job(
+        entrypoint=watcher,
+        submission_id=f"{batch_id}-watch",
+        runtime_env=jobs[0][2] | {"env_vars": env_vars},
+        metadata={"perennial": "watcher", "batch_id": batch_id},
+    )
+    print(f"  status: python -m jobs.submit status {batch_id}\n  stop:   python -m jobs.submit stop --batch {batch_id}")
+    return 0
+
+
+def batch_jobs(ray_client, batch_id: str) -> list:
+    return [i for i in ray_client.list_jobs() if _ours(i) and i.metadata.get("batch_id") == batch_id]
+
+
+def latest_attempts(infos: list) -> list:
+    """The newest attempt of each job of a batch."""
+    latest = {}
+    for info in sorted(infos, key=lambda i: int(i.metadata.get("attempt", 1))):
+        latest[info.metadata.get("first_id", info.submission_id)] = info
+    return list(latest.values())
+
+
+def watch_batch(ray_client, batch_id: str, poll_s: float = 2.0) -> int:
+    """Until every job of the batch has ended: record each end, and submit a job whose driver was lost again, up
+    to its ``retries``. Stateless between polls, so a restarted watcher carries on."""
+    while True:
+        infos = batch_jobs(ray_client, batch_id)
+        observe(infos)
+        latest, waiting = latest_attempts(infos), 0
+        for info in latest:
+            meta = info.metadata
+            if info.status.value not in TERMINAL:
+                waiting += 1
+            elif info.status.value == "FAILED" and batch.lost_infrastructure(info):
+                if int(meta["attempt"]) <= int(meta.get("retries", 0)):
+                    waiting += resubmit(ray_client, info)
+        if not waiting:
+            print(f"batch {batch_id} ended: {batch.counts([i.status.value.lower() for i in latest])}", flush=True)
+            return 0  # the watcher's own outcome; a failed job is the batch's (status): no RayJob backoff reruns all
+        time.sleep(poll_s)
+
+
+RESUME = re.compile(r"python -m jobs\.(?:train|sweep) --resume \S+(?: run\.storage_path=\S+)?")
+
+
+def resubmit(ray_client, info) -> int:
+    """Submit a job whose driver was lost again: ``--resume`` the run (or sweep) its log names, else from the start."""
+    meta, attempt = info.metadata, int(info.metadata["attempt"]) + 1
+    named = RESUME.findall(ray_client.get_job_logs(info.submission_id))
+    entrypoint, sid = named[-1] if named else info.entrypoint, f"{meta['first_id']}-r{attempt}"
+    env = info.runtime_env or {}
+    print(f"{info.submission_id}: driver lost ({(info.message or '').strip()[:200]}); attempt {attempt}: {sid}")
+    try:
+        launch(
+            ray_client,
+            Store(meta["store"]),
+            sid,
+            entrypoint,
+            env | {"env_vars": env.get("env_vars", {}) | {"PERENNIAL_JOB_ID": sid}},
+            meta | {"attempt": str(attempt)},
+        )
+    except ClusterError as e:  # submitted by another watcher already, or the cluster is busy: the next poll sees
+        print(f"warning: {e}", file=sys.stderr)
+    return 1
+
+
+def cmd_watch(args) -> int:
+    return watch_batch(client(args.address), args.batch)
+
+
+# ----------------------------------------------------------------------------- status, logs, list, stop
 def cmd_status(args) -> int:
+    if args.id.startswith("batch-"):
+        return cmd_list(argparse.Namespace(**vars(args) | {"batch": args.id, "workload": None, "status": None}))
     ray_client = client(args.address)
     info = job_info(ray_client, args.id)
     observe([info])
@@ -411,14 +489,11 @@ def cmd_status(args) -> int:
     rows = {
         "submission_id": info.submission_id,
         "status": info.status.value.lower(),
-        "workload": meta.get("workload", ""),
-        "verb": meta.get("verb", ""),
+        **{k: meta.get(k, "") for k in ("workload", "verb", "batch_id", "attempt")},
         "entrypoint": info.entrypoint,
         "started_at": _ms(info.start_time),
         "finished_at": _ms(info.end_time),
-        "config_hash": meta.get("config_hash", ""),
-        "git_sha": meta.get("git_sha", ""),
-        "store": meta.get("store", ""),
+        **{k: meta.get(k, "") for k in ("config_hash", "git_sha", "store")},
         "message": (info.message or "").strip(),
     }
     if args.format == "table":
@@ -441,50 +516,79 @@ def cmd_logs(args) -> int:
     return 0
 
 
+LIST_COLUMNS = ["submission_id", "workload", "verb", "status", "attempt", "submitted_at", "duration_s", "message"]
+
+
 def cmd_list(args) -> int:
+    """Jobs, newest first; a batch's (--batch, or ``status BATCH_ID``): its counts by state first."""
     import pandas as pd
 
     ray_client = client(args.address)
-    infos = [i for i in ray_client.list_jobs() if _ours(i)]
+    infos = batch_jobs(ray_client, args.batch) if args.batch else [i for i in ray_client.list_jobs() if _ours(i)]
+    if args.batch and not infos:
+        raise config_lib.ConfigError(
+            f"no batch '{args.batch}' on this cluster — list jobs with: python -m jobs.submit list"
+        )
     observe(infos)
     rows = []
     for info in infos:
         meta = info.metadata or {}
         took = (info.end_time - info.start_time) / 1000 if info.start_time and info.end_time else None
+        message = (info.message or "").strip().splitlines()[0][:80] if (info.message or "").strip() else ""
         rows.append(
-            {
-                "submission_id": info.submission_id,
-                "workload": meta.get("workload", ""),
-                "verb": meta.get("verb", ""),
-                "status": info.status.value.lower(),
-                "submitted_at": meta.get("submitted_at", "")[:19],
-                "duration_s": took,
-                "message": (info.message or "").strip().splitlines()[0][:80] if info.message else "",
-            }
+            {k: meta.get(k, "") for k in ("workload", "verb")}
+            | {"submission_id": info.submission_id, "status": info.status.value.lower()}
+            | {"attempt": int(meta.get("attempt", 1)), "submitted_at": meta.get("submitted_at", "")[:19]}
+            | {"duration_s": took, "message": message}
         )
-    df = pd.DataFrame(
-        rows, columns=["submission_id", "workload", "verb", "status", "submitted_at", "duration_s", "message"]
-    )
+    df = pd.DataFrame(rows, columns=LIST_COLUMNS)
     if args.workload:
         df = df[df["workload"] == args.workload]
     if args.status:
         df = df[df["status"] == args.status.lower()]
+    if args.batch and args.format == "table":
+        watcher = next((i for i in ray_client.list_jobs() if i.submission_id == f"{args.batch}-watch"), None)
+        state = f"; its watcher {watcher.status.value.lower()}" if watcher else ""
+        jobs = [i.status.value.lower() for i in latest_attempts(infos)]
+        print(f"batch {args.batch}: {batch.counts(jobs)} ({len(infos)} attempts){state}")
     print_frame(df.sort_values("submitted_at", ascending=False), args.format, empty="(no jobs)")
     return 0
 
 
 def cmd_stop(args) -> int:
+    if bool(args.id) == bool(args.batch):
+        raise config_lib.ConfigError("give a job ID or --batch BATCH_ID")
     ray_client = client(args.address)
-    info = job_info(ray_client, args.id)
-    if info.status.value not in TERMINAL:
-        ray_client.stop_job(args.id)
-        deadline = time.time() + 60
-        while info.status.value not in TERMINAL and time.time() < deadline:
-            time.sleep(0.5)
-            info = job_info(ray_client, args.id)
-    observe([info])
-    print(f"job {args.id} {info.status.value.lower()}")
-    return 0 if info.status.value in TERMINAL else 1
+    if args.batch:  # the watcher first, so that it submits nothing more
+        infos = [i for i in ray_client.list_jobs() if (i.metadata or {}).get("batch_id") == args.batch]
+        if not infos:
+            raise config_lib.ConfigError(
+                f"no batch '{args.batch}' on this cluster — list jobs with: python -m jobs.submit list"
+            )
+        infos.sort(key=_ours)
+    else:
+        infos = [job_info(ray_client, args.id)]
+    for info in infos:
+        if info.status.value not in TERMINAL:
+            ray_client.stop_job(info.submission_id)
+    deadline = time.time() + 60
+    while any(i.status.value not in TERMINAL for i in infos) and time.time() < deadline:
+        time.sleep(0.5)
+        infos = [job_info(ray_client, i.submission_id) for i in infos]
+    observe(infos)
+    for info in infos:
+        print(f"job {info.submission_id} {info.status.value.lower()}")
+    return 0 if all(i.status.value in TERMINAL for i in infos) else 1
+
+
+def cmd_render(args) -> int:
+    manifest = k8s.render(args)
+    if args.out:
+        Path(args.out).write_text(manifest)
+        print(f"wrote {args.out}: kubectl apply -f {args.out}")
+    else:
+        print(manifest, end="")
+    return 0
 
 
 def add_shared(p: argparse.ArgumentParser, default) -> None:
@@ -520,20 +624,30 @@ def main(argv: list[str]) -> int:
         help="also set this variable in the job (e.g. AWS_ENDPOINT_URL); NAME alone copies it from here",
     )
     sm.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.01")
-    st = sub.add_parser("status", help="a job's status and Ray's message")
-    st.add_argument("id")
+    bt = sub.add_parser("batch", help="submit every job of a batch file (docs/jobs.md)")
+    bt.add_argument("file", help="a batch file: entries (config + overrides) and/or a grid")
+    bt.add_argument("--retries", type=int, default=0, help="submit a job whose driver was lost again, up to N times")
+    bt.add_argument("--follow", action="store_true", help="watch the batch here until it ends (no watcher job)")
+    wt = sub.add_parser("watch", help="a batch's watcher (batch runs it as a Ray job)")
+    wt.add_argument("batch")
+    rd = sub.add_parser("render", help="a KubeRay RayJob manifest for a job or a batch (docs/kubernetes.md)")
+    k8s.add_arguments(rd)
+    st = sub.add_parser("status", help="a job's status and Ray's message, or a batch's jobs")
+    st.add_argument("id", help="a submission id, or a batch id (batch-...)")
     lg = sub.add_parser("logs", help="a job's logs")
     lg.add_argument("id")
     lg.add_argument("--follow", action="store_true", help="stream until the job ends; exit with its outcome")
     ls = sub.add_parser("list", help="jobs submitted through this tool, newest first")
     ls.add_argument("--workload")
     ls.add_argument("--status", help="pending | running | succeeded | failed | stopped")
-    sp = sub.add_parser("stop", help="stop a job and wait until it has ended")
-    sp.add_argument("id")
-    for verb in (sm, st, lg, ls, sp):  # --address, --format and --store also after the verb
+    ls.add_argument("--batch", help="only this batch's jobs, after their counts by state")
+    sp = sub.add_parser("stop", help="stop a job (or a batch) and wait until it has ended")
+    sp.add_argument("id", nargs="?")
+    sp.add_argument("--batch", help="every job of this batch, and its watcher")
+    for verb in (sm, bt, wt, rd, st, lg, ls, sp):  # --address, --format and --store also after the verb
         add_shared(verb, argparse.SUPPRESS)
     args, extra = p.parse_known_args(argv)  # argparse leaves key=value after an option unparsed
-    if args.cmd == "submit" and not any(e.startswith("-") for e in extra):
+    if args.cmd in ("submit", "render") and not any(e.startswith("-") for e in extra):
         args.overrides += extra
     elif extra:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -541,7 +655,8 @@ def main(argv: list[str]) -> int:
         if args.cmd == "submit":  # bad input: exit 2 here, before any cluster work
             cfg = preflight.load(args.config, args.overrides, args.smoke_test)
             return cmd_submit(args, cfg, preflight.open_store(absolute(store_path(args.store, cfg)), cfg))
-        return {"status": cmd_status, "logs": cmd_logs, "list": cmd_list, "stop": cmd_stop}[args.cmd](args)
+        commands = {"batch": cmd_batch, "watch": cmd_watch, "render": cmd_render, "status": cmd_status}
+        return (commands | {"logs": cmd_logs, "list": cmd_list, "stop": cmd_stop})[args.cmd](args)
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ set -u
 PY=$1
 shift
 TIMING_BOUND=(
+  tests/integration/test_batch.py
   tests/integration/test_cluster_local.py
   tests/integration/test_driver_loss.py
   tests/integration/test_elastic.py

@@ -72,6 +72,8 @@ CORE: dict[str, dict[str, pa.DataType]] = {
         "config_hash": pa.string(),
         "git_sha": pa.string(),
         "address": pa.string(),
+        "batch_id": pa.string(),
+        "attempt": pa.int64(),
     },
     "sweeps": {
         "sweep_id": pa.string(),

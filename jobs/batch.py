@@ -1,0 +1,80 @@
+"""A batch of jobs: its file, what each job's driver asks Ray for, and which failures are retried (docs/jobs.md).
+
+    python -m jobs.submit batch configs/batch_smoke.yaml [--retries N]
+
+A batch file holds entries, a grid, or both; each job is one ``python -m jobs.<verb> --config CONFIG ...``:
+
+    verb: train                      # train (default) or sweep, for every job
+    smoke_test: true                 # the workloads' tiny mode, for every job
+    jobs:                            # one job per entry
+      - {config: configs/mlp.yaml, overrides: [train.lr=0.01]}
+    grid:                            # one job per config and combination of values
+      configs: [configs/mlp.yaml, configs/cnn.yaml]
+      overrides: {train.seed: [1, 2, 3]}
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import yaml
+
+from jobs.errors import ConfigError
+
+JOB_SLOT = "perennial_job_slot"  # the head advertises N of it: at most N drivers run at once, the rest wait PENDING
+# What every job's driver asks Ray for. No CPU: the head, where the slots are, has none to give (its cores are for
+# Ray's own processes). The memory is the driver's and its Train controller's, which Ray 2.60 pins to the driver's node.
+DRIVER_RESOURCES = {"entrypoint_num_cpus": 0, "entrypoint_memory": 1 << 30, "entrypoint_resources": {JOB_SLOT: 1}}
+# Ray's words for a driver lost with its node or supervisor; a driver killed by a signal (preemption, the OOM killer)
+# is lost too. Any other failure (exit 1 or 2: an exception, NaN, bad input) is the job's own and never retried.
+LOST = {"JOB_SUPERVISOR_ACTOR_DIED", "JOB_SUPERVISOR_ACTOR_UNKNOWN_FAILURE"}
+BATCH_KEYS = {"verb", "smoke_test", "jobs", "grid"}
+
+
+def lost_infrastructure(info) -> bool:
+    """Whether a failed Ray job ended because its driver was lost, not by its own failure."""
+    code, kind = info.driver_exit_code, getattr(info.error_type, "value", info.error_type)  # list_jobs: a str
+    return kind in LOST or (
+        code is not None and (code < 0 or code >= 128)  # -9 from Popen, 137 from a shell: killed by a signal
+    )
+
+
+def read(path: str) -> tuple[str, bool, list[tuple[str, list[str]]]]:
+    """``(verb, smoke_test, [(config, overrides), ...])`` of a batch file; ConfigError naming what is wrong."""
+    try:
+        spec = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"batch file '{path}': {str(e).splitlines()[0]} — give a YAML file (docs/jobs.md)") from None
+    if not isinstance(spec, dict) or not spec.keys() & {"jobs", "grid"} or spec.keys() - BATCH_KEYS:
+        raise ConfigError(f"batch file '{path}': give a mapping of {sorted(BATCH_KEYS)} with jobs, grid or both")
+    if spec.get("verb", "train") not in ("train", "sweep"):
+        raise ConfigError(f"batch file '{path}': verb {spec['verb']!r} — use train or sweep")
+    entries = []
+    for i, job in enumerate(spec.get("jobs") or [], 1):
+        if not isinstance(job, dict) or "config" not in job or job.keys() - {"config", "overrides"}:
+            raise ConfigError(f"batch entry jobs[{i}]: give {{config: PATH, overrides: [key=value, ...]}}, not {job!r}")
+        entries.append((str(job["config"]), [str(o) for o in job.get("overrides") or []]))
+    grid = spec.get("grid") or {}
+    if grid and (not isinstance(grid, dict) or "configs" not in grid or grid.keys() - {"configs", "overrides"}):
+        raise ConfigError("batch grid: give {configs: [PATH, ...], overrides: {key: [value, ...]}}")
+    axes = {k: v if isinstance(v, list) else [v] for k, v in (grid.get("overrides") or {}).items()}
+    for config in grid.get("configs") or []:
+        for values in itertools.product(*axes.values()):
+            entries.append((str(config), [f"{k}={_text(v)}" for k, v in zip(axes, values, strict=True)]))
+    return spec.get("verb", "train"), bool(spec.get("smoke_test", False)), entries
+
+
+def _text(value) -> str:
+    """A grid value as an override's right-hand side (lists and mappings as YAML flow, as on a command line)."""
+    return (
+        value
+        if isinstance(value, str)
+        else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    )
+
+
+def counts(statuses: list[str]) -> str:
+    """``3 succeeded, 1 running``: a batch's jobs by state, the commonest first."""
+    by = {s: statuses.count(s) for s in sorted(set(statuses))}
+    return ", ".join(f"{n} {s}" for s, n in sorted(by.items(), key=lambda kv: -kv[1])) or "no jobs"
