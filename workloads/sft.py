@@ -89,12 +89,13 @@ def addition_rows(n: int, max_operand: int, seed: int) -> list[dict]:
 @functools.cache
 def tiny_tokenizer():
     """A character tokenizer (printable ASCII, the chat roles, pad/eos), built here: nothing is downloaded."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
     specials = ["<pad>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
     vocab = {t: i for i, t in enumerate(specials + [chr(c) for c in range(32, 127)])}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()  # characters join without spaces
     tok.add_special_tokens(specials)
     fast = common.transformers().PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
