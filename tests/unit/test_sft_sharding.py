@@ -51,3 +51,10 @@ def test_fsdp_step_matches_the_plain_model_and_its_checkpoint_loads_back(one_ran
     assert len(fresh_optimizer.state) == len(optimizer.state) > 0
     gathered = sharding.gather(sharded, lambda: sft.build_model(cfg, splits), rank=0)
     assert sft.train_step(gathered, batch).item() == pytest.approx(trained, abs=1e-5)
+
+
+def test_the_gpu_benchmark_runs_its_plumbing_on_the_cpu(capsys):
+    from bench import gpu_sft
+
+    assert gpu_sft.main(["--tiny"]) == 0
+    assert "samples/s" in capsys.readouterr().out and not dist.is_initialized()
