@@ -58,7 +58,6 @@ class Train(common.Train):
     epochs: int = 2
     batch_size: int = 8
     lr: float = 2e-5
-    weight_decay: float = 0.0
     max_grad_norm: float = 1.0
 
 
