@@ -630,13 +630,16 @@ class Loop:
         build_scheduler = workloads.hook(wl, "build_scheduler")
         self.scheduler = build_scheduler(self.step_cfg, self.optimizer, len(self.loader)) if build_scheduler else None
         self.scaler = grad_scaler(cfg.train.precision, self.device)
-        if state is not None and "optimizer" not in state:  # a sharded checkpoint, of any worker count
-            with self.checkpoint.as_directory() as d:
-                best = sharding.load(d, self.model, self.optimizer)
-            if self.meta["best_epoch"]:
-                self.best_state = best or {k: v.detach().clone() for k, v in unwrap(self.model).state_dict().items()}
-        elif state is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+        if state is not None:
+            if "optimizer" in state:
+                self.optimizer.load_state_dict(state["optimizer"])
+            else:  # sharded (jobs/sharding.py), by any worker count: the model, optimizer and best weights
+                with self.checkpoint.as_directory() as d:
+                    best = sharding.load(d, self.model, self.optimizer)
+                if self.meta["best_epoch"]:
+                    self.best_state = best or {
+                        k: v.detach().clone() for k, v in unwrap(self.model).state_dict().items()
+                    }
             if self.scheduler is not None and state.get("scheduler"):
                 self.scheduler.load_state_dict(state["scheduler"])
             if self.scaler is not None and state.get("scaler"):
