@@ -56,3 +56,13 @@ def test_the_tiny_model_learns_addition():
             optimizer.zero_grad()
     # random init: about ln(107) = 4.7 per token; knowing only that answers are digits + EOS: ln(11) = 2.4
     assert random_loss > 4.0 and sft.evaluate(model, val, splits)["loss"] < 2.0
+
+
+def test_a_causal_lm_folder_trains_and_its_export_loads_back(tmp_path):
+    cfg = cfg_of("data.num_examples=50")
+    splits = sft.build_data(cfg)
+    sft.export(sft.build_model(cfg, splits), cfg, splits, tmp_path)  # any save_pretrained folder with a tokenizer
+    folder = cfg_of("data.num_examples=50", f"model.name_or_path={tmp_path}", "model.lora.enabled=true")
+    model = sft.build_model(folder, sft.build_data(folder))
+    assert sft.tokenizer(folder).chat_template and any("lora_A" in n for n, _ in model.named_parameters())
+    assert type(sft.load_export(cfg, splits, tmp_path)).__name__ == "LlamaForCausalLM"
