@@ -60,6 +60,7 @@ class Scaling(Section):
     node_type: str = ""  # a cluster.yaml worker type (gpu_4x): every worker asks for that type's own resource
     elastic_resize_interval_s: float = Field(60.0, ge=0)  # elastic runs: how often a running worker group may grow
     local_mode: Literal["auto", "always", "never"] = "auto"  # auto: 1 worker, no cluster -> Train local mode
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # ddp: a full replica per worker; fsdp: FSDP2 shards (jobs/sharding.py)
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 where the device runs it natively (jobs.loop)

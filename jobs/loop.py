@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 import workloads
 from jobs import config as config_lib
 from jobs import hooks as hooks_lib
+from jobs import sharding
 from jobs.hooks import PREEMPTION_WATCHER, log, preemption_watch  # noqa: F401 — the loop's API (bench, tests)
 from jobs.ray_compat import train_report_loggers
 from workloads.data import add_replay
@@ -566,9 +567,9 @@ class Loop:
                 if not self.meta.get("finished"):
                     self.state = load_state(d)
         state, meta = self.state, self.meta
-        if state is not None:
+        if state is not None and "model" in state:  # else sharded: loaded once sharded (_setup_optimizer)
             self.model.load_state_dict(state["model"])
-        self.best_state = (state.get("best_model") or state["model"]) if state and meta["best_epoch"] else None
+        self.best_state = (state.get("best_model") or state.get("model")) if state and meta["best_epoch"] else None
         self.history, self.best_metric, self.best_epoch = meta["history"], meta["best_metric"], meta["best_epoch"]
         self.cpu_prior = meta.get("cpu_s", 0.0)  # CPU-seconds (all ranks) of earlier attempts of this run
         self.run_t0 = time.perf_counter() - (self.history[-1]["elapsed_s"] if self.history else 0.0)
@@ -597,10 +598,14 @@ class Loop:
 
     def _setup_device(self) -> None:
         cfg = self.cfg
-        self.model = self.session.prepare_model(self.model)
         self.device = self.session.device
         cfg.train.precision = resolve_precision(cfg.train.precision, self.device)  # auto -> bf16 or fp32 here
         check_precision(cfg.train.precision, self.device)
+        self.sharded = sharding.active(cfg)
+        if self.sharded:
+            self.model = sharding.shard(self.model, cfg.train.precision, self.device)
+        else:
+            self.model = self.session.prepare_model(self.model)
         self.step_cfg, elastic_note = elastic_batch_policy(cfg, self.world)  # the config the optimizer steps follow
         if self.rank == 0:  # Ray picks the backend: nccl when workers hold GPUs, gloo on CPUs
             backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
@@ -626,7 +631,15 @@ class Loop:
         self.scheduler = build_scheduler(self.step_cfg, self.optimizer, len(self.loader)) if build_scheduler else None
         self.scaler = grad_scaler(cfg.train.precision, self.device)
         if state is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
+            if "optimizer" in state:
+                self.optimizer.load_state_dict(state["optimizer"])
+            else:  # sharded (jobs/sharding.py), by any worker count: the model, optimizer and best weights
+                with self.checkpoint.as_directory() as d:
+                    best = sharding.load(d, self.model, self.optimizer)
+                if self.meta["best_epoch"]:
+                    self.best_state = best or {
+                        k: v.detach().clone() for k, v in unwrap(self.model).state_dict().items()
+                    }
             if self.scheduler is not None and state.get("scheduler"):
                 self.scheduler.load_state_dict(state["scheduler"])
             if self.scaler is not None and state.get("scaler"):
@@ -688,7 +701,7 @@ class Loop:
         """The epoch's row of the history: train stats summed or averaged over the ranks, val metrics of rank 0."""
         device, dist, world = self.device, self.dist, self.world
         val = {}
-        if self.rank == 0:  # full val set on rank 0: exact metrics, no sampler padding
+        if self.rank == 0 or self.sharded:  # full val set on rank 0 (every rank under FSDP: its forward is collective)
             with autocast(self.cfg.train.precision, device):
                 metrics = self.wl.evaluate(unwrap(self.model), _on(self.val_loader, device), self.splits)
             val = {f"val_{k}": v for k, v in metrics.items()}
@@ -766,6 +779,9 @@ class Loop:
 
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
+            if self.sharded:  # every rank writes its shard and reports its folder; Train merges them
+                state = sharding.save(tmp, self.model, self.optimizer, state)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
             if self.rank == 0:
                 torch.save(state, Path(tmp, STATE))
                 Path(tmp, META).write_text(json.dumps(meta, default=float))
@@ -784,6 +800,8 @@ class Loop:
             )
         if self.best_state:
             unwrap(self.model).load_state_dict(self.best_state)
+        if self.sharded:  # the test score and the export need the whole model: gathered once, on rank 0
+            self.model = sharding.gather(self.model, lambda: self.wl.build_model(self.cfg, self.splits), self.rank)
         final = {"epoch": self.meta["epoch"], "best_metric": self.best_metric, "best_epoch": self.best_epoch}
         best_row = next(
             (h for h in self.history if h["epoch"] == self.best_epoch), self.history[-1] if self.history else {}

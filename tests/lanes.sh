@@ -13,6 +13,7 @@ TIMING_BOUND=(
   tests/integration/test_driver_loss.py
   tests/integration/test_elastic.py
   tests/integration/test_faults.py
+  tests/integration/test_fsdp.py
   tests/integration/test_local_cluster.py
   tests/integration/test_mid_epoch_checkpoints.py
   tests/integration/test_preemption.py

@@ -65,7 +65,7 @@ class _Shipped(typing.Mapping[str, ModuleType]):
         return name in self._names
 
 
-WORKLOADS = _Shipped("mlp", "cnn", "ner", "rnn", "sentiment")
+WORKLOADS = _Shipped("mlp", "cnn", "ner", "rnn", "sentiment", "sft")
 CONTRACT_DOC = "docs/workloads.md"
 
 

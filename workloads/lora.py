@@ -30,7 +30,7 @@ class Lora(Section):
     target_modules: list[str] = Field(["query", "value"], min_length=1)  # BERT attention projections (LoRA paper)
 
 
-TASK_TYPES = {"token": "TOKEN_CLS", "sequence": "SEQ_CLS"}  # peft task types; each keeps its head trainable
+TASK_TYPES = {"token": "TOKEN_CLS", "sequence": "SEQ_CLS", "causal": "CAUSAL_LM"}  # peft task types
 
 
 def wrap(model: torch.nn.Module, lora: Lora, task: str) -> torch.nn.Module:

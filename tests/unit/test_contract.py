@@ -87,10 +87,10 @@ def test_every_shipped_workload_meets_the_contract(name):
     assert set(workloads.REQUIRED) <= hooks
 
 
-def test_only_ner_clips_gradients_and_only_cnn_stops_early():
+def test_only_ner_and_sft_clip_gradients_and_only_cnn_stops_early():
     clip = {n for n, wl in workloads.WORKLOADS.items() if wl.Config().train.max_grad_norm > 0}
     stop = {n for n, wl in workloads.WORKLOADS.items() if wl.Config().train.patience > 0}
-    assert clip == {"ner"} and stop == {"cnn"}
+    assert clip == {"ner", "sft"} and stop == {"cnn"}
 
 
 def test_a_misspelt_optional_hook_is_an_error_not_ignored(tmp_path):
