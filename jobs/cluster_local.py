@@ -122,11 +122,11 @@ def read_cluster_yaml(path: str | os.PathLike) -> dict:
 
 # ----------------------------------------------------------------------------- the running cluster
 class PortTaken(ClusterError):
-    """Another process bound one of the head's ports between ``free_port()`` and the head binding it."""
+    """Another process bound one of the head's ports before the head did."""
 
 
 class HeadExited(ClusterError):
-    """The head exited while it started: Ray gives its raylet a fixed 30 s to register, which a busy machine misses."""
+    """The head exited while it started (its raylet has a fixed 30 s to register, which a busy machine misses)."""
 
 
 CLIENT_KEYS = (

@@ -569,20 +569,9 @@ def _row_params(row: dict) -> dict:
 
 
 def _info(row: dict) -> RunInfo:
-    def text(key: str) -> str:
-        value = row.get(key)
-        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
-
-    return RunInfo(
-        run_id=row["run_id"],
-        workload=text("workload"),
-        sweep_id=text("sweep_id"),
-        trial_id=text("trial_id"),
-        git_sha=text("git_sha"),
-        data_fingerprint=text("data_fingerprint"),
-        metric=text("metric"),
-        mode=text("mode"),
-    )
+    keys = ("workload", "sweep_id", "trial_id", "git_sha", "data_fingerprint", "metric", "mode")
+    text = {k: "" if row.get(k) is None or row[k] != row[k] else str(row[k]) for k in keys}  # NaN != NaN
+    return RunInfo(run_id=row["run_id"], **text)
 
 
 def _replay(store, workload: str | None, sink_for: Callable[[RunInfo], Any]) -> dict[str, int]:

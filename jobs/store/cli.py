@@ -198,7 +198,9 @@ def add_maintenance(verb) -> None:
         help=f"keep the files of every version younger than this (default {RETENTION_HOURS}: 7 days of time travel)",
     )
     v.add_argument("--dry-run", action="store_true", help="list how many files would go, delete nothing")
-    v = verb("export", "push stored runs to MLflow (--mlflow URI) and/or TensorBoard event files (--tensorboard DIR)", export)
+    v = verb(
+        "export", "push stored runs to MLflow (--mlflow URI) and/or TensorBoard event files (--tensorboard DIR)", export
+    )
     v.add_argument("--mlflow", metavar="URI", help="an MLflow tracking URI, e.g. sqlite:///mlflow.db")
     v.add_argument("--tensorboard", metavar="DIR", help="a folder for TensorBoard event files")
     v.add_argument("--experiment", default="", help="MLflow experiment (default: perennial-<workload>)")

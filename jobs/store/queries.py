@@ -65,20 +65,8 @@ class Store(Engine):
             numeric = sorted(n for n in names if pa.types.is_floating(d.schema.field(n).type))
             raise StoreError(f"no column '{metric}' in runs — rank by one of: {', '.join(numeric)}")
         test_cols = [c for c in names if c.startswith("test_") and not c.endswith("_loss")][:2]
-        cols = [
-            "workload",
-            "rank",
-            "run_id",
-            "metric",
-            col,
-            *test_cols,
-            "best_epoch",
-            "epochs",
-            "status",
-            "sweep_id",
-            "wall_s",
-            "finished_at",
-        ]
+        cols = ["workload", "rank", "run_id", "metric", col, *test_cols, "best_epoch", "epochs", "status"]
+        cols += ["sweep_id", "wall_s", "finished_at"]
         wanted = list(dict.fromkeys([c for c in cols if c != "rank"] + ["mode"]))
         df = self.df("runs", workload, ds.field("status").isin(list(FINISHED)) if "status" in names else None, wanted)
         if col not in df:
@@ -246,19 +234,9 @@ def missing(v) -> bool:
 
 
 def _flat_json(text) -> dict:
-    if not isinstance(text, str) or not text:
-        return {}
-    out = {}
+    import pandas as pd
 
-    def walk(prefix, obj):
-        if isinstance(obj, dict) and obj:
-            for k, v in obj.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        else:
-            out[prefix] = obj
-
-    walk("", json.loads(text))
-    return out
+    return pd.json_normalize(json.loads(text)).iloc[0].to_dict() if isinstance(text, str) and text else {}
 
 
 def _text(v) -> str:
@@ -277,16 +255,4 @@ def print_frame(df, fmt: str = "table", empty: str = "(no rows)") -> None:
     elif not len(df):
         print(empty)
     else:
-        import pandas as pd
-
-        with pd.option_context(
-            "display.max_columns",
-            None,
-            "display.width",
-            200,
-            "display.max_colwidth",
-            80,
-            "display.float_format",
-            "{:.4f}".format,
-        ):
-            print(df.to_string(index=False))
+        print(df.to_string(index=False, max_colwidth=80, float_format="{:.4f}".format))
