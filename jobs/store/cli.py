@@ -145,7 +145,7 @@ def parser() -> argparse.ArgumentParser:
         v = sub.add_parser(name, help=help_text, parents=[shared(name not in WRITERS)])
         for arg in positional:
             v.add_argument(arg)
-        v.set_defaults(run=run)
+        v.set_defaults(command=run)
         return v
 
     v = verb("leaderboard", "best runs per workload", leaderboard)
@@ -215,7 +215,7 @@ def main(argv: list[str]) -> int:
     if args.as_of is not None and args.cmd in WRITERS:
         raise StoreError(f"--as-of reads an old version; `{args.cmd}` changes the store — drop --as-of")
     warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
-    return args.run(args) or 0
+    return args.command(args) or 0
 
 
 if __name__ == "__main__":
