@@ -78,7 +78,8 @@ def checkpoint(name_or_path: str, key: str = "model.name_or_path") -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_tokenizer(path: str, key: str, words: bool):
+def load_tokenizer(path: str, key: str = "model.name_or_path", words: bool = False):
+    """The fast tokenizer in checkpoint folder ``path`` (see :func:`checkpoint`); ``words``: input comes pre-split."""
     try:
         tok = transformers().AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
@@ -91,11 +92,6 @@ def _load_tokenizer(path: str, key: str, words: bool):
         # byte-level BPE (RoBERTa, GPT-2) marks a word start by a leading space: pre-split words need it
         tok = transformers().AutoTokenizer.from_pretrained(path, add_prefix_space=True)
     return tok
-
-
-def load_tokenizer(path: str, key: str = "model.name_or_path", words: bool = False):
-    """The fast tokenizer in checkpoint folder ``path`` (see :func:`checkpoint`); ``words``: input comes pre-split."""
-    return _load_tokenizer(path, key, words)
 
 
 # ----------------------------------------------------------------------------- text datasets and batches

@@ -15,23 +15,19 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from jobs.errors import StoreError
-from jobs.store import maintenance
+from jobs.store import maintenance, plots
 from jobs.store.engine import CORE, FINISHED, PARTITION, RETENTION_HOURS, Engine, first_line, number, parse_since
 
 
 class Store(Engine):
     """A store at a local directory or ``s3://bucket/prefix``: Delta tables plus the queries over them."""
 
-    # ------------------------------------------------------------------ maintenance (jobs/store/maintenance.py)
-    def compact(self, tables: list[str] | None = None, workload: str | None = None) -> list[dict]:
-        """Merge each partition's files, one compaction per table at a time (under its lease)."""
-        return maintenance.compact(self, tables, workload)
+    compact = maintenance.compact  # merge each partition's files, one compaction per table at a time
+    check = maintenance.check
+    plot = plots.plot  # PNG learning curves and a sweep's metric against each hyperparameter
 
     def vacuum(self, retention_hours: int = RETENTION_HOURS, dry_run: bool = False) -> list[dict]:
         return maintenance.vacuum(self, retention_hours, dry_run)
-
-    def check(self, fix: bool = False, older_than_s: float = 3600.0) -> list[dict]:
-        return maintenance.check(self, fix, older_than_s)
 
     def runs(
         self,
@@ -144,21 +140,6 @@ class Store(Engine):
             raise StoreError(f"sql: {first_line(e)} — tables: {', '.join(names)}") from None
         finally:
             con.close()
-
-    # ------------------------------------------------------------------ plots (matplotlib: imported on use)
-    def plot(
-        self,
-        run_ids: list[str] = (),
-        sweep_id: str | None = None,
-        workload: str | None = None,
-        metric: str | None = None,
-        out: str = "plots",
-        top: int = 5,
-    ) -> list[str]:
-        """PNG learning curves and, for a sweep, its metric against each hyperparameter (see ``plots.plot``)."""
-        from jobs.store import plots
-
-        return plots.plot(self, list(run_ids), sweep_id, workload, metric, out, top)
 
 
 # ----------------------------------------------------------------------------- lineage of continual rounds
