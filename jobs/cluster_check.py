@@ -1,24 +1,11 @@
-"""Check a Ray cluster-launcher YAML offline: Ray's own validator, then this project's rules.
+"""Check a Ray cluster-launcher YAML offline: Ray's own validator, then this project's rules (``_check_rules``).
 
     python -m jobs.cluster_check cluster.yaml [cluster-gcp.yaml ...]
     python -m jobs.cluster_check --write-constraints     # regenerate constraints.txt from this venv
-    make cluster-check
 
-Ray's ``prepare_config`` + ``validate_config`` (no cloud access, < 1 s) reject unknown keys, a
-head type missing from ``available_node_types``, bad types. On top, the project's rules:
-a head node type, at least two GPU worker types (``resources: {GPU: n}``), ``min_workers: 0``
-everywhere (an idle cluster costs only the head), an idle timeout, and no public port but SSH
-(no security-group rule beyond port 22; the dashboard bound to loopback, reached by SSH tunnel);
-every worker type carries its own custom resource ``{<type name>: 1}`` (``scaling.node_type`` asks for
-it); one pinned image (no ``resolve:ssm:`` / image family: nodes booted later would differ); on AWS,
-workers get their own instance profile by ``Arn`` (never the head's); every pip install in
-setup_commands reads constraints.txt. Placeholders still to fill in (YOUR-ACCOUNT-ID, ...) are listed,
-not refused: the file is checked before the account exists.
-Exit codes: 0 valid, 2 invalid (one line naming the problem).
-
-``--write-constraints`` pins every package of the running (tested) venv to its exact version in
-constraints.txt, which ``make setup`` and every cluster node's setup_commands install with: Ray refuses a
-worker whose Ray or Python patch version differs from the head's, so no node may float to a newer release.
+Placeholders still to fill in (YOUR-ACCOUNT-ID, ...) are listed, not refused. Exit codes: 0 valid, 2 invalid.
+``--write-constraints`` pins every package of the tested venv in constraints.txt, which every node installs
+with: Ray refuses a worker whose Ray or Python version differs from the head's.
 """
 
 from __future__ import annotations
@@ -30,6 +17,8 @@ from pathlib import Path
 
 import yaml
 
+from jobs.errors import UserError, cli_main
+
 SSH_PORT = 22
 CONSTRAINTS = "constraints.txt"  # at the repository root; read by the Makefile and cluster*.yaml setup_commands
 RAY_VERSION = "2.60.0"  # the release every node runs; constraints are only written from a venv that has it
@@ -39,7 +28,7 @@ FLOATING_IMAGES = ("resolve:ssm:", "/images/family/")  # resolved at each launch
 PUBLIC_HOSTS = ("0.0.0.0", "::", "[::]")  # a dashboard bound here is reachable by anyone the firewall lets in
 
 
-class ClusterConfigError(ValueError):
+class ClusterConfigError(UserError):
     """The cluster YAML is invalid or breaks a project rule (exit code 2)."""
 
 
@@ -172,10 +161,8 @@ def _check_rules(raw: dict, config: dict, name: str) -> None:
 
 
 def constraint_lines() -> list[str]:
-    """``name==version`` for every distribution in this venv but the project itself and pip, sorted.
-
-    Local version labels are dropped (``torch==2.13.0``, not ``2.13.0+cpu``) so a GPU node's CUDA build of
-    the same release satisfies the same file."""
+    """``name==version`` for every distribution in this venv but the project and pip; local labels (``+cpu``)
+    dropped, so a GPU node's CUDA build of the same release fits."""
     from importlib import metadata
 
     pins = {}
@@ -210,20 +197,12 @@ def write_constraints(path: str | Path = CONSTRAINTS) -> list[str]:
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--write-constraints"]:
         target = argv[1] if len(argv) > 1 else CONSTRAINTS
-        try:
-            lines = write_constraints(target)
-        except ClusterConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        lines = write_constraints(target)
         print(f"{target}: {len(lines)} exact pins (ray=={RAY_VERSION})")
         return 0
     paths = argv or ["cluster.yaml"]
     for path in paths:
-        try:
-            config = check_file(path)
-        except ClusterConfigError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        config = check_file(path)
         gpus = gpu_worker_types(config)
         print(
             f"{path}: valid ({config['provider']['type']}, head '{config['head_node_type']}', "
@@ -236,4 +215,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    cli_main(main)

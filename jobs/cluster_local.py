@@ -7,21 +7,12 @@
     python -m jobs.cluster_local down [--rehearsal]       # make cluster-down / make cluster-local-down
     python -m jobs.cluster_local config                   # the rehearsal's generated autoscaler config, printed
 
-Each cluster lives in a folder of its own (``--dir``; default ``$PERENNIAL_CLUSTER_DIR``, else
-``/tmp/perennial-ray-UID`` or ``/tmp/perennial-rehearsal-UID``): its token (``auth_token``, mode 0600,
-never ``~/.ray``), Ray's temp dir and ``cluster.json``, which ``env`` and ``down`` read. Tests and benches
-start their clusters with ``LocalCluster.start`` too.
-
-The rehearsal's node types are *generated from* cluster.yaml's ``available_node_types``
-(``local_config``): the same names, min/max workers and idle timeout, a head with ``CPU: 0``; every
-worker node shrinks to 1 CPU, a GPU type becomes a CPU node, and each worker type carries a custom
-resource named after it (``{"gpu_1x": 1}``) so that placement by node type is still exercised. Ray's
-``fake_multinode`` autoscaler launches and removes real raylets on this machine as jobs ask for them.
-
-A small supervisor process owns each cluster: it is the child subreaper of every Ray process the
-cluster starts (head, autoscaler, the nodes it adds, their agents), so ``down`` ends exactly those
-processes, orphans included, by the supervisor's PID — never with ``ray stop``, which would end every
-Ray cluster of the user.
+Each cluster lives in its own folder (``--dir``, ``$PERENNIAL_CLUSTER_DIR``, else one in /tmp per kind and
+user): its token (mode 0600), Ray's temp dir and ``cluster.json``, which ``env`` and ``down`` read.
+The rehearsal's node types come from cluster.yaml (``local_config``), each worker shrunk to 1 CPU with a custom
+resource named after its type; Ray's ``fake_multinode`` autoscaler starts real raylets here.
+A supervisor process, child subreaper of every Ray process of its cluster, is what ``down`` ends: never
+``ray stop``, which would end every Ray cluster of the user.
 """
 
 from __future__ import annotations
@@ -66,11 +57,8 @@ def default_dir(rehearsal: bool) -> Path:
 def local_config(
     cluster: dict, *, gcs_address: str, idle_timeout_minutes: float | None = None, max_nodes: int = MAX_LOCAL_NODES
 ) -> dict:
-    """The fake-multinode autoscaler config for a cloud cluster config (a parsed cluster.yaml).
-
-    Keeps each worker type's name and min/max workers (capped at ``max_nodes``) and the idle timeout
-    (``idle_timeout_minutes`` overrides it: tests shorten it); every worker node gets 1 CPU and a
-    custom resource named after its type; GPUs are dropped (none here); the head gets ``CPU: 0``."""
+    """The fake-multinode autoscaler config for a parsed cluster.yaml: its worker types (min/max capped at
+    ``max_nodes``) with 1 CPU and a custom resource named after the type each, no GPUs, a 0-CPU head."""
     types = cluster.get("available_node_types") or {}
     head = cluster.get("head_node_type")
     if head not in types:
@@ -136,11 +124,11 @@ def read_cluster_yaml(path: str | os.PathLike) -> dict:
 
 # ----------------------------------------------------------------------------- the running cluster
 class PortTaken(ClusterError):
-    """Another process bound one of the head's ports between ``free_port()`` and the head binding it."""
+    """Another process bound one of the head's ports before the head did."""
 
 
 class HeadExited(ClusterError):
-    """The head exited while it started: Ray gives its raylet a fixed 30 s to register, which a busy machine misses."""
+    """The head exited while it started (its raylet has a fixed 30 s to register, which a busy machine misses)."""
 
 
 CLIENT_KEYS = (
@@ -153,11 +141,8 @@ CLIENT_KEYS = (
 
 
 class LocalCluster:
-    """A local cluster, described by ``<dir>/cluster.json`` while it runs.
-
-    ``LocalCluster.start(dir)`` starts one node, ``LocalCluster.start(dir, cluster_yaml_dict)`` the rehearsal;
-    ``LocalCluster.attach(dir)`` finds a running one; ``env()`` is what a client needs (addresses, token);
-    ``stop()`` ends every process it started."""
+    """A local cluster, described by ``<dir>/cluster.json`` while it runs: ``start`` (one node, or the rehearsal
+    with a cluster.yaml dict), ``attach`` a running one, ``env()`` for a client, ``stop()``."""
 
     def __init__(self, folder: Path, state: dict):
         self.dir, self.state = Path(folder), state
@@ -218,11 +203,8 @@ class LocalCluster:
         env: dict[str, str] | None = None,
         timeout_s: float = 180.0,
     ) -> LocalCluster:
-        """Start a cluster in ``folder`` and wait until it takes jobs.
-
-        Without ``cluster_cfg``: one node with ``num_cpus`` CPUs (default: the machine's). With a parsed
-        cluster.yaml: the rehearsal, a 0-CPU head whose autoscaler adds that config's node types.
-        ``env`` is the environment the cluster's processes start from (default this process's)."""
+        """Start a cluster in ``folder`` and wait until it takes jobs: one node, or with a parsed cluster.yaml the
+        rehearsal; ``env``: what its processes start from (default this process's)."""
         folder = Path(folder)
         if (running := cls.attach(folder)) is not None:
             raise ClusterError(
@@ -278,8 +260,7 @@ class LocalCluster:
         return cluster
 
     def _wait_ready(self, supervisor: subprocess.Popen, timeout_s: float) -> None:
-        """Until the head is up and both its dashboard and its job agent answer: a job submitted before the
-        agent is up is refused ("No available agent")."""
+        """Until the head, its dashboard and its job agent answer (a job sent before the agent is refused)."""
         log = self.dir / "head.log"
         agent = f"http://127.0.0.1:{self.state['ports']['agent']}/"
         deadline = time.monotonic() + timeout_s
@@ -309,8 +290,8 @@ class LocalCluster:
 
     # --- views of a running rehearsal, for tests and the bench
     def nodes(self, alive: bool = True) -> list[dict]:
-        """Nodes as ``{"node_id", "node_type", "state", "resources"}``, from the dashboard's state API
-        (no ray.init here: the caller may hold another Ray session). The head has the head's type."""
+        """Nodes as ``{"node_id", "node_type", "state", "resources"}``, from the dashboard's state API (the caller
+        may hold another Ray session)."""
         import urllib.request
 
         req = urllib.request.Request(
@@ -336,8 +317,7 @@ class LocalCluster:
 
 
 def head_command(folder: Path, state: dict, num_cpus: int | None) -> list[str]:
-    """``ray start --head --block`` with every listener on 127.0.0.1 and the ports in ``state``; Ray's temp dir in
-    the cluster's folder. The rehearsal's head has 0 CPUs and runs the autoscaler."""
+    """``ray start --head --block``, every listener on 127.0.0.1, Ray's temp dir in the cluster's folder."""
     ports, ray_bin = state["ports"], Path(sys.executable).parent / "ray"
     cmd = [
         str(ray_bin if ray_bin.exists() else "ray"),
@@ -414,11 +394,8 @@ def node_type_of(resources: dict, config: dict) -> str:
 
 # ----------------------------------------------------------------------------- the supervisor
 def supervise(cmd: list[str]) -> int:
-    """Run ``cmd`` (``ray start --head --block ...``) as child subreaper; on SIGTERM end every descendant.
-
-    The autoscaler starts nodes from its own process with ``shutdown_at_exit=False``, and a node's
-    agents outlive their raylet (parent 1) when it dies: as subreaper, this process inherits all such
-    orphans, so its descendants are always exactly the cluster's processes."""
+    """Run ``cmd`` (``ray start --head --block ...``) as child subreaper, so the nodes and agents Ray orphans stay
+    its descendants; on SIGTERM end every descendant."""
     import psutil
 
     PR_SET_CHILD_SUBREAPER = 36

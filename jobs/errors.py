@@ -1,13 +1,5 @@
-"""The project's error classes and the one place that turns them into exit codes.
-
-Every ``python -m jobs.<verb>`` runs its ``main(argv)`` through :func:`cli_main`:
-
-- :class:`UserError` (bad input: a config key, a value, a data file, a store path) -> one line
-  ``error: <problem> — <fix>`` on stderr and exit code 2, before anything is written;
-- :class:`ClusterError` (no Ray cluster where one was asked for) -> one line and exit code 1.
-
-This module is the lowest layer (docs/architecture.md): it imports nothing of the project, so the
-store, the workloads and the verbs can all raise and catch the same classes.
+"""The project's error classes, and :func:`cli_main`, which every verb runs through: a :class:`UserError` is one
+line and exit 2, a :class:`ClusterError` one line and exit 1. The lowest layer: it imports nothing of the project.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""Local paths and URIs (``s3://``, ``gs://``) as one pyarrow filesystem, with one-line errors.
-
-Every module that opens a store, a data file or a checkpoint by URI goes through :func:`filesystem`,
-so an S3 problem reads the same wherever it is met: no credentials, no server at the endpoint, no bucket.
-"""
+"""Local paths and URIs (``s3://``, ``gs://``) as one pyarrow filesystem, with the same one-line errors wherever
+a store, data file or checkpoint is opened."""
 
 from __future__ import annotations
 
@@ -17,8 +14,7 @@ def is_remote(path: str | os.PathLike) -> bool:
 
 
 def aws_credentials_missing() -> bool:
-    """True when no AWS credential source can exist for this process. Instance and container roles count as a
-    source unless the metadata service is switched off (AWS_EC2_METADATA_DISABLED=true), as tests and CI do."""
+    """True when no AWS credential source can exist here (an instance role counts unless AWS_EC2_METADATA_DISABLED)."""
     env = os.environ
     if env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_PROFILE") or env.get("AWS_WEB_IDENTITY_TOKEN_FILE"):
         return False

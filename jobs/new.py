@@ -2,13 +2,8 @@
 
     python -m jobs.new NAME [--from mlp|cnn|ner|sentiment|rnn] [--dir DIR] [--force]
 
-Writes ``DIR/NAME.py`` (a copy of ``workloads/<from>.py``) and ``DIR/configs/NAME.yaml`` (a copy of
-``configs/<from>.yaml`` whose ``workload:`` names the new file). The copy runs as it is:
-
-    python -m jobs.train --config DIR/configs/NAME.yaml --smoke-test
-
-then change its hooks; docs/workloads.md lists them. Runs are stored under the workload name NAME.
-Exit codes: 0 written, 2 bad input (a bad name, a file already there without --force; nothing written).
+Writes ``DIR/NAME.py`` and ``DIR/configs/NAME.yaml`` (whose ``workload:`` names the new file), which run as they
+are (``python -m jobs.train --config DIR/configs/NAME.yaml --smoke-test``); then change the hooks (docs/workloads.md).
 """
 
 from __future__ import annotations

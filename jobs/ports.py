@@ -1,12 +1,7 @@
-"""A free TCP port on 127.0.0.1 for a server that this project starts on a port it names (a Ray head, its dashboard).
+"""A free TCP port on 127.0.0.1 for a server this project starts on a port it names (a Ray head, its dashboard).
 
-Not ``bind(("127.0.0.1", 0))``: the kernel hands that port out of its ephemeral range, the same range it hands every
-other process that binds port 0 (each Ray cluster's own gRPC servers) and every outgoing connection. Between the
-moment a port is chosen and the moment Ray binds it (seconds, while ``ray start`` comes up), another process on the
-machine can take it. That happened in CI: two Ray clusters started side by side, and the dashboard port one of them
-had been given answered with a gRPC server's HTTP/2 bytes. So the port is drawn at random from the range below the
-ephemeral one and above Ray's worker ports (``--min-worker-port`` 10002 to ``--max-worker-port`` 19999 by default),
-which only a process that names its port uses, and it is checked free by binding it.
+Drawn at random below the kernel's ephemeral range (which every port-0 bind and outgoing connection shares, so
+another process could take the port before Ray binds it) and above Ray's worker ports (10002-19999).
 """
 
 from __future__ import annotations

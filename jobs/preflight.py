@@ -1,10 +1,5 @@
-"""The one pre-flight every verb runs before Ray starts: config values, the workload's own data checks and a
-usable store. Whatever it rejects is bad input: one line, exit 2, and nothing written anywhere.
-
-    cfg, store = preflight.prepare("configs/mlp.yaml", ["train.lr=0.01"], smoke_test=False, store_arg=None)
-
-jobs.train, jobs.sweep, jobs.continual and jobs.submit call :func:`prepare`; jobs.evaluate (no config of its
-own) and jobs.sweep --resume call :func:`open_store`.
+"""The one pre-flight every verb runs before Ray starts: config values, the workload's data checks, a usable
+store. Whatever it rejects is one line, exit 2, and nothing written.
 """
 
 from __future__ import annotations
@@ -32,8 +27,8 @@ def load(config: str | None, overrides: list[str] = (), smoke_test: bool = False
 
 
 def open_store(store_arg: str | None, cfg=None, write: bool = True) -> Store:
-    """The store named by ``--store`` / $PERENNIAL_STORE / the config, checked usable before any work:
-    an object store must answer and hold the bucket; a local one must be creatable and writable."""
+    """The store named by ``--store`` / $PERENNIAL_STORE / the config: its bucket answers, or its folder is
+    writable."""
     uri = store_path(store_arg, cfg)
     fs, root = filesystem(uri, StoreError, "store")
     check_bucket(fs, root, uri, StoreError, "store")

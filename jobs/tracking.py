@@ -1,17 +1,8 @@
 """Watch a run while it runs: progress lines, TensorBoard, MLflow and Weights & Biases (docs/tracking.md).
 
-Rank 0 of jobs/loop.py drives one :class:`Tracker`; nothing here runs on other ranks:
-
-    tracker = Tracker(cfg, info, log=print)
-    tracker.start(info, config_lib.flatten(cfg), resumed_from_epoch=meta["epoch"])
-    tracker.on_step(epoch, step, total, loss, samples, lr)   # every batch (cheap; throttled inside)
-    tracker.on_epoch(row)                                    # the loop's epoch row (epoch, train_loss, val_*, ...)
-    tracker.on_test(final)                                   # test_* and best metric, once
-    tracker.finish("completed", export_dir)
-
-A restarted worker group continues the same tracker runs: the MLflow run is found again by its
-``run_id`` tag, the W&B run id is the run id, and only epochs after the resumed checkpoint are logged.
-:func:`export_to_mlflow` and :func:`export_to_tensorboard` push rows already in the store.
+Rank 0 of jobs/loop.py drives one :class:`Tracker` (start, on_step, on_epoch, on_test, finish). A restarted
+worker group continues the same tracker runs; :func:`export_to_mlflow` and :func:`export_to_tensorboard`
+replay runs already in the store through the same trackers.
 """
 
 from __future__ import annotations
@@ -61,11 +52,11 @@ class RunInfo:
 
 def _numeric(row: dict) -> dict[str, float]:
     """The row's finite numbers (bools and strings dropped): what a metric can hold."""
-    out = {}
-    for key, value in row.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-            out[key] = float(value)
-    return out
+    return {
+        k: float(v)
+        for k, v in row.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 def _hparams(config: dict[str, Any]) -> dict[str, Any]:
@@ -85,9 +76,7 @@ def _clock(seconds: float) -> str:
 
 # ----------------------------------------------------------------------------- progress
 class Progress:
-    """Within an epoch: a line every ``every_s`` seconds (logs), or a tqdm bar on a TTY.
-
-    The line: step/total, samples/s (all ranks), the epoch's running train loss, lr, ETA of the epoch and run."""
+    """Within an epoch: a line every ``every_s`` seconds (samples/s, loss, lr, ETA), or a tqdm bar on a TTY."""
 
     def __init__(self, every_s: float, log: Callable[[str], None], tty: bool | None = None):
         self.every_s, self.log = every_s, log
@@ -151,20 +140,18 @@ def tensorboard_dir(storage_path: str, run_id: str) -> str:
 
 
 class TensorBoard:
-    """Event files: train loss and lr every ``every_steps`` steps, each epoch's metrics, test metrics, hparams.
+    """Event files: step loss and lr, each epoch's metrics, test metrics, hparams. A remote (s3://) folder is
+    staged locally and copied up after each epoch and at the end."""
 
-    A remote storage path (s3://) gets a local staging folder, copied there after each epoch and at the end, and
-    removed once the last copy is up."""
-
-    def __init__(self, every_steps: int):
-        self.every_steps = every_steps
+    def __init__(self, every_steps: int, log_dir: str | None = None):
+        self.every_steps, self.log_dir = every_steps, log_dir
         self.writer = None
 
     def start(self, info: RunInfo, config: dict, resumed_from_epoch: int, history: list[dict] = ()) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.info, self.config, self.resumed_from = info, config, resumed_from_epoch
-        self.target = tensorboard_dir(info.storage_path, info.run_id)
+        self.target = self.log_dir or tensorboard_dir(info.storage_path, info.run_id)
         self.remote = "://" in self.target
         local = tempfile.mkdtemp(prefix="perennial-tb-") if self.remote else self.target
         # a restarted attempt writes a new event file beside the old ones; TensorBoard merges them by step
@@ -203,9 +190,10 @@ class TensorBoard:
         if final is not None:  # the HParams tab: this run's config against its final metrics
             from torch.utils.tensorboard.summary import hparams
 
-            metrics = {f"hparams/{k}": v for k, v in _numeric(final).items() if k.startswith(("test_", "val_"))}
-            if final.get("best_metric") is not None and self.info.metric:
-                metrics[f"hparams/best_{self.info.metric}"] = float(final["best_metric"])
+            numbers = _numeric(final)
+            metrics = {f"hparams/{k}": v for k, v in numbers.items() if k.startswith(("test_", "val_"))}
+            if "best_metric" in numbers and self.info.metric:
+                metrics[f"hparams/best_{self.info.metric}"] = numbers["best_metric"]
             exp, ssi, sei = hparams(_hparams(self.config), metrics)
             for summary in (exp, ssi, sei):
                 self.writer.file_writer.add_summary(summary)
@@ -234,8 +222,8 @@ def mlflow_client(uri: str):
 
 
 def mlflow_experiment(client, name: str, uri: str) -> str:
-    """The experiment's id, created if new. A SQLite store keeps artifacts beside its file (``mlartifacts/``),
-    not in the process's working dir, which inside a Ray worker is a temporary session folder."""
+    """The experiment's id, created if new; a SQLite store keeps artifacts beside its file, not in a Ray worker's
+    temporary working dir."""
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
@@ -277,9 +265,8 @@ def mlflow_params(client, run_id: str, params: dict[str, Any]) -> None:
 
 
 class MLflow:
-    """One MLflow run per perennial run, tagged with its run_id; metrics at step = epoch (per-step ones at the
-    global step). ``ray.air.integrations.mlflow.setup_mlflow`` is not used: it always creates a new run (so a
-    restarted worker group would open a second one), cannot attach a parent run, and logs params one call each."""
+    """One MLflow run per perennial run, tagged with its run_id, metrics at step = epoch. Not Ray's
+    ``setup_mlflow``: it opens a new run on each restart and cannot attach a parent run."""
 
     def __init__(self, uri: str, experiment: str, every_steps: int, log_model: bool):
         self.uri, self.experiment, self.every_steps, self.log_model = uri, experiment, every_steps, log_model
@@ -362,8 +349,7 @@ WANDB_HEADER, WANDB_BLOCK = 7, 32768  # ":W&B" + 2-byte magic + version; then Le
 
 
 def wandb_records(path: str | os.PathLike):
-    """The protobuf ``Record``s of one ``run-<id>.wandb`` file (LevelDB log format: 7-byte record headers;
-    FULL=1, FIRST=2, MIDDLE=3, LAST=4). wandb 0.31 ships no Python reader for its own files."""
+    """The protobuf ``Record``s of one ``run-<id>.wandb`` file (LevelDB log format); wandb ships no reader."""
     from wandb.proto import wandb_internal_pb2 as pb
 
     data = Path(path).read_bytes()
@@ -402,10 +388,8 @@ def wandb_offline_history(files: list[Path]) -> list[dict]:
 
 
 class Wandb:
-    """One W&B run per perennial run, id = run id, group = sweep id; epoch metrics against ``epoch``,
-    per-step ones against ``global_step``. ``ray.air.integrations.wandb.setup_wandb`` is not used: it
-    refuses to start without an API key even in offline mode, its rank-0 check reads the Train V1
-    session (None under V2), and it sets WANDB_START_METHOD for the whole process."""
+    """One W&B run per perennial run, id = run id, group = sweep id. Not Ray's ``setup_wandb``: it wants an API
+    key even offline, and its rank-0 check reads the Train V1 session (None under V2)."""
 
     def __init__(self, project: str, mode: str, every_steps: int):
         self.project, self.mode, self.every_steps = project, mode, every_steps
@@ -436,9 +420,7 @@ class Wandb:
         self.defined: set[str] = set()
         self.resumed_from = resumed_from_epoch
         self.window: list[float] = []
-        # A killed process loses what wandb-core had not yet flushed to its file (up to 15 s), so a restart
-        # logs the checkpoint's epochs that W&B lacks: online, the resumed summary knows the last epoch;
-        # offline, the earlier attempts' files do.
+        # a killed process loses what wandb-core had not flushed: a restart logs the checkpoint's epochs W&B lacks
         if resumed_from_epoch:
             done = self.run.summary.get("epoch") or 0
             done = max([done] + [r["epoch"] for r in wandb_offline_history(earlier) if "epoch" in r])
@@ -477,8 +459,7 @@ class Wandb:
 
 # ----------------------------------------------------------------------------- the tracker rank 0 drives
 class Tracker:
-    """Every tracker the config turns on, behind one interface. A tracker that fails (a server down, a
-    full disk) is reported once and turned off: a run is never lost for its monitoring."""
+    """Every tracker the config turns on; one that fails is reported once and turned off, the run goes on."""
 
     def __init__(self, cfg, log: Callable[[str], None] = print):
         self.log = log
@@ -501,12 +482,10 @@ class Tracker:
                 self.log(f"warning: {type(sink).__name__} tracking turned off after {method}: {type(e).__name__}: {e}")
 
     def start(self, info: RunInfo, config: dict, resumed_from_epoch: int = 0, history: list[dict] = ()) -> None:
-        """``config``: the flattened config (params); ``resumed_from_epoch``: the checkpoint's epoch (0 = fresh);
-        ``history``: the checkpoint's epoch rows, for trackers that lack some of them (nothing is logged twice)."""
+        """``config``: flattened; ``history``: the checkpoint's epoch rows, for trackers that lack some."""
         self._each("start", info, config, resumed_from_epoch, list(history))
 
     def on_step(self, epoch: int, step: int, total: int, loss: float, samples: int, lr: float) -> None:
-        """After each batch: 0-based ``epoch``, 1-based ``step`` of ``total``, the batch's loss and size."""
         self._each("on_step", epoch, step, total, loss, samples, lr)
 
     def on_epoch(self, row: dict) -> None:
@@ -516,33 +495,38 @@ class Tracker:
         self._each("on_test", final)
 
     def finish(self, status: str, export_dir: str | os.PathLike | None = None) -> None:
-        """``status``: completed | stopped_early | failed; ``export_dir``: the final export (MLflow artifact)."""
         if not self.finished:
             self.finished = True
             self._each("finish", status, export_dir)
 
 
 # ----------------------------------------------------------------------------- sweeps: a parent run, a group
+def sweep_run(client, experiment_id: str, sweep_id: str, workload: str) -> tuple[str, bool]:
+    """The MLflow parent run of a sweep, found by its tag or created: ``(run id, created)``."""
+    run = mlflow_find_run(client, experiment_id, SWEEP_TAG, sweep_id)
+    if run is not None:
+        return run.info.run_id, False
+    tags = {SWEEP_TAG: sweep_id, "sweep_id": sweep_id, "workload": workload}
+    return client.create_run(experiment_id, run_name=sweep_id, tags=tags).info.run_id, True
+
+
 def start_sweep(cfg, sweep_id: str, search_space: dict) -> dict:
-    """On the sweep driver, before trials start: the MLflow parent run (found again on --resume). Returns what
-    trials need (``mlflow_parent_run_id``); W&B groups trials by ``group=sweep_id`` with no parent run."""
+    """On the sweep driver: the MLflow parent run (found again on --resume), whose id trials need; W&B groups
+    trials by ``group=sweep_id`` instead."""
     if not cfg.tracking.mlflow_uri:
         return {}
     client = mlflow_client(cfg.tracking.mlflow_uri)  # also creates a new SQLite store once, not in each trial
     experiment_id = mlflow_experiment(client, cfg.tracking.experiment or cfg.workload, cfg.tracking.mlflow_uri)
-    run = mlflow_find_run(client, experiment_id, SWEEP_TAG, sweep_id)
-    if run is None:
-        run = client.create_run(
-            experiment_id, run_name=sweep_id, tags={SWEEP_TAG: sweep_id, "sweep_id": sweep_id, "workload": cfg.workload}
-        )
+    parent, created = sweep_run(client, experiment_id, sweep_id, cfg.workload)
+    if created:
         params = {f"sweep.{k}": v for k, v in cfg.sweep.model_dump().items() if k != "search_space"}
-        mlflow_params(client, run.info.run_id, _hparams(params | {"sweep.search_space": json.dumps(search_space)}))
-    return {"mlflow_parent_run_id": run.info.run_id}
+        mlflow_params(client, parent, _hparams(params | {"sweep.search_space": json.dumps(search_space)}))
+    return {"mlflow_parent_run_id": parent}
 
 
 def finish_sweep(cfg, sweep_id: str, extras: dict, runs) -> None:
-    """On the sweep driver at the end: each trial's MLflow run gets its store status (a trial the scheduler
-    stopped, or whose worker was killed, could not close its own run right); the parent gets the best metric."""
+    """On the sweep driver at the end: each trial's MLflow run gets its store status (a stopped or killed trial
+    could not close its own), the parent the best metric."""
     parent = extras.get("mlflow_parent_run_id")
     if not parent or not len(runs):
         return
@@ -585,102 +569,57 @@ def _row_params(row: dict) -> dict:
 
 
 def _info(row: dict) -> RunInfo:
-    def text(key: str) -> str:
-        value = row.get(key)
-        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value)
+    keys = ("workload", "sweep_id", "trial_id", "git_sha", "data_fingerprint", "metric", "mode")
+    text = {k: "" if row.get(k) is None or row[k] != row[k] else str(row[k]) for k in keys}  # NaN != NaN
+    return RunInfo(run_id=row["run_id"], **text)
 
-    return RunInfo(
-        run_id=row["run_id"],
-        workload=text("workload"),
-        sweep_id=text("sweep_id"),
-        trial_id=text("trial_id"),
-        git_sha=text("git_sha"),
-        data_fingerprint=text("data_fingerprint"),
-        metric=text("metric"),
-        mode=text("mode"),
-    )
+
+def _replay(store, workload: str | None, sink_for: Callable[[RunInfo], Any]) -> dict[str, int]:
+    """Push runs already in ``store`` through a tracker, as a live run would have; ``sink_for(info)`` returns the
+    tracker for one run, or None for a run that tracker already has. Returns ``{"runs": n, "epochs": n}``."""
+    runs = _store_runs(store, workload)
+    done = {"runs": 0, "epochs": 0}
+    epochs = store.df("epochs") if len(runs) else None
+    for row in runs.to_dict("records") if len(runs) else []:
+        info = _info(row)
+        sink = sink_for(info)
+        if sink is None:
+            continue
+        sink.start(info, _row_params(row), 0)
+        history = epochs[epochs["run_id"] == info.run_id].drop_duplicates("epoch").sort_values("epoch")
+        for epoch_row in history.to_dict("records"):
+            sink.on_epoch({k: v for k, v in epoch_row.items() if k != "round"})
+        final = {k: v for k, v in row.items() if k.startswith(("test_", "val_")) or k == "best_metric"}
+        sink.on_test(final | {"epoch": int(row.get("epochs") or 0)})
+        sink.finish(row.get("status") or "completed", None)
+        done["runs"], done["epochs"] = done["runs"] + 1, done["epochs"] + len(history)
+    return done
 
 
 def export_to_mlflow(store, uri: str, experiment: str = "", workload: str | None = None) -> dict[str, int]:
-    """Push runs already in ``store`` (``Store(uri)``) to MLflow: one MLflow run per stored run (found again by
-    its ``run_id`` tag, so a second export adds nothing), its params, one entry per epoch, final metrics and
-    status; a sweep's trials under a parent run. Returns ``{"runs": created, "epochs": logged}``."""
-    runs = _store_runs(store, workload)
-    if not len(runs):
-        return {"runs": 0, "epochs": 0}
-    epochs = store.df("epochs")
+    """Stored runs to MLflow, each found again by its ``run_id`` tag (a second export adds nothing); a sweep's
+    trials under its parent run."""
     client = mlflow_client(uri)
-    created = logged = 0
-    parents: dict[tuple[str, str], str] = {}
-    for row in runs.to_dict("records"):
-        info = _info(row)
+
+    def sink_for(info: RunInfo):
         experiment_id = mlflow_experiment(client, experiment or info.workload, uri)
         if mlflow_find_run(client, experiment_id, "run_id", info.run_id) is not None:
-            continue
-        tags = info.tags()
+            return None
         if info.sweep_id:
-            key = (experiment_id, info.sweep_id)
-            if key not in parents:
-                parent = mlflow_find_run(client, experiment_id, SWEEP_TAG, info.sweep_id)
-                if parent is None:
-                    parent = client.create_run(
-                        experiment_id,
-                        run_name=info.sweep_id,
-                        tags={SWEEP_TAG: info.sweep_id, "sweep_id": info.sweep_id},
-                    )
-                    client.set_terminated(parent.info.run_id, "FINISHED")
-                parents[key] = parent.info.run_id
-            tags["mlflow.parentRunId"] = parents[key]
-        run = client.create_run(experiment_id, run_name=info.run_id, tags=tags | {"perennial.backfill": "true"})
-        mlflow_params(client, run.info.run_id, _hparams(_row_params(row)))
-        history = epochs[epochs["run_id"] == info.run_id].drop_duplicates("epoch").sort_values("epoch")
-        for epoch_row in history.to_dict("records"):
-            metrics = _numeric({k: v for k, v in epoch_row.items() if k not in ("round",)})
-            mlflow_log(client, run.info.run_id, metrics, int(epoch_row["epoch"]))
-            logged += 1
-        final = {k: v for k, v in row.items() if k.startswith("test_") or k == "best_metric"}
-        final = {("best_" + info.metric if k == "best_metric" and info.metric else k): v for k, v in final.items()}
-        mlflow_log(client, run.info.run_id, _numeric(final), int(row.get("epochs") or 0))
-        client.set_terminated(run.info.run_id, MLFLOW_STATUS.get(row.get("status"), "FINISHED"))
-        created += 1
-    return {"runs": created, "epochs": logged}
+            parent, created = sweep_run(client, experiment_id, info.sweep_id, info.workload)
+            if created:
+                client.set_terminated(parent, "FINISHED")
+            info.mlflow_parent_run_id = parent
+        return MLflow(uri, experiment, 0, False)
+
+    return _replay(store, workload, sink_for)
 
 
 def export_to_tensorboard(store, logdir: str | os.PathLike, workload: str | None = None) -> dict[str, int]:
-    """Write event files for runs already in ``store``: ``<logdir>/[<sweep_id>/]<run_id>/`` with one scalar per
-    epoch metric, the test metrics and hparams. A run whose folder already holds events is left as it is.
-    Returns ``{"runs": written, "epochs": logged}``."""
-    from torch.utils.tensorboard import SummaryWriter
-    from torch.utils.tensorboard.summary import hparams
+    """Stored runs as event files in ``<logdir>/[<sweep_id>/]<run_id>/``; a folder with events is left as it is."""
 
-    runs = _store_runs(store, workload)
-    if not len(runs):
-        return {"runs": 0, "epochs": 0}
-    epochs = store.df("epochs")
-    written = logged = 0
-    for row in runs.to_dict("records"):
-        info = _info(row)
-        path = Path(logdir, info.sweep_id, info.run_id) if info.sweep_id else Path(logdir, info.run_id)
-        if path.is_dir() and any(path.glob("events.out.tfevents.*")):
-            continue
-        with SummaryWriter(log_dir=str(path)) as writer:
-            history = epochs[epochs["run_id"] == info.run_id].drop_duplicates("epoch").sort_values("epoch")
-            for epoch_row in history.to_dict("records"):
-                for key, value in _numeric(epoch_row).items():
-                    if key not in ("epoch", "round"):
-                        writer.add_scalar(key, value, int(epoch_row["epoch"]))
-                logged += 1
-            last = int(row.get("epochs") or 0)
-            final = _numeric({k: v for k, v in row.items() if k.startswith(("test_", "val_"))})
-            for key, value in final.items():
-                if key.startswith("test_"):
-                    writer.add_scalar(key, value, last)
-            metrics = {f"hparams/{k}": v for k, v in final.items()}
-            if row.get("best_metric") is not None and info.metric and math.isfinite(row["best_metric"]):
-                metrics[f"hparams/best_{info.metric}"] = float(row["best_metric"])
-            for summary in hparams(_hparams(_row_params(row)), metrics):
-                writer.file_writer.add_summary(summary)
-            for key, value in metrics.items():
-                writer.add_scalar(key, value, last)
-        written += 1
-    return {"runs": written, "epochs": logged}
+    def sink_for(info: RunInfo):
+        path = Path(logdir, info.sweep_id, info.run_id)
+        return None if any(path.glob("events.out.tfevents.*")) else TensorBoard(0, str(path))
+
+    return _replay(store, workload, sink_for)

@@ -1,11 +1,7 @@
-"""The workload registry and contract: name -> module, each module one fine-tuning loop read top to bottom.
+"""The workload registry and contract: ``resolve("mlp" | "my_pkg.my_workload" | "path/to/my_workload.py")``.
 
-    resolve("mlp")                      # a shipped workload (the WORKLOADS dict below)
-    resolve("my_pkg.my_workload")       # any importable module
-    resolve("path/to/my_workload.py")   # a file: its folder goes on sys.path, its name is the file's stem
-
-What a module must define is :class:`Workload` (docs/workloads.md lists it, one hook per line);
-:func:`check` holds a module to it before Ray starts, so a missing or misspelt hook is one line, exit 2.
+What a module must define is :class:`Workload` (docs/workloads.md); :func:`check` holds a module to it before
+Ray starts, so a missing or misspelt hook is one line, exit 2.
 """
 
 from __future__ import annotations
@@ -44,8 +40,7 @@ def sections(config: type) -> dict[str, pydantic.fields.FieldInfo]:
 
 
 class _Shipped(typing.Mapping[str, ModuleType]):
-    """The shipped workloads, name -> module, each imported when first asked for: a command that needs none of
-    them (``jobs.submit status``, ``jobs.new --help``) does not pay for importing torch."""
+    """The shipped workloads, name -> module, each imported when first asked for (a CLI need not import torch)."""
 
     def __init__(self, *names: str):
         self._names = names
@@ -71,10 +66,7 @@ CONTRACT_DOC = "docs/workloads.md"
 
 @runtime_checkable
 class Workload(Protocol):
-    """The hooks jobs/loop.py, jobs/train.py, jobs/sweep.py, jobs/evaluate.py and jobs/continual.py call.
-
-    ``splits`` is a :class:`workloads.data.Splits`; ``cfg`` the typed config (the module's ``Config``
-    sections plus the job sections of jobs/config.py)."""
+    """The hooks the jobs call; ``splits`` is a :class:`workloads.data.Splits`, ``cfg`` the typed config."""
 
     Config: type  # data / model / train sections (workloads.Section models); train subclasses workloads.common.Train
     METRIC: str  # e.g. "val_accuracy": what sweeps, early stopping and "best" optimise
@@ -147,12 +139,8 @@ def _near_hook(name: str) -> str | None:
 
 
 def resolve(spec: str, base_dir: str | os.PathLike | None = None) -> tuple[str, ModuleType]:
-    """``(name, module)`` for a ``workload:`` value: a shipped name, a dotted module, or a ``.py`` file.
-
-    A file is imported under its stem (relative paths from ``base_dir``, the config's folder, then the
-    working directory); its folder goes on ``sys.path`` and ``PYTHONPATH``, so Ray workers started from
-    here import the same module by that name. Raises ConfigError (one line) for a module that cannot
-    be imported or misses a hook."""
+    """``(name, module)`` for a ``workload:`` value: a shipped name, a dotted module, or a ``.py`` file (imported
+    under its stem, from ``base_dir`` first; its folder goes on ``sys.path`` and ``PYTHONPATH`` for Ray workers)."""
     if spec in WORKLOADS:
         return spec, WORKLOADS[spec]
     if spec.endswith(".py"):

@@ -2,11 +2,9 @@
 
     python -m jobs.train --config configs/cnn.yaml [--smoke-test] [key=value ...]
 
-Data: Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (``data.source=auto`` falls
-back to scikit-learn's 8x8 digits), or your own IDX / NPZ / Parquet images (any square size).
-A block max-pools only while the image side is at least ``model.min_pool_side``, so 8x8 digits
-keep 4x4 maps instead of pooling down to nothing. One-cycle learning rate; early stopping on
-``val_accuracy`` with ``train.patience`` (the loop restores the best epoch before test and export).
+Data as in mlp (Fashion-MNIST, digits, or your IDX / NPZ / Parquet images). A block max-pools only while the
+maps are at least ``model.min_pool_side`` wide, so 8x8 digits keep 4x4 maps. One-cycle learning rate; early
+stopping on ``val_accuracy`` with ``train.patience``.
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ from torch.utils.data import TensorDataset
 
 from workloads import Section, common
 from workloads.data import Splits, load_images, split_train_val, subsample
+from workloads.mlp import evaluate, train_step, validate  # noqa: F401 (mlp's checks, step and metrics: hooks here too)
 
 
 # ----------------------------------------------------------------------------- config
@@ -60,11 +59,6 @@ SMOKE_TEST = {"data.max_train_samples": 2000, "train.epochs": 2, "model.channels
 
 
 # ----------------------------------------------------------------------------- [1] data
-def validate(cfg) -> None:
-    """Cheap checks on the driver, before any cluster work: raises DataError."""
-    load_images(cfg.data.source)
-
-
 def build_data(cfg) -> Splits:
     arrays, labels, fp = load_images(cfg.data.source)
     x, y = arrays["train"]
@@ -109,30 +103,5 @@ def build_model(cfg, splits: Splits) -> nn.Module:
 
 def build_scheduler(cfg, optimizer, steps_per_epoch: int):
     """One cycle over the whole run: warm up to ``train.lr``, then anneal far below it."""
-    steps = cfg.train.epochs * -(-steps_per_epoch // max(1, cfg.train.grad_accum_steps))
+    steps = cfg.train.epochs * -(-steps_per_epoch // cfg.train.grad_accum_steps)
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.train.lr, total_steps=max(steps, 1))
-
-
-# ----------------------------------------------------------------------------- [3] step / eval
-def train_step(model: nn.Module, batch) -> torch.Tensor:
-    x, y = batch
-    return nn.functional.cross_entropy(model(x), y)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, splits: Splits) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score
-
-    model.eval()
-    preds, golds, loss_sum = [], [], 0.0
-    for x, y in loader:
-        logits = model(x)
-        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
-        preds.append(logits.argmax(-1).cpu())
-        golds.append(y.cpu())
-    p, g = torch.cat(preds).numpy(), torch.cat(golds).numpy()
-    return {
-        "loss": loss_sum / max(len(g), 1),
-        "accuracy": float(accuracy_score(g, p)),
-        "f1": float(f1_score(g, p, average="macro", zero_division=0)),
-    }

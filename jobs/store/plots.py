@@ -21,9 +21,8 @@ def plot(
     out: str = "plots",
     top: int = 5,
 ) -> list[str]:
-    """Learning curves (metric and train loss per epoch, one line per run) and, for a sweep,
-    the metric against each hyperparameter. Runs: ``run_ids``, else the sweep's trials, else
-    the ``top`` runs of each workload on the leaderboard. Returns the PNG paths written."""
+    """Learning curves of ``run_ids``, else a sweep's trials (and its metric against each hyperparameter), else
+    the ``top`` runs of each workload. Returns the PNG paths written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,11 +83,8 @@ def _plot_curves(store, run_ids: list[str], metric: str | None, path: str, title
                 continue
             status = info.get(run_id, {}).get("status", "")
             best = number(info.get(run_id, {}).get("best_metric"))
-            label = (
-                run_id
-                + (f" {best:.3f}" if best is not None else "")
-                + (f" ({status})" if status and status != "completed" else "")
-            )
+            label = run_id + (f" {best:.3f}" if best is not None else "")
+            label += f" ({status})" if status and status != "completed" else ""
             style = "--" if status == "stopped_early" else "-"
             ax.plot(h["epoch"], h[column], style, marker="o", markersize=3, label=label)
         ax.set_xlabel("epoch")
@@ -154,16 +150,8 @@ def _plot_sweep(store, sweep_id: str, metric: str | None, path: str) -> str:
             if mask.any():
                 ax.scatter(xs[mask], trials.loc[mask, column], marker=marker, color=color, s=40, label=label)
         if best is not None:
-            ax.scatter(
-                xs[best],
-                trials.loc[best, column],
-                marker="*",
-                s=220,
-                facecolor="none",
-                edgecolor="tab:red",
-                linewidth=1.4,
-                label=f"best: {trials.loc[best, 'run_id']}",
-            )
+            star = {"marker": "*", "s": 220, "facecolor": "none", "edgecolor": "tab:red", "linewidth": 1.4}
+            ax.scatter(xs[best], trials.loc[best, column], label=f"best: {trials.loc[best, 'run_id']}", **star)
         ax.set_xlabel(param)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

@@ -15,23 +15,19 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from jobs.errors import StoreError
-from jobs.store import maintenance
+from jobs.store import maintenance, plots
 from jobs.store.engine import CORE, FINISHED, PARTITION, RETENTION_HOURS, Engine, first_line, number, parse_since
 
 
 class Store(Engine):
     """A store at a local directory or ``s3://bucket/prefix``: Delta tables plus the queries over them."""
 
-    # ------------------------------------------------------------------ maintenance (jobs/store/maintenance.py)
-    def compact(self, tables: list[str] | None = None, workload: str | None = None) -> list[dict]:
-        """Merge each partition's files, one compaction per table at a time (under its lease)."""
-        return maintenance.compact(self, tables, workload)
+    compact = maintenance.compact  # merge each partition's files, one compaction per table at a time
+    check = maintenance.check
+    plot = plots.plot  # PNG learning curves and a sweep's metric against each hyperparameter
 
     def vacuum(self, retention_hours: int = RETENTION_HOURS, dry_run: bool = False) -> list[dict]:
         return maintenance.vacuum(self, retention_hours, dry_run)
-
-    def check(self, fix: bool = False, older_than_s: float = 3600.0) -> list[dict]:
-        return maintenance.check(self, fix, older_than_s)
 
     def runs(
         self,
@@ -65,20 +61,8 @@ class Store(Engine):
             numeric = sorted(n for n in names if pa.types.is_floating(d.schema.field(n).type))
             raise StoreError(f"no column '{metric}' in runs — rank by one of: {', '.join(numeric)}")
         test_cols = [c for c in names if c.startswith("test_") and not c.endswith("_loss")][:2]
-        cols = [
-            "workload",
-            "rank",
-            "run_id",
-            "metric",
-            col,
-            *test_cols,
-            "best_epoch",
-            "epochs",
-            "status",
-            "sweep_id",
-            "wall_s",
-            "finished_at",
-        ]
+        cols = ["workload", "rank", "run_id", "metric", col, *test_cols, "best_epoch", "epochs", "status"]
+        cols += ["sweep_id", "wall_s", "finished_at"]
         wanted = list(dict.fromkeys([c for c in cols if c != "rank"] + ["mode"]))
         df = self.df("runs", workload, ds.field("status").isin(list(FINISHED)) if "status" in names else None, wanted)
         if col not in df:
@@ -157,21 +141,6 @@ class Store(Engine):
         finally:
             con.close()
 
-    # ------------------------------------------------------------------ plots (matplotlib: imported on use)
-    def plot(
-        self,
-        run_ids: list[str] = (),
-        sweep_id: str | None = None,
-        workload: str | None = None,
-        metric: str | None = None,
-        out: str = "plots",
-        top: int = 5,
-    ) -> list[str]:
-        """PNG learning curves and, for a sweep, its metric against each hyperparameter (see ``plots.plot``)."""
-        from jobs.store import plots
-
-        return plots.plot(self, list(run_ids), sweep_id, workload, metric, out, top)
-
 
 # ----------------------------------------------------------------------------- lineage of continual rounds
 def lineage(store: Store, run_id: str):
@@ -246,19 +215,9 @@ def missing(v) -> bool:
 
 
 def _flat_json(text) -> dict:
-    if not isinstance(text, str) or not text:
-        return {}
-    out = {}
+    import pandas as pd
 
-    def walk(prefix, obj):
-        if isinstance(obj, dict) and obj:
-            for k, v in obj.items():
-                walk(f"{prefix}.{k}" if prefix else k, v)
-        else:
-            out[prefix] = obj
-
-    walk("", json.loads(text))
-    return out
+    return pd.json_normalize(json.loads(text)).iloc[0].to_dict() if isinstance(text, str) and text else {}
 
 
 def _text(v) -> str:
@@ -277,16 +236,4 @@ def print_frame(df, fmt: str = "table", empty: str = "(no rows)") -> None:
     elif not len(df):
         print(empty)
     else:
-        import pandas as pd
-
-        with pd.option_context(
-            "display.max_columns",
-            None,
-            "display.width",
-            200,
-            "display.max_colwidth",
-            80,
-            "display.float_format",
-            "{:.4f}".format,
-        ):
-            print(df.to_string(index=False))
+        print(df.to_string(index=False, max_colwidth=80, float_format="{:.4f}".format))

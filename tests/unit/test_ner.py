@@ -194,7 +194,7 @@ def test_tokenized_data_is_cached_per_files_code_and_settings(tmp_path, monkeypa
     monkeypatch.setenv("PERENNIAL_DATA_CACHE", str(cache))
     paths = conll_files(tmp_path)
     first = ner.build_data(make_cfg(paths))
-    entries = list(cache.glob("*.npz"))
+    entries = list(cache.glob("*.json"))
     assert len(entries) == 1
     calls = []
     monkeypatch.setattr(ner, "encode_splits", lambda cfg: calls.append(cfg) or pytest.fail("tokenized again"))
@@ -206,14 +206,14 @@ def test_tokenized_data_is_cached_per_files_code_and_settings(tmp_path, monkeypa
     ner.build_data(make_cfg(paths, "data.max_length=8"))  # another setting: another entry
     Path(paths["train"]).write_text(TRAIN.replace("Frankfurt", "Hamburg"))  # another file: another entry
     changed = ner.build_data(make_cfg(paths))
-    assert len(list(cache.glob("*.npz"))) == 3 and changed.fingerprint != first.fingerprint
-    for entry in cache.glob("*.npz"):
-        entry.write_bytes(b"not an npz")
+    assert len(list(cache.glob("*.json"))) == 3 and changed.fingerprint != first.fingerprint
+    for entry in cache.glob("*.json"):
+        entry.write_bytes(b"not json")
     assert ner.build_data(make_cfg(paths)).train == changed.train  # damaged: rebuilt and replaced
     monkeypatch.setenv("PERENNIAL_DATA_CACHE", "0")
     off = tmp_path / "off"
     ner.build_data(make_cfg(conll_files(off if off.mkdir() is None else off)))
-    assert len(list(cache.glob("*.npz"))) == 3
+    assert len(list(cache.glob("*.json"))) == 3
 
 
 def test_preflight_skips_parsing_files_the_cache_already_holds(tmp_path, monkeypatch):
