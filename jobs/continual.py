@@ -28,7 +28,7 @@ from pathlib import Path
 import workloads
 from jobs import config as config_lib
 from jobs import preflight
-from jobs.errors import ClusterError, StoreError
+from jobs.errors import StoreError
 from jobs.store import FINISHED, Store, clean_row, describe_data, missing
 from workloads.data import replay_indices
 
@@ -232,11 +232,7 @@ def main(argv: list[str]) -> int:
         "replay_samples": baseline.replay_samples,
         "old_split": baseline.old_split,
     }
-    try:
-        train_runner, path = start(cfg)
-    except ClusterError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    train_runner, path = start(cfg)  # a ClusterError is exit 1 (cli_main)
     print(f"round {round_} trains {path}")
     runner = scoring_runner(train_runner, wl, baseline, base, mode, extra_row)
     row = fit(cfg, store, parent_run_id=parent["run_id"], round=round_, extra_row=extra_row, runner=runner)
