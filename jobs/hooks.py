@@ -135,8 +135,11 @@ class PreemptionWatch(Hook):
         if notice:
             self.handled = True
             name, took_s, saved_at = loop.save_step_checkpoint(so_far)
+            deadline_ms = getattr(notice, "deadline_ms", None)
+            left = f"{deadline_ms / 1000 - saved_at:.1f} s before the deadline" if deadline_ms else "no deadline given"
+            nodes = ", ".join(getattr(notice, "preempted_node_ids", [])) or "another rank's node"
             if loop.rank == 0:
-                log(preemption_line(notice, name, took_s, saved_at))
+                log(f"preemption notice for {nodes}: checkpoint {name} written in {took_s:.2f} s, {left}")
 
     def on_train_end(self, loop) -> None:
         loop.last_attempt["preemption_watch_us_per_step"] = self.poll_s / max(loop.steps_this_attempt, 1) * 1e6
@@ -187,14 +190,6 @@ class AgreedNotice:
         work = torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.MAX, async_op=True)
         self.pending.append((work, buffer))
         return (self.read() or True) if seen else None
-
-
-def preemption_line(notice, name: str, took_s: float, saved_at: float) -> str:
-    """The log line of a checkpoint written on a preemption notice: time taken, time left before the deadline."""
-    deadline_ms = getattr(notice, "deadline_ms", None)
-    left = f"{deadline_ms / 1000 - saved_at:.1f} s before the deadline" if deadline_ms else "no deadline given"
-    nodes = ", ".join(getattr(notice, "preempted_node_ids", [])) or "another rank's node"
-    return f"preemption notice for {nodes}: checkpoint {name} written in {took_s:.2f} s, {left}"
 
 
 def built_in(cfg, rank: int, dist: bool, device: torch.device) -> list[Hook]:

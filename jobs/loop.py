@@ -2,7 +2,7 @@
 
 :class:`Loop` runs named setup steps (data, model, restore, prepare_model, device, optimizer, hooks), then
 :meth:`Loop.run_epoch` per epoch, then :meth:`Loop.finish` (best weights scored on test, exported, reported).
-Everything optional is a hook (jobs/hooks.py). The loop reaches Ray only through a :class:`Session`.
+Everything optional is a hook (jobs/hooks.py). The loop reaches Ray only through a session (:class:`TrainSession`).
 
 Checkpoint directory (readable without Ray, :func:`read_meta`): ``meta.json`` (finished epochs, history, best;
 mid-epoch also ``partial``), ``state.pt`` (model, optimizer, best weights, RNGs mid-epoch), ``export/`` (final only).
@@ -23,7 +23,7 @@ import resource
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,9 +35,6 @@ from jobs import hooks as hooks_lib
 from jobs.hooks import PREEMPTION_WATCHER, log, preemption_watch  # noqa: F401 — the loop's API (bench, tests)
 from jobs.ray_compat import train_report_loggers
 from workloads.data import add_replay
-
-if TYPE_CHECKING:
-    import ray.train
 
 META, STATE, EXPORT = "meta.json", "state.pt", "export"
 
@@ -363,31 +360,10 @@ def elastic_batch_policy(cfg, world: int) -> tuple[Any, str]:
 
 
 # ----------------------------------------------------------------------------- where the loop runs: a Session
-class Session(Protocol):
-    """What the loop asks of the Ray process it runs in (a Train worker, local mode, a Tune trial). ``report``: every
-    rank calls it, rank 0 with a temporary checkpoint folder that must be persisted before it returns."""
-
-    world_rank: int
-    world_size: int
-    run_name: str  # the run's folder under storage_path, the trackers' run id
-    storage_path: str  # absolute local path or URI
-
-    @property
-    def device(self) -> torch.device: ...
-
-    def get_checkpoint(self) -> ray.train.Checkpoint | None: ...
-
-    def report(
-        self, metrics: dict, checkpoint: ray.train.Checkpoint | None = None, checkpoint_dir_name: str | None = None
-    ) -> None: ...
-
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module: ...
-
-    def prepare_data_loader(self, loader: DataLoader, auto_transfer: bool) -> DataLoader: ...
-
-
 class TrainSession:
-    """The :class:`Session` of a Ray Train worker: ``ray.train`` and ``ray.train.torch`` themselves."""
+    """Where the loop runs, and all it asks of Ray; this one is a Ray Train worker's (jobs.train.LocalSession is local
+    mode's, jobs.sweep.TuneSession a Tune trial's). ``storage_path``: an absolute path or URI, ``run_name`` the run's
+    folder there. Every rank calls ``report``, rank 0 with a temporary checkpoint folder to persist before returning."""
 
     def __init__(self):
         import ray.train
@@ -416,15 +392,15 @@ class TrainSession:
         return self.torch.prepare_data_loader(loader, auto_transfer=auto_transfer)
 
 
-def train_loop_per_worker(config_dict: dict, session: Session | None = None) -> None:
-    """The Ray Train entry: ``{"config": the checked config, "_tracking": extra tracker tags}``. ``session``: local
-    mode's or a Tune trial's; a :class:`TrainSession` by default."""
+def train_loop_per_worker(config_dict: dict, session=None) -> None:
+    """The Ray Train entry: ``{"config": the checked config, "_tracking": extra tracker tags}``; ``session``: local
+    mode's or a Tune trial's, else a :class:`TrainSession`."""
     for logger in train_report_loggers():  # Train logs every report at INFO; the per-epoch line says it better
         logger.setLevel(os.environ.get("PERENNIAL_TRAIN_LOG_LEVEL", "WARNING"))
     run(config_dict["config"], session or TrainSession(), config_dict.get("_tracking", {}))
 
 
-def run(cfg, session: Session, tags: dict | None = None) -> None:
+def run(cfg, session, tags: dict | None = None) -> None:
     """Train ``cfg`` in this worker to the end. A raised error closes the hooks with status failed, or stopped_early
     for a Tune scheduler's stop (SystemExit from a trial's report)."""
     loop = Loop(cfg, session, tags or {})
@@ -439,7 +415,7 @@ def run(cfg, session: Session, tags: dict | None = None) -> None:
 class Loop:
     """One worker's run: setup steps, :meth:`run_epoch` per epoch, :meth:`finish`. Hooks read its attributes."""
 
-    def __init__(self, cfg, session: Session, tags: dict):
+    def __init__(self, cfg, session, tags: dict):
         self.cfg, self.session, self.tags = cfg, session, tags
         self.rank, self.world = session.world_rank, session.world_size
         self.dist = self.world > 1

@@ -639,46 +639,38 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # num_to_keep's snapshots
     if args.resume:
         cfg, store, state = resume_state(args, "sweep", STATE_FILE)
-        sweep_id = args.resume
-    else:
-        cfg, store, sweep_id, state = new_sweep(args)
-
+    else:  # every bad-input check before Ray starts (exit 2)
+        if not args.config:
+            raise config_lib.ConfigError("give --config configs/<workload>.yaml (or --resume SWEEP_ID)")
+        cfg = config_lib.load_config(args.config, args.overrides, smoke_test=args.smoke_test)
+        given = [config_lib._split_override(o)[0] for o in args.overrides]
+        if args.smoke_test:
+            given += list(workloads.hook(workloads.module(cfg.workload), "SMOKE_TEST") or {})
+            if "sweep.num_samples" not in given:
+                cfg = config_lib.set_dotted(cfg, "sweep.num_samples", min(cfg.sweep.num_samples, SMOKE_MAX_SAMPLES))
+        cfg = with_trial_overrides(cfg, given)
+        preflight.check_config(cfg)  # the checks jobs.train makes, on every trial's base config
+        store = preflight.open_store(args.store, cfg)
+        space = search_space(cfg)
+        tune_space(cfg, space)
+        make_search(cfg, *config_lib.metric_and_mode(cfg))
+        state = {
+            "sweep_id": f"{cfg.workload}-sweep-{uuid.uuid4().hex[:8]}",
+            "config": config_lib.to_dict(cfg),
+            "search_space": space,
+            "store": store.uri if "://" in store.uri else store.root,
+            "started_at": now().isoformat(),
+            "attempts": [],
+        }
     import pyarrow.dataset as ds
 
+    sweep_id = state["sweep_id"]
     if len(store.df("sweeps", filter=ds.field("sweep_id") == sweep_id)):
         print(f"sweep {sweep_id} already finished")
         return summarize(cfg, store, sweep_id, state, *config_lib.metric_and_mode(cfg))
     init_ray(log_to_driver=args.verbose)  # a ClusterError is exit 1 (cli_main)
     check_cluster(cfg)
     return run_sweep(cfg, store, sweep_id, state, resume=bool(args.resume))
-
-
-def new_sweep(args) -> tuple:
-    """(config, store, sweep id, state) of a new sweep; every bad-input check before Ray starts (exit 2)."""
-    if not args.config:
-        raise config_lib.ConfigError("give --config configs/<workload>.yaml (or --resume SWEEP_ID)")
-    cfg = config_lib.load_config(args.config, args.overrides, smoke_test=args.smoke_test)
-    given = [config_lib._split_override(o)[0] for o in args.overrides]
-    if args.smoke_test:
-        given += list(workloads.hook(workloads.module(cfg.workload), "SMOKE_TEST") or {})
-        if "sweep.num_samples" not in given:
-            cfg = config_lib.set_dotted(cfg, "sweep.num_samples", min(cfg.sweep.num_samples, SMOKE_MAX_SAMPLES))
-    cfg = with_trial_overrides(cfg, given)
-    preflight.check_config(cfg)  # the checks jobs.train makes, on every trial's base config
-    store = preflight.open_store(args.store, cfg)
-    space = search_space(cfg)
-    tune_space(cfg, space)
-    make_search(cfg, *config_lib.metric_and_mode(cfg))
-    sweep_id = f"{cfg.workload}-sweep-{uuid.uuid4().hex[:8]}"
-    state = {
-        "sweep_id": sweep_id,
-        "config": config_lib.to_dict(cfg),
-        "search_space": space,
-        "store": store.uri if "://" in store.uri else store.root,
-        "started_at": now().isoformat(),
-        "attempts": [],
-    }
-    return cfg, store, sweep_id, state
 
 
 if __name__ == "__main__":

@@ -593,7 +593,9 @@ def main(argv: list[str]) -> int:
             print(f"run {run_id} is already recorded ({done.iloc[0]['status']}): nothing to resume")
             return 0 if done.iloc[0]["status"] in FINISHED else 1
     else:
-        cfg, store = new_config(args, "run")
+        if not args.config:
+            raise config_lib.ConfigError("give --config configs/<workload>.yaml (or --resume RUN_ID)")
+        cfg, store = preflight.prepare(args.config, args.overrides, args.smoke_test, args.store)
         run_id = f"{cfg.workload}-{uuid.uuid4().hex[:10]}"
     runner, path = start(cfg)  # a ClusterError is exit 1 (cli_main)
     low, high = config_lib.worker_range(cfg.scaling)
@@ -609,13 +611,6 @@ def main(argv: list[str]) -> int:
     row = fit(cfg, store, run_id=run_id, runner=runner)  # Ray Train resumes a run of the same name
     compact_if_due(store, cfg.workload)  # the end of a job: its partition's small files, one compactor at a time
     return 0 if row["status"] in FINISHED else 1
-
-
-def new_config(args, what: str) -> tuple:
-    """(config, store) of a new run or sweep: every bad-input check before Ray starts (exit 2)."""
-    if not args.config:
-        raise config_lib.ConfigError(f"give --config configs/<workload>.yaml (or --resume {what.upper()}_ID)")
-    return preflight.prepare(args.config, args.overrides, args.smoke_test, args.store)
 
 
 def resume_command(verb: str, run_id: str, cfg) -> str:
