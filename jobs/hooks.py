@@ -29,29 +29,21 @@ def log(message: str) -> None:
 class Hook:
     """The events of the loop, in the order they come; each does nothing unless overridden."""
 
-    def on_train_start(self, loop) -> None:  # setup and restore are done
-        pass
+    def on_train_start(self, loop) -> None: ...  # setup and restore are done
 
-    def on_batch_end(self, loop, step: int, total: int, loss: float, samples: int) -> None:  # 1-based step
-        pass
+    def on_batch_end(self, loop, step: int, total: int, loss: float, samples: int) -> None: ...  # 1-based step
 
-    def on_step_end(self, loop, so_far: dict) -> None:  # after each optimizer step but the epoch's last
-        pass
+    def on_step_end(self, loop, so_far: dict) -> None: ...  # after each optimizer step but the epoch's last
 
-    def on_evaluate(self, loop, row: dict) -> None:  # the epoch's row is in loop.history; its checkpoint is next
-        pass
+    def on_evaluate(self, loop, row: dict) -> None: ...  # the epoch's row is in loop.history; its checkpoint is next
 
-    def on_epoch_end(self, loop, row: dict) -> None:  # the epoch's checkpoint is reported
-        pass
+    def on_epoch_end(self, loop, row: dict) -> None: ...  # the epoch's checkpoint is reported
 
-    def on_train_end(self, loop) -> None:  # the epochs are over; test, export and final report are next
-        pass
+    def on_train_end(self, loop) -> None: ...  # the epochs are over; test, export and final report are next
 
-    def on_final(self, loop, final: dict, export_dir) -> None:  # after the final report (export_dir goes after)
-        pass
+    def on_final(self, loop, final: dict, export_dir) -> None: ...  # after the final report (export_dir goes after)
 
-    def on_exception(self, loop, status: str) -> None:  # status: failed, or stopped_early (a scheduler's stop)
-        pass
+    def on_exception(self, loop, status: str) -> None: ...  # status: failed, or stopped_early (a scheduler's stop)
 
 
 class Tracking(Hook):

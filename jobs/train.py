@@ -376,7 +376,7 @@ class LocalSession:
 
         from jobs.loop import META
 
-        fs, path = state_fs(f"{self.run_dir}/{checkpoint_dir_name or f'checkpoint_{int(time.time() * 1e3)}'}")
+        fs, path = state_fs(f"{self.run_dir}/{checkpoint_dir_name}")
         src = Path(checkpoint.path)
         for file in sorted((f for f in src.rglob("*") if f.is_file()), key=lambda f: f == src / META):
             dest = f"{path}/{file.relative_to(src).as_posix()}"  # meta.json last: it marks the checkpoint whole
