@@ -213,15 +213,6 @@ def write_state_file(directory: str, name: str, state: dict) -> None:
         f.write(json.dumps(state, indent=1, default=str).encode())
 
 
-def read_state_file(directory: str, name: str) -> dict | None:
-    fs, path = state_fs(directory)
-    try:
-        with fs.open_input_stream(f"{path}/{name}") as f:
-            return json.loads(f.read())
-    except (FileNotFoundError, OSError):
-        return None
-
-
 def checkpoint_uri(checkpoint) -> str:
     from jobs.loop import fs_uri
 
@@ -630,9 +621,14 @@ def resume_state(args, what: str, state_file: str) -> tuple:
         config_lib.load_config(args.config).run.storage_path if args.config else config_lib.Run().storage_path
     )
     root = storage_uri(str(root))
-    state = read_state_file(f"{root.rstrip('/')}/{args.resume}", state_file)
-    if state is None:
-        raise config_lib.ConfigError(f"no {what} '{args.resume}' under {root} — pass run.storage_path=... where it ran")
+    fs, path = state_fs(f"{root.rstrip('/')}/{args.resume}/{state_file}")
+    try:
+        with fs.open_input_stream(path) as f:
+            state = json.loads(f.read())
+    except (FileNotFoundError, OSError):
+        raise config_lib.ConfigError(
+            f"no {what} '{args.resume}' under {root} — pass run.storage_path=... where it ran"
+        ) from None
     cfg = config_lib.from_dict(state["config"])
     return cfg, preflight.open_store(args.store or state["store"], cfg), state
 
