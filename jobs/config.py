@@ -1,16 +1,11 @@
 """Config: a YAML file over typed defaults, then trailing ``key=value`` overrides.
 
     cfg = load_config("configs/mlp.yaml", ["train.lr=0.01", "scaling.num_workers=2"])
-    cfg.train.lr, cfg.scaling.num_workers, cfg.workload
     python -m jobs.config --schema --workload ner > ner.schema.json   # for an editor to check configs/*.yaml
 
-A config has the workload's own sections (``data``, ``model``, ``train``: the pydantic models in
-``workloads/<name>.py``) plus the job sections defined here (``scaling``, ``failure``, ``run``,
-``sweep``, ``store``, ``continual``, ``log``, ``tracking``). Each section is a :class:`workloads.Section`:
-pydantic types each key, checks its bounds and rejects unknown keys; :func:`from_dict` turns its
-findings into one :class:`ConfigError` line that names the key and the fix, and every ``jobs.*`` verb
-turns that into exit code 2 (see :func:`cli_main`). The config is checked once, on the driver; Ray
-workers receive the checked object (it pickles by its workload's name, see :meth:`JobConfig.__reduce__`).
+A config has the workload's sections (``data``, ``model``, ``train``: pydantic models in ``workloads/<name>.py``)
+plus the job sections defined here. pydantic types and bounds each key; :func:`from_dict` turns its first finding
+into one :class:`ConfigError` line (exit 2). The config is checked once, on the driver; workers get the object.
 """
 
 from __future__ import annotations
@@ -68,7 +63,7 @@ NODE_TYPE_SHARE = 0.01  # one worker's share of its node's {<type>: 1}: up to 10
 
 
 def worker_range(s: Scaling) -> tuple[int, int]:
-    """(min, max) workers: ``scaling.num_workers`` N is (N, N); [min, max] is an elastic run."""
+    """(min, max) workers: N is (N, N); [min, max] is an elastic run."""
     n = s.num_workers
     return (n, n) if isinstance(n, int) else (int(n[0]), int(n[1]))
 
@@ -78,12 +73,10 @@ def max_workers(s: Scaling) -> int:
 
 
 def is_elastic(s: Scaling) -> bool:
-    low, high = worker_range(s)
-    return low != high
+    return worker_range(s)[0] != worker_range(s)[1]
 
 
 def one_worker(s: Scaling) -> bool:
-    """Exactly one worker (``1`` or ``[1, 1]``): what local mode and in-process sweep trials run."""
     return worker_range(s) == (1, 1)
 
 
@@ -164,8 +157,7 @@ TRACKER_EXTRAS = {  # config key -> (module it needs, the extra that installs it
 class JobConfig(Section):
     """The base of every full config; :func:`config_class` adds ``workload`` and the sections."""
 
-    def __reduce__(self):
-        # the class is made per workload at run time: a worker rebuilds it by name, then takes the checked values
+    def __reduce__(self):  # the class is made per workload: a worker rebuilds it by name, then takes the values
         return _bare_config, (self.workload, self.workload_dir), self.__getstate__()
 
 
@@ -192,11 +184,10 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (), smoke
     """Read ``path`` (YAML), apply the workload's smoke-test overrides if asked, then ``overrides``."""
     raw: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
+        if not Path(path).is_file():
             raise ConfigError(f"config file '{path}' not found — pass an existing YAML, e.g. --config configs/mlp.yaml")
         try:
-            raw = yaml.safe_load(p.read_text()) or {}
+            raw = yaml.safe_load(Path(path).read_text()) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
@@ -206,29 +197,22 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (), smoke
         if not isinstance(raw, dict):
             raise ConfigError(f"config file '{path}' must be a YAML mapping of sections, got {type(raw).__name__}")
     pairs = [_split_override(o) for o in overrides]
-    workload = raw.get("workload")
-    for key, value in pairs:  # `workload=...` may come from the command line
-        if key == "workload":
-            workload = value
+    workload = dict(pairs).get("workload", raw.get("workload"))  # `workload=...` may come from the command line
     if not workload:
         raise ConfigError(f"no workload given — add 'workload: <name>' to the config, one of {sorted(WORKLOADS)}")
     if not isinstance(workload, str):
         raise ConfigError(f"'workload' must be a string naming a workload, got {workload!r}")
     name, module = workloads.resolve(workload, Path(path).parent if path is not None else None)
-    pairs = [(k, v) for k, v in pairs if k != "workload"]
     raw["workload"] = name
     raw["workload_dir"] = "" if name in WORKLOADS else workloads.module_root(module)
-    if smoke_test:
-        smoke = workloads.hook(module, "SMOKE_TEST") or {}
-        pairs = [(k, v) for k, v in smoke.items()] + pairs
-    for key, value in pairs:
+    smoke = list((workloads.hook(module, "SMOKE_TEST") or {}).items()) if smoke_test else []
+    for key, value in smoke + [(k, v) for k, v in pairs if k != "workload"]:
         _set_dotted(raw, key, value)
     return absolutize_paths(from_dict(raw))
 
 
 def absolutize_paths(cfg):
-    """Relative local paths in ``data``/``model`` made absolute: Ray Train workers (and Ray jobs) run in
-    another working directory than the driver that parsed the config."""
+    """Relative local paths in ``data``/``model`` made absolute: workers run in another working directory."""
     for section in (getattr(cfg, "data", None), getattr(cfg, "model", None)):
         for name in section_fields(section):
             value = getattr(section, name)
@@ -240,12 +224,9 @@ def absolutize_paths(cfg):
 
 def from_dict(raw: dict):
     """Typed, checked config from a plain dict (as :func:`to_dict` returns); raises :class:`ConfigError`."""
-    workload = raw.get("workload")
-    if not isinstance(workload, str):
-        raise ConfigError("'workload' must be a string naming a workload")
     if raw.get("workload_dir") and os.path.isdir(raw["workload_dir"]):  # jobs.evaluate of a stored run
         workloads.add_to_path(raw["workload_dir"])
-    cls = config_class(workload)
+    cls = config_class(raw["workload"])
     try:
         return cls.model_validate(raw)
     except pydantic.ValidationError as e:
@@ -257,7 +238,7 @@ def to_dict(cfg) -> dict:
 
 
 def section_fields(obj) -> dict[str, Any]:
-    """A section's (or a whole config's) keys -> their types; {} for a value. A model or (external) dataclass."""
+    """A section's (or a whole config's) keys -> their types; {} for a value. A model or an external dataclass."""
     cls = obj if isinstance(obj, type) else type(obj)
     if isinstance(cls, type) and issubclass(cls, pydantic.BaseModel):
         return {name: f.annotation for name, f in cls.model_fields.items()}
@@ -285,7 +266,7 @@ def flatten(cfg, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
 
 
 def with_data(cfg, data: dict):
-    """``cfg`` with its ``data`` section replaced (e.g. a parent run's data, read by this round's model settings)."""
+    """``cfg`` with its ``data`` section replaced (a parent run's data, read by this round's model settings)."""
     return from_dict(to_dict(cfg) | {"data": data})
 
 
@@ -309,10 +290,9 @@ def _split_override(text: str) -> tuple[str, Any]:
 
 
 def _set_dotted(raw: dict, key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = raw
+    parts, node = key.split("."), raw
     for i, part in enumerate(parts[:-1]):
-        nxt = node.get(part)
+        nxt = node.setdefault(part, {})
         if nxt is None:
             nxt = node[part] = {}
         if not isinstance(nxt, dict):
@@ -378,8 +358,7 @@ def metric_and_mode(cfg) -> tuple[str, str]:
 
 
 def check_values(cfg) -> None:
-    """What one key's type and bounds cannot say (and each configured tracker installed), checked on the driver
-    before Ray starts: found inside a Train worker, it would cost a cluster start and end as exit 1, not 2."""
+    """What one key's type and bounds cannot say, and each configured tracker installed: on the driver, exit 2."""
     s = cfg.scaling
     if s.local_mode == "always" and not one_worker(s):
         raise ConfigError(

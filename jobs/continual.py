@@ -3,18 +3,13 @@
     python -m jobs.continual --config configs/ner_wnut.yaml --from best|RUN_ID [--smoke-test] [--store PATH] [key=value ...]
     python -m jobs.store lineage RUN_ID          # the chain of rounds, with gain and forgetting
 
-A round is a new Train run (new run id, not a resume) whose model starts from the parent's export:
   [1] parent: ``best`` = the workload's best finished run by its metric (ties: the newest), or a run id
-  [2] before training, the parent's export is scored on the NEW test split   -> parent_new_test_<m>
-  [3] the Train run (``continual.init_from`` = the parent's export; ``continual.replay_fraction`` mixes that share
-      of the parent's training examples, rebuilt from the parent's stored config, into the new data)
-  [4] after training, the child's export is scored on the parent's (OLD) test split -> old_test_<m>
-The child's ``runs`` row carries ``parent_run_id``, ``round`` (parent's + 1; a jobs.train run is round 1)
-and, with ``<m>`` the workload metric without ``val_`` (f1, accuracy):
-  gain       = child's test_<m> - parent_new_test_<m>  (new test set: what the round learned)
-  forgetting = parent's own test_<m> - old_test_<m>    (old test set: what the round lost)
-both signed so that positive means "more" (for a metric to minimise the signs flip). Scoring runs in
-this process, without Ray. Exit codes: 0 the round finished, 1 it failed, 2 bad input (nothing written).
+  [2] the parent's export scored on the NEW test split                      -> parent_new_test_<m>
+  [3] a new Train run from the parent's export (``continual.replay_fraction`` mixes in the parent's data)
+  [4] the child's export scored on the parent's (OLD) test split            -> old_test_<m>
+The child's runs row carries ``parent_run_id``, ``round`` (parent's + 1), ``gain`` = child's test_<m> -
+parent_new_test_<m> and ``forgetting`` = parent's test_<m> - old_test_<m>, signed so that positive means
+"more" (the signs flip for a metric to minimise). Scoring runs in this process. Exit codes: 0, 1 failed, 2 bad input.
 """
 
 from __future__ import annotations
@@ -23,13 +18,15 @@ import json
 import sys
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import workloads
 from jobs import config as config_lib
 from jobs import preflight
-from jobs.errors import ClusterError, StoreError
+from jobs.errors import StoreError
+from jobs.evaluate import fetch_export as fetch
+from jobs.evaluate import score_export as score
 from jobs.store import FINISHED, Store, clean_row, describe_data, missing
+from jobs.train import checkpoint_meta, checkpoint_uri, fit, parser, start
 from workloads.data import replay_indices
 
 
@@ -79,26 +76,6 @@ def parent_config(parent: dict, workload: str):
     return pcfg
 
 
-def fetch_export(parent: dict, tmp: str) -> Path:
-    """The parent's export as a local folder; a clear exit-2 error if it is gone."""
-    from jobs.evaluate import fetch_export as fetch
-
-    uri = parent.get("export_uri") or ""
-    if not uri:
-        raise config_lib.ConfigError(
-            f"--from: run '{parent['run_id']}' has no exported model (status {parent.get('status')}) — "
-            "continue from a finished run"
-        )
-    return fetch(uri, tmp)
-
-
-# ----------------------------------------------------------------------------- [2]/[4] scoring without Ray
-def score(wl, cfg, splits, dataset, export_dir) -> dict[str, float]:
-    from jobs.evaluate import score_export
-
-    return score_export(wl, cfg, splits, dataset, export_dir)
-
-
 def signed(delta: float, mode: str) -> float:
     return delta if mode == "max" else -delta
 
@@ -118,8 +95,13 @@ class Baseline:
 
 def score_parent(wl, cfg, old_cfg, parent: dict, base: str) -> Baseline:
     """[2]: the parent's export on the new test split, and on its own split (stored, or scored here)."""
+    if not parent.get("export_uri"):
+        raise config_lib.ConfigError(
+            f"--from: run '{parent['run_id']}' has no exported model (status {parent.get('status')}) — "
+            "continue from a finished run"
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        export_dir = fetch_export(parent, tmp)
+        export_dir = fetch(parent["export_uri"], tmp)
         new = wl.build_data(cfg)
         if new.test is None:
             raise config_lib.ConfigError("the new data has no test split — give data.test (gain is measured on it)")
@@ -136,12 +118,11 @@ def score_parent(wl, cfg, old_cfg, parent: dict, base: str) -> Baseline:
         parent_old = parent.get(f"{old_split}_{base}")
         if parent_old is None:  # not stored (an older run): score it here
             parent_old = score(wl, old_cfg, old, getattr(old, old_split), export_dir)[base]
-    # the Train workers build their own new data; only the parent's is kept, for [4]
     replay_samples = len(replay_indices(len(old.train), cfg.continual.replay_fraction, cfg.train.seed))
     return Baseline(old_cfg, old, old_split, parent_new, parent_old, replay_samples)
 
 
-# ----------------------------------------------------------------------------- [3] the round's Train run
+# ----------------------------------------------------------------------------- [3] the round, [4] its scores
 def round_config(cfg, parent: dict, pcfg):
     """The round's config: the loop starts from the parent's export, replaying the parent's data if asked."""
     cfg = config_lib.set_dotted(cfg, "continual.init_from", parent["export_uri"])
@@ -151,40 +132,40 @@ def round_config(cfg, parent: dict, pcfg):
 
 
 def scoring_runner(train_runner, wl, baseline: Baseline, base: str, mode: str, extra_row: dict):
-    """Ray Train's runner, then [4] on the driver, before fit() writes the runs row (it writes extra_row as it
-    is then)."""
-    from jobs.train import checkpoint_meta, checkpoint_uri
+    """Ray Train's runner, then [4] on the driver, before fit() writes the runs row (with extra_row as it is then)."""
 
     def runner(cfg_, run_id, callbacks, extra):
         checkpoint, error = train_runner(cfg_, run_id, callbacks, extra)
         meta = checkpoint_meta(checkpoint) if error is None and checkpoint is not None else {}
         if meta.get("finished"):
-            extra_row.update(
-                round_scores(
-                    wl,
-                    baseline.old_cfg,
-                    baseline.old,
-                    baseline.old_split,
-                    f"{checkpoint_uri(checkpoint)}/export",
-                    base,
-                    mode,
-                    meta.get("final", {}).get(f"test_{base}"),
-                    baseline.parent_new,
-                    baseline.parent_old,
-                )
-            )
+            child_new = meta.get("final", {}).get(f"test_{base}")
+            export_uri = f"{checkpoint_uri(checkpoint)}/export"
+            extra_row.update(round_scores(wl, baseline, export_uri, base, mode, child_new))
         return checkpoint, error
 
     return runner
 
 
-# ----------------------------------------------------------------------------- CLI
-def parse_args(argv: list[str]):
-    from jobs.train import parser
+def round_scores(wl, baseline: Baseline, export_uri: str, base: str, mode: str, child_new: float | None) -> dict:
+    """The child's export on the parent's split (``old_test_*``), then gain and forgetting. A scoring error is
+    recorded, not raised: the run itself finished, and its row must still land."""
+    out = {"gain": signed(child_new - baseline.parent_new, mode) if child_new is not None else None}
+    old, split = baseline.old, baseline.old_split
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            metrics = score(wl, baseline.old_cfg, old, getattr(old, split), fetch(export_uri, tmp))
+    except Exception as e:
+        print(f"warning: could not score the new model on the parent's {split} split: {e}", file=sys.stderr)
+        return out | {"continual_error": str(e)[:500]}
+    out |= {f"old_test_{k}": v for k, v in metrics.items()}
+    parent_old = baseline.parent_old
+    out["forgetting"] = signed(parent_old - metrics[base], mode) if parent_old is not None else None
+    return out
 
-    p = parser(
-        "python -m jobs.continual", "Next continual fine-tuning round: a new run initialised from a stored run's model."
-    )
+
+# ----------------------------------------------------------------------------- CLI
+def main(argv: list[str]) -> int:
+    p = parser("python -m jobs.continual", "Next continual round: a new run initialised from a stored run's model.")
     p.add_argument(
         "--from",
         dest="parent",
@@ -192,13 +173,7 @@ def parse_args(argv: list[str]):
         metavar="best|RUN_ID",
         help="best = the workload's best finished run in the store (ties: newest); or a run id",
     )
-    return p.parse_args(argv)
-
-
-def main(argv: list[str]) -> int:
-    from jobs.train import fit, start
-
-    args = parse_args(argv)
+    args = p.parse_args(argv)
     cfg, store = preflight.prepare(args.config, args.overrides, args.smoke_test, args.store)
     wl = workloads.module(cfg.workload)
     metric, mode = config_lib.metric_and_mode(cfg)
@@ -215,12 +190,13 @@ def main(argv: list[str]) -> int:
     )
     # [2] the parent on the new test split and on its own
     baseline = score_parent(wl, cfg, old_cfg, parent, base)
+    replay = cfg.continual.replay_fraction
     print(
         f"parent: {base} {baseline.parent_new:.4f} on the new test split, {baseline.parent_old:.4f} on its own "
         f"{baseline.old_split} split"
         + (
             f"; replaying {baseline.replay_samples} of its {len(baseline.old.train)} training examples"
-            if cfg.continual.replay_fraction
+            if replay
             else ""
         )
     )
@@ -232,57 +208,20 @@ def main(argv: list[str]) -> int:
         "replay_samples": baseline.replay_samples,
         "old_split": baseline.old_split,
     }
-    try:
-        train_runner, path = start(cfg)
-    except ClusterError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    train_runner, path = start(cfg)  # a ClusterError is exit 1 (cli_main)
     print(f"round {round_} trains {path}")
     runner = scoring_runner(train_runner, wl, baseline, base, mode, extra_row)
     row = fit(cfg, store, parent_run_id=parent["run_id"], round=round_, extra_row=extra_row, runner=runner)
-    print_round(row, base)
-    return 0 if row["status"] in FINISHED else 1
-
-
-def round_scores(
-    wl,
-    old_cfg,
-    old,
-    old_split: str,
-    export_uri: str,
-    base: str,
-    mode: str,
-    child_new: float | None,
-    parent_new: float,
-    parent_old: float | None,
-) -> dict:
-    """The child's export on the parent's split (``old_test_*``), then gain and forgetting. A scoring
-    error is recorded, not raised: the run itself finished, and its row must still land."""
-    from jobs.evaluate import fetch_export as fetch
-
-    out = {"gain": signed(child_new - parent_new, mode) if child_new is not None else None}
-    dataset = old.test if old_split == "test" else old.val
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            metrics = score(wl, old_cfg, old, dataset, fetch(export_uri, tmp))
-    except Exception as e:
-        print(f"warning: could not score the new model on the parent's {old_split} split: {e}", file=sys.stderr)
-        return out | {"continual_error": str(e)[:500]}
-    out |= {f"old_test_{k}": v for k, v in metrics.items()}
-    out["forgetting"] = signed(parent_old - metrics[base], mode) if parent_old is not None else None
-    return out
-
-
-def _fmt(v, sign: str = "") -> str:
-    return "n/a" if missing(v) else f"{v:{sign}.4f}"
-
-
-def print_round(row: dict, base: str) -> None:
     print(
         f"  round {row['round']}: gain {_fmt(row.get('gain'), '+')} ({base} on the new test split vs the parent's), "
         f"forgetting {_fmt(row.get('forgetting'), '+')} ({base} lost on the parent's {row.get('old_split')} split)"
     )
     print(f"  lineage: python -m jobs.store lineage {row['run_id']}")
+    return 0 if row["status"] in FINISHED else 1
+
+
+def _fmt(v, sign: str = "") -> str:
+    return "n/a" if missing(v) else f"{v:{sign}.4f}"
 
 
 if __name__ == "__main__":

@@ -2,11 +2,9 @@
 
     python -m jobs.evaluate --run RUN_ID [--split test|val] [--store PATH] [--no-record]
 
-Reads the run's ``runs`` row (``config_json``, ``export_uri``), rebuilds the workload's data from
-that config, loads the export (local path or ``s3://``), scores it with the workload's own
-``evaluate`` and prints the metrics beside the ones stored for the run. Appends an
-``evaluations`` row (run_id, split, metrics, evaluated_at) unless ``--no-record``.
-Exit codes: 0 scored, 2 bad input (unknown run, no checkpoint, bad data), 1 anything else.
+Rebuilds the workload's data from the run's stored config, loads its export (local path or ``s3://``), scores it
+with the workload's ``evaluate``, prints the metrics beside the stored ones and appends an ``evaluations`` row
+(unless ``--no-record``). Exit codes: 0 scored, 2 bad input (unknown run, no checkpoint, bad data), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -25,24 +23,14 @@ from jobs.fs import filesystem
 from jobs.store import Store, now
 
 
-def find_run(store: Store, run_id: str) -> dict:
-    try:
-        return store.run(run_id)
-    except StoreError:
-        raise config_lib.ConfigError(
-            f"unknown run '{run_id}' in store '{store.uri}' — list runs with: python -m jobs.store runs"
-        ) from None
-
-
 def fetch_export(uri: str, tmp: str) -> Path:
     """The export folder as a local path (downloaded first when it is a URI)."""
     import pyarrow.fs as pafs
 
+    gone = config_lib.ConfigError(f"checkpoint '{uri}' is missing — it was moved or deleted; train the run again")
     if "://" not in uri:
         if not Path(uri).is_dir():
-            raise config_lib.ConfigError(
-                f"checkpoint '{uri}' is missing — it was moved or deleted; train the run again"
-            )
+            raise gone
         return Path(uri)
     fs, inner = filesystem(uri, config_lib.ConfigError, "checkpoint")
     try:
@@ -52,14 +40,13 @@ def fetch_export(uri: str, tmp: str) -> Path:
             f"cannot read checkpoint '{uri}': {str(e).splitlines()[0]} — check the URI and AWS_* credentials"
         ) from None
     if not found:
-        raise config_lib.ConfigError(f"checkpoint '{uri}' is missing — it was moved or deleted; train the run again")
+        raise gone
     pafs.copy_files(inner, tmp, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
     return Path(tmp)
 
 
 def score_export(wl, cfg, splits, dataset, export_dir) -> dict[str, float]:
-    """``wl.evaluate`` of the export in ``export_dir`` on ``dataset`` (a split of ``splits``), in this process
-    (no Ray): what jobs.evaluate reports and what jobs.continual scores parents and children with."""
+    """``wl.evaluate`` of the export in ``export_dir`` on ``dataset``, in this process (jobs.continual uses it too)."""
     import torch
 
     from jobs import loop
@@ -79,10 +66,14 @@ def score_export(wl, cfg, splits, dataset, export_dir) -> dict[str, float]:
 
 def evaluate_run(store: Store, run_id: str, split: str = "test") -> tuple[dict, dict]:
     """Score ``run_id``'s export on ``split``: returns (metrics with the split prefix, the runs row)."""
-
     from jobs import loop
 
-    run = find_run(store, run_id)
+    try:
+        run = store.run(run_id)
+    except StoreError:
+        raise config_lib.ConfigError(
+            f"unknown run '{run_id}' in store '{store.uri}' — list runs with: python -m jobs.store runs"
+        ) from None
     if not run.get("export_uri"):
         raise config_lib.ConfigError(
             f"run '{run_id}' has no exported model (status {run.get('status')}) — only finished runs can be evaluated"
@@ -106,9 +97,7 @@ def evaluate_run(store: Store, run_id: str, split: str = "test") -> tuple[dict, 
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m jobs.evaluate", description="Re-score a stored run's exported model on a split."
-    )
+    p = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__.splitlines()[0])
     p.add_argument("--run", required=True, metavar="RUN_ID", help="run id (python -m jobs.store runs lists them)")
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--store", help="evaluation store: a directory or s3:// URI (default $PERENNIAL_STORE or ./store)")
@@ -124,20 +113,8 @@ def main(argv: list[str]) -> int:
         was = "" if stored is None or stored != stored else f"   (stored {stored:.4f})"  # NaN != NaN: absent
         print(f"  {key:<24} {value:.4f}{was}")
     if not args.no_record:
-        store.append(
-            "evaluations",
-            [
-                {
-                    "run_id": args.run,
-                    "workload": run["workload"],
-                    "split": args.split,
-                    "export_uri": run["export_uri"],
-                    "evaluated_at": now(),
-                    "wall_s": wall,
-                    **metrics,
-                }
-            ],
-        )
+        keys = {"run_id": args.run, "workload": run["workload"], "split": args.split, "export_uri": run["export_uri"]}
+        store.append("evaluations", [keys | {"evaluated_at": now(), "wall_s": wall, **metrics}])
     return 0
 
 

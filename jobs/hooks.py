@@ -1,14 +1,8 @@
 """The training loop's hooks: everything optional the loop does besides training (jobs/loop.py calls them).
 
-A hook subclasses :class:`Hook` and overrides the events it needs (HF's ``TrainerCallback``, in small). Each
-event gets the running :class:`jobs.loop.Loop`, whose attributes a hook reads (``rank``, ``epoch``, ``history``,
-``best_epoch``, ``steps_this_attempt``, ``last_checkpoint`` ...) and whose ``save_step_checkpoint`` it may call.
-
-Built in, installed from the config: :class:`Tracking` (rank 0), :class:`PreemptionWatch`, :class:`StepCheckpoints`
-(``train.checkpoint_every_steps``), :class:`EarlyStopping` (``train.patience``). Extra hooks come from
-``run.hooks``: a list of ``"module:Class"`` import paths, each with its keyword arguments after a ``?`` as a
-query string, values read as YAML (``"tests.plugins.faults:FaultAtStep?epoch=2&step=8"``); they run after
-the built-in ones, on every rank.
+A hook subclasses :class:`Hook` and overrides the events it needs; each gets the running :class:`jobs.loop.Loop`.
+Built in, from the config: :class:`Tracking` (rank 0), :class:`PreemptionWatch`, :class:`StepCheckpoints`,
+:class:`EarlyStopping`. ``run.hooks`` adds ``"module:Class?key=value"`` entries (values read as YAML), on every rank.
 """
 
 from __future__ import annotations
@@ -28,37 +22,28 @@ from jobs.ray_compat import preemption_reader
 
 
 def log(message: str) -> None:
-    """Print from rank 0. ``sys.__stdout__`` bypasses Ray Train's print patch, which would tee
-    every line to the console twice; Ray still forwards the worker's stdout to the driver."""
+    """Print from rank 0, past Ray Train's print patch (it would show every line twice)."""
     print(message, file=sys.__stdout__ or sys.stdout, flush=True)
 
 
 class Hook:
     """The events of the loop, in the order they come; each does nothing unless overridden."""
 
-    def on_train_start(self, loop) -> None:
-        """Setup and restore are done; the first epoch is next."""
+    def on_train_start(self, loop) -> None: ...  # setup and restore are done
 
-    def on_batch_end(self, loop, step: int, total: int, loss: float, samples: int) -> None:
-        """After each batch: 1-based ``step`` of ``total`` (0 for a loader without a length)."""
+    def on_batch_end(self, loop, step: int, total: int, loss: float, samples: int) -> None: ...  # 1-based step
 
-    def on_step_end(self, loop, so_far: dict) -> None:
-        """After each optimizer step but the epoch's last: ``so_far`` is the epoch so far (jobs.loop.run_epoch)."""
+    def on_step_end(self, loop, so_far: dict) -> None: ...  # after each optimizer step but the epoch's last
 
-    def on_evaluate(self, loop, row: dict) -> None:
-        """The epoch's row (train and val metrics) is in ``loop.history``; its checkpoint is next."""
+    def on_evaluate(self, loop, row: dict) -> None: ...  # the epoch's row is in loop.history; its checkpoint is next
 
-    def on_epoch_end(self, loop, row: dict) -> None:
-        """The epoch's checkpoint is reported (``loop.last_checkpoint``)."""
+    def on_epoch_end(self, loop, row: dict) -> None: ...  # the epoch's checkpoint is reported
 
-    def on_train_end(self, loop) -> None:
-        """The epochs are over; the test split, the export and the final report are next."""
+    def on_train_end(self, loop) -> None: ...  # the epochs are over; test, export and final report are next
 
-    def on_final(self, loop, final: dict, export_dir) -> None:
-        """After the final report: ``final`` metrics, the export (gone once this returns)."""
+    def on_final(self, loop, final: dict, export_dir) -> None: ...  # after the final report (export_dir goes after)
 
-    def on_exception(self, loop, status: str) -> None:
-        """The loop raised: ``status`` is failed, or stopped_early for a sweep scheduler's stop."""
+    def on_exception(self, loop, status: str) -> None: ...  # status: failed, or stopped_early (a scheduler's stop)
 
 
 class Tracking(Hook):
@@ -128,8 +113,7 @@ class EarlyStopping(Hook):
 
 
 class PreemptionWatch(Hook):
-    """A checkpoint at the first step after a preemption notice, on every rank at once (see
-    :func:`preemption_watch`); the final meta records the watch's cost per step (docs/cluster.md)."""
+    """A checkpoint at the first step after a preemption notice, on every rank at once; records its cost per step."""
 
     def __init__(self, check):
         self.check, self.poll_s, self.handled = check, 0.0, False
@@ -143,8 +127,11 @@ class PreemptionWatch(Hook):
         if notice:
             self.handled = True
             name, took_s, saved_at = loop.save_step_checkpoint(so_far)
+            deadline_ms = getattr(notice, "deadline_ms", None)
+            left = f"{deadline_ms / 1000 - saved_at:.1f} s before the deadline" if deadline_ms else "no deadline given"
+            nodes = ", ".join(getattr(notice, "preempted_node_ids", [])) or "another rank's node"
             if loop.rank == 0:
-                log(preemption_line(notice, name, took_s, saved_at))
+                log(f"preemption notice for {nodes}: checkpoint {name} written in {took_s:.2f} s, {left}")
 
     def on_train_end(self, loop) -> None:
         loop.last_attempt["preemption_watch_us_per_step"] = self.poll_s / max(loop.steps_this_attempt, 1) * 1e6
@@ -155,13 +142,9 @@ PREEMPTION_CHECK_EVERY_S = 0.5  # with several workers: how often (in step time)
 
 
 def preemption_watch(dist: bool, device: torch.device, read=None):
-    """A per-step check for a preemption notice (``ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION``, a
-    spot reclaim): returns a function giving this rank's ``PreemptionInfo``, ``True`` when only another rank
-    has it yet, or None; every rank gets a truthy answer at the same step (they must checkpoint together).
-    None when Ray Train's preemption watcher is off (jobs.train turns it off on its one-node embedded cluster).
-
-    On one worker: one attribute read per step. With several, Ray Train fans the notice out to every worker but
-    not at the same instant, so the ranks agree through an all-reduce of a flag (:class:`AgreedNotice`)."""
+    """A per-step check for a preemption notice (a drain with reason PREEMPTION, a spot reclaim): this rank's
+    ``PreemptionInfo``, True when only another rank has it yet, or None; every rank sees it at the same step.
+    None when Ray Train's preemption watcher is off (jobs.train turns it off on its embedded cluster)."""
     if os.environ.get(PREEMPTION_WATCHER, "1").strip().lower() in ("0", "false"):
         return None
     read = read or preemption_reader()  # bench/preemption_watch.py passes its own
@@ -171,10 +154,8 @@ def preemption_watch(dist: bool, device: torch.device, read=None):
 
 
 class AgreedNotice:
-    """The ranks' agreement on a notice. An all-reduce every step costs too much (docs/cluster.md), so it runs
-    about every ``PREEMPTION_CHECK_EVERY_S`` of training (rank 0 sets the step interval from its step time,
-    carried in the same all-reduce), asynchronously: started at one check and read at the next. A notice is acted
-    on within about two intervals, against Ray's 5 s poll of the draining nodes and a deadline of tens of seconds."""
+    """The ranks' agreement on a notice: an asynchronous all-reduce about every ``PREEMPTION_CHECK_EVERY_S`` of
+    training (rank 0 sets the interval from its step time, in the same all-reduce), read at the next check."""
 
     def __init__(self, read, device: torch.device):
         self.read, self.device = read, device
@@ -201,15 +182,6 @@ class AgreedNotice:
         work = torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.MAX, async_op=True)
         self.pending.append((work, buffer))
         return (self.read() or True) if seen else None
-
-
-def preemption_line(notice, name: str, took_s: float, saved_at: float) -> str:
-    """The log line of a checkpoint written on a preemption notice: how long it took, and how long before
-    the deadline it was done."""
-    deadline_ms = getattr(notice, "deadline_ms", None)
-    left = f"{deadline_ms / 1000 - saved_at:.1f} s before the deadline" if deadline_ms else "no deadline given"
-    nodes = ", ".join(getattr(notice, "preempted_node_ids", [])) or "another rank's node"
-    return f"preemption notice for {nodes}: checkpoint {name} written in {took_s:.2f} s, {left}"
 
 
 def built_in(cfg, rank: int, dist: bool, device: torch.device) -> list[Hook]:

@@ -1,27 +1,12 @@
 """THE training loop: every workload trains through :func:`run`, in every Ray Train worker and sweep trial.
 
-    TorchTrainer(train_loop_per_worker, train_loop_config={"config": cfg}, ...)
+:class:`Loop` runs named setup steps (data, model, restore, prepare_model, device, optimizer, hooks), then
+:meth:`Loop.run_epoch` per epoch, then :meth:`Loop.finish` (best weights scored on test, exported, reported).
+Everything optional is a hook (jobs/hooks.py). The loop reaches Ray only through a session (:class:`TrainSession`).
 
-:class:`Loop` runs named steps: ``_setup_data``, ``_setup_model``, ``_restore`` (the checkpoint of a restarted
-worker group or a resumed trial), ``_setup_device`` (DDP and device placement), ``_setup_optimizer``,
-``_setup_hooks``; then :meth:`Loop.run_epoch` per epoch (train with AMP, gradient accumulation and the NaN policy
-of :func:`run_epoch`, validate on rank 0, broadcast, report a checkpoint); then :meth:`Loop.finish` (the best
-epoch's weights scored on the test split, exported for serving, reported as the final checkpoint). Everything
-optional is a hook (jobs/hooks.py): trackers, step checkpoints, the preemption watch, early stopping, and the
-hooks a config names in ``run.hooks``.
-
-The loop reaches Ray only through a :class:`Session`: :class:`TrainSession` in a Ray Train worker
-(``train_loop_per_worker``); jobs.sweep has its own for a Tune trial.
-
-With ``train.checkpoint_every_steps=N`` the loop also reports a checkpoint every N optimizer steps within an
-epoch (``epoch_0003_step_000120``: 120 steps into epoch 3); a run resumed from one skips the batches already
-trained, in the same order (:func:`seed_epoch_order`), and goes on from the next step.
-
-Checkpoint directory (also readable without Ray, see :func:`read_meta`):
-    meta.json     epoch (finished), history (one dict per finished epoch), best metric/epoch, final metrics;
-                  mid-epoch also ``partial``: the epoch, its optimizer step and batches so far, its loss sums
-    state.pt      model + optimizer (+ best-epoch weights; mid-epoch also the RNG states), ``weights_only=True``
-    export/       only in the final checkpoint: the servable model (workload-defined format)
+Checkpoint directory (readable without Ray, :func:`read_meta`): ``meta.json`` (finished epochs, history, best;
+mid-epoch also ``partial``), ``state.pt`` (model, optimizer, best weights, RNGs mid-epoch), ``export/`` (final only).
+Mid-epoch checkpoints are named ``epoch_0003_step_000120`` (120 optimizer steps into epoch 3).
 """
 
 from __future__ import annotations
@@ -31,13 +16,14 @@ import functools
 import json
 import math
 import os
+import pickle
 import random
 import re
 import resource
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,9 +36,6 @@ from jobs import sharding
 from jobs.hooks import PREEMPTION_WATCHER, log, preemption_watch  # noqa: F401 — the loop's API (bench, tests)
 from jobs.ray_compat import train_report_loggers
 from workloads.data import add_replay
-
-if TYPE_CHECKING:
-    import ray.train
 
 META, STATE, EXPORT = "meta.json", "state.pt", "export"
 
@@ -69,8 +52,7 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    """Every RNG a training step may draw from (dropout, augmentation), as tensors and plain values: a
-    mid-epoch checkpoint saves it so the resumed steps draw what the lost ones would have."""
+    """Every RNG a step may draw from, as tensors: a mid-epoch checkpoint resumes with the same draws."""
     np_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
@@ -90,9 +72,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def seed_epoch_order(loader: DataLoader, epoch: int, seed: int) -> None:
-    """Make epoch ``epoch``'s batch order a function of (seed, epoch) alone, so a run resumed mid-epoch
-    draws the same order and skips the batches it had trained: a ``DistributedSampler`` (several workers, or a
-    workload's own sampler) through ``set_epoch``; the default shuffled loader by reseeding its generator."""
+    """Make an epoch's batch order a function of (seed, epoch), so a run resumed mid-epoch skips the same batches."""
     if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)
     if getattr(loader, "generator", None) is not None:
@@ -115,17 +95,15 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 @functools.cache
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX on this CPU (Linux): bf16 matmuls in hardware. Elsewhere torch emulates bf16, slower than fp32."""
+    """AVX512-BF16 or AMX on this CPU (Linux); elsewhere torch emulates bf16, slower than fp32."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", Path("/proc/cpuinfo").read_text()))
     except OSError:
         return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``train.precision=auto``: bf16 where the device computes it natively (an Ampere-or-newer GPU, a CPU with
-    AVX512-BF16/AMX), else fp32. Measured: docs/performance.md (speed, and test F1 against fp32)."""
+    """``train.precision=auto``: bf16 where the device computes it natively, else fp32."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -136,13 +114,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def autocast(precision: str, device: torch.device):
-    """The autocast context for ``train.precision`` (fp32 = disabled; auto = :func:`resolve_precision`)."""
-    if precision not in config_lib.PRECISIONS:
-        raise config_lib.ConfigError(
-            f"train.precision must be {', '.join(config_lib.PRECISIONS[:-1])} or fp16, got '{precision}'"
-        )
-    precision = resolve_precision(precision, device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    """The autocast context for ``train.precision`` (fp32 = disabled)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(precision, device))
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
 
@@ -152,8 +125,11 @@ def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | 
 
 
 def check_precision(precision: str, device: torch.device) -> None:
-    """Reject a precision the device cannot run (bf16 needs an Ampere-or-newer GPU; emulated bf16 is slow)."""
-    autocast(precision, device)  # validates the name
+    """Reject a precision name, or bf16 on a GPU older than Ampere (emulated bf16 is slow)."""
+    if precision not in config_lib.PRECISIONS:
+        raise config_lib.ConfigError(
+            f"train.precision must be {', '.join(config_lib.PRECISIONS[:-1])} or fp16, got '{precision}'"
+        )
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
         raise config_lib.ConfigError(
             f"train.precision=bf16 needs an Ampere or newer GPU, not {torch.cuda.get_device_name(device)} — use train.precision=fp16"
@@ -162,21 +138,20 @@ def check_precision(precision: str, device: torch.device) -> None:
 
 def make_optimizer(cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    # fused AdamW: faster than the default on CPU (docs/performance.md, levers) and supported on CUDA
     return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay, fused=True)
 
 
-def better(value: float, best: float | None, mode: str) -> bool:
-    if best is None:
-        return True
-    return value > best if mode == "max" else value < best
-
-
 def resumed_from(meta: dict) -> str:
-    """Where a checkpoint stands: "epoch 3" (the end of epoch 3), or "epoch 4 step 120" for a mid-epoch
-    checkpoint 120 optimizer steps into epoch 4 (its meta's ``epoch`` is 3, the epochs finished)."""
+    """ "epoch 3" (its end), or "epoch 4 step 120" for a mid-epoch checkpoint (meta's ``epoch`` counts finished ones)."""
     partial = meta.get("partial")
     return f"epoch {meta['epoch'] + 1} step {partial['step']}" if partial else f"epoch {meta['epoch']}"
+
+
+# ----------------------------------------------------------------------------- checkpoint save and restore
+def save_checkpoint(folder: str | os.PathLike, state: dict, meta: dict) -> None:
+    """Write a checkpoint folder: ``state.pt`` (tensors) then ``meta.json``."""
+    torch.save(state, Path(folder, STATE))
+    Path(folder, META).write_text(json.dumps(meta, default=float))
 
 
 def read_meta(checkpoint_dir: str | os.PathLike) -> dict:
@@ -184,9 +159,7 @@ def read_meta(checkpoint_dir: str | os.PathLike) -> dict:
 
 
 def load_state(checkpoint_dir: str | os.PathLike) -> dict:
-    # weights_only: a checkpoint is data, never code (no arbitrary unpickling)
-    import pickle
-
+    """``state.pt`` with ``weights_only=True``: a checkpoint is data, never code."""
     path = Path(checkpoint_dir, STATE)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -201,6 +174,13 @@ def load_state(checkpoint_dir: str | os.PathLike) -> dict:
         ) from None
 
 
+def fs_uri(filesystem, path: str) -> str:
+    """A pyarrow filesystem's path as a URI: the path itself on a local disk, else ``s3://...``."""
+    name = type(filesystem).__name__
+    scheme = {"S3FileSystem": "s3", "GcsFileSystem": "gs"}.get(name, filesystem.type_name)
+    return path if name == "LocalFileSystem" else f"{scheme}://{path}"
+
+
 def export_model(wl, model: torch.nn.Module, cfg, splits, out_dir: Path) -> None:
     """Servable model: the workload's own format, else safetensors + a JSON of what built it."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -210,18 +190,8 @@ def export_model(wl, model: torch.nn.Module, cfg, splits, out_dir: Path) -> None
     from safetensors.torch import save_file
 
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))
-    (out_dir / "model.json").write_text(
-        json.dumps(
-            {
-                "workload": cfg.workload,
-                "labels": splits.labels,
-                "info": splits.info,
-                "config": config_lib.to_dict(cfg),
-            },
-            indent=1,
-            default=str,
-        )
-    )
+    built = {"workload": cfg.workload, "labels": splits.labels, "info": splits.info, "config": config_lib.to_dict(cfg)}
+    (out_dir / "model.json").write_text(json.dumps(built, indent=1, default=str))
 
 
 def load_export(wl, cfg, splits, export_dir: str | os.PathLike) -> torch.nn.Module:
@@ -244,12 +214,7 @@ def train_loader(wl, cfg, splits) -> DataLoader:
         return make_loader(cfg, splits)
     g = torch.Generator().manual_seed(cfg.train.seed)
     return DataLoader(
-        splits.train,
-        batch_size=cfg.train.batch_size,
-        shuffle=True,
-        generator=g,
-        collate_fn=splits.collate_fn,
-        drop_last=False,
+        splits.train, batch_size=cfg.train.batch_size, shuffle=True, generator=g, collate_fn=splits.collate_fn
     )
 
 
@@ -269,11 +234,8 @@ def run_epoch(
 ) -> dict:
     """One pass over ``loader``: returns train_loss, samples, train_time_s, step_time_median_s, skipped_batches.
 
-    ``on_step(step, total, loss, samples)``: after each batch (1-based step; total None without a length).
-    ``after_step(so_far)``: after each optimizer step but the epoch's last, with the epoch so far (batches, step,
-    loss_sum, n_batches, samples, skipped, train_time_s). ``partial`` (a ``so_far`` plus ``rng``, from a
-    mid-epoch checkpoint) resumes the epoch: its first batches are drawn but not trained (the same order, see
-    :func:`seed_epoch_order`), the RNGs are set back to that step, and the sums go on."""
+    ``on_step(step, total, loss, samples)`` after each batch; ``after_step(so_far)`` after each optimizer step but
+    the epoch's last. ``partial`` (a ``so_far`` plus ``rng``) resumes mid-epoch: its batches are drawn, not trained."""
     model.train()
     accum = max(1, cfg.train.grad_accum_steps)
     if cfg.train.on_nan not in ("fail", "skip_batch"):
@@ -312,10 +274,6 @@ def run_epoch(
             step = i // accum + 1  # optimizer steps so far in this epoch
             after_step({"batches": i + 1, "step": step, **sums, "train_time_s": time_before + time.perf_counter() - t0})
     step_starts.append(time.perf_counter())
-    return _epoch_stats(sums, time_before + step_starts[-1] - t0, step_starts)
-
-
-def _epoch_stats(sums: dict, train_time_s: float, step_starts: list[float]) -> dict:
     if sums["skipped"] and not sums["n_batches"]:  # skip_batch must not turn a diverged run into "completed"
         raise NonFiniteLossError(
             f"all {sums['skipped']} batches of the epoch had a non-finite loss — lower train.lr or check the data for NaN/inf"
@@ -323,15 +281,15 @@ def _epoch_stats(sums: dict, train_time_s: float, step_starts: list[float]) -> d
     return {
         "train_loss": sums["loss_sum"] / max(sums["n_batches"], 1),
         "samples": sums["samples"],
-        "train_time_s": train_time_s,
+        "train_time_s": time_before + step_starts[-1] - t0,
         "step_time_median_s": median_step_time(step_starts),
         "skipped_batches": sums["skipped"],
     }
 
 
 def _backward(model, batch, index: int, wl, cfg, device, scaler, dist: bool, sync: bool, window: int):
-    """Forward and backward of one micro-batch: its loss, or None when the loss is not finite and
-    ``train.on_nan=skip_batch``. Gradients are all-reduced only on the window's last micro-batch (``sync``)."""
+    """Forward and backward of one micro-batch: its loss, or None when it is not finite and on_nan=skip_batch.
+    Gradients are all-reduced only on the window's last micro-batch (``sync``)."""
     no_sync = dist and not sync and hasattr(model, "no_sync")
     with model.no_sync() if no_sync else contextlib.nullcontext():
         with autocast(cfg.train.precision, device):
@@ -368,10 +326,8 @@ def _optimizer_step(model, optimizer, scheduler, scaler, max_norm: float) -> Non
 
 
 def median_step_time(step_starts: list[float], warmup: int = 3) -> float:
-    """Median seconds per step (compute + loading the next batch) from the clock at each batch's arrival.
-
-    The first interval is the loader's start-up alone and is left out, and so are ``warmup`` steps
-    (allocator, lazy init) when the epoch has more than ``2 * warmup`` of them (bench/overhead.py)."""
+    """Median seconds per step from the clock at each batch's arrival, without the loader's start-up interval
+    and, when the epoch has more than ``2 * warmup`` steps, the first ``warmup`` steps."""
     steps = np.diff(step_starts)[1:]
     if len(steps) > 2 * warmup:
         steps = steps[warmup:]
@@ -379,8 +335,7 @@ def median_step_time(step_starts: list[float], warmup: int = 3) -> float:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far (Linux reports KiB): the per-worker figure of bench/memory.py."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _batch_size(batch: Any) -> int:
@@ -394,13 +349,8 @@ def _batch_size(batch: Any) -> int:
 
 
 def elastic_batch_policy(cfg, world: int) -> tuple[Any, str]:
-    """An elastic run (``scaling.num_workers=[min, max]``) keeps its global batch whatever its worker count:
-    each optimizer step averages ``batch_size x grad_accum_steps x max`` samples, so with ``world`` < max
-    workers each one accumulates ``ceil(max / world)`` times as many micro-batches (exact when ``world``
-    divides max; otherwise the global batch is up to one worker's share larger). Per-worker memory, the
-    learning rate and the schedule in optimizer steps stay as configured: the steps per epoch and the lr
-    at each step do not depend on how many nodes the run had. Returns the config for the steps (``cfg``
-    itself, or a copy with that ``train.grad_accum_steps``) and a note for the start-up line."""
+    """An elastic run keeps its global batch at any worker count: with ``world`` < max workers each accumulates
+    ``ceil(max / world)`` times as many micro-batches. Returns the config the optimizer steps follow and a note."""
     if not config_lib.is_elastic(cfg.scaling):
         return cfg, ""
     low, high = config_lib.worker_range(cfg.scaling)
@@ -411,50 +361,20 @@ def elastic_batch_policy(cfg, world: int) -> tuple[Any, str]:
 
 
 # ----------------------------------------------------------------------------- where the loop runs: a Session
-class Session(Protocol):
-    """What the loop asks of the Ray process it runs in (a Ray Train worker, a Tune trial); nothing else in the
-    loop calls Ray Train. A Tune trial's session has rank 0 of 1 and places the model itself.
-
-    - ``world_rank``, ``world_size``: this worker's rank and the worker count.
-    - ``run_name``: the run's folder under ``storage_path`` (its checkpoints and tensorboard/), the trackers' run id.
-    - ``storage_path``: the storage root as an absolute local path or a URI (s3://...).
-    - ``device``: the torch device this worker trains on.
-    - ``get_checkpoint()``: the checkpoint to resume from, or None for a fresh start.
-    - ``report(metrics, checkpoint, checkpoint_dir_name)``: every rank calls it; rank 0 attaches the checkpoint,
-      a temporary folder the loop deletes once ``report`` returns (so it must have been persisted by then).
-    - ``prepare_model(model)``, ``prepare_data_loader(loader, auto_transfer)``: DDP, device placement, the
-      distributed sampler (``ray.train.torch.prepare_*``).
-    """
-
-    world_rank: int
-    world_size: int
-    run_name: str
-    storage_path: str
-
-    @property
-    def device(self) -> torch.device: ...
-
-    def get_checkpoint(self) -> ray.train.Checkpoint | None: ...
-
-    def report(
-        self, metrics: dict, checkpoint: ray.train.Checkpoint | None = None, checkpoint_dir_name: str | None = None
-    ) -> None: ...
-
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module: ...
-
-    def prepare_data_loader(self, loader: DataLoader, auto_transfer: bool) -> DataLoader: ...
-
-
 class TrainSession:
-    """The :class:`Session` of a Ray Train worker: ``ray.train`` and ``ray.train.torch`` themselves."""
+    """Where the loop runs, and all it asks of Ray; this one is a Ray Train worker's (jobs.train.LocalSession is local
+    mode's, jobs.sweep.TuneSession a Tune trial's). ``storage_path``: an absolute path or URI, ``run_name`` the run's
+    folder there. Every rank calls ``report``, rank 0 with a temporary checkpoint folder to persist before returning."""
 
-    def __init__(self, cfg):
+    def __init__(self):
         import ray.train
         import ray.train.torch
 
         self.train, self.torch, ctx = ray.train, ray.train.torch, ray.train.get_context()
         self.world_rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
-        self.run_name, self.storage_path = ctx.get_experiment_name(), _storage_path(ctx, cfg)
+        self.run_name, storage = ctx.get_experiment_name(), ctx.get_storage()
+        # as Train resolved it: absolute (the worker's cwd is not the driver's)
+        self.storage_path = fs_uri(storage.storage_filesystem, storage.storage_fs_path)
 
     @property
     def device(self) -> torch.device:
@@ -467,40 +387,23 @@ class TrainSession:
         self.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name)
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        return self.torch.prepare_model(model)  # DDP + device placement (+ torch.cuda.set_device)
+        return self.torch.prepare_model(model)  # DDP + device placement
 
     def prepare_data_loader(self, loader: DataLoader, auto_transfer: bool) -> DataLoader:
         return self.torch.prepare_data_loader(loader, auto_transfer=auto_transfer)
 
 
-def _storage_path(ctx, cfg) -> str:
-    """The run's storage path as Train resolved it (absolute; the worker's cwd is not the driver's)."""
-    try:
-        storage = ctx.get_storage()
-    except NotImplementedError:  # in-process runs (jobs.sweep) keep the driver's cwd and an absolute path
-        path = cfg.run.storage_path
-        return path if "://" in path else os.path.abspath(path)
-    fs = storage.storage_filesystem
-    if type(fs).__name__ == "LocalFileSystem":
-        return storage.storage_fs_path
-    scheme = {"S3FileSystem": "s3", "GcsFileSystem": "gs"}.get(type(fs).__name__, fs.type_name)
-    return f"{scheme}://{storage.storage_fs_path}"
-
-
-def train_loop_per_worker(config_dict: dict, session: Session | None = None) -> None:
-    """The Ray Train entry: ``{"config": the checked config}`` (``_tracking``: extra trackers' tags). ``session``:
-    another place than a Train worker group (local mode's, a Tune trial's); a :class:`TrainSession` by default."""
-    # Train logs every report at INFO; the per-epoch line says it better (PERENNIAL_TRAIN_LOG_LEVEL=INFO for both)
-    for logger in train_report_loggers():
+def train_loop_per_worker(config_dict: dict, session=None) -> None:
+    """The Ray Train entry: ``{"config": the checked config, "_tracking": extra tracker tags}``; ``session``: local
+    mode's or a Tune trial's, else a :class:`TrainSession`."""
+    for logger in train_report_loggers():  # Train logs every report at INFO; the per-epoch line says it better
         logger.setLevel(os.environ.get("PERENNIAL_TRAIN_LOG_LEVEL", "WARNING"))
-    cfg = config_dict["config"]  # checked once, on the driver (jobs.config)
-    run(cfg, session or TrainSession(cfg), config_dict.get("_tracking", {}))
+    run(config_dict["config"], session or TrainSession(), config_dict.get("_tracking", {}))
 
 
-def run(cfg, session: Session, tags: dict | None = None) -> None:
-    """Train ``cfg`` in this worker to the end (or an early stop). ``tags``: extra tracker fields (sweep_id,
-    trial_id, mlflow_parent_run_id). A raised error closes the hooks with status failed, or stopped_early for a
-    Tune scheduler's stop (SystemExit, raised from a trial's report)."""
+def run(cfg, session, tags: dict | None = None) -> None:
+    """Train ``cfg`` in this worker to the end. A raised error closes the hooks with status failed, or stopped_early
+    for a Tune scheduler's stop (SystemExit from a trial's report)."""
     loop = Loop(cfg, session, tags or {})
     try:
         loop.fit()
@@ -513,7 +416,7 @@ def run(cfg, session: Session, tags: dict | None = None) -> None:
 class Loop:
     """One worker's run: setup steps, :meth:`run_epoch` per epoch, :meth:`finish`. Hooks read its attributes."""
 
-    def __init__(self, cfg, session: Session, tags: dict):
+    def __init__(self, cfg, session, tags: dict):
         self.cfg, self.session, self.tags = cfg, session, tags
         self.rank, self.world = session.world_rank, session.world_size
         self.dist = self.world > 1
@@ -533,7 +436,7 @@ class Loop:
         self._setup_data()
         self._setup_model()
         self._restore()
-        self._setup_device()
+        self._prepare_model()
         self._setup_optimizer()
         self._setup_hooks()
         start = self.meta["epoch"] if not self.meta.get("finished") else self.cfg.train.epochs
@@ -543,7 +446,7 @@ class Loop:
                 break
         self.finish()
 
-    # [1] setup: data and model, seeded (the same init on every rank; DDP broadcasts rank 0's anyway)
+    # [1] setup: data and model, seeded (the same init on every rank)
     def _setup_data(self) -> None:
         cfg = self.cfg
         seed_everything(cfg.train.seed)
@@ -554,8 +457,11 @@ class Loop:
 
     def _setup_model(self) -> None:
         self.model = self.wl.build_model(self.cfg, self.splits)
-        if self.cfg.continual.init_from:  # continual: start from the parent's export
-            self.model = _init_from_parent(self.wl, self.cfg, self.splits, self.cfg.continual.init_from)
+        if self.cfg.continual.init_from:  # continual: start from the parent's export (local path or s3://)
+            import ray.train
+
+            with ray.train.Checkpoint(self.cfg.continual.init_from).as_directory() as d:
+                self.model = load_export(self.wl, self.cfg, self.splits, d)
 
     def _restore(self) -> None:
         """A restarted worker group (or a resumed sweep trial) goes on from the session's checkpoint."""
@@ -586,9 +492,7 @@ class Loop:
         partial = self.meta.get("partial") if self.state is not None else None
         if partial is None:
             return None
-        if len(self.state["rng"]) != self.world:
-            # another worker count splits the epoch's batches differently: which ones were trained is unknown here,
-            # so the epoch starts over (its samples trained once more, none skipped)
+        if len(self.state["rng"]) != self.world:  # another worker count splits the batches otherwise: start over
             if self.rank == 0:
                 log(
                     f"the epoch {partial['epoch'] + 1} checkpoint was written by {len(self.state['rng'])} workers: epoch restarts"
@@ -596,7 +500,8 @@ class Loop:
             return None
         return partial | {"rng": self.state["rng"][self.rank]}
 
-    def _setup_device(self) -> None:
+    def _prepare_model(self) -> None:
+        """Wrap the model for this worker group (DDP through the session) and resolve the precision on its device."""
         cfg = self.cfg
         self.device = self.session.device
         cfg.train.precision = resolve_precision(cfg.train.precision, self.device)  # auto -> bf16 or fp32 here
@@ -607,7 +512,7 @@ class Loop:
         else:
             self.model = self.session.prepare_model(self.model)
         self.step_cfg, elastic_note = elastic_batch_policy(cfg, self.world)  # the config the optimizer steps follow
-        if self.rank == 0:  # Ray picks the backend: nccl when workers hold GPUs, gloo on CPUs
+        if self.rank == 0:
             backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else "none"
             log(
                 f"{self.world} worker(s) on {self.device.type}, backend {backend}, precision {cfg.train.precision}, "
@@ -621,11 +526,11 @@ class Loop:
         """Optimizer, train loader (its length sets the schedule), scheduler and loss scaler, restored if resumed."""
         cfg, wl, state, on_gpu = self.cfg, self.wl, self.state, self.device.type == "cuda"
         build_optimizer = workloads.hook(wl, "build_optimizer")
-        model = self.model
-        self.optimizer = build_optimizer(cfg, unwrap(model)) if build_optimizer else make_optimizer(cfg, model)
+        self.optimizer = (
+            build_optimizer(cfg, unwrap(self.model)) if build_optimizer else make_optimizer(cfg, self.model)
+        )
         self.base_loader = train_loader(wl, cfg, self.splits)
         self.base_loader.pin_memory = on_gpu  # page-locked host batches: the host->GPU copy runs asynchronously
-        # auto_transfer: copies on a side CUDA stream, one batch ahead
         self.loader = self.session.prepare_data_loader(self.base_loader, auto_transfer=on_gpu)
         build_scheduler = workloads.hook(wl, "build_scheduler")
         self.scheduler = build_scheduler(self.step_cfg, self.optimizer, len(self.loader)) if build_scheduler else None
@@ -668,14 +573,16 @@ class Loop:
             self.scheduler,
             self.scaler,
             self.dist,
-            on_step=self._on_batch,
+            on_step=lambda *args: self.call("on_batch_end", *args),
             after_step=self._after_step,
             partial=partial,
         )
         self.steps_this_attempt += 1  # the epoch's last optimizer step (after_step is not called for it)
         self.partial = None
         row = self._epoch_row(stats)
-        improved = better(row[self.metric], self.best_metric, self.mode)
+        improved = self.best_metric is None or (
+            row[self.metric] > self.best_metric if self.mode == "max" else row[self.metric] < self.best_metric
+        )
         if improved:  # snapshot: early stopping and the test score use the best epoch's weights
             self.best_metric, self.best_epoch = row[self.metric], epoch + 1
             self.best_state = {k: v.detach().cpu().clone() for k, v in unwrap(self.model).state_dict().items()}
@@ -690,9 +597,6 @@ class Loop:
         self.last_checkpoint = name
         self.call("on_epoch_end", row)
 
-    def _on_batch(self, step: int, total: int | None, loss: float, samples: int) -> None:
-        self.call("on_batch_end", step, total, loss, samples)
-
     def _after_step(self, so_far: dict) -> None:
         self.steps_this_attempt += 1
         self.call("on_step_end", so_far)
@@ -706,16 +610,16 @@ class Loop:
                 metrics = self.wl.evaluate(unwrap(self.model), _on(self.val_loader, device), self.splits)
             val = {f"val_{k}": v for k, v in metrics.items()}
         val = _broadcast(val, dist)
-        train_time = _all_sum(stats["train_time_s"], device, dist) / world
+        train_time = _all_reduce(stats["train_time_s"], device, dist) / world
         row = {
             "epoch": self.epoch + 1,
             "train_loss": stats["train_loss"],
             **val,
             "train_time_s": train_time,
-            "samples_per_s": _all_sum(stats["samples"], device, dist) / max(train_time, 1e-9),
+            "samples_per_s": _all_reduce(stats["samples"], device, dist) / max(train_time, 1e-9),
             "skipped_batches": stats["skipped_batches"],
-            "step_time_median_s": _all_sum(stats["step_time_median_s"], device, dist) / world,  # mean over ranks
-            "peak_rss_mb": _all_max(peak_rss_mb(), device, dist),  # the largest worker
+            "step_time_median_s": _all_reduce(stats["step_time_median_s"], device, dist) / world,  # mean over ranks
+            "peak_rss_mb": _all_reduce(peak_rss_mb(), device, dist, "MAX"),  # the largest worker
             "elapsed_s": time.perf_counter() - self.run_t0,
             "num_workers": world,  # this epoch's worker count (a run restarted on fewer nodes shows it)
         }
@@ -740,7 +644,7 @@ class Loop:
         }
 
     def _cpu_s(self) -> float:
-        return self.cpu_prior + _all_sum(time.process_time() - self.cpu0, self.device, self.dist)
+        return self.cpu_prior + _all_reduce(time.process_time() - self.cpu0, self.device, self.dist)
 
     def train_state(self, mid_epoch: bool = False) -> dict:
         """What a checkpoint holds besides meta.json (best_model {} = the same as model)."""
@@ -759,8 +663,7 @@ class Loop:
         name = f"epoch_{self.epoch + 1:04d}_step_{so_far['step']:06d}"
         if name == self.last_checkpoint:
             return name, 0.0, time.time()
-        # meta["epoch"] stays the count of finished epochs and the history only theirs: the store's epochs rows
-        # come from the history, so a mid-epoch checkpoint never yields a half-epoch row
+        # meta's epoch and history stay the finished epochs': the store never gets a half-epoch row
         step_meta = self.meta | {"partial": so_far | {"epoch": self.epoch}}
         # each rank's own RNG states: they differ (rank 0 alone validates, and its val loader draws a seed)
         step_state = self.train_state(mid_epoch=True) | {"rng": _all_gather(rng_state(), self.dist)}
@@ -774,7 +677,7 @@ class Loop:
         return name, saved_at - t_wall, saved_at
 
     def _report(self, metrics: dict, meta: dict, state: dict, name: str) -> None:
-        """Report ``metrics`` with a checkpoint dir ``name`` (meta.json + state.pt) from rank 0."""
+        """Report ``metrics`` with the checkpoint ``name`` (written by rank 0)."""
         import ray.train
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -783,8 +686,7 @@ class Loop:
                 state = sharding.save(tmp, self.model, self.optimizer, state)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             if self.rank == 0:
-                torch.save(state, Path(tmp, STATE))
-                Path(tmp, META).write_text(json.dumps(meta, default=float))
+                save_checkpoint(tmp, state, meta)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             self.session.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
 
@@ -826,6 +728,7 @@ class Loop:
             with autocast(self.cfg.train.precision, device):
                 metrics = self.wl.evaluate(model, _on(test_loader, device), splits)
             final.update({f"test_{k}": v for k, v in metrics.items()})
+            log("test: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k.startswith("test_")))
         export_model(self.wl, model.cpu() if device.type != "cpu" else model, self.cfg, splits, tmp / EXPORT)
         meta_final = self.meta | {
             "finished": True,
@@ -836,35 +739,22 @@ class Loop:
             "last_attempt": self.last_attempt,
         }
         (tmp / META).write_text(json.dumps(meta_final, default=float))
-        if splits.test is not None:
-            log("test: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k.startswith("test_")))
         return ray.train.Checkpoint.from_directory(str(tmp))
 
 
 # ----------------------------------------------------------------------------- small parts of the loop
-def _init_from_parent(wl, cfg, splits, export_dir: str) -> torch.nn.Module:
-    import ray.train
-
-    with ray.train.Checkpoint(export_dir).as_directory() as d:  # local path or s3:// URI
-        return load_export(wl, cfg, splits, d)
-
-
 def _on(loader: DataLoader, device: torch.device):
     for batch in loader:
         yield to_device(batch, device)
 
 
 def node_placement(rank: int) -> dict:
-    """This worker's rank, Ray node id and node type (the cluster.yaml type its node was launched as)."""
+    """This worker's rank, Ray node id and node type (the autoscaler sets RAY_NODE_TYPE_NAME on nodes it starts)."""
     import ray
 
-    # the autoscaler starts a node with RAY_NODE_TYPE_NAME set; other nodes are typed later by the driver
-    return {
-        "rank": rank,
-        # local mode (no Ray started): no node to name, and asking the runtime context would start a cluster
-        "node_id": ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
-        "node_type": os.environ.get("RAY_NODE_TYPE_NAME", ""),
-    }
+    # local mode starts no Ray: asking the runtime context would start a cluster
+    node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    return {"rank": rank, "node_id": node_id, "node_type": os.environ.get("RAY_NODE_TYPE_NAME", "")}
 
 
 def _all_gather(obj: dict, dist: bool) -> list[dict]:
@@ -883,19 +773,11 @@ def _broadcast(obj: dict, dist: bool) -> dict:
     return box[0]
 
 
-def _all_max(value: float, device: torch.device, dist: bool) -> float:
+def _all_reduce(value: float, device: torch.device, dist: bool, op: str = "SUM") -> float:
     if not dist:
         return float(value)
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return float(t.item())
-
-
-def _all_sum(value: float, device: torch.device, dist: bool) -> float:
-    if not dist:
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t)
+    torch.distributed.all_reduce(t, op=getattr(torch.distributed.ReduceOp, op))
     return float(t.item())
 
 

@@ -1,18 +1,7 @@
 """Every private Ray API the project uses, in one place, for the Ray version it was written against.
 
-Ray's public API does not cover these things perennial needs; each is imported here and nowhere else, so that a
-Ray upgrade that moves one breaks this file (and tests/unit/test_ray_compat.py, which imports them all) instead
-of a run in the middle of a sweep:
-
-- the logger Train V2's worker context logs each report to (named by its file path in 2.60), and the runtime-env
-  logger of a job upload;
-- the cluster's maximum resources as the autoscaler recorded them (the figure Ray Train itself checks);
-- the Tune session's queue that TuneReportCallback fills, drained before a multi-worker trial returns;
-- ``ray_constants.ENABLE_RAY_CLUSTER``, Ray's single-machine mode, which keeps every listener on 127.0.0.1;
-- the preemption notice Ray Train's watcher hands each worker, read in place (the public
-  ``ray.train.get_preemption_info()`` is a round trip to an actor, too slow to poll every step);
-- the autoscaler's offline config validation (jobs.cluster_check) and the job client's packaging
-  (what a job upload holds, for the upload tests).
+Each fills a gap in Ray's public API and is imported here and nowhere else, so that an upgrade that moves one breaks
+this file (and tests/unit/test_ray_compat.py, which imports them all), not a run in the middle of a sweep.
 """
 
 from __future__ import annotations
@@ -39,12 +28,8 @@ def max_resources_from_cluster_config() -> dict | None:
 
 
 def wait_for_tune_report_queue(timeout_s: float = 120.0, settle_s: float = 0.5) -> None:
-    """Return once Tune has taken a Train run's last report off the one-slot queue TuneReportCallback fills.
-
-    A function trainable that returns while a report still waits there deadlocks in Ray 2.60: the end-of-function
-    marker fills the session's one-slot result queue, then the trial actor's main thread takes the queued report
-    and waits forever to put it there (ray/train/_internal/session.py: ``_get_result_from_queues`` calls ``report``,
-    whose ``result_queue.put(block=True)`` never returns). ``settle_s`` covers Tune passing the report on."""
+    """Return once Tune has taken a Train run's last report off the queue TuneReportCallback fills: a trainable that
+    returns before deadlocks in Ray 2.60 (ray/train/_internal/session.py, ``_get_result_from_queues``)."""
     import time
 
     from ray.train._internal.session import get_session
@@ -66,9 +51,8 @@ def train_report_loggers() -> list[logging.Logger]:
 
 
 def preemption_reader():
-    """A function returning this Train worker's copy of Ray Train's preemption notice (a ``PreemptionInfo``, or
-    None before any): one attribute read, what ``ray.train.get_preemption_info()`` broadcasts from rank 0. None
-    outside a Train worker group (an in-process sweep trial has no watcher)."""
+    """A function returning this Train worker's copy of the preemption notice, one attribute read (the public
+    ``ray.train.get_preemption_info()`` is an actor round trip per step); None outside a Train worker group."""
     from ray.train.v2._internal.execution.context import get_train_context
 
     try:
@@ -79,8 +63,8 @@ def preemption_reader():
 
 
 def single_machine_mode() -> None:
-    """Keep every server of a one-machine Ray on 127.0.0.1 (Ray's own local-only mode, its default on macOS).
-    Set before the cluster starts: the processes it spawns read the variable, this process the constant."""
+    """Keep every server of a one-machine Ray on 127.0.0.1 (Ray's local-only mode, its default on macOS); set before
+    the cluster starts: its processes read the variable, this process the constant."""
     import os
 
     from ray._private import ray_constants

@@ -1,32 +1,20 @@
-"""One Ray Tune sweep whose trials are Ray Train runs of one workload, recorded in the evaluation store.
+"""One Ray Tune sweep whose trials are runs of one workload, recorded in the evaluation store.
 
     python -m jobs.sweep --config configs/mlp.yaml [--smoke-test] [--store PATH] [key=value ...]
     python -m jobs.sweep --resume SWEEP_ID [run.storage_path=...]       # after the driver was killed
-    ray job submit --working-dir . -- python -m jobs.sweep --config configs/mlp.yaml --smoke-test
 
-The config's ``sweep`` section picks the search space (else the workload's SEARCH_SPACE), the search
-(random | grid | optuna), the scheduler (asha | fifo), trials and concurrency. Each trial is one run of
-jobs/loop.py: a ``runs`` row (sweep_id, trial_id, status completed | stopped_early | failed) with its
-``epochs``; the sweep itself is one ``sweeps`` row. Everything a sweep writes outside the store lives in
-``<run.storage_path>/<sweep_id>/``: Tune's experiment state and one Ray Train run dir per trial.
-
-Every trial is a Tune function trainable. With one worker the loop runs in the trial itself
-(``sweep.in_process``, default on), reporting with ``tune.report(metrics, checkpoint=...)`` and resuming from
-``tune.get_checkpoint()``: the same loop and store rows, without the Train worker group that dominates a small
-sweep's time. Multi-worker trials run a TorchTrainer inside the trial (Train V2: ``Tuner(TorchTrainer)`` is gone).
-By default the sweep prints one line per trial event; ``--verbose`` adds every trial's per-epoch lines.
-
-Exit codes: 0 the sweep finished (some trials may have failed), 1 no trial finished or no cluster,
-2 bad input (nothing written).
+The ``sweep`` section picks the search space (else the workload's SEARCH_SPACE), search, scheduler, trials and
+concurrency. Each trial is a Tune function trainable and one ``runs`` row; the sweep is one ``sweeps`` row; its
+files live in ``<run.storage_path>/<sweep_id>/``. One-worker trials run the loop in the trial itself
+(``sweep.in_process``); others run a TorchTrainer inside the trial. ``--verbose`` adds the trials' per-epoch lines.
+Exit codes: 0 finished (some trials may have failed), 1 no trial finished or no cluster, 2 bad input.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
-import sys
 import time
 import types
 import typing
@@ -36,7 +24,6 @@ from pathlib import Path
 import workloads
 from jobs import config as config_lib
 from jobs import preflight, tracking
-from jobs.errors import ClusterError
 from jobs.store import Store, compact_if_due, now
 from jobs.train import (
     check_cluster,
@@ -46,9 +33,10 @@ from jobs.train import (
     init_ray,
     job_id,
     last_checkpoint,
-    read_state_file,
+    parser,
     record_run,
-    resume_root,
+    resume_command,
+    resume_state,
     run_trainer,
     storage_uri,
     write_state_file,
@@ -62,8 +50,6 @@ DISTRIBUTIONS = {  # name -> its arguments (Tune's own samplers; randint exclude
     "choice": "[value, value, ...]",
     "grid": "[value, value, ...]",
 }
-SEARCHES = ("random", "grid", "optuna")
-SCHEDULERS = ("asha", "fifo")
 STATE_FILE = "perennial_sweep.json"  # config + store of a sweep, read by --resume
 SMOKE_MAX_SAMPLES = 4  # --smoke-test: at most this many samples, on top of the workload's own SMOKE_TEST
 
@@ -81,16 +67,12 @@ def search_space(cfg) -> dict:
 
 
 def tune_space(cfg, space: dict | None = None) -> dict:
-    """``{"train.lr": tune.loguniform(...), ...}`` from the raw space, checked against the config.
-
-    Raises ConfigError (exit 2) for an unknown distribution, bounds of the wrong type or number,
-    lower > upper, a key that is not a hyperparameter of the workload, or a value its field rejects."""
+    """``{"train.lr": tune.loguniform(...), ...}`` from the raw space; ConfigError for a key, distribution or
+    value the config's fields would not take."""
     from ray import tune
 
     space = search_space(cfg) if space is None else space
     search = cfg.sweep.search
-    if search not in SEARCHES:
-        raise config_lib.ConfigError(f"sweep.search must be one of {', '.join(SEARCHES)}, got '{search}'")
     sections = list(config_lib.section_fields(workloads.module(cfg.workload).Config))
     out = {}
     for key, spec in space.items():
@@ -114,8 +96,7 @@ def tune_space(cfg, space: dict | None = None) -> dict:
             raise config_lib.ConfigError(
                 f"{where}: unknown distribution '{dist}' — use one of {', '.join(DISTRIBUTIONS)}"
             )
-        samples = _samples(where, key, dist, args, field_type)
-        for value in samples:  # each value must fit the field (type), as a key=value override would
+        for value in _samples(where, key, dist, args, field_type):  # each must fit the field, as an override would
             try:
                 config_lib.set_dotted(cfg, key, value)
             except config_lib.ConfigError as e:
@@ -128,12 +109,8 @@ def tune_space(cfg, space: dict | None = None) -> dict:
             raise config_lib.ConfigError(f"{where}: search=optuna samples; it has no grid — use choice")
         if dist == "grid" or (search == "grid" and dist == "choice"):
             out[key] = tune.grid_search(args)
-        elif dist == "choice":
-            out[key] = tune.choice(args)
-        elif dist == "randint":
-            out[key] = tune.randint(*args)
         else:
-            out[key] = getattr(tune, dist)(*args)
+            out[key] = getattr(tune, dist)(*args) if dist != "choice" else tune.choice(args)
     return out
 
 
@@ -143,29 +120,27 @@ def _samples(where: str, key: str, dist: str, args, field_type: type) -> list:
     if not isinstance(args, list) or not args:
         raise config_lib.ConfigError(f"{usage}, got {args!r}")
     if dist in ("choice", "grid"):
-        samples = args
-    else:
-        if len(args) != (3 if dist == "quniform" else 2):
-            raise config_lib.ConfigError(f"{usage}, got {args!r}")
-        number = int if dist == "randint" else (int, float)
-        if not all(isinstance(a, number) and not isinstance(a, bool) for a in args):
-            kind = "integers" if dist == "randint" else "numbers"
-            raise config_lib.ConfigError(
-                f"{usage} — its bounds must be {kind}, got {args!r} (in YAML write 1.0e-4, not 1e-4)"
-            )
-        low, high = args[0], args[1]
-        if low > high or (dist == "randint" and low == high):
-            raise config_lib.ConfigError(f"{where}: lower bound {low} > upper bound {high} — swap them")
-        if dist == "loguniform" and low <= 0:
-            raise config_lib.ConfigError(f"{usage} — low must be > 0 on a log scale, got {low}")
-        if dist == "quniform" and args[2] <= 0:
-            raise config_lib.ConfigError(f"{usage} — q must be > 0, got {args[2]}")
-        if dist in ("uniform", "loguniform") and field_type is not float:
-            raise config_lib.ConfigError(
-                f"{where}: {dist} samples floats but {key} is {field_type.__name__} — use randint, quniform or choice"
-            )
-        samples = [low, high - 1] if dist == "randint" else [low, high]
-    return samples
+        return args
+    if len(args) != (3 if dist == "quniform" else 2):
+        raise config_lib.ConfigError(f"{usage}, got {args!r}")
+    number = int if dist == "randint" else (int, float)
+    if not all(isinstance(a, number) and not isinstance(a, bool) for a in args):
+        kind = "integers" if dist == "randint" else "numbers"
+        raise config_lib.ConfigError(
+            f"{usage} — its bounds must be {kind}, got {args!r} (in YAML write 1.0e-4, not 1e-4)"
+        )
+    low, high = args[0], args[1]
+    if low > high or (dist == "randint" and low == high):
+        raise config_lib.ConfigError(f"{where}: lower bound {low} > upper bound {high} — swap them")
+    if dist == "loguniform" and low <= 0:
+        raise config_lib.ConfigError(f"{usage} — low must be > 0 on a log scale, got {low}")
+    if dist == "quniform" and args[2] <= 0:
+        raise config_lib.ConfigError(f"{usage} — q must be > 0, got {args[2]}")
+    if dist in ("uniform", "loguniform") and field_type is not float:
+        raise config_lib.ConfigError(
+            f"{where}: {dist} samples floats but {key} is {field_type.__name__} — use randint, quniform or choice"
+        )
+    return [low, high - 1] if dist == "randint" else [low, high]
 
 
 def _field_type(cfg, key: str, where: str) -> type:
@@ -173,7 +148,7 @@ def _field_type(cfg, key: str, where: str) -> type:
     for part in key.split("."):
         if part not in config_lib.section_fields(obj):
             raise config_lib.ConfigError(
-                f"{where}: '{key}' is not in workload '{cfg.workload}''s config — check the spelling (python -m jobs.train --help lists none; see workloads/{cfg.workload}.py)"
+                f"{where}: '{key}' is not in workload '{cfg.workload}''s config — check the spelling (see workloads/{cfg.workload}.py)"
             )
         tp, obj = config_lib.section_fields(obj)[part], getattr(obj, part)
     if config_lib.section_fields(obj):
@@ -202,8 +177,7 @@ def trial_config(base: dict, params: dict):
     """A trial's typed config: the sweep's base config with the trial's sampled hyperparameters."""
     raw = json.loads(json.dumps(base))
     for key, value in params.items():
-        value = value.item() if hasattr(value, "item") else value  # numpy scalars from Tune's samplers
-        config_lib._set_dotted(raw, key, value)
+        config_lib._set_dotted(raw, key, value.item() if hasattr(value, "item") else value)  # numpy scalars
     return config_lib.from_dict(raw)
 
 
@@ -224,16 +198,14 @@ def make_search(cfg, metric: str, mode: str, concurrency: int = 0):
         search_alg = BasicVariantGenerator(random_state=sw.seed, max_concurrent=concurrency)
     if sw.scheduler == "fifo":
         return search_alg, FIFOScheduler()
-    if sw.scheduler != "asha":
-        raise config_lib.ConfigError(f"sweep.scheduler must be one of {', '.join(SCHEDULERS)}, got '{sw.scheduler}'")
     epochs = cfg.train.epochs
-    if not 1 <= sw.grace_period < epochs or sw.reduction_factor < 2:
+    if sw.grace_period >= epochs:
         raise config_lib.ConfigError(
-            f"ASHA needs 1 <= sweep.grace_period < train.epochs and sweep.reduction_factor >= 2, got grace_period "
-            f"{sw.grace_period}, train.epochs {epochs}, reduction_factor {sw.reduction_factor} — or use sweep.scheduler=fifo"
+            f"ASHA needs 1 <= sweep.grace_period < train.epochs, got grace_period {sw.grace_period}, "
+            f"train.epochs {epochs} — or use sweep.scheduler=fifo"
         )
-    # Rungs by epoch, all before the last epoch: stopping a trial at its last epoch saves nothing and loses
-    # its export. stop_last_trials=False: a trial past the last rung runs to its end, final report included.
+    # rungs before the last epoch (a stop there saves nothing and loses the export); a trial past the last rung
+    # runs to its end, final report included
     scheduler = ASHAScheduler(
         time_attr="epoch",
         max_t=epochs - 1,
@@ -244,25 +216,20 @@ def make_search(cfg, metric: str, mode: str, concurrency: int = 0):
     return search_alg, scheduler
 
 
-def trial_resources(cfg) -> dict:
-    """What a trial's Tune actor holds. In process it trains, so it holds the worker's CPUs/GPU; as a
-    Train driver it holds nothing (the Train workers do): 1 MB of memory, because {"CPU": 0} raises."""
-    if in_process(cfg):
-        return config_lib.worker_resources(cfg.scaling)
-    return {"memory": 1e6}
-
-
 def in_process(cfg) -> bool:
     return cfg.sweep.in_process and config_lib.one_worker(cfg.scaling)
 
 
-def default_concurrency(cfg) -> int:
-    """Trials at once when ``sweep.max_concurrent_trials`` is 0: as many as the largest cluster can hold.
+def trial_resources(cfg) -> dict:
+    """What a trial's Tune actor holds: the worker's resources in process; else nothing (the Train workers hold
+    them) but 1 MB of memory, because {"CPU": 0} raises."""
+    return config_lib.worker_resources(cfg.scaling) if in_process(cfg) else {"memory": 1e6}
 
-    On an autoscaling cluster that is the maximum size of its autoscaler config (a cold cluster has no
-    worker yet, and a sweep capped by today's nodes never asks for more); else Ray's own record of the
-    cluster's maximum; else the nodes up now. A remote cluster whose maximum is unknown and whose nodes up
-    now hold no trial needs ``sweep.max_concurrent_trials`` (ConfigError)."""
+
+def default_concurrency(cfg) -> int:
+    """Trials at once when ``sweep.max_concurrent_trials`` is 0: as many as the largest cluster can hold, by the
+    autoscaler config, else Ray's record of the cluster's maximum, else the nodes up now. A remote cluster of
+    unknown maximum whose nodes hold no trial now needs ``sweep.max_concurrent_trials`` (ConfigError)."""
     import ray
 
     s, per_worker = cfg.scaling, config_lib.worker_resources(cfg.scaling)
@@ -278,7 +245,12 @@ def default_concurrency(cfg) -> int:
             fits = sum(ranks) // per_trial
         print(f"sweep: {max(1, fits)} trials at a time fit the autoscaler's largest cluster ({where})")
         return max(1, fits)
-    maximum = _max_resources_from_gcs()
+    from jobs.ray_compat import max_resources_from_cluster_config
+
+    try:
+        maximum = max_resources_from_cluster_config() or None
+    except Exception:  # a private API: absent or changed in another Ray, then the nodes up now decide
+        maximum = None
     res = maximum or ray.cluster_resources()
     fits = ranks_per_node(res, per_worker) // per_trial
     if fits >= 1:
@@ -298,11 +270,8 @@ BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # `ray up` writes the autoscal
 
 
 def autoscaler_nodes() -> tuple[list[dict], list[dict], int, str] | None:
-    """(head resources, every worker node the autoscaler may launch, max_workers, path) or None.
-
-    Read from the cluster YAML the autoscaler runs with: ``$PERENNIAL_CLUSTER_CONFIG``, else, for a driver
-    of a cluster reached through RAY_ADDRESS, ``~/ray_bootstrap_config.yaml``, where `ray up` puts it on the
-    head (job drivers run there). An embedded local Ray is never sized by a cloud config."""
+    """(head resources, every worker node the autoscaler may launch, max_workers, path) from
+    ``$PERENNIAL_CLUSTER_CONFIG``, else for a RAY_ADDRESS driver ``~/ray_bootstrap_config.yaml``; or None."""
     import yaml
 
     given = os.environ.get("PERENNIAL_CLUSTER_CONFIG") or (BOOTSTRAP_CONFIG if os.environ.get("RAY_ADDRESS") else "")
@@ -326,66 +295,36 @@ def ranks_per_node(node: dict, per_worker: dict) -> int:
     return int(min((node.get(k, 0) // v for k, v in per_worker.items() if v > 0), default=0))
 
 
-def _max_resources_from_gcs() -> dict | None:
-    """Ray's own record of the cluster's largest size (the one Ray Train checks), where the autoscaler wrote it."""
-    from jobs.ray_compat import max_resources_from_cluster_config
-
-    try:
-        return max_resources_from_cluster_config() or None
-    except Exception:  # a private API: absent or changed in another Ray, then the nodes up now decide
-        return None
-
-
 # ----------------------------------------------------------------------------- [2] trials
 class TrialFailed(RuntimeError):
     """The trial's run failed; its runs row (status failed) says why."""
 
 
 def run_trial(ctx: dict, params: dict, trial_id: str, callbacks, runner) -> tuple[dict, bool]:
-    """Train (or finish recording) one trial; returns (its runs row, whether it trained now).
-
-    A trial the store already has is not rerun; one whose Train run finished but was not recorded
-    (driver killed in between) is recorded from its final checkpoint."""
+    """Train (or finish recording) one trial; returns (its runs row, whether it trained now). A trial the store has
+    is not rerun; one whose run finished unrecorded (driver killed) is recorded from its final checkpoint."""
     os.environ.update(ctx["env"])  # the driver's job id and git sha: a trial's actor may not see the job or repo
-    cfg = trial_config(ctx["base"], params)
-    store = Store(ctx["store"])
-    run_id = f"{ctx['sweep_id']}-{trial_id}"
-    recorded = store.runs(sweep_id=ctx["sweep_id"])
+    cfg, store, sweep_id = trial_config(ctx["base"], params), Store(ctx["store"]), ctx["sweep_id"]
+    run_id = f"{sweep_id}-{trial_id}"
+    recorded = store.runs(sweep_id=sweep_id)
     if len(recorded) and run_id in set(recorded["run_id"]):
         return recorded[recorded["run_id"] == run_id].iloc[0].to_dict(), False
     checkpoint = last_checkpoint(f"{cfg.run.storage_path}/{run_id}")
+    ids = {"sweep_id": sweep_id, "trial_id": trial_id}
     if checkpoint is not None and checkpoint_meta(checkpoint).get("finished"):
-        return record_run(
-            cfg, store, run_id, checkpoint, started=now(), wall=0.0, sweep_id=ctx["sweep_id"], trial_id=trial_id
-        ), False
-    row = fit(
-        cfg,
-        store,
-        run_id=run_id,
-        sweep_id=ctx["sweep_id"],
-        trial_id=trial_id,
-        callbacks=callbacks,
-        quiet=True,
-        runner=runner,
-        extra_config={"_tracking": {"sweep_id": ctx["sweep_id"], "trial_id": trial_id, **ctx.get("tracking", {})}},
-    )
-    return row, True
-
-
-def final_result(row: dict) -> dict:
-    """What Tune sees of a trial recorded earlier (a resumed sweep): its last epoch and best metric."""
-    return {"epoch": int(row["epochs"] or 0), row["metric"]: row["best_metric"], "final": True, "status": row["status"]}
+        return record_run(cfg, store, run_id, checkpoint, started=now(), wall=0.0, **ids), False
+    tags = {"_tracking": ids | ctx.get("tracking", {})}
+    return fit(
+        cfg, store, run_id=run_id, runner=runner, callbacks=callbacks, extra_config=tags, quiet=True, **ids
+    ), True
 
 
 class TuneSession:
-    """The loop's session in a one-worker trial, which runs the loop in the trial's own thread: ``tune.report``
-    persists each checkpoint into the trial's folder (named after its run), and a restarted trial resumes from
-    ``tune.get_checkpoint()``. Tune hands every report to the scheduler and searcher, which read the metric: a
-    mid-epoch checkpoint carries the last epoch's metrics, and one before the first epoch ends is not reported.
-
-    Not Ray Train's local mode: in a Tune function ``ray.train.get_context`` raises (Ray 2.60,
-    ray/train/v2/_internal/util.py ``requires_train_worker``), and ``ray.train.torch.prepare_model`` calls it
-    (ray/train/v2/torch/train_loop_utils.py). One worker needs no DDP: the model goes to the trial's device."""
+    """The loop's session in a one-worker trial, in the trial's own thread: ``tune.report`` persists each checkpoint
+    into the trial's folder, a restarted trial resumes from ``tune.get_checkpoint()``. Tune's scheduler reads the
+    metric from every report, so a mid-epoch report carries the last epoch's metrics (none before the first epoch).
+    Not Train's local mode: in a Tune function ``ray.train.get_context`` raises (Ray 2.60, ``requires_train_worker``);
+    one worker needs no DDP, so the model goes to the trial's device."""
 
     world_rank, world_size = 0, 1
 
@@ -422,8 +361,7 @@ class TuneSession:
         return loader  # the loop moves each batch to the device
 
     def run(self, cfg, run_id: str, callbacks=(), extra_config: dict | None = None) -> tuple:
-        """A ``jobs.train.fit`` runner: the loop in this thread. Returns (last checkpoint, error); SystemExit (the
-        scheduler's stop, raised from a report) passes through."""
+        """A ``jobs.train.fit`` runner: the loop in this thread; SystemExit (the scheduler's stop) passes through."""
         from jobs.loop import train_loop_per_worker
 
         try:
@@ -434,9 +372,8 @@ class TuneSession:
 
 
 def train_trial(params: dict, ctx: dict) -> None:
-    """Tune function trainable: one trial = one run of jobs/loop.py, recorded in the store. One worker: the loop
-    runs here, in Ray Train's local mode, reporting to Tune (:class:`TuneSession`). More: a TorchTrainer run named
-    after the trial (a restarted trial resumes its own Train checkpoint), its reports sent on by TuneReportCallback."""
+    """Tune function trainable: one trial = one run of the loop, recorded in the store. In process with a
+    :class:`TuneSession`; else a TorchTrainer run named after the trial, its reports sent on by TuneReportCallback."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -449,8 +386,15 @@ def train_trial(params: dict, ctx: dict) -> None:
     else:
         callbacks, runner = [TuneReportCallback()], run_trainer
     row, trained = run_trial(ctx, params, trial_id, callbacks, runner)
-    if not trained:
-        tune.report(final_result(row))
+    if not trained:  # recorded earlier (a resumed sweep): Tune sees its last epoch and best metric
+        tune.report(
+            {
+                "epoch": int(row["epochs"] or 0),
+                row["metric"]: row["best_metric"],
+                "final": True,
+                "status": row["status"],
+            }
+        )
     elif not ctx["in_process"]:
         wait_for_tune_report_queue()
     if row["status"] == "failed":
@@ -465,14 +409,6 @@ def trial_dirname(sweep_id: str, trial) -> str:
 # ----------------------------------------------------------------------------- [3] the sweep
 def sweep_dir(storage_root: str, sweep_id: str) -> str:
     return f"{storage_root.rstrip('/')}/{sweep_id}"
-
-
-def write_state(directory: str, state: dict) -> None:
-    write_state_file(directory, STATE_FILE, state)
-
-
-def read_state(directory: str) -> dict | None:
-    return read_state_file(directory, STATE_FILE)
 
 
 def make_progress_callback(state: dict, directory: str, attempt: int, t0: float, metric: str, record):
@@ -495,7 +431,7 @@ def make_progress_callback(state: dict, directory: str, attempt: int, t0: float,
                 flush=True,
             )
             state["attempts"][attempt][1] = time.time() - t0
-            write_state(directory, state)
+            write_state_file(directory, STATE_FILE, state)
             if self.done % 10 == 0:  # every 10 finished trials the driver merges small files (one compactor)
                 compact_if_due(Store(state["store"]), state["config"]["workload"])
 
@@ -511,25 +447,12 @@ def make_progress_callback(state: dict, directory: str, attempt: int, t0: float,
     return Progress()
 
 
-def trial_context(cfg, store: Store, sweep_id: str, state: dict) -> dict:
-    """What every trial gets: the sweep's base config (trial run folders under the sweep's), store, ids, env."""
-    base = config_lib.to_dict(cfg)
-    base["run"]["storage_path"] = sweep_dir(storage_uri(cfg.run.storage_path), sweep_id)  # <sweep dir>/<run_id>
-    base["log"]["every_s"] = 0.0  # a sweep prints trial events, not every trial's steps
-    return {
-        "sweep_id": sweep_id,
-        "base": base,
-        "in_process": in_process(cfg),
-        "store": store.uri if "://" in store.uri else store.root,
-        "env": {"PERENNIAL_JOB_ID": job_id(), "PERENNIAL_GIT_SHA": git_sha()},
-        "tracking": tracking.start_sweep(cfg, sweep_id, state["search_space"]),  # MLflow parent run
-    }
-
-
-def make_tuner(cfg, sweep_id: str, state: dict, trainable, callbacks: list, resume: bool, concurrency: int):
+def make_tuner(cfg, ctx: dict, state: dict, callbacks: list, resume: bool, concurrency: int):
     """A new Tuner for the sweep, or the killed one restored from its folder (``--resume``)."""
     from ray import tune
 
+    sweep_id = ctx["sweep_id"]
+    trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), trial_resources(cfg))
     directory = sweep_dir(storage_uri(cfg.run.storage_path), sweep_id)
     if resume and tune.Tuner.can_restore(directory):
         tuner = tune.Tuner.restore(directory, trainable=trainable, resume_unfinished=True, resume_errored=False)
@@ -561,27 +484,33 @@ def make_tuner(cfg, sweep_id: str, state: dict, trainable, callbacks: list, resu
 
 
 def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> int:
-    from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     metric, mode = config_lib.metric_and_mode(cfg)
     directory = sweep_dir(storage_uri(cfg.run.storage_path), sweep_id)
-    ctx = trial_context(cfg, store, sweep_id, state)
-    trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), trial_resources(cfg))
+    base = config_lib.to_dict(cfg)
+    base["run"]["storage_path"] = directory  # trial runs in <sweep dir>/<run_id>
+    base["log"]["every_s"] = 0.0  # a sweep prints trial events, not every trial's steps
+    ctx = {
+        "sweep_id": sweep_id,
+        "base": base,
+        "in_process": in_process(cfg),
+        "store": store.uri if "://" in store.uri else store.root,
+        "env": {"PERENNIAL_JOB_ID": job_id(), "PERENNIAL_GIT_SHA": git_sha()},
+        "tracking": tracking.start_sweep(cfg, sweep_id, state["search_space"]),  # MLflow parent run
+    }
     concurrency = cfg.sweep.max_concurrent_trials or default_concurrency(cfg)
     attempt, t0 = len(state["attempts"]), time.time()
     state["attempts"].append([t0, 0.0])
-    write_state(directory, state)
-    record = functools.partial(record_trial, ctx["base"], ctx["store"], sweep_id)  # Tune pickles its callbacks
+    write_state_file(directory, STATE_FILE, state)
+    record = functools.partial(record_trial, base, ctx["store"], sweep_id)  # Tune pickles its callbacks
     progress = make_progress_callback(state, directory, attempt, t0, metric, record)
     # Tune's result files, without its TensorBoard logger (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS in main)
-    callbacks = [progress, CSVLoggerCallback(), JsonLoggerCallback()]
-    tuner = make_tuner(cfg, sweep_id, state, trainable, callbacks, resume, concurrency)
+    tuner = make_tuner(cfg, ctx, state, [progress, CSVLoggerCallback(), JsonLoggerCallback()], resume, concurrency)
     print(
         f"sweep {sweep_id}: {cfg.workload}, search={cfg.sweep.search}, scheduler={cfg.sweep.scheduler}, "
         f"{cfg.sweep.num_samples} samples, up to {cfg.train.epochs} epochs, {concurrency} at a time"
-        f"{', in process' if in_process(cfg) else ''}\n  resume with: python -m jobs.sweep --resume {sweep_id}"
-        f"{'' if cfg.run.storage_path == './runs' else f' run.storage_path={cfg.run.storage_path}'}",
+        f"{', in process' if in_process(cfg) else ''}\n  resume with: {resume_command('sweep', sweep_id, cfg)}",
         flush=True,
     )
     results = tuner.fit()
@@ -591,22 +520,20 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
         trial_id = (result.metrics or {}).get("trial_id")
         if trial_id and f"{sweep_id}-{trial_id}" not in recorded:
             record(trial_id, result.config, result.metrics, result.error, path=result.path)
-    write_state(directory, state)
+    write_state_file(directory, STATE_FILE, state)
     tracking.finish_sweep(cfg, sweep_id, ctx["tracking"], store.runs(sweep_id=sweep_id))
     compact_if_due(store, cfg.workload)  # the sweep's end: its partition's small files, one compactor at a time
     return summarize(cfg, store, sweep_id, state, metric, mode)
 
 
 def record_trial(base: dict, store_uri: str, sweep_id: str, trial_id: str, params, metrics, error=None, path=""):
-    """Record a trial that did not record itself (stopped by the scheduler, or its actor lost) from its run's last
-    checkpoint. Idempotent: a trial recorded already is not written again. ``path``: the Tune trial's folder, where a
-    one-worker trial keeps its checkpoints (Tune adds a suffix to a restarted trial's folder name)."""
+    """Record a trial that did not record itself (stopped by the scheduler, or its actor lost) from its last
+    checkpoint, idempotently. ``path``: the Tune trial's folder, where a one-worker trial keeps its checkpoints."""
     run_id = f"{sweep_id}-{trial_id}"
     tcfg, store = trial_config(base, params or {}), Store(store_uri)
-    # the trials' storage path is the sweep's folder; Tune's trial.path has no scheme on S3, so only its name is used
+    # Tune's trial.path has no scheme on S3 (and a suffix after a restart): only its name is used
     name = path.rstrip("/").rpartition("/")[2] if in_process(tcfg) and path else run_id
-    folder = f"{storage_uri(base['run']['storage_path']).rstrip('/')}/{name}"
-    checkpoint = last_checkpoint(folder)
+    checkpoint = last_checkpoint(f"{storage_uri(base['run']['storage_path']).rstrip('/')}/{name}")
     if checkpoint is None and error is None:  # no report yet: nothing to record
         return
     wall = float(metrics.get("time_total_s") or 0.0)
@@ -627,105 +554,81 @@ def summarize(cfg, store: Store, sweep_id: str, state: dict, metric: str, mode: 
         print(f"sweep {sweep_id}: no trial recorded")
         return 1
     runs = runs.drop_duplicates("run_id")
-    ok = runs[runs["status"] != "failed"].dropna(subset=["best_metric"])
-    ranked = ok.sort_values("best_metric", ascending=mode == "min")
+    ranked = (
+        runs[runs["status"] != "failed"]
+        .dropna(subset=["best_metric"])
+        .sort_values("best_metric", ascending=mode == "min")
+    )
     # the best trial must have a servable model: a completed trial; a stopped one only if none completed
     with_model = ranked[ranked["export_uri"].fillna("") != ""]
     best = (with_model if len(with_model) else ranked).iloc[0] if len(ranked) else None
-    space = state["search_space"]
-    params = [k for k in space if k in runs.columns]
+    params = [k for k in state["search_space"] if k in runs.columns]
     counts = runs["status"].value_counts()
-    used, budget = int(runs["epochs"].fillna(0).sum()), len(runs) * cfg.train.epochs
-    wall = sum(w for _, w in state["attempts"])
-    cpu = float(runs["cpu_s"].fillna(0).sum())
-
+    totals = {
+        "num_trials": len(runs),
+        **{f"trials_{s}": int(counts.get(s, 0)) for s in ("completed", "stopped_early", "failed")},
+        "epochs_used": int(runs["epochs"].fillna(0).sum()),
+        "epochs_budget": len(runs) * cfg.train.epochs,
+        "wall_s": sum(w for _, w in state["attempts"]),
+        "cpu_s": float(runs["cpu_s"].fillna(0).sum()),
+    }
     table = pd.concat([ranked, runs[~runs["run_id"].isin(ranked["run_id"])]])
     table = table.assign(rank=[str(i) for i in range(1, len(ranked) + 1)] + ["-"] * (len(table) - len(ranked)))
     cols = ["rank", "trial_id", "status", "best_metric", "epochs", *params, "wall_s"]
     with pd.option_context("display.width", 200, "display.max_columns", None, "display.float_format", "{:.4g}".format):
         print(
-            f"\nsweep {sweep_id} — {len(runs)} trials: {counts.get('completed', 0)} completed, "
-            f"{counts.get('stopped_early', 0)} stopped early, {counts.get('failed', 0)} failed  ({metric}, {mode})"
+            f"\nsweep {sweep_id} — {len(runs)} trials: {totals['trials_completed']} completed, "
+            f"{totals['trials_stopped_early']} stopped early, {totals['trials_failed']} failed  ({metric}, {mode})"
         )
         print(table[cols].rename(columns={"best_metric": metric}).to_string(index=False))
+    used, budget = totals["epochs_used"], totals["epochs_budget"]
     print(
         f"epochs used: {used} of {budget} ({1 - used / max(budget, 1):.0%} saved by {cfg.sweep.scheduler})  "
-        f"wall {wall:.0f} s  CPU {cpu:.0f} s"
+        f"wall {totals['wall_s']:.0f} s  CPU {totals['cpu_s']:.0f} s"
     )
     if best is not None:
         print(
             f"best: trial {best['trial_id']}  {metric} {best['best_metric']:.4f}  "
             + "  ".join(f"{k}={_short(best[k])}" for k in params)
         )
-        tests = {
-            k: best[k] for k in best.index if k.startswith("test_") and not k.endswith("_loss") and pd.notna(best[k])
-        }
+        tests = {k: v for k, v in best.items() if k.startswith("test_") and not k.endswith("_loss") and pd.notna(v)}
         if tests:
             print("  test: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(tests.items())))
         if best["export_uri"]:
             print(f"  model: {best['export_uri']}")
     print(f"  store: {store.uri}  (python -m jobs.store runs --sweep {sweep_id})")
-
-    write_sweeps_row(cfg, store, sweep_id, state, runs, best, metric, mode)
+    write_sweeps_row(cfg, store, state, best, totals | {"sweep_id": sweep_id, "metric": metric, "mode": mode})
     return 0 if best is not None else 1
 
 
-def write_sweeps_row(cfg, store: Store, sweep_id: str, state: dict, runs, best, metric: str, mode: str) -> None:
+def write_sweeps_row(cfg, store: Store, state: dict, best, row: dict) -> None:
     """The sweep's one ``sweeps`` row (written once: a summary printed again writes nothing)."""
     import pandas as pd
     import pyarrow.dataset as ds
 
-    if len(store.df("sweeps", filter=ds.field("sweep_id") == sweep_id)):
+    if len(store.df("sweeps", filter=ds.field("sweep_id") == row["sweep_id"])):
         return
-    counts, used = runs["status"].value_counts(), int(runs["epochs"].fillna(0).sum())
-    started = pd.Timestamp(state["started_at"]).to_pydatetime()
-    store.append(
-        "sweeps",
-        [
-            {
-                "sweep_id": sweep_id,
-                "workload": cfg.workload,
-                "status": "completed" if best is not None else "failed",
-                "search": cfg.sweep.search,
-                "scheduler": cfg.sweep.scheduler,
-                "search_space_json": json.dumps(state["search_space"], sort_keys=True),
-                "metric": metric,
-                "mode": mode,
-                "best_trial_id": best["trial_id"] if best is not None else "",
-                "best_run_id": best["run_id"] if best is not None else "",
-                "best_metric": float(best["best_metric"]) if best is not None else None,
-                "best_config_json": best["config_json"] if best is not None else "",
-                "num_trials": len(runs),
-                "trials_completed": int(counts.get("completed", 0)),
-                "trials_stopped_early": int(counts.get("stopped_early", 0)),
-                "trials_failed": int(counts.get("failed", 0)),
-                "epochs_used": used,
-                "epochs_budget": len(runs) * cfg.train.epochs,
-                "started_at": started,
-                "finished_at": now(),
-                "wall_s": sum(w for _, w in state["attempts"]),
-                "cpu_s": float(runs["cpu_s"].fillna(0).sum()),
-            }
-        ],
-    )
+    row |= {
+        "workload": cfg.workload,
+        "status": "completed" if best is not None else "failed",
+        "search": cfg.sweep.search,
+        "scheduler": cfg.sweep.scheduler,
+        "search_space_json": json.dumps(state["search_space"], sort_keys=True),
+        "best_trial_id": best["trial_id"] if best is not None else "",
+        "best_run_id": best["run_id"] if best is not None else "",
+        "best_metric": float(best["best_metric"]) if best is not None else None,
+        "best_config_json": best["config_json"] if best is not None else "",
+        "started_at": pd.Timestamp(state["started_at"]).to_pydatetime(),
+        "finished_at": now(),
+    }
+    store.append("sweeps", [row])
 
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m jobs.sweep", description="A Ray Tune sweep of Ray Train runs, recorded in the store."
-    )
-    p.add_argument("--config", help="YAML config, e.g. configs/mlp.yaml (not needed with --resume)")
-    p.add_argument("--resume", metavar="SWEEP_ID", help="continue an interrupted sweep: finished trials are kept")
-    p.add_argument(
-        "--smoke-test", action="store_true", help=f"the workload's tiny run, at most {SMOKE_MAX_SAMPLES} samples"
-    )
-    p.add_argument("--store", help="evaluation store: a directory or s3:// URI (default $PERENNIAL_STORE or ./store)")
+    p = parser("python -m jobs.sweep", "A Ray Tune sweep of Ray Train runs, recorded in the store.", "sweep")
     p.add_argument(
         "--verbose", action="store_true", help="also print every trial's per-epoch lines and the autoscaler's events"
-    )
-    p.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. sweep.num_samples=16 train.epochs=6"
     )
     args = p.parse_args(argv)
     # before Tune is imported (it reads some of these once)
@@ -734,59 +637,40 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no Tune TensorBoard: the loop writes its own
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's verbose=0 then prints nothing; the sweep prints its lines
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # num_to_keep's snapshots
-    cfg, store, sweep_id, state = resumed_sweep(args) if args.resume else new_sweep(args)
-
+    if args.resume:
+        cfg, store, state = resume_state(args, "sweep", STATE_FILE)
+    else:  # every bad-input check before Ray starts (exit 2)
+        if not args.config:
+            raise config_lib.ConfigError("give --config configs/<workload>.yaml (or --resume SWEEP_ID)")
+        cfg = config_lib.load_config(args.config, args.overrides, smoke_test=args.smoke_test)
+        given = [config_lib._split_override(o)[0] for o in args.overrides]
+        if args.smoke_test:
+            given += list(workloads.hook(workloads.module(cfg.workload), "SMOKE_TEST") or {})
+            if "sweep.num_samples" not in given:
+                cfg = config_lib.set_dotted(cfg, "sweep.num_samples", min(cfg.sweep.num_samples, SMOKE_MAX_SAMPLES))
+        cfg = with_trial_overrides(cfg, given)
+        preflight.check_config(cfg)  # the checks jobs.train makes, on every trial's base config
+        store = preflight.open_store(args.store, cfg)
+        space = search_space(cfg)
+        tune_space(cfg, space)
+        make_search(cfg, *config_lib.metric_and_mode(cfg))
+        state = {
+            "sweep_id": f"{cfg.workload}-sweep-{uuid.uuid4().hex[:8]}",
+            "config": config_lib.to_dict(cfg),
+            "search_space": space,
+            "store": store.uri if "://" in store.uri else store.root,
+            "started_at": now().isoformat(),
+            "attempts": [],
+        }
     import pyarrow.dataset as ds
 
+    sweep_id = state["sweep_id"]
     if len(store.df("sweeps", filter=ds.field("sweep_id") == sweep_id)):
         print(f"sweep {sweep_id} already finished")
-        metric, mode = config_lib.metric_and_mode(cfg)
-        return summarize(cfg, store, sweep_id, state, metric, mode)
-    try:
-        init_ray(log_to_driver=args.verbose)
-    except ClusterError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return summarize(cfg, store, sweep_id, state, *config_lib.metric_and_mode(cfg))
+    init_ray(log_to_driver=args.verbose)  # a ClusterError is exit 1 (cli_main)
     check_cluster(cfg)
     return run_sweep(cfg, store, sweep_id, state, resume=bool(args.resume))
-
-
-def resumed_sweep(args) -> tuple:
-    """(config, store, sweep id, state) of the sweep ``--resume`` names, from the state it wrote."""
-    root = resume_root(args, "sweep")
-    state = read_state(sweep_dir(root, args.resume))
-    if state is None:
-        raise config_lib.ConfigError(f"no sweep '{args.resume}' under {root} — pass run.storage_path=... where it ran")
-    cfg = config_lib.from_dict(state["config"])
-    return cfg, preflight.open_store(args.store or state["store"], cfg), args.resume, state
-
-
-def new_sweep(args) -> tuple:
-    """(config, store, sweep id, state) of a new sweep; every bad-input check before Ray starts (exit 2)."""
-    if not args.config:
-        raise config_lib.ConfigError("give --config configs/<workload>.yaml (or --resume SWEEP_ID)")
-    cfg = config_lib.load_config(args.config, args.overrides, smoke_test=args.smoke_test)
-    given = [config_lib._split_override(o)[0] for o in args.overrides]
-    if args.smoke_test:
-        given += list(workloads.hook(workloads.module(cfg.workload), "SMOKE_TEST") or {})
-        if "sweep.num_samples" not in given:
-            cfg = config_lib.set_dotted(cfg, "sweep.num_samples", min(cfg.sweep.num_samples, SMOKE_MAX_SAMPLES))
-    cfg = with_trial_overrides(cfg, given)
-    preflight.check_config(cfg)  # the checks jobs.train makes, on every trial's base config
-    store = preflight.open_store(args.store, cfg)
-    space = search_space(cfg)
-    tune_space(cfg, space)
-    make_search(cfg, *config_lib.metric_and_mode(cfg))
-    sweep_id = f"{cfg.workload}-sweep-{uuid.uuid4().hex[:8]}"
-    state = {
-        "sweep_id": sweep_id,
-        "config": config_lib.to_dict(cfg),
-        "search_space": space,
-        "store": store.uri if "://" in store.uri else store.root,
-        "started_at": now().isoformat(),
-        "attempts": [],
-    }
-    return cfg, store, sweep_id, state
 
 
 if __name__ == "__main__":
