@@ -141,19 +141,3 @@ def test_netns_wrapper_without_a_namespace_says_so_and_turns_the_python_guard_on
     )
     assert res.returncode == 0 and res.stdout.strip() == "1", res.stdout + res.stderr
     assert len(res.stderr.splitlines()) == 1 and "no network namespace" in res.stderr
-
-
-def test_ray_cluster_report_makes_no_connection_with_the_sessions_bootstrap_file(monkeypatch):
-    """tests/conftest.py writes ~/ray_bootstrap_config.yaml: a Ray head's dashboard then reads its provider from it
-    instead of probing cloud instance-metadata servers. A Ray upgrade that probes even so fails here."""
-    import socket
-
-    from ray._common.usage import usage_lib
-
-    attempts = []
-    monkeypatch.setattr(socket.socket, "connect", lambda self, addr: attempts.append(addr))
-    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: attempts.append(a) or [])
-    monkeypatch.setattr(socket, "create_connection", lambda addr, *a, **k: attempts.append(addr))
-    report = usage_lib.get_cluster_config_to_report(os.path.expanduser("~/ray_bootstrap_config.yaml"))
-    assert report.cloud_provider == "local"
-    assert attempts == []
