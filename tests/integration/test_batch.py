@@ -51,6 +51,17 @@ class Drivers(threading.Thread):
             time.sleep(0.5)
 
 
+def registered(runs: Path, checkpoint: str) -> bool:
+    """Whether a run under ``runs`` has Ray Train's record of ``checkpoint`` (the folder it resumes from)."""
+    for snapshot in runs.glob("*/checkpoint_manager_snapshot.json"):
+        try:
+            if checkpoint in snapshot.read_text():
+                return True
+        except OSError:  # being replaced right now
+            pass
+    return False
+
+
 def test_batch_caps_drivers_retries_a_lost_driver_and_not_a_failed_job(ray_cluster, store_dir, tmp_path):
     runs, slow_runs = tmp_path / "runs", tmp_path / "slow"
     spec = tmp_path / "batch.yaml"
@@ -66,9 +77,10 @@ def test_batch_caps_drivers_retries_a_lost_driver_and_not_a_failed_job(ray_clust
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     batch_id = re.search(r"^batch (batch-[0-9a-f]{8}): 3 jobs submitted", res.stdout, re.M).group(1)
 
-    # kill the slow job's driver once its first epoch is checkpointed: a lost driver, as with its node
+    # kill the slow job's driver once Ray Train has registered its first checkpoint (its manager's snapshot names
+    # it; files on disk before that are not what a restarted trainer resumes from): a lost driver, as with its node
     deadline = time.time() + 600
-    while not list(slow_runs.glob("*/epoch_0001/meta.json")):
+    while not registered(slow_runs, "epoch_0001"):
         assert time.time() < deadline, "the slow job never checkpointed"
         time.sleep(0.3)
     victim = next(p for p in watch.drivers() if str(slow_runs) in " ".join(p.cmdline()))

@@ -73,7 +73,12 @@ def test_autoscaler_nodes_reads_the_bootstrap_config_ray_up_writes(tmp_path, mon
     assert autoscaler_nodes() is None  # an embedded local Ray is never sized by the cloud config
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
     head, workers, max_workers, where = autoscaler_nodes()
-    assert head == [{"CPU": 0}] and len(workers) == 4 + 4 + 2 and max_workers == 8 and where.endswith(".yaml")
+    assert (
+        head == [{"CPU": 0, "perennial_job_slot": 8}]
+        and len(workers) == 4 + 4 + 2
+        and max_workers == 8
+        and where.endswith(".yaml")
+    )
 
 
 def test_explicit_max_concurrent_trials_is_not_overridden(cluster_yaml):
