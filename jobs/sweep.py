@@ -280,6 +280,8 @@ def autoscaler_nodes() -> tuple[list[dict], list[dict], int, str] | None:
         return None
     try:
         raw = yaml.safe_load(path.read_text()) or {}
+        if not os.environ.get("PERENNIAL_CLUSTER_CONFIG") and "available_node_types" not in raw:
+            return None  # a head's bootstrap file without node types (one naming its provider): no autoscaler
         types, head = raw["available_node_types"], raw.get("head_node_type")
     except (yaml.YAMLError, KeyError, TypeError):
         raise config_lib.ConfigError(

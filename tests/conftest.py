@@ -35,6 +35,9 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 
 TEST_HOME = tempfile.mkdtemp(prefix="perennial-test-home-")
 os.environ["HOME"] = TEST_HOME
+# A Ray head's dashboard reads ~/ray_bootstrap_config.yaml for its cluster report; without one it probes the cloud
+# instance-metadata servers (169.254.169.254, metadata.google.internal). Naming the local provider skips the probe.
+(Path(TEST_HOME) / "ray_bootstrap_config.yaml").write_text("provider: {type: local}\n")
 
 # Under CI, every Python process the tests start refuses (and logs) a connection beyond 127.0.0.1:
 # tests/netguard/sitecustomize.py, on the PYTHONPATH that every subprocess, job and Ray worker inherits.

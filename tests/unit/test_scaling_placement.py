@@ -68,6 +68,8 @@ def test_autoscaler_nodes_reads_the_bootstrap_config_ray_up_writes(tmp_path, mon
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a job driver on the head of a `ray up` cluster
     assert autoscaler_nodes() is None  # no `ray up` here: the nodes up now decide, as before
+    (tmp_path / "ray_bootstrap_config.yaml").write_text("provider: {type: local}\n")
+    assert autoscaler_nodes() is None  # a head whose file names only its provider (the tests' HOME): no autoscaler
     (tmp_path / "ray_bootstrap_config.yaml").write_text((ROOT / "cluster.yaml").read_text())
     monkeypatch.delenv("RAY_ADDRESS")
     assert autoscaler_nodes() is None  # an embedded local Ray is never sized by the cloud config
