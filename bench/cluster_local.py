@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                 if "autoscaling" in args.only:
                     _run(failures, test_cluster_local.test_sweep_scales_one_node_type_up_then_back_to_zero, cluster, s3)
                 if "node_loss" in args.only:
-                    _run(failures, test_cluster_local.test_two_worker_run_on_two_nodes_survives_losing_one, cluster, s3)
+                    tmp = Path(tempfile.mkdtemp(prefix="bench-node-loss-"))
+                    test = test_cluster_local.test_batch_job_resumes_after_losing_a_workers_node
+                    _run(failures, test, cluster, s3, tmp)
+                    shutil.rmtree(tmp, ignore_errors=True)
                 if "preemption" in args.only:
                     _run(
                         failures,

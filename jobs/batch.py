@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from jobs.errors import ConfigError
+from jobs.errors import LOST_NODE_EXIT, ConfigError
 
 JOB_SLOT = "perennial_job_slot"  # the head advertises N of it: at most N drivers run at once, the rest wait PENDING
 # What every job's driver asks Ray for. No CPU: the head, where the slots are, has none to give (its cores are for
@@ -36,7 +36,7 @@ def lost_infrastructure(info) -> bool:
     """Whether a failed Ray job ended because its driver was lost, not by its own failure."""
     code, kind = info.driver_exit_code, getattr(info.error_type, "value", info.error_type)  # list_jobs: a str
     return kind in LOST or (
-        code is not None and (code < 0 or code >= 128)  # -9 from Popen, 137 from a shell: killed by a signal
+        code is not None and (code < 0 or code >= 128 or code == LOST_NODE_EXIT)  # -9, 137: killed by a signal
     )
 
 

@@ -28,6 +28,13 @@ class ClusterError(RuntimeError):
     """No Ray cluster at the given address, or it refused the request (exit code 1)."""
 
 
+LOST_NODE_EXIT = 75  # EX_TEMPFAIL: the batch's watcher submits the job again with --resume (jobs.batch)
+
+
+class NodeLost(ClusterError):
+    """A node of the run's Train workers was lost, in a batch job that has retries left (exit code 75)."""
+
+
 def cli_main(main: Callable[[list[str]], int]) -> None:
     """Run a verb's ``main(argv)``: bad input -> one line on stderr and exit 2; no cluster -> exit 1."""
     try:
@@ -35,6 +42,9 @@ def cli_main(main: Callable[[list[str]], int]) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         code = 2
+    except NodeLost as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = LOST_NODE_EXIT
     except ClusterError as e:
         print(f"error: {e}", file=sys.stderr)
         code = 1

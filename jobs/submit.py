@@ -347,6 +347,8 @@ def new_job(address: str, cfg, store: Store, plan: tuple, overrides, *, verb: st
 def launch(ray_client, store: Store, sid: str, entrypoint: str, runtime_env: dict, metadata: dict) -> None:
     """Submit one Ray job, its driver asking for a job slot (jobs.batch.DRIVER_RESOURCES); then its `submitted` row."""
     metadata = metadata | {"submitted_at": now().isoformat()}
+    left = int(metadata["retries"]) - int(metadata["attempt"]) + 1  # a driver that has some exits 75 on a lost node
+    runtime_env = runtime_env | {"env_vars": runtime_env.get("env_vars", {}) | {"PERENNIAL_RETRIES_LEFT": str(left)}}
     try:
         ray_client.submit_job(
             entrypoint=entrypoint, submission_id=sid, runtime_env=runtime_env, metadata=metadata, **DRIVER_RESOURCES

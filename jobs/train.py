@@ -22,7 +22,7 @@ from pathlib import Path
 
 from jobs import config as config_lib
 from jobs import preflight
-from jobs.errors import ClusterError
+from jobs.errors import ClusterError, NodeLost
 from jobs.ports import free_port
 from jobs.ray_compat import single_machine_mode as loopback_only  # keeps Ray on 127.0.0.1
 from jobs.store import FINISHED, Store, compact_if_due, now
@@ -349,6 +349,32 @@ def run_trainer(cfg, run_id: str, callbacks=(), extra_config: dict | None = None
             return None, e
 
 
+def resumed_by_batch(runner):
+    """``runner`` for a batch job with retries left: a failed run whose workers' node was lost is left unrecorded and
+    the driver ends with :class:`NodeLost`, so that the batch's watcher resumes it (jobs.batch)."""
+
+    def run(cfg, run_id: str, *args) -> tuple:
+        checkpoint, error = runner(cfg, run_id, *args)
+        if error is not None and checkpoint is not None and node_lost(checkpoint_meta(checkpoint).get("workers", [])):
+            raise NodeLost(f"run {run_id}: a node of its workers was lost — the batch's watcher resumes it")
+        return checkpoint, error
+
+    return run
+
+
+def node_lost(workers: list[dict], wait_s: float = 30.0) -> bool:
+    """Whether Ray declares a node of ``workers`` dead within ``wait_s``: a surviving rank often fails first (its
+    peer's connection closed), before the GCS has missed the lost node's health checks."""
+    import ray
+
+    ids, deadline = {w["node_id"] for w in workers}, time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if any(n["NodeID"] in ids and not n["Alive"] for n in ray.nodes()):
+            return True
+        time.sleep(1)
+    return False
+
+
 class LocalSession:
     """The loop's session in Ray Train local mode, plus the persistence that mode lacks in Ray 2.60 (its report keeps
     only the loop's temporary folder: ray/train/v2/_internal/execution/train_fn_utils.py, LocalTrainFnUtils). Each
@@ -589,6 +615,8 @@ def main(argv: list[str]) -> int:
         cfg, store = preflight.prepare(args.config, args.overrides, args.smoke_test, args.store)
         run_id = f"{cfg.workload}-{uuid.uuid4().hex[:10]}"
     runner, path = start(cfg)  # a ClusterError is exit 1 (cli_main)
+    if int(os.environ.get("PERENNIAL_RETRIES_LEFT", "0")) > 0:
+        runner = resumed_by_batch(runner)
     low, high = config_lib.worker_range(cfg.scaling)
     workers = f"{high} worker(s)" if low == high else f"{low} to {high} workers (elastic)"
     each = "GPU" if cfg.scaling.use_gpu else f"{cfg.scaling.cpus_per_worker} CPU each"

@@ -118,7 +118,9 @@ def test_netns_wrapper_lets_loopback_through_and_nothing_else():
         timeout=120,
     )
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.split("\n")[:2] == ["['lo'] ['lo'] ['nameserver', '127.0.0.1']", "loopback ok true 0"], res.stdout + res.stderr
+    assert res.stdout.split("\n")[:2] == ["['lo'] ['lo'] ['nameserver', '127.0.0.1']", "loopback ok true 0"], (
+        res.stdout + res.stderr
+    )
     assert res.stderr == ""
 
 
