@@ -2,9 +2,8 @@
 
     python -m jobs.evaluate --run RUN_ID [--split test|val] [--store PATH] [--no-record]
 
-Rebuilds the workload's data from the run's stored config, loads its export (local path or ``s3://``), scores it
-with the workload's ``evaluate``, prints the metrics beside the stored ones and appends an ``evaluations`` row
-(unless ``--no-record``). Exit codes: 0 scored, 2 bad input (unknown run, no checkpoint, bad data), 1 otherwise.
+Prints the metrics beside the stored ones and appends an ``evaluations`` row (unless ``--no-record``).
+Exit codes: 0 scored, 2 bad input (unknown run, no checkpoint, bad data), 1 otherwise.
 """
 
 from __future__ import annotations

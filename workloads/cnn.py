@@ -2,9 +2,8 @@
 
     python -m jobs.train --config configs/cnn.yaml [--smoke-test] [key=value ...]
 
-Data as in mlp (Fashion-MNIST, digits, or your IDX / NPZ / Parquet images). A block max-pools only while the
-maps are at least ``model.min_pool_side`` wide, so 8x8 digits keep 4x4 maps. One-cycle learning rate; early
-stopping on ``val_accuracy`` with ``train.patience``.
+Data as in mlp. A block max-pools only while the maps are at least ``model.min_pool_side`` wide, so 8x8 digits
+keep 4x4 maps.
 """
 
 from __future__ import annotations
@@ -102,6 +101,5 @@ def build_model(cfg, splits: Splits) -> nn.Module:
 
 
 def build_scheduler(cfg, optimizer, steps_per_epoch: int):
-    """One cycle over the whole run: warm up to ``train.lr``, then anneal far below it."""
     steps = cfg.train.epochs * -(-steps_per_epoch // cfg.train.grad_accum_steps)
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.train.lr, total_steps=max(steps, 1))
