@@ -139,8 +139,7 @@ PREEMPTION_CHECK_EVERY_S = 0.5  # with several workers: how often (in step time)
 
 
 def preemption_watch(dist: bool, device: torch.device, read=None):
-    """A per-step check for a preemption notice that every rank sees at the same step (this rank's
-    ``PreemptionInfo``, True when only another rank has it, or None); None when Train's watcher is off."""
+    """A per-step check for a preemption notice every rank sees at the same step; None when Train's watcher is off."""
     if os.environ.get(PREEMPTION_WATCHER, "1").strip().lower() in ("0", "false"):
         return None
     read = read or preemption_reader()  # bench/preemption_watch.py passes its own

@@ -199,6 +199,13 @@ def eval_loader(splits, dataset, batch_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=splits.collate_fn)
 
 
+def score(wl, cfg, model, splits, dataset, device: torch.device) -> dict:
+    """``wl.evaluate`` of ``model`` on ``dataset``, under the run's autocast."""
+    loader = eval_loader(splits, dataset, cfg.train.batch_size * 2)
+    with autocast(cfg.train.precision, device):
+        return wl.evaluate(model, (to_device(batch, device) for batch in loader), splits)
+
+
 def train_loader(wl, cfg, splits) -> DataLoader:
     if make_loader := workloads.hook(wl, "train_loader"):  # e.g. length-grouped batches for text
         return make_loader(cfg, splits)
@@ -515,7 +522,6 @@ class Loop:
                 self.scheduler.load_state_dict(state["scheduler"])
             if self.scaler is not None and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])  # keep the learned loss scale across a restart
-        self.val_loader = eval_loader(self.splits, self.splits.val, cfg.train.batch_size * 2)
 
     def _setup_hooks(self) -> None:
         self.hooks = hooks_lib.built_in(self.cfg, self.rank, self.dist, self.device)
@@ -572,8 +578,7 @@ class Loop:
         device, dist, world = self.device, self.dist, self.world
         val = {}
         if self.rank == 0 or self.sharded:  # full val set on rank 0 (every rank under FSDP: its forward is collective)
-            with autocast(self.cfg.train.precision, device):
-                metrics = self.wl.evaluate(unwrap(self.model), _on(self.val_loader, device), self.splits)
+            metrics = score(self.wl, self.cfg, unwrap(self.model), self.splits, self.splits.val, device)
             val = {f"val_{k}": v for k, v in metrics.items()}
         val = _broadcast(val, dist)
         train_time = _all_reduce(stats["train_time_s"], device, dist) / world
@@ -624,8 +629,7 @@ class Loop:
         }
 
     def save_step_checkpoint(self, so_far: dict) -> tuple[str, float, float]:
-        """Report a mid-epoch checkpoint (every rank at the same step): its name, seconds taken, wall time when
-        saved. A second call at the same step writes nothing."""
+        """Report a mid-epoch checkpoint, once per step (every rank at once): (name, seconds taken, when saved)."""
         name = f"epoch_{self.epoch + 1:04d}_step_{so_far['step']:06d}"
         if name == self.last_checkpoint:
             return name, 0.0, time.time()
@@ -691,9 +695,7 @@ class Loop:
 
         model, splits, device = unwrap(self.model), self.splits, self.device
         if splits.test is not None:
-            test_loader = eval_loader(splits, splits.test, self.cfg.train.batch_size * 2)
-            with autocast(self.cfg.train.precision, device):
-                metrics = self.wl.evaluate(model, _on(test_loader, device), splits)
+            metrics = score(self.wl, self.cfg, model, splits, splits.test, device)
             final.update({f"test_{k}": v for k, v in metrics.items()})
             log("test: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k.startswith("test_")))
         export_model(self.wl, model.cpu() if device.type != "cpu" else model, self.cfg, splits, tmp / EXPORT)
@@ -710,11 +712,6 @@ class Loop:
 
 
 # ----------------------------------------------------------------------------- small parts of the loop
-def _on(loader: DataLoader, device: torch.device):
-    for batch in loader:
-        yield to_device(batch, device)
-
-
 def node_placement(rank: int) -> dict:
     """This worker's rank, Ray node id and node type (the autoscaler sets RAY_NODE_TYPE_NAME on nodes it starts)."""
     import ray

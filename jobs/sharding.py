@@ -49,10 +49,6 @@ def local_bytes(model: torch.nn.Module) -> int:
     return sum(getattr(p, "_local_tensor", p).numel() * p.element_size() for p in model.parameters())
 
 
-def has_shards(folder: str | Path) -> bool:
-    return Path(folder, SHARDS).is_dir()
-
-
 def save(folder: str | Path, model, optimizer, state: dict) -> dict:
     """Write this rank's shard (a collective); returns the rest of ``state``, which rank 0 saves as usual."""
     shards = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}

@@ -61,8 +61,7 @@ def open_binary(path: str, native: bool = False) -> io.BufferedIOBase:
 
 
 def read_parquet(path: str):
-    """A Parquet file as a pyarrow Table, through an Arrow file: a Python file object can abort the interpreter
-    at exit (apache/arrow#34314)."""
+    """A Parquet file, through an Arrow file: a Python file object can abort the interpreter (apache/arrow#34314)."""
     import pyarrow.parquet as pq
 
     with open_binary(path, native=True) as f:
@@ -120,7 +119,7 @@ def fashion_mnist_available() -> bool:
 
 
 def read_idx(path: str) -> np.ndarray:
-    """An IDX file (the MNIST format), optionally gzipped, as a numpy array."""
+    """An IDX file (the MNIST format), maybe gzipped."""
     raw = read_bytes(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"'{path}' is not an IDX file (bad magic number) — give an MNIST-style IDX file")
@@ -138,11 +137,8 @@ def read_idx(path: str) -> np.ndarray:
 
 
 def load_images(source: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str], str]:
-    """Images by source -> ({"train": (x, y)[, "test": (x, y)]}, labels, fingerprint); x float32 in [0, 1] (N, H, W).
-
-    Sources: fashion_mnist (Debian package), digits (scikit-learn), auto (the first present), a ``.npz`` with
-    x_train, y_train[, x_test, y_test], a ``.parquet`` with image + label [+ split] columns, or an IDX prefix
-    ``DIR/train``."""
+    """({"train": (x, y)[, "test": (x, y)]}, labels, fingerprint), x float32 in [0, 1] (N, H, W), of fashion_mnist,
+    digits, auto, a ``.npz`` (x_train, y_train[, x_test, y_test]), a ``.parquet`` or an IDX prefix ``DIR/train``."""
     if source == "auto":
         source = "fashion_mnist" if fashion_mnist_available() else "digits"
     if source == "fashion_mnist":
@@ -255,7 +251,6 @@ def _label_names(out: dict) -> list[str]:
 def split_train_val(
     n: int, val_fraction: float, seed: int, y: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded (stratified when labels are given) train/val index split."""
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < val_fraction < 1.0:
@@ -285,8 +280,7 @@ def conll2003_path(split: str) -> str:
 
 
 def read_conll(path: str, labels=None) -> tuple[list[tuple[list[str], list[str]]], str]:
-    """Sentences of a CoNLL file as ``[(tokens, tags), ...]`` and a fingerprint: token first, tag last, split by
-    tabs (else spaces); blank lines end a sentence. With ``labels``, any other tag is an error."""
+    """``[(tokens, tags), ...]`` of a CoNLL file (token first, tag last) and a fingerprint; ``labels``: tags allowed."""
     raw = read_bytes(path)
     try:
         text = raw.decode("utf-8-sig")
@@ -348,8 +342,6 @@ TEXT_SOURCES = {  # shipped labelled text by name: (package, file in it, text co
 
 @dataclass
 class TextTable:
-    """One file's records, each with where it came from (for error messages)."""
-
     path: str
     texts: list[str]
     labels: list[str]
@@ -493,8 +485,7 @@ def sorted_labels(values) -> list[str]:
 
 
 def load_text_splits(data) -> tuple[dict[str, tuple[list[str], np.ndarray]], list[str], str]:
-    """The text splits of a ``data`` section -> ({split: (texts, label ids)}, labels, fingerprint): ``data.train``
-    or ``data.source``; val / test files or stratified seeded shares of it; caps last."""
+    """({split: (texts, label ids)}, labels, fingerprint) of a ``data`` section: files or seeded shares, caps last."""
     if data.train:
         read = lambda p: read_text_table(p, data.text_column, data.label_column, data.encoding)  # noqa: E731
         train_path = data.train
@@ -587,8 +578,7 @@ def map_wnut16_tag(tag: str) -> str:
 
 
 def read_wnut16(seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2, path: str | None = None):
-    """WNUT-16 tweets with CoNLL-2003 tags -> ({split: [(tokens, tags), ...]}, fingerprint); the test share has a
-    fixed seed (the same tweets for every run), the val share ``seed``."""
+    """WNUT-16 tweets with CoNLL-2003 tags: ({split: [(tokens, tags), ...]}, fingerprint); the test share is fixed."""
     path = path or wnut16_path()
     raw, fp = read_conll(path)
     tweets = [(tokens, [map_wnut16_tag(t) for t in tags]) for tokens, tags in raw]
@@ -607,8 +597,7 @@ def replay_indices(n: int, fraction: float, seed: int) -> np.ndarray:
 
 
 def add_replay(new: Splits, old: Splits, fraction: float, seed: int):
-    """``new.train`` plus a seeded ``fraction`` of ``old.train`` (continual replay), concatenated in kind, so a
-    workload that reads the train set's columns (lengths for grouped batches) keeps working."""
+    """``new.train`` plus a seeded share of ``old.train``, concatenated in kind (a workload may read its columns)."""
     if old.labels != new.labels:
         raise DataError(
             f"replay: the parent's data has labels {old.labels}, this round's {new.labels} — they must match"
@@ -662,7 +651,7 @@ def features_cache_dir() -> Path | None:
 
 
 def file_stamp(path: str | os.PathLike) -> str | None:
-    """A local file's path, size and mtime (its identity for a cache key); None for a remote or missing file."""
+    """A local file's path, size and mtime; None for a remote or missing file."""
     if not path or is_remote(str(path)):
         return None
     try:
@@ -673,8 +662,7 @@ def file_stamp(path: str | os.PathLike) -> str | None:
 
 
 def features_key(files: list, code: list[str], settings: dict) -> str | None:
-    """The cache key of one tokenization: input files, the code that reads them, the settings; None when any
-    input is remote or missing."""
+    """The cache key of one tokenization (files, code, settings); None when an input is remote or missing."""
     stamps = [file_stamp(f) for f in files if f]
     if any(s is None for s in stamps) or features_cache_dir() is None:
         return None
@@ -683,14 +671,12 @@ def features_key(files: list, code: list[str], settings: dict) -> str | None:
 
 
 def features_cached(key: str | None) -> bool:
-    """Whether :func:`load_features` would find ``key`` (without reading it)."""
     folder = features_cache_dir()
     return key is not None and folder is not None and (folder / f"{key}.json").is_file()
 
 
 def load_features(key: str | None) -> tuple[dict[str, list[dict] | None], dict] | None:
-    """Splits of integer-list features saved under ``key`` and their meta; None on a miss. Plain JSON: a cache
-    file can never run code."""
+    """(splits, meta) saved under ``key``, or None; plain JSON: a cache file can never run code."""
     folder = features_cache_dir()
     if key is None or folder is None:
         return None
@@ -702,8 +688,7 @@ def load_features(key: str | None) -> tuple[dict[str, list[dict] | None], dict] 
 
 
 def save_features(key: str | None, splits: dict[str, list[dict] | None], meta: dict) -> None:
-    """Keep tokenized splits under ``key``, written whole then renamed into place; a cache that cannot be
-    written is skipped."""
+    """Keep tokenized splits under ``key``, written whole then renamed; skipped when it cannot be written."""
     folder = features_cache_dir()
     if key is None or folder is None:
         return

@@ -248,15 +248,6 @@ def train_loader(cfg, splits: Splits) -> DataLoader:
     return common.length_grouped_loader(cfg, splits.train, lengths, splits.collate_fn)
 
 
-def padded_fraction(loader) -> float:
-    """Share of the sub-token slots in ``loader``'s batches that are padding (a speed diagnostic)."""
-    real = total = 0
-    for batch in loader:
-        real += int(batch["attention_mask"].sum())
-        total += batch["attention_mask"].numel()
-    return 1.0 - real / max(total, 1)
-
-
 # ----------------------------------------------------------------------------- [2] model
 def build_model(cfg, splits: Splits) -> torch.nn.Module:
     t = common.transformers()
