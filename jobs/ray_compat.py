@@ -9,12 +9,6 @@ import logging
 RAY_VERSION = "2.60.0"  # the version these imports were written and tested against
 
 
-def ray_version_matches() -> bool:
-    import ray
-
-    return ray.__version__ == RAY_VERSION
-
-
 RUNTIME_ENV_LOGGER = "ray._private.runtime_env"  # logs one line per file a job upload leaves out
 
 

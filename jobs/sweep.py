@@ -31,6 +31,7 @@ from jobs.train import (
     job_id,
     last_checkpoint,
     parser,
+    print_scores,
     record_run,
     resume_command,
     resume_state,
@@ -392,10 +393,6 @@ def trial_dirname(sweep_id: str, trial) -> str:
 
 
 # ----------------------------------------------------------------------------- [3] the sweep
-def sweep_dir(storage_root: str, sweep_id: str) -> str:
-    return f"{storage_root.rstrip('/')}/{sweep_id}"
-
-
 def make_progress_callback(state: dict, directory: str, attempt: int, t0: float, metric: str, record):
     """A line per finished trial; records a trial the scheduler stopped (a trial records only a run it finished)."""
     from ray.tune import Callback
@@ -437,7 +434,7 @@ def make_tuner(cfg, ctx: dict, state: dict, callbacks: list, resume: bool, concu
 
     sweep_id = ctx["sweep_id"]
     trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), trial_resources(cfg))
-    directory = sweep_dir(storage_uri(cfg.run.storage_path), sweep_id)
+    directory = ctx["base"]["run"]["storage_path"]  # the sweep's folder
     if resume and tune.Tuner.can_restore(directory):
         tuner = tune.Tuner.restore(directory, trainable=trainable, resume_unfinished=True, resume_errored=False)
         tuner._local_tuner.get_run_config().callbacks = callbacks  # restore takes no RunConfig: swap in this run's
@@ -471,7 +468,7 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     metric, mode = config_lib.metric_and_mode(cfg)
-    directory = sweep_dir(storage_uri(cfg.run.storage_path), sweep_id)
+    directory = f"{storage_uri(cfg.run.storage_path).rstrip('/')}/{sweep_id}"
     base = config_lib.to_dict(cfg)
     base["run"]["storage_path"] = directory  # trial runs in <sweep dir>/<run_id>
     base["log"]["every_s"] = 0.0  # a sweep prints trial events, not every trial's steps
@@ -574,11 +571,7 @@ def summarize(cfg, store: Store, sweep_id: str, state: dict, metric: str, mode: 
             f"best: trial {best['trial_id']}  {metric} {best['best_metric']:.4f}  "
             + "  ".join(f"{k}={_short(best[k])}" for k in params)
         )
-        tests = {k: v for k, v in best.items() if k.startswith("test_") and not k.endswith("_loss") and pd.notna(v)}
-        if tests:
-            print("  test: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(tests.items())))
-        if best["export_uri"]:
-            print(f"  model: {best['export_uri']}")
+        print_scores(best.to_dict())
     print(f"  store: {store.uri}  (python -m jobs.store runs --sweep {sweep_id})")
     write_sweeps_row(cfg, store, state, best, totals | {"sweep_id": sweep_id, "metric": metric, "mode": mode})
     return 0 if best is not None else 1

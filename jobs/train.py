@@ -25,7 +25,7 @@ from jobs import preflight
 from jobs.errors import ClusterError
 from jobs.ports import free_port
 from jobs.ray_compat import single_machine_mode as loopback_only  # keeps Ray on 127.0.0.1
-from jobs.store import FINISHED, Store, compact_if_due, now
+from jobs.store import FINISHED, Store, compact_if_due, missing, now
 
 RUN_STATE = "perennial_run.json"  # beside a run's checkpoints: its config and store, read by --resume
 
@@ -527,14 +527,19 @@ def print_summary(row: dict, store: Store) -> None:
         f"\nrun {row['run_id']}  {row['status']}  {row['metric']}={best} "
         f"(epoch {row['best_epoch']}/{row['epochs']})  wall {row['wall_s']:.1f} s"
     )
-    tests = {k: v for k, v in row.items() if k.startswith("test_") and not k.endswith("_loss")}
-    if tests:
-        print("  test: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(tests.items())))
     if row["error"]:
         print(f"  error: {row['error']}")
+    print_scores(row)
+    print(f"  store: {store.uri}  (python -m jobs.store history {row['run_id']})")
+
+
+def print_scores(row) -> None:
+    """A runs row's test metrics and model, under its summary line."""
+    tests = {k: v for k, v in row.items() if k.startswith("test_") and not k.endswith("_loss") and not missing(v)}
+    if tests:
+        print("  test: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(tests.items())))
     if row["export_uri"]:
         print(f"  model: {row['export_uri']}")
-    print(f"  store: {store.uri}  (python -m jobs.store history {row['run_id']})")
 
 
 # ----------------------------------------------------------------------------- CLI
