@@ -161,10 +161,8 @@ def load_images(source: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], 
         d = load_digits()
         x = (d.images / 16.0).astype(np.float32)
         y = d.target.astype(np.int64)
-        rng = np.random.default_rng(1234)  # fixed test split: it is the data set's, not the run's
-        order = rng.permutation(len(y))
-        n_test = len(y) // 5
-        test, train = order[:n_test], order[n_test:]
+        order = np.random.default_rng(1234).permutation(len(y))  # a fixed test split: the data set's, not the run's
+        test, train = order[: len(y) // 5], order[len(y) // 5 :]
         return (
             {"train": (x[train], y[train]), "test": (x[test], y[test])},
             [str(i) for i in range(10)],
@@ -208,8 +206,7 @@ def _load_image_files(source: str):
             raise DataError(f"'{source}': images have {x.shape[1]} values, not a square — store H*W pixels per row")
         x = _as_unit_float(x.reshape(-1, side, side))
         y = np.asarray(table.column("label").to_pylist(), dtype=np.int64)
-        split = table.column("split").to_pylist() if "split" in table.column_names else ["train"] * len(y)
-        split = np.asarray(split)
+        split = np.asarray(table.column("split").to_pylist() if "split" in table.column_names else ["train"] * len(y))
         out = {s: (x[split == s], y[split == s]) for s in ("train", "test") if (split == s).any()}
         return out, _label_names(out), fingerprint(source, x, y)
     # IDX prefix: DIR/train -> DIR/train-images-idx3-ubyte[.gz]
@@ -234,9 +231,7 @@ def _load_image_files(source: str):
 
 def _as_unit_float(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
-    if x.dtype == np.uint8 or x.max(initial=0) > 1.0:
-        return x.astype(np.float32) / 255.0
-    return x.astype(np.float32)
+    return x.astype(np.float32) / (255.0 if x.dtype == np.uint8 or x.max(initial=0) > 1.0 else 1.0)
 
 
 def _label_names(out: dict) -> list[str]:
@@ -290,14 +285,10 @@ def read_conll(path: str, labels=None) -> tuple[list[tuple[list[str], list[str]]
             f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}) — re-save the file as UTF-8"
         ) from None
     allowed = set(labels) if labels else None
-    sentences: list[tuple[list[str], list[str]]] = []
-    tokens: list[str] = []
-    tags: list[str] = []
-    columns, columns_line = 0, 0
-    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 etc. may sit inside a token
-        line = line.rstrip("\r")
-        fields = [f.strip() for f in line.split("\t")] if "\t" in line else line.split()
-        fields = [f for f in fields if f]
+    sentences, tokens, tags, columns, columns_line = [], [], [], 0, 0
+    # not splitlines(): U+2028 etc. may sit inside a token; the blank line at the end closes the last sentence
+    for lineno, line in enumerate([*text.split("\n"), ""], 1):
+        fields = [f.strip() for f in line.split("\t" if "\t" in line else None) if f.strip()]
         if not fields or fields[0] == "-DOCSTART-":
             if tokens:
                 sentences.append((tokens, tags))
@@ -322,8 +313,6 @@ def read_conll(path: str, labels=None) -> tuple[list[tuple[list[str], list[str]]
             )
         tokens.append(fields[0])
         tags.append(tag)
-    if tokens:  # a file without a final blank line (or newline)
-        sentences.append((tokens, tags))
     if not sentences:
         raise DataError(
             f"{path}: no sentences — a CoNLL file has 'token ... tag' lines, sentences split by blank lines"
@@ -355,8 +344,7 @@ class TextTable:
 def read_text_table(path: str, text_column: str, label_column: str, encoding: str = "utf-8") -> TextTable:
     """Read ``text_column`` and ``label_column`` of a CSV/TSV/JSONL/Parquet file; raises DataError."""
     path = str(path)
-    kind = path[:-3] if path.endswith(".gz") else path
-    kind = kind.rsplit(".", 1)[-1].lower() if "." in os.path.basename(kind) else ""
+    kind = Path(path.removesuffix(".gz")).suffix.lower().lstrip(".")
     if kind not in ("csv", "tsv", "jsonl", "ndjson", "parquet"):
         raise DataError(f"'{path}': unsupported file type '.{kind}' — give a .csv, .tsv, .jsonl or .parquet file")
     if kind == "parquet":
@@ -417,8 +405,6 @@ def _require(where: str, found, text_column: str, label_column: str, what: str =
 
 
 def _read_jsonl_text(path: str, text: str, text_column: str, label_column: str) -> TextTable:
-    import json
-
     out = TextTable(path, [], [], [])
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -479,30 +465,26 @@ def encode_labels(table: TextTable, labels: list[str], drop: tuple[str, ...] = (
 def sorted_labels(values) -> list[str]:
     """Label names in a stable order: numerically if they are all integers, else alphabetically."""
     values = set(values)
-    if all(v.lstrip("-").isdigit() for v in values):
-        return sorted(values, key=int)
-    return sorted(values)
+    return sorted(values, key=int if all(v.lstrip("-").isdigit() for v in values) else None)
 
 
 def load_text_splits(data) -> tuple[dict[str, tuple[list[str], np.ndarray]], list[str], str]:
     """({split: (texts, label ids)}, labels, fingerprint) of a ``data`` section: files or seeded shares, caps last."""
     if data.train:
-        read = lambda p: read_text_table(p, data.text_column, data.label_column, data.encoding)  # noqa: E731
-        train_path = data.train
+        train_path, columns = data.train, (data.text_column, data.label_column, data.encoding)
     elif data.source in TEXT_SOURCES:
-        package, rel, text_col, label_col, encoding = TEXT_SOURCES[data.source]
+        package, rel, *columns = TEXT_SOURCES[data.source]
         train_path = str(package_dir(package) / rel)
-        read = lambda p: read_text_table(p, text_col, label_col, encoding)  # noqa: E731
     else:
         raise DataError(
             f"data.source '{data.source}' is not a shipped text set ({sorted(TEXT_SOURCES)}) — "
             "or set data.train to your CSV/JSONL/Parquet file"
         )
     drop = tuple(str(v) for v in data.drop_labels)
-    tables = {"train": read(train_path)}
+    tables = {"train": read_text_table(train_path, *columns)}
     for split in ("val", "test"):
         if getattr(data, split):
-            tables[split] = read(getattr(data, split))
+            tables[split] = read_text_table(getattr(data, split), *columns)
     labels = [str(v) for v in data.labels] or sorted_labels(v for v in tables["train"].labels if v not in drop)
     if len(labels) < 2:
         raise DataError(f"'{train_path}' has {len(labels)} class(es) {labels} — a classifier needs at least 2")
