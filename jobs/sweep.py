@@ -234,10 +234,8 @@ def default_concurrency(cfg) -> int:
         head, workers, max_workers, where = largest
         ranks = sorted((ranks_per_node(node, per_worker) for node in workers), reverse=True)[:max_workers]
         ranks = [ranks_per_node(node, per_worker) for node in head] + ranks
-        if s.placement_strategy == "STRICT_PACK":  # a trial's ranks never share a node with another's
-            fits = sum(r // per_trial for r in ranks)
-        else:
-            fits = sum(ranks) // per_trial
+        strict = s.placement_strategy == "STRICT_PACK"  # a trial's ranks never share a node with another's
+        fits = sum(r // per_trial for r in ranks) if strict else sum(ranks) // per_trial
         print(f"sweep: {max(1, fits)} trials at a time fit the autoscaler's largest cluster ({where})")
         return max(1, fits)
     from jobs.ray_compat import max_resources_from_cluster_config

@@ -280,11 +280,8 @@ def job_id() -> str:
     """The Ray job submission this run belongs to, if any."""
     if os.environ.get("PERENNIAL_JOB_ID"):
         return os.environ["PERENNIAL_JOB_ID"]
-    try:
-        meta = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("metadata") or {}
-        return meta.get("job_submission_id") or meta.get("submission_id", "")  # Ray sets the first itself
-    except ValueError:
-        return ""
+    meta = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("metadata") or {}
+    return meta.get("job_submission_id") or meta.get("submission_id", "")  # Ray sets the first itself
 
 
 # ----------------------------------------------------------------------------- running the loop

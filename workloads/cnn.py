@@ -16,17 +16,10 @@ from torch.utils.data import TensorDataset
 
 from workloads import Section, common
 from workloads.data import Splits, load_images, split_train_val, subsample
-from workloads.mlp import evaluate, train_step, validate  # noqa: F401 (mlp's checks, step and metrics: hooks here too)
+from workloads.mlp import Data, evaluate, train_step, validate  # noqa: F401 (mlp's data, checks, step and metrics)
 
 
 # ----------------------------------------------------------------------------- config
-class Data(Section):
-    source: str = "auto"  # auto | fashion_mnist | digits | path.npz | path.parquet | IDX prefix DIR/train
-    val_fraction: float = Field(0.1, ge=0, lt=1)  # share of the training set held out for validation (early stopping)
-    max_train_samples: int = Field(0, ge=0)  # 0 = all; a quick run caps this
-    seed: int = 0  # the train/val split
-
-
 class Model(Section):
     channels: list[int] = Field([32, 64], min_length=1)  # one conv block per entry
     hidden: int = Field(128, ge=1)  # dense layer before the classifier
