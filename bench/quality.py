@@ -44,12 +44,12 @@ NOTES = {"test_majority_accuracy": "majority baseline"}  # printed under a row w
 
 def run_one(workload: str, store: Path, quick: bool, overrides: list[str], log_dir: Path) -> dict:
     """Train ``workload`` to the end; its runs row plus ``bench_wall_s`` and mean ``samples_per_s``."""
+    import workloads
     from jobs.store import Store
-    from workloads import WORKLOADS
 
     args = [sys.executable, "-m", "jobs.train", "--config", f"configs/{workload}.yaml", "--store", str(store)]
     if quick:
-        data_keys = WORKLOADS[workload].Config().data.__dataclass_fields__
+        data_keys = workloads.module(workload).Config().data.__dataclass_fields__
         args.append("train.epochs=1")
         if "max_train_samples" in data_keys:
             args.append(f"data.max_train_samples={TARGETS[workload].quick_train_samples}")
@@ -82,14 +82,14 @@ def main(argv: list[str]) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
     args = p.parse_args(argv)
 
-    from workloads import WORKLOADS
+    import workloads
 
     store = Path(args.store or tempfile.mkdtemp(prefix="perennial-quality-"))
     log_dir = store.parent if args.store else store
     names = [w for w in TARGETS if w in (args.only or TARGETS)]
     results = {}
     for workload in names:
-        if workload not in WORKLOADS:
+        if workload not in workloads.WORKLOADS:
             print(f"[{workload}] not in the workload registry yet: skipped", flush=True)
             continue
         results[workload] = run_one(workload, store, args.quick, args.overrides, log_dir)

@@ -1,11 +1,10 @@
-"""Config: a YAML file over typed defaults, then trailing ``key=value`` overrides.
+"""Config: a YAML file over typed defaults, then trailing ``key=value`` overrides; checked once, on the driver.
 
     cfg = load_config("configs/mlp.yaml", ["train.lr=0.01", "scaling.num_workers=2"])
     python -m jobs.config --schema --workload ner > ner.schema.json   # for an editor to check configs/*.yaml
 
-A config has the workload's sections (``data``, ``model``, ``train``: pydantic models in ``workloads/<name>.py``)
-plus the job sections defined here. pydantic types and bounds each key; :func:`from_dict` turns its first finding
-into one :class:`ConfigError` line (exit 2). The config is checked once, on the driver; workers get the object.
+The workload's sections (``data``, ``model``, ``train``) plus the job sections here, all pydantic models; the
+first finding becomes one :class:`ConfigError` line (exit 2).
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from workloads import WORKLOADS, Section
 
 # ----------------------------------------------------------------------------- job sections
 def check_num_workers(n):
-    """``scaling.num_workers``: an integer >= 1, or [min, max] with 1 <= min <= max (an elastic run)."""
     fix = "set e.g. scaling.num_workers=2, or scaling.num_workers=[1,4] for an elastic run"
     if isinstance(n, list):
         if len(n) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in n):
@@ -63,7 +61,6 @@ NODE_TYPE_SHARE = 0.01  # one worker's share of its node's {<type>: 1}: up to 10
 
 
 def worker_range(s: Scaling) -> tuple[int, int]:
-    """(min, max) workers: N is (N, N); [min, max] is an elastic run."""
     n = s.num_workers
     return (n, n) if isinstance(n, int) else (int(n[0]), int(n[1]))
 
@@ -81,7 +78,6 @@ def one_worker(s: Scaling) -> bool:
 
 
 def worker_resources(s: Scaling) -> dict:
-    """What one Ray Train worker holds: its CPUs, its GPU share with use_gpu, and its node type's resource."""
     resources = {"CPU": s.cpus_per_worker} | ({"GPU": s.gpus_per_worker} if s.use_gpu else {})
     return resources | ({s.node_type: NODE_TYPE_SHARE} if s.node_type else {})
 
@@ -155,8 +151,6 @@ TRACKER_EXTRAS = {  # config key -> (module it needs, the extra that installs it
 
 # ----------------------------------------------------------------------------- the whole config
 class JobConfig(Section):
-    """The base of every full config; :func:`config_class` adds ``workload`` and the sections."""
-
     def __reduce__(self):  # the class is made per workload: a worker rebuilds it by name, then takes the values
         return _bare_config, (self.workload, self.workload_dir), self.__getstate__()
 
@@ -170,7 +164,6 @@ def _bare_config(workload: str, workload_dir: str):
 
 @functools.cache  # one class per workload, so configs compare equal and pickle by the same class
 def config_class(workload: str) -> type[JobConfig]:
-    """The model of a full config for ``workload`` (a resolved name): its sections plus the job sections."""
     fields: dict[str, Any] = {
         "workload": (str, workload),
         "workload_dir": (str, ""),  # where an external workload module is imported from
@@ -181,7 +174,6 @@ def config_class(workload: str) -> type[JobConfig]:
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = (), smoke_test: bool = False):
-    """Read ``path`` (YAML), apply the workload's smoke-test overrides if asked, then ``overrides``."""
     raw: dict = {}
     if path is not None:
         if not Path(path).is_file():
@@ -223,7 +215,7 @@ def absolutize_paths(cfg):
 
 
 def from_dict(raw: dict):
-    """Typed, checked config from a plain dict (as :func:`to_dict` returns); raises :class:`ConfigError`."""
+    """Typed, checked config from a plain dict (as :func:`to_dict` returns)."""
     if raw.get("workload_dir") and os.path.isdir(raw["workload_dir"]):  # jobs.evaluate of a stored run
         workloads.add_to_path(raw["workload_dir"])
     cls = config_class(raw["workload"])
@@ -238,7 +230,7 @@ def to_dict(cfg) -> dict:
 
 
 def section_fields(obj) -> dict[str, Any]:
-    """A section's (or a whole config's) keys -> their types; {} for a value. A model or an external dataclass."""
+    """A section's (or a whole config's) keys -> their types; {} for a value."""
     cls = obj if isinstance(obj, type) else type(obj)
     if isinstance(cls, type) and issubclass(cls, pydantic.BaseModel):
         return {name: f.annotation for name, f in cls.model_fields.items()}
@@ -266,12 +258,11 @@ def flatten(cfg, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
 
 
 def with_data(cfg, data: dict):
-    """``cfg`` with its ``data`` section replaced (a parent run's data, read by this round's model settings)."""
     return from_dict(to_dict(cfg) | {"data": data})
 
 
 def set_dotted(cfg, key: str, value: Any):
-    """A new typed config with one dotted key changed (type-checked like an override)."""
+    """A new typed config with one dotted key changed, checked like an override."""
     raw = to_dict(cfg)
     _set_dotted(raw, key, value)
     return from_dict(raw)
@@ -318,7 +309,6 @@ BOUND_WORDS |= {"less_than": ("lt", "<")}
 
 
 def _one_line(cls: type, err: dict) -> ConfigError:
-    """pydantic's first finding as our one line: the dotted key, what it must be, what it got."""
     if isinstance(cause := err.get("ctx", {}).get("error"), ConfigError):  # a field validator's own message
         return cause
     names, section = [], cls
@@ -352,7 +342,6 @@ USER_ERRORS = (UserError,)
 
 
 def metric_and_mode(cfg) -> tuple[str, str]:
-    """The metric a run optimises: the sweep's override, else the workload's METRIC/MODE."""
     wl = workloads.module(cfg.workload)
     return cfg.sweep.metric or wl.METRIC, cfg.sweep.mode or wl.MODE
 
@@ -377,7 +366,6 @@ def check_values(cfg) -> None:
 
 
 def schema(workload: str) -> dict:
-    """The JSON schema of a config for ``workload`` (editors validate configs/*.yaml with it)."""
     return config_class(workloads.resolve(workload)[0]).model_json_schema()
 
 

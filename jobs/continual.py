@@ -132,7 +132,7 @@ def round_config(cfg, parent: dict, pcfg):
 
 
 def scoring_runner(train_runner, wl, baseline: Baseline, base: str, mode: str, extra_row: dict):
-    """Ray Train's runner, then [4] on the driver, before fit() writes the runs row (with extra_row as it is then)."""
+    """Ray Train's runner, then [4] on the driver, before fit() writes the runs row."""
 
     def runner(cfg_, run_id, callbacks, extra):
         checkpoint, error = train_runner(cfg_, run_id, callbacks, extra)
@@ -147,8 +147,7 @@ def scoring_runner(train_runner, wl, baseline: Baseline, base: str, mode: str, e
 
 
 def round_scores(wl, baseline: Baseline, export_uri: str, base: str, mode: str, child_new: float | None) -> dict:
-    """The child's export on the parent's split (``old_test_*``), then gain and forgetting. A scoring error is
-    recorded, not raised: the run itself finished, and its row must still land."""
+    """The child's export on the parent's split, gain and forgetting; an error is recorded: the run's row must land."""
     out = {"gain": signed(child_new - baseline.parent_new, mode) if child_new is not None else None}
     old, split = baseline.old, baseline.old_split
     try:

@@ -2,9 +2,8 @@
 
     python -m jobs.evaluate --run RUN_ID [--split test|val] [--store PATH] [--no-record]
 
-Rebuilds the workload's data from the run's stored config, loads its export (local path or ``s3://``), scores it
-with the workload's ``evaluate``, prints the metrics beside the stored ones and appends an ``evaluations`` row
-(unless ``--no-record``). Exit codes: 0 scored, 2 bad input (unknown run, no checkpoint, bad data), 1 otherwise.
+Prints the metrics beside the stored ones and appends an ``evaluations`` row (unless ``--no-record``).
+Exit codes: 0 scored, 2 bad input (unknown run, no checkpoint, bad data), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -59,9 +58,7 @@ def score_export(wl, cfg, splits, dataset, export_dir) -> dict[str, float]:
             f"the stored model does not fit this config ({str(e).splitlines()[0][:200]}) — "
             "keep the run's model.* settings and the same kind of data"
         ) from None
-    loader = loop.eval_loader(splits, dataset, cfg.train.batch_size * 2)
-    with loop.autocast(cfg.train.precision, torch.device("cpu")):
-        return {k: float(v) for k, v in wl.evaluate(model, loader, splits).items()}
+    return {k: float(v) for k, v in loop.score(wl, cfg, model, splits, dataset, torch.device("cpu")).items()}
 
 
 def evaluate_run(store: Store, run_id: str, split: str = "test") -> tuple[dict, dict]:

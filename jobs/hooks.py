@@ -1,8 +1,5 @@
-"""The training loop's hooks: everything optional the loop does besides training (jobs/loop.py calls them).
-
-A hook subclasses :class:`Hook` and overrides the events it needs; each gets the running :class:`jobs.loop.Loop`.
-Built in, from the config: :class:`Tracking` (rank 0), :class:`PreemptionWatch`, :class:`StepCheckpoints`,
-:class:`EarlyStopping`. ``run.hooks`` adds ``"module:Class?key=value"`` entries (values read as YAML), on every rank.
+"""The loop's hooks: everything optional it does besides training. A hook subclasses :class:`Hook`, overrides
+the events it needs and gets the running :class:`jobs.loop.Loop`; ``run.hooks`` adds ``"module:Class?k=v"`` ones.
 """
 
 from __future__ import annotations
@@ -142,9 +139,7 @@ PREEMPTION_CHECK_EVERY_S = 0.5  # with several workers: how often (in step time)
 
 
 def preemption_watch(dist: bool, device: torch.device, read=None):
-    """A per-step check for a preemption notice (a drain with reason PREEMPTION, a spot reclaim): this rank's
-    ``PreemptionInfo``, True when only another rank has it yet, or None; every rank sees it at the same step.
-    None when Ray Train's preemption watcher is off (jobs.train turns it off on its embedded cluster)."""
+    """A per-step check for a preemption notice every rank sees at the same step; None when Train's watcher is off."""
     if os.environ.get(PREEMPTION_WATCHER, "1").strip().lower() in ("0", "false"):
         return None
     read = read or preemption_reader()  # bench/preemption_watch.py passes its own
@@ -154,8 +149,8 @@ def preemption_watch(dist: bool, device: torch.device, read=None):
 
 
 class AgreedNotice:
-    """The ranks' agreement on a notice: an asynchronous all-reduce about every ``PREEMPTION_CHECK_EVERY_S`` of
-    training (rank 0 sets the interval from its step time, in the same all-reduce), read at the next check."""
+    """The ranks' agreement on a notice: an async all-reduce about every ``PREEMPTION_CHECK_EVERY_S`` (rank 0 sets
+    the step interval in it), read at the next check."""
 
     def __init__(self, read, device: torch.device):
         self.read, self.device = read, device
@@ -185,7 +180,6 @@ class AgreedNotice:
 
 
 def built_in(cfg, rank: int, dist: bool, device: torch.device) -> list[Hook]:
-    """The hooks the config turns on, in the order they run."""
     hooks: list[Hook] = [Tracking(cfg)] if rank == 0 else []  # progress and trackers: rank 0 only (docs/tracking.md)
     if (check := preemption_watch(dist, device)) is not None:  # None when Ray Train's watcher is off
         hooks.append(PreemptionWatch(check))
@@ -197,7 +191,7 @@ def built_in(cfg, rank: int, dist: bool, device: torch.device) -> list[Hook]:
 
 
 def from_spec(spec: str) -> Hook:
-    """A hook from ``"module:Class?key=value&..."`` (``run.hooks``); a bad spec is a one-line ConfigError."""
+    """A hook from a ``run.hooks`` entry ``"module:Class?key=value&..."``."""
     path, _, query = spec.partition("?")
     module_name, _, name = path.partition(":")
     fix = "write run.hooks entries as 'package.module:Class?key=value'"

@@ -1,12 +1,8 @@
-"""THE training loop: every workload trains through :func:`run`, in every Ray Train worker and sweep trial.
+"""The training loop every workload, Ray Train worker and sweep trial runs (:func:`run`): setup steps, then
+:meth:`Loop.run_epoch` per epoch, then :meth:`Loop.finish`; everything optional is a hook (jobs/hooks.py).
 
-:class:`Loop` runs named setup steps (data, model, restore, prepare_model, device, optimizer, hooks), then
-:meth:`Loop.run_epoch` per epoch, then :meth:`Loop.finish` (best weights scored on test, exported, reported).
-Everything optional is a hook (jobs/hooks.py). The loop reaches Ray only through a session (:class:`TrainSession`).
-
-Checkpoint directory (readable without Ray, :func:`read_meta`): ``meta.json`` (finished epochs, history, best;
-mid-epoch also ``partial``), ``state.pt`` (model, optimizer, best weights, RNGs mid-epoch), ``export/`` (final only).
-Mid-epoch checkpoints are named ``epoch_0003_step_000120`` (120 optimizer steps into epoch 3).
+A checkpoint folder holds ``meta.json`` (epochs, history, best; mid-epoch ``partial``), ``state.pt`` and, final
+only, ``export/``. Mid-epoch ones are named ``epoch_0003_step_000120`` (120 optimizer steps into epoch 3).
 """
 
 from __future__ import annotations
@@ -148,12 +144,6 @@ def resumed_from(meta: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- checkpoint save and restore
-def save_checkpoint(folder: str | os.PathLike, state: dict, meta: dict) -> None:
-    """Write a checkpoint folder: ``state.pt`` (tensors) then ``meta.json``."""
-    torch.save(state, Path(folder, STATE))
-    Path(folder, META).write_text(json.dumps(meta, default=float))
-
-
 def read_meta(checkpoint_dir: str | os.PathLike) -> dict:
     return json.loads(Path(checkpoint_dir, META).read_text())
 
@@ -209,6 +199,13 @@ def eval_loader(splits, dataset, batch_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=splits.collate_fn)
 
 
+def score(wl, cfg, model, splits, dataset, device: torch.device) -> dict:
+    """``wl.evaluate`` of ``model`` on ``dataset``, under the run's autocast."""
+    loader = eval_loader(splits, dataset, cfg.train.batch_size * 2)
+    with autocast(cfg.train.precision, device):
+        return wl.evaluate(model, (to_device(batch, device) for batch in loader), splits)
+
+
 def train_loader(wl, cfg, splits) -> DataLoader:
     if make_loader := workloads.hook(wl, "train_loader"):  # e.g. length-grouped batches for text
         return make_loader(cfg, splits)
@@ -232,14 +229,10 @@ def run_epoch(
     after_step=None,
     partial: dict | None = None,
 ) -> dict:
-    """One pass over ``loader``: returns train_loss, samples, train_time_s, step_time_median_s, skipped_batches.
-
-    ``on_step(step, total, loss, samples)`` after each batch; ``after_step(so_far)`` after each optimizer step but
-    the epoch's last. ``partial`` (a ``so_far`` plus ``rng``) resumes mid-epoch: its batches are drawn, not trained."""
+    """One pass over ``loader``; ``on_step`` after each batch, ``after_step`` after each optimizer step but the
+    epoch's last; ``partial`` (a ``so_far`` plus ``rng``) resumes mid-epoch. Returns the epoch's train stats."""
     model.train()
-    accum = max(1, cfg.train.grad_accum_steps)
-    if cfg.train.on_nan not in ("fail", "skip_batch"):
-        raise config_lib.ConfigError(f"train.on_nan must be fail or skip_batch, got '{cfg.train.on_nan}'")
+    accum = cfg.train.grad_accum_steps
     sums = {k: (partial or {}).get(k, 0) for k in ("loss_sum", "n_batches", "samples", "skipped")}
     skip, time_before = (partial["batches"], partial["train_time_s"]) if partial else (0, 0.0)
     t0 = time.perf_counter()
@@ -288,8 +281,7 @@ def run_epoch(
 
 
 def _backward(model, batch, index: int, wl, cfg, device, scaler, dist: bool, sync: bool, window: int):
-    """Forward and backward of one micro-batch: its loss, or None when it is not finite and on_nan=skip_batch.
-    Gradients are all-reduced only on the window's last micro-batch (``sync``)."""
+    """One micro-batch's loss (None if not finite under skip_batch); gradients all-reduce only when ``sync``."""
     no_sync = dist and not sync and hasattr(model, "no_sync")
     with model.no_sync() if no_sync else contextlib.nullcontext():
         with autocast(cfg.train.precision, device):
@@ -326,8 +318,7 @@ def _optimizer_step(model, optimizer, scheduler, scaler, max_norm: float) -> Non
 
 
 def median_step_time(step_starts: list[float], warmup: int = 3) -> float:
-    """Median seconds per step from the clock at each batch's arrival, without the loader's start-up interval
-    and, when the epoch has more than ``2 * warmup`` steps, the first ``warmup`` steps."""
+    """Median seconds per step, without the loader's start-up and (in a long epoch) the first ``warmup`` steps."""
     steps = np.diff(step_starts)[1:]
     if len(steps) > 2 * warmup:
         steps = steps[warmup:]
@@ -349,8 +340,7 @@ def _batch_size(batch: Any) -> int:
 
 
 def elastic_batch_policy(cfg, world: int) -> tuple[Any, str]:
-    """An elastic run keeps its global batch at any worker count: with ``world`` < max workers each accumulates
-    ``ceil(max / world)`` times as many micro-batches. Returns the config the optimizer steps follow and a note."""
+    """(step config, note): an elastic run on fewer workers accumulates ``ceil(max / world)``x to keep its batch."""
     if not config_lib.is_elastic(cfg.scaling):
         return cfg, ""
     low, high = config_lib.worker_range(cfg.scaling)
@@ -362,48 +352,31 @@ def elastic_batch_policy(cfg, world: int) -> tuple[Any, str]:
 
 # ----------------------------------------------------------------------------- where the loop runs: a Session
 class TrainSession:
-    """Where the loop runs, and all it asks of Ray; this one is a Ray Train worker's (jobs.train.LocalSession is local
-    mode's, jobs.sweep.TuneSession a Tune trial's). ``storage_path``: an absolute path or URI, ``run_name`` the run's
-    folder there. Every rank calls ``report``, rank 0 with a temporary checkpoint folder to persist before returning."""
+    """All the loop asks of Ray, here a Train worker's (jobs.train.LocalSession: local mode's; jobs.sweep.TuneSession:
+    a trial's). Every rank calls ``report``, rank 0 with a temporary checkpoint folder to persist before returning."""
 
     def __init__(self):
         import ray.train
         import ray.train.torch
 
-        self.train, self.torch, ctx = ray.train, ray.train.torch, ray.train.get_context()
+        ctx, torch_ = ray.train.get_context(), ray.train.torch
         self.world_rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.run_name, storage = ctx.get_experiment_name(), ctx.get_storage()
         # as Train resolved it: absolute (the worker's cwd is not the driver's)
         self.storage_path = fs_uri(storage.storage_filesystem, storage.storage_fs_path)
-
-    @property
-    def device(self) -> torch.device:
-        return self.torch.get_device()
-
-    def get_checkpoint(self):
-        return self.train.get_checkpoint()
-
-    def report(self, metrics: dict, checkpoint=None, checkpoint_dir_name: str | None = None) -> None:
-        self.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name)
-
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        return self.torch.prepare_model(model)  # DDP + device placement
-
-    def prepare_data_loader(self, loader: DataLoader, auto_transfer: bool) -> DataLoader:
-        return self.torch.prepare_data_loader(loader, auto_transfer=auto_transfer)
+        self.device, self.report, self.get_checkpoint = torch_.get_device(), ray.train.report, ray.train.get_checkpoint
+        self.prepare_model, self.prepare_data_loader = torch_.prepare_model, torch_.prepare_data_loader
 
 
 def train_loop_per_worker(config_dict: dict, session=None) -> None:
-    """The Ray Train entry: ``{"config": the checked config, "_tracking": extra tracker tags}``; ``session``: local
-    mode's or a Tune trial's, else a :class:`TrainSession`."""
+    """The Ray Train entry: ``{"config": the checked config, "_tracking": extra tracker tags}``."""
     for logger in train_report_loggers():  # Train logs every report at INFO; the per-epoch line says it better
         logger.setLevel(os.environ.get("PERENNIAL_TRAIN_LOG_LEVEL", "WARNING"))
     run(config_dict["config"], session or TrainSession(), config_dict.get("_tracking", {}))
 
 
 def run(cfg, session, tags: dict | None = None) -> None:
-    """Train ``cfg`` in this worker to the end. A raised error closes the hooks with status failed, or stopped_early
-    for a Tune scheduler's stop (SystemExit from a trial's report)."""
+    """Train ``cfg`` in this worker; an error closes the hooks as failed, a Tune stop (SystemExit) as stopped_early."""
     loop = Loop(cfg, session, tags or {})
     try:
         loop.fit()
@@ -549,7 +522,6 @@ class Loop:
                 self.scheduler.load_state_dict(state["scheduler"])
             if self.scaler is not None and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])  # keep the learned loss scale across a restart
-        self.val_loader = eval_loader(self.splits, self.splits.val, cfg.train.batch_size * 2)
 
     def _setup_hooks(self) -> None:
         self.hooks = hooks_lib.built_in(self.cfg, self.rank, self.dist, self.device)
@@ -606,8 +578,7 @@ class Loop:
         device, dist, world = self.device, self.dist, self.world
         val = {}
         if self.rank == 0 or self.sharded:  # full val set on rank 0 (every rank under FSDP: its forward is collective)
-            with autocast(self.cfg.train.precision, device):
-                metrics = self.wl.evaluate(unwrap(self.model), _on(self.val_loader, device), self.splits)
+            metrics = score(self.wl, self.cfg, unwrap(self.model), self.splits, self.splits.val, device)
             val = {f"val_{k}": v for k, v in metrics.items()}
         val = _broadcast(val, dist)
         train_time = _all_reduce(stats["train_time_s"], device, dist) / world
@@ -658,8 +629,7 @@ class Loop:
         }
 
     def save_step_checkpoint(self, so_far: dict) -> tuple[str, float, float]:
-        """Report a mid-epoch checkpoint (every rank at the same step): its name, seconds taken, wall time when
-        saved. A second call at the same step writes nothing."""
+        """Report a mid-epoch checkpoint, once per step (every rank at once): (name, seconds taken, when saved)."""
         name = f"epoch_{self.epoch + 1:04d}_step_{so_far['step']:06d}"
         if name == self.last_checkpoint:
             return name, 0.0, time.time()
@@ -685,8 +655,9 @@ class Loop:
             if self.sharded:  # every rank writes its shard and reports its folder; Train merges them
                 state = sharding.save(tmp, self.model, self.optimizer, state)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            if self.rank == 0:
-                save_checkpoint(tmp, state, meta)
+            if self.rank == 0:  # state.pt before meta.json: meta.json marks the folder whole
+                torch.save(state, Path(tmp, STATE))
+                Path(tmp, META).write_text(json.dumps(meta, default=float))
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             self.session.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
 
@@ -724,9 +695,7 @@ class Loop:
 
         model, splits, device = unwrap(self.model), self.splits, self.device
         if splits.test is not None:
-            test_loader = eval_loader(splits, splits.test, self.cfg.train.batch_size * 2)
-            with autocast(self.cfg.train.precision, device):
-                metrics = self.wl.evaluate(model, _on(test_loader, device), splits)
+            metrics = score(self.wl, self.cfg, model, splits, splits.test, device)
             final.update({f"test_{k}": v for k, v in metrics.items()})
             log("test: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k.startswith("test_")))
         export_model(self.wl, model.cpu() if device.type != "cpu" else model, self.cfg, splits, tmp / EXPORT)
@@ -743,11 +712,6 @@ class Loop:
 
 
 # ----------------------------------------------------------------------------- small parts of the loop
-def _on(loader: DataLoader, device: torch.device):
-    for batch in loader:
-        yield to_device(batch, device)
-
-
 def node_placement(rank: int) -> dict:
     """This worker's rank, Ray node id and node type (the autoscaler sets RAY_NODE_TYPE_NAME on nodes it starts)."""
     import ray

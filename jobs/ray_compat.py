@@ -1,7 +1,5 @@
-"""Every private Ray API the project uses, in one place, for the Ray version it was written against.
-
-Each fills a gap in Ray's public API and is imported here and nowhere else, so that an upgrade that moves one breaks
-this file (and tests/unit/test_ray_compat.py, which imports them all), not a run in the middle of a sweep.
+"""Every private Ray API the project uses, here and nowhere else: an upgrade that moves one breaks this file (and
+tests/unit/test_ray_compat.py), not a run in the middle of a sweep.
 """
 
 from __future__ import annotations
@@ -9,12 +7,6 @@ from __future__ import annotations
 import logging
 
 RAY_VERSION = "2.60.0"  # the version these imports were written and tested against
-
-
-def ray_version_matches() -> bool:
-    import ray
-
-    return ray.__version__ == RAY_VERSION
 
 
 RUNTIME_ENV_LOGGER = "ray._private.runtime_env"  # logs one line per file a job upload leaves out
@@ -28,8 +20,8 @@ def max_resources_from_cluster_config() -> dict | None:
 
 
 def wait_for_tune_report_queue(timeout_s: float = 120.0, settle_s: float = 0.5) -> None:
-    """Return once Tune has taken a Train run's last report off the queue TuneReportCallback fills: a trainable that
-    returns before deadlocks in Ray 2.60 (ray/train/_internal/session.py, ``_get_result_from_queues``)."""
+    """Wait until Tune took a Train run's last report off TuneReportCallback's queue: a trainable that returns
+    before deadlocks in Ray 2.60 (ray/train/_internal/session.py, ``_get_result_from_queues``)."""
     import time
 
     from ray.train._internal.session import get_session
@@ -51,8 +43,8 @@ def train_report_loggers() -> list[logging.Logger]:
 
 
 def preemption_reader():
-    """A function returning this Train worker's copy of the preemption notice, one attribute read (the public
-    ``ray.train.get_preemption_info()`` is an actor round trip per step); None outside a Train worker group."""
+    """This Train worker's preemption notice as one attribute read (``ray.train.get_preemption_info()`` is an actor
+    round trip per step); None outside a Train worker group."""
     from ray.train.v2._internal.execution.context import get_train_context
 
     try:
@@ -63,8 +55,7 @@ def preemption_reader():
 
 
 def single_machine_mode() -> None:
-    """Keep every server of a one-machine Ray on 127.0.0.1 (Ray's local-only mode, its default on macOS); set before
-    the cluster starts: its processes read the variable, this process the constant."""
+    """Keep every server of a one-machine Ray on 127.0.0.1 (Ray's local-only mode), set before it starts."""
     import os
 
     from ray._private import ray_constants

@@ -1,12 +1,5 @@
-"""``scaling.strategy=fsdp``: FSDP2 sharding and the sharded checkpoint, for jobs/loop.py.
-
-    model = shard(model, "bf16", device)          # one FSDP unit per transformer block, then the root
-    rest = save(folder, model, optimizer, state)  # every rank writes its shard to folder/shards (DCP)
-    best = load(folder, model, optimizer)         # any worker count reads it back (DCP reshards)
-    plain = gather(model, build, rank)            # rank 0: an unsharded copy for the test score and export
-
-The checkpoint is ``torch.distributed.checkpoint``: each rank writes ``shards/__<rank>_0.distcp`` and reports its
-own folder; Ray Train merges the ranks' folders into one checkpoint in the run's storage (nothing is gathered).
+"""``scaling.strategy=fsdp``: FSDP2 sharding and its ``torch.distributed.checkpoint``, for jobs/loop.py. Each
+rank writes ``shards/__<rank>_0.distcp`` and reports its folder; Ray Train merges them into one checkpoint.
 """
 
 from __future__ import annotations
@@ -34,8 +27,7 @@ def active(cfg) -> bool:
 
 
 def shard(model: torch.nn.Module, precision: str, device: torch.device) -> torch.nn.Module:
-    """``model`` sharded over every rank: each entry of a ``ModuleList`` (the transformer blocks) is one FSDP
-    unit, the root holds the rest. Parameters are cast to ``precision`` for compute; gradients reduce in fp32."""
+    """``model`` sharded over every rank, one FSDP unit per ``ModuleList`` entry (the transformer blocks)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
@@ -57,13 +49,8 @@ def local_bytes(model: torch.nn.Module) -> int:
     return sum(getattr(p, "_local_tensor", p).numel() * p.element_size() for p in model.parameters())
 
 
-def has_shards(folder: str | Path) -> bool:
-    return Path(folder, SHARDS).is_dir()
-
-
 def save(folder: str | Path, model, optimizer, state: dict) -> dict:
-    """Write this rank's shard of the model, optimizer and best weights (a collective: every rank calls it);
-    returns the rest of ``state`` (scheduler, scaler, RNGs), which rank 0 saves as usual."""
+    """Write this rank's shard (a collective); returns the rest of ``state``, which rank 0 saves as usual."""
     shards = {"model": get_model_state_dict(model), "optimizer": get_optimizer_state_dict(model, optimizer)}
     if state.get("best_model"):
         shards["best_model"] = state["best_model"]
@@ -72,8 +59,7 @@ def save(folder: str | Path, model, optimizer, state: dict) -> dict:
 
 
 def load(folder: str | Path, model, optimizer=None) -> dict | None:
-    """Load a sharded checkpoint into ``model`` (and ``optimizer``), sharded or not, on any worker count; returns
-    the best epoch's weights when the checkpoint holds them apart from the model's."""
+    """Load a sharded checkpoint on any worker count; returns the best weights if held apart from the model's."""
     path = Path(folder, SHARDS)
     saved = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
     state = {"model": get_model_state_dict(model)}
@@ -89,8 +75,7 @@ def load(folder: str | Path, model, optimizer=None) -> dict | None:
 
 
 def gather(model, build, rank: int):
-    """The full weights gathered once (a collective); rank 0 gets them in a fresh unsharded ``build()`` model on
-    ``model``'s device, the other ranks get ``model`` back."""
+    """The full weights gathered (a collective) into a fresh ``build()`` model on rank 0; ``model`` elsewhere."""
     device = next(model.parameters()).device
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank != 0:

@@ -3,11 +3,8 @@
     python -m jobs.sweep --config configs/mlp.yaml [--smoke-test] [--store PATH] [key=value ...]
     python -m jobs.sweep --resume SWEEP_ID [run.storage_path=...]       # after the driver was killed
 
-The ``sweep`` section picks the search space (else the workload's SEARCH_SPACE), search, scheduler, trials and
-concurrency. Each trial is a Tune function trainable and one ``runs`` row; the sweep is one ``sweeps`` row; its
-files live in ``<run.storage_path>/<sweep_id>/``. One-worker trials run the loop in the trial itself
-(``sweep.in_process``); others run a TorchTrainer inside the trial. ``--verbose`` adds the trials' per-epoch lines.
-Exit codes: 0 finished (some trials may have failed), 1 no trial finished or no cluster, 2 bad input.
+Each trial is a Tune function trainable and one ``runs`` row, the sweep one ``sweeps`` row; its files live in
+``<run.storage_path>/<sweep_id>/``. Exit codes: 0 finished (some trials may have failed), 1 none did, 2 bad input.
 """
 
 from __future__ import annotations
@@ -34,6 +31,7 @@ from jobs.train import (
     job_id,
     last_checkpoint,
     parser,
+    print_scores,
     record_run,
     resume_command,
     resume_state,
@@ -67,8 +65,7 @@ def search_space(cfg) -> dict:
 
 
 def tune_space(cfg, space: dict | None = None) -> dict:
-    """``{"train.lr": tune.loguniform(...), ...}`` from the raw space; ConfigError for a key, distribution or
-    value the config's fields would not take."""
+    """``{"train.lr": tune.loguniform(...), ...}`` from the raw space; ConfigError for what the config would refuse."""
     from ray import tune
 
     space = search_space(cfg) if space is None else space
@@ -115,7 +112,7 @@ def tune_space(cfg, space: dict | None = None) -> dict:
 
 
 def _samples(where: str, key: str, dist: str, args, field_type: type) -> list:
-    """The values of ``dist`` that must fit the field: every listed one, or both bounds; ConfigError for bad args."""
+    """The values of ``dist`` that must fit the field: every listed one, or both bounds."""
     usage = f"{where}: {dist} takes {DISTRIBUTIONS[dist]}"
     if not isinstance(args, list) or not args:
         raise config_lib.ConfigError(f"{usage}, got {args!r}")
@@ -221,15 +218,13 @@ def in_process(cfg) -> bool:
 
 
 def trial_resources(cfg) -> dict:
-    """What a trial's Tune actor holds: the worker's resources in process; else nothing (the Train workers hold
-    them) but 1 MB of memory, because {"CPU": 0} raises."""
+    """A trial actor's resources: the worker's in process, else 1 MB of memory (the Train workers hold the rest)."""
     return config_lib.worker_resources(cfg.scaling) if in_process(cfg) else {"memory": 1e6}
 
 
 def default_concurrency(cfg) -> int:
-    """Trials at once when ``sweep.max_concurrent_trials`` is 0: as many as the largest cluster can hold, by the
-    autoscaler config, else Ray's record of the cluster's maximum, else the nodes up now. A remote cluster of
-    unknown maximum whose nodes hold no trial now needs ``sweep.max_concurrent_trials`` (ConfigError)."""
+    """Trials at once for ``sweep.max_concurrent_trials=0``: as many as the largest cluster holds (autoscaler config,
+    else Ray's record of the cluster's maximum, else the nodes up now)."""
     import ray
 
     s, per_worker = cfg.scaling, config_lib.worker_resources(cfg.scaling)
@@ -239,10 +234,8 @@ def default_concurrency(cfg) -> int:
         head, workers, max_workers, where = largest
         ranks = sorted((ranks_per_node(node, per_worker) for node in workers), reverse=True)[:max_workers]
         ranks = [ranks_per_node(node, per_worker) for node in head] + ranks
-        if s.placement_strategy == "STRICT_PACK":  # a trial's ranks never share a node with another's
-            fits = sum(r // per_trial for r in ranks)
-        else:
-            fits = sum(ranks) // per_trial
+        strict = s.placement_strategy == "STRICT_PACK"  # a trial's ranks never share a node with another's
+        fits = sum(r // per_trial for r in ranks) if strict else sum(ranks) // per_trial
         print(f"sweep: {max(1, fits)} trials at a time fit the autoscaler's largest cluster ({where})")
         return max(1, fits)
     from jobs.ray_compat import max_resources_from_cluster_config
@@ -270,8 +263,7 @@ BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # `ray up` writes the autoscal
 
 
 def autoscaler_nodes() -> tuple[list[dict], list[dict], int, str] | None:
-    """(head resources, every worker node the autoscaler may launch, max_workers, path) from
-    ``$PERENNIAL_CLUSTER_CONFIG``, else for a RAY_ADDRESS driver ``~/ray_bootstrap_config.yaml``; or None."""
+    """(head resources, every worker node it may launch, max_workers, path) of the autoscaler config, or None."""
     import yaml
 
     given = os.environ.get("PERENNIAL_CLUSTER_CONFIG") or (BOOTSTRAP_CONFIG if os.environ.get("RAY_ADDRESS") else "")
@@ -303,8 +295,7 @@ class TrialFailed(RuntimeError):
 
 
 def run_trial(ctx: dict, params: dict, trial_id: str, callbacks, runner) -> tuple[dict, bool]:
-    """Train (or finish recording) one trial; returns (its runs row, whether it trained now). A trial the store has
-    is not rerun; one whose run finished unrecorded (driver killed) is recorded from its final checkpoint."""
+    """Train (or only record) one trial: (its runs row, whether it trained now)."""
     os.environ.update(ctx["env"])  # the driver's job id and git sha: a trial's actor may not see the job or repo
     cfg, store, sweep_id = trial_config(ctx["base"], params), Store(ctx["store"]), ctx["sweep_id"]
     run_id = f"{sweep_id}-{trial_id}"
@@ -322,17 +313,17 @@ def run_trial(ctx: dict, params: dict, trial_id: str, callbacks, runner) -> tupl
 
 
 class TuneSession:
-    """The loop's session in a one-worker trial, in the trial's own thread: ``tune.report`` persists each checkpoint
-    into the trial's folder, a restarted trial resumes from ``tune.get_checkpoint()``. Tune's scheduler reads the
-    metric from every report, so a mid-epoch report carries the last epoch's metrics (none before the first epoch).
-    Not Train's local mode: in a Tune function ``ray.train.get_context`` raises (Ray 2.60, ``requires_train_worker``);
-    one worker needs no DDP, so the model goes to the trial's device."""
+    """The loop's session in a one-worker trial's own thread (not Train's local mode: in a Tune function
+    ``ray.train.get_context`` raises, Ray 2.60 ``requires_train_worker``). Tune's scheduler reads the metric from
+    every report, so a mid-epoch report carries the last epoch's metrics."""
 
     world_rank, world_size = 0, 1
 
     def __init__(self, run_id: str, storage_path: str, use_gpu: bool):
+        import torch
+
         self.run_name, self.storage_path, self.last_epoch = run_id, storage_path, None
-        self.use_gpu = use_gpu
+        self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")  # Ray sets CUDA_VISIBLE_DEVICES
 
     def report(self, metrics: dict, checkpoint=None, checkpoint_dir_name: str | None = None) -> None:
         from ray import tune
@@ -350,14 +341,8 @@ class TuneSession:
 
         return tune.get_checkpoint()
 
-    @property
-    def device(self):
-        import torch
-
-        return torch.device("cuda", 0) if self.use_gpu else torch.device("cpu")  # Ray sets CUDA_VISIBLE_DEVICES
-
     def prepare_model(self, model):
-        return model.to(self.device)
+        return model.to(self.device)  # one worker needs no DDP
 
     def prepare_data_loader(self, loader, auto_transfer: bool):
         return loader  # the loop moves each batch to the device
@@ -374,8 +359,7 @@ class TuneSession:
 
 
 def train_trial(params: dict, ctx: dict) -> None:
-    """Tune function trainable: one trial = one run of the loop, recorded in the store. In process with a
-    :class:`TuneSession`; else a TorchTrainer run named after the trial, its reports sent on by TuneReportCallback."""
+    """Tune function trainable: one trial = one run, in process or a TorchTrainer run reported through Tune."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -404,18 +388,13 @@ def train_trial(params: dict, ctx: dict) -> None:
 
 
 def trial_dirname(sweep_id: str, trial) -> str:
-    """A one-worker trial's folder, where Tune keeps its checkpoints: ``<sweep dir>/<run_id>``, as a Train run's."""
+    """A one-worker trial's folder: ``<sweep dir>/<run_id>``, as a Train run's."""
     return f"{sweep_id}-{trial.trial_id}"
 
 
 # ----------------------------------------------------------------------------- [3] the sweep
-def sweep_dir(storage_root: str, sweep_id: str) -> str:
-    return f"{storage_root.rstrip('/')}/{sweep_id}"
-
-
 def make_progress_callback(state: dict, directory: str, attempt: int, t0: float, metric: str, record):
-    """Prints one line per finished trial, records a trial the scheduler stopped (``record(trial_id, params,
-    last result)``: the trial itself records only a run it finished), keeps the attempt's wall time in the state."""
+    """A line per finished trial; records a trial the scheduler stopped (a trial records only a run it finished)."""
     from ray.tune import Callback
 
     class Progress(Callback):
@@ -455,7 +434,7 @@ def make_tuner(cfg, ctx: dict, state: dict, callbacks: list, resume: bool, concu
 
     sweep_id = ctx["sweep_id"]
     trainable = tune.with_resources(tune.with_parameters(train_trial, ctx=ctx), trial_resources(cfg))
-    directory = sweep_dir(storage_uri(cfg.run.storage_path), sweep_id)
+    directory = ctx["base"]["run"]["storage_path"]  # the sweep's folder
     if resume and tune.Tuner.can_restore(directory):
         tuner = tune.Tuner.restore(directory, trainable=trainable, resume_unfinished=True, resume_errored=False)
         tuner._local_tuner.get_run_config().callbacks = callbacks  # restore takes no RunConfig: swap in this run's
@@ -489,7 +468,7 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     metric, mode = config_lib.metric_and_mode(cfg)
-    directory = sweep_dir(storage_uri(cfg.run.storage_path), sweep_id)
+    directory = f"{storage_uri(cfg.run.storage_path).rstrip('/')}/{sweep_id}"
     base = config_lib.to_dict(cfg)
     base["run"]["storage_path"] = directory  # trial runs in <sweep dir>/<run_id>
     base["log"]["every_s"] = 0.0  # a sweep prints trial events, not every trial's steps
@@ -529,8 +508,7 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
 
 
 def record_trial(base: dict, store_uri: str, sweep_id: str, trial_id: str, params, metrics, error=None, path=""):
-    """Record a trial that did not record itself (stopped by the scheduler, or its actor lost) from its last
-    checkpoint, idempotently. ``path``: the Tune trial's folder, where a one-worker trial keeps its checkpoints."""
+    """Record a trial that did not (stopped, or its actor lost) from its last checkpoint; ``path``: its Tune folder."""
     run_id = f"{sweep_id}-{trial_id}"
     tcfg, store = trial_config(base, params or {}), Store(store_uri)
     # Tune's trial.path has no scheme on S3 (and a suffix after a restart): only its name is used
@@ -593,11 +571,7 @@ def summarize(cfg, store: Store, sweep_id: str, state: dict, metric: str, mode: 
             f"best: trial {best['trial_id']}  {metric} {best['best_metric']:.4f}  "
             + "  ".join(f"{k}={_short(best[k])}" for k in params)
         )
-        tests = {k: v for k, v in best.items() if k.startswith("test_") and not k.endswith("_loss") and pd.notna(v)}
-        if tests:
-            print("  test: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(tests.items())))
-        if best["export_uri"]:
-            print(f"  model: {best['export_uri']}")
+        print_scores(best.to_dict())
     print(f"  store: {store.uri}  (python -m jobs.store runs --sweep {sweep_id})")
     write_sweeps_row(cfg, store, state, best, totals | {"sweep_id": sweep_id, "metric": metric, "mode": mode})
     return 0 if best is not None else 1

@@ -25,15 +25,14 @@ from jobs import preflight
 from jobs.errors import ClusterError, NodeLost
 from jobs.ports import free_port
 from jobs.ray_compat import single_machine_mode as loopback_only  # keeps Ray on 127.0.0.1
-from jobs.store import FINISHED, Store, compact_if_due, now
+from jobs.store import FINISHED, Store, compact_if_due, missing, now
 
 RUN_STATE = "perennial_run.json"  # beside a run's checkpoints: its config and store, read by --resume
 
 
 # ----------------------------------------------------------------------------- Ray plumbing
 def init_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> None:
-    """Connect to ``RAY_ADDRESS`` if set, else start an embedded local cluster on 127.0.0.1.
-    ``log_to_driver=False``: the workers' output and the autoscaler's events are not printed here."""
+    """Connect to ``RAY_ADDRESS`` if set, else start an embedded local cluster on 127.0.0.1."""
     import ray
 
     if ray.is_initialized():
@@ -115,7 +114,7 @@ for p in alive:
 
 def cluster_address_env(address: str) -> dict | None:
     """A runtime env naming a ``host:port`` cluster to the job's actors (Train's placement-group cleaner would else
-    find the machine's last-started cluster); None for other forms, or when the job's own env names RAY_ADDRESS."""
+    find the machine's last-started cluster), unless the job's own env names one."""
     parts = host_port(address)
     if parts is None or not parts[0]:
         return None
@@ -148,8 +147,8 @@ def check_reachable(address: str, timeout_s: float = 3.0) -> None:
 
 
 def cluster_node_types() -> tuple[dict[str, dict], bool]:
-    """``({name: resources}, complete)`` of the nodes this cluster has or can add: worker types from the autoscaler
-    config, live nodes from Ray. Not complete for a RAY_ADDRESS cluster without that config."""
+    """``({name: resources}, complete)``: the autoscaler config's worker types and the live nodes; not complete for
+    a RAY_ADDRESS cluster without that config."""
     import ray
     import yaml
 
@@ -167,7 +166,6 @@ def cluster_node_types() -> tuple[dict[str, dict], bool]:
 
 
 def check_cluster(cfg) -> None:
-    """Refuse, before any worker starts, what this cluster cannot run (see :func:`cluster_refusal`)."""
     kinds, complete = cluster_node_types()
     problem = cluster_refusal(config_lib.worker_resources(cfg.scaling), cfg.run.storage_path, kinds, complete)
     if problem:
@@ -175,8 +173,8 @@ def check_cluster(cfg) -> None:
 
 
 def cluster_refusal(want: dict, storage_path: str, kinds: dict[str, dict], complete: bool) -> str:
-    """Why a run asking ``want`` per worker cannot run on nodes ``kinds``, or "": no node type holds a worker
-    (it would pend forever), or node-local checkpoints on several nodes."""
+    """Why a run asking ``want`` per worker cannot run on nodes ``kinds`` (it would pend forever, or write
+    node-local checkpoints on several nodes), or ""."""
     if complete and kinds and not any(all(res.get(k, 0) >= v for k, v in want.items()) for res in kinds.values()):
         name, res = max(kinds.items(), key=lambda kv: (kv[1].get("GPU", 0), kv[1].get("CPU", 0)))
         shown = {k: v for k, v in res.items() if k in ("CPU", "GPU") or k in want}
@@ -228,8 +226,7 @@ def checkpoint_meta(checkpoint) -> dict:
 
 
 def checkpoint_order(name: str) -> tuple | None:
-    """Where a checkpoint folder comes in its run, or None for another folder: ``final`` last,
-    ``epoch_0003_step_000120`` after ``epoch_0002``, Tune's ``checkpoint_000004`` by index."""
+    """A checkpoint folder's sort key (``final`` last, ``epoch_0003_step_000120`` after ``epoch_0002``), or None."""
     if name == "final":
         return (float("inf"), 0)
     if m := re.fullmatch(r"epoch_(\d+)(?:_step_(\d+))?", name):
@@ -283,17 +280,13 @@ def job_id() -> str:
     """The Ray job submission this run belongs to, if any."""
     if os.environ.get("PERENNIAL_JOB_ID"):
         return os.environ["PERENNIAL_JOB_ID"]
-    try:
-        meta = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("metadata") or {}
-        return meta.get("job_submission_id") or meta.get("submission_id", "")  # Ray sets the first itself
-    except ValueError:
-        return ""
+    meta = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("metadata") or {}
+    return meta.get("job_submission_id") or meta.get("submission_id", "")  # Ray sets the first itself
 
 
 # ----------------------------------------------------------------------------- running the loop
 def make_trainer(cfg, name: str, callbacks=(), extra_config: dict | None = None, train_fn=None):
-    """The TorchTrainer for ``cfg``: scaling, failure and checkpoint settings all from the config. ``train_fn``
-    (the loop with a session of its own) runs in Ray Train's local mode: in this process, no worker group."""
+    """The TorchTrainer for ``cfg``; with ``train_fn`` (the loop with its own session) it runs in local mode."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -376,15 +369,17 @@ def node_lost(workers: list[dict], wait_s: float = 30.0) -> bool:
 
 
 class LocalSession:
-    """The loop's session in Ray Train local mode, plus the persistence that mode lacks in Ray 2.60 (its report keeps
-    only the loop's temporary folder: ray/train/v2/_internal/execution/train_fn_utils.py, LocalTrainFnUtils). Each
-    checkpoint is copied into the run folder, the newest there resumes the run, and ``run.num_to_keep`` applies."""
+    """The loop's session in Train local mode, whose report keeps only a temporary folder in Ray 2.60
+    (ray/train/v2/_internal/execution/train_fn_utils.py, LocalTrainFnUtils): checkpoints go to the run folder."""
 
     world_rank, world_size = 0, 1
 
     def __init__(self, run_id: str, storage_path: str, keep: int):
+        from ray.train import torch as train_torch  # Train's own placement, which local mode serves as a worker's
+
         self.run_name, self.storage_path, self.keep = run_id, storage_path, keep
         self.run_dir = f"{storage_path.rstrip('/')}/{run_id}"
+        self.prepare_model, self.prepare_data_loader = train_torch.prepare_model, train_torch.prepare_data_loader
 
     def report(self, metrics: dict, checkpoint=None, checkpoint_dir_name: str | None = None) -> None:
         if checkpoint is None:
@@ -407,25 +402,14 @@ class LocalSession:
         return last_checkpoint(self.run_dir)
 
     @property
-    def device(self):  # Ray Train's own placement, which local mode serves as a worker's
+    def device(self):
         import ray.train.torch
 
         return ray.train.torch.get_device()
 
-    def prepare_model(self, model):
-        import ray.train.torch
-
-        return ray.train.torch.prepare_model(model)
-
-    def prepare_data_loader(self, loader, auto_transfer: bool):
-        import ray.train.torch
-
-        return ray.train.torch.prepare_data_loader(loader, auto_transfer=auto_transfer)
-
 
 def run_in_process(cfg, run_id: str, callbacks=(), extra_config: dict | None = None) -> tuple:
-    """One attempt of a one-worker run in Ray Train's local mode, in this process (Train calls no callbacks there).
-    Returns (the last checkpoint, error)."""
+    """One attempt of a one-worker run in Train local mode, in this process: (last checkpoint, error)."""
     from jobs.loop import train_loop_per_worker
 
     session = LocalSession(run_id, storage_uri(cfg.run.storage_path), max(2, cfg.run.num_to_keep))
@@ -438,8 +422,7 @@ def run_in_process(cfg, run_id: str, callbacks=(), extra_config: dict | None = N
 
 
 def run_local(cfg, run_id: str, callbacks=(), extra_config: dict | None = None) -> tuple:
-    """:func:`run_in_process` restarted from its last checkpoint up to ``failure.max_failures`` times (-1 = forever),
-    as a Train worker group would be."""
+    """:func:`run_in_process`, restarted up to ``failure.max_failures`` times as a worker group would be."""
     limit, failures = cfg.failure.max_failures, 0
     while True:
         checkpoint, error = run_in_process(cfg, run_id, callbacks, extra_config)
@@ -455,8 +438,8 @@ def run_local(cfg, run_id: str, callbacks=(), extra_config: dict | None = None) 
 
 
 def start(cfg) -> tuple:
-    """The runner for ``cfg`` and where it trains, in words. ``scaling.local_mode``: auto = local mode for one
-    worker with no RAY_ADDRESS and no node_type; always; never. Raises ClusterError for an unreachable cluster."""
+    """(runner, where it trains in words): local mode for ``scaling.local_mode=always``, or auto with one worker,
+    no RAY_ADDRESS and no node_type; else a worker group."""
     s = cfg.scaling
     auto = config_lib.one_worker(s) and not os.environ.get("RAY_ADDRESS") and not s.node_type
     if s.local_mode == "always" or (s.local_mode == "auto" and auto):
@@ -474,8 +457,7 @@ def start(cfg) -> tuple:
 def fit(
     cfg, store: Store, *, run_id: str = "", runner=run_trainer, callbacks=(), extra_config=None, quiet=False, **ids
 ):
-    """Run one run to the end with ``runner(cfg, run_id, callbacks, extra_config) -> (checkpoint, error)`` and record
-    it (:func:`record_run`, ``ids``: sweep_id, trial_id, parent_run_id, round, extra_row); returns the runs row."""
+    """Run ``runner(cfg, run_id, callbacks, extra_config) -> (checkpoint, error)`` and record it; the runs row."""
     run_id = run_id or f"{cfg.workload}-{uuid.uuid4().hex[:10]}"
     started, t0 = now(), time.perf_counter()
     checkpoint, error = runner(cfg, run_id, callbacks, extra_config)
@@ -486,8 +468,7 @@ def fit(
 
 
 def record_run(cfg, store: Store, run_id: str, checkpoint, error=None, *, started, wall: float, extra_row=None, **ids):
-    """Write a run's ``epochs`` then its ``runs`` row from its last checkpoint; returns the runs row. Idempotent: a run
-    the store has is not written again (a resumed sweep may record a trial twice)."""
+    """Write a run's ``epochs`` then ``runs`` rows from its last checkpoint, once (a resumed sweep may ask twice)."""
     import pyarrow.dataset as ds
 
     done = store.df("runs", filter=ds.field("run_id") == run_id)
@@ -505,8 +486,7 @@ def record_run(cfg, store: Store, run_id: str, checkpoint, error=None, *, starte
 
 
 def runs_row(cfg, run_id: str, ids: dict, meta: dict, checkpoint, error, started, wall: float) -> dict:
-    """A run's ``runs`` row from its last checkpoint's meta.json. Status: failed with an error, completed with the
-    final checkpoint, else stopped_early (patience, or a sweep scheduler's stop)."""
+    """A run's ``runs`` row from its last checkpoint's meta.json."""
     metric, mode = config_lib.metric_and_mode(cfg)
     final, history = meta.get("final", {}), meta.get("history", [])
     if error is not None:
@@ -570,14 +550,19 @@ def print_summary(row: dict, store: Store) -> None:
         f"\nrun {row['run_id']}  {row['status']}  {row['metric']}={best} "
         f"(epoch {row['best_epoch']}/{row['epochs']})  wall {row['wall_s']:.1f} s"
     )
-    tests = {k: v for k, v in row.items() if k.startswith("test_") and not k.endswith("_loss")}
-    if tests:
-        print("  test: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(tests.items())))
     if row["error"]:
         print(f"  error: {row['error']}")
+    print_scores(row)
+    print(f"  store: {store.uri}  (python -m jobs.store history {row['run_id']})")
+
+
+def print_scores(row) -> None:
+    """A runs row's test metrics and model, under its summary line."""
+    tests = {k: v for k, v in row.items() if k.startswith("test_") and not k.endswith("_loss") and not missing(v)}
+    if tests:
+        print("  test: " + "  ".join(f"{k} {v:.4f}" for k, v in sorted(tests.items())))
     if row["export_uri"]:
         print(f"  model: {row['export_uri']}")
-    print(f"  store: {store.uri}  (python -m jobs.store history {row['run_id']})")
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -638,8 +623,7 @@ def resume_command(verb: str, run_id: str, cfg) -> str:
 
 
 def resume_state(args, what: str, state_file: str) -> tuple:
-    """(config, store, state) of the run or sweep ``--resume`` names, from the state file beside its checkpoints.
-    Only run.storage_path=... (where it ran) and --store may be given with it."""
+    """(config, store, state) of the run or sweep ``--resume`` names, from the state file beside its checkpoints."""
     found = [config_lib._split_override(o) for o in args.overrides]
     if args.smoke_test or any(k != "run.storage_path" for k, _ in found):
         raise config_lib.ConfigError(

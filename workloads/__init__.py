@@ -39,28 +39,7 @@ def sections(config: type) -> dict[str, pydantic.fields.FieldInfo]:
     return {}
 
 
-class _Shipped(typing.Mapping[str, ModuleType]):
-    """The shipped workloads, name -> module, each imported when first asked for (a CLI need not import torch)."""
-
-    def __init__(self, *names: str):
-        self._names = names
-
-    def __getitem__(self, name: str) -> ModuleType:
-        if name not in self._names:
-            raise KeyError(name)
-        return importlib.import_module(f"workloads.{name}")
-
-    def __iter__(self):
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._names
-
-
-WORKLOADS = _Shipped("mlp", "cnn", "ner", "rnn", "sentiment", "sft")
+WORKLOADS = ("mlp", "cnn", "ner", "rnn", "sentiment", "sft")  # the shipped ones: workloads.<name>, imported on use
 CONTRACT_DOC = "docs/workloads.md"
 
 
@@ -139,10 +118,10 @@ def _near_hook(name: str) -> str | None:
 
 
 def resolve(spec: str, base_dir: str | os.PathLike | None = None) -> tuple[str, ModuleType]:
-    """``(name, module)`` for a ``workload:`` value: a shipped name, a dotted module, or a ``.py`` file (imported
-    under its stem, from ``base_dir`` first; its folder goes on ``sys.path`` and ``PYTHONPATH`` for Ray workers)."""
+    """``(name, module)`` for a ``workload:`` value: a shipped name, a dotted module, or a ``.py`` file (from
+    ``base_dir`` first)."""
     if spec in WORKLOADS:
-        return spec, WORKLOADS[spec]
+        return spec, importlib.import_module(f"workloads.{spec}")
     if spec.endswith(".py"):
         candidates = [Path(base_dir, spec)] if base_dir and not os.path.isabs(spec) else []
         path = next((p for p in [*candidates, Path(spec)] if p.is_file()), None)

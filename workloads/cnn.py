@@ -2,9 +2,8 @@
 
     python -m jobs.train --config configs/cnn.yaml [--smoke-test] [key=value ...]
 
-Data as in mlp (Fashion-MNIST, digits, or your IDX / NPZ / Parquet images). A block max-pools only while the
-maps are at least ``model.min_pool_side`` wide, so 8x8 digits keep 4x4 maps. One-cycle learning rate; early
-stopping on ``val_accuracy`` with ``train.patience``.
+Data as in mlp. A block max-pools only while the maps are at least ``model.min_pool_side`` wide, so 8x8 digits
+keep 4x4 maps.
 """
 
 from __future__ import annotations
@@ -17,17 +16,10 @@ from torch.utils.data import TensorDataset
 
 from workloads import Section, common
 from workloads.data import Splits, load_images, split_train_val, subsample
-from workloads.mlp import evaluate, train_step, validate  # noqa: F401 (mlp's checks, step and metrics: hooks here too)
+from workloads.mlp import Data, evaluate, train_step, validate  # noqa: F401 (mlp's data, checks, step and metrics)
 
 
 # ----------------------------------------------------------------------------- config
-class Data(Section):
-    source: str = "auto"  # auto | fashion_mnist | digits | path.npz | path.parquet | IDX prefix DIR/train
-    val_fraction: float = Field(0.1, ge=0, lt=1)  # share of the training set held out for validation (early stopping)
-    max_train_samples: int = Field(0, ge=0)  # 0 = all; a quick run caps this
-    seed: int = 0  # the train/val split
-
-
 class Model(Section):
     channels: list[int] = Field([32, 64], min_length=1)  # one conv block per entry
     hidden: int = Field(128, ge=1)  # dense layer before the classifier
@@ -102,6 +94,5 @@ def build_model(cfg, splits: Splits) -> nn.Module:
 
 
 def build_scheduler(cfg, optimizer, steps_per_epoch: int):
-    """One cycle over the whole run: warm up to ``train.lr``, then anneal far below it."""
     steps = cfg.train.epochs * -(-steps_per_epoch // cfg.train.grad_accum_steps)
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.train.lr, total_steps=max(steps, 1))

@@ -1,7 +1,5 @@
-"""What the workloads share: the training knobs every loop reads, and the text and Hugging Face helpers.
-
-Each workload's ``Train`` subclasses :class:`Train` and lists only the defaults it changes, so a difference
-between workloads (ner clips gradients, cnn stops early) shows at a glance.
+"""What the workloads share: the training knobs every loop reads (a workload's ``Train`` lists only the defaults
+it changes), and the text and Hugging Face helpers.
 """
 
 from __future__ import annotations
@@ -48,8 +46,7 @@ class Train(Section):
 
 # ----------------------------------------------------------------------------- Hugging Face helpers
 def transformers():
-    """``transformers``, imported on first use, quiet, and offline unless the user says otherwise (hub.py resolves
-    Hub ids to local folders first)."""
+    """``transformers``, imported on first use, quiet, and offline unless the user says otherwise."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import transformers as tf
 
@@ -70,8 +67,7 @@ def default_checkpoint() -> str:
 
 
 def checkpoint(name_or_path: str, key: str = "model.name_or_path") -> str:
-    """A local checkpoint folder: ``name_or_path`` itself, a Hub id's cached snapshot, or MiniLM for '' and ``tiny``
-    (the tiny test model borrows MiniLM's vocabulary)."""
+    """A local checkpoint folder for ``name_or_path`` or a Hub id; MiniLM for '' and ``tiny`` (its vocabulary)."""
     if name_or_path in ("", "tiny"):
         return default_checkpoint()
     return hub.resolve(name_or_path, key)
@@ -113,9 +109,8 @@ def make_collate(pad_id: int):
 
     def collate(items: list[dict]) -> dict[str, torch.Tensor]:
         lengths = torch.tensor([len(it["input_ids"]) for it in items])
-        ids = torch.full((len(items), int(lengths.max())), pad_id, dtype=torch.long)
-        for row, it in enumerate(items):
-            ids[row, : len(it["input_ids"])] = torch.tensor(it["input_ids"])
+        rows = [torch.tensor(it["input_ids"]) for it in items]
+        ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad_id)
         mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
         labels = torch.tensor([it["labels"] for it in items])
         return {"input_ids": ids, "attention_mask": mask, "lengths": lengths, "labels": labels}
@@ -124,8 +119,7 @@ def make_collate(pad_id: int):
 
 
 def length_grouped_loader(cfg, dataset, lengths: list[int], collate_fn, group_by_length: bool = True) -> DataLoader:
-    """Seeded batches of similar length (far less padding); a ``DistributedSampler``, so Ray's
-    ``prepare_data_loader`` keeps it and the loop's ``set_epoch`` reshuffles it on any number of workers."""
+    """Seeded batches of similar length; a ``DistributedSampler``, which Ray's ``prepare_data_loader`` keeps."""
     from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
 
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -221,14 +215,12 @@ def label_maps(labels: list[str]) -> dict:
 
 
 def linear_warmup(cfg, optimizer, steps_per_epoch: int):
-    """Linear warmup over ``train.warmup_ratio`` of all optimizer steps, then linear decay to 0."""
     steps = cfg.train.epochs * -(-steps_per_epoch // cfg.train.grad_accum_steps)
     return transformers().get_linear_schedule_with_warmup(optimizer, int(cfg.train.warmup_ratio * steps), max(steps, 1))
 
 
 def export_hf(model, tokenizer, labels: list[str], out_dir) -> None:
-    """A Hugging Face checkpoint (safetensors, config with id2label, tokenizer) plus labels.json; LoRA adapters
-    are merged in first, so serving needs no peft."""
+    """A Hugging Face checkpoint plus labels.json, LoRA adapters merged in (serving needs no peft)."""
     lora.merged(model).save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "labels.json").write_text(json.dumps(labels))

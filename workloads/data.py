@@ -61,8 +61,7 @@ def open_binary(path: str, native: bool = False) -> io.BufferedIOBase:
 
 
 def read_parquet(path: str):
-    """A Parquet file as a pyarrow Table, through an Arrow file: a Python file object can abort the interpreter
-    at exit (apache/arrow#34314)."""
+    """A Parquet file, through an Arrow file: a Python file object can abort the interpreter (apache/arrow#34314)."""
     import pyarrow.parquet as pq
 
     with open_binary(path, native=True) as f:
@@ -120,7 +119,7 @@ def fashion_mnist_available() -> bool:
 
 
 def read_idx(path: str) -> np.ndarray:
-    """An IDX file (the MNIST format), optionally gzipped, as a numpy array."""
+    """An IDX file (the MNIST format), maybe gzipped."""
     raw = read_bytes(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"'{path}' is not an IDX file (bad magic number) — give an MNIST-style IDX file")
@@ -138,11 +137,8 @@ def read_idx(path: str) -> np.ndarray:
 
 
 def load_images(source: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str], str]:
-    """Images by source -> ({"train": (x, y)[, "test": (x, y)]}, labels, fingerprint); x float32 in [0, 1] (N, H, W).
-
-    Sources: fashion_mnist (Debian package), digits (scikit-learn), auto (the first present), a ``.npz`` with
-    x_train, y_train[, x_test, y_test], a ``.parquet`` with image + label [+ split] columns, or an IDX prefix
-    ``DIR/train``."""
+    """({"train": (x, y)[, "test": (x, y)]}, labels, fingerprint), x float32 in [0, 1] (N, H, W), of fashion_mnist,
+    digits, auto, a ``.npz`` (x_train, y_train[, x_test, y_test]), a ``.parquet`` or an IDX prefix ``DIR/train``."""
     if source == "auto":
         source = "fashion_mnist" if fashion_mnist_available() else "digits"
     if source == "fashion_mnist":
@@ -165,10 +161,8 @@ def load_images(source: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], 
         d = load_digits()
         x = (d.images / 16.0).astype(np.float32)
         y = d.target.astype(np.int64)
-        rng = np.random.default_rng(1234)  # fixed test split: it is the data set's, not the run's
-        order = rng.permutation(len(y))
-        n_test = len(y) // 5
-        test, train = order[:n_test], order[n_test:]
+        order = np.random.default_rng(1234).permutation(len(y))  # a fixed test split: the data set's, not the run's
+        test, train = order[: len(y) // 5], order[len(y) // 5 :]
         return (
             {"train": (x[train], y[train]), "test": (x[test], y[test])},
             [str(i) for i in range(10)],
@@ -212,8 +206,7 @@ def _load_image_files(source: str):
             raise DataError(f"'{source}': images have {x.shape[1]} values, not a square — store H*W pixels per row")
         x = _as_unit_float(x.reshape(-1, side, side))
         y = np.asarray(table.column("label").to_pylist(), dtype=np.int64)
-        split = table.column("split").to_pylist() if "split" in table.column_names else ["train"] * len(y)
-        split = np.asarray(split)
+        split = np.asarray(table.column("split").to_pylist() if "split" in table.column_names else ["train"] * len(y))
         out = {s: (x[split == s], y[split == s]) for s in ("train", "test") if (split == s).any()}
         return out, _label_names(out), fingerprint(source, x, y)
     # IDX prefix: DIR/train -> DIR/train-images-idx3-ubyte[.gz]
@@ -238,9 +231,7 @@ def _load_image_files(source: str):
 
 def _as_unit_float(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
-    if x.dtype == np.uint8 or x.max(initial=0) > 1.0:
-        return x.astype(np.float32) / 255.0
-    return x.astype(np.float32)
+    return x.astype(np.float32) / (255.0 if x.dtype == np.uint8 or x.max(initial=0) > 1.0 else 1.0)
 
 
 def _label_names(out: dict) -> list[str]:
@@ -255,7 +246,6 @@ def _label_names(out: dict) -> list[str]:
 def split_train_val(
     n: int, val_fraction: float, seed: int, y: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded (stratified when labels are given) train/val index split."""
     from sklearn.model_selection import train_test_split
 
     if not 0.0 < val_fraction < 1.0:
@@ -285,8 +275,7 @@ def conll2003_path(split: str) -> str:
 
 
 def read_conll(path: str, labels=None) -> tuple[list[tuple[list[str], list[str]]], str]:
-    """Sentences of a CoNLL file as ``[(tokens, tags), ...]`` and a fingerprint: token first, tag last, split by
-    tabs (else spaces); blank lines end a sentence. With ``labels``, any other tag is an error."""
+    """``[(tokens, tags), ...]`` of a CoNLL file (token first, tag last) and a fingerprint; ``labels``: tags allowed."""
     raw = read_bytes(path)
     try:
         text = raw.decode("utf-8-sig")
@@ -296,14 +285,10 @@ def read_conll(path: str, labels=None) -> tuple[list[tuple[list[str], list[str]]
             f"{path}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x}) — re-save the file as UTF-8"
         ) from None
     allowed = set(labels) if labels else None
-    sentences: list[tuple[list[str], list[str]]] = []
-    tokens: list[str] = []
-    tags: list[str] = []
-    columns, columns_line = 0, 0
-    for lineno, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 etc. may sit inside a token
-        line = line.rstrip("\r")
-        fields = [f.strip() for f in line.split("\t")] if "\t" in line else line.split()
-        fields = [f for f in fields if f]
+    sentences, tokens, tags, columns, columns_line = [], [], [], 0, 0
+    # not splitlines(): U+2028 etc. may sit inside a token; the blank line at the end closes the last sentence
+    for lineno, line in enumerate([*text.split("\n"), ""], 1):
+        fields = [f.strip() for f in line.split("\t" if "\t" in line else None) if f.strip()]
         if not fields or fields[0] == "-DOCSTART-":
             if tokens:
                 sentences.append((tokens, tags))
@@ -328,8 +313,6 @@ def read_conll(path: str, labels=None) -> tuple[list[tuple[list[str], list[str]]
             )
         tokens.append(fields[0])
         tags.append(tag)
-    if tokens:  # a file without a final blank line (or newline)
-        sentences.append((tokens, tags))
     if not sentences:
         raise DataError(
             f"{path}: no sentences — a CoNLL file has 'token ... tag' lines, sentences split by blank lines"
@@ -348,8 +331,6 @@ TEXT_SOURCES = {  # shipped labelled text by name: (package, file in it, text co
 
 @dataclass
 class TextTable:
-    """One file's records, each with where it came from (for error messages)."""
-
     path: str
     texts: list[str]
     labels: list[str]
@@ -363,8 +344,7 @@ class TextTable:
 def read_text_table(path: str, text_column: str, label_column: str, encoding: str = "utf-8") -> TextTable:
     """Read ``text_column`` and ``label_column`` of a CSV/TSV/JSONL/Parquet file; raises DataError."""
     path = str(path)
-    kind = path[:-3] if path.endswith(".gz") else path
-    kind = kind.rsplit(".", 1)[-1].lower() if "." in os.path.basename(kind) else ""
+    kind = Path(path.removesuffix(".gz")).suffix.lower().lstrip(".")
     if kind not in ("csv", "tsv", "jsonl", "ndjson", "parquet"):
         raise DataError(f"'{path}': unsupported file type '.{kind}' — give a .csv, .tsv, .jsonl or .parquet file")
     if kind == "parquet":
@@ -425,8 +405,6 @@ def _require(where: str, found, text_column: str, label_column: str, what: str =
 
 
 def _read_jsonl_text(path: str, text: str, text_column: str, label_column: str) -> TextTable:
-    import json
-
     out = TextTable(path, [], [], [])
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -487,31 +465,26 @@ def encode_labels(table: TextTable, labels: list[str], drop: tuple[str, ...] = (
 def sorted_labels(values) -> list[str]:
     """Label names in a stable order: numerically if they are all integers, else alphabetically."""
     values = set(values)
-    if all(v.lstrip("-").isdigit() for v in values):
-        return sorted(values, key=int)
-    return sorted(values)
+    return sorted(values, key=int if all(v.lstrip("-").isdigit() for v in values) else None)
 
 
 def load_text_splits(data) -> tuple[dict[str, tuple[list[str], np.ndarray]], list[str], str]:
-    """The text splits of a ``data`` section -> ({split: (texts, label ids)}, labels, fingerprint): ``data.train``
-    or ``data.source``; val / test files or stratified seeded shares of it; caps last."""
+    """({split: (texts, label ids)}, labels, fingerprint) of a ``data`` section: files or seeded shares, caps last."""
     if data.train:
-        read = lambda p: read_text_table(p, data.text_column, data.label_column, data.encoding)  # noqa: E731
-        train_path = data.train
+        train_path, columns = data.train, (data.text_column, data.label_column, data.encoding)
     elif data.source in TEXT_SOURCES:
-        package, rel, text_col, label_col, encoding = TEXT_SOURCES[data.source]
+        package, rel, *columns = TEXT_SOURCES[data.source]
         train_path = str(package_dir(package) / rel)
-        read = lambda p: read_text_table(p, text_col, label_col, encoding)  # noqa: E731
     else:
         raise DataError(
             f"data.source '{data.source}' is not a shipped text set ({sorted(TEXT_SOURCES)}) — "
             "or set data.train to your CSV/JSONL/Parquet file"
         )
     drop = tuple(str(v) for v in data.drop_labels)
-    tables = {"train": read(train_path)}
+    tables = {"train": read_text_table(train_path, *columns)}
     for split in ("val", "test"):
         if getattr(data, split):
-            tables[split] = read(getattr(data, split))
+            tables[split] = read_text_table(getattr(data, split), *columns)
     labels = [str(v) for v in data.labels] or sorted_labels(v for v in tables["train"].labels if v not in drop)
     if len(labels) < 2:
         raise DataError(f"'{train_path}' has {len(labels)} class(es) {labels} — a classifier needs at least 2")
@@ -587,8 +560,7 @@ def map_wnut16_tag(tag: str) -> str:
 
 
 def read_wnut16(seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2, path: str | None = None):
-    """WNUT-16 tweets with CoNLL-2003 tags -> ({split: [(tokens, tags), ...]}, fingerprint); the test share has a
-    fixed seed (the same tweets for every run), the val share ``seed``."""
+    """WNUT-16 tweets with CoNLL-2003 tags: ({split: [(tokens, tags), ...]}, fingerprint); the test share is fixed."""
     path = path or wnut16_path()
     raw, fp = read_conll(path)
     tweets = [(tokens, [map_wnut16_tag(t) for t in tags]) for tokens, tags in raw]
@@ -607,8 +579,7 @@ def replay_indices(n: int, fraction: float, seed: int) -> np.ndarray:
 
 
 def add_replay(new: Splits, old: Splits, fraction: float, seed: int):
-    """``new.train`` plus a seeded ``fraction`` of ``old.train`` (continual replay), concatenated in kind, so a
-    workload that reads the train set's columns (lengths for grouped batches) keeps working."""
+    """``new.train`` plus a seeded share of ``old.train``, concatenated in kind (a workload may read its columns)."""
     if old.labels != new.labels:
         raise DataError(
             f"replay: the parent's data has labels {old.labels}, this round's {new.labels} — they must match"
@@ -662,7 +633,7 @@ def features_cache_dir() -> Path | None:
 
 
 def file_stamp(path: str | os.PathLike) -> str | None:
-    """A local file's path, size and mtime (its identity for a cache key); None for a remote or missing file."""
+    """A local file's path, size and mtime; None for a remote or missing file."""
     if not path or is_remote(str(path)):
         return None
     try:
@@ -673,8 +644,7 @@ def file_stamp(path: str | os.PathLike) -> str | None:
 
 
 def features_key(files: list, code: list[str], settings: dict) -> str | None:
-    """The cache key of one tokenization: input files, the code that reads them, the settings; None when any
-    input is remote or missing."""
+    """The cache key of one tokenization (files, code, settings); None when an input is remote or missing."""
     stamps = [file_stamp(f) for f in files if f]
     if any(s is None for s in stamps) or features_cache_dir() is None:
         return None
@@ -683,14 +653,12 @@ def features_key(files: list, code: list[str], settings: dict) -> str | None:
 
 
 def features_cached(key: str | None) -> bool:
-    """Whether :func:`load_features` would find ``key`` (without reading it)."""
     folder = features_cache_dir()
     return key is not None and folder is not None and (folder / f"{key}.json").is_file()
 
 
 def load_features(key: str | None) -> tuple[dict[str, list[dict] | None], dict] | None:
-    """Splits of integer-list features saved under ``key`` and their meta; None on a miss. Plain JSON: a cache
-    file can never run code."""
+    """(splits, meta) saved under ``key``, or None; plain JSON: a cache file can never run code."""
     folder = features_cache_dir()
     if key is None or folder is None:
         return None
@@ -702,8 +670,7 @@ def load_features(key: str | None) -> tuple[dict[str, list[dict] | None], dict] 
 
 
 def save_features(key: str | None, splits: dict[str, list[dict] | None], meta: dict) -> None:
-    """Keep tokenized splits under ``key``, written whole then renamed into place; a cache that cannot be
-    written is skipped."""
+    """Keep tokenized splits under ``key``, written whole then renamed; skipped when it cannot be written."""
     folder = features_cache_dir()
     if key is None or folder is None:
         return

@@ -11,11 +11,6 @@ from pathlib import Path
 from jobs.errors import DataError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(@[\w./-]+)?$")
-TRUE = ("1", "true", "yes", "on")
-
-
-def offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in TRUE
 
 
 def cache_dir() -> str:
@@ -26,15 +21,11 @@ def cache_dir() -> str:
     return os.path.join(os.path.expanduser(home), "hub")
 
 
-def is_hub_id(name: str) -> bool:
-    return bool(HUB_ID.match(name)) and not Path(name).exists() and not name.endswith((".json", ".txt"))
-
-
 def resolve(name_or_path: str, key: str = "model.name_or_path") -> str:
     """A local directory for a checkpoint directory or Hub id; raises DataError (one line) when there is none."""
     if Path(name_or_path).is_dir():
         return name_or_path
-    if not is_hub_id(name_or_path):
+    if not HUB_ID.match(name_or_path) or Path(name_or_path).exists() or name_or_path.endswith((".json", ".txt")):
         raise DataError(
             f"{key} '{name_or_path}' is not a directory, so it has no config.json — give a Hugging Face checkpoint directory or a Hub id (org/name)"
         )
@@ -42,8 +33,9 @@ def resolve(name_or_path: str, key: str = "model.name_or_path") -> str:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     repo_id, _, revision = name_or_path.partition("@")
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     try:
-        return snapshot_download(repo_id, revision=revision or None, cache_dir=cache_dir(), local_files_only=offline())
+        return snapshot_download(repo_id, revision=revision or None, cache_dir=cache_dir(), local_files_only=offline)
     except LocalEntryNotFoundError:
         raise DataError(
             f"{key} '{name_or_path}' is not in the Hugging Face cache {cache_dir()} and HF_HUB_OFFLINE is set — "

@@ -1,10 +1,4 @@
-"""LoRA for the Hugging Face workloads (ner, sentiment), via peft: wrap in ``build_model``, merge in ``export``.
-
-    python -m jobs.train --config configs/ner.yaml model.lora.enabled=true model.lora.r=8
-
-Only the adapters on ``target_modules`` and the task head train; the loop's optimizer takes only parameters
-that require grad. :func:`merged` folds the adapters in, so the export is a plain transformers model.
-"""
+"""LoRA via peft (``model.lora.enabled=true``) for the Hugging Face workloads: wrap in build_model, merge in export."""
 
 from __future__ import annotations
 

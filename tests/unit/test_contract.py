@@ -73,7 +73,7 @@ def _own_import_path(monkeypatch):
 
 @pytest.mark.parametrize("name", sorted(workloads.WORKLOADS))
 def test_every_shipped_workload_meets_the_contract(name):
-    wl = workloads.WORKLOADS[name]
+    wl = workloads.module(name)
     assert isinstance(wl, workloads.Workload)  # the Protocol's required members
     assert workloads.check(wl, name) is wl  # no missing hook, no near-miss of one
     train = typing.get_type_hints(wl.Config)["train"]
@@ -88,8 +88,8 @@ def test_every_shipped_workload_meets_the_contract(name):
 
 
 def test_only_ner_and_sft_clip_gradients_and_only_cnn_stops_early():
-    clip = {n for n, wl in workloads.WORKLOADS.items() if wl.Config().train.max_grad_norm > 0}
-    stop = {n for n, wl in workloads.WORKLOADS.items() if wl.Config().train.patience > 0}
+    clip = {n for n in workloads.WORKLOADS if workloads.module(n).Config().train.max_grad_norm > 0}
+    stop = {n for n in workloads.WORKLOADS if workloads.module(n).Config().train.patience > 0}
     assert clip == {"ner", "sft"} and stop == {"cnn"}
 
 

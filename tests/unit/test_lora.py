@@ -10,9 +10,10 @@ import torch
 import transformers
 from safetensors.torch import load_file
 
+import workloads
 from jobs import config as config_lib
 from jobs.loop import seed_everything
-from workloads import WORKLOADS, lora
+from workloads import lora
 from workloads.data import DataError
 
 TINY = {"vocab_size": 120, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
@@ -143,7 +144,7 @@ def workload_config(name: str, tmp_path: Path, *overrides: str):
 @pytest.mark.parametrize("name", ["ner", "sentiment"])
 def test_bert_workloads_with_lora_export_a_plain_model(name, tmp_path):
     """build_model wraps, export merges, load_export reads it back (without peft when LoRA is off)."""
-    wl = WORKLOADS[name]
+    wl = workloads.module(name)
     cfg = workload_config(name, tmp_path, "model.lora.enabled=true")
     splits = wl.build_data(cfg)
     seed_everything(0)

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from bench.vs_hf_trainer import padded_fraction
 from jobs import config as config_lib
 from jobs.loop import seed_everything
 from workloads import ner
@@ -140,7 +141,7 @@ def test_length_grouped_batches_pad_less_than_random_ones(tmp_path):
     grouped = ner.train_loader(cfg, splits)
     shuffled = ner.DataLoader(splits.train, batch_size=8, shuffle=True, collate_fn=splits.collate_fn)
     assert sorted(grouped.sampler) == list(range(300))  # every sentence once per epoch
-    assert ner.padded_fraction(grouped) < 0.5 * ner.padded_fraction(shuffled)
+    assert padded_fraction(grouped) < 0.5 * padded_fraction(shuffled)
 
 
 def test_scheduler_warms_up_then_decays_to_zero(built):

@@ -142,9 +142,10 @@ def test_cli_resume_of_unknown_sweep_exits_2(tmp_path, monkeypatch, capsys):
 
 
 def test_every_workload_ships_a_valid_default_space(tmp_path):
-    from workloads import WORKLOADS
+    import workloads
 
-    for name, wl in WORKLOADS.items():
+    for name in workloads.WORKLOADS:
+        wl = workloads.module(name)
         cfg = config_lib.from_dict({"workload": name})
         space = sweep.tune_space(cfg)
         assert space and set(space) == set(wl.SEARCH_SPACE), name
