@@ -1,8 +1,4 @@
-"""Queries over the store: leaderboard, runs, history, compare, lineage and SQL (DuckDB over the Delta tables).
-
-:class:`Store` is the engine (append, read) plus maintenance and these queries; every query reads the
-tables' newest version, or the version a store opened with ``as_of`` names.
-"""
+"""Queries over the store: leaderboard, runs, history, compare, lineage and SQL (DuckDB over the Delta tables)."""
 
 from __future__ import annotations
 
@@ -16,18 +12,13 @@ import pyarrow.dataset as ds
 
 from jobs.errors import StoreError
 from jobs.store import maintenance, plots
-from jobs.store.engine import CORE, FINISHED, PARTITION, RETENTION_HOURS, Engine, first_line, number, parse_since
+from jobs.store.engine import CORE, FINISHED, PARTITION, Engine, first_line, number, parse_since
 
 
 class Store(Engine):
     """A store at a local directory or ``s3://bucket/prefix``: Delta tables plus the queries over them."""
 
-    compact = maintenance.compact  # merge each partition's files, one compaction per table at a time
-    check = maintenance.check
-    plot = plots.plot  # PNG learning curves and a sweep's metric against each hyperparameter
-
-    def vacuum(self, retention_hours: int = RETENTION_HOURS, dry_run: bool = False) -> list[dict]:
-        return maintenance.vacuum(self, retention_hours, dry_run)
+    compact, check, vacuum, plot = maintenance.compact, maintenance.check, maintenance.vacuum, plots.plot
 
     def runs(
         self,
@@ -50,8 +41,7 @@ class Store(Engine):
         return df.sort_values("finished_at", ascending=False) if len(df) and "finished_at" in df else df
 
     def leaderboard(self, workload: str | None = None, metric: str | None = None, top: int = 10):
-        """Best runs per workload by their metric (``best_metric``, or ``metric`` if given): the
-        workload's ``mode`` (max/min) decides the order; a metric named ``*loss`` ranks low first."""
+        """Best runs per workload by ``best_metric`` (or ``metric``), in the workload's ``mode``; ``*loss`` low first."""
         import pandas as pd
 
         d = self.dataset("runs", workload)
@@ -124,8 +114,7 @@ class Store(Engine):
         return pd.DataFrame(rows, columns=["section", "key", run_a, run_b, "delta"])
 
     def sql(self, query: str):
-        """Run DuckDB SQL over the store's Delta tables, each registered by its name (over Arrow: DuckDB
-        reads the current version's files, or the ``as_of`` version's)."""
+        """DuckDB SQL over the store's tables, each registered by its name (at ``as_of`` if given)."""
         import duckdb
 
         con = duckdb.connect()
