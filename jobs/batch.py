@@ -1,8 +1,5 @@
-"""A batch of jobs: its file, what each job's driver asks Ray for, and which failures are retried (docs/jobs.md).
-
-    python -m jobs.submit batch configs/batch_smoke.yaml [--retries N]
-
-A batch file holds entries, a grid, or both; each job is one ``python -m jobs.<verb> --config CONFIG ...``:
+"""A batch of jobs (``python -m jobs.submit batch FILE``): its file, what each driver asks Ray for, which failures
+are retried (docs/jobs.md). A batch file holds entries, a grid, or both:
 
     verb: train                      # train (default) or sweep, for every job
     smoke_test: true                 # the workloads' tiny mode, for every job
@@ -15,6 +12,7 @@ A batch file holds entries, a grid, or both; each job is one ``python -m jobs.<v
 
 from __future__ import annotations
 
+import collections
 import itertools
 from pathlib import Path
 
@@ -33,7 +31,6 @@ BATCH_KEYS = {"verb", "smoke_test", "jobs", "grid"}
 
 
 def lost_infrastructure(info) -> bool:
-    """Whether a failed Ray job ended because its driver was lost, not by its own failure."""
     code, kind = info.driver_exit_code, getattr(info.error_type, "value", info.error_type)  # list_jobs: a str
     return kind in LOST or (
         code is not None and (code < 0 or code >= 128)  # -9 from Popen, 137 from a shell: killed by a signal
@@ -41,7 +38,7 @@ def lost_infrastructure(info) -> bool:
 
 
 def read(path: str) -> tuple[str, bool, list[tuple[str, list[str]]]]:
-    """``(verb, smoke_test, [(config, overrides), ...])`` of a batch file; ConfigError naming what is wrong."""
+    """``(verb, smoke_test, [(config, overrides), ...])`` of a batch file."""
     try:
         spec = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
@@ -76,5 +73,5 @@ def _text(value) -> str:
 
 def counts(statuses: list[str]) -> str:
     """``3 succeeded, 1 running``: a batch's jobs by state, the commonest first."""
-    by = {s: statuses.count(s) for s in sorted(set(statuses))}
-    return ", ".join(f"{n} {s}" for s, n in sorted(by.items(), key=lambda kv: -kv[1])) or "no jobs"
+    by = collections.Counter(sorted(statuses)).most_common()
+    return ", ".join(f"{n} {s}" for s, n in by) or "no jobs"

@@ -1,11 +1,7 @@
-"""Check a Ray cluster-launcher YAML offline: Ray's own validator, then this project's rules (``_check_rules``).
+"""Check a Ray cluster-launcher YAML offline: Ray's own validator, then this project's rules. Exit 0 valid, 2 invalid.
 
-    python -m jobs.cluster_check cluster.yaml [cluster-gcp.yaml ...]
-    python -m jobs.cluster_check --write-constraints     # regenerate constraints.txt from this venv
-
-Placeholders still to fill in (YOUR-ACCOUNT-ID, ...) are listed, not refused. Exit codes: 0 valid, 2 invalid.
-``--write-constraints`` pins every package of the tested venv in constraints.txt, which every node installs
-with: Ray refuses a worker whose Ray or Python version differs from the head's.
+python -m jobs.cluster_check cluster.yaml [cluster-gcp.yaml ...]
+python -m jobs.cluster_check --write-constraints     # pin this venv in constraints.txt, which every node installs
 """
 
 from __future__ import annotations
@@ -29,7 +25,7 @@ PUBLIC_HOSTS = ("0.0.0.0", "::", "[::]")  # a dashboard bound here is reachable 
 
 
 class ClusterConfigError(UserError):
-    """The cluster YAML is invalid or breaks a project rule (exit code 2)."""
+    """The cluster YAML is invalid or breaks a project rule."""
 
 
 def load(path: str | Path) -> dict:
@@ -55,13 +51,11 @@ def _line(e) -> str:
 
 
 def check_config(raw: dict, name: str = "cluster config") -> dict:
-    """Validate ``raw`` (a parsed cluster YAML); returns Ray's prepared config or raises ClusterConfigError."""
     import jsonschema
 
     from jobs.ray_compat import autoscaler_validation
 
     prepare_config, validate_config = autoscaler_validation()
-
     logging.getLogger("ray.autoscaler").setLevel(logging.WARNING)  # not "setting max workers for head node type to 0"
 
     try:
@@ -85,7 +79,6 @@ def check_file(path: str | Path) -> dict:
 
 
 def gpu_worker_types(config: dict) -> dict[str, int]:
-    """Worker node types that declare GPUs: ``{type name: GPUs per node}``."""
     head = config["head_node_type"]
     return {
         name: int(t.get("resources", {}).get("GPU", 0))
@@ -95,7 +88,6 @@ def gpu_worker_types(config: dict) -> dict[str, int]:
 
 
 def placeholders(text: str) -> list[str]:
-    """The account-specific values a cluster file still leaves to fill in."""
     return [p for p in PLACEHOLDERS if p in text]
 
 
@@ -161,8 +153,7 @@ def _check_rules(raw: dict, config: dict, name: str) -> None:
 
 
 def constraint_lines() -> list[str]:
-    """``name==version`` for every distribution in this venv but the project and pip; local labels (``+cpu``)
-    dropped, so a GPU node's CUDA build of the same release fits."""
+    """``name==version`` of this venv but the project and pip, without local labels (a CUDA build fits ``+cpu``'s)."""
     from importlib import metadata
 
     pins = {}
@@ -174,7 +165,6 @@ def constraint_lines() -> list[str]:
 
 
 def write_constraints(path: str | Path = CONSTRAINTS) -> list[str]:
-    """Write ``path`` from the running venv; refuses a venv that is not the tested Python/Ray pair."""
     lines = constraint_lines()
     if sys.version_info[:2] != PYTHON_VERSION:
         raise ClusterConfigError(

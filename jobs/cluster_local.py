@@ -7,12 +7,9 @@
     python -m jobs.cluster_local down [--rehearsal]       # make cluster-down / make cluster-local-down
     python -m jobs.cluster_local config                   # the rehearsal's generated autoscaler config, printed
 
-Each cluster lives in its own folder (``--dir``, ``$PERENNIAL_CLUSTER_DIR``, else one in /tmp per kind and
-user): its token (mode 0600), Ray's temp dir and ``cluster.json``, which ``env`` and ``down`` read.
-The rehearsal's node types come from cluster.yaml (``local_config``), each worker shrunk to 1 CPU with a custom
-resource named after its type; Ray's ``fake_multinode`` autoscaler starts real raylets here.
-A supervisor process, child subreaper of every Ray process of its cluster, is what ``down`` ends: never
-``ray stop``, which would end every Ray cluster of the user.
+Each cluster lives in its own folder (``--dir``, ``$PERENNIAL_CLUSTER_DIR``, else one in /tmp per kind and user).
+``down`` ends its supervisor, child subreaper of every Ray process of the cluster: never ``ray stop``, which would
+end every Ray cluster of the user.
 """
 
 from __future__ import annotations
@@ -43,30 +40,32 @@ OBJECT_STORE_BYTES = 128 * 1024**2  # per node; Ray's default (30% of RAM per no
 STATE = "cluster.json"
 LOCAL_JOB_SLOTS = 2  # job drivers at once on the head: they share this machine's cores and memory
 LOCAL_HEAD_TYPE = "ray.head.default"  # fake_multi_node.node_provider.FAKE_HEAD_NODE_TYPE
+# nothing to sync or set up on a local node
+EMPTY_LISTS = (
+    "cluster_synced_files rsync_exclude rsync_filter initialization_commands setup_commands head_setup_commands "
+    "worker_setup_commands head_start_ray_commands worker_start_ray_commands"
+).split()
 
 
 def default_dir(rehearsal: bool) -> Path:
-    """The cluster's folder when ``--dir`` is not given: ``$PERENNIAL_CLUSTER_DIR``, else one per kind and user."""
     if os.environ.get("PERENNIAL_CLUSTER_DIR"):
         return Path(os.environ["PERENNIAL_CLUSTER_DIR"])
     kind = "rehearsal" if rehearsal else "ray"
     return Path(os.environ.get("TMPDIR", "/tmp")) / f"perennial-{kind}-{os.getuid()}"
 
 
-# ----------------------------------------------------------------------------- the generated config
 def local_config(
     cluster: dict, *, gcs_address: str, idle_timeout_minutes: float | None = None, max_nodes: int = MAX_LOCAL_NODES
 ) -> dict:
-    """The fake-multinode autoscaler config for a parsed cluster.yaml: its worker types (min/max capped at
-    ``max_nodes``) with 1 CPU and a custom resource named after the type each, no GPUs, a 0-CPU head."""
+    """The fake-multinode autoscaler config for a parsed cluster.yaml: its worker types (at most ``max_nodes``
+    nodes) with 1 CPU and a custom resource named after the type each, no GPUs, a 0-CPU head."""
     types = cluster.get("available_node_types") or {}
     head = cluster.get("head_node_type")
     if head not in types:
         raise ConfigError(
             f"cluster config: head_node_type {head!r} is not in available_node_types — name one of {sorted(types)}"
         )
-    # The fake provider tags its head "ray.head.default" whatever the config calls it; any other name makes
-    # the autoscaler add and remove phantom head nodes every round.
+    # the fake provider tags its head "ray.head.default" whatever its name: another makes phantom head nodes
     node_types = {LOCAL_HEAD_TYPE: {"resources": {"CPU": 0}, "node_config": {}, "min_workers": 0, "max_workers": 0}}
     for name, spec in types.items():
         if name == head:
@@ -98,16 +97,8 @@ def local_config(
         "available_node_types": node_types,
         "head_node_type": LOCAL_HEAD_TYPE,
         "file_mounts": {},
-        "cluster_synced_files": [],
         "file_mounts_sync_continuously": False,
-        "rsync_exclude": [],
-        "rsync_filter": [],
-        "initialization_commands": [],
-        "setup_commands": [],
-        "head_setup_commands": [],
-        "worker_setup_commands": [],
-        "head_start_ray_commands": [],
-        "worker_start_ray_commands": [],
+        **{key: [] for key in EMPTY_LISTS},
     }
 
 
@@ -122,7 +113,6 @@ def read_cluster_yaml(path: str | os.PathLike) -> dict:
         raise ConfigError(f"cluster config '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
 
 
-# ----------------------------------------------------------------------------- the running cluster
 class PortTaken(ClusterError):
     """Another process bound one of the head's ports before the head did."""
 
@@ -131,18 +121,11 @@ class HeadExited(ClusterError):
     """The head exited while it started (its raylet has a fixed 30 s to register, which a busy machine misses)."""
 
 
-CLIENT_KEYS = (
-    "RAY_ADDRESS",
-    "RAY_API_SERVER_ADDRESS",
-    "RAY_AUTH_MODE",
-    "RAY_AUTH_TOKEN_PATH",
-    "PERENNIAL_CLUSTER_CONFIG",
-)
+CLIENT_KEYS = "RAY_ADDRESS RAY_API_SERVER_ADDRESS RAY_AUTH_MODE RAY_AUTH_TOKEN_PATH PERENNIAL_CLUSTER_CONFIG".split()
 
 
 class LocalCluster:
-    """A local cluster, described by ``<dir>/cluster.json`` while it runs: ``start`` (one node, or the rehearsal
-    with a cluster.yaml dict), ``attach`` a running one, ``env()`` for a client, ``stop()``."""
+    """A local cluster, described by ``<dir>/cluster.json`` while it runs."""
 
     def __init__(self, folder: Path, state: dict):
         self.dir, self.state = Path(folder), state
@@ -156,7 +139,6 @@ class LocalCluster:
         return self.dir / "auth_token"
 
     def env(self) -> dict[str, str]:
-        """Variables that point a client (ray.init, jobs.train, jobs.submit, ray job) at this cluster."""
         env = {
             "RAY_ADDRESS": self.address,
             "RAY_API_SERVER_ADDRESS": self.dashboard,
@@ -178,7 +160,6 @@ class LocalCluster:
         return cluster if cluster.alive() else None
 
     def alive(self) -> bool:
-        """Whether the supervisor runs: a live process of that PID whose command line is the supervisor's."""
         import psutil
 
         try:  # reap it if this process started it: an exited child stays a zombie
@@ -203,8 +184,7 @@ class LocalCluster:
         env: dict[str, str] | None = None,
         timeout_s: float = 180.0,
     ) -> LocalCluster:
-        """Start a cluster in ``folder`` and wait until it takes jobs: one node, or with a parsed cluster.yaml the
-        rehearsal; ``env``: what its processes start from (default this process's)."""
+        """Start a cluster in ``folder`` (with a parsed cluster.yaml: the rehearsal) and wait until it takes jobs."""
         folder = Path(folder)
         if (running := cls.attach(folder)) is not None:
             raise ClusterError(
@@ -276,7 +256,6 @@ class LocalCluster:
         raise ClusterError(f"the local cluster did not start in {timeout_s:.0f} s: see {log}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """End the supervisor, which ends every process of this cluster (and only those)."""
         try:
             os.kill(self.supervisor_pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -288,10 +267,8 @@ class LocalCluster:
             os.kill(self.supervisor_pid, signal.SIGKILL)
         (self.dir / STATE).unlink(missing_ok=True)
 
-    # --- views of a running rehearsal, for tests and the bench
     def nodes(self, alive: bool = True) -> list[dict]:
-        """Nodes as ``{"node_id", "node_type", "state", "resources"}``, from the dashboard's state API (the caller
-        may hold another Ray session)."""
+        """Nodes as ``{"node_id", "node_type", "state", "resources"}``, from the dashboard's state API."""
         import urllib.request
 
         req = urllib.request.Request(
@@ -312,12 +289,10 @@ class LocalCluster:
         ]
 
     def worker_nodes(self) -> list[dict]:
-        """Alive nodes other than the head."""
         return [n for n in self.nodes() if n["node_type"] != self.state["config"]["head_node_type"]]
 
 
 def head_command(folder: Path, state: dict, num_cpus: int | None) -> list[str]:
-    """``ray start --head --block``, every listener on 127.0.0.1, Ray's temp dir in the cluster's folder."""
     ports, ray_bin = state["ports"], Path(sys.executable).parent / "ray"
     cmd = [
         str(ray_bin if ray_bin.exists() else "ray"),
@@ -344,11 +319,9 @@ def head_command(folder: Path, state: dict, num_cpus: int | None) -> list[str]:
 
 
 def process_env(folder: Path, base: dict[str, str] | None, token_auth: bool, config: dict | None) -> dict[str, str]:
-    """The environment of every process of the cluster (head, added nodes, jobs' drivers and workers)."""
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in CLIENT_KEYS}
     env |= {
-        # Ray's default temp dir is <it>/ray: an actor that looks its cluster up by "auto" finds this one, never
-        # the last cluster started on the machine
+        # Ray's default temp dir is <it>/ray: "auto" finds this cluster, not the last one started on the machine
         "RAY_TMPDIR": str(folder),
         # local-only mode: the head and every node the autoscaler adds bind to 127.0.0.1 (see jobs.train.loopback_only)
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -365,7 +338,7 @@ def process_env(folder: Path, base: dict[str, str] | None, token_auth: bool, con
 
 
 def answers(url: str) -> bool:
-    """Whether a web server answers at ``url`` (an error status counts: 401 without the token, 404)."""
+    """Whether a web server answers at ``url`` (an error status counts)."""
     import http.client
     import urllib.error
     import urllib.request
@@ -384,18 +357,15 @@ def answers(url: str) -> bool:
 
 
 def node_type_of(resources: dict, config: dict) -> str:
-    """The node type of a node, from the custom resource that names its type (the head has none)."""
-    # from the resources, not Ray's node labels: they are what a cloud node of the type has too
+    """From the custom resource that names its type (as a cloud node has it too), not Ray's node labels."""
     for name in config["available_node_types"]:
         if name != config["head_node_type"] and resources.get(name):
             return name
     return config["head_node_type"]
 
 
-# ----------------------------------------------------------------------------- the supervisor
 def supervise(cmd: list[str]) -> int:
-    """Run ``cmd`` (``ray start --head --block ...``) as child subreaper, so the nodes and agents Ray orphans stay
-    its descendants; on SIGTERM end every descendant."""
+    """Run ``cmd`` as child subreaper (the nodes Ray orphans stay descendants); on SIGTERM end every descendant."""
     import psutil
 
     PR_SET_CHILD_SUBREAPER = 36
@@ -418,7 +388,6 @@ def supervise(cmd: list[str]) -> int:
 
 
 def end_descendants(me) -> None:
-    """SIGTERM every descendant of ``me``, SIGKILL those left after 5 s and any started meanwhile."""
     import psutil
 
     def each(procs, action: str) -> None:
@@ -436,7 +405,6 @@ def end_descendants(me) -> None:
     each(me.children(recursive=True), "kill")
 
 
-# ----------------------------------------------------------------------------- CLI
 def main(argv: list[str]) -> int:
     if argv[:1] == ["_supervise"]:
         return supervise(argv[2:] if argv[1:2] == ["--"] else argv[1:])

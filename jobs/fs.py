@@ -1,5 +1,4 @@
-"""Local paths and URIs (``s3://``, ``gs://``) as one pyarrow filesystem, with the same one-line errors wherever
-a store, data file or checkpoint is opened."""
+"""Local paths and URIs (``s3://``, ``gs://``) as one pyarrow filesystem, with the same one-line errors everywhere."""
 
 from __future__ import annotations
 
@@ -37,8 +36,7 @@ def short_reason(err: BaseException) -> str:
 
 
 def filesystem(uri: str | os.PathLike, error: type[UserError] = UserError, what: str = "path"):
-    """``(pyarrow filesystem, path inside it)`` for a local path or a URI. Raises ``error`` with one line when
-    the URI cannot be used (unknown scheme, no AWS credentials)."""
+    """``(pyarrow filesystem, path inside it)``; ``error`` with one line for an unusable URI."""
     import pyarrow.fs as pafs
 
     uri = str(uri)
@@ -57,7 +55,7 @@ def filesystem(uri: str | os.PathLike, error: type[UserError] = UserError, what:
 
 
 def check_bucket(fs, path: str, uri: str, error: type[UserError] = UserError, what: str = "path") -> None:
-    """For an object store: the bucket must exist and answer (credentials, endpoint); a missing key is fine."""
+    """For an object store: the bucket must exist and answer; a missing key is fine."""
     import pyarrow.fs as pafs
 
     if isinstance(fs, pafs.LocalFileSystem):

@@ -1,10 +1,7 @@
-"""A KubeRay ``RayJob`` for one job or a batch, queued by Kueue (docs/kubernetes.md).
+"""A KubeRay ``RayJob`` for one job or a batch, queued by Kueue, on cluster.yaml's node types (docs/kubernetes.md).
 
-    python -m jobs.submit render --k8s configs/mlp.yaml --store s3://bucket/store [--retries N] [--queue Q] > job.yaml
-    python -m jobs.submit render --k8s BATCH.yaml --store s3://bucket/store --retries 2 --out batch.yaml
-
-Its entrypoint is the verb you would run yourself; its Ray cluster is cluster.yaml's node types (the head advertises
-the job slots; workers come and go with Ray's in-tree autoscaler); the RayJob ends with its cluster.
+python -m jobs.submit render --k8s configs/mlp.yaml --store s3://bucket/store [--retries N] [--queue Q] > job.yaml
+python -m jobs.submit render --k8s BATCH.yaml --store s3://bucket/store --retries 2 --out batch.yaml
 """
 
 from __future__ import annotations
@@ -45,7 +42,6 @@ def add_arguments(p) -> None:
 
 
 def render(args) -> str:
-    """The RayJob's YAML; ConfigError (exit 2) for a bad config, batch file or store."""
     if not args.store or "://" not in args.store:
         raise ConfigError("render --k8s needs --store s3://bucket/prefix: pods share no disk")
     spec = yaml.safe_load(Path(args.spec).read_text()) if Path(args.spec).is_file() else None
@@ -87,8 +83,7 @@ def render(args) -> str:
 
 
 def cluster_spec(cluster: dict, image: str) -> dict:
-    """``rayClusterSpec`` from a parsed cluster.yaml: its head type (0 CPU for Ray, the job slots) and a worker
-    group per other node type, with the type's own resource and min/max workers; Ray's in-tree autoscaler on."""
+    """``rayClusterSpec``: a 0-CPU head with the job slots, a worker group per other node type, autoscaled."""
     types, head = cluster["available_node_types"], cluster["head_node_type"]
     slots = {k: v for k, v in types[head].get("resources", {}).items() if k == batch.JOB_SLOT}
     groups = []
@@ -122,10 +117,5 @@ def cluster_spec(cluster: dict, image: str) -> dict:
 
 def pod_template(container: str, image: str, resources: dict) -> dict:
     """One container; requests = limits (Kueue admits by requests, Ray sizes itself by limits)."""
-    return {
-        "spec": {
-            "containers": [
-                {"name": container, "image": image, "resources": {"requests": resources, "limits": dict(resources)}}
-            ]
-        }
-    }
+    limits = {"requests": resources, "limits": dict(resources)}
+    return {"spec": {"containers": [{"name": container, "image": image, "resources": limits}]}}

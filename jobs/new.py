@@ -1,9 +1,7 @@
-"""Start your own workload from a copy of a shipped one (torchtune's ``tune cp`` habit).
+"""Start your own workload from a copy of a shipped one (torchtune's ``tune cp`` habit): ``DIR/NAME.py`` and
+``DIR/configs/NAME.yaml``, which run as they are; then change the hooks (docs/workloads.md).
 
     python -m jobs.new NAME [--from mlp|cnn|ner|sentiment|rnn] [--dir DIR] [--force]
-
-Writes ``DIR/NAME.py`` and ``DIR/configs/NAME.yaml`` (whose ``workload:`` names the new file), which run as they
-are (``python -m jobs.train --config DIR/configs/NAME.yaml --smoke-test``); then change the hooks (docs/workloads.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Submit jobs and batches of jobs to a Ray cluster and keep their record in the store's `jobs` table.
+"""Submit jobs and batches of jobs to a Ray cluster, and keep their record in the store's `jobs` table (docs/jobs.md).
 
     python -m jobs.submit submit configs/mlp.yaml [--verb train|sweep|continual [--from best|RUN_ID]] [--follow] [--smoke-test] [key=value ...]
     python -m jobs.submit batch BATCH.yaml [--retries N] [--follow]      # many jobs at once (jobs/batch.py)
@@ -10,23 +10,9 @@
     (all take --address URL, default $RAY_ADDRESS or http://127.0.0.1:8265, and --format table|csv|json;
      submit and batch take --store PATH_OR_S3_URI, default $PERENNIAL_STORE, the config's store.path or ./store)
 
-A thin layer over Ray's ``JobSubmissionClient``. ``submit`` checks the config locally (bad input:
-exit 2, nothing submitted), uploads the repo as the job's working_dir (without .venv, runs/,
-store/, caches, data and credentials files), runs ``python -m jobs.<verb> --config CONFIG ...``
-with PERENNIAL_STORE / PERENNIAL_JOB_ID / PERENNIAL_GIT_SHA set, and names the submission
-``<workload>-<verb>-<8 hex>``. Every driver asks Ray for a job slot (``jobs.batch.DRIVER_RESOURCES``): beyond
-the head's slots, jobs wait PENDING in Ray. A batch's jobs carry its ``batch_id``; its watcher, one more Ray job
-(``watch``), records their ends and submits a job whose driver was lost again with ``--resume``, up to --retries
-times. A cluster using token auth (``ray start --head`` does) needs RAY_AUTH_MODE=token here, as for Ray's own CLI.
-
-The `jobs` table holds two rows per submission: ``submitted`` (written by ``submit``) and a final
-one (``succeeded`` / ``failed`` / ``stopped`` with Ray's message, start and end time). Ray, not
-the entrypoint, decides the outcome, so a job that crashed before writing anything is recorded
-too: whichever command first sees the job ended (``submit --follow``, ``logs --follow``,
-``status``, ``list``, ``stop``, a batch's watcher) writes the final row, into the store the job was submitted with
-(kept in the job's Ray metadata). It is built only from what Ray reports and written under the
-fixed name ``<submission_id>-final``, so two commands racing to write it leave one identical file. Exit codes: 0 success (with --follow: the job succeeded), 1 the job failed or
-was stopped, or no cluster at the address, 2 bad input.
+A thin layer over Ray's ``JobSubmissionClient``. Each submission has a ``submitted`` row and a final one, built only
+from what Ray reports (so whichever command first sees the job ended writes the same row, under a fixed name).
+Exit codes: 0 success (with --follow: the job succeeded), 1 the job failed or was stopped, or no cluster, 2 bad input.
 """
 
 from __future__ import annotations
@@ -52,27 +38,24 @@ from jobs import config as config_lib
 from jobs.batch import DRIVER_RESOURCES
 from jobs.errors import ClusterError, UserError
 from jobs.store import Store, now, print_frame, store_path
+from jobs.store.engine import first_line
 
 ROOT = Path(__file__).resolve().parent.parent
 VERBS = ("train", "sweep", "continual")
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-# The working_dir upload: only what a job runs (Ray caps the size; data, results and scratch dirs
-# stay here — Ray reads .gitignore but not .git/info/exclude), and never credentials files.
-UPLOAD = ("jobs", "workloads", "configs", "pyproject.toml")  # top-level entries; plus the config's own folder
-# ".git": a folder, or the file that stands for it in a git worktree
+# The working_dir upload: only what a job runs (Ray caps the size), plus the config's folder; never credentials
+UPLOAD = ("jobs", "workloads", "configs", "pyproject.toml")
 EXCLUDES = """.git .venv/ venv/ runs/ store/ ray_results/ plots/ bench/out/ data/ __pycache__/ .pytest_cache/ .mypy_cache/
 .ruff_cache/ *.egg-info/ .gl/ *.parquet *.pt *.safetensors *.ckpt .env .env.* .envrc .aws/ .netrc .pypirc *.pem *.key
 credentials*""".split()
 
 
 def upload_excludes(config: str) -> list[str]:
-    """Ray ``excludes`` for the repo: every top-level entry but UPLOAD and the config's folder, then EXCLUDES."""
     keep = set(UPLOAD) | {Path(config).parts[0]}
     return sorted(f"/{name}" for name in os.listdir(ROOT) if name not in keep) + EXCLUDES
 
 
-# ----------------------------------------------------------------------------- Ray client
 def client(address: str | None):
     """A connected ``JobSubmissionClient``; ClusterError with one line if there is no cluster."""
     from ray.exceptions import AuthenticationError
@@ -80,9 +63,8 @@ def client(address: str | None):
 
     from jobs.ray_compat import RUNTIME_ENV_LOGGER
 
-    for chatter in ("ray.dashboard.modules.job.sdk", "ray.dashboard.modules.dashboard_sdk"):  # "WebSocket closed",
-        logging.getLogger(chatter).setLevel(logging.WARNING)  # "Package ... already exists, skipping upload"
-    logging.getLogger(RUNTIME_ENV_LOGGER).setLevel(logging.ERROR)  # per-file "ignoring upload" notes
+    for chatter in ("ray.dashboard.modules.job.sdk", "ray.dashboard.modules.dashboard_sdk", RUNTIME_ENV_LOGGER):
+        logging.getLogger(chatter).setLevel(logging.ERROR)  # "WebSocket closed", "skipping upload" and the like
 
     if address:  # Ray reads RAY_API_SERVER_ADDRESS / RAY_ADDRESS before its `address` argument
         os.environ["RAY_API_SERVER_ADDRESS"] = address
@@ -97,9 +79,8 @@ def client(address: str | None):
             hint = "the token was refused: use the cluster's $HOME/.ray/auth_token or RAY_AUTH_TOKEN"
         raise ClusterError(f"the Ray cluster at {where} requires authentication — {hint}") from None
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ClusterError(
-            f"no Ray cluster at {where} ({first}) — start one with 'ray start --head', "
+            f"no Ray cluster at {where} ({first_line(e)}) — start one with 'ray start --head', "
             f"or pass --address / set RAY_ADDRESS to its dashboard URL"
         ) from None
 
@@ -123,7 +104,6 @@ def _ours(info) -> bool:
     return (info.metadata or {}).get("perennial") == "1"
 
 
-# ----------------------------------------------------------------------------- the jobs table
 def final_row(info) -> dict:
     """The final `jobs` row, from Ray's record only (so any observer writes the same row)."""
     meta = info.metadata or {}
@@ -146,27 +126,20 @@ def final_row(info) -> dict:
     }
 
 
-def recorded_finals(store: Store, submission_ids: list[str] | None = None) -> set[str]:
-    """Submission ids that already have a final row."""
+def observe(infos: list) -> None:
+    """Write the final row of every ended job of ours that has none yet, into the store it was submitted with."""
     import pyarrow.dataset as ds
 
-    expr = ds.field("status").isin(["succeeded", "failed", "stopped"])
-    if submission_ids is not None:
-        expr = expr & ds.field("submission_id").isin(submission_ids)
-    return set(store.read("jobs", filter=expr, columns=["submission_id"])["submission_id"].to_pylist())
-
-
-def observe(infos: list) -> None:
-    """Write the final row of every ended job of ours that has none yet (see the module docstring),
-    into the store the job was submitted with (where its `submitted` row is)."""
-    ended = [i for i in infos if _ours(i) and i.status.value in TERMINAL]
     by_store: dict[str, list] = {}
-    for info in ended:
-        by_store.setdefault(info.metadata.get("store") or absolute(store_path(None)), []).append(info)
+    for info in infos:
+        if _ours(info) and info.status.value in TERMINAL:
+            by_store.setdefault(info.metadata.get("store") or absolute(store_path(None)), []).append(info)
     for uri, group in by_store.items():
         try:
             store = Store(uri)
-            have = recorded_finals(store, [i.submission_id for i in group])
+            ended = ds.field("status").isin(["succeeded", "failed", "stopped"])
+            ended &= ds.field("submission_id").isin([i.submission_id for i in group])
+            have = set(store.read("jobs", filter=ended, columns=["submission_id"])["submission_id"].to_pylist())
             for info in group:
                 if info.submission_id not in have:
                     final = final_row(info)  # replaced, not added, if another observer wrote it first
@@ -177,12 +150,9 @@ def observe(infos: list) -> None:
             print(f"warning: could not record the end of {len(group)} job(s) in {uri}: {e}", file=sys.stderr)
 
 
-# ----------------------------------------------------------------------------- helpers
 def config_hash(cfg) -> str:
     """What is trained, not where results go: the config without its `run` and `store` sections."""
-    d = config_lib.to_dict(cfg)
-    d.pop("run", None)
-    d.pop("store", None)
+    d = {k: v for k, v in config_lib.to_dict(cfg).items() if k not in ("run", "store")}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -207,12 +177,8 @@ def repo_relative(config: str) -> str:
 
 
 def upload_plan(config: str, cfg) -> tuple[str, dict]:
-    """(the config path the job reads, the runtime_env's working_dir / py_modules / excludes).
-
-    A shipped workload: the repo is the working_dir. An external workload (``cfg.workload_dir`` outside
-    the repo) travels as the working_dir instead — its folder, where its config must be — and this
-    repo's ``jobs`` and ``workloads`` packages go along as ``py_modules``, so the job's driver and every
-    worker import the same code (what ``ray job submit --working-dir DIR --py-modules ...`` does by hand)."""
+    """(the config path the job reads, its runtime_env's upload): the repo, or an external workload's folder with
+    this repo's ``jobs`` and ``workloads`` as ``py_modules`` (``ray job submit --working-dir DIR --py-modules``)."""
     folder = Path(cfg.workload_dir).resolve() if cfg.workload_dir else None
     if folder is None or folder == ROOT or ROOT in folder.parents:
         rel = repo_relative(config)
@@ -227,12 +193,8 @@ def upload_plan(config: str, cfg) -> tuple[str, dict]:
             f"config '{config}' is outside the folder of workload '{cfg.workload}' ({folder}), which is what the job "
             "uploads — put the config next to the workload module"
         )
-    py_modules = [str(ROOT / "jobs"), str(ROOT / "workloads")]
-    return path.relative_to(folder).as_posix(), {
-        "working_dir": str(folder),
-        "py_modules": py_modules,
-        "excludes": EXCLUDES,
-    }
+    upload = {"working_dir": str(folder), "py_modules": [str(ROOT / "jobs"), str(ROOT / "workloads")]}
+    return path.relative_to(folder).as_posix(), upload | {"excludes": EXCLUDES}
 
 
 def follow(ray_client, submission_id: str) -> int:
@@ -269,14 +231,8 @@ def print_outcome(info) -> None:
         print("  " + info.message.strip().splitlines()[0])
 
 
-# ----------------------------------------------------------------------------- submitting
 def check_submit_args(args) -> dict[str, str]:
-    """The verb, --from and --env checked before anything is submitted; returns --env as a dict."""
-    if not (ROOT / "jobs" / f"{args.verb}.py").is_file():
-        raise config_lib.ConfigError(
-            f"verb '{args.verb}' has no jobs/{args.verb}.py in this repo — use one of: "
-            + ", ".join(v for v in VERBS if (ROOT / "jobs" / f"{v}.py").is_file())
-        )
+    """--from and --env checked before anything is submitted; returns --env as a dict."""
     if (args.verb == "continual") != bool(args.parent):
         raise config_lib.ConfigError(
             "--from best|RUN_ID goes with --verb continual (and only with it): the run the new round starts from"
@@ -302,8 +258,7 @@ def job_entrypoint(verb: str, config: str, cfg, overrides, smoke_test: bool, par
 
 
 def job_env_vars(env_vars: dict, store: Store, submission_id: str, sha: str, address: str) -> dict[str, str]:
-    """The job's environment: --env, then the store, the job id and the code version; a warning when a local
-    store goes to a cluster that may not share this disk."""
+    """--env, then the store, the job id and the code version; a warning for a local store on a remote cluster."""
     local_cluster = urlparse(address).hostname in ("127.0.0.1", "localhost", "::1")
     if not local_cluster and "://" not in store.uri:
         print(
@@ -312,16 +267,13 @@ def job_env_vars(env_vars: dict, store: Store, submission_id: str, sha: str, add
             file=sys.stderr,
         )
     env_vars = env_vars | {"PERENNIAL_STORE": store.uri, "PERENNIAL_JOB_ID": submission_id, "PERENNIAL_GIT_SHA": sha}
-    if local_cluster:
-        # A single-machine cluster: Ray Train's placement-group cleaner looks up the State API by
-        # auto-detection, which fails when several Ray instances run on the machine; point it here.
+    if local_cluster:  # Ray Train's placement-group cleaner auto-detects the State API: wrong with several on a machine
         env_vars.setdefault("RAY_API_SERVER_ADDRESS", address)
     return env_vars
 
 
 def new_job(address: str, cfg, store: Store, plan: tuple, overrides, *, verb: str = "train", **how) -> tuple:
-    """``(submission id, entrypoint, runtime_env, metadata)`` of one job, not yet submitted; ``plan`` is its
-    ``upload_plan``; ``how``: smoke_test, parent, env_vars, batch_id, retries."""
+    """``(submission id, entrypoint, runtime_env, metadata)`` of one job; ``plan``: its ``upload_plan``."""
     from jobs.train import git_sha  # here, not at the top: status, logs, list and stop need no torch or Ray Train
 
     sid, sha = f"{cfg.workload}-{verb}-{uuid.uuid4().hex[:8]}", git_sha()
@@ -352,18 +304,11 @@ def launch(ray_client, store: Store, sid: str, entrypoint: str, runtime_env: dic
             entrypoint=entrypoint, submission_id=sid, runtime_env=runtime_env, metadata=metadata, **DRIVER_RESOURCES
         )
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ClusterError(f"submission refused by {ray_client.get_address()}: {first}") from None
+        raise ClusterError(f"submission refused by {ray_client.get_address()}: {first_line(e)}") from None
     row = {k: metadata[k] for k in ("workload", "verb", "config_hash", "git_sha", "address", "batch_id")}
-    submitted_at = dt.datetime.fromisoformat(metadata["submitted_at"])
-    store.append(
-        "jobs",
-        [
-            row
-            | {"submission_id": sid, "entrypoint": entrypoint, "status": "submitted", "message": ""}
-            | {"submitted_at": submitted_at, "attempt": int(metadata["attempt"])}
-        ],
-    )
+    row |= {"submission_id": sid, "entrypoint": entrypoint, "status": "submitted", "message": ""}
+    row |= {"submitted_at": dt.datetime.fromisoformat(metadata["submitted_at"]), "attempt": int(metadata["attempt"])}
+    store.append("jobs", [row])
 
 
 def cmd_submit(args, cfg, store: Store) -> int:
@@ -381,10 +326,8 @@ def cmd_submit(args, cfg, store: Store) -> int:
     return follow(ray_client, job[0])
 
 
-# ----------------------------------------------------------------------------- batches
 def cmd_batch(args) -> int:
-    """Check every entry (one bad entry: one line naming it, exit 2, nothing submitted), submit them all, then the
-    batch's watcher (or, with --follow, watch here)."""
+    """Check every entry (a bad one: exit 2, nothing submitted), submit them all, then the batch's watcher."""
     verb, smoke_test, entries = batch.read(args.file)
     checked = []
     for i, (config, overrides) in enumerate(entries, 1):
@@ -431,8 +374,8 @@ def latest_attempts(infos: list) -> list:
 
 
 def watch_batch(ray_client, batch_id: str, poll_s: float = 2.0) -> int:
-    """Until every job of the batch has ended: record each end, and submit a job whose driver was lost again, up
-    to its ``retries``. Stateless between polls, so a restarted watcher carries on."""
+    """Until the batch has ended: record each end, resubmit a job whose driver was lost (up to its ``retries``).
+    Stateless between polls, so a restarted watcher carries on."""
     while True:
         infos = batch_jobs(ray_client, batch_id)
         observe(infos)
@@ -454,7 +397,7 @@ RESUME = re.compile(r"python -m jobs\.(?:train|sweep) --resume \S+(?: run\.stora
 
 
 def resubmit(ray_client, info) -> int:
-    """Submit a job whose driver was lost again: ``--resume`` the run (or sweep) its log names, else from the start."""
+    """Again with ``--resume`` of the run (or sweep) its log names, else from the start."""
     meta, attempt = info.metadata, int(info.metadata["attempt"]) + 1
     named = RESUME.findall(ray_client.get_job_logs(info.submission_id))
     entrypoint, sid = named[-1] if named else info.entrypoint, f"{meta['first_id']}-r{attempt}"
@@ -478,24 +421,13 @@ def cmd_watch(args) -> int:
     return watch_batch(client(args.address), args.batch)
 
 
-# ----------------------------------------------------------------------------- status, logs, list, stop
 def cmd_status(args) -> int:
     if args.id.startswith("batch-"):
         return cmd_list(argparse.Namespace(**vars(args) | {"batch": args.id, "workload": None, "status": None}))
     ray_client = client(args.address)
     info = job_info(ray_client, args.id)
     observe([info])
-    meta = info.metadata or {}
-    rows = {
-        "submission_id": info.submission_id,
-        "status": info.status.value.lower(),
-        **{k: meta.get(k, "") for k in ("workload", "verb", "batch_id", "attempt")},
-        "entrypoint": info.entrypoint,
-        "started_at": _ms(info.start_time),
-        "finished_at": _ms(info.end_time),
-        **{k: meta.get(k, "") for k in ("config_hash", "git_sha", "store")},
-        "message": (info.message or "").strip(),
-    }
+    rows = final_row(info) | {"message": (info.message or "").strip(), "store": (info.metadata or {}).get("store", "")}
     if args.format == "table":
         for k, v in rows.items():
             print(f"{k:>14}: {'' if v is None else v}")
@@ -592,13 +524,10 @@ def cmd_render(args) -> int:
 
 
 def add_shared(p: argparse.ArgumentParser, default) -> None:
-    """The options every subcommand takes, before or after it: a subcommand's copy defaults to SUPPRESS so
-    that it does not overwrite a value given before the verb."""
+    """--address, --format and --store; a subcommand's copy defaults to SUPPRESS, not to overwrite one given before."""
     unset = {} if default is None else {"default": default}
     p.add_argument(
-        "--address",
-        help=f"Ray dashboard / job server URL (default $RAY_ADDRESS or {DEFAULT_ADDRESS})",
-        **unset,
+        "--address", help=f"Ray dashboard / job server URL (default $RAY_ADDRESS or {DEFAULT_ADDRESS})", **unset
     )
     p.add_argument("--format", choices=["table", "csv", "json"], **({"default": "table"} | unset))
     p.add_argument(

@@ -15,7 +15,6 @@
 
 Every verb takes ``--store PATH_OR_S3_URI`` and ``--format table|csv|json``, before or after the verb;
 the query verbs take ``--as-of VERSION|TIME`` (a table version, an ISO date/time, or an age like 7d).
-A verb is a function below and its lines in :func:`parser`.
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ def frame(rows: list[dict], columns: list[str] | None = None):
     return pd.DataFrame(rows, columns=columns)
 
 
-# ----------------------------------------------------------------------------- queries
 def leaderboard(args) -> None:
     store = open_store(args)
     board = store.leaderboard(args.workload, args.metric, args.top)
@@ -77,7 +75,6 @@ def versions(args) -> None:
     print_frame(frame(rows), args.format, empty=f"(no tables in {store.uri})")
 
 
-# ----------------------------------------------------------------------------- maintenance
 def check(args) -> int:
     store = open_store(args)
     findings = store.check(args.fix, args.older_than)
@@ -97,7 +94,6 @@ def vacuum(args) -> None:
 
 
 def export(args) -> None:
-    """Runs already in the store, pushed to MLflow and/or TensorBoard; a second export adds nothing."""
     if not args.mlflow and not args.tensorboard:
         raise StoreError("export needs a target — give --mlflow URI and/or --tensorboard DIR")
     import importlib.util
@@ -116,10 +112,8 @@ def export(args) -> None:
         print(f"tensorboard {args.tensorboard}: {n['runs']} run(s) written, {n['epochs']} epoch(s) logged")
 
 
-# ----------------------------------------------------------------------------- the parser
 def shared(query: bool) -> argparse.ArgumentParser:
-    """The options every verb takes, on the top parser and on each verb, so they go before or after the verb;
-    SUPPRESS keeps a verb's parser from resetting a value given before the verb."""
+    """The options every verb takes before or after it (SUPPRESS: a verb's parser keeps a value given before)."""
     s = argparse.ArgumentParser(add_help=False)
     s.add_argument("--store", default=argparse.SUPPRESS, help="store path or s3:// URI ($PERENNIAL_STORE, ./store)")
     s.add_argument("--format", choices=["table", "csv", "json"], default=argparse.SUPPRESS, help="default: table")
@@ -208,10 +202,8 @@ def add_maintenance(verb) -> None:
 
 
 def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
-    for name, default in (("store", None), ("format", "table"), ("as_of", None)):
-        if not hasattr(args, name):
-            setattr(args, name, default)
+    args = argparse.Namespace(store=None, format="table", as_of=None)
+    parser().parse_args(argv, args)
     if args.as_of is not None and args.cmd in WRITERS:
         raise StoreError(f"--as-of reads an old version; `{args.cmd}` changes the store — drop --as-of")
     warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
