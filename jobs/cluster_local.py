@@ -15,6 +15,7 @@ end every Ray cluster of the user.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -162,11 +163,9 @@ class LocalCluster:
     def alive(self) -> bool:
         import psutil
 
-        try:  # reap it if this process started it: an exited child stays a zombie
+        with contextlib.suppress(ChildProcessError):  # reap it if this process started it: else it stays a zombie
             if os.waitpid(self.supervisor_pid, os.WNOHANG)[0] == self.supervisor_pid:
                 return False
-        except ChildProcessError:
-            pass
         try:  # the command line too: after a reboot the PID may be another program's
             return "_supervise" in psutil.Process(self.supervisor_pid).cmdline()
         except psutil.Error:
@@ -256,10 +255,8 @@ class LocalCluster:
         raise ClusterError(f"the local cluster did not start in {timeout_s:.0f} s: see {log}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.supervisor_pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + timeout_s
         while self.alive() and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -347,7 +344,7 @@ def answers(url: str) -> bool:
         urllib.request.urlopen(url, timeout=2)
     except urllib.error.HTTPError:
         return True
-    except ConnectionError:
+    except ConnectionError:  # before HTTPException: RemoteDisconnected is both
         return False
     except http.client.HTTPException:  # not HTTP: another program bound the port before the head did
         raise PortTaken(f"{url} answers, but not as Ray's server") from None
@@ -379,10 +376,8 @@ def supervise(cmd: list[str]) -> int:
         time.sleep(0.5)
         for child in me.children():  # reap adopted orphans that exit (else they stay zombies)
             if child.pid != head.pid:
-                try:
+                with contextlib.suppress(ChildProcessError):
                     os.waitpid(child.pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
     end_descendants(me)
     return 0
 
@@ -390,19 +385,15 @@ def supervise(cmd: list[str]) -> int:
 def end_descendants(me) -> None:
     import psutil
 
-    def each(procs, action: str) -> None:
-        for p in procs:
-            try:
-                getattr(p, action)()
-            except psutil.NoSuchProcess:
-                pass
-
     procs = me.children(recursive=True)
-    each(procs, "terminate")
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
     _, alive = psutil.wait_procs(procs, timeout=5)
-    each(alive, "kill")
+    for p in alive + me.children(recursive=True):  # and any started meanwhile
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
     psutil.wait_procs(alive, timeout=5)
-    each(me.children(recursive=True), "kill")
 
 
 def main(argv: list[str]) -> int:
@@ -421,30 +412,26 @@ def main(argv: list[str]) -> int:
     if args.rehearsal and args.num_cpus is not None:
         p.error("--num-cpus is for the one-node cluster: the rehearsal's nodes have 1 CPU each")
     folder = Path(args.dir) if args.dir else default_dir(args.rehearsal)
+    idle = args.idle_timeout_minutes
     if args.action == "config":
-        cfg = read_cluster_yaml(args.cluster_yaml)
-        local = local_config(cfg, gcs_address="127.0.0.1:PORT", idle_timeout_minutes=args.idle_timeout_minutes)
-        print(yaml.safe_dump(local, sort_keys=False), end="")
-        return 0
-    if args.action == "up":
-        cfg = read_cluster_yaml(args.cluster_yaml) if args.rehearsal else None
-        cluster = LocalCluster.start(
-            folder, cfg, num_cpus=args.num_cpus, idle_timeout_minutes=args.idle_timeout_minutes
+        local = local_config(
+            read_cluster_yaml(args.cluster_yaml), gcs_address="127.0.0.1:PORT", idle_timeout_minutes=idle
         )
+        print(yaml.safe_dump(local, sort_keys=False), end="")
+    elif args.action == "up":
+        cfg = read_cluster_yaml(args.cluster_yaml) if args.rehearsal else None
+        cluster = LocalCluster.start(folder, cfg, num_cpus=args.num_cpus, idle_timeout_minutes=idle)
         print_up(cluster, " --rehearsal" * args.rehearsal + (f" --dir {folder}" if args.dir else ""))
-        return 0
-    cluster = LocalCluster.attach(folder)
-    if args.action == "env":
-        if cluster is None:
+    elif (cluster := LocalCluster.attach(folder)) is None:
+        if args.action == "env":
             start = "make cluster-local" if args.rehearsal else "make cluster-up"
             raise ClusterError(f"no local cluster runs from {folder} — start one with '{start}'")
-        print("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in cluster.env().items()))
-        return 0
-    if cluster is None:
         print(f"no local cluster runs from {folder}")
-        return 0
-    cluster.stop()
-    print(f"local cluster stopped ({folder})")
+    elif args.action == "env":
+        print("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in cluster.env().items()))
+    else:
+        cluster.stop()
+        print(f"local cluster stopped ({folder})")
     return 0
 
 

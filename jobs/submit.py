@@ -367,10 +367,8 @@ def batch_jobs(ray_client, batch_id: str) -> list:
 
 def latest_attempts(infos: list) -> list:
     """The newest attempt of each job of a batch."""
-    latest = {}
-    for info in sorted(infos, key=lambda i: int(i.metadata.get("attempt", 1))):
-        latest[info.metadata.get("first_id", info.submission_id)] = info
-    return list(latest.values())
+    by_attempt = sorted(infos, key=lambda i: int(i.metadata.get("attempt", 1)))
+    return list({i.metadata.get("first_id", i.submission_id): i for i in by_attempt}.values())
 
 
 def watch_batch(ray_client, batch_id: str, poll_s: float = 2.0) -> int:
@@ -401,17 +399,11 @@ def resubmit(ray_client, info) -> int:
     meta, attempt = info.metadata, int(info.metadata["attempt"]) + 1
     named = RESUME.findall(ray_client.get_job_logs(info.submission_id))
     entrypoint, sid = named[-1] if named else info.entrypoint, f"{meta['first_id']}-r{attempt}"
-    env = info.runtime_env or {}
+    env = dict(info.runtime_env or {})
+    env |= {"env_vars": env.get("env_vars", {}) | {"PERENNIAL_JOB_ID": sid}}
     print(f"{info.submission_id}: driver lost ({(info.message or '').strip()[:200]}); attempt {attempt}: {sid}")
     try:
-        launch(
-            ray_client,
-            Store(meta["store"]),
-            sid,
-            entrypoint,
-            env | {"env_vars": env.get("env_vars", {}) | {"PERENNIAL_JOB_ID": sid}},
-            meta | {"attempt": str(attempt)},
-        )
+        launch(ray_client, Store(meta["store"]), sid, entrypoint, env, meta | {"attempt": str(attempt)})
     except ClusterError as e:  # submitted by another watcher already, or the cluster is busy: the next poll sees
         print(f"warning: {e}", file=sys.stderr)
     return 1
@@ -523,23 +515,19 @@ def cmd_render(args) -> int:
     return 0
 
 
-def add_shared(p: argparse.ArgumentParser, default) -> None:
-    """--address, --format and --store; a subcommand's copy defaults to SUPPRESS, not to overwrite one given before."""
-    unset = {} if default is None else {"default": default}
-    p.add_argument(
-        "--address", help=f"Ray dashboard / job server URL (default $RAY_ADDRESS or {DEFAULT_ADDRESS})", **unset
-    )
-    p.add_argument("--format", choices=["table", "csv", "json"], **({"default": "table"} | unset))
-    p.add_argument(
-        "--store", help="evaluation store for the job and its `jobs` rows: a directory or s3:// URI", **unset
-    )
-
-
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.submit", description="Submit and track jobs on a Ray cluster.")
-    add_shared(p, None)
+    # before or after the verb: SUPPRESS keeps a verb's parser from resetting a value given before it
+    shared = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    shared.add_argument("--address", help=f"Ray dashboard / job server URL (default $RAY_ADDRESS or {DEFAULT_ADDRESS})")
+    shared.add_argument("--format", choices=["table", "csv", "json"])
+    shared.add_argument("--store", help="evaluation store for the job and its `jobs` rows: a directory or s3:// URI")
+    p = argparse.ArgumentParser(prog="python -m jobs.submit", description=__doc__.split("\n")[0], parents=[shared])
     sub = p.add_subparsers(dest="cmd", required=True)
-    sm = sub.add_parser("submit", help="submit `python -m jobs.<verb> --config CONFIG` as a Ray job")
+
+    def verb(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, parents=[shared])
+
+    sm = verb("submit", "submit `python -m jobs.<verb> --config CONFIG` as a Ray job")
     sm.add_argument("config", help="YAML config inside the repo, e.g. configs/mlp.yaml")
     sm.add_argument("--verb", choices=VERBS, default="train")
     sm.add_argument("--from", dest="parent", metavar="best|RUN_ID", help="with --verb continual: the run to start from")
@@ -553,42 +541,34 @@ def main(argv: list[str]) -> int:
         help="also set this variable in the job (e.g. AWS_ENDPOINT_URL); NAME alone copies it from here",
     )
     sm.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.01")
-    bt = sub.add_parser("batch", help="submit every job of a batch file (docs/jobs.md)")
+    bt = verb("batch", "submit every job of a batch file (docs/jobs.md)")
     bt.add_argument("file", help="a batch file: entries (config + overrides) and/or a grid")
     bt.add_argument("--retries", type=int, default=0, help="submit a job whose driver was lost again, up to N times")
     bt.add_argument("--follow", action="store_true", help="watch the batch here until it ends (no watcher job)")
-    wt = sub.add_parser("watch", help="a batch's watcher (batch runs it as a Ray job)")
-    wt.add_argument("batch")
-    rd = sub.add_parser("render", help="a KubeRay RayJob manifest for a job or a batch (docs/kubernetes.md)")
-    k8s.add_arguments(rd)
-    st = sub.add_parser("status", help="a job's status and Ray's message, or a batch's jobs")
-    st.add_argument("id", help="a submission id, or a batch id (batch-...)")
-    lg = sub.add_parser("logs", help="a job's logs")
+    verb("watch", "a batch's watcher (batch runs it as a Ray job)").add_argument("batch")
+    k8s.add_arguments(verb("render", "a KubeRay RayJob manifest for a job or a batch (docs/kubernetes.md)"))
+    verb("status", "a job's status and Ray's message, or a batch's jobs").add_argument("id", help="a job or batch id")
+    lg = verb("logs", "a job's logs")
     lg.add_argument("id")
     lg.add_argument("--follow", action="store_true", help="stream until the job ends; exit with its outcome")
-    ls = sub.add_parser("list", help="jobs submitted through this tool, newest first")
+    ls = verb("list", "jobs submitted through this tool, newest first")
     ls.add_argument("--workload")
     ls.add_argument("--status", help="pending | running | succeeded | failed | stopped")
     ls.add_argument("--batch", help="only this batch's jobs, after their counts by state")
-    sp = sub.add_parser("stop", help="stop a job (or a batch) and wait until it has ended")
+    sp = verb("stop", "stop a job (or a batch) and wait until it has ended")
     sp.add_argument("id", nargs="?")
     sp.add_argument("--batch", help="every job of this batch, and its watcher")
-    for verb in (sm, bt, wt, rd, st, lg, ls, sp):  # --address, --format and --store also after the verb
-        add_shared(verb, argparse.SUPPRESS)
-    args, extra = p.parse_known_args(argv)  # argparse leaves key=value after an option unparsed
+    args = argparse.Namespace(address=None, format="table", store=None)
+    args, extra = p.parse_known_args(argv, args)  # argparse leaves key=value after an option unparsed
     if args.cmd in ("submit", "render") and not any(e.startswith("-") for e in extra):
         args.overrides += extra
     elif extra:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        if args.cmd == "submit":  # bad input: exit 2 here, before any cluster work
-            cfg = preflight.load(args.config, args.overrides, args.smoke_test)
-            return cmd_submit(args, cfg, preflight.open_store(absolute(store_path(args.store, cfg)), cfg))
-        commands = {"batch": cmd_batch, "watch": cmd_watch, "render": cmd_render, "status": cmd_status}
-        return (commands | {"logs": cmd_logs, "list": cmd_list, "stop": cmd_stop})[args.cmd](args)
-    except ClusterError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if args.cmd == "submit":  # bad input: exit 2 here, before any cluster work
+        cfg = preflight.load(args.config, args.overrides, args.smoke_test)
+        return cmd_submit(args, cfg, preflight.open_store(absolute(store_path(args.store, cfg)), cfg))
+    commands = {"batch": cmd_batch, "watch": cmd_watch, "render": cmd_render, "status": cmd_status}
+    return (commands | {"logs": cmd_logs, "list": cmd_list, "stop": cmd_stop})[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -531,17 +531,9 @@ def _close_sweep(cfg, parent: str, runs) -> None:
 
 
 # ----------------------------------------------------------------------------- backfill from the store
-def _store_runs(store, workload: str | None):
-    runs = store.df("runs")
-    if workload and len(runs):
-        runs = runs[runs["workload"] == workload]
-    return runs.drop_duplicates("run_id") if len(runs) else runs
-
-
 def _row_params(row: dict) -> dict:
     try:
-        cfg = config_lib.from_dict(json.loads(row["config_json"]))
-        return config_lib.flatten(cfg)
+        return config_lib.flatten(config_lib.from_dict(json.loads(row["config_json"])))
     except (config_lib.ConfigError, ValueError, TypeError, KeyError):  # a workload this checkout no longer has
         return {}
 
@@ -554,13 +546,11 @@ def _info(row: dict) -> RunInfo:
 
 def _replay(store, workload: str | None, sink_for: Callable[[RunInfo], Any]) -> dict[str, int]:
     """Push stored runs through the tracker ``sink_for(info)`` returns (None: it has that run already)."""
-    runs = _store_runs(store, workload)
-    done = {"runs": 0, "epochs": 0}
-    epochs = store.df("epochs") if len(runs) else None
-    for row in runs.to_dict("records") if len(runs) else []:
+    runs, epochs, done = store.df("runs"), store.df("epochs"), {"runs": 0, "epochs": 0}
+    runs = runs[runs["workload"] == workload] if workload else runs
+    for row in runs.drop_duplicates("run_id").to_dict("records"):
         info = _info(row)
-        sink = sink_for(info)
-        if sink is None:
+        if (sink := sink_for(info)) is None:
             continue
         sink.start(info, _row_params(row), 0)
         history = epochs[epochs["run_id"] == info.run_id].drop_duplicates("epoch").sort_values("epoch")

@@ -115,22 +115,17 @@ class Engine:
         self._datasets: dict[str, tuple[int, ds.Dataset]] = {}  # table -> (version, its pyarrow dataset)
         self._results: dict[tuple, pa.Table] = {}  # (table, version, query) -> a small result (Engine.read)
         try:
-            if self.local:
-                self.fs, self.root = pafs.LocalFileSystem(), self.uri
-            else:
-                self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
-                self.root = self.root.rstrip("/")
+            self.fs, root = (pafs.LocalFileSystem(), self.uri) if self.local else pafs.FileSystem.from_uri(self.uri)
+            self.root = root.rstrip("/")
         except Exception as e:
             raise StoreError(
                 f"store '{uri}' is not usable: {first_line(e)} — give a directory or s3://bucket/prefix"
             ) from None
 
-    # ------------------------------------------------------------------ tables
     def table_uri(self, table: str) -> str:
         return f"{self.uri}/{table}"
 
     def tables(self) -> list[str]:
-        """Names of the store's Delta tables."""
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
             names = [os.path.basename(i.path) for i in infos if i.type == pafs.FileType.Directory]
@@ -197,9 +192,7 @@ class Engine:
             ) from None
         return d
 
-    # ------------------------------------------------------------------ read
     def dataset(self, table: str, workload: str | None = None) -> ds.Dataset | None:
-        """A pyarrow dataset over ``table``'s current files (None if the table does not exist)."""
         d = self.delta(table)
         if d is None:
             return None
@@ -214,13 +207,7 @@ class Engine:
     def empty(self, table: str) -> pa.Table:
         return pa.schema([(k, v) for k, v in CORE.get(table, {}).items()] + [(PARTITION, pa.string())]).empty_table()
 
-    def read(
-        self,
-        table: str,
-        workload: str | None = None,
-        filter: ds.Expression | None = None,
-        columns: list[str] | None = None,
-    ) -> pa.Table:
+    def read(self, table: str, workload: str | None = None, filter=None, columns: list[str] | None = None) -> pa.Table:
         """Rows of ``table`` as an Arrow table; a small result is kept per table version, for the same query again."""
         data = self.dataset(table, workload)
         if data is None:
@@ -246,17 +233,13 @@ class Engine:
         return self.read(*args, **kwargs).to_pandas()
 
     def files(self, table: str) -> list[str]:
-        """The data files of ``table``'s current version."""
         d = self.delta(table)
         return sorted(d.file_uris()) if d is not None else []
 
     def versions(self, table: str, limit: int | None = None) -> list[dict]:
         """The table's commits, newest first: version, timestamp, operation, rows added."""
-        d = self.delta(table)
-        if d is None:
-            return []
-        out = []
-        for c in d.history(limit):
+        d, out = self.delta(table), []
+        for c in d.history(limit) if d is not None else []:
             metrics = c.get("operationMetrics") or {}
             out.append(
                 {
@@ -271,15 +254,12 @@ class Engine:
             )
         return out
 
-    # ------------------------------------------------------------------ write
     def append(self, table: str, rows: Iterable[dict[str, Any]] | pa.Table) -> int:
         """Append rows (dicts, or an Arrow table with a workload column) in one commit; returns the new version."""
-        if isinstance(rows, pa.Table):
-            if PARTITION not in rows.column_names:
-                raise StoreError(f"append to '{table}': the Arrow table needs a '{PARTITION}' column")
-            return self._commit(table, rows) if rows.num_rows else -1
-        rows = list(rows)
-        return self._commit(table, rows) if rows else -1
+        if isinstance(rows, pa.Table) and PARTITION not in rows.column_names:
+            raise StoreError(f"append to '{table}': the Arrow table needs a '{PARTITION}' column")
+        rows = rows if isinstance(rows, pa.Table) else list(rows)
+        return self._commit(table, rows) if len(rows) else -1
 
     def replace(self, table: str, rows: Iterable[dict[str, Any]], key: dict[str, Any]) -> int:
         """Delete the rows whose columns equal ``key`` and append ``rows`` (each matching ``key``), in one commit."""
