@@ -35,19 +35,16 @@ def load(path: str | Path) -> dict:
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
         raise ClusterConfigError(
-            f"cluster config '{path}' is not valid YAML ({getattr(e, 'problem', e)}{_line(e)}) — fix the syntax there (compare with cluster.yaml)"
+            f"cluster config '{path}' is not valid YAML ({getattr(e, 'problem', e)}{line}) — fix the syntax there (compare with cluster.yaml)"
         ) from None
     if not isinstance(raw, dict):
         raise ClusterConfigError(
             f"cluster config '{path}' must be a YAML mapping of launcher keys (cluster_name, provider, ...) — start from cluster.yaml"
         )
     return raw
-
-
-def _line(e) -> str:
-    mark = getattr(e, "problem_mark", None)
-    return f" at line {mark.line + 1}" if mark is not None else ""
 
 
 def check_config(raw: dict, name: str = "cluster config") -> dict:

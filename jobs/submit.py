@@ -108,22 +108,11 @@ def final_row(info) -> dict:
     """The final `jobs` row, from Ray's record only (so any observer writes the same row)."""
     meta = info.metadata or {}
     submitted = meta.get("submitted_at")
-    return {
-        "submission_id": info.submission_id,
-        "workload": meta.get("workload", ""),
-        "entrypoint": info.entrypoint,
-        "verb": meta.get("verb", ""),
-        "status": info.status.value.lower(),
-        "message": (info.message or "")[:4000],
-        "submitted_at": dt.datetime.fromisoformat(submitted) if submitted else None,
-        "started_at": _ms(info.start_time),
-        "finished_at": _ms(info.end_time),
-        "config_hash": meta.get("config_hash", ""),
-        "git_sha": meta.get("git_sha", ""),
-        "address": meta.get("address", ""),
-        "batch_id": meta.get("batch_id", ""),
-        "attempt": int(meta.get("attempt", 1)),
-    }
+    row = {"submission_id": info.submission_id, "status": info.status.value.lower(), "entrypoint": info.entrypoint}
+    row |= {k: meta.get(k, "") for k in ("workload", "verb", "config_hash", "git_sha", "address", "batch_id")}
+    row |= {"message": (info.message or "")[:4000], "attempt": int(meta.get("attempt", 1))}
+    row |= {"submitted_at": dt.datetime.fromisoformat(submitted) if submitted else None}
+    return row | {"started_at": _ms(info.start_time), "finished_at": _ms(info.end_time)}
 
 
 def observe(infos: list) -> None:
@@ -143,9 +132,7 @@ def observe(infos: list) -> None:
             for info in group:
                 if info.submission_id not in have:
                     final = final_row(info)  # replaced, not added, if another observer wrote it first
-                    store.replace(
-                        "jobs", [final], key={"submission_id": final["submission_id"], "status": final["status"]}
-                    )
+                    store.replace("jobs", [final], key={k: final[k] for k in ("submission_id", "status")})
         except config_lib.ConfigError as e:  # one unreachable store must not hide the other jobs
             print(f"warning: could not record the end of {len(group)} job(s) in {uri}: {e}", file=sys.stderr)
 

@@ -371,12 +371,8 @@ def wandb_offline_files(wandb_dir: str | os.PathLike, wandb_id: str) -> list[Pat
 
 
 def wandb_offline_history(files: list[Path]) -> list[dict]:
-    rows = []
-    for path in files:
-        for record in wandb_records(path):
-            if record.WhichOneof("record_type") == "history":
-                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
-    return rows
+    records = [r for path in files for r in wandb_records(path) if r.WhichOneof("record_type") == "history"]
+    return [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item} for r in records]
 
 
 class Wandb(Sink):

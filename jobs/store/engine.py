@@ -394,10 +394,8 @@ def set_table_properties(d) -> None:
 
 def _log_race(e: BaseException) -> bool:
     """A log listing that saw commit N+1 without N (both created while it ran): listing again sees both."""
-    text = str(e)
-    return any(
-        s in text for s in ("contiguous commit files", "to be next version to checkpoint", "Gap between checkpoint")
-    )
+    races = ("contiguous commit files", "to be next version to checkpoint", "Gap between checkpoint")
+    return any(s in str(e) for s in races)
 
 
 def _literal(v: Any) -> str:

@@ -123,11 +123,12 @@ def compact(
                     if before.get(w, 0) > 1:
                         _compact_partition(store, table, w)
             after = files_per_partition(store.delta(table)) if held else {}
-        for w in partitions:
-            summary.append(
-                {"table": table, "partition": f"{PARTITION}={w}", "files_before": before.get(w, 0)}
-                | {"files_after": after.get(w, 0) if held else None, "version": store.delta(table).version()}
-            )
+        version = store.delta(table).version()
+        summary += [
+            {"table": table, "partition": f"{PARTITION}={w}", "files_before": before.get(w, 0)}
+            | {"files_after": after.get(w, 0) if held else None, "version": version}
+            for w in partitions
+        ]
     return summary
 
 
@@ -244,19 +245,13 @@ def _files_named_in_log(fs: pafs.FileSystem, log: str) -> set[str]:
 
 def _record_mismatches(store: Engine) -> list[tuple[str, str]]:
     """Runs whose ``runs`` and ``epochs`` rows come from different recordings (a recorder running, or killed)."""
-    runs = store.read("runs", columns=["run_id", "record_id"])
-    epochs = store.read("epochs", columns=["run_id", "record_id"])
-    if "record_id" not in runs.column_names or "record_id" not in epochs.column_names:
+    runs = store.df("runs", columns=["run_id", "record_id"])
+    epochs = store.df("epochs", columns=["run_id", "record_id"])
+    if "record_id" not in runs or "record_id" not in epochs:
         return []
-    by_run = dict(zip(runs.column("run_id").to_pylist(), runs.column("record_id").to_pylist()))
-    epoch_records: dict[str, set] = {}
-    for r in epochs.group_by(["run_id", "record_id"]).aggregate([]).to_pylist():
-        epoch_records.setdefault(r["run_id"], set()).add(r["record_id"])
-    out = []
-    for run_id, record in by_run.items():
-        if record is None or run_id not in epoch_records:
-            continue
-        if epoch_records[run_id] != {record}:
-            later = sorted(x for x in epoch_records[run_id] if x)
-            out.append((run_id, f"runs row from recording {record}, epochs from {', '.join(later)}"))
-    return out
+    sets = epochs.groupby("run_id")["record_id"].agg(set)
+    return [
+        (run_id, f"runs row from recording {record}, epochs from {', '.join(sorted(x for x in sets[run_id] if x))}")
+        for run_id, record in dict(zip(runs["run_id"], runs["record_id"])).items()
+        if record is not None and run_id in sets and sets[run_id] != {record}
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import math
 import sys
@@ -92,11 +93,14 @@ class Store(Engine):
 
         a, b = self.run(run_a), self.run(run_b)
         rows = []
+
+        def add(section: str, key: str, va, vb, delta: str = "") -> None:
+            rows.append({"section": section, "key": key, run_a: _text(va), run_b: _text(vb), "delta": delta})
+
         config_a, config_b = _flat_json(a.get("config_json")), _flat_json(b.get("config_json"))
         for key in sorted(set(config_a) | set(config_b)):
-            va, vb = config_a.get(key), config_b.get(key)
-            if va != vb:
-                rows.append({"section": "config", "key": key, run_a: _text(va), run_b: _text(vb), "delta": ""})
+            if config_a.get(key) != config_b.get(key):
+                add("config", key, config_a.get(key), config_b.get(key))
         metric_keys = ["best_metric", "best_epoch", "epochs"]
         metric_keys += sorted(k for k in set(a) | set(b) if k.startswith(("val_", "test_")))
         metric_keys += ["wall_s", "train_time_s", "cpu_s"]
@@ -104,13 +108,10 @@ class Store(Engine):
             va, vb = number(a.get(key)), number(b.get(key))
             if va is None and vb is None:
                 continue
-            delta = f"{vb - va:+.4g}" if va is not None and vb is not None else ""
-            rows.append({"section": "metric", "key": key, run_a: _text(va), run_b: _text(vb), "delta": delta})
+            add("metric", key, va, vb, f"{vb - va:+.4g}" if va is not None and vb is not None else "")
         for key in ("status", "metric", "workload", "git_sha", "data_fingerprint"):
             if a.get(key) != b.get(key):
-                rows.append(
-                    {"section": "run", "key": key, run_a: _text(a.get(key)), run_b: _text(b.get(key)), "delta": ""}
-                )
+                add("run", key, a.get(key), b.get(key))
         return pd.DataFrame(rows, columns=["section", "key", run_a, run_b, "delta"])
 
     def sql(self, query: str):
@@ -141,23 +142,13 @@ def lineage(store: Store, run_id: str):
         raise StoreError(f"no run '{run_id}' in store '{store.uri}' — list runs with: python -m jobs.store runs")
     runs = runs.sort_values("finished_at")
     rows = {r["run_id"]: clean_row(r) for r in runs.to_dict("records")}  # a run id has one row; the newest wins
-    chain, seen, current = [], set(), run_id
-    while current and current in rows and current not in seen:  # ancestors (a cycle cannot happen; guard anyway)
+    chain, current = [], run_id
+    while current in rows and current not in chain:  # ancestors
         chain.append(current)
-        seen.add(current)
         current = rows[current].get("parent_run_id")
     chain.reverse()
-    children: dict[str, list[str]] = {}
-    for r in rows.values():
-        if r.get("parent_run_id"):
-            children.setdefault(r["parent_run_id"], []).append(r["run_id"])
-    queue = list(children.get(run_id, []))
-    while queue:  # descendants, breadth first (in finishing order within a parent)
-        child = queue.pop(0)
-        if child not in seen:
-            chain.append(child)
-            seen.add(child)
-            queue.extend(children.get(child, []))
+    for rid in itertools.islice(chain, len(chain) - 1, None):  # then descendants, breadth first, as they are added
+        chain += [r["run_id"] for r in rows.values() if r.get("parent_run_id") == rid and r["run_id"] not in chain]
     out = []
     for rid in chain:
         r = rows[rid]

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from jobs.errors import StoreError
 
@@ -112,13 +113,6 @@ def _fits(v: Any, t: pa.DataType) -> bool:
     return True
 
 
-def _exact_as_double(col) -> bool:
-    import pyarrow.compute as pc
-
-    biggest = pc.max(pc.abs(col)).as_py()
-    return biggest is None or biggest <= 2**53
-
-
 def _same_kind(have: pa.DataType, want: pa.DataType) -> bool:
     """Types that differ only in representation (string / large_string, timestamp units and zones)."""
     strings = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
@@ -137,8 +131,9 @@ def conform(table: str, arrow: pa.Table, d) -> pa.Table:
             columns.append(col)
             continue
         want = have.field(name).type
-        exact_int = pa.types.is_integer(col.type) and pa.types.is_floating(want)
-        if col.null_count == len(col) or (exact_int and _exact_as_double(col)) or _same_kind(col.type, want):
+        widen = pa.types.is_integer(col.type) and pa.types.is_floating(want)
+        exact_int = widen and (pc.max(pc.abs(col)).as_py() or 0) <= 2**53  # exact as a double up to 2**53
+        if col.null_count == len(col) or exact_int or _same_kind(col.type, want):
             columns.append(col.cast(want))
             continue
         sample = next((v for v in col.to_pylist() if v is not None), None)
