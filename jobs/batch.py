@@ -21,20 +21,16 @@ import yaml
 from jobs.errors import ConfigError
 
 JOB_SLOT = "perennial_job_slot"  # the head advertises N of it: at most N drivers run at once, the rest wait PENDING
-# What every job's driver asks Ray for. No CPU: the head, where the slots are, has none to give (its cores are for
-# Ray's own processes). The memory is the driver's and its Train controller's, which Ray 2.60 pins to the driver's node.
+# No CPU: the head, where the slots are, keeps its cores for Ray; the memory is the driver's and its Train controller's
 DRIVER_RESOURCES = {"entrypoint_num_cpus": 0, "entrypoint_memory": 1 << 30, "entrypoint_resources": {JOB_SLOT: 1}}
-# Ray's words for a driver lost with its node or supervisor; a driver killed by a signal (preemption, the OOM killer)
-# is lost too. Any other failure (exit 1 or 2: an exception, NaN, bad input) is the job's own and never retried.
+# a driver lost with its node or supervisor, or killed by a signal; any other failure is the job's own, never retried
 LOST = {"JOB_SUPERVISOR_ACTOR_DIED", "JOB_SUPERVISOR_ACTOR_UNKNOWN_FAILURE"}
 BATCH_KEYS = {"verb", "smoke_test", "jobs", "grid"}
 
 
 def lost_infrastructure(info) -> bool:
     code, kind = info.driver_exit_code, getattr(info.error_type, "value", info.error_type)  # list_jobs: a str
-    return kind in LOST or (
-        code is not None and (code < 0 or code >= 128)  # -9 from Popen, 137 from a shell: killed by a signal
-    )
+    return kind in LOST or (code is not None and not 0 <= code < 128)  # -9 from Popen, 137 from a shell
 
 
 def read(path: str) -> tuple[str, bool, list[tuple[str, list[str]]]]:
@@ -64,11 +60,9 @@ def read(path: str) -> tuple[str, bool, list[tuple[str, list[str]]]]:
 
 def _text(value) -> str:
     """A grid value as an override's right-hand side (lists and mappings as YAML flow, as on a command line)."""
-    return (
-        value
-        if isinstance(value, str)
-        else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-    )
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def counts(statuses: list[str]) -> str:

@@ -48,13 +48,6 @@ EMPTY_LISTS = (
 ).split()
 
 
-def default_dir(rehearsal: bool) -> Path:
-    if os.environ.get("PERENNIAL_CLUSTER_DIR"):
-        return Path(os.environ["PERENNIAL_CLUSTER_DIR"])
-    kind = "rehearsal" if rehearsal else "ray"
-    return Path(os.environ.get("TMPDIR", "/tmp")) / f"perennial-{kind}-{os.getuid()}"
-
-
 def local_config(
     cluster: dict, *, gcs_address: str, idle_timeout_minutes: float | None = None, max_nodes: int = MAX_LOCAL_NODES
 ) -> dict:
@@ -378,13 +371,6 @@ def supervise(cmd: list[str]) -> int:
             if child.pid != head.pid:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(child.pid, os.WNOHANG)
-    end_descendants(me)
-    return 0
-
-
-def end_descendants(me) -> None:
-    import psutil
-
     procs = me.children(recursive=True)
     for p in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
@@ -394,6 +380,7 @@ def end_descendants(me) -> None:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.kill()
     psutil.wait_procs(alive, timeout=5)
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -411,7 +398,9 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.rehearsal and args.num_cpus is not None:
         p.error("--num-cpus is for the one-node cluster: the rehearsal's nodes have 1 CPU each")
-    folder = Path(args.dir) if args.dir else default_dir(args.rehearsal)
+    kind = "rehearsal" if args.rehearsal else "ray"
+    default = f"{os.environ.get('TMPDIR', '/tmp')}/perennial-{kind}-{os.getuid()}"
+    folder = Path(args.dir or os.environ.get("PERENNIAL_CLUSTER_DIR") or default)
     idle = args.idle_timeout_minutes
     if args.action == "config":
         local = local_config(

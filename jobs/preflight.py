@@ -28,13 +28,12 @@ def open_store(store_arg: str | None, cfg=None, write: bool = True) -> Store:
     uri = store_path(store_arg, cfg)
     fs, root = filesystem(uri, StoreError, "store")
     check_bucket(fs, root, uri, StoreError, "store")
-    if write and "://" not in uri:
+    if write and "://" not in uri:  # a local store fails now, not after the whole run
         check_writable_dir(root, uri)
     return Store(uri)
 
 
 def check_writable_dir(root: str, uri: str) -> None:
-    """A local store fails now, not after the whole run."""
     path = root
     while not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)  # the nearest existing folder is where the store's folders get created

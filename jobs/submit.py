@@ -148,33 +148,25 @@ def absolute(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
-def repo_relative(config: str) -> str:
-    p = Path(config).resolve()
-    try:
-        rel = p.relative_to(ROOT)
-    except ValueError:
-        raise config_lib.ConfigError(
-            f"config '{config}' is outside the repo {ROOT} — the job only sees files uploaded from it; copy the config under configs/"
-        ) from None
-    if rel.parts and rel.parts[0] in {e.strip("/") for e in EXCLUDES if e.endswith("/")}:
-        raise config_lib.ConfigError(
-            f"config '{config}' is in {rel.parts[0]}/, which is not uploaded — copy it under configs/"
-        )
-    return rel.as_posix()
-
-
 def upload_plan(config: str, cfg) -> tuple[str, dict]:
     """(the config path the job reads, its runtime_env's upload): the repo, or an external workload's folder with
     this repo's ``jobs`` and ``workloads`` as ``py_modules`` (``ray job submit --working-dir DIR --py-modules``)."""
-    folder = Path(cfg.workload_dir).resolve() if cfg.workload_dir else None
+    folder, path = Path(cfg.workload_dir).resolve() if cfg.workload_dir else None, Path(config).resolve()
     if folder is None or folder == ROOT or ROOT in folder.parents:
-        rel = repo_relative(config)
+        if ROOT not in path.parents:
+            raise config_lib.ConfigError(
+                f"config '{config}' is outside the repo {ROOT} — the job only sees files uploaded from it; copy the config under configs/"
+            )
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.split("/")[0] in {e.strip("/") for e in EXCLUDES if e.endswith("/")}:
+            raise config_lib.ConfigError(
+                f"config '{config}' is in {rel.split('/')[0]}/, which is not uploaded — copy it under configs/"
+            )
         excludes = upload_excludes(rel)
         if folder is not None:  # a module in the repo but outside UPLOAD: keep its top-level entry
             top = Path(workloads.module(cfg.workload).__file__).resolve().relative_to(ROOT).parts[0]
             excludes = [e for e in excludes if e != f"/{top}"]
         return rel, {"working_dir": str(ROOT), "excludes": excludes}
-    path = Path(config).resolve()
     if folder not in path.parents:
         raise config_lib.ConfigError(
             f"config '{config}' is outside the folder of workload '{cfg.workload}' ({folder}), which is what the job "
@@ -196,10 +188,8 @@ def follow(ray_client, submission_id: str) -> int:
             asyncio.run(tail())
         except RuntimeError as e:  # the log stream broke: fall back to polling the status
             print(f"\n(log stream closed: {str(e).splitlines()[0]}; waiting for the job to end)", file=sys.stderr)
-        info = job_info(ray_client, submission_id)
-        while info.status.value not in TERMINAL:
+        while (info := job_info(ray_client, submission_id)).status.value not in TERMINAL:
             time.sleep(1.0)
-            info = job_info(ray_client, submission_id)
     except KeyboardInterrupt:
         print(
             f"\nstopped following; the job keeps running — stop it with: python -m jobs.submit stop {submission_id}",
@@ -207,56 +197,11 @@ def follow(ray_client, submission_id: str) -> int:
         )
         return 130
     observe([info])
-    print_outcome(info)
-    return 0 if info.status.value == "SUCCEEDED" else 1
-
-
-def print_outcome(info) -> None:
     took = f" in {(info.end_time - info.start_time) / 1000:.1f} s" if info.start_time and info.end_time else ""
     print(f"\njob {info.submission_id} {info.status.value.lower()}{took}")
     if info.status.value != "SUCCEEDED" and info.message:
         print("  " + info.message.strip().splitlines()[0])
-
-
-def check_submit_args(args) -> dict[str, str]:
-    """--from and --env checked before anything is submitted; returns --env as a dict."""
-    if (args.verb == "continual") != bool(args.parent):
-        raise config_lib.ConfigError(
-            "--from best|RUN_ID goes with --verb continual (and only with it): the run the new round starts from"
-        )
-    env_vars = {}
-    for item in args.env:
-        name, _, value = item.partition("=")
-        if not name or (not _ and name not in os.environ):
-            raise config_lib.ConfigError(f"--env {item}: give NAME=VALUE, or NAME of a variable set here")
-        env_vars[name] = value if _ else os.environ[name]
-    return env_vars
-
-
-def job_entrypoint(verb: str, config: str, cfg, overrides, smoke_test: bool, parent: str | None = None) -> str:
-    """``python -m jobs.<verb> --config CONFIG ...``, with a local run.storage_path made absolute."""
-    overrides = list(overrides)
-    if "://" not in cfg.run.storage_path and not os.path.isabs(cfg.run.storage_path):
-        overrides.append(f"run.storage_path={absolute(cfg.run.storage_path)}")  # not inside the job's temp copy
-    parent_args = ["--from", parent] if parent else []
-    return shlex.join(
-        ["python", "-m", f"jobs.{verb}", "--config", config, *parent_args, *["--smoke-test"] * smoke_test, *overrides]
-    )
-
-
-def job_env_vars(env_vars: dict, store: Store, submission_id: str, sha: str, address: str) -> dict[str, str]:
-    """--env, then the store, the job id and the code version; a warning for a local store on a remote cluster."""
-    local_cluster = urlparse(address).hostname in ("127.0.0.1", "localhost", "::1")
-    if not local_cluster and "://" not in store.uri:
-        print(
-            f"warning: the store {store.uri} is a local path, but the cluster at {address} may not share "
-            "this machine's disk — use --store s3://bucket/prefix",
-            file=sys.stderr,
-        )
-    env_vars = env_vars | {"PERENNIAL_STORE": store.uri, "PERENNIAL_JOB_ID": submission_id, "PERENNIAL_GIT_SHA": sha}
-    if local_cluster:  # Ray Train's placement-group cleaner auto-detects the State API: wrong with several on a machine
-        env_vars.setdefault("RAY_API_SERVER_ADDRESS", address)
-    return env_vars
+    return 0 if info.status.value == "SUCCEEDED" else 1
 
 
 def new_job(address: str, cfg, store: Store, plan: tuple, overrides, *, verb: str = "train", **how) -> tuple:
@@ -264,7 +209,25 @@ def new_job(address: str, cfg, store: Store, plan: tuple, overrides, *, verb: st
     from jobs.train import git_sha  # here, not at the top: status, logs, list and stop need no torch or Ray Train
 
     sid, sha = f"{cfg.workload}-{verb}-{uuid.uuid4().hex[:8]}", git_sha()
-    entrypoint = job_entrypoint(verb, plan[0], cfg, overrides, how.get("smoke_test", False), how.get("parent"))
+    overrides = list(overrides)
+    if "://" not in cfg.run.storage_path and not os.path.isabs(cfg.run.storage_path):
+        overrides.append(f"run.storage_path={absolute(cfg.run.storage_path)}")  # not inside the job's temp copy
+    flags = ["--from", how["parent"]] * bool(how.get("parent")) + ["--smoke-test"] * how.get("smoke_test", False)
+    entrypoint = shlex.join(["python", "-m", f"jobs.{verb}", "--config", plan[0], *flags, *overrides])
+    local_cluster = urlparse(address).hostname in ("127.0.0.1", "localhost", "::1")
+    if not local_cluster and "://" not in store.uri:
+        print(
+            f"warning: the store {store.uri} is a local path, but the cluster at {address} may not share "
+            "this machine's disk — use --store s3://bucket/prefix",
+            file=sys.stderr,
+        )
+    env_vars = how.get("env_vars", {}) | {
+        "PERENNIAL_STORE": store.uri,
+        "PERENNIAL_JOB_ID": sid,
+        "PERENNIAL_GIT_SHA": sha,
+    }
+    if local_cluster:  # Ray Train's placement-group cleaner auto-detects the State API: wrong with several on a machine
+        env_vars.setdefault("RAY_API_SERVER_ADDRESS", address)
     metadata = {
         "perennial": "1",
         "workload": cfg.workload,
@@ -279,7 +242,6 @@ def new_job(address: str, cfg, store: Store, plan: tuple, overrides, *, verb: st
         "first_id": sid,  # the first attempt: what a batch's watcher groups a job's attempts by
         "retries": str(how.get("retries", 0)),
     }
-    env_vars = job_env_vars(how.get("env_vars") or {}, store, sid, sha, address)
     return sid, entrypoint, plan[1] | {"env_vars": env_vars}, metadata
 
 
@@ -300,7 +262,16 @@ def launch(ray_client, store: Store, sid: str, entrypoint: str, runtime_env: dic
 
 def cmd_submit(args, cfg, store: Store) -> int:
     plan = upload_plan(args.config, cfg)
-    env_vars = check_submit_args(args)
+    if (args.verb == "continual") != bool(args.parent):
+        raise config_lib.ConfigError(
+            "--from best|RUN_ID goes with --verb continual (and only with it): the run the new round starts from"
+        )
+    env_vars = {}
+    for item in args.env:
+        name, _, value = item.partition("=")
+        if not name or (not _ and name not in os.environ):
+            raise config_lib.ConfigError(f"--env {item}: give NAME=VALUE, or NAME of a variable set here")
+        env_vars[name] = value if _ else os.environ[name]
     ray_client = client(args.address)
     how = {"smoke_test": args.smoke_test, "parent": args.parent, "env_vars": env_vars}
     job = new_job(ray_client.get_address(), cfg, store, plan, args.overrides, verb=args.verb, **how)
@@ -394,10 +365,6 @@ def resubmit(ray_client, info) -> int:
     except ClusterError as e:  # submitted by another watcher already, or the cluster is busy: the next poll sees
         print(f"warning: {e}", file=sys.stderr)
     return 1
-
-
-def cmd_watch(args) -> int:
-    return watch_batch(client(args.address), args.batch)
 
 
 def cmd_status(args) -> int:
@@ -554,8 +521,9 @@ def main(argv: list[str]) -> int:
     if args.cmd == "submit":  # bad input: exit 2 here, before any cluster work
         cfg = preflight.load(args.config, args.overrides, args.smoke_test)
         return cmd_submit(args, cfg, preflight.open_store(absolute(store_path(args.store, cfg)), cfg))
-    commands = {"batch": cmd_batch, "watch": cmd_watch, "render": cmd_render, "status": cmd_status}
-    return (commands | {"logs": cmd_logs, "list": cmd_list, "stop": cmd_stop})[args.cmd](args)
+    commands = {"batch": cmd_batch, "render": cmd_render, "status": cmd_status, "logs": cmd_logs}
+    commands |= {"list": cmd_list, "stop": cmd_stop, "watch": lambda a: watch_batch(client(a.address), a.batch)}
+    return commands[args.cmd](args)
 
 
 if __name__ == "__main__":

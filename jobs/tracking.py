@@ -154,11 +154,6 @@ class Progress(Sink):
 
 
 # ----------------------------------------------------------------------------- TensorBoard
-def tensorboard_dir(storage_path: str, run_id: str) -> str:
-    """Next to the run's checkpoints, so ``tensorboard --logdir runs/`` finds every run."""
-    return f"{storage_path.rstrip('/')}/{run_id}/tensorboard"
-
-
 class TensorBoard(Sink):
     """Event files: step loss and lr, each epoch's metrics, test metrics, hparams. A remote (s3://) folder is
     staged locally and copied up after each epoch and at the end."""
@@ -172,7 +167,8 @@ class TensorBoard(Sink):
 
         super().start(info, config, resumed_from_epoch)
         self.info, self.config = info, config
-        self.target = self.log_dir or tensorboard_dir(info.storage_path, info.run_id)
+        # next to the run's checkpoints, so that `tensorboard --logdir runs/` finds every run
+        self.target = self.log_dir or f"{info.storage_path.rstrip('/')}/{info.run_id}/tensorboard"
         self.remote = "://" in self.target
         local = tempfile.mkdtemp(prefix="perennial-tb-") if self.remote else self.target
         # a restarted attempt writes a new event file beside the old ones; TensorBoard merges them by step
@@ -527,28 +523,21 @@ def _close_sweep(cfg, parent: str, runs) -> None:
 
 
 # ----------------------------------------------------------------------------- backfill from the store
-def _row_params(row: dict) -> dict:
-    try:
-        return config_lib.flatten(config_lib.from_dict(json.loads(row["config_json"])))
-    except (config_lib.ConfigError, ValueError, TypeError, KeyError):  # a workload this checkout no longer has
-        return {}
-
-
-def _info(row: dict) -> RunInfo:
-    keys = ("workload", "sweep_id", "trial_id", "git_sha", "data_fingerprint", "metric", "mode")
-    text = {k: "" if row.get(k) is None or row[k] != row[k] else str(row[k]) for k in keys}  # NaN != NaN
-    return RunInfo(run_id=row["run_id"], **text)
-
-
 def _replay(store, workload: str | None, sink_for: Callable[[RunInfo], Any]) -> dict[str, int]:
     """Push stored runs through the tracker ``sink_for(info)`` returns (None: it has that run already)."""
     runs, epochs, done = store.df("runs"), store.df("epochs"), {"runs": 0, "epochs": 0}
     runs = runs[runs["workload"] == workload] if workload else runs
     for row in runs.drop_duplicates("run_id").to_dict("records"):
-        info = _info(row)
+        keys = ("workload", "sweep_id", "trial_id", "git_sha", "data_fingerprint", "metric", "mode")
+        text = {k: "" if row.get(k) is None or row[k] != row[k] else str(row[k]) for k in keys}  # NaN != NaN
+        info = RunInfo(run_id=row["run_id"], **text)
         if (sink := sink_for(info)) is None:
             continue
-        sink.start(info, _row_params(row), 0)
+        try:
+            params = config_lib.flatten(config_lib.from_dict(json.loads(row["config_json"])))
+        except (config_lib.ConfigError, ValueError, TypeError, KeyError):  # a workload this checkout no longer has
+            params = {}
+        sink.start(info, params, 0)
         history = epochs[epochs["run_id"] == info.run_id].drop_duplicates("epoch").sort_values("epoch")
         for epoch_row in history.to_dict("records"):
             sink.on_epoch({k: v for k, v in epoch_row.items() if k != "round"})

@@ -31,13 +31,17 @@ COMPACT_ATTEMPTS = 4  # a compaction refused over a run's re-recording is planne
 @contextlib.contextmanager
 def lease(store: Engine, table: str) -> Iterator[bool]:
     """Hold ``table``'s compaction lease for the block: yields False (holding nothing) if another compactor has it."""
-    token = uuid.uuid4().hex
-    held = _acquire(store, f"{store.root}/{table}/{LEASE}", token)
+    path, token = f"{store.root}/{table}/{LEASE}", uuid.uuid4().hex
+    held = _acquire(store, path, token)
     try:
         yield held
     finally:
         if held:
-            _release(store, f"{store.root}/{table}/{LEASE}", token)
+            with contextlib.suppress(OSError):  # a lease that expired under this compactor may be another's now
+                with store.fs.open_input_stream(path) as stream:
+                    mine = stream.read() == token.encode()
+                if mine:
+                    store.fs.delete_file(path)
 
 
 def _acquire(store: Engine, path: str, token: str) -> bool:
@@ -54,16 +58,6 @@ def _acquire(store: Engine, path: str, token: str) -> bool:
             return False
         store.fs.delete_file(path)
     return False
-
-
-def _release(store: Engine, path: str, token: str) -> None:
-    try:
-        with store.fs.open_input_stream(path) as stream:
-            mine = stream.read() == token.encode()
-        if mine:  # not a lease that expired under this compactor and is now another's
-            store.fs.delete_file(path)
-    except OSError:
-        pass
 
 
 def _create(store: Engine, path: str, body: bytes) -> bool:

@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from jobs.errors import StoreError
 
 TS = pa.timestamp("us", tz="UTC")
+STRINGS = {pa.string(), pa.large_string(), pa.string_view()}
 TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "ts": TS}
 
 
@@ -113,14 +114,6 @@ def _fits(v: Any, t: pa.DataType) -> bool:
     return True
 
 
-def _same_kind(have: pa.DataType, want: pa.DataType) -> bool:
-    """Types that differ only in representation (string / large_string, timestamp units and zones)."""
-    strings = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
-    if any(f(have) for f in strings) and any(f(want) for f in strings):
-        return True
-    return pa.types.is_timestamp(have) and pa.types.is_timestamp(want)
-
-
 def conform(table: str, arrow: pa.Table, d) -> pa.Table:
     """``arrow`` with the Delta table ``d``'s's column types; a value of another type is refused (one line)."""
     have = pa.schema(d.schema().to_arrow())
@@ -133,7 +126,9 @@ def conform(table: str, arrow: pa.Table, d) -> pa.Table:
         want = have.field(name).type
         widen = pa.types.is_integer(col.type) and pa.types.is_floating(want)
         exact_int = widen and (pc.max(pc.abs(col)).as_py() or 0) <= 2**53  # exact as a double up to 2**53
-        if col.null_count == len(col) or exact_int or _same_kind(col.type, want):
+        # types that differ only in representation: string / large_string / string_view, timestamp units and zones
+        same_kind = {col.type, want} <= STRINGS or (pa.types.is_timestamp(col.type) and pa.types.is_timestamp(want))
+        if col.null_count == len(col) or exact_int or same_kind:
             columns.append(col.cast(want))
             continue
         sample = next((v for v in col.to_pylist() if v is not None), None)
