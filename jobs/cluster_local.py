@@ -176,7 +176,8 @@ class LocalCluster:
         env: dict[str, str] | None = None,
         timeout_s: float = 180.0,
     ) -> LocalCluster:
-        """Start a cluster in ``folder`` (with a parsed cluster.yaml: the rehearsal) and wait until it takes jobs."""
+        """Start a cluster in ``folder`` (with a parsed cluster.yaml: the rehearsal) and wait until it takes jobs;
+        ``env``: what its processes start from (default this process's)."""
         folder = Path(folder)
         if (running := cls.attach(folder)) is not None:
             raise ClusterError(
@@ -208,14 +209,11 @@ class LocalCluster:
             (folder / "home").mkdir(exist_ok=True)
             (folder / "home" / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         cmd = [sys.executable, "-m", "jobs.cluster_local", "_supervise", "--", *head_command(folder, state, num_cpus)]
-        with open(folder / "head.log", "w") as log:
+        with open(
+            folder / "head.log", "w"
+        ) as log:  # a session of its own: Ctrl-C in the caller's terminal leaves it up
             supervisor = subprocess.Popen(
-                cmd,
-                env=env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # not in the caller's terminal group: Ctrl-C there leaves it up
+                cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         state |= {
             "supervisor_pid": supervisor.pid,
@@ -284,21 +282,11 @@ class LocalCluster:
 
 def head_command(folder: Path, state: dict, num_cpus: int | None) -> list[str]:
     ports, ray_bin = state["ports"], Path(sys.executable).parent / "ray"
-    cmd = [
-        str(ray_bin if ray_bin.exists() else "ray"),
-        "start",
-        "--head",
-        "--block",
-        "--disable-usage-stats",
-        f"--port={ports['gcs']}",
-        "--node-ip-address=127.0.0.1",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={ports['dashboard']}",
-        f"--ray-client-server-port={ports['client']}",
-        f"--dashboard-agent-listen-port={ports['agent']}",
-        f"--temp-dir={folder / 'ray'}",
-        f"--resources={json.dumps({JOB_SLOT: LOCAL_JOB_SLOTS})}",  # drivers that may run at once (jobs/batch.py)
-    ]
+    cmd = [str(ray_bin if ray_bin.exists() else "ray"), "start", "--head", "--block", "--disable-usage-stats"]
+    cmd += [f"--port={ports['gcs']}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1"]
+    cmd += [f"--dashboard-port={ports['dashboard']}", f"--ray-client-server-port={ports['client']}"]
+    cmd += [f"--dashboard-agent-listen-port={ports['agent']}", f"--temp-dir={folder / 'ray'}"]
+    cmd += [f"--resources={json.dumps({JOB_SLOT: LOCAL_JOB_SLOTS})}"]  # drivers that may run at once (jobs/batch.py)
     if state["config"] is None:
         return cmd + ([f"--num-cpus={num_cpus}"] if num_cpus is not None else [])
     return cmd + [

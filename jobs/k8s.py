@@ -58,9 +58,8 @@ def render(args) -> str:
         cluster = yaml.safe_load(Path(args.cluster_yaml).read_text())
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"cluster config '{args.cluster_yaml}': {str(e).splitlines()[0]}") from None
-    runtime_env = {"env_vars": {"PERENNIAL_STORE": args.store}} | (
-        {"working_dir": args.working_dir} if args.working_dir else {}
-    )
+    runtime_env = {"env_vars": {"PERENNIAL_STORE": args.store}}
+    runtime_env |= {"working_dir": args.working_dir} if args.working_dir else {}
     labels = {QUEUE_LABEL: args.queue} | ({PRIORITY_LABEL: args.priority} if args.priority else {})
     job = {
         "apiVersion": "ray.io/v1",
@@ -94,16 +93,10 @@ def cluster_spec(cluster: dict, image: str) -> dict:
         custom = {k: v for k, v in res.items() if k not in ("CPU", "GPU", "memory")}
         pod = {"cpu": str(res.get("CPU", 1)), "memory": f"{GIB_PER_CPU * res.get('CPU', 1)}Gi"}
         pod |= {"nvidia.com/gpu": str(res["GPU"])} if res.get("GPU") else {}
-        groups.append(
-            {
-                "groupName": name.replace("_", "-"),  # pod names are DNS labels
-                "replicas": int(node.get("min_workers", 0)),
-                "minReplicas": int(node.get("min_workers", 0)),
-                "maxReplicas": int(node.get("max_workers", 1)),
-                "rayStartParams": {"resources": json.dumps(json.dumps(custom))} if custom else {},
-                "template": pod_template("ray-worker", image, pod),
-            }
-        )
+        group = {"groupName": name.replace("_", "-"), "replicas": int(node.get("min_workers", 0))}  # a DNS label
+        group |= {"minReplicas": int(node.get("min_workers", 0)), "maxReplicas": int(node.get("max_workers", 1))}
+        group |= {"rayStartParams": {"resources": json.dumps(json.dumps(custom))} if custom else {}}
+        groups.append(group | {"template": pod_template("ray-worker", image, pod)})
     head_params = {"num-cpus": "0", "dashboard-host": "0.0.0.0"}  # no training on the head, as in cluster.yaml
     head_params |= {"resources": json.dumps(json.dumps(slots))} if slots else {}
     return {

@@ -308,13 +308,9 @@ def cmd_batch(args) -> int:
         return watch_batch(ray_client, batch_id)
     # the watcher, a Ray job of its own (no slot): it outlives this command; its state is Ray's job table + the store
     watcher = shlex.join(["python", "-m", "jobs.submit", "watch", batch_id, "--address", address])
-    env_vars = {k: v for k, v in jobs[0][2]["env_vars"].items() if k != "PERENNIAL_JOB_ID"}
-    ray_client.submit_job(
-        entrypoint=watcher,
-        submission_id=f"{batch_id}-watch",
-        runtime_env=jobs[0][2] | {"env_vars": env_vars},
-        metadata={"perennial": "watcher", "batch_id": batch_id},
-    )
+    env = jobs[0][2] | {"env_vars": {k: v for k, v in jobs[0][2]["env_vars"].items() if k != "PERENNIAL_JOB_ID"}}
+    meta = {"perennial": "watcher", "batch_id": batch_id}
+    ray_client.submit_job(entrypoint=watcher, submission_id=f"{batch_id}-watch", runtime_env=env, metadata=meta)
     print(f"  status: python -m jobs.submit status {batch_id}\n  stop:   python -m jobs.submit stop --batch {batch_id}")
     return 0
 
@@ -487,13 +483,8 @@ def main(argv: list[str]) -> int:
     sm.add_argument("--from", dest="parent", metavar="best|RUN_ID", help="with --verb continual: the run to start from")
     sm.add_argument("--follow", action="store_true", help="stream the logs; exit 0 if the job succeeds, 1 if not")
     sm.add_argument("--smoke-test", action="store_true", help="the workload's tiny mode")
-    sm.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="NAME[=VALUE]",
-        help="also set this variable in the job (e.g. AWS_ENDPOINT_URL); NAME alone copies it from here",
-    )
+    env_help = "also set this variable in the job (e.g. AWS_ENDPOINT_URL); NAME alone copies it from here"
+    sm.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]", help=env_help)
     sm.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.01")
     bt = verb("batch", "submit every job of a batch file (docs/jobs.md)")
     bt.add_argument("file", help="a batch file: entries (config + overrides) and/or a grid")

@@ -54,10 +54,7 @@ def _numeric(row: dict) -> dict[str, float]:
 
 
 def _hparams(config: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: ("" if v is None else v) if isinstance(v, (int, float, bool, str)) or v is None else str(v)
-        for k, v in config.items()
-    }
+    return {k: "" if v is None else v if isinstance(v, (int, float, bool, str)) else str(v) for k, v in config.items()}
 
 
 def _clock(seconds: float) -> str:

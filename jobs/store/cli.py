@@ -167,38 +167,24 @@ def parser() -> argparse.ArgumentParser:
     v = verb("versions", "each table's commits (version, time, operation): what --as-of can name", versions)
     v.add_argument("--table", action="append", help="table(s) (default: all)")
     v.add_argument("--limit", type=int, default=20, help="newest N per table")
-    add_maintenance(verb)
-    return p
-
-
-def add_maintenance(verb) -> None:
     v = verb("check", "report Delta-level problems: non-Delta folders, lost or orphan files, half-recorded runs", check)
     v.add_argument("--fix", action="store_true", help="delete files no commit names; drop log entries of lost files")
-    v.add_argument(
-        "--older-than",
-        type=float,
-        default=3600.0,
-        metavar="S",
-        help="only files older than S seconds count as left over (default 3600: a younger one may be a write under way)",
-    )
+    older = "only files older than S seconds count as left over (default 3600: a younger one may be a write under way)"
+    v.add_argument("--older-than", type=float, default=3600.0, metavar="S", help=older)
     v = verb("compact", "merge each partition's files now, one compaction per table at a time", compact)
     v.add_argument("--table", action="append", help="table(s) (default: all)")
     v.add_argument("--workload")
     v = verb("vacuum", "delete files only versions older than the retention read", vacuum)
-    v.add_argument(
-        "--retention-hours",
-        type=int,
-        default=RETENTION_HOURS,
-        help=f"keep the files of every version younger than this (default {RETENTION_HOURS}: 7 days of time travel)",
-    )
+    keep = f"keep the files of every version younger than this (default {RETENTION_HOURS}: 7 days of time travel)"
+    v.add_argument("--retention-hours", type=int, default=RETENTION_HOURS, help=keep)
     v.add_argument("--dry-run", action="store_true", help="list how many files would go, delete nothing")
-    v = verb(
-        "export", "push stored runs to MLflow (--mlflow URI) and/or TensorBoard event files (--tensorboard DIR)", export
-    )
+    push = "push stored runs to MLflow (--mlflow URI) and/or TensorBoard event files (--tensorboard DIR)"
+    v = verb("export", push, export)
     v.add_argument("--mlflow", metavar="URI", help="an MLflow tracking URI, e.g. sqlite:///mlflow.db")
     v.add_argument("--tensorboard", metavar="DIR", help="a folder for TensorBoard event files")
     v.add_argument("--experiment", default="", help="MLflow experiment (default: perennial-<workload>)")
     v.add_argument("--workload")
+    return p
 
 
 def main(argv: list[str]) -> int:

@@ -12,15 +12,7 @@ from jobs.errors import StoreError
 from jobs.store.engine import FINISHED, PARTITION, number
 
 
-def plot(
-    store,
-    run_ids: list[str] = (),
-    sweep_id: str | None = None,
-    workload: str | None = None,
-    metric: str | None = None,
-    out: str = "plots",
-    top: int = 5,
-) -> list[str]:
+def plot(store, run_ids=(), sweep_id=None, workload=None, metric=None, out: str = "plots", top: int = 5) -> list[str]:
     """Learning curves of ``run_ids``, else a sweep's trials (and its metric against each hyperparameter), else
     the ``top`` runs of each workload. Returns the PNG paths written."""
     import matplotlib

@@ -21,13 +21,7 @@ class Store(Engine):
 
     compact, check, vacuum, plot = maintenance.compact, maintenance.check, maintenance.vacuum, plots.plot
 
-    def runs(
-        self,
-        workload: str | None = None,
-        sweep_id: str | None = None,
-        status: str | None = None,
-        since: str | dt.datetime | None = None,
-    ):
+    def runs(self, workload: str | None = None, sweep_id: str | None = None, status: str | None = None, since=None):
         """Runs, newest first; ``since`` is a datetime, an ISO date/time or an age like ``12h`` / ``7d``."""
         expr = None
         for column, value in (("sweep_id", sweep_id), ("status", status)):
