@@ -107,12 +107,9 @@ def read_cluster_yaml(path: str | os.PathLike) -> dict:
         raise ConfigError(f"cluster config '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
 
 
-class PortTaken(ClusterError):
-    """Another process bound one of the head's ports before the head did."""
-
-
-class HeadExited(ClusterError):
-    """The head exited while it started (its raylet has a fixed 30 s to register, which a busy machine misses)."""
+class HeadFailed(ClusterError):
+    """Another process took one of the head's ports first, or the head exited while it started (its raylet has a
+    fixed 30 s to register, which a busy machine misses): fresh ports, a fresh head may do."""
 
 
 CLIENT_KEYS = "RAY_ADDRESS RAY_API_SERVER_ADDRESS RAY_AUTH_MODE RAY_AUTH_TOKEN_PATH PERENNIAL_CLUSTER_CONFIG".split()
@@ -198,7 +195,7 @@ class LocalCluster:
             state = {"ports": ports, "config": config, "token_auth": token_auth}
             try:
                 return cls._launch(folder, state, num_cpus, process_env(folder, env, token_auth, config), timeout_s)
-            except (PortTaken, HeadExited):  # fresh ports, a fresh head
+            except HeadFailed:
                 if attempt == 3:
                     raise
 
@@ -237,9 +234,9 @@ class LocalCluster:
         while time.monotonic() < deadline:
             text = log.read_text(errors="replace")
             if "already occupied" in text or "Failed to start the dashboard" in text:
-                raise PortTaken(f"a port of the Ray head was taken: {text[-1500:]}")
+                raise HeadFailed(f"a port of the Ray head was taken: {text[-1500:]}")
             if supervisor.poll() is not None:
-                raise HeadExited(f"the local cluster's head exited: {text[-1500:]}")
+                raise HeadFailed(f"the local cluster's head exited: {text[-1500:]}")
             if "Ray runtime started" in text and answers(f"{self.dashboard}/api/version") and answers(agent):
                 return
             time.sleep(0.5)
@@ -254,30 +251,6 @@ class LocalCluster:
         if self.alive():
             os.kill(self.supervisor_pid, signal.SIGKILL)
         (self.dir / STATE).unlink(missing_ok=True)
-
-    def nodes(self, alive: bool = True) -> list[dict]:
-        """Nodes as ``{"node_id", "node_type", "state", "resources"}``, from the dashboard's state API."""
-        import urllib.request
-
-        req = urllib.request.Request(
-            f"{self.dashboard}/api/v0/nodes?detail=1&limit=1000",
-            headers={"Authorization": f"Bearer {self.token_path.read_text().strip()}"},
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            rows = json.loads(resp.read())["data"]["result"]["result"]
-        return [
-            {
-                "node_id": n["node_id"],
-                "node_type": node_type_of(n["resources_total"], self.state["config"]),
-                "state": n["state"],
-                "resources": n["resources_total"],
-            }
-            for n in rows
-            if n["state"] == "ALIVE" or not alive
-        ]
-
-    def worker_nodes(self) -> list[dict]:
-        return [n for n in self.nodes() if n["node_type"] != self.state["config"]["head_node_type"]]
 
 
 def head_command(folder: Path, state: dict, num_cpus: int | None) -> list[str]:
@@ -328,18 +301,10 @@ def answers(url: str) -> bool:
     except ConnectionError:  # before HTTPException: RemoteDisconnected is both
         return False
     except http.client.HTTPException:  # not HTTP: another program bound the port before the head did
-        raise PortTaken(f"{url} answers, but not as Ray's server") from None
+        raise HeadFailed(f"{url} answers, but not as Ray's server") from None
     except OSError:
         return False
     return True
-
-
-def node_type_of(resources: dict, config: dict) -> str:
-    """From the custom resource that names its type (as a cloud node has it too), not Ray's node labels."""
-    for name in config["available_node_types"]:
-        if name != config["head_node_type"] and resources.get(name):
-            return name
-    return config["head_node_type"]
 
 
 def supervise(cmd: list[str]) -> int:
