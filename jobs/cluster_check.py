@@ -98,9 +98,7 @@ def _check_rules(raw: dict, config: dict, name: str) -> None:
         fail(
             f"needs at least two GPU worker types with resources {{GPU: n}} (one for sweeps, one multi-GPU), has {sorted(gpus) or 'none'}"
         )
-    for type_name, node_type in types.items():
-        if type_name == head:
-            continue
+    for type_name, node_type in ((t, n) for t, n in types.items() if t != head):
         if node_type.get("min_workers", 0) != 0:
             fail(
                 f"available_node_types.{type_name}.min_workers must be 0 (idle clusters cost the head only), got {node_type['min_workers']}"
@@ -133,8 +131,7 @@ def _check_rules(raw: dict, config: dict, name: str) -> None:
             fail(f"setup_commands install without -c constraints.txt (versions would float): {command.strip()[:80]}")
     if "idle_timeout_minutes" not in raw or not raw["idle_timeout_minutes"] > 0:
         fail("set idle_timeout_minutes > 0, so idle workers are terminated")
-    rules = config["provider"].get("security_group", {}).get("IpPermissions", [])
-    for rule in rules:
+    for rule in config["provider"].get("security_group", {}).get("IpPermissions", []):
         ports = (rule.get("FromPort"), rule.get("ToPort"))
         if ports != (SSH_PORT, SSH_PORT):
             fail(

@@ -73,13 +73,12 @@ def local_config(
             "resources": {"CPU": 1, **custom, name: 1, "object_store_memory": OBJECT_STORE_BYTES},
             "node_config": {},
         }
+    idle = cluster.get("idle_timeout_minutes", 5) if idle_timeout_minutes is None else idle_timeout_minutes
     return {
         "cluster_name": f"{cluster.get('cluster_name', 'perennial')}-local",
         "max_workers": min(int(cluster.get("max_workers", max_nodes)), max_nodes),
         "upscaling_speed": cluster.get("upscaling_speed", 1.0),
-        "idle_timeout_minutes": (
-            idle_timeout_minutes if idle_timeout_minutes is not None else cluster.get("idle_timeout_minutes", 5)
-        ),
+        "idle_timeout_minutes": idle,
         "provider": {
             "type": "fake_multinode",
             "gcs_address": gcs_address,  # else the provider assumes port 6379, which another cluster may hold

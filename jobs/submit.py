@@ -416,10 +416,8 @@ def cmd_list(args) -> int:
             | {"duration_s": took, "message": message}
         )
     df = pd.DataFrame(rows, columns=LIST_COLUMNS)
-    if args.workload:
-        df = df[df["workload"] == args.workload]
-    if args.status:
-        df = df[df["status"] == args.status.lower()]
+    for column, wanted in (("workload", args.workload), ("status", (args.status or "").lower())):
+        df = df[df[column] == wanted] if wanted else df
     if args.batch and args.format == "table":
         watcher = next((i for i in ray_client.list_jobs() if i.submission_id == f"{args.batch}-watch"), None)
         state = f"; its watcher {watcher.status.value.lower()}" if watcher else ""

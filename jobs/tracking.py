@@ -65,8 +65,8 @@ def _clock(seconds: float) -> str:
 
 
 class Sink:
-    """A tracker: the loop's five calls; by default the mean step loss every ``every_steps`` steps (``log_step``)
-    and each epoch past the checkpoint's (``log_epoch``)."""
+    """A tracker: the loop's five calls; a subclass's ``log_step`` gets the mean step loss every ``every_steps``
+    steps, its ``log_epoch`` each epoch past the checkpoint's."""
 
     every_steps, resumed_from, window = 0, 0, ()
 
@@ -79,21 +79,12 @@ class Sink:
             self.log_step(epoch * total + step, sum(self.window) / len(self.window), lr)
             self.window = []
 
-    def log_step(self, global_step: int, loss: float, lr: float) -> None:
-        pass
-
     def on_epoch(self, row: dict) -> None:
         self.window = []
         if int(row["epoch"]) > self.resumed_from:
             self.log_epoch(row)
 
-    def log_epoch(self, row: dict) -> None:
-        pass
-
     def on_test(self, final: dict) -> None:
-        pass
-
-    def finish(self, status: str, export_dir: str | os.PathLike | None) -> None:
         pass
 
 
@@ -224,7 +215,7 @@ def mlflow_client(uri: str):
 
 
 def mlflow_experiment(client, name: str, uri: str) -> str:
-    """The experiment's id, created if new; a SQLite store keeps artifacts beside its file, not in a worker's temp dir."""
+    """The experiment's id, created if new; a SQLite store keeps artifacts beside its file, not in a temp dir."""
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id

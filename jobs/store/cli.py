@@ -114,16 +114,12 @@ def export(args) -> None:
 
 def shared(query: bool) -> argparse.ArgumentParser:
     """The options every verb takes before or after it (SUPPRESS: a verb's parser keeps a value given before)."""
-    s = argparse.ArgumentParser(add_help=False)
-    s.add_argument("--store", default=argparse.SUPPRESS, help="store path or s3:// URI ($PERENNIAL_STORE, ./store)")
-    s.add_argument("--format", choices=["table", "csv", "json"], default=argparse.SUPPRESS, help="default: table")
+    s = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    s.add_argument("--store", help="store path or s3:// URI ($PERENNIAL_STORE, ./store)")
+    s.add_argument("--format", choices=["table", "csv", "json"], help="default: table")
     if query:
-        s.add_argument(
-            "--as-of",
-            default=argparse.SUPPRESS,
-            metavar="VERSION|TIME",
-            help="read each table as it was: a version, an ISO date/time or an age (7d)",
-        )
+        as_of = "read each table as it was: a version, an ISO date/time or an age (7d)"
+        s.add_argument("--as-of", metavar="VERSION|TIME", help=as_of)
     return s
 
 

@@ -138,7 +138,7 @@ class Engine:
 
     def delta(self, table: str, fresh: bool = True):
         """The ``DeltaTable`` of ``table`` (newest, or at ``as_of``); None if there is none. One handle per table,
-        loaded afresh once the table passed a log checkpoint (a handle's writes cost more the more commits it applied)."""
+        loaded afresh past each log checkpoint (a handle's writes cost more the more commits it applied)."""
         from deltalake import DeltaTable
         from deltalake.exceptions import DeltaError, TableNotFoundError
 

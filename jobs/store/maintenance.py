@@ -186,11 +186,9 @@ def check(store: Engine, fix: bool = False, older_than_s: float = 3600.0) -> lis
         live = {_rel(store.table_uri(table), f) for f in d.file_uris()}
         named = live | _files_named_in_log(store.fs, f"{store.root}/{table}/{LOG}")
         base = f"{store.root}/{table}"
-        present = {}
-        for f in store.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
-            rel = f.path[len(base) + 1 :]
-            if f.type == pafs.FileType.File and not rel.startswith(LOG) and rel.endswith(".parquet"):
-                present[rel] = f
+        listing = store.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        files = {f.path[len(base) + 1 :]: f for f in listing if f.type == pafs.FileType.File}
+        present = {rel: f for rel, f in files.items() if not rel.startswith(LOG) and rel.endswith(".parquet")}
         for rel in sorted(live - set(present)):
             if fix:
                 d.repair(dry_run=False)
@@ -229,11 +227,8 @@ def _files_named_in_log(fs: pafs.FileSystem, log: str) -> set[str]:
         if not f.path.endswith(".json") or os.path.basename(f.path).startswith("_"):
             continue
         with fs.open_input_stream(f.path) as stream:
-            for line in stream.read().decode().splitlines():
-                action = json.loads(line) if line.strip() else {}
-                for kind in ("add", "remove"):
-                    if kind in action:
-                        named.add(unquote(action[kind]["path"]))
+            actions = [json.loads(line) for line in stream.read().decode().splitlines() if line.strip()]
+        named |= {unquote(action[kind]["path"]) for action in actions for kind in ("add", "remove") if kind in action}
     return named
 
 

@@ -36,7 +36,7 @@ class Store(Engine):
         return df.sort_values("finished_at", ascending=False) if len(df) and "finished_at" in df else df
 
     def leaderboard(self, workload: str | None = None, metric: str | None = None, top: int = 10):
-        """Best runs per workload by ``best_metric`` (or ``metric``), in the workload's ``mode``; ``*loss`` low first."""
+        """Best runs per workload by ``best_metric`` (or ``metric``) in the workload's ``mode``; ``*loss`` low first."""
         import pandas as pd
 
         d = self.dataset("runs", workload)
