@@ -184,16 +184,13 @@ def main(argv: list[str]) -> int:
         lines = write_constraints(target)
         print(f"{target}: {len(lines)} exact pins (ray=={RAY_VERSION})")
         return 0
-    paths = argv or ["cluster.yaml"]
-    for path in paths:
+    for path in argv or ["cluster.yaml"]:
         config = check_file(path)
-        gpus = gpu_worker_types(config)
         print(
             f"{path}: valid ({config['provider']['type']}, head '{config['head_node_type']}', "
-            f"GPU worker types {gpus}, idle timeout {config['idle_timeout_minutes']} min)"
+            f"GPU worker types {gpu_worker_types(config)}, idle timeout {config['idle_timeout_minutes']} min)"
         )
-        left = placeholders(Path(path).read_text())
-        if left:
+        if left := placeholders(Path(path).read_text()):
             print(f"  before `ray up`, fill in {', '.join(left)} (docs/cloud.md)")
     return 0
 

@@ -144,10 +144,8 @@ class LocalCluster:
     @classmethod
     def attach(cls, folder: str | os.PathLike) -> LocalCluster | None:
         path = Path(folder) / STATE
-        if not path.exists():
-            return None
-        cluster = cls(Path(folder), json.loads(path.read_text()))
-        return cluster if cluster.alive() else None
+        cluster = cls(Path(folder), json.loads(path.read_text())) if path.exists() else None
+        return cluster if cluster is not None and cluster.alive() else None
 
     def alive(self) -> bool:
         import psutil

@@ -15,9 +15,8 @@ def is_remote(path: str | os.PathLike) -> bool:
 def aws_credentials_missing() -> bool:
     """True when no AWS credential source can exist here (an instance role counts unless AWS_EC2_METADATA_DISABLED)."""
     env = os.environ
-    if env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_PROFILE") or env.get("AWS_WEB_IDENTITY_TOKEN_FILE"):
-        return False
-    if env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") or env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+    sources = "AWS_ACCESS_KEY_ID AWS_PROFILE AWS_WEB_IDENTITY_TOKEN_FILE AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
+    if any(env.get(k) for k in [*sources.split(), "AWS_CONTAINER_CREDENTIALS_FULL_URI"]):
         return False
     home = Path.home() / ".aws"
     for var, default in (("AWS_SHARED_CREDENTIALS_FILE", home / "credentials"), ("AWS_CONFIG_FILE", home / "config")):

@@ -94,8 +94,7 @@ class Progress(Sink):
     def __init__(self, every_s: float, log: Callable[[str], None], tty: bool | None = None):
         self.every_s, self.log = every_s, log
         self.tty = (sys.__stdout__ or sys.stdout).isatty() if tty is None else tty
-        self.epochs, self.world, self.bar = 0, 1, None
-        self.epoch_wall: float | None = None  # the last whole epoch (train + val), for the run's ETA
+        self.epochs, self.world, self.bar, self.epoch_wall = 0, 1, None, None  # epoch_wall: the last epoch's, for ETA
 
     def start(self, info: RunInfo, config: dict, resumed_from_epoch: int, history: list[dict] = ()) -> None:
         self.epochs, self.world, self.epoch = info.epochs, max(1, info.world_size), -1
@@ -314,13 +313,10 @@ def wandb_run_id(run_id: str) -> str:
 
 def wandb_dir(info: RunInfo) -> str:
     """``$WANDB_DIR``, else the run's folder if local (W&B writes only to local disk), else a temp dir."""
-    if os.environ.get("WANDB_DIR"):
-        return os.environ["WANDB_DIR"]
-    if info.storage_path and "://" not in info.storage_path:
-        path = Path(info.storage_path, info.run_id)
-        path.mkdir(parents=True, exist_ok=True)
+    if info.storage_path and "://" not in info.storage_path and not os.environ.get("WANDB_DIR"):
+        (path := Path(info.storage_path, info.run_id)).mkdir(parents=True, exist_ok=True)
         return str(path)
-    return tempfile.mkdtemp(prefix="perennial-wandb-")
+    return os.environ.get("WANDB_DIR") or tempfile.mkdtemp(prefix="perennial-wandb-")
 
 
 WANDB_HEADER, WANDB_BLOCK = 7, 32768  # ":W&B" + 2-byte magic + version; then LevelDB-log records in 32 KiB blocks

@@ -105,9 +105,8 @@ def _plot_sweep(store, sweep_id: str, metric: str | None, path: str) -> str:
     if not params:
         raise StoreError(f"sweep '{sweep_id}': no hyperparameter varies between its trials — nothing to plot")
     column = metric or "best_metric"
-    ylabel = metric or (
-        trials["metric"].dropna().iloc[0] if "metric" in trials and trials["metric"].notna().any() else "best_metric"
-    )
+    named = trials["metric"].dropna() if "metric" in trials else []
+    ylabel = metric or (named.iloc[0] if len(named) else "best_metric")
     finished = trials[trials["status"].isin(FINISHED) & trials[column].notna()]
     mode = finished["mode"].dropna().iloc[0] if "mode" in finished and finished["mode"].notna().any() else "max"
     best = (finished[column].idxmax() if mode == "max" else finished[column].idxmin()) if len(finished) else None

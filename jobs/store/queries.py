@@ -53,14 +53,9 @@ class Store(Engine):
         if col not in df:
             return df.iloc[0:0]
         df = df.dropna(subset=[col])
-        # One vectorised sort for all workloads: ascending key = the metric, negated where higher is better.
-        if metric and metric.endswith("loss"):
-            higher_better = pd.Series(False, index=df.index)
-        elif "mode" in df:
-            higher_better = df[PARTITION].map(df.groupby(PARTITION)["mode"].first()).fillna("max") != "min"
-        else:
-            higher_better = pd.Series(True, index=df.index)
-        df = df.assign(_key=df[col].where(~higher_better, -df[col]))
+        # one sort for all workloads: ascending key = the metric, negated where higher is better
+        modes = df[PARTITION].map(df.groupby(PARTITION)["mode"].first()) if "mode" in df else pd.Series(index=df.index)
+        df = df.assign(_key=df[col].where((modes == "min") | bool(metric and metric.endswith("loss")), -df[col]))
         keys, ascending = [PARTITION, "_key"], [True, True]
         if "finished_at" in df:  # ties: newest first
             keys, ascending = keys + ["finished_at"], ascending + [False]
