@@ -31,9 +31,8 @@ def add_arguments(p) -> None:
     p.add_argument("--retries", type=int, default=0, help="the RayJob's backoffLimit, and the batch's --retries")
     p.add_argument("--queue", default="perennial", help=f"Kueue LocalQueue (label {QUEUE_LABEL})")
     p.add_argument("--priority", help=f"Kueue WorkloadPriorityClass (label {PRIORITY_LABEL})")
-    p.add_argument(
-        "--image", default=f"rayproject/ray:{version('ray')}-py311", help="every pod's image (with the repo)"
-    )
+    image = f"rayproject/ray:{version('ray')}-py311"
+    p.add_argument("--image", default=image, help="every pod's image (with the repo)")
     p.add_argument("--working-dir", help="runtime_env working_dir URI (s3://.../repo.zip), if the image lacks the repo")
     p.add_argument("--cluster-yaml", default="cluster.yaml", help="the node types of the job's Ray cluster")
     p.add_argument("--smoke-test", action="store_true", help="one job: the workload's tiny mode")

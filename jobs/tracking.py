@@ -419,7 +419,7 @@ class Tracker:
     """Every tracker the config turns on; one that fails is reported once and turned off, the run goes on."""
 
     def __init__(self, cfg, log: Callable[[str], None] = print):
-        self.log = log
+        self.log, self.finished = log, False
         self.sinks: list = [Progress(cfg.log.every_s, log)]
         t = cfg.tracking
         if t.tensorboard:
@@ -428,7 +428,6 @@ class Tracker:
             self.sinks.append(MLflow(t.mlflow_uri, t.experiment, cfg.log.every_steps, t.log_model))
         if t.wandb_project:
             self.sinks.append(Wandb(t.wandb_project, t.wandb_mode, cfg.log.every_steps))
-        self.finished = False
 
     def _each(self, method: str, *args) -> None:
         for sink in list(self.sinks):
