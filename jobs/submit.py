@@ -212,7 +212,7 @@ def new_job(address: str, cfg, store: Store, plan: tuple, overrides, *, verb: st
     overrides = list(overrides)
     if "://" not in cfg.run.storage_path and not os.path.isabs(cfg.run.storage_path):
         overrides.append(f"run.storage_path={absolute(cfg.run.storage_path)}")  # not inside the job's temp copy
-    flags = ["--from", how["parent"]] * bool(how.get("parent")) + ["--smoke-test"] * how.get("smoke_test", False)
+    flags = (["--from", how["parent"]] if how.get("parent") else []) + ["--smoke-test"] * how.get("smoke_test", False)
     entrypoint = shlex.join(["python", "-m", f"jobs.{verb}", "--config", plan[0], *flags, *overrides])
     local_cluster = urlparse(address).hostname in ("127.0.0.1", "localhost", "::1")
     if not local_cluster and "://" not in store.uri:
