@@ -1,8 +1,5 @@
-"""A batch of jobs: its file, what each job's driver asks Ray for, and which failures are retried (docs/jobs.md).
-
-    python -m jobs.submit batch configs/batch_smoke.yaml [--retries N]
-
-A batch file holds entries, a grid, or both; each job is one ``python -m jobs.<verb> --config CONFIG ...``:
+"""A batch of jobs (``python -m jobs.submit batch FILE``): its file, what each driver asks Ray for, which failures
+are retried (docs/jobs.md). A batch file holds entries, a grid, or both:
 
     verb: train                      # train (default) or sweep, for every job
     smoke_test: true                 # the workloads' tiny mode, for every job
@@ -15,6 +12,7 @@ A batch file holds entries, a grid, or both; each job is one ``python -m jobs.<v
 
 from __future__ import annotations
 
+import collections
 import itertools
 from pathlib import Path
 
@@ -23,25 +21,21 @@ import yaml
 from jobs.errors import LOST_NODE_EXIT, ConfigError
 
 JOB_SLOT = "perennial_job_slot"  # the head advertises N of it: at most N drivers run at once, the rest wait PENDING
-# What every job's driver asks Ray for. No CPU: the head, where the slots are, has none to give (its cores are for
-# Ray's own processes). The memory is the driver's and its Train controller's, which Ray 2.60 pins to the driver's node.
+# No CPU: the head, where the slots are, keeps its cores for Ray; the memory is the driver's and its Train controller's
 DRIVER_RESOURCES = {"entrypoint_num_cpus": 0, "entrypoint_memory": 1 << 30, "entrypoint_resources": {JOB_SLOT: 1}}
-# Ray's words for a driver lost with its node or supervisor; a driver killed by a signal (preemption, the OOM killer)
-# is lost too. Any other failure (exit 1 or 2: an exception, NaN, bad input) is the job's own and never retried.
+# a driver lost with its node or supervisor, killed by a signal, or whose run lost a node (exit 75); any other
+# failure is the job's own, never retried
 LOST = {"JOB_SUPERVISOR_ACTOR_DIED", "JOB_SUPERVISOR_ACTOR_UNKNOWN_FAILURE"}
 BATCH_KEYS = {"verb", "smoke_test", "jobs", "grid"}
 
 
 def lost_infrastructure(info) -> bool:
-    """Whether a failed Ray job ended because its driver was lost, not by its own failure."""
     code, kind = info.driver_exit_code, getattr(info.error_type, "value", info.error_type)  # list_jobs: a str
-    return kind in LOST or (
-        code is not None and (code < 0 or code >= 128 or code == LOST_NODE_EXIT)  # -9, 137: killed by a signal
-    )
+    return kind in LOST or (code is not None and (not 0 <= code < 128 or code == LOST_NODE_EXIT))  # -9, 137, 75
 
 
 def read(path: str) -> tuple[str, bool, list[tuple[str, list[str]]]]:
-    """``(verb, smoke_test, [(config, overrides), ...])`` of a batch file; ConfigError naming what is wrong."""
+    """``(verb, smoke_test, [(config, overrides), ...])`` of a batch file."""
     try:
         spec = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
@@ -67,14 +61,12 @@ def read(path: str) -> tuple[str, bool, list[tuple[str, list[str]]]]:
 
 def _text(value) -> str:
     """A grid value as an override's right-hand side (lists and mappings as YAML flow, as on a command line)."""
-    return (
-        value
-        if isinstance(value, str)
-        else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-    )
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
 def counts(statuses: list[str]) -> str:
     """``3 succeeded, 1 running``: a batch's jobs by state, the commonest first."""
-    by = {s: statuses.count(s) for s in sorted(set(statuses))}
-    return ", ".join(f"{n} {s}" for s, n in sorted(by.items(), key=lambda kv: -kv[1])) or "no jobs"
+    by = collections.Counter(sorted(statuses)).most_common()
+    return ", ".join(f"{n} {s}" for s, n in by) or "no jobs"

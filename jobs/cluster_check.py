@@ -1,11 +1,7 @@
-"""Check a Ray cluster-launcher YAML offline: Ray's own validator, then this project's rules (``_check_rules``).
+"""Check a Ray cluster-launcher YAML offline: Ray's own validator, then this project's rules. Exit 0 valid, 2 invalid.
 
-    python -m jobs.cluster_check cluster.yaml [cluster-gcp.yaml ...]
-    python -m jobs.cluster_check --write-constraints     # regenerate constraints.txt from this venv
-
-Placeholders still to fill in (YOUR-ACCOUNT-ID, ...) are listed, not refused. Exit codes: 0 valid, 2 invalid.
-``--write-constraints`` pins every package of the tested venv in constraints.txt, which every node installs
-with: Ray refuses a worker whose Ray or Python version differs from the head's.
+python -m jobs.cluster_check cluster.yaml [cluster-gcp.yaml ...]
+python -m jobs.cluster_check --write-constraints     # pin this venv in constraints.txt, which every node installs
 """
 
 from __future__ import annotations
@@ -29,7 +25,7 @@ PUBLIC_HOSTS = ("0.0.0.0", "::", "[::]")  # a dashboard bound here is reachable 
 
 
 class ClusterConfigError(UserError):
-    """The cluster YAML is invalid or breaks a project rule (exit code 2)."""
+    """The cluster YAML is invalid or breaks a project rule."""
 
 
 def load(path: str | Path) -> dict:
@@ -39,8 +35,10 @@ def load(path: str | Path) -> dict:
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
         raise ClusterConfigError(
-            f"cluster config '{path}' is not valid YAML ({getattr(e, 'problem', e)}{_line(e)}) — fix the syntax there (compare with cluster.yaml)"
+            f"cluster config '{path}' is not valid YAML ({getattr(e, 'problem', e)}{line}) — fix the syntax there (compare with cluster.yaml)"
         ) from None
     if not isinstance(raw, dict):
         raise ClusterConfigError(
@@ -49,19 +47,12 @@ def load(path: str | Path) -> dict:
     return raw
 
 
-def _line(e) -> str:
-    mark = getattr(e, "problem_mark", None)
-    return f" at line {mark.line + 1}" if mark is not None else ""
-
-
 def check_config(raw: dict, name: str = "cluster config") -> dict:
-    """Validate ``raw`` (a parsed cluster YAML); returns Ray's prepared config or raises ClusterConfigError."""
     import jsonschema
 
     from jobs.ray_compat import autoscaler_validation
 
     prepare_config, validate_config = autoscaler_validation()
-
     logging.getLogger("ray.autoscaler").setLevel(logging.WARNING)  # not "setting max workers for head node type to 0"
 
     try:
@@ -85,7 +76,6 @@ def check_file(path: str | Path) -> dict:
 
 
 def gpu_worker_types(config: dict) -> dict[str, int]:
-    """Worker node types that declare GPUs: ``{type name: GPUs per node}``."""
     head = config["head_node_type"]
     return {
         name: int(t.get("resources", {}).get("GPU", 0))
@@ -95,7 +85,6 @@ def gpu_worker_types(config: dict) -> dict[str, int]:
 
 
 def placeholders(text: str) -> list[str]:
-    """The account-specific values a cluster file still leaves to fill in."""
     return [p for p in PLACEHOLDERS if p in text]
 
 
@@ -109,9 +98,7 @@ def _check_rules(raw: dict, config: dict, name: str) -> None:
         fail(
             f"needs at least two GPU worker types with resources {{GPU: n}} (one for sweeps, one multi-GPU), has {sorted(gpus) or 'none'}"
         )
-    for type_name, node_type in types.items():
-        if type_name == head:
-            continue
+    for type_name, node_type in ((t, n) for t, n in types.items() if t != head):
         if node_type.get("min_workers", 0) != 0:
             fail(
                 f"available_node_types.{type_name}.min_workers must be 0 (idle clusters cost the head only), got {node_type['min_workers']}"
@@ -144,8 +131,7 @@ def _check_rules(raw: dict, config: dict, name: str) -> None:
             fail(f"setup_commands install without -c constraints.txt (versions would float): {command.strip()[:80]}")
     if "idle_timeout_minutes" not in raw or not raw["idle_timeout_minutes"] > 0:
         fail("set idle_timeout_minutes > 0, so idle workers are terminated")
-    rules = config["provider"].get("security_group", {}).get("IpPermissions", [])
-    for rule in rules:
+    for rule in config["provider"].get("security_group", {}).get("IpPermissions", []):
         ports = (rule.get("FromPort"), rule.get("ToPort"))
         if ports != (SSH_PORT, SSH_PORT):
             fail(
@@ -161,8 +147,7 @@ def _check_rules(raw: dict, config: dict, name: str) -> None:
 
 
 def constraint_lines() -> list[str]:
-    """``name==version`` for every distribution in this venv but the project and pip; local labels (``+cpu``)
-    dropped, so a GPU node's CUDA build of the same release fits."""
+    """``name==version`` of this venv but the project and pip, without local labels (a CUDA build fits ``+cpu``'s)."""
     from importlib import metadata
 
     pins = {}
@@ -174,7 +159,6 @@ def constraint_lines() -> list[str]:
 
 
 def write_constraints(path: str | Path = CONSTRAINTS) -> list[str]:
-    """Write ``path`` from the running venv; refuses a venv that is not the tested Python/Ray pair."""
     lines = constraint_lines()
     if sys.version_info[:2] != PYTHON_VERSION:
         raise ClusterConfigError(
@@ -200,16 +184,13 @@ def main(argv: list[str]) -> int:
         lines = write_constraints(target)
         print(f"{target}: {len(lines)} exact pins (ray=={RAY_VERSION})")
         return 0
-    paths = argv or ["cluster.yaml"]
-    for path in paths:
+    for path in argv or ["cluster.yaml"]:
         config = check_file(path)
-        gpus = gpu_worker_types(config)
         print(
             f"{path}: valid ({config['provider']['type']}, head '{config['head_node_type']}', "
-            f"GPU worker types {gpus}, idle timeout {config['idle_timeout_minutes']} min)"
+            f"GPU worker types {gpu_worker_types(config)}, idle timeout {config['idle_timeout_minutes']} min)"
         )
-        left = placeholders(Path(path).read_text())
-        if left:
+        if left := placeholders(Path(path).read_text()):
             print(f"  before `ray up`, fill in {', '.join(left)} (docs/cloud.md)")
     return 0
 

@@ -7,17 +7,15 @@
     python -m jobs.cluster_local down [--rehearsal]       # make cluster-down / make cluster-local-down
     python -m jobs.cluster_local config                   # the rehearsal's generated autoscaler config, printed
 
-Each cluster lives in its own folder (``--dir``, ``$PERENNIAL_CLUSTER_DIR``, else one in /tmp per kind and
-user): its token (mode 0600), Ray's temp dir and ``cluster.json``, which ``env`` and ``down`` read.
-The rehearsal's node types come from cluster.yaml (``local_config``), each worker shrunk to 1 CPU with a custom
-resource named after its type; Ray's ``fake_multinode`` autoscaler starts real raylets here.
-A supervisor process, child subreaper of every Ray process of its cluster, is what ``down`` ends: never
-``ray stop``, which would end every Ray cluster of the user.
+Each cluster lives in its own folder (``--dir``, ``$PERENNIAL_CLUSTER_DIR``, else one in /tmp per kind and user).
+``down`` ends its supervisor, child subreaper of every Ray process of the cluster: never ``ray stop``, which would
+end every Ray cluster of the user.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -43,30 +41,25 @@ OBJECT_STORE_BYTES = 128 * 1024**2  # per node; Ray's default (30% of RAM per no
 STATE = "cluster.json"
 LOCAL_JOB_SLOTS = 2  # job drivers at once on the head: they share this machine's cores and memory
 LOCAL_HEAD_TYPE = "ray.head.default"  # fake_multi_node.node_provider.FAKE_HEAD_NODE_TYPE
+# nothing to sync or set up on a local node
+EMPTY_LISTS = (
+    "cluster_synced_files rsync_exclude rsync_filter initialization_commands setup_commands head_setup_commands "
+    "worker_setup_commands head_start_ray_commands worker_start_ray_commands"
+).split()
 
 
-def default_dir(rehearsal: bool) -> Path:
-    """The cluster's folder when ``--dir`` is not given: ``$PERENNIAL_CLUSTER_DIR``, else one per kind and user."""
-    if os.environ.get("PERENNIAL_CLUSTER_DIR"):
-        return Path(os.environ["PERENNIAL_CLUSTER_DIR"])
-    kind = "rehearsal" if rehearsal else "ray"
-    return Path(os.environ.get("TMPDIR", "/tmp")) / f"perennial-{kind}-{os.getuid()}"
-
-
-# ----------------------------------------------------------------------------- the generated config
 def local_config(
     cluster: dict, *, gcs_address: str, idle_timeout_minutes: float | None = None, max_nodes: int = MAX_LOCAL_NODES
 ) -> dict:
-    """The fake-multinode autoscaler config for a parsed cluster.yaml: its worker types (min/max capped at
-    ``max_nodes``) with 1 CPU and a custom resource named after the type each, no GPUs, a 0-CPU head."""
+    """The fake-multinode autoscaler config for a parsed cluster.yaml: its worker types (at most ``max_nodes``
+    nodes) with 1 CPU and a custom resource named after the type each, no GPUs, a 0-CPU head."""
     types = cluster.get("available_node_types") or {}
     head = cluster.get("head_node_type")
     if head not in types:
         raise ConfigError(
             f"cluster config: head_node_type {head!r} is not in available_node_types — name one of {sorted(types)}"
         )
-    # The fake provider tags its head "ray.head.default" whatever the config calls it; any other name makes
-    # the autoscaler add and remove phantom head nodes every round.
+    # the fake provider tags its head "ray.head.default" whatever its name: another makes phantom head nodes
     node_types = {LOCAL_HEAD_TYPE: {"resources": {"CPU": 0}, "node_config": {}, "min_workers": 0, "max_workers": 0}}
     for name, spec in types.items():
         if name == head:
@@ -80,13 +73,12 @@ def local_config(
             "resources": {"CPU": 1, **custom, name: 1, "object_store_memory": OBJECT_STORE_BYTES},
             "node_config": {},
         }
+    idle = cluster.get("idle_timeout_minutes", 5) if idle_timeout_minutes is None else idle_timeout_minutes
     return {
         "cluster_name": f"{cluster.get('cluster_name', 'perennial')}-local",
         "max_workers": min(int(cluster.get("max_workers", max_nodes)), max_nodes),
         "upscaling_speed": cluster.get("upscaling_speed", 1.0),
-        "idle_timeout_minutes": (
-            idle_timeout_minutes if idle_timeout_minutes is not None else cluster.get("idle_timeout_minutes", 5)
-        ),
+        "idle_timeout_minutes": idle,
         "provider": {
             "type": "fake_multinode",
             "gcs_address": gcs_address,  # else the provider assumes port 6379, which another cluster may hold
@@ -98,16 +90,8 @@ def local_config(
         "available_node_types": node_types,
         "head_node_type": LOCAL_HEAD_TYPE,
         "file_mounts": {},
-        "cluster_synced_files": [],
         "file_mounts_sync_continuously": False,
-        "rsync_exclude": [],
-        "rsync_filter": [],
-        "initialization_commands": [],
-        "setup_commands": [],
-        "head_setup_commands": [],
-        "worker_setup_commands": [],
-        "head_start_ray_commands": [],
-        "worker_start_ray_commands": [],
+        **{key: [] for key in EMPTY_LISTS},
     }
 
 
@@ -122,27 +106,16 @@ def read_cluster_yaml(path: str | os.PathLike) -> dict:
         raise ConfigError(f"cluster config '{path}' is not valid YAML: {str(e).splitlines()[0]}") from None
 
 
-# ----------------------------------------------------------------------------- the running cluster
-class PortTaken(ClusterError):
-    """Another process bound one of the head's ports before the head did."""
+class HeadFailed(ClusterError):
+    """Another process took one of the head's ports first, or the head exited while it started (its raylet has a
+    fixed 30 s to register, which a busy machine misses): fresh ports, a fresh head may do."""
 
 
-class HeadExited(ClusterError):
-    """The head exited while it started (its raylet has a fixed 30 s to register, which a busy machine misses)."""
-
-
-CLIENT_KEYS = (
-    "RAY_ADDRESS",
-    "RAY_API_SERVER_ADDRESS",
-    "RAY_AUTH_MODE",
-    "RAY_AUTH_TOKEN_PATH",
-    "PERENNIAL_CLUSTER_CONFIG",
-)
+CLIENT_KEYS = "RAY_ADDRESS RAY_API_SERVER_ADDRESS RAY_AUTH_MODE RAY_AUTH_TOKEN_PATH PERENNIAL_CLUSTER_CONFIG".split()
 
 
 class LocalCluster:
-    """A local cluster, described by ``<dir>/cluster.json`` while it runs: ``start`` (one node, or the rehearsal
-    with a cluster.yaml dict), ``attach`` a running one, ``env()`` for a client, ``stop()``."""
+    """A local cluster, described by ``<dir>/cluster.json`` while it runs."""
 
     def __init__(self, folder: Path, state: dict):
         self.dir, self.state = Path(folder), state
@@ -156,7 +129,6 @@ class LocalCluster:
         return self.dir / "auth_token"
 
     def env(self) -> dict[str, str]:
-        """Variables that point a client (ray.init, jobs.train, jobs.submit, ray job) at this cluster."""
         env = {
             "RAY_ADDRESS": self.address,
             "RAY_API_SERVER_ADDRESS": self.dashboard,
@@ -172,20 +144,15 @@ class LocalCluster:
     @classmethod
     def attach(cls, folder: str | os.PathLike) -> LocalCluster | None:
         path = Path(folder) / STATE
-        if not path.exists():
-            return None
-        cluster = cls(Path(folder), json.loads(path.read_text()))
-        return cluster if cluster.alive() else None
+        cluster = cls(Path(folder), json.loads(path.read_text())) if path.exists() else None
+        return cluster if cluster is not None and cluster.alive() else None
 
     def alive(self) -> bool:
-        """Whether the supervisor runs: a live process of that PID whose command line is the supervisor's."""
         import psutil
 
-        try:  # reap it if this process started it: an exited child stays a zombie
+        with contextlib.suppress(ChildProcessError):  # reap it if this process started it: else it stays a zombie
             if os.waitpid(self.supervisor_pid, os.WNOHANG)[0] == self.supervisor_pid:
                 return False
-        except ChildProcessError:
-            pass
         try:  # the command line too: after a reboot the PID may be another program's
             return "_supervise" in psutil.Process(self.supervisor_pid).cmdline()
         except psutil.Error:
@@ -203,8 +170,8 @@ class LocalCluster:
         env: dict[str, str] | None = None,
         timeout_s: float = 180.0,
     ) -> LocalCluster:
-        """Start a cluster in ``folder`` and wait until it takes jobs: one node, or with a parsed cluster.yaml the
-        rehearsal; ``env``: what its processes start from (default this process's)."""
+        """Start a cluster in ``folder`` (with a parsed cluster.yaml: the rehearsal) and wait until it takes jobs;
+        ``env``: what its processes start from (default this process's)."""
         folder = Path(folder)
         if (running := cls.attach(folder)) is not None:
             raise ClusterError(
@@ -225,7 +192,7 @@ class LocalCluster:
             state = {"ports": ports, "config": config, "token_auth": token_auth}
             try:
                 return cls._launch(folder, state, num_cpus, process_env(folder, env, token_auth, config), timeout_s)
-            except (PortTaken, HeadExited):  # fresh ports, a fresh head
+            except HeadFailed:
                 if attempt == 3:
                     raise
 
@@ -236,14 +203,11 @@ class LocalCluster:
             (folder / "home").mkdir(exist_ok=True)
             (folder / "home" / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         cmd = [sys.executable, "-m", "jobs.cluster_local", "_supervise", "--", *head_command(folder, state, num_cpus)]
-        with open(folder / "head.log", "w") as log:
+        with open(
+            folder / "head.log", "w"
+        ) as log:  # a session of its own: Ctrl-C in the caller's terminal leaves it up
             supervisor = subprocess.Popen(
-                cmd,
-                env=env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # not in the caller's terminal group: Ctrl-C there leaves it up
+                cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         state |= {
             "supervisor_pid": supervisor.pid,
@@ -267,20 +231,17 @@ class LocalCluster:
         while time.monotonic() < deadline:
             text = log.read_text(errors="replace")
             if "already occupied" in text or "Failed to start the dashboard" in text:
-                raise PortTaken(f"a port of the Ray head was taken: {text[-1500:]}")
+                raise HeadFailed(f"a port of the Ray head was taken: {text[-1500:]}")
             if supervisor.poll() is not None:
-                raise HeadExited(f"the local cluster's head exited: {text[-1500:]}")
+                raise HeadFailed(f"the local cluster's head exited: {text[-1500:]}")
             if "Ray runtime started" in text and answers(f"{self.dashboard}/api/version") and answers(agent):
                 return
             time.sleep(0.5)
         raise ClusterError(f"the local cluster did not start in {timeout_s:.0f} s: see {log}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        """End the supervisor, which ends every process of this cluster (and only those)."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.supervisor_pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + timeout_s
         while self.alive() and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -288,52 +249,14 @@ class LocalCluster:
             os.kill(self.supervisor_pid, signal.SIGKILL)
         (self.dir / STATE).unlink(missing_ok=True)
 
-    # --- views of a running rehearsal, for tests and the bench
-    def nodes(self, alive: bool = True) -> list[dict]:
-        """Nodes as ``{"node_id", "node_type", "state", "resources"}``, from the dashboard's state API (the caller
-        may hold another Ray session)."""
-        import urllib.request
-
-        req = urllib.request.Request(
-            f"{self.dashboard}/api/v0/nodes?detail=1&limit=1000",
-            headers={"Authorization": f"Bearer {self.token_path.read_text().strip()}"},
-        )
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            rows = json.loads(resp.read())["data"]["result"]["result"]
-        return [
-            {
-                "node_id": n["node_id"],
-                "node_type": node_type_of(n["resources_total"], self.state["config"]),
-                "state": n["state"],
-                "resources": n["resources_total"],
-            }
-            for n in rows
-            if n["state"] == "ALIVE" or not alive
-        ]
-
-    def worker_nodes(self) -> list[dict]:
-        """Alive nodes other than the head."""
-        return [n for n in self.nodes() if n["node_type"] != self.state["config"]["head_node_type"]]
-
 
 def head_command(folder: Path, state: dict, num_cpus: int | None) -> list[str]:
-    """``ray start --head --block``, every listener on 127.0.0.1, Ray's temp dir in the cluster's folder."""
     ports, ray_bin = state["ports"], Path(sys.executable).parent / "ray"
-    cmd = [
-        str(ray_bin if ray_bin.exists() else "ray"),
-        "start",
-        "--head",
-        "--block",
-        "--disable-usage-stats",
-        f"--port={ports['gcs']}",
-        "--node-ip-address=127.0.0.1",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={ports['dashboard']}",
-        f"--ray-client-server-port={ports['client']}",
-        f"--dashboard-agent-listen-port={ports['agent']}",
-        f"--temp-dir={folder / 'ray'}",
-        f"--resources={json.dumps({JOB_SLOT: LOCAL_JOB_SLOTS})}",  # drivers that may run at once (jobs/batch.py)
-    ]
+    cmd = [str(ray_bin if ray_bin.exists() else "ray"), "start", "--head", "--block", "--disable-usage-stats"]
+    cmd += [f"--port={ports['gcs']}", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1"]
+    cmd += [f"--dashboard-port={ports['dashboard']}", f"--ray-client-server-port={ports['client']}"]
+    cmd += [f"--dashboard-agent-listen-port={ports['agent']}", f"--temp-dir={folder / 'ray'}"]
+    cmd += [f"--resources={json.dumps({JOB_SLOT: LOCAL_JOB_SLOTS})}"]  # drivers that may run at once (jobs/batch.py)
     if state["config"] is None:
         return cmd + ([f"--num-cpus={num_cpus}"] if num_cpus is not None else [])
     return cmd + [
@@ -344,11 +267,9 @@ def head_command(folder: Path, state: dict, num_cpus: int | None) -> list[str]:
 
 
 def process_env(folder: Path, base: dict[str, str] | None, token_auth: bool, config: dict | None) -> dict[str, str]:
-    """The environment of every process of the cluster (head, added nodes, jobs' drivers and workers)."""
     env = {k: v for k, v in (os.environ if base is None else base).items() if k not in CLIENT_KEYS}
     env |= {
-        # Ray's default temp dir is <it>/ray: an actor that looks its cluster up by "auto" finds this one, never
-        # the last cluster started on the machine
+        # Ray's default temp dir is <it>/ray: "auto" finds this cluster, not the last one started on the machine
         "RAY_TMPDIR": str(folder),
         # local-only mode: the head and every node the autoscaler adds bind to 127.0.0.1 (see jobs.train.loopback_only)
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
@@ -365,7 +286,7 @@ def process_env(folder: Path, base: dict[str, str] | None, token_auth: bool, con
 
 
 def answers(url: str) -> bool:
-    """Whether a web server answers at ``url`` (an error status counts: 401 without the token, 404)."""
+    """Whether a web server answers at ``url`` (an error status counts)."""
     import http.client
     import urllib.error
     import urllib.request
@@ -374,28 +295,17 @@ def answers(url: str) -> bool:
         urllib.request.urlopen(url, timeout=2)
     except urllib.error.HTTPError:
         return True
-    except ConnectionError:
+    except ConnectionError:  # before HTTPException: RemoteDisconnected is both
         return False
     except http.client.HTTPException:  # not HTTP: another program bound the port before the head did
-        raise PortTaken(f"{url} answers, but not as Ray's server") from None
+        raise HeadFailed(f"{url} answers, but not as Ray's server") from None
     except OSError:
         return False
     return True
 
 
-def node_type_of(resources: dict, config: dict) -> str:
-    """The node type of a node, from the custom resource that names its type (the head has none)."""
-    # from the resources, not Ray's node labels: they are what a cloud node of the type has too
-    for name in config["available_node_types"]:
-        if name != config["head_node_type"] and resources.get(name):
-            return name
-    return config["head_node_type"]
-
-
-# ----------------------------------------------------------------------------- the supervisor
 def supervise(cmd: list[str]) -> int:
-    """Run ``cmd`` (``ray start --head --block ...``) as child subreaper, so the nodes and agents Ray orphans stay
-    its descendants; on SIGTERM end every descendant."""
+    """Run ``cmd`` as child subreaper (the nodes Ray orphans stay descendants); on SIGTERM end every descendant."""
     import psutil
 
     PR_SET_CHILD_SUBREAPER = 36
@@ -409,34 +319,20 @@ def supervise(cmd: list[str]) -> int:
         time.sleep(0.5)
         for child in me.children():  # reap adopted orphans that exit (else they stay zombies)
             if child.pid != head.pid:
-                try:
+                with contextlib.suppress(ChildProcessError):
                     os.waitpid(child.pid, os.WNOHANG)
-                except ChildProcessError:
-                    pass
-    end_descendants(me)
+    procs = me.children(recursive=True)
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=5)
+    for p in alive + me.children(recursive=True):  # and any started meanwhile
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
     return 0
 
 
-def end_descendants(me) -> None:
-    """SIGTERM every descendant of ``me``, SIGKILL those left after 5 s and any started meanwhile."""
-    import psutil
-
-    def each(procs, action: str) -> None:
-        for p in procs:
-            try:
-                getattr(p, action)()
-            except psutil.NoSuchProcess:
-                pass
-
-    procs = me.children(recursive=True)
-    each(procs, "terminate")
-    _, alive = psutil.wait_procs(procs, timeout=5)
-    each(alive, "kill")
-    psutil.wait_procs(alive, timeout=5)
-    each(me.children(recursive=True), "kill")
-
-
-# ----------------------------------------------------------------------------- CLI
 def main(argv: list[str]) -> int:
     if argv[:1] == ["_supervise"]:
         return supervise(argv[2:] if argv[1:2] == ["--"] else argv[1:])
@@ -452,31 +348,29 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.rehearsal and args.num_cpus is not None:
         p.error("--num-cpus is for the one-node cluster: the rehearsal's nodes have 1 CPU each")
-    folder = Path(args.dir) if args.dir else default_dir(args.rehearsal)
+    kind = "rehearsal" if args.rehearsal else "ray"
+    default = f"{os.environ.get('TMPDIR', '/tmp')}/perennial-{kind}-{os.getuid()}"
+    folder = Path(args.dir or os.environ.get("PERENNIAL_CLUSTER_DIR") or default)
+    idle = args.idle_timeout_minutes
     if args.action == "config":
-        cfg = read_cluster_yaml(args.cluster_yaml)
-        local = local_config(cfg, gcs_address="127.0.0.1:PORT", idle_timeout_minutes=args.idle_timeout_minutes)
-        print(yaml.safe_dump(local, sort_keys=False), end="")
-        return 0
-    if args.action == "up":
-        cfg = read_cluster_yaml(args.cluster_yaml) if args.rehearsal else None
-        cluster = LocalCluster.start(
-            folder, cfg, num_cpus=args.num_cpus, idle_timeout_minutes=args.idle_timeout_minutes
+        local = local_config(
+            read_cluster_yaml(args.cluster_yaml), gcs_address="127.0.0.1:PORT", idle_timeout_minutes=idle
         )
+        print(yaml.safe_dump(local, sort_keys=False), end="")
+    elif args.action == "up":
+        cfg = read_cluster_yaml(args.cluster_yaml) if args.rehearsal else None
+        cluster = LocalCluster.start(folder, cfg, num_cpus=args.num_cpus, idle_timeout_minutes=idle)
         print_up(cluster, " --rehearsal" * args.rehearsal + (f" --dir {folder}" if args.dir else ""))
-        return 0
-    cluster = LocalCluster.attach(folder)
-    if args.action == "env":
-        if cluster is None:
+    elif (cluster := LocalCluster.attach(folder)) is None:
+        if args.action == "env":
             start = "make cluster-local" if args.rehearsal else "make cluster-up"
             raise ClusterError(f"no local cluster runs from {folder} — start one with '{start}'")
-        print("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in cluster.env().items()))
-        return 0
-    if cluster is None:
         print(f"no local cluster runs from {folder}")
-        return 0
-    cluster.stop()
-    print(f"local cluster stopped ({folder})")
+    elif args.action == "env":
+        print("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in cluster.env().items()))
+    else:
+        cluster.stop()
+        print(f"local cluster stopped ({folder})")
     return 0
 
 

@@ -1,6 +1,4 @@
-"""The project's error classes, and :func:`cli_main`, which every verb runs through: a :class:`UserError` is one
-line and exit 2, a :class:`ClusterError` one line and exit 1. The lowest layer: it imports nothing of the project.
-"""
+"""The project's error classes, and :func:`cli_main`, which every verb runs through (the lowest layer)."""
 
 from __future__ import annotations
 
@@ -39,15 +37,9 @@ def cli_main(main: Callable[[list[str]], int]) -> None:
     """Run a verb's ``main(argv)``: bad input -> one line on stderr and exit 2; no cluster -> exit 1."""
     try:
         code = main(sys.argv[1:])
-    except UserError as e:
+    except (UserError, ClusterError) as e:
         print(f"error: {e}", file=sys.stderr)
-        code = 2
-    except NodeLost as e:
-        print(f"error: {e}", file=sys.stderr)
-        code = LOST_NODE_EXIT
-    except ClusterError as e:
-        print(f"error: {e}", file=sys.stderr)
-        code = 1
+        code = LOST_NODE_EXIT if isinstance(e, NodeLost) else 2 if isinstance(e, UserError) else 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130

@@ -1,5 +1,4 @@
-"""Local paths and URIs (``s3://``, ``gs://``) as one pyarrow filesystem, with the same one-line errors wherever
-a store, data file or checkpoint is opened."""
+"""Local paths and URIs (``s3://``, ``gs://``) as one pyarrow filesystem, with the same one-line errors everywhere."""
 
 from __future__ import annotations
 
@@ -16,9 +15,8 @@ def is_remote(path: str | os.PathLike) -> bool:
 def aws_credentials_missing() -> bool:
     """True when no AWS credential source can exist here (an instance role counts unless AWS_EC2_METADATA_DISABLED)."""
     env = os.environ
-    if env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_PROFILE") or env.get("AWS_WEB_IDENTITY_TOKEN_FILE"):
-        return False
-    if env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") or env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+    sources = "AWS_ACCESS_KEY_ID AWS_PROFILE AWS_WEB_IDENTITY_TOKEN_FILE AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"
+    if any(env.get(k) for k in [*sources.split(), "AWS_CONTAINER_CREDENTIALS_FULL_URI"]):
         return False
     home = Path.home() / ".aws"
     for var, default in (("AWS_SHARED_CREDENTIALS_FILE", home / "credentials"), ("AWS_CONFIG_FILE", home / "config")):
@@ -37,8 +35,7 @@ def short_reason(err: BaseException) -> str:
 
 
 def filesystem(uri: str | os.PathLike, error: type[UserError] = UserError, what: str = "path"):
-    """``(pyarrow filesystem, path inside it)`` for a local path or a URI. Raises ``error`` with one line when
-    the URI cannot be used (unknown scheme, no AWS credentials)."""
+    """``(pyarrow filesystem, path inside it)``; ``error`` with one line for an unusable URI."""
     import pyarrow.fs as pafs
 
     uri = str(uri)
@@ -57,7 +54,7 @@ def filesystem(uri: str | os.PathLike, error: type[UserError] = UserError, what:
 
 
 def check_bucket(fs, path: str, uri: str, error: type[UserError] = UserError, what: str = "path") -> None:
-    """For an object store: the bucket must exist and answer (credentials, endpoint); a missing key is fine."""
+    """For an object store: the bucket must exist and answer; a missing key is fine."""
     import pyarrow.fs as pafs
 
     if isinstance(fs, pafs.LocalFileSystem):

@@ -1,10 +1,7 @@
-"""A KubeRay ``RayJob`` for one job or a batch, queued by Kueue (docs/kubernetes.md).
+"""A KubeRay ``RayJob`` for one job or a batch, queued by Kueue, on cluster.yaml's node types (docs/kubernetes.md).
 
-    python -m jobs.submit render --k8s configs/mlp.yaml --store s3://bucket/store [--retries N] [--queue Q] > job.yaml
-    python -m jobs.submit render --k8s BATCH.yaml --store s3://bucket/store --retries 2 --out batch.yaml
-
-Its entrypoint is the verb you would run yourself; its Ray cluster is cluster.yaml's node types (the head advertises
-the job slots; workers come and go with Ray's in-tree autoscaler); the RayJob ends with its cluster.
+python -m jobs.submit render --k8s configs/mlp.yaml --store s3://bucket/store [--retries N] [--queue Q] > job.yaml
+python -m jobs.submit render --k8s BATCH.yaml --store s3://bucket/store --retries 2 --out batch.yaml
 """
 
 from __future__ import annotations
@@ -34,9 +31,8 @@ def add_arguments(p) -> None:
     p.add_argument("--retries", type=int, default=0, help="the RayJob's backoffLimit, and the batch's --retries")
     p.add_argument("--queue", default="perennial", help=f"Kueue LocalQueue (label {QUEUE_LABEL})")
     p.add_argument("--priority", help=f"Kueue WorkloadPriorityClass (label {PRIORITY_LABEL})")
-    p.add_argument(
-        "--image", default=f"rayproject/ray:{version('ray')}-py311", help="every pod's image (with the repo)"
-    )
+    image = f"rayproject/ray:{version('ray')}-py311"
+    p.add_argument("--image", default=image, help="every pod's image (with the repo)")
     p.add_argument("--working-dir", help="runtime_env working_dir URI (s3://.../repo.zip), if the image lacks the repo")
     p.add_argument("--cluster-yaml", default="cluster.yaml", help="the node types of the job's Ray cluster")
     p.add_argument("--smoke-test", action="store_true", help="one job: the workload's tiny mode")
@@ -45,7 +41,6 @@ def add_arguments(p) -> None:
 
 
 def render(args) -> str:
-    """The RayJob's YAML; ConfigError (exit 2) for a bad config, batch file or store."""
     if not args.store or "://" not in args.store:
         raise ConfigError("render --k8s needs --store s3://bucket/prefix: pods share no disk")
     spec = yaml.safe_load(Path(args.spec).read_text()) if Path(args.spec).is_file() else None
@@ -62,9 +57,8 @@ def render(args) -> str:
         cluster = yaml.safe_load(Path(args.cluster_yaml).read_text())
     except (OSError, yaml.YAMLError) as e:
         raise ConfigError(f"cluster config '{args.cluster_yaml}': {str(e).splitlines()[0]}") from None
-    runtime_env = {"env_vars": {"PERENNIAL_STORE": args.store}} | (
-        {"working_dir": args.working_dir} if args.working_dir else {}
-    )
+    runtime_env = {"env_vars": {"PERENNIAL_STORE": args.store}}
+    runtime_env |= {"working_dir": args.working_dir} if args.working_dir else {}
     labels = {QUEUE_LABEL: args.queue} | ({PRIORITY_LABEL: args.priority} if args.priority else {})
     job = {
         "apiVersion": "ray.io/v1",
@@ -87,8 +81,7 @@ def render(args) -> str:
 
 
 def cluster_spec(cluster: dict, image: str) -> dict:
-    """``rayClusterSpec`` from a parsed cluster.yaml: its head type (0 CPU for Ray, the job slots) and a worker
-    group per other node type, with the type's own resource and min/max workers; Ray's in-tree autoscaler on."""
+    """``rayClusterSpec``: a 0-CPU head with the job slots, a worker group per other node type, autoscaled."""
     types, head = cluster["available_node_types"], cluster["head_node_type"]
     slots = {k: v for k, v in types[head].get("resources", {}).items() if k == batch.JOB_SLOT}
     groups = []
@@ -99,16 +92,10 @@ def cluster_spec(cluster: dict, image: str) -> dict:
         custom = {k: v for k, v in res.items() if k not in ("CPU", "GPU", "memory")}
         pod = {"cpu": str(res.get("CPU", 1)), "memory": f"{GIB_PER_CPU * res.get('CPU', 1)}Gi"}
         pod |= {"nvidia.com/gpu": str(res["GPU"])} if res.get("GPU") else {}
-        groups.append(
-            {
-                "groupName": name.replace("_", "-"),  # pod names are DNS labels
-                "replicas": int(node.get("min_workers", 0)),
-                "minReplicas": int(node.get("min_workers", 0)),
-                "maxReplicas": int(node.get("max_workers", 1)),
-                "rayStartParams": {"resources": json.dumps(json.dumps(custom))} if custom else {},
-                "template": pod_template("ray-worker", image, pod),
-            }
-        )
+        group = {"groupName": name.replace("_", "-"), "replicas": int(node.get("min_workers", 0))}  # a DNS label
+        group |= {"minReplicas": int(node.get("min_workers", 0)), "maxReplicas": int(node.get("max_workers", 1))}
+        group |= {"rayStartParams": {"resources": json.dumps(json.dumps(custom))} if custom else {}}
+        groups.append(group | {"template": pod_template("ray-worker", image, pod)})
     head_params = {"num-cpus": "0", "dashboard-host": "0.0.0.0"}  # no training on the head, as in cluster.yaml
     head_params |= {"resources": json.dumps(json.dumps(slots))} if slots else {}
     return {
@@ -122,10 +109,5 @@ def cluster_spec(cluster: dict, image: str) -> dict:
 
 def pod_template(container: str, image: str, resources: dict) -> dict:
     """One container; requests = limits (Kueue admits by requests, Ray sizes itself by limits)."""
-    return {
-        "spec": {
-            "containers": [
-                {"name": container, "image": image, "resources": {"requests": resources, "limits": dict(resources)}}
-            ]
-        }
-    }
+    limits = {"requests": resources, "limits": dict(resources)}
+    return {"spec": {"containers": [{"name": container, "image": image, "resources": limits}]}}

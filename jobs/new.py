@@ -1,9 +1,7 @@
-"""Start your own workload from a copy of a shipped one (torchtune's ``tune cp`` habit).
+"""Start your own workload from a copy of a shipped one (torchtune's ``tune cp`` habit): ``DIR/NAME.py`` and
+``DIR/configs/NAME.yaml``, which run as they are; then change the hooks (docs/workloads.md).
 
     python -m jobs.new NAME [--from mlp|cnn|ner|sentiment|rnn] [--dir DIR] [--force]
-
-Writes ``DIR/NAME.py`` and ``DIR/configs/NAME.yaml`` (whose ``workload:`` names the new file), which run as they
-are (``python -m jobs.train --config DIR/configs/NAME.yaml --smoke-test``); then change the hooks (docs/workloads.md).
 """
 
 from __future__ import annotations
@@ -27,11 +25,8 @@ def render(name: str, source: str) -> tuple[str, str]:
     module = module.replace(f"python -m jobs.train --config configs/{source}.yaml", command, 1)
     module = f"# {name}: your workload, copied from workloads/{source}.py by `python -m jobs.new`.\n" + module
     config = config.replace(f"configs/{source}.yaml", f"configs/{name}.yaml")
-    config, found = re.subn(
-        rf"(?m)^workload: {source}\b.*$", f"workload: ../{name}.py  # relative to this file", config
-    )
-    assert found == 1, f"configs/{source}.yaml has no 'workload: {source}' line"
-    return module, config
+    line = f"workload: ../{name}.py  # relative to this file"
+    return module, re.sub(rf"(?m)^workload: {source}\b.*$", line, config)
 
 
 def main(argv: list[str]) -> int:

@@ -1,6 +1,4 @@
-"""The one pre-flight every verb runs before Ray starts: config values, the workload's data checks, a usable
-store. Whatever it rejects is one line, exit 2, and nothing written.
-"""
+"""The one pre-flight every verb runs before Ray starts: config values, the workload's data checks, a usable store."""
 
 from __future__ import annotations
 
@@ -14,7 +12,6 @@ from jobs.store import Store, store_path
 
 
 def check_config(cfg) -> None:
-    """Value checks the types cannot express, then the workload's cheap driver-side data checks."""
     config_lib.check_values(cfg)
     if validate := workloads.hook(workloads.module(cfg.workload), "validate"):
         validate(cfg)
@@ -27,18 +24,16 @@ def load(config: str | None, overrides: list[str] = (), smoke_test: bool = False
 
 
 def open_store(store_arg: str | None, cfg=None, write: bool = True) -> Store:
-    """The store named by ``--store`` / $PERENNIAL_STORE / the config: its bucket answers, or its folder is
-    writable."""
+    """The store named by ``--store`` / $PERENNIAL_STORE / the config: its bucket answers, or its folder is writable."""
     uri = store_path(store_arg, cfg)
     fs, root = filesystem(uri, StoreError, "store")
     check_bucket(fs, root, uri, StoreError, "store")
-    if write and "://" not in uri:
+    if write and "://" not in uri:  # a local store fails now, not after the whole run
         check_writable_dir(root, uri)
     return Store(uri)
 
 
 def check_writable_dir(root: str, uri: str) -> None:
-    """A local store fails now, not after the whole run when its rows are written (nothing is created)."""
     path = root
     while not os.path.exists(path) and os.path.dirname(path) != path:
         path = os.path.dirname(path)  # the nearest existing folder is where the store's folders get created
@@ -49,6 +44,5 @@ def check_writable_dir(root: str, uri: str) -> None:
 
 
 def prepare(config: str | None, overrides: list[str] = (), smoke_test: bool = False, store_arg: str | None = None):
-    """``(cfg, store)`` for a verb that trains: every check that can reject bad input, before Ray starts."""
     cfg = load(config, overrides, smoke_test)
     return cfg, open_store(store_arg, cfg)

@@ -1,4 +1,4 @@
-"""Submit jobs and batches of jobs to a Ray cluster and keep their record in the store's `jobs` table.
+"""Submit jobs and batches of jobs to a Ray cluster, and keep their record in the store's `jobs` table (docs/jobs.md).
 
     python -m jobs.submit submit configs/mlp.yaml [--verb train|sweep|continual [--from best|RUN_ID]] [--follow] [--smoke-test] [key=value ...]
     python -m jobs.submit batch BATCH.yaml [--retries N] [--follow]      # many jobs at once (jobs/batch.py)
@@ -10,23 +10,9 @@
     (all take --address URL, default $RAY_ADDRESS or http://127.0.0.1:8265, and --format table|csv|json;
      submit and batch take --store PATH_OR_S3_URI, default $PERENNIAL_STORE, the config's store.path or ./store)
 
-A thin layer over Ray's ``JobSubmissionClient``. ``submit`` checks the config locally (bad input:
-exit 2, nothing submitted), uploads the repo as the job's working_dir (without .venv, runs/,
-store/, caches, data and credentials files), runs ``python -m jobs.<verb> --config CONFIG ...``
-with PERENNIAL_STORE / PERENNIAL_JOB_ID / PERENNIAL_GIT_SHA set, and names the submission
-``<workload>-<verb>-<8 hex>``. Every driver asks Ray for a job slot (``jobs.batch.DRIVER_RESOURCES``): beyond
-the head's slots, jobs wait PENDING in Ray. A batch's jobs carry its ``batch_id``; its watcher, one more Ray job
-(``watch``), records their ends and submits a job whose driver was lost again with ``--resume``, up to --retries
-times. A cluster using token auth (``ray start --head`` does) needs RAY_AUTH_MODE=token here, as for Ray's own CLI.
-
-The `jobs` table holds two rows per submission: ``submitted`` (written by ``submit``) and a final
-one (``succeeded`` / ``failed`` / ``stopped`` with Ray's message, start and end time). Ray, not
-the entrypoint, decides the outcome, so a job that crashed before writing anything is recorded
-too: whichever command first sees the job ended (``submit --follow``, ``logs --follow``,
-``status``, ``list``, ``stop``, a batch's watcher) writes the final row, into the store the job was submitted with
-(kept in the job's Ray metadata). It is built only from what Ray reports and written under the
-fixed name ``<submission_id>-final``, so two commands racing to write it leave one identical file. Exit codes: 0 success (with --follow: the job succeeded), 1 the job failed or
-was stopped, or no cluster at the address, 2 bad input.
+A thin layer over Ray's ``JobSubmissionClient``. Each submission has a ``submitted`` row and a final one, built only
+from what Ray reports (so whichever command first sees the job ended writes the same row, under a fixed name).
+Exit codes: 0 success (with --follow: the job succeeded), 1 the job failed or was stopped, or no cluster, 2 bad input.
 """
 
 from __future__ import annotations
@@ -52,27 +38,24 @@ from jobs import config as config_lib
 from jobs.batch import DRIVER_RESOURCES
 from jobs.errors import ClusterError, UserError
 from jobs.store import Store, now, print_frame, store_path
+from jobs.store.engine import first_line
 
 ROOT = Path(__file__).resolve().parent.parent
 VERBS = ("train", "sweep", "continual")
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-# The working_dir upload: only what a job runs (Ray caps the size; data, results and scratch dirs
-# stay here — Ray reads .gitignore but not .git/info/exclude), and never credentials files.
-UPLOAD = ("jobs", "workloads", "configs", "pyproject.toml")  # top-level entries; plus the config's own folder
-# ".git": a folder, or the file that stands for it in a git worktree
+# The working_dir upload: only what a job runs (Ray caps the size), plus the config's folder; never credentials
+UPLOAD = ("jobs", "workloads", "configs", "pyproject.toml")
 EXCLUDES = """.git .venv/ venv/ runs/ store/ ray_results/ plots/ bench/out/ data/ __pycache__/ .pytest_cache/ .mypy_cache/
 .ruff_cache/ *.egg-info/ .gl/ *.parquet *.pt *.safetensors *.ckpt .env .env.* .envrc .aws/ .netrc .pypirc *.pem *.key
 credentials*""".split()
 
 
 def upload_excludes(config: str) -> list[str]:
-    """Ray ``excludes`` for the repo: every top-level entry but UPLOAD and the config's folder, then EXCLUDES."""
     keep = set(UPLOAD) | {Path(config).parts[0]}
     return sorted(f"/{name}" for name in os.listdir(ROOT) if name not in keep) + EXCLUDES
 
 
-# ----------------------------------------------------------------------------- Ray client
 def client(address: str | None):
     """A connected ``JobSubmissionClient``; ClusterError with one line if there is no cluster."""
     from ray.exceptions import AuthenticationError
@@ -80,9 +63,8 @@ def client(address: str | None):
 
     from jobs.ray_compat import RUNTIME_ENV_LOGGER
 
-    for chatter in ("ray.dashboard.modules.job.sdk", "ray.dashboard.modules.dashboard_sdk"):  # "WebSocket closed",
-        logging.getLogger(chatter).setLevel(logging.WARNING)  # "Package ... already exists, skipping upload"
-    logging.getLogger(RUNTIME_ENV_LOGGER).setLevel(logging.ERROR)  # per-file "ignoring upload" notes
+    for chatter in ("ray.dashboard.modules.job.sdk", "ray.dashboard.modules.dashboard_sdk", RUNTIME_ENV_LOGGER):
+        logging.getLogger(chatter).setLevel(logging.ERROR)  # "WebSocket closed", "skipping upload" and the like
 
     if address:  # Ray reads RAY_API_SERVER_ADDRESS / RAY_ADDRESS before its `address` argument
         os.environ["RAY_API_SERVER_ADDRESS"] = address
@@ -97,9 +79,8 @@ def client(address: str | None):
             hint = "the token was refused: use the cluster's $HOME/.ray/auth_token or RAY_AUTH_TOKEN"
         raise ClusterError(f"the Ray cluster at {where} requires authentication — {hint}") from None
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ClusterError(
-            f"no Ray cluster at {where} ({first}) — start one with 'ray start --head', "
+            f"no Ray cluster at {where} ({first_line(e)}) — start one with 'ray start --head', "
             f"or pass --address / set RAY_ADDRESS to its dashboard URL"
         ) from None
 
@@ -123,66 +104,42 @@ def _ours(info) -> bool:
     return (info.metadata or {}).get("perennial") == "1"
 
 
-# ----------------------------------------------------------------------------- the jobs table
 def final_row(info) -> dict:
     """The final `jobs` row, from Ray's record only (so any observer writes the same row)."""
     meta = info.metadata or {}
     submitted = meta.get("submitted_at")
-    return {
-        "submission_id": info.submission_id,
-        "workload": meta.get("workload", ""),
-        "entrypoint": info.entrypoint,
-        "verb": meta.get("verb", ""),
-        "status": info.status.value.lower(),
-        "message": (info.message or "")[:4000],
-        "submitted_at": dt.datetime.fromisoformat(submitted) if submitted else None,
-        "started_at": _ms(info.start_time),
-        "finished_at": _ms(info.end_time),
-        "config_hash": meta.get("config_hash", ""),
-        "git_sha": meta.get("git_sha", ""),
-        "address": meta.get("address", ""),
-        "batch_id": meta.get("batch_id", ""),
-        "attempt": int(meta.get("attempt", 1)),
-    }
-
-
-def recorded_finals(store: Store, submission_ids: list[str] | None = None) -> set[str]:
-    """Submission ids that already have a final row."""
-    import pyarrow.dataset as ds
-
-    expr = ds.field("status").isin(["succeeded", "failed", "stopped"])
-    if submission_ids is not None:
-        expr = expr & ds.field("submission_id").isin(submission_ids)
-    return set(store.read("jobs", filter=expr, columns=["submission_id"])["submission_id"].to_pylist())
+    row = {"submission_id": info.submission_id, "status": info.status.value.lower(), "entrypoint": info.entrypoint}
+    row |= {k: meta.get(k, "") for k in ("workload", "verb", "config_hash", "git_sha", "address", "batch_id")}
+    row |= {"message": (info.message or "")[:4000], "attempt": int(meta.get("attempt", 1))}
+    row |= {"submitted_at": dt.datetime.fromisoformat(submitted) if submitted else None}
+    return row | {"started_at": _ms(info.start_time), "finished_at": _ms(info.end_time)}
 
 
 def observe(infos: list) -> None:
-    """Write the final row of every ended job of ours that has none yet (see the module docstring),
-    into the store the job was submitted with (where its `submitted` row is)."""
-    ended = [i for i in infos if _ours(i) and i.status.value in TERMINAL]
+    """Write the final row of every ended job of ours that has none yet, into the store it was submitted with."""
+    import pyarrow.dataset as ds
+
     by_store: dict[str, list] = {}
-    for info in ended:
-        by_store.setdefault(info.metadata.get("store") or absolute(store_path(None)), []).append(info)
+    for info in infos:
+        if _ours(info) and info.status.value in TERMINAL:
+            by_store.setdefault(info.metadata.get("store") or absolute(store_path(None)), []).append(info)
     for uri, group in by_store.items():
         try:
             store = Store(uri)
-            have = recorded_finals(store, [i.submission_id for i in group])
+            ended = ds.field("status").isin(["succeeded", "failed", "stopped"])
+            ended &= ds.field("submission_id").isin([i.submission_id for i in group])
+            have = set(store.read("jobs", filter=ended, columns=["submission_id"])["submission_id"].to_pylist())
             for info in group:
                 if info.submission_id not in have:
                     final = final_row(info)  # replaced, not added, if another observer wrote it first
-                    store.replace(
-                        "jobs", [final], key={"submission_id": final["submission_id"], "status": final["status"]}
-                    )
+                    store.replace("jobs", [final], key={k: final[k] for k in ("submission_id", "status")})
         except config_lib.ConfigError as e:  # one unreachable store must not hide the other jobs
             print(f"warning: could not record the end of {len(group)} job(s) in {uri}: {e}", file=sys.stderr)
 
 
-# ----------------------------------------------------------------------------- helpers
 def config_hash(cfg) -> str:
     """What is trained, not where results go: the config without its `run` and `store` sections."""
-    d = config_lib.to_dict(cfg)
-    d.pop("run", None)
-    d.pop("store", None)
+    d = {k: v for k, v in config_lib.to_dict(cfg).items() if k not in ("run", "store")}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -191,48 +148,32 @@ def absolute(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
-def repo_relative(config: str) -> str:
-    p = Path(config).resolve()
-    try:
-        rel = p.relative_to(ROOT)
-    except ValueError:
-        raise config_lib.ConfigError(
-            f"config '{config}' is outside the repo {ROOT} — the job only sees files uploaded from it; copy the config under configs/"
-        ) from None
-    if rel.parts and rel.parts[0] in {e.strip("/") for e in EXCLUDES if e.endswith("/")}:
-        raise config_lib.ConfigError(
-            f"config '{config}' is in {rel.parts[0]}/, which is not uploaded — copy it under configs/"
-        )
-    return rel.as_posix()
-
-
 def upload_plan(config: str, cfg) -> tuple[str, dict]:
-    """(the config path the job reads, the runtime_env's working_dir / py_modules / excludes).
-
-    A shipped workload: the repo is the working_dir. An external workload (``cfg.workload_dir`` outside
-    the repo) travels as the working_dir instead — its folder, where its config must be — and this
-    repo's ``jobs`` and ``workloads`` packages go along as ``py_modules``, so the job's driver and every
-    worker import the same code (what ``ray job submit --working-dir DIR --py-modules ...`` does by hand)."""
-    folder = Path(cfg.workload_dir).resolve() if cfg.workload_dir else None
+    """(the config path the job reads, its runtime_env's upload): the repo, or an external workload's folder with
+    this repo's ``jobs`` and ``workloads`` as ``py_modules`` (``ray job submit --working-dir DIR --py-modules``)."""
+    folder, path = Path(cfg.workload_dir).resolve() if cfg.workload_dir else None, Path(config).resolve()
     if folder is None or folder == ROOT or ROOT in folder.parents:
-        rel = repo_relative(config)
+        if ROOT not in path.parents:
+            raise config_lib.ConfigError(
+                f"config '{config}' is outside the repo {ROOT} — the job only sees files uploaded from it; copy the config under configs/"
+            )
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.split("/")[0] in {e.strip("/") for e in EXCLUDES if e.endswith("/")}:
+            raise config_lib.ConfigError(
+                f"config '{config}' is in {rel.split('/')[0]}/, which is not uploaded — copy it under configs/"
+            )
         excludes = upload_excludes(rel)
         if folder is not None:  # a module in the repo but outside UPLOAD: keep its top-level entry
             top = Path(workloads.module(cfg.workload).__file__).resolve().relative_to(ROOT).parts[0]
             excludes = [e for e in excludes if e != f"/{top}"]
         return rel, {"working_dir": str(ROOT), "excludes": excludes}
-    path = Path(config).resolve()
     if folder not in path.parents:
         raise config_lib.ConfigError(
             f"config '{config}' is outside the folder of workload '{cfg.workload}' ({folder}), which is what the job "
             "uploads — put the config next to the workload module"
         )
-    py_modules = [str(ROOT / "jobs"), str(ROOT / "workloads")]
-    return path.relative_to(folder).as_posix(), {
-        "working_dir": str(folder),
-        "py_modules": py_modules,
-        "excludes": EXCLUDES,
-    }
+    upload = {"working_dir": str(folder), "py_modules": [str(ROOT / "jobs"), str(ROOT / "workloads")]}
+    return path.relative_to(folder).as_posix(), upload | {"excludes": EXCLUDES}
 
 
 def follow(ray_client, submission_id: str) -> int:
@@ -247,10 +188,8 @@ def follow(ray_client, submission_id: str) -> int:
             asyncio.run(tail())
         except RuntimeError as e:  # the log stream broke: fall back to polling the status
             print(f"\n(log stream closed: {str(e).splitlines()[0]}; waiting for the job to end)", file=sys.stderr)
-        info = job_info(ray_client, submission_id)
-        while info.status.value not in TERMINAL:
+        while (info := job_info(ray_client, submission_id)).status.value not in TERMINAL:
             time.sleep(1.0)
-            info = job_info(ray_client, submission_id)
     except KeyboardInterrupt:
         print(
             f"\nstopped following; the job keeps running — stop it with: python -m jobs.submit stop {submission_id}",
@@ -258,52 +197,23 @@ def follow(ray_client, submission_id: str) -> int:
         )
         return 130
     observe([info])
-    print_outcome(info)
-    return 0 if info.status.value == "SUCCEEDED" else 1
-
-
-def print_outcome(info) -> None:
     took = f" in {(info.end_time - info.start_time) / 1000:.1f} s" if info.start_time and info.end_time else ""
     print(f"\njob {info.submission_id} {info.status.value.lower()}{took}")
     if info.status.value != "SUCCEEDED" and info.message:
         print("  " + info.message.strip().splitlines()[0])
+    return 0 if info.status.value == "SUCCEEDED" else 1
 
 
-# ----------------------------------------------------------------------------- submitting
-def check_submit_args(args) -> dict[str, str]:
-    """The verb, --from and --env checked before anything is submitted; returns --env as a dict."""
-    if not (ROOT / "jobs" / f"{args.verb}.py").is_file():
-        raise config_lib.ConfigError(
-            f"verb '{args.verb}' has no jobs/{args.verb}.py in this repo — use one of: "
-            + ", ".join(v for v in VERBS if (ROOT / "jobs" / f"{v}.py").is_file())
-        )
-    if (args.verb == "continual") != bool(args.parent):
-        raise config_lib.ConfigError(
-            "--from best|RUN_ID goes with --verb continual (and only with it): the run the new round starts from"
-        )
-    env_vars = {}
-    for item in args.env:
-        name, _, value = item.partition("=")
-        if not name or (not _ and name not in os.environ):
-            raise config_lib.ConfigError(f"--env {item}: give NAME=VALUE, or NAME of a variable set here")
-        env_vars[name] = value if _ else os.environ[name]
-    return env_vars
+def new_job(address: str, cfg, store: Store, plan: tuple, overrides, *, verb: str = "train", **how) -> tuple:
+    """``(submission id, entrypoint, runtime_env, metadata)`` of one job; ``plan``: its ``upload_plan``."""
+    from jobs.train import git_sha  # here, not at the top: status, logs, list and stop need no torch or Ray Train
 
-
-def job_entrypoint(verb: str, config: str, cfg, overrides, smoke_test: bool, parent: str | None = None) -> str:
-    """``python -m jobs.<verb> --config CONFIG ...``, with a local run.storage_path made absolute."""
+    sid, sha = f"{cfg.workload}-{verb}-{uuid.uuid4().hex[:8]}", git_sha()
     overrides = list(overrides)
     if "://" not in cfg.run.storage_path and not os.path.isabs(cfg.run.storage_path):
         overrides.append(f"run.storage_path={absolute(cfg.run.storage_path)}")  # not inside the job's temp copy
-    parent_args = ["--from", parent] if parent else []
-    return shlex.join(
-        ["python", "-m", f"jobs.{verb}", "--config", config, *parent_args, *["--smoke-test"] * smoke_test, *overrides]
-    )
-
-
-def job_env_vars(env_vars: dict, store: Store, submission_id: str, sha: str, address: str) -> dict[str, str]:
-    """The job's environment: --env, then the store, the job id and the code version; a warning when a local
-    store goes to a cluster that may not share this disk."""
+    flags = (["--from", how["parent"]] if how.get("parent") else []) + ["--smoke-test"] * how.get("smoke_test", False)
+    entrypoint = shlex.join(["python", "-m", f"jobs.{verb}", "--config", plan[0], *flags, *overrides])
     local_cluster = urlparse(address).hostname in ("127.0.0.1", "localhost", "::1")
     if not local_cluster and "://" not in store.uri:
         print(
@@ -311,21 +221,13 @@ def job_env_vars(env_vars: dict, store: Store, submission_id: str, sha: str, add
             "this machine's disk — use --store s3://bucket/prefix",
             file=sys.stderr,
         )
-    env_vars = env_vars | {"PERENNIAL_STORE": store.uri, "PERENNIAL_JOB_ID": submission_id, "PERENNIAL_GIT_SHA": sha}
-    if local_cluster:
-        # A single-machine cluster: Ray Train's placement-group cleaner looks up the State API by
-        # auto-detection, which fails when several Ray instances run on the machine; point it here.
+    env_vars = how.get("env_vars", {}) | {
+        "PERENNIAL_STORE": store.uri,
+        "PERENNIAL_JOB_ID": sid,
+        "PERENNIAL_GIT_SHA": sha,
+    }
+    if local_cluster:  # Ray Train's placement-group cleaner auto-detects the State API: wrong with several on a machine
         env_vars.setdefault("RAY_API_SERVER_ADDRESS", address)
-    return env_vars
-
-
-def new_job(address: str, cfg, store: Store, plan: tuple, overrides, *, verb: str = "train", **how) -> tuple:
-    """``(submission id, entrypoint, runtime_env, metadata)`` of one job, not yet submitted; ``plan`` is its
-    ``upload_plan``; ``how``: smoke_test, parent, env_vars, batch_id, retries."""
-    from jobs.train import git_sha  # here, not at the top: status, logs, list and stop need no torch or Ray Train
-
-    sid, sha = f"{cfg.workload}-{verb}-{uuid.uuid4().hex[:8]}", git_sha()
-    entrypoint = job_entrypoint(verb, plan[0], cfg, overrides, how.get("smoke_test", False), how.get("parent"))
     metadata = {
         "perennial": "1",
         "workload": cfg.workload,
@@ -340,7 +242,6 @@ def new_job(address: str, cfg, store: Store, plan: tuple, overrides, *, verb: st
         "first_id": sid,  # the first attempt: what a batch's watcher groups a job's attempts by
         "retries": str(how.get("retries", 0)),
     }
-    env_vars = job_env_vars(how.get("env_vars") or {}, store, sid, sha, address)
     return sid, entrypoint, plan[1] | {"env_vars": env_vars}, metadata
 
 
@@ -354,23 +255,25 @@ def launch(ray_client, store: Store, sid: str, entrypoint: str, runtime_env: dic
             entrypoint=entrypoint, submission_id=sid, runtime_env=runtime_env, metadata=metadata, **DRIVER_RESOURCES
         )
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ClusterError(f"submission refused by {ray_client.get_address()}: {first}") from None
+        raise ClusterError(f"submission refused by {ray_client.get_address()}: {first_line(e)}") from None
     row = {k: metadata[k] for k in ("workload", "verb", "config_hash", "git_sha", "address", "batch_id")}
-    submitted_at = dt.datetime.fromisoformat(metadata["submitted_at"])
-    store.append(
-        "jobs",
-        [
-            row
-            | {"submission_id": sid, "entrypoint": entrypoint, "status": "submitted", "message": ""}
-            | {"submitted_at": submitted_at, "attempt": int(metadata["attempt"])}
-        ],
-    )
+    row |= {"submission_id": sid, "entrypoint": entrypoint, "status": "submitted", "message": ""}
+    row |= {"submitted_at": dt.datetime.fromisoformat(metadata["submitted_at"]), "attempt": int(metadata["attempt"])}
+    store.append("jobs", [row])
 
 
 def cmd_submit(args, cfg, store: Store) -> int:
     plan = upload_plan(args.config, cfg)
-    env_vars = check_submit_args(args)
+    if (args.verb == "continual") != bool(args.parent):
+        raise config_lib.ConfigError(
+            "--from best|RUN_ID goes with --verb continual (and only with it): the run the new round starts from"
+        )
+    env_vars = {}
+    for item in args.env:
+        name, _, value = item.partition("=")
+        if not name or (not _ and name not in os.environ):
+            raise config_lib.ConfigError(f"--env {item}: give NAME=VALUE, or NAME of a variable set here")
+        env_vars[name] = value if _ else os.environ[name]
     ray_client = client(args.address)
     how = {"smoke_test": args.smoke_test, "parent": args.parent, "env_vars": env_vars}
     job = new_job(ray_client.get_address(), cfg, store, plan, args.overrides, verb=args.verb, **how)
@@ -383,10 +286,8 @@ def cmd_submit(args, cfg, store: Store) -> int:
     return follow(ray_client, job[0])
 
 
-# ----------------------------------------------------------------------------- batches
 def cmd_batch(args) -> int:
-    """Check every entry (one bad entry: one line naming it, exit 2, nothing submitted), submit them all, then the
-    batch's watcher (or, with --follow, watch here)."""
+    """Check every entry (a bad one: exit 2, nothing submitted), submit them all, then the batch's watcher."""
     verb, smoke_test, entries = batch.read(args.file)
     checked = []
     for i, (config, overrides) in enumerate(entries, 1):
@@ -409,13 +310,9 @@ def cmd_batch(args) -> int:
         return watch_batch(ray_client, batch_id)
     # the watcher, a Ray job of its own (no slot): it outlives this command; its state is Ray's job table + the store
     watcher = shlex.join(["python", "-m", "jobs.submit", "watch", batch_id, "--address", address])
-    env_vars = {k: v for k, v in jobs[0][2]["env_vars"].items() if k != "PERENNIAL_JOB_ID"}
-    ray_client.submit_job(
-        entrypoint=watcher,
-        submission_id=f"{batch_id}-watch",
-        runtime_env=jobs[0][2] | {"env_vars": env_vars},
-        metadata={"perennial": "watcher", "batch_id": batch_id},
-    )
+    env = jobs[0][2] | {"env_vars": {k: v for k, v in jobs[0][2]["env_vars"].items() if k != "PERENNIAL_JOB_ID"}}
+    meta = {"perennial": "watcher", "batch_id": batch_id}
+    ray_client.submit_job(entrypoint=watcher, submission_id=f"{batch_id}-watch", runtime_env=env, metadata=meta)
     print(f"  status: python -m jobs.submit status {batch_id}\n  stop:   python -m jobs.submit stop --batch {batch_id}")
     return 0
 
@@ -426,15 +323,13 @@ def batch_jobs(ray_client, batch_id: str) -> list:
 
 def latest_attempts(infos: list) -> list:
     """The newest attempt of each job of a batch."""
-    latest = {}
-    for info in sorted(infos, key=lambda i: int(i.metadata.get("attempt", 1))):
-        latest[info.metadata.get("first_id", info.submission_id)] = info
-    return list(latest.values())
+    by_attempt = sorted(infos, key=lambda i: int(i.metadata.get("attempt", 1)))
+    return list({i.metadata.get("first_id", i.submission_id): i for i in by_attempt}.values())
 
 
 def watch_batch(ray_client, batch_id: str, poll_s: float = 2.0) -> int:
-    """Until every job of the batch has ended: record each end, and submit a job whose driver was lost again, up
-    to its ``retries``. Stateless between polls, so a restarted watcher carries on."""
+    """Until the batch has ended: record each end, resubmit a job whose driver was lost (up to its ``retries``).
+    Stateless between polls, so a restarted watcher carries on."""
     while True:
         infos = batch_jobs(ray_client, batch_id)
         observe(infos)
@@ -456,48 +351,27 @@ RESUME = re.compile(r"python -m jobs\.(?:train|sweep) --resume \S+(?: run\.stora
 
 
 def resubmit(ray_client, info) -> int:
-    """Submit a job whose driver was lost again: ``--resume`` the run (or sweep) its log names, else from the start."""
+    """Again with ``--resume`` of the run (or sweep) its log names, else from the start."""
     meta, attempt = info.metadata, int(info.metadata["attempt"]) + 1
     named = RESUME.findall(ray_client.get_job_logs(info.submission_id))
     entrypoint, sid = named[-1] if named else info.entrypoint, f"{meta['first_id']}-r{attempt}"
-    env = info.runtime_env or {}
+    env = dict(info.runtime_env or {})
+    env |= {"env_vars": env.get("env_vars", {}) | {"PERENNIAL_JOB_ID": sid}}
     print(f"{info.submission_id}: driver lost ({(info.message or '').strip()[:200]}); attempt {attempt}: {sid}")
     try:
-        launch(
-            ray_client,
-            Store(meta["store"]),
-            sid,
-            entrypoint,
-            env | {"env_vars": env.get("env_vars", {}) | {"PERENNIAL_JOB_ID": sid}},
-            meta | {"attempt": str(attempt)},
-        )
+        launch(ray_client, Store(meta["store"]), sid, entrypoint, env, meta | {"attempt": str(attempt)})
     except ClusterError as e:  # submitted by another watcher already, or the cluster is busy: the next poll sees
         print(f"warning: {e}", file=sys.stderr)
     return 1
 
 
-def cmd_watch(args) -> int:
-    return watch_batch(client(args.address), args.batch)
-
-
-# ----------------------------------------------------------------------------- status, logs, list, stop
 def cmd_status(args) -> int:
     if args.id.startswith("batch-"):
         return cmd_list(argparse.Namespace(**vars(args) | {"batch": args.id, "workload": None, "status": None}))
     ray_client = client(args.address)
     info = job_info(ray_client, args.id)
     observe([info])
-    meta = info.metadata or {}
-    rows = {
-        "submission_id": info.submission_id,
-        "status": info.status.value.lower(),
-        **{k: meta.get(k, "") for k in ("workload", "verb", "batch_id", "attempt")},
-        "entrypoint": info.entrypoint,
-        "started_at": _ms(info.start_time),
-        "finished_at": _ms(info.end_time),
-        **{k: meta.get(k, "") for k in ("config_hash", "git_sha", "store")},
-        "message": (info.message or "").strip(),
-    }
+    rows = final_row(info) | {"message": (info.message or "").strip(), "store": (info.metadata or {}).get("store", "")}
     if args.format == "table":
         for k, v in rows.items():
             print(f"{k:>14}: {'' if v is None else v}")
@@ -544,10 +418,8 @@ def cmd_list(args) -> int:
             | {"duration_s": took, "message": message}
         )
     df = pd.DataFrame(rows, columns=LIST_COLUMNS)
-    if args.workload:
-        df = df[df["workload"] == args.workload]
-    if args.status:
-        df = df[df["status"] == args.status.lower()]
+    for column, wanted in (("workload", args.workload), ("status", (args.status or "").lower())):
+        df = df[df[column] == wanted] if wanted else df
     if args.batch and args.format == "table":
         watcher = next((i for i in ray_client.list_jobs() if i.submission_id == f"{args.batch}-watch"), None)
         state = f"; its watcher {watcher.status.value.lower()}" if watcher else ""
@@ -593,75 +465,56 @@ def cmd_render(args) -> int:
     return 0
 
 
-def add_shared(p: argparse.ArgumentParser, default) -> None:
-    """The options every subcommand takes, before or after it: a subcommand's copy defaults to SUPPRESS so
-    that it does not overwrite a value given before the verb."""
-    unset = {} if default is None else {"default": default}
-    p.add_argument(
-        "--address",
-        help=f"Ray dashboard / job server URL (default $RAY_ADDRESS or {DEFAULT_ADDRESS})",
-        **unset,
-    )
-    p.add_argument("--format", choices=["table", "csv", "json"], **({"default": "table"} | unset))
-    p.add_argument(
-        "--store", help="evaluation store for the job and its `jobs` rows: a directory or s3:// URI", **unset
-    )
-
-
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m jobs.submit", description="Submit and track jobs on a Ray cluster.")
-    add_shared(p, None)
+    # before or after the verb: SUPPRESS keeps a verb's parser from resetting a value given before it
+    shared = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    shared.add_argument("--address", help=f"Ray dashboard / job server URL (default $RAY_ADDRESS or {DEFAULT_ADDRESS})")
+    shared.add_argument("--format", choices=["table", "csv", "json"])
+    shared.add_argument("--store", help="evaluation store for the job and its `jobs` rows: a directory or s3:// URI")
+    p = argparse.ArgumentParser(prog="python -m jobs.submit", description=__doc__.split("\n")[0], parents=[shared])
     sub = p.add_subparsers(dest="cmd", required=True)
-    sm = sub.add_parser("submit", help="submit `python -m jobs.<verb> --config CONFIG` as a Ray job")
+
+    def verb(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, parents=[shared])
+
+    sm = verb("submit", "submit `python -m jobs.<verb> --config CONFIG` as a Ray job")
     sm.add_argument("config", help="YAML config inside the repo, e.g. configs/mlp.yaml")
     sm.add_argument("--verb", choices=VERBS, default="train")
     sm.add_argument("--from", dest="parent", metavar="best|RUN_ID", help="with --verb continual: the run to start from")
     sm.add_argument("--follow", action="store_true", help="stream the logs; exit 0 if the job succeeds, 1 if not")
     sm.add_argument("--smoke-test", action="store_true", help="the workload's tiny mode")
-    sm.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="NAME[=VALUE]",
-        help="also set this variable in the job (e.g. AWS_ENDPOINT_URL); NAME alone copies it from here",
-    )
+    env_help = "also set this variable in the job (e.g. AWS_ENDPOINT_URL); NAME alone copies it from here"
+    sm.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]", help=env_help)
     sm.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=0.01")
-    bt = sub.add_parser("batch", help="submit every job of a batch file (docs/jobs.md)")
+    bt = verb("batch", "submit every job of a batch file (docs/jobs.md)")
     bt.add_argument("file", help="a batch file: entries (config + overrides) and/or a grid")
     bt.add_argument("--retries", type=int, default=0, help="submit a job whose driver was lost again, up to N times")
     bt.add_argument("--follow", action="store_true", help="watch the batch here until it ends (no watcher job)")
-    wt = sub.add_parser("watch", help="a batch's watcher (batch runs it as a Ray job)")
-    wt.add_argument("batch")
-    rd = sub.add_parser("render", help="a KubeRay RayJob manifest for a job or a batch (docs/kubernetes.md)")
-    k8s.add_arguments(rd)
-    st = sub.add_parser("status", help="a job's status and Ray's message, or a batch's jobs")
-    st.add_argument("id", help="a submission id, or a batch id (batch-...)")
-    lg = sub.add_parser("logs", help="a job's logs")
+    verb("watch", "a batch's watcher (batch runs it as a Ray job)").add_argument("batch")
+    k8s.add_arguments(verb("render", "a KubeRay RayJob manifest for a job or a batch (docs/kubernetes.md)"))
+    verb("status", "a job's status and Ray's message, or a batch's jobs").add_argument("id", help="a job or batch id")
+    lg = verb("logs", "a job's logs")
     lg.add_argument("id")
     lg.add_argument("--follow", action="store_true", help="stream until the job ends; exit with its outcome")
-    ls = sub.add_parser("list", help="jobs submitted through this tool, newest first")
+    ls = verb("list", "jobs submitted through this tool, newest first")
     ls.add_argument("--workload")
     ls.add_argument("--status", help="pending | running | succeeded | failed | stopped")
     ls.add_argument("--batch", help="only this batch's jobs, after their counts by state")
-    sp = sub.add_parser("stop", help="stop a job (or a batch) and wait until it has ended")
+    sp = verb("stop", "stop a job (or a batch) and wait until it has ended")
     sp.add_argument("id", nargs="?")
     sp.add_argument("--batch", help="every job of this batch, and its watcher")
-    for verb in (sm, bt, wt, rd, st, lg, ls, sp):  # --address, --format and --store also after the verb
-        add_shared(verb, argparse.SUPPRESS)
-    args, extra = p.parse_known_args(argv)  # argparse leaves key=value after an option unparsed
+    args = argparse.Namespace(address=None, format="table", store=None)
+    args, extra = p.parse_known_args(argv, args)  # argparse leaves key=value after an option unparsed
     if args.cmd in ("submit", "render") and not any(e.startswith("-") for e in extra):
         args.overrides += extra
     elif extra:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        if args.cmd == "submit":  # bad input: exit 2 here, before any cluster work
-            cfg = preflight.load(args.config, args.overrides, args.smoke_test)
-            return cmd_submit(args, cfg, preflight.open_store(absolute(store_path(args.store, cfg)), cfg))
-        commands = {"batch": cmd_batch, "watch": cmd_watch, "render": cmd_render, "status": cmd_status}
-        return (commands | {"logs": cmd_logs, "list": cmd_list, "stop": cmd_stop})[args.cmd](args)
-    except ClusterError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if args.cmd == "submit":  # bad input: exit 2 here, before any cluster work
+        cfg = preflight.load(args.config, args.overrides, args.smoke_test)
+        return cmd_submit(args, cfg, preflight.open_store(absolute(store_path(args.store, cfg)), cfg))
+    commands = {"batch": cmd_batch, "render": cmd_render, "status": cmd_status, "logs": cmd_logs}
+    commands |= {"list": cmd_list, "stop": cmd_stop, "watch": lambda a: watch_batch(client(a.address), a.batch)}
+    return commands[args.cmd](args)
 
 
 if __name__ == "__main__":

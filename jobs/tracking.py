@@ -1,9 +1,6 @@
-"""Watch a run while it runs: progress lines, TensorBoard, MLflow and Weights & Biases (docs/tracking.md).
-
-Rank 0 of jobs/loop.py drives one :class:`Tracker` (start, on_step, on_epoch, on_test, finish). A restarted
-worker group continues the same tracker runs; :func:`export_to_mlflow` and :func:`export_to_tensorboard`
-replay runs already in the store through the same trackers.
-"""
+"""Watch a run while it runs: progress lines, TensorBoard, MLflow and Weights & Biases (docs/tracking.md). Rank 0
+drives one :class:`Tracker`; a restarted worker group continues the same tracker runs; ``export_to_*`` replay the
+store's runs through the same trackers."""
 
 from __future__ import annotations
 
@@ -29,8 +26,6 @@ SWEEP_TAG = "perennial.sweep"  # marks the MLflow parent run of a sweep
 
 @dataclasses.dataclass
 class RunInfo:
-    """What trackers need to know about a run besides its config."""
-
     run_id: str
     workload: str
     storage_path: str = ""  # the run's Ray Train storage path: its folder is <storage_path>/<run_id>
@@ -51,7 +46,6 @@ class RunInfo:
 
 
 def _numeric(row: dict) -> dict[str, float]:
-    """The row's finite numbers (bools and strings dropped): what a metric can hold."""
     return {
         k: float(v)
         for k, v in row.items()
@@ -60,11 +54,7 @@ def _numeric(row: dict) -> dict[str, float]:
 
 
 def _hparams(config: dict[str, Any]) -> dict[str, Any]:
-    """Flattened config values as trackers take them: numbers, bools and strings (None -> "")."""
-    return {
-        k: ("" if v is None else v) if isinstance(v, (int, float, bool, str)) or v is None else str(v)
-        for k, v in config.items()
-    }
+    return {k: "" if v is None else v if isinstance(v, (int, float, bool, str)) else str(v) for k, v in config.items()}
 
 
 def _clock(seconds: float) -> str:
@@ -74,19 +64,40 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-# ----------------------------------------------------------------------------- progress
-class Progress:
+class Sink:
+    """A tracker: the loop's five calls; a subclass's ``log_step`` gets the mean step loss every ``every_steps``
+    steps, its ``log_epoch`` each epoch past the checkpoint's."""
+
+    every_steps, resumed_from, window = 0, 0, ()
+
+    def start(self, info: RunInfo, config: dict, resumed_from_epoch: int, history: list[dict] = ()) -> None:
+        self.resumed_from, self.window = resumed_from_epoch, []
+
+    def on_step(self, epoch: int, step: int, total: int, loss: float, samples: int, lr: float) -> None:
+        self.window.append(loss)
+        if self.every_steps and step % self.every_steps == 0:
+            self.log_step(epoch * total + step, sum(self.window) / len(self.window), lr)
+            self.window = []
+
+    def on_epoch(self, row: dict) -> None:
+        self.window = []
+        if int(row["epoch"]) > self.resumed_from:
+            self.log_epoch(row)
+
+    def on_test(self, final: dict) -> None:
+        pass
+
+
+class Progress(Sink):
     """Within an epoch: a line every ``every_s`` seconds (samples/s, loss, lr, ETA), or a tqdm bar on a TTY."""
 
     def __init__(self, every_s: float, log: Callable[[str], None], tty: bool | None = None):
         self.every_s, self.log = every_s, log
         self.tty = (sys.__stdout__ or sys.stdout).isatty() if tty is None else tty
-        self.epochs, self.world, self.bar = 0, 1, None
-        self.epoch_wall: float | None = None  # the last whole epoch (train + val), for the run's ETA
+        self.epochs, self.world, self.bar, self.epoch_wall = 0, 1, None, None  # epoch_wall: the last epoch's, for ETA
 
     def start(self, info: RunInfo, config: dict, resumed_from_epoch: int, history: list[dict] = ()) -> None:
-        self.epochs, self.world = info.epochs, max(1, info.world_size)
-        self.epoch = -1
+        self.epochs, self.world, self.epoch = info.epochs, max(1, info.world_size), -1
 
     def on_step(self, epoch: int, step: int, total: int, loss: float, samples: int, lr: float) -> None:
         now = time.perf_counter()
@@ -119,86 +130,67 @@ class Progress:
         )
 
     def on_epoch(self, row: dict) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        self.finish("", None)
         if self.epoch >= 0:
             self.epoch_wall = time.perf_counter() - self.t0
-
-    def on_test(self, final: dict) -> None:
-        pass
 
     def finish(self, status: str, export_dir: str | os.PathLike | None) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 # ----------------------------------------------------------------------------- TensorBoard
-def tensorboard_dir(storage_path: str, run_id: str) -> str:
-    """Where a run's event files go: next to its checkpoints, so ``tensorboard --logdir runs/`` finds every run."""
-    return f"{storage_path.rstrip('/')}/{run_id}/tensorboard"
-
-
-class TensorBoard:
+class TensorBoard(Sink):
     """Event files: step loss and lr, each epoch's metrics, test metrics, hparams. A remote (s3://) folder is
     staged locally and copied up after each epoch and at the end."""
 
     def __init__(self, every_steps: int, log_dir: str | None = None):
         self.every_steps, self.log_dir = every_steps, log_dir
-        self.writer = None
+        self.writer = self.final = None
 
     def start(self, info: RunInfo, config: dict, resumed_from_epoch: int, history: list[dict] = ()) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.info, self.config, self.resumed_from = info, config, resumed_from_epoch
-        self.target = self.log_dir or tensorboard_dir(info.storage_path, info.run_id)
+        super().start(info, config, resumed_from_epoch)
+        self.info, self.config = info, config
+        # next to the run's checkpoints, so that `tensorboard --logdir runs/` finds every run
+        self.target = self.log_dir or f"{info.storage_path.rstrip('/')}/{info.run_id}/tensorboard"
         self.remote = "://" in self.target
         local = tempfile.mkdtemp(prefix="perennial-tb-") if self.remote else self.target
         # a restarted attempt writes a new event file beside the old ones; TensorBoard merges them by step
         self.writer = SummaryWriter(log_dir=local, flush_secs=30)
-        self.window: list[float] = []
 
-    def on_step(self, epoch: int, step: int, total: int, loss: float, samples: int, lr: float) -> None:
-        self.window.append(loss)
-        if self.every_steps and step % self.every_steps == 0:
-            global_step = epoch * total + step
-            self.writer.add_scalar("step/train_loss", sum(self.window) / len(self.window), global_step)
-            self.writer.add_scalar("step/lr", lr, global_step)
-            self.window = []
+    def log_step(self, global_step: int, loss: float, lr: float) -> None:
+        self.writer.add_scalar("step/train_loss", loss, global_step)
+        self.writer.add_scalar("step/lr", lr, global_step)
 
-    def on_epoch(self, row: dict) -> None:
-        self.window = []
-        epoch = int(row["epoch"])
-        if epoch <= self.resumed_from:
-            return
+    def log_epoch(self, row: dict) -> None:
         for key, value in _numeric(row).items():
             if key != "epoch":
-                self.writer.add_scalar(key, value, epoch)
+                self.writer.add_scalar(key, value, int(row["epoch"]))
         self._flush()
 
     def on_test(self, final: dict) -> None:
         self.final = final
-        epoch = int(final.get("epoch") or 0)
         for key, value in _numeric(final).items():
             if key.startswith("test_"):
-                self.writer.add_scalar(key, value, epoch)
+                self.writer.add_scalar(key, value, int(final.get("epoch") or 0))
 
     def finish(self, status: str, export_dir: str | os.PathLike | None) -> None:
         if self.writer is None:
             return
-        final = getattr(self, "final", None)
-        if final is not None:  # the HParams tab: this run's config against its final metrics
+        if self.final is not None:  # the HParams tab: this run's config against its final metrics
             from torch.utils.tensorboard.summary import hparams
 
-            numbers = _numeric(final)
+            numbers = _numeric(self.final)
             metrics = {f"hparams/{k}": v for k, v in numbers.items() if k.startswith(("test_", "val_"))}
             if "best_metric" in numbers and self.info.metric:
                 metrics[f"hparams/best_{self.info.metric}"] = numbers["best_metric"]
-            exp, ssi, sei = hparams(_hparams(self.config), metrics)
-            for summary in (exp, ssi, sei):
+            for summary in hparams(_hparams(self.config), metrics):
                 self.writer.file_writer.add_summary(summary)
             for key, value in metrics.items():
-                self.writer.add_scalar(key, value, int(final.get("epoch") or 0))
+                self.writer.add_scalar(key, value, int(self.final.get("epoch") or 0))
         self._flush()
         self.writer.close()
         if self.remote:  # the staging folder: every event is in the bucket now
@@ -222,8 +214,7 @@ def mlflow_client(uri: str):
 
 
 def mlflow_experiment(client, name: str, uri: str) -> str:
-    """The experiment's id, created if new; a SQLite store keeps artifacts beside its file, not in a Ray worker's
-    temporary working dir."""
+    """The experiment's id, created if new; a SQLite store keeps artifacts beside its file, not in a temp dir."""
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
@@ -250,21 +241,22 @@ def mlflow_find_run(client, experiment_id: str, tag: str, value: str):
 def mlflow_log(client, run_id: str, metrics: dict[str, float], step: int) -> None:
     from mlflow.entities import Metric
 
-    stamp = int(time.time() * 1000)
-    items = [Metric(k, v, stamp, step) for k, v in metrics.items()]
-    for i in range(0, len(items), 1000):  # MLflow's per-batch limit
-        client.log_batch(run_id, metrics=items[i : i + 1000], synchronous=True)
+    _mlflow_batch(client, run_id, "metrics", [Metric(k, v, int(time.time() * 1000), step) for k, v in metrics.items()])
 
 
 def mlflow_params(client, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100):  # MLflow's per-batch limit for params
-        client.log_batch(run_id, params=items[i : i + 100], synchronous=True)
+    _mlflow_batch(client, run_id, "params", [Param(k, str(v)[:6000]) for k, v in params.items()])
 
 
-class MLflow:
+def _mlflow_batch(client, run_id: str, kind: str, items: list) -> None:
+    size = 1000 if kind == "metrics" else 100  # MLflow's per-batch limits
+    for i in range(0, len(items), size):
+        client.log_batch(run_id, **{kind: items[i : i + size]}, synchronous=True)
+
+
+class MLflow(Sink):
     """One MLflow run per perennial run, tagged with its run_id, metrics at step = epoch. Not Ray's
     ``setup_mlflow``: it opens a new run on each restart and cannot attach a parent run."""
 
@@ -273,14 +265,13 @@ class MLflow:
         self.run_id = None
 
     def start(self, info: RunInfo, config: dict, resumed_from_epoch: int, history: list[dict] = ()) -> None:
+        super().start(info, config, resumed_from_epoch)
         self.client = client = mlflow_client(self.uri)
         self.experiment_id = mlflow_experiment(client, self.experiment or info.workload, self.uri)
         run = mlflow_find_run(client, self.experiment_id, "run_id", info.run_id)
         if run is None:
-            tags = info.tags() | (
-                {"mlflow.parentRunId": info.mlflow_parent_run_id} if info.mlflow_parent_run_id else {}
-            )
-            run = client.create_run(self.experiment_id, run_name=info.run_id, tags=tags)
+            parent = {"mlflow.parentRunId": info.mlflow_parent_run_id} if info.mlflow_parent_run_id else {}
+            run = client.create_run(self.experiment_id, run_name=info.run_id, tags=info.tags() | parent)
             mlflow_params(client, run.info.run_id, _hparams(config))
             self.logged_epochs, self.last_step = set(), -1
         else:  # a restarted worker group: the same MLflow run goes on
@@ -288,33 +279,19 @@ class MLflow:
             self.logged_epochs = {m.step for m in client.get_metric_history(run.info.run_id, "epoch")}
             steps = client.get_metric_history(run.info.run_id, "step/train_loss")
             self.last_step = max((m.step for m in steps), default=-1)
-        self.run_id, self.resumed_from = run.info.run_id, resumed_from_epoch
-        self.window: list[float] = []
+        self.run_id = run.info.run_id
         for row in history:  # the checkpoint's epochs this MLflow run lacks (say, tracking turned on at a restart)
-            if row["epoch"] <= resumed_from_epoch and row["epoch"] not in self.logged_epochs:
-                mlflow_log(client, self.run_id, _numeric(row), int(row["epoch"]))
-                self.logged_epochs.add(row["epoch"])
+            if row["epoch"] <= resumed_from_epoch:
+                self.log_epoch(row)
 
-    def on_step(self, epoch: int, step: int, total: int, loss: float, samples: int, lr: float) -> None:
-        self.window.append(loss)
-        if self.every_steps and step % self.every_steps == 0:
-            global_step = epoch * total + step
-            if global_step > self.last_step:  # steps an earlier attempt logged stay as they were
-                mlflow_log(
-                    self.client,
-                    self.run_id,
-                    {"step/train_loss": sum(self.window) / len(self.window), "step/lr": lr},
-                    global_step,
-                )
-            self.window = []
+    def log_step(self, global_step: int, loss: float, lr: float) -> None:
+        if global_step > self.last_step:  # steps an earlier attempt logged stay as they were
+            mlflow_log(self.client, self.run_id, {"step/train_loss": loss, "step/lr": lr}, global_step)
 
-    def on_epoch(self, row: dict) -> None:
-        self.window = []
-        epoch = int(row["epoch"])
-        if epoch <= self.resumed_from or epoch in self.logged_epochs:
-            return
-        mlflow_log(self.client, self.run_id, _numeric(row), epoch)
-        self.logged_epochs.add(epoch)
+    def log_epoch(self, row: dict) -> None:
+        if int(row["epoch"]) not in self.logged_epochs:
+            mlflow_log(self.client, self.run_id, _numeric(row), int(row["epoch"]))
+            self.logged_epochs.add(int(row["epoch"]))
 
     def on_test(self, final: dict) -> None:
         metrics = {k: v for k, v in _numeric(final).items() if k.startswith(("test_", "best_"))}
@@ -330,19 +307,16 @@ class MLflow:
 
 # ----------------------------------------------------------------------------- Weights & Biases
 def wandb_run_id(run_id: str) -> str:
-    """The W&B run id of a perennial run: the run id itself (W&B refuses /\\#?%: and more than 128 chars)."""
+    """W&B refuses /\\#?%: and more than 128 chars."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)[-128:]
 
 
 def wandb_dir(info: RunInfo) -> str:
-    """``$WANDB_DIR``, else the run's folder when it is local (W&B writes only to local disk), else a temp dir."""
-    if os.environ.get("WANDB_DIR"):
-        return os.environ["WANDB_DIR"]
-    if info.storage_path and "://" not in info.storage_path:
-        path = Path(info.storage_path, info.run_id)
-        path.mkdir(parents=True, exist_ok=True)
+    """``$WANDB_DIR``, else the run's folder if local (W&B writes only to local disk), else a temp dir."""
+    if info.storage_path and "://" not in info.storage_path and not os.environ.get("WANDB_DIR"):
+        (path := Path(info.storage_path, info.run_id)).mkdir(parents=True, exist_ok=True)
         return str(path)
-    return tempfile.mkdtemp(prefix="perennial-wandb-")
+    return os.environ.get("WANDB_DIR") or tempfile.mkdtemp(prefix="perennial-wandb-")
 
 
 WANDB_HEADER, WANDB_BLOCK = 7, 32768  # ":W&B" + 2-byte magic + version; then LevelDB-log records in 32 KiB blocks
@@ -373,21 +347,15 @@ def wandb_records(path: str | os.PathLike):
 
 
 def wandb_offline_files(wandb_dir: str | os.PathLike, wandb_id: str) -> list[Path]:
-    """Every offline attempt's file of W&B run ``wandb_id`` under ``wandb_dir``, oldest first."""
     return sorted(Path(wandb_dir).rglob(f"offline-run-*-{wandb_id}/run-{wandb_id}.wandb"))
 
 
 def wandb_offline_history(files: list[Path]) -> list[dict]:
-    """The ``run.log`` entries in W&B offline files, in order."""
-    rows = []
-    for path in files:
-        for record in wandb_records(path):
-            if record.WhichOneof("record_type") == "history":
-                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
-    return rows
+    records = [r for path in files for r in wandb_records(path) if r.WhichOneof("record_type") == "history"]
+    return [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item} for r in records]
 
 
-class Wandb:
+class Wandb(Sink):
     """One W&B run per perennial run, id = run id, group = sweep id. Not Ray's ``setup_wandb``: it wants an API
     key even offline, and its rank-0 check reads the Train V1 session (None under V2)."""
 
@@ -398,6 +366,7 @@ class Wandb:
     def start(self, info: RunInfo, config: dict, resumed_from_epoch: int, history: list[dict] = ()) -> None:
         import wandb
 
+        super().start(info, config, resumed_from_epoch)
         directory = wandb_dir(info)
         earlier = wandb_offline_files(directory, wandb_run_id(info.run_id))
         self.run = wandb.init(
@@ -414,33 +383,21 @@ class Wandb:
             reinit="create_new",
             settings=wandb.Settings(console="off", silent=True, x_disable_stats=True),
         )
-        self.run.define_metric("epoch")
-        self.run.define_metric("global_step")
-        self.run.define_metric("step/*", step_metric="global_step")
+        for name, step in (("epoch", None), ("global_step", None), ("step/*", "global_step")):
+            self.run.define_metric(name, step_metric=step)
         self.defined: set[str] = set()
-        self.resumed_from = resumed_from_epoch
-        self.window: list[float] = []
         # a killed process loses what wandb-core had not flushed: a restart logs the checkpoint's epochs W&B lacks
         if resumed_from_epoch:
             done = self.run.summary.get("epoch") or 0
             done = max([done] + [r["epoch"] for r in wandb_offline_history(earlier) if "epoch" in r])
             for row in history:
                 if done < row["epoch"] <= resumed_from_epoch:
-                    self._log_epoch(row)
+                    self.log_epoch(row)
 
-    def on_step(self, epoch: int, step: int, total: int, loss: float, samples: int, lr: float) -> None:
-        self.window.append(loss)
-        if self.every_steps and step % self.every_steps == 0:
-            loss_mean = sum(self.window) / len(self.window)
-            self.run.log({"global_step": epoch * total + step, "step/train_loss": loss_mean, "step/lr": lr})
-            self.window = []
+    def log_step(self, global_step: int, loss: float, lr: float) -> None:
+        self.run.log({"global_step": global_step, "step/train_loss": loss, "step/lr": lr})
 
-    def on_epoch(self, row: dict) -> None:
-        self.window = []
-        if int(row["epoch"]) > self.resumed_from:
-            self._log_epoch(row)
-
-    def _log_epoch(self, row: dict) -> None:
+    def log_epoch(self, row: dict) -> None:
         metrics = _numeric(row)
         for key in metrics.keys() - self.defined - {"epoch"}:
             self.run.define_metric(key, step_metric="epoch")
@@ -462,7 +419,7 @@ class Tracker:
     """Every tracker the config turns on; one that fails is reported once and turned off, the run goes on."""
 
     def __init__(self, cfg, log: Callable[[str], None] = print):
-        self.log = log
+        self.log, self.finished = log, False
         self.sinks: list = [Progress(cfg.log.every_s, log)]
         t = cfg.tracking
         if t.tensorboard:
@@ -471,7 +428,6 @@ class Tracker:
             self.sinks.append(MLflow(t.mlflow_uri, t.experiment, cfg.log.every_steps, t.log_model))
         if t.wandb_project:
             self.sinks.append(Wandb(t.wandb_project, t.wandb_mode, cfg.log.every_steps))
-        self.finished = False
 
     def _each(self, method: str, *args) -> None:
         for sink in list(self.sinks):
@@ -482,7 +438,6 @@ class Tracker:
                 self.log(f"warning: {type(sink).__name__} tracking turned off after {method}: {type(e).__name__}: {e}")
 
     def start(self, info: RunInfo, config: dict, resumed_from_epoch: int = 0, history: list[dict] = ()) -> None:
-        """``config``: flattened; ``history``: the checkpoint's epoch rows, for trackers that lack some."""
         self._each("start", info, config, resumed_from_epoch, list(history))
 
     def on_step(self, epoch: int, step: int, total: int, loss: float, samples: int, lr: float) -> None:
@@ -511,8 +466,7 @@ def sweep_run(client, experiment_id: str, sweep_id: str, workload: str) -> tuple
 
 
 def start_sweep(cfg, sweep_id: str, search_space: dict) -> dict:
-    """On the sweep driver: the MLflow parent run (found again on --resume), whose id trials need; W&B groups
-    trials by ``group=sweep_id`` instead."""
+    """On the sweep driver: the MLflow parent run (found again on --resume) trials need; W&B groups by sweep_id."""
     if not cfg.tracking.mlflow_uri:
         return {}
     client = mlflow_client(cfg.tracking.mlflow_uri)  # also creates a new SQLite store once, not in each trial
@@ -525,8 +479,8 @@ def start_sweep(cfg, sweep_id: str, search_space: dict) -> dict:
 
 
 def finish_sweep(cfg, sweep_id: str, extras: dict, runs) -> None:
-    """On the sweep driver at the end: each trial's MLflow run gets its store status (a stopped or killed trial
-    could not close its own), the parent the best metric."""
+    """At the sweep's end: each trial's MLflow run gets its store status (a killed trial could not close its own),
+    the parent the best metric."""
     parent = extras.get("mlflow_parent_run_id")
     if not parent or not len(runs):
         return
@@ -552,40 +506,21 @@ def _close_sweep(cfg, parent: str, runs) -> None:
 
 
 # ----------------------------------------------------------------------------- backfill from the store
-def _store_runs(store, workload: str | None):
-    runs = store.df("runs")
-    if workload and len(runs):
-        runs = runs[runs["workload"] == workload]
-    return runs.drop_duplicates("run_id") if len(runs) else runs
-
-
-def _row_params(row: dict) -> dict:
-    """A stored run's hyperparameters: its config, flattened as a live run logs them."""
-    try:
-        cfg = config_lib.from_dict(json.loads(row["config_json"]))
-        return config_lib.flatten(cfg)
-    except (config_lib.ConfigError, ValueError, TypeError, KeyError):  # a workload this checkout no longer has
-        return {}
-
-
-def _info(row: dict) -> RunInfo:
-    keys = ("workload", "sweep_id", "trial_id", "git_sha", "data_fingerprint", "metric", "mode")
-    text = {k: "" if row.get(k) is None or row[k] != row[k] else str(row[k]) for k in keys}  # NaN != NaN
-    return RunInfo(run_id=row["run_id"], **text)
-
-
 def _replay(store, workload: str | None, sink_for: Callable[[RunInfo], Any]) -> dict[str, int]:
-    """Push runs already in ``store`` through a tracker, as a live run would have; ``sink_for(info)`` returns the
-    tracker for one run, or None for a run that tracker already has. Returns ``{"runs": n, "epochs": n}``."""
-    runs = _store_runs(store, workload)
-    done = {"runs": 0, "epochs": 0}
-    epochs = store.df("epochs") if len(runs) else None
-    for row in runs.to_dict("records") if len(runs) else []:
-        info = _info(row)
-        sink = sink_for(info)
-        if sink is None:
+    """Push stored runs through the tracker ``sink_for(info)`` returns (None: it has that run already)."""
+    runs, epochs, done = store.df("runs"), store.df("epochs"), {"runs": 0, "epochs": 0}
+    runs = runs[runs["workload"] == workload] if workload else runs
+    for row in runs.drop_duplicates("run_id").to_dict("records"):
+        keys = ("workload", "sweep_id", "trial_id", "git_sha", "data_fingerprint", "metric", "mode")
+        text = {k: "" if row.get(k) is None or row[k] != row[k] else str(row[k]) for k in keys}  # NaN != NaN
+        info = RunInfo(run_id=row["run_id"], **text)
+        if (sink := sink_for(info)) is None:
             continue
-        sink.start(info, _row_params(row), 0)
+        try:
+            params = config_lib.flatten(config_lib.from_dict(json.loads(row["config_json"])))
+        except (config_lib.ConfigError, ValueError, TypeError, KeyError):  # a workload this checkout no longer has
+            params = {}
+        sink.start(info, params, 0)
         history = epochs[epochs["run_id"] == info.run_id].drop_duplicates("epoch").sort_values("epoch")
         for epoch_row in history.to_dict("records"):
             sink.on_epoch({k: v for k, v in epoch_row.items() if k != "round"})
@@ -597,8 +532,7 @@ def _replay(store, workload: str | None, sink_for: Callable[[RunInfo], Any]) -> 
 
 
 def export_to_mlflow(store, uri: str, experiment: str = "", workload: str | None = None) -> dict[str, int]:
-    """Stored runs to MLflow, each found again by its ``run_id`` tag (a second export adds nothing); a sweep's
-    trials under its parent run."""
+    """Stored runs to MLflow, found again by their ``run_id`` tag; a sweep's trials under its parent run."""
     client = mlflow_client(uri)
 
     def sink_for(info: RunInfo):
@@ -616,7 +550,7 @@ def export_to_mlflow(store, uri: str, experiment: str = "", workload: str | None
 
 
 def export_to_tensorboard(store, logdir: str | os.PathLike, workload: str | None = None) -> dict[str, int]:
-    """Stored runs as event files in ``<logdir>/[<sweep_id>/]<run_id>/``; a folder with events is left as it is."""
+    """Event files in ``<logdir>/[<sweep_id>/]<run_id>/``; a folder with events is left as it is."""
 
     def sink_for(info: RunInfo):
         path = Path(logdir, info.sweep_id, info.run_id)

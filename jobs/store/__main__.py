@@ -3,5 +3,4 @@
 from jobs.errors import cli_main
 from jobs.store.cli import main
 
-if __name__ == "__main__":
-    cli_main(main)
+cli_main(main)

@@ -15,7 +15,6 @@
 
 Every verb takes ``--store PATH_OR_S3_URI`` and ``--format table|csv|json``, before or after the verb;
 the query verbs take ``--as-of VERSION|TIME`` (a table version, an ISO date/time, or an age like 7d).
-A verb is a function below and its lines in :func:`parser`.
 """
 
 from __future__ import annotations
@@ -41,7 +40,6 @@ def frame(rows: list[dict], columns: list[str] | None = None):
     return pd.DataFrame(rows, columns=columns)
 
 
-# ----------------------------------------------------------------------------- queries
 def leaderboard(args) -> None:
     store = open_store(args)
     board = store.leaderboard(args.workload, args.metric, args.top)
@@ -77,7 +75,6 @@ def versions(args) -> None:
     print_frame(frame(rows), args.format, empty=f"(no tables in {store.uri})")
 
 
-# ----------------------------------------------------------------------------- maintenance
 def check(args) -> int:
     store = open_store(args)
     findings = store.check(args.fix, args.older_than)
@@ -97,7 +94,6 @@ def vacuum(args) -> None:
 
 
 def export(args) -> None:
-    """Runs already in the store, pushed to MLflow and/or TensorBoard; a second export adds nothing."""
     if not args.mlflow and not args.tensorboard:
         raise StoreError("export needs a target — give --mlflow URI and/or --tensorboard DIR")
     import importlib.util
@@ -116,20 +112,14 @@ def export(args) -> None:
         print(f"tensorboard {args.tensorboard}: {n['runs']} run(s) written, {n['epochs']} epoch(s) logged")
 
 
-# ----------------------------------------------------------------------------- the parser
 def shared(query: bool) -> argparse.ArgumentParser:
-    """The options every verb takes, on the top parser and on each verb, so they go before or after the verb;
-    SUPPRESS keeps a verb's parser from resetting a value given before the verb."""
-    s = argparse.ArgumentParser(add_help=False)
-    s.add_argument("--store", default=argparse.SUPPRESS, help="store path or s3:// URI ($PERENNIAL_STORE, ./store)")
-    s.add_argument("--format", choices=["table", "csv", "json"], default=argparse.SUPPRESS, help="default: table")
+    """The options every verb takes before or after it (SUPPRESS: a verb's parser keeps a value given before)."""
+    s = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    s.add_argument("--store", help="store path or s3:// URI ($PERENNIAL_STORE, ./store)")
+    s.add_argument("--format", choices=["table", "csv", "json"], help="default: table")
     if query:
-        s.add_argument(
-            "--as-of",
-            default=argparse.SUPPRESS,
-            metavar="VERSION|TIME",
-            help="read each table as it was: a version, an ISO date/time or an age (7d)",
-        )
+        as_of = "read each table as it was: a version, an ISO date/time or an age (7d)"
+        s.add_argument("--as-of", metavar="VERSION|TIME", help=as_of)
     return s
 
 
@@ -173,45 +163,29 @@ def parser() -> argparse.ArgumentParser:
     v = verb("versions", "each table's commits (version, time, operation): what --as-of can name", versions)
     v.add_argument("--table", action="append", help="table(s) (default: all)")
     v.add_argument("--limit", type=int, default=20, help="newest N per table")
-    add_maintenance(verb)
-    return p
-
-
-def add_maintenance(verb) -> None:
     v = verb("check", "report Delta-level problems: non-Delta folders, lost or orphan files, half-recorded runs", check)
     v.add_argument("--fix", action="store_true", help="delete files no commit names; drop log entries of lost files")
-    v.add_argument(
-        "--older-than",
-        type=float,
-        default=3600.0,
-        metavar="S",
-        help="only files older than S seconds count as left over (default 3600: a younger one may be a write under way)",
-    )
+    older = "only files older than S seconds count as left over (default 3600: a younger one may be a write under way)"
+    v.add_argument("--older-than", type=float, default=3600.0, metavar="S", help=older)
     v = verb("compact", "merge each partition's files now, one compaction per table at a time", compact)
     v.add_argument("--table", action="append", help="table(s) (default: all)")
     v.add_argument("--workload")
     v = verb("vacuum", "delete files only versions older than the retention read", vacuum)
-    v.add_argument(
-        "--retention-hours",
-        type=int,
-        default=RETENTION_HOURS,
-        help=f"keep the files of every version younger than this (default {RETENTION_HOURS}: 7 days of time travel)",
-    )
+    keep = f"keep the files of every version younger than this (default {RETENTION_HOURS}: 7 days of time travel)"
+    v.add_argument("--retention-hours", type=int, default=RETENTION_HOURS, help=keep)
     v.add_argument("--dry-run", action="store_true", help="list how many files would go, delete nothing")
-    v = verb(
-        "export", "push stored runs to MLflow (--mlflow URI) and/or TensorBoard event files (--tensorboard DIR)", export
-    )
+    push = "push stored runs to MLflow (--mlflow URI) and/or TensorBoard event files (--tensorboard DIR)"
+    v = verb("export", push, export)
     v.add_argument("--mlflow", metavar="URI", help="an MLflow tracking URI, e.g. sqlite:///mlflow.db")
     v.add_argument("--tensorboard", metavar="DIR", help="a folder for TensorBoard event files")
     v.add_argument("--experiment", default="", help="MLflow experiment (default: perennial-<workload>)")
     v.add_argument("--workload")
+    return p
 
 
 def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
-    for name, default in (("store", None), ("format", "table"), ("as_of", None)):
-        if not hasattr(args, name):
-            setattr(args, name, default)
+    args = argparse.Namespace(store=None, format="table", as_of=None)
+    parser().parse_args(argv, args)
     if args.as_of is not None and args.cmd in WRITERS:
         raise StoreError(f"--as-of reads an old version; `{args.cmd}` changes the store — drop --as-of")
     warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"

@@ -1,16 +1,5 @@
-"""The store engine: one Delta Lake table per kind of record, appended to and read here (a thin layer over delta-rs).
-
-Layout (docs/store.md)::
-
-    <store>/<table>/_delta_log/            the table's commit log (JSON commits + Parquet checkpoints)
-    <store>/<table>/workload=<name>/*.parquet
-
-A table is a Delta table (delta-rs), partitioned by ``workload``, in a local directory or under
-``s3://bucket/prefix``. Every write is one commit through delta-rs's public API, retried when another writer
-committed first; a reader sees each commit whole or not at all. Writers only write: log checkpoints and
-expired-log cleanup are delta-rs's post-commit hook (``TABLE_PROPERTIES``), and compaction runs elsewhere,
-one at a time per table (jobs/store/maintenance.py). Column types: jobs/store/schema.py.
-"""
+"""The store engine: one Delta table per kind of record, partitioned by ``workload``, in a directory or under
+``s3://bucket/prefix`` (layout: docs/store.md). Every write is one delta-rs commit, retried on a conflict."""
 
 from __future__ import annotations
 
@@ -35,11 +24,9 @@ INFO_KINDS = ("many_files", "in_progress", "record_pending", "orphan_file")  # f
 COMPACT_AFTER = 16  # files in one partition at which a compaction is due (maintenance.compact_if_due)
 RETENTION_HOURS = 7 * 24  # history `vacuum` keeps by default: a week of time travel
 COMMIT_ATTEMPTS = 40  # a conflict only means another writer committed first: retry from the new version
-RESULT_CACHE_ENTRIES = 16  # small query results kept per table version (Engine.read), the oldest dropped first
-RESULT_CACHE_BYTES = 64 << 20  # ... each at most this big
+RESULT_CACHE_ENTRIES, RESULT_CACHE_BYTES = 16, 64 << 20  # small query results kept per table version (Engine.read)
 CHECKPOINT_INTERVAL = 10  # commits between log checkpoints (delta-rs's default is 100)
-# Set on every table (at create; an older table gets them on its next write or compaction): delta-rs's post-commit
-# hook then writes a checkpoint every CHECKPOINT_INTERVAL commits and removes log entries past the retention.
+# delta-rs's post-commit hook then writes the log checkpoints and removes log entries past the retention
 TABLE_PROPERTIES = {
     "delta.checkpointInterval": str(CHECKPOINT_INTERVAL),
     "delta.logRetentionDuration": "interval 30 days",
@@ -88,8 +75,7 @@ def parse_as_of(as_of: str | int | dt.datetime | None) -> int | dt.datetime | No
 
 
 def storage_options(uri: str) -> dict[str, str] | None:
-    """delta-rs object-store options from the environment (the same AWS_* variables boto3 and pyarrow read);
-    ``DELTA_*`` / ``AWS_S3_LOCKING_PROVIDER`` pass through for the DynamoDB commit lock (docs/store.md)."""
+    """delta-rs object-store options from the AWS_* / DELTA_* variables (DELTA_*: the DynamoDB commit lock)."""
     if "://" not in uri:
         return None
     options = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "DELTA_")) and v}
@@ -114,12 +100,8 @@ def first_line(e: BaseException) -> str:
 
 
 class Engine:
-    """The store's tables at a local directory or a URI (``s3://bucket/prefix``).
-
-    ``as_of`` (a version number, a datetime, an ISO date or an age such as ``7d``) makes every read
-    see each table as it was then; such a store refuses writes. ``compact_after`` is the number of
-    files in one partition at which a compaction is due (``maintenance.compact_if_due``).
-    """
+    """The store's tables; ``as_of`` (a version, a datetime, an ISO date or an age such as ``7d``) makes every read
+    see each table as it was then, and the store read-only."""
 
     def __init__(self, uri: str | os.PathLike, as_of=None, compact_after: int = COMPACT_AFTER):
         uri = str(uri).rstrip("/")
@@ -133,22 +115,17 @@ class Engine:
         self._datasets: dict[str, tuple[int, ds.Dataset]] = {}  # table -> (version, its pyarrow dataset)
         self._results: dict[tuple, pa.Table] = {}  # (table, version, query) -> a small result (Engine.read)
         try:
-            if self.local:
-                self.fs, self.root = pafs.LocalFileSystem(), self.uri
-            else:
-                self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
-                self.root = self.root.rstrip("/")
+            self.fs, root = (pafs.LocalFileSystem(), self.uri) if self.local else pafs.FileSystem.from_uri(self.uri)
+            self.root = root.rstrip("/")
         except Exception as e:
             raise StoreError(
                 f"store '{uri}' is not usable: {first_line(e)} — give a directory or s3://bucket/prefix"
             ) from None
 
-    # ------------------------------------------------------------------ tables
     def table_uri(self, table: str) -> str:
         return f"{self.uri}/{table}"
 
     def tables(self) -> list[str]:
-        """Names of the store's Delta tables."""
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
             names = [os.path.basename(i.path) for i in infos if i.type == pafs.FileType.Directory]
@@ -160,11 +137,8 @@ class Engine:
             raise StoreError(f"cannot read store '{self.uri}': {first_line(e)}") from None
 
     def delta(self, table: str, fresh: bool = True):
-        """The ``DeltaTable`` of ``table`` at the newest version (or at ``as_of``); None if there is none.
-
-        One handle per table, brought up to date incrementally, and loaded afresh (from the newest log checkpoint)
-        once the table passed a checkpoint: a handle's writes cost more the more commits it applied since its load.
-        A log listing that caught commits mid-creation (``_log_race``) is retried: it is a read."""
+        """The ``DeltaTable`` of ``table`` (newest, or at ``as_of``); None if there is none. One handle per table,
+        loaded afresh past each log checkpoint (a handle's writes cost more the more commits it applied)."""
         from deltalake import DeltaTable
         from deltalake.exceptions import DeltaError, TableNotFoundError
 
@@ -218,38 +192,23 @@ class Engine:
             ) from None
         return d
 
-    # ------------------------------------------------------------------ read
     def dataset(self, table: str, workload: str | None = None) -> ds.Dataset | None:
-        """A pyarrow dataset over ``table``'s current files (None if the table does not exist)."""
         d = self.delta(table)
         if d is None:
             return None
         cached = self._datasets.get(table)
         if cached is None or cached[0] != d.version():  # building one costs per file: reuse it per version
-            cached = self._datasets[table] = (d.version(), self.arrow_dataset(d, table))
+            # Arrow's own filesystem: with deltalake's Python one, the interpreter could abort at exit
+            files = pafs.SubTreeFileSystem(f"{self.root}/{table}", self.fs)
+            cached = self._datasets[table] = (d.version(), d.to_pyarrow_dataset(filesystem=files))
         data = cached[1]
         return data.filter(ds.field(PARTITION) == workload) if workload else data
-
-    def arrow_dataset(self, d, table: str) -> ds.Dataset:
-        """``d.to_pyarrow_dataset()`` over Arrow's own filesystem for the store (local or S3). deltalake's default
-        is a Python-implemented filesystem that Arrow's threads call back into; after such a read the interpreter
-        aborted at exit now and then ("terminate called without an active exception")."""
-        return d.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(f"{self.root}/{table}", self.fs))
 
     def empty(self, table: str) -> pa.Table:
         return pa.schema([(k, v) for k, v in CORE.get(table, {}).items()] + [(PARTITION, pa.string())]).empty_table()
 
-    def read(
-        self,
-        table: str,
-        workload: str | None = None,
-        filter: ds.Expression | None = None,
-        columns: list[str] | None = None,
-    ) -> pa.Table:
-        """Rows of ``table`` (optionally one workload's, filtered, some columns) as an Arrow table.
-
-        A small result is kept per table version: the same query again (a dashboard, a notebook, the
-        leaderboard after each sweep trial) reads nothing while the table has no new commit."""
+    def read(self, table: str, workload: str | None = None, filter=None, columns: list[str] | None = None) -> pa.Table:
+        """Rows of ``table`` as an Arrow table; a small result is kept per table version, for the same query again."""
         data = self.dataset(table, workload)
         if data is None:
             empty = self.empty(table)
@@ -269,27 +228,18 @@ class Engine:
             self._results[key] = out
         return out
 
-    def df(
-        self,
-        table: str,
-        workload: str | None = None,
-        filter: ds.Expression | None = None,
-        columns: list[str] | None = None,
-    ):
-        return self.read(table, workload, filter, columns).to_pandas()
+    def df(self, *args, **kwargs):
+        """``read``'s rows as a pandas frame."""
+        return self.read(*args, **kwargs).to_pandas()
 
     def files(self, table: str) -> list[str]:
-        """The data files of ``table``'s current version."""
         d = self.delta(table)
         return sorted(d.file_uris()) if d is not None else []
 
     def versions(self, table: str, limit: int | None = None) -> list[dict]:
         """The table's commits, newest first: version, timestamp, operation, rows added."""
-        d = self.delta(table)
-        if d is None:
-            return []
-        out = []
-        for c in d.history(limit):
+        d, out = self.delta(table), []
+        for c in d.history(limit) if d is not None else []:
             metrics = c.get("operationMetrics") or {}
             out.append(
                 {
@@ -304,22 +254,15 @@ class Engine:
             )
         return out
 
-    # ------------------------------------------------------------------ write
     def append(self, table: str, rows: Iterable[dict[str, Any]] | pa.Table) -> int:
-        """Append rows (dicts, or an Arrow table for bulk loads) to ``table`` in one commit (every workload
-        at once); returns the new version. Types are checked against the table's as for dicts."""
-        if isinstance(rows, pa.Table):
-            if PARTITION not in rows.column_names:
-                raise StoreError(f"append to '{table}': the Arrow table needs a '{PARTITION}' column")
-            return self._commit(table, rows) if rows.num_rows else -1
-        rows = list(rows)
-        return self._commit(table, rows) if rows else -1
+        """Append rows (dicts, or an Arrow table with a workload column) in one commit; returns the new version."""
+        if isinstance(rows, pa.Table) and PARTITION not in rows.column_names:
+            raise StoreError(f"append to '{table}': the Arrow table needs a '{PARTITION}' column")
+        rows = rows if isinstance(rows, pa.Table) else list(rows)
+        return self._commit(table, rows) if len(rows) else -1
 
     def replace(self, table: str, rows: Iterable[dict[str, Any]], key: dict[str, Any]) -> int:
-        """Delete the rows of ``table`` whose columns equal ``key`` and append ``rows``, in one commit.
-
-        Idempotent: writing the same record twice leaves it once. Every row must match ``key``.
-        """
+        """Delete the rows whose columns equal ``key`` and append ``rows`` (each matching ``key``), in one commit."""
         rows = list(rows)
         for r in rows:
             if any(r.get(k) != v for k, v in key.items()):
@@ -327,18 +270,9 @@ class Engine:
         return self._commit(table, rows, key=key)
 
     def record_run(self, epochs: list[dict[str, Any]], run: dict[str, Any]) -> bool:
-        """Record a run: its epoch rows, then its ``runs`` row, each table's rows replaced in one commit.
-
-        Both commits carry the run's Delta transaction id (appId ``perennial.run/<workload>/<run_id>``, version the
-        recording's time in µs) and both tables' rows one ``record_id``. A recording replaces the run's rows only if
-        the table's transaction version for the run is older; delta-rs refuses a commit whose appId another commit
-        set since its snapshot, and the retry sees that commit. So:
-
-        - a table never holds two recordings of a run, nor part of one;
-        - a ``runs`` row is never visible before epochs of its run (epochs commit first);
-        - once every recorder of a run has returned, both tables hold the latest recording. A recorder
-          that finds a later recording already in ``epochs`` writes nothing more and returns False.
-        """
+        """Replace a run's epoch rows, then its ``runs`` row, each in one commit carrying the run's Delta transaction
+        (version: the recording's time), so the newest recording wins; False if a later one is in ``epochs`` already
+        (docs/store.md)."""
         when = now()
         record = f"{when:%Y%m%dT%H%M%S.%fZ}-{uuid.uuid4().hex[:8]}"
         key = {PARTITION: run.get(PARTITION) or "none", "run_id": run["run_id"]}
@@ -352,13 +286,9 @@ class Engine:
     def _commit(
         self, table: str, rows: list[dict] | pa.Table, key: dict | None = None, txn: tuple[str, int] | None = None
     ) -> int | bool:
-        """One commit of ``rows`` (replacing ``key``'s rows when given), retried on a conflict. Returns the new
-        version; for a run's recording (``txn``: its transaction id and version), whether it is in the table.
-
-        Every commit carries a token in its commit info. delta-rs can raise after its commit landed (its post-commit
-        refresh lists the log, and a listing that races other writers' commits fails, see ``_log_race``); before
-        retrying after any error but a plain conflict, the commits after the version this attempt read are searched
-        for the token, so a landed commit is never made twice."""
+        """One commit of ``rows`` (replacing ``key``'s rows), retried on a conflict; returns the new version, or for a
+        recording (``txn``) whether it is in the table. delta-rs can raise after its commit landed: a token in the
+        commit info tells whether it did, so that no commit is made twice."""
         from deltalake import CommitProperties
         from deltalake.exceptions import CommitFailedError, DeltaError
         from deltalake.transaction import Transaction
@@ -375,8 +305,7 @@ class Engine:
         properties = CommitProperties(custom_metadata={TOKEN: token}, app_transactions=apps)
         failure: BaseException | None = None
         for attempt in range(COMMIT_ATTEMPTS):
-            # The first attempt takes the handle as it is (no log listing): delta-rs checks every commit newer
-            # than it for a conflict anyway; a retry reads the newest.
+            # the first attempt takes the handle as it is: delta-rs checks newer commits for conflicts anyway
             d = self.delta(table, fresh=attempt > 0)
             read_version = d.version() if d is not None else -1
             try:
@@ -387,13 +316,10 @@ class Engine:
             except CommitFailedError as e:  # another writer committed first: nothing of this attempt landed
                 failure = e
             except DeltaError as e:
-                # "version 0 already exists" when two writers create a table at once; a log listing that raced
-                # other commits, before or after this commit landed
                 self._open.pop(table, None)  # the handle may hold a partial listing: load it afresh
                 if self._landed_at(table, read_version, token) is not None:
                     break
-                # another writer created the table since this attempt found none, with other columns ("Cannot cast
-                # schema"): the retry conforms the rows to that table and merges their new columns into it
+                # another writer created the table meanwhile: the retry conforms the rows to it
                 created = d is None and self.delta(table) is not None
                 if not (created or "exists" in str(e).lower() or _log_race(e)) or attempt == COMMIT_ATTEMPTS - 1:
                     raise _write_error(self.uri, table, e) from None
@@ -409,8 +335,7 @@ class Engine:
         return True if txn else self.delta(table, fresh=False).version()
 
     def _write(self, table: str, d, arrow, predicate: str | None, txn, properties) -> bool | None:
-        """One write attempt on handle ``d`` (None: the table does not exist yet). Returns None once written, or
-        whether ``txn``'s recording is in the table when nothing needs writing."""
+        """One write attempt (``d`` None: create the table); None once written, else whether ``txn`` is there."""
         from deltalake import write_deltalake
 
         if d is None:  # the first commit creates the table (two creators: one gets "already exists")
@@ -444,8 +369,7 @@ class Engine:
         return None
 
     def _landed_at(self, table: str, after: int, token: str) -> int | None:
-        """The version after ``after`` of ``table`` whose commit carries ``token`` (None if none does). Reads the
-        commit files by name, one after the other, rather than listing the log (the listing is what can race)."""
+        """The version after ``after`` whose commit carries ``token``, read by name (a log listing can race)."""
         version = after + 1
         while True:
             path = f"{self.root}/{table}/{LOG}/{version:020d}.json"
@@ -463,19 +387,15 @@ class Engine:
 
 
 def set_table_properties(d) -> None:
-    """Give a table made without ``TABLE_PROPERTIES`` (an older store) its checkpoint and log-cleanup properties."""
+    """Give a table made without ``TABLE_PROPERTIES`` (an older store) those properties."""
     if d.metadata().configuration.items() < TABLE_PROPERTIES.items():
         d.alter.set_table_properties(TABLE_PROPERTIES, raise_if_not_exists=False)
 
 
 def _log_race(e: BaseException) -> bool:
-    """A log listing that caught other writers' commits mid-creation: a local directory listing (ext4 and
-    others) may show commit N+1 without N when both appear while it runs, and delta-kernel refuses the gap
-    ("Expected ordered contiguous commit files", "Gap between checkpoint version"). Listing again sees both."""
-    text = str(e)
-    return any(
-        s in text for s in ("contiguous commit files", "to be next version to checkpoint", "Gap between checkpoint")
-    )
+    """A log listing that saw commit N+1 without N (both created while it ran): listing again sees both."""
+    races = ("contiguous commit files", "to be next version to checkpoint", "Gap between checkpoint")
+    return any(s in str(e) for s in races)
 
 
 def _literal(v: Any) -> str:

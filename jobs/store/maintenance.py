@@ -1,14 +1,8 @@
-"""The store's maintenance: compaction (one at a time per table, under a lease), vacuum and check.
+"""The store's maintenance: compaction, vacuum and check (``python -m jobs.store compact|vacuum|check``).
 
-    python -m jobs.store compact [--table epochs] [--workload mlp]
-
-Compaction runs in three places only, never in every writer: ``jobs.store compact``, a sweep's driver (every few
-finished trials and at its end) and the end of a job (``compact_if_due``). It is delta-rs's ``optimize.compact``,
-which commits its rewrite with ``dataChange=false`` (a streaming reader does not read the rows again). delta-rs
-1.6.6 lets two overlapping compactions of one table both commit, and every row then reads twice (upstream:
-delta-io/delta-rs, optimize has no conflict check against a concurrent optimize), so each compaction holds the
-table's lease: an object in the table's folder created only if absent (local disk: ``O_EXCL``; S3: a conditional
-put), which expires after ``LEASE_S`` so that a crashed compactor does not block the table for good.
+delta-rs lets two overlapping compactions of one table both commit, and every row then reads twice (its optimize
+has no conflict check against a concurrent optimize), so each compaction holds the table's lease: an object
+created only if absent, which expires after ``LEASE_S`` so that a crashed compactor does not block the table.
 """
 
 from __future__ import annotations
@@ -27,7 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from jobs.errors import StoreError
-from jobs.store.engine import LOG, PARTITION, Engine, first_line, now, set_table_properties
+from jobs.store.engine import LOG, PARTITION, RETENTION_HOURS, Engine, first_line, now, set_table_properties
 
 LEASE = "_compaction.lease"  # in the table's folder: Delta readers and vacuum skip names starting with "_"
 LEASE_S = 600.0  # a lease older than this is expired (a compaction of one table takes seconds)
@@ -36,15 +30,18 @@ COMPACT_ATTEMPTS = 4  # a compaction refused over a run's re-recording is planne
 
 @contextlib.contextmanager
 def lease(store: Engine, table: str) -> Iterator[bool]:
-    """Hold ``table``'s compaction lease for the ``with`` block: yields False (and holds nothing) if another
-    compactor, in this process or any other, holds it now."""
-    token = uuid.uuid4().hex
-    held = _acquire(store, f"{store.root}/{table}/{LEASE}", token)
+    """Hold ``table``'s compaction lease for the block: yields False (holding nothing) if another compactor has it."""
+    path, token = f"{store.root}/{table}/{LEASE}", uuid.uuid4().hex
+    held = _acquire(store, path, token)
     try:
         yield held
     finally:
         if held:
-            _release(store, f"{store.root}/{table}/{LEASE}", token)
+            with contextlib.suppress(OSError):  # a lease that expired under this compactor may be another's now
+                with store.fs.open_input_stream(path) as stream:
+                    mine = stream.read() == token.encode()
+                if mine:
+                    store.fs.delete_file(path)
 
 
 def _acquire(store: Engine, path: str, token: str) -> bool:
@@ -56,27 +53,15 @@ def _acquire(store: Engine, path: str, token: str) -> bool:
             continue  # released meanwhile
         if info.mtime is None or time.time() - info.mtime.timestamp() < LEASE_S:
             return False
-        # Expired: exactly one compactor takes it over (the one that creates the marker named after this lease's
-        # time), deletes it and creates its own; a slower one that saw the same expired lease loses the marker.
+        # expired: the one compactor that creates the marker named after its time takes it over
         if not _create(store, f"{path}.{info.mtime_ns}.expired", b""):
             return False
         store.fs.delete_file(path)
     return False
 
 
-def _release(store: Engine, path: str, token: str) -> None:
-    try:
-        with store.fs.open_input_stream(path) as stream:
-            mine = stream.read() == token.encode()
-        if mine:  # not a lease that expired under this compactor and is now another's
-            store.fs.delete_file(path)
-    except OSError:
-        pass
-
-
 def _create(store: Engine, path: str, body: bytes) -> bool:
-    """Create ``path`` only if it is absent: of many callers, one wins (local disk: ``O_EXCL``; S3: a put with
-    ``If-None-Match: *``, which pyarrow's S3 filesystem cannot send, so boto3 does)."""
+    """Create ``path`` only if absent (S3: ``If-None-Match: *``, which pyarrow cannot send, so boto3 does)."""
     if store.local:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -85,11 +70,9 @@ def _create(store: Engine, path: str, body: bytes) -> bool:
         with os.fdopen(fd, "wb") as f:
             f.write(body)
         return True
-    try:
-        import boto3
-        from botocore.exceptions import ClientError
-    except ImportError:
-        raise StoreError("compacting a store on S3 needs boto3 — pip install boto3") from None
+    import boto3
+    from botocore.exceptions import ClientError
+
     bucket, _, key = path.partition("/")
     try:
         boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
@@ -112,9 +95,8 @@ def files_per_partition(d) -> dict[str, int]:
 def compact(
     store: Engine, tables: list[str] | None = None, workload: str | None = None, due_only: bool = False
 ) -> list[dict]:
-    """Merge each partition's files (or ``workload``'s) under each table's lease; with ``due_only``, only
-    partitions holding ``store.compact_after`` files or more. One summary row per partition; a table whose
-    lease another compactor holds is skipped (``files_after`` None)."""
+    """Merge each partition's files (or ``workload``'s; ``due_only``: those with ``compact_after`` files or more)
+    under each table's lease; a row per partition, ``files_after`` None where another compactor held the lease."""
     summary = []
     for table in tables or store.tables():
         d = store.delta(table)
@@ -135,11 +117,12 @@ def compact(
                     if before.get(w, 0) > 1:
                         _compact_partition(store, table, w)
             after = files_per_partition(store.delta(table)) if held else {}
-        for w in partitions:
-            summary.append(
-                {"table": table, "partition": f"{PARTITION}={w}", "files_before": before.get(w, 0)}
-                | {"files_after": after.get(w, 0) if held else None, "version": store.delta(table).version()}
-            )
+        version = store.delta(table).version()
+        summary += [
+            {"table": table, "partition": f"{PARTITION}={w}", "files_before": before.get(w, 0)}
+            | {"files_after": after.get(w, 0) if held else None, "version": version}
+            for w in partitions
+        ]
     return summary
 
 
@@ -159,8 +142,7 @@ def _compact_partition(store: Engine, table: str, workload: str) -> None:
 
 
 def compact_if_due(store: Engine, workload: str, tables: tuple[str, ...] = ("epochs", "runs")) -> list[dict]:
-    """Compact ``workload``'s partition of each of ``tables`` that holds ``store.compact_after`` files or more
-    (a sweep's driver and the end of a job call this). Best effort: a failure is a warning, the rows are safe."""
+    """Compact ``workload``'s partitions that are due (a sweep's driver, a job's end); a failure is a warning."""
     from deltalake.exceptions import DeltaError
 
     try:
@@ -171,7 +153,7 @@ def compact_if_due(store: Engine, workload: str, tables: tuple[str, ...] = ("epo
         return []
 
 
-def vacuum(store: Engine, retention_hours: int, dry_run: bool = False) -> list[dict]:
+def vacuum(store: Engine, retention_hours: int = RETENTION_HOURS, dry_run: bool = False) -> list[dict]:
     """Delete files no version younger than ``retention_hours`` reads (time travel keeps that window)."""
     summary = []
     for table in store.tables():
@@ -186,10 +168,8 @@ def vacuum(store: Engine, retention_hours: int, dry_run: bool = False) -> list[d
 
 
 def check(store: Engine, fix: bool = False, older_than_s: float = 3600.0) -> list[dict]:
-    """Problems at the Delta level: a table folder that is not a Delta table, data files the log names but
-    storage lacks, files no commit names (left by a killed writer; ``fix`` deletes those older than
-    ``older_than_s``), runs whose two tables hold different recordings, and partitions due for compaction.
-    Returns one dict per finding."""
+    """Delta-level findings, one dict each: non-Delta folders, lost files, files no commit names (``fix`` deletes
+    those older than ``older_than_s``), half-recorded runs, partitions due for compaction."""
     findings = []
 
     def add(kind, table, path, detail, fixed=False):
@@ -206,11 +186,9 @@ def check(store: Engine, fix: bool = False, older_than_s: float = 3600.0) -> lis
         live = {_rel(store.table_uri(table), f) for f in d.file_uris()}
         named = live | _files_named_in_log(store.fs, f"{store.root}/{table}/{LOG}")
         base = f"{store.root}/{table}"
-        present = {}
-        for f in store.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True)):
-            rel = f.path[len(base) + 1 :]
-            if f.type == pafs.FileType.File and not rel.startswith(LOG) and rel.endswith(".parquet"):
-                present[rel] = f
+        listing = store.fs.get_file_info(pafs.FileSelector(base, recursive=True, allow_not_found=True))
+        files = {f.path[len(base) + 1 :]: f for f in listing if f.type == pafs.FileType.File}
+        present = {rel: f for rel, f in files.items() if not rel.startswith(LOG) and rel.endswith(".parquet")}
         for rel in sorted(live - set(present)):
             if fix:
                 d.repair(dry_run=False)
@@ -241,7 +219,7 @@ def _rel(table_uri: str, file_uri: str) -> str:
 
 
 def _files_named_in_log(fs: pafs.FileSystem, log: str) -> set[str]:
-    """Every data file an add or remove action of a commit still in the log names (time travel reads those)."""
+    """Every data file an add or remove action in the log names (time travel reads those)."""
     from urllib.parse import unquote
 
     named = set()
@@ -249,30 +227,20 @@ def _files_named_in_log(fs: pafs.FileSystem, log: str) -> set[str]:
         if not f.path.endswith(".json") or os.path.basename(f.path).startswith("_"):
             continue
         with fs.open_input_stream(f.path) as stream:
-            for line in stream.read().decode().splitlines():
-                action = json.loads(line) if line.strip() else {}
-                for kind in ("add", "remove"):
-                    if kind in action:
-                        named.add(unquote(action[kind]["path"]))
+            actions = [json.loads(line) for line in stream.read().decode().splitlines() if line.strip()]
+        named |= {unquote(action[kind]["path"]) for action in actions for kind in ("add", "remove") if kind in action}
     return named
 
 
 def _record_mismatches(store: Engine) -> list[tuple[str, str]]:
-    """Runs whose ``runs`` row and ``epochs`` rows come from different recordings (a recorder still
-    running, or killed between its two commits: recording the run again settles it)."""
-    runs = store.read("runs", columns=["run_id", "record_id"])
-    epochs = store.read("epochs", columns=["run_id", "record_id"])
-    if "record_id" not in runs.column_names or "record_id" not in epochs.column_names:
+    """Runs whose ``runs`` and ``epochs`` rows come from different recordings (a recorder running, or killed)."""
+    runs = store.df("runs", columns=["run_id", "record_id"])
+    epochs = store.df("epochs", columns=["run_id", "record_id"])
+    if "record_id" not in runs or "record_id" not in epochs:
         return []
-    by_run = dict(zip(runs.column("run_id").to_pylist(), runs.column("record_id").to_pylist()))
-    epoch_records: dict[str, set] = {}
-    for r in epochs.group_by(["run_id", "record_id"]).aggregate([]).to_pylist():
-        epoch_records.setdefault(r["run_id"], set()).add(r["record_id"])
-    out = []
-    for run_id, record in by_run.items():
-        if record is None or run_id not in epoch_records:
-            continue
-        if epoch_records[run_id] != {record}:
-            later = sorted(x for x in epoch_records[run_id] if x)
-            out.append((run_id, f"runs row from recording {record}, epochs from {', '.join(later)}"))
-    return out
+    sets = epochs.groupby("run_id")["record_id"].agg(set)
+    return [
+        (run_id, f"runs row from recording {record}, epochs from {', '.join(sorted(x for x in sets[run_id] if x))}")
+        for run_id, record in dict(zip(runs["run_id"], runs["record_id"])).items()
+        if record is not None and run_id in sets and sets[run_id] != {record}
+    ]

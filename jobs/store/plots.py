@@ -12,22 +12,13 @@ from jobs.errors import StoreError
 from jobs.store.engine import FINISHED, PARTITION, number
 
 
-def plot(
-    store,
-    run_ids: list[str] = (),
-    sweep_id: str | None = None,
-    workload: str | None = None,
-    metric: str | None = None,
-    out: str = "plots",
-    top: int = 5,
-) -> list[str]:
+def plot(store, run_ids=(), sweep_id=None, workload=None, metric=None, out: str = "plots", top: int = 5) -> list[str]:
     """Learning curves of ``run_ids``, else a sweep's trials (and its metric against each hyperparameter), else
     the ``top`` runs of each workload. Returns the PNG paths written."""
     import matplotlib
 
     matplotlib.use("Agg")
     os.makedirs(out, exist_ok=True)
-    written = []
     if run_ids:
         groups = {"runs": list(run_ids)}
     elif sweep_id:
@@ -44,10 +35,10 @@ def plot(
                 f"no finished runs{f' of {workload}' if workload else ''} in {store.uri} — train one first"
             )
         groups = {w: list(g["run_id"]) for w, g in board.groupby(PARTITION, sort=True)}
-    for tag, ids in groups.items():
-        written.append(
-            _plot_curves(store, ids, metric, f"{out}/curves-{_safe(tag)}.png", tag, top if not run_ids else len(ids))
-        )
+    limit = len(run_ids) or top
+    written = [
+        _plot_curves(store, ids, metric, f"{out}/curves-{_safe(tag)}.png", tag, limit) for tag, ids in groups.items()
+    ]
     if sweep_id:
         written.append(_plot_sweep(store, sweep_id, metric, f"{out}/sweep-{_safe(sweep_id)}.png"))
     return written
@@ -69,10 +60,9 @@ def _plot_curves(store, run_ids: list[str], metric: str | None, path: str, title
         metric = next((c for c in epochs.columns if c.startswith("val_") and not epochs[c].isna().all()), None)
     total = len(set(run_ids))
     if total > limit and all(r in info for r in run_ids):  # a big sweep: only the best lines
-        mode = info[run_ids[0]].get("mode") or "max"
-        run_ids = sorted(run_ids, key=lambda r: number(info[r].get("best_metric")) or 0.0, reverse=mode == "max")[
-            :limit
-        ]
+        best_first = (info[run_ids[0]].get("mode") or "max") == "max"
+        run_ids = sorted(run_ids, key=lambda r: number(info[r].get("best_metric")) or 0.0, reverse=best_first)
+        run_ids = run_ids[:limit]
         title += f" (best {limit} of {total} runs)"
     panels = [m for m in (metric, "train_loss") if m and m in epochs and not epochs[m].isna().all()]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.4), squeeze=False)
@@ -87,9 +77,7 @@ def _plot_curves(store, run_ids: list[str], metric: str | None, path: str, title
             label += f" ({status})" if status and status != "completed" else ""
             style = "--" if status == "stopped_early" else "-"
             ax.plot(h["epoch"], h[column], style, marker="o", markersize=3, label=label)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(column)
-        ax.set_title(f"{column} per epoch")
+        ax.set(xlabel="epoch", ylabel=column, title=f"{column} per epoch")
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
     axes[0][0].legend(fontsize=8, loc="best", title=f"run, best {metric}" if metric else None, title_fontsize=8)
@@ -117,9 +105,8 @@ def _plot_sweep(store, sweep_id: str, metric: str | None, path: str) -> str:
     if not params:
         raise StoreError(f"sweep '{sweep_id}': no hyperparameter varies between its trials — nothing to plot")
     column = metric or "best_metric"
-    ylabel = metric or (
-        trials["metric"].dropna().iloc[0] if "metric" in trials and trials["metric"].notna().any() else "best_metric"
-    )
+    named = trials["metric"].dropna() if "metric" in trials else []
+    ylabel = metric or (named.iloc[0] if len(named) else "best_metric")
     finished = trials[trials["status"].isin(FINISHED) & trials[column].notna()]
     mode = finished["mode"].dropna().iloc[0] if "mode" in finished and finished["mode"].notna().any() else "max"
     best = (finished[column].idxmax() if mode == "max" else finished[column].idxmin()) if len(finished) else None
@@ -152,8 +139,7 @@ def _plot_sweep(store, sweep_id: str, metric: str | None, path: str) -> str:
         if best is not None:
             star = {"marker": "*", "s": 220, "facecolor": "none", "edgecolor": "tab:red", "linewidth": 1.4}
             ax.scatter(xs[best], trials.loc[best, column], label=f"best: {trials.loc[best, 'run_id']}", **star)
-        ax.set_xlabel(param)
-        ax.set_ylabel(ylabel)
+        ax.set(xlabel=param, ylabel=ylabel)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(params) :]:
         ax.set_visible(False)

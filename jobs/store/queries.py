@@ -1,12 +1,9 @@
-"""Queries over the store: leaderboard, runs, history, compare, lineage and SQL (DuckDB over the Delta tables).
-
-:class:`Store` is the engine (append, read) plus maintenance and these queries; every query reads the
-tables' newest version, or the version a store opened with ``as_of`` names.
-"""
+"""Queries over the store: leaderboard, runs, history, compare, lineage and SQL (DuckDB over the Delta tables)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import math
 import sys
@@ -16,26 +13,15 @@ import pyarrow.dataset as ds
 
 from jobs.errors import StoreError
 from jobs.store import maintenance, plots
-from jobs.store.engine import CORE, FINISHED, PARTITION, RETENTION_HOURS, Engine, first_line, number, parse_since
+from jobs.store.engine import CORE, FINISHED, PARTITION, Engine, first_line, number, parse_since
 
 
 class Store(Engine):
     """A store at a local directory or ``s3://bucket/prefix``: Delta tables plus the queries over them."""
 
-    compact = maintenance.compact  # merge each partition's files, one compaction per table at a time
-    check = maintenance.check
-    plot = plots.plot  # PNG learning curves and a sweep's metric against each hyperparameter
+    compact, check, vacuum, plot = maintenance.compact, maintenance.check, maintenance.vacuum, plots.plot
 
-    def vacuum(self, retention_hours: int = RETENTION_HOURS, dry_run: bool = False) -> list[dict]:
-        return maintenance.vacuum(self, retention_hours, dry_run)
-
-    def runs(
-        self,
-        workload: str | None = None,
-        sweep_id: str | None = None,
-        status: str | None = None,
-        since: str | dt.datetime | None = None,
-    ):
+    def runs(self, workload: str | None = None, sweep_id: str | None = None, status: str | None = None, since=None):
         """Runs, newest first; ``since`` is a datetime, an ISO date/time or an age like ``12h`` / ``7d``."""
         expr = None
         for column, value in (("sweep_id", sweep_id), ("status", status)):
@@ -50,8 +36,7 @@ class Store(Engine):
         return df.sort_values("finished_at", ascending=False) if len(df) and "finished_at" in df else df
 
     def leaderboard(self, workload: str | None = None, metric: str | None = None, top: int = 10):
-        """Best runs per workload by their metric (``best_metric``, or ``metric`` if given): the
-        workload's ``mode`` (max/min) decides the order; a metric named ``*loss`` ranks low first."""
+        """Best runs per workload by ``best_metric`` (or ``metric``) in the workload's ``mode``; ``*loss`` low first."""
         import pandas as pd
 
         d = self.dataset("runs", workload)
@@ -68,14 +53,9 @@ class Store(Engine):
         if col not in df:
             return df.iloc[0:0]
         df = df.dropna(subset=[col])
-        # One vectorised sort for all workloads: ascending key = the metric, negated where higher is better.
-        if metric and metric.endswith("loss"):
-            higher_better = pd.Series(False, index=df.index)
-        elif "mode" in df:
-            higher_better = df[PARTITION].map(df.groupby(PARTITION)["mode"].first()).fillna("max") != "min"
-        else:
-            higher_better = pd.Series(True, index=df.index)
-        df = df.assign(_key=df[col].where(~higher_better, -df[col]))
+        # one sort for all workloads: ascending key = the metric, negated where higher is better
+        modes = df[PARTITION].map(df.groupby(PARTITION)["mode"].first()) if "mode" in df else pd.Series(index=df.index)
+        df = df.assign(_key=df[col].where((modes == "min") | bool(metric and metric.endswith("loss")), -df[col]))
         keys, ascending = [PARTITION, "_key"], [True, True]
         if "finished_at" in df:  # ties: newest first
             keys, ascending = keys + ["finished_at"], ascending + [False]
@@ -102,11 +82,14 @@ class Store(Engine):
 
         a, b = self.run(run_a), self.run(run_b)
         rows = []
+
+        def add(section: str, key: str, va, vb, delta: str = "") -> None:
+            rows.append({"section": section, "key": key, run_a: _text(va), run_b: _text(vb), "delta": delta})
+
         config_a, config_b = _flat_json(a.get("config_json")), _flat_json(b.get("config_json"))
         for key in sorted(set(config_a) | set(config_b)):
-            va, vb = config_a.get(key), config_b.get(key)
-            if va != vb:
-                rows.append({"section": "config", "key": key, run_a: _text(va), run_b: _text(vb), "delta": ""})
+            if config_a.get(key) != config_b.get(key):
+                add("config", key, config_a.get(key), config_b.get(key))
         metric_keys = ["best_metric", "best_epoch", "epochs"]
         metric_keys += sorted(k for k in set(a) | set(b) if k.startswith(("val_", "test_")))
         metric_keys += ["wall_s", "train_time_s", "cpu_s"]
@@ -114,18 +97,14 @@ class Store(Engine):
             va, vb = number(a.get(key)), number(b.get(key))
             if va is None and vb is None:
                 continue
-            delta = f"{vb - va:+.4g}" if va is not None and vb is not None else ""
-            rows.append({"section": "metric", "key": key, run_a: _text(va), run_b: _text(vb), "delta": delta})
+            add("metric", key, va, vb, f"{vb - va:+.4g}" if va is not None and vb is not None else "")
         for key in ("status", "metric", "workload", "git_sha", "data_fingerprint"):
             if a.get(key) != b.get(key):
-                rows.append(
-                    {"section": "run", "key": key, run_a: _text(a.get(key)), run_b: _text(b.get(key)), "delta": ""}
-                )
+                add("run", key, a.get(key), b.get(key))
         return pd.DataFrame(rows, columns=["section", "key", run_a, run_b, "delta"])
 
     def sql(self, query: str):
-        """Run DuckDB SQL over the store's Delta tables, each registered by its name (over Arrow: DuckDB
-        reads the current version's files, or the ``as_of`` version's)."""
+        """DuckDB SQL over the store's tables, each registered by its name (at ``as_of`` if given)."""
         import duckdb
 
         con = duckdb.connect()
@@ -152,23 +131,13 @@ def lineage(store: Store, run_id: str):
         raise StoreError(f"no run '{run_id}' in store '{store.uri}' — list runs with: python -m jobs.store runs")
     runs = runs.sort_values("finished_at")
     rows = {r["run_id"]: clean_row(r) for r in runs.to_dict("records")}  # a run id has one row; the newest wins
-    chain, seen, current = [], set(), run_id
-    while current and current in rows and current not in seen:  # ancestors (a cycle cannot happen; guard anyway)
+    chain, current = [], run_id
+    while current in rows and current not in chain:  # ancestors
         chain.append(current)
-        seen.add(current)
         current = rows[current].get("parent_run_id")
     chain.reverse()
-    children: dict[str, list[str]] = {}
-    for r in rows.values():
-        if r.get("parent_run_id"):
-            children.setdefault(r["parent_run_id"], []).append(r["run_id"])
-    queue = list(children.get(run_id, []))
-    while queue:  # descendants, breadth first (in finishing order within a parent)
-        child = queue.pop(0)
-        if child not in seen:
-            chain.append(child)
-            seen.add(child)
-            queue.extend(children.get(child, []))
+    for rid in itertools.islice(chain, len(chain) - 1, None):  # then descendants, breadth first, as they are added
+        chain += [r["run_id"] for r in rows.values() if r.get("parent_run_id") == rid and r["run_id"] not in chain]
     out = []
     for rid in chain:
         r = rows[rid]

@@ -1,8 +1,5 @@
-"""The store's column types: the fixed types of the core columns, and rows -> Arrow with types checked at the boundary.
-
-A new column merges into a table; a value whose type differs from the table's column is refused before anything
-is written (an int into a double column is widened, exactly; nothing else is cast).
-"""
+"""The store's column types, checked at the boundary: a value of another type than its column's is refused before
+anything is written (an int into a double column is widened, exactly; nothing else is cast)."""
 
 from __future__ import annotations
 
@@ -10,94 +7,47 @@ import datetime as dt
 import numbers
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from jobs.errors import StoreError
 
 TS = pa.timestamp("us", tz="UTC")
-# Columns with a fixed type, whatever a given write holds (a None-only column must not become `null`
-# in one write and `string` in another; a metric must never be int in one write and double in another).
+STRINGS = {pa.string(), pa.large_string(), pa.string_view()}
+TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "ts": TS}
+
+
+def _columns(**by_type: str) -> dict[str, pa.DataType]:
+    return {name: TYPES[kind] for kind, names in by_type.items() for name in names.split()}
+
+
+# Fixed types, whatever one write holds: a None-only column must not be `null` in one write and `string` in another.
 CORE: dict[str, dict[str, pa.DataType]] = {
-    "runs": {
-        "run_id": pa.string(),
-        "parent_run_id": pa.string(),
-        "round": pa.int64(),
-        "sweep_id": pa.string(),
-        "trial_id": pa.string(),
-        "job_id": pa.string(),
-        "status": pa.string(),
-        "error": pa.string(),
-        "metric": pa.string(),
-        "mode": pa.string(),
-        "best_metric": pa.float64(),
-        "best_epoch": pa.int64(),
-        "epochs": pa.int64(),
-        "config_json": pa.string(),
-        "checkpoint_uri": pa.string(),
-        "export_uri": pa.string(),
-        "started_at": TS,
-        "finished_at": TS,
-        "wall_s": pa.float64(),
-        "cpu_s": pa.float64(),
-        "gpu_s": pa.float64(),
-        "train_time_s": pa.float64(),
-        "num_workers": pa.int64(),
-        "use_gpu": pa.bool_(),
-        "seed": pa.int64(),
-        "git_sha": pa.string(),
-        "data_fingerprint": pa.string(),
-        "record_id": pa.string(),
-    },
-    "epochs": {
-        "run_id": pa.string(),
-        "sweep_id": pa.string(),
-        "trial_id": pa.string(),
-        "epoch": pa.int64(),
-        "train_loss": pa.float64(),
-        "train_time_s": pa.float64(),
-        "samples_per_s": pa.float64(),
-        "elapsed_s": pa.float64(),
-        "skipped_batches": pa.int64(),
-        "record_id": pa.string(),
-    },
-    "jobs": {
-        "submission_id": pa.string(),
-        "entrypoint": pa.string(),
-        "verb": pa.string(),
-        "status": pa.string(),
-        "message": pa.string(),
-        "submitted_at": TS,
-        "started_at": TS,
-        "finished_at": TS,
-        "config_hash": pa.string(),
-        "git_sha": pa.string(),
-        "address": pa.string(),
-        "batch_id": pa.string(),
-        "attempt": pa.int64(),
-    },
-    "sweeps": {
-        "sweep_id": pa.string(),
-        "status": pa.string(),
-        "search": pa.string(),
-        "scheduler": pa.string(),
-        "search_space_json": pa.string(),
-        "metric": pa.string(),
-        "mode": pa.string(),
-        "best_trial_id": pa.string(),
-        "best_run_id": pa.string(),
-        "best_metric": pa.float64(),
-        "best_config_json": pa.string(),
-        "num_trials": pa.int64(),
-        "trials_completed": pa.int64(),
-        "trials_stopped_early": pa.int64(),
-        "trials_failed": pa.int64(),
-        "epochs_used": pa.int64(),
-        "epochs_budget": pa.int64(),
-        "started_at": TS,
-        "finished_at": TS,
-        "wall_s": pa.float64(),
-        "cpu_s": pa.float64(),
-    },
+    "runs": _columns(
+        str="run_id parent_run_id sweep_id trial_id job_id status error metric mode config_json checkpoint_uri "
+        "export_uri git_sha data_fingerprint record_id",
+        int="round best_epoch epochs num_workers seed",
+        float="best_metric wall_s cpu_s gpu_s train_time_s",
+        bool="use_gpu",
+        ts="started_at finished_at",
+    ),
+    "epochs": _columns(
+        str="run_id sweep_id trial_id record_id",
+        int="epoch skipped_batches",
+        float="train_loss train_time_s samples_per_s elapsed_s",
+    ),
+    "jobs": _columns(
+        str="submission_id entrypoint verb status message config_hash git_sha address batch_id",
+        int="attempt",
+        ts="submitted_at started_at finished_at",
+    ),
+    "sweeps": _columns(
+        str="sweep_id status search scheduler search_space_json metric mode best_trial_id best_run_id best_config_json",
+        int="num_trials trials_completed trials_stopped_early trials_failed epochs_used epochs_budget",
+        float="best_metric wall_s cpu_s",
+        ts="started_at finished_at",
+    ),
 }
 PARTITION = "workload"
 
@@ -105,24 +55,16 @@ PARTITION = "workload"
 def to_arrow(table: str, rows: list[dict[str, Any]]) -> pa.Table:
     """Rows -> a table whose column types do not depend on the values in this particular write."""
     core = CORE.get(table, {})
-    columns: dict[str, list] = {}
-    for r in rows:
-        for k in r:
-            columns.setdefault(k, [])
-    for r in rows:
-        for k, col in columns.items():
-            col.append(r.get(k))
-    arrays, names = [], []
-    for name, values in columns.items():
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    arrays = []
+    for name in names:
+        values = [r.get(name) for r in rows]
         wanted = core.get(name) or (pa.string() if name == PARTITION else _infer(values))
+        wrong = None
         try:
-            kinds = set(map(type, values))
             # values of a kind that always fits go in as they are; others are checked one by one
-            wrong = (
-                None
-                if kinds <= _FITS_ALWAYS.get(wanted, set())
-                else next((v for v in values if v is not None and not _fits(v, wanted)), None)
-            )
+            if not set(map(type, values)) <= {*_FITS_ALWAYS.get(wanted, ()), type(None)}:
+                wrong = next((v for v in values if v is not None and not _fits(v, wanted)), None)
             if wrong is not None:  # pyarrow would truncate 2.5 into an int64 column: refuse instead
                 raise pa.ArrowInvalid(repr(wrong))
             arrays.append(pa.array(values, type=wanted))
@@ -132,17 +74,10 @@ def to_arrow(table: str, rows: list[dict[str, Any]]) -> pa.Table:
                 f"column '{name}' of table '{table}' holds {wanted} values, this write has {sample!r} "
                 f"({type(sample).__name__}) — nothing written; fix the value"
             ) from None
-        names.append(name)
     return pa.Table.from_arrays(arrays, names=names)
 
 
-_FITS_ALWAYS: dict[pa.DataType, set[type]] = {
-    pa.float64(): {float, type(None)},
-    pa.int64(): {int, type(None)},
-    pa.string(): {str, type(None)},
-    pa.bool_(): {bool, type(None)},
-    TS: {dt.datetime, type(None)},
-}
+_FITS_ALWAYS = {pa.float64(): {float}, pa.int64(): {int}, pa.string(): {str}, pa.bool_(): {bool}, TS: {dt.datetime}}
 
 
 def _infer(values: list) -> pa.DataType:
@@ -166,10 +101,8 @@ def _infer(values: list) -> pa.DataType:
 
 def _fits(v: Any, t: pa.DataType) -> bool:
     """Whether ``v`` goes into a column of type ``t`` as it is (an int into a double exactly, nothing else)."""
-    if pa.types.is_boolean(t):
-        return isinstance(v, (bool, np_bool()))
-    if isinstance(v, (bool, np_bool())):
-        return False
+    if pa.types.is_boolean(t) or isinstance(v, (bool, np.bool_)):
+        return pa.types.is_boolean(t) and isinstance(v, (bool, np.bool_))
     if pa.types.is_integer(t):
         return isinstance(v, numbers.Integral) or (isinstance(v, float) and v.is_integer())
     if pa.types.is_floating(t):
@@ -179,30 +112,6 @@ def _fits(v: Any, t: pa.DataType) -> bool:
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return isinstance(v, str)
     return True
-
-
-def np_bool() -> type:
-    try:
-        import numpy
-
-        return numpy.bool_
-    except ImportError:  # pragma: no cover - numpy comes with pyarrow's pandas path
-        return bool
-
-
-def _exact_as_double(col) -> bool:
-    import pyarrow.compute as pc
-
-    biggest = pc.max(pc.abs(col)).as_py()
-    return biggest is None or biggest <= 2**53
-
-
-def _same_kind(have: pa.DataType, want: pa.DataType) -> bool:
-    """Types that differ only in representation (string / large_string, timestamp units and zones)."""
-    strings = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view)
-    if any(f(have) for f in strings) and any(f(want) for f in strings):
-        return True
-    return pa.types.is_timestamp(have) and pa.types.is_timestamp(want)
 
 
 def conform(table: str, arrow: pa.Table, d) -> pa.Table:
@@ -215,8 +124,11 @@ def conform(table: str, arrow: pa.Table, d) -> pa.Table:
             columns.append(col)
             continue
         want = have.field(name).type
-        exact_int = pa.types.is_integer(col.type) and pa.types.is_floating(want)
-        if col.null_count == len(col) or (exact_int and _exact_as_double(col)) or _same_kind(col.type, want):
+        widen = pa.types.is_integer(col.type) and pa.types.is_floating(want)
+        exact_int = widen and (pc.max(pc.abs(col)).as_py() or 0) <= 2**53  # exact as a double up to 2**53
+        # types that differ only in representation: string / large_string / string_view, timestamp units and zones
+        same_kind = {col.type, want} <= STRINGS or (pa.types.is_timestamp(col.type) and pa.types.is_timestamp(want))
+        if col.null_count == len(col) or exact_int or same_kind:
             columns.append(col.cast(want))
             continue
         sample = next((v for v in col.to_pylist() if v is not None), None)

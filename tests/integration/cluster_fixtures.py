@@ -6,11 +6,13 @@ Import the fixture into a test module: ``from cluster_fixtures import local_clus
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -52,6 +54,39 @@ def start_local_cluster(s3_server) -> LocalCluster:
         raise
 
 
+def node_type_of(resources: dict, config: dict) -> str:
+    """From the custom resource that names its type (as a cloud node has it too), not Ray's node labels."""
+    for name in config["available_node_types"]:
+        if name != config["head_node_type"] and resources.get(name):
+            return name
+    return config["head_node_type"]
+
+
+def nodes(cluster: LocalCluster, alive: bool = True) -> list[dict]:
+    """Nodes as ``{"node_id", "node_type", "state", "resources"}``, from the dashboard's state API (this process may
+    hold another Ray session)."""
+    req = urllib.request.Request(
+        f"{cluster.dashboard}/api/v0/nodes?detail=1&limit=1000",
+        headers={"Authorization": f"Bearer {cluster.token_path.read_text().strip()}"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        rows = json.loads(resp.read())["data"]["result"]["result"]
+    return [
+        {
+            "node_id": n["node_id"],
+            "node_type": node_type_of(n["resources_total"], cluster.state["config"]),
+            "state": n["state"],
+            "resources": n["resources_total"],
+        }
+        for n in rows
+        if n["state"] == "ALIVE" or not alive
+    ]
+
+
+def worker_nodes(cluster: LocalCluster) -> list[dict]:
+    return [n for n in nodes(cluster) if n["node_type"] != cluster.state["config"]["head_node_type"]]
+
+
 def client_env(cluster: LocalCluster, **extra: str) -> dict[str, str]:
     """A job process's environment: pointed at the cluster, with the cluster's token."""
     return base_env(**cluster.env(), **extra)
@@ -68,14 +103,14 @@ class NodeWatcher(threading.Thread):
     def run(self):
         while self.running:
             try:
-                nodes = self.cluster.worker_nodes()
+                workers = worker_nodes(self.cluster)
             except Exception:
-                nodes = None
-            if nodes is not None:
-                self.seen.update({n["node_id"]: n["node_type"] for n in nodes})
-                if nodes and self.first_up is None:
+                workers = None
+            if workers is not None:
+                self.seen.update({n["node_id"]: n["node_type"] for n in workers})
+                if workers and self.first_up is None:
                     self.first_up = time.time()
-                self.counts.append((time.time(), len(nodes)))
+                self.counts.append((time.time(), len(workers)))
             time.sleep(1)
 
     def stop(self) -> None:
@@ -87,10 +122,10 @@ def wait_for_workers(cluster: LocalCluster, count: int, timeout_s: float) -> flo
     """Seconds until the cluster has ``count`` worker nodes (fails after ``timeout_s``)."""
     t0 = time.time()
     while time.time() - t0 < timeout_s:
-        if len(cluster.worker_nodes()) == count:
+        if len(worker_nodes(cluster)) == count:
             return time.time() - t0
         time.sleep(1)
-    raise AssertionError(f"{len(cluster.worker_nodes())} worker nodes after {timeout_s} s, expected {count}")
+    raise AssertionError(f"{len(worker_nodes(cluster))} worker nodes after {timeout_s} s, expected {count}")
 
 
 def kill_node(cluster: LocalCluster, node_id: str) -> int:

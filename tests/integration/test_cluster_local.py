@@ -30,17 +30,21 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 from cluster_fixtures import (
     IDLE_TIMEOUT_MIN,
     NodeWatcher,
     client_env,
     kill_node,
     local_cluster_fixture,  # noqa: F401 (the local_cluster fixture)
+    node_type_of,
+    nodes,
     wait_for_workers,
+    worker_nodes,
 )
 from conftest import PY, ROOT, base_env, run_job
 
-from jobs.cluster_local import LocalCluster
+from jobs.cluster_local import LOCAL_HEAD_TYPE, LocalCluster, local_config
 from jobs.store import Store
 
 MLP = str(ROOT / "configs" / "mlp.yaml")
@@ -84,6 +88,12 @@ def test_the_readme_rehearsal_block_runs_as_printed(tmp_path):
     assert (checkout / "runs").is_dir()
 
 
+def test_a_node_is_typed_by_the_resource_that_names_its_type():
+    cfg = local_config(yaml.safe_load((ROOT / "cluster.yaml").read_text()), gcs_address="127.0.0.1:1")
+    assert node_type_of({"CPU": 1.0, "gpu_1x": 1.0, "memory": 5.0}, cfg) == "gpu_1x"
+    assert node_type_of({"memory": 5.0, "node:__internal_head__": 1.0}, cfg) == LOCAL_HEAD_TYPE
+
+
 def test_local_cluster_is_loopback_only_token_guarded_and_starts_empty(local_cluster):
     procs = psutil.Process(local_cluster.supervisor_pid).children(recursive=True)
     listening = {(c.laddr.ip, c.laddr.port) for p in procs for c in _connections(p) if c.status == psutil.CONN_LISTEN}
@@ -91,7 +101,7 @@ def test_local_cluster_is_loopback_only_token_guarded_and_starts_empty(local_clu
     with pytest.raises(urllib.error.HTTPError) as e:  # no token, no answer
         urllib.request.urlopen(f"{local_cluster.dashboard}/api/v0/nodes", timeout=10)
     assert e.value.code == 401
-    assert local_cluster.worker_nodes() == []  # min_workers 0 everywhere in cluster.yaml
+    assert worker_nodes(local_cluster) == []  # min_workers 0 everywhere in cluster.yaml
     assert oct(local_cluster.token_path.stat().st_mode & 0o777) == "0o600"
 
 
@@ -119,7 +129,7 @@ def test_refused_before_any_worker_starts(local_cluster, s3_server):
     line = res.stderr.strip().splitlines()[-1]
     assert "run.storage_path='./runs' is a folder on this machine" in line and "s3://" in line, line
     assert time.time() - t0 < 120
-    assert local_cluster.worker_nodes() == []  # neither asked the autoscaler for a node
+    assert worker_nodes(local_cluster) == []  # neither asked the autoscaler for a node
     assert "runs" not in Store(f"{bucket}/store").tables()
 
 
@@ -206,7 +216,7 @@ def test_batch_job_resumes_after_losing_a_workers_node(local_cluster, s3_server,
     else:
         proc.kill()
         raise AssertionError("no epoch_0001 checkpoint in 300 s")
-    before = {n["node_id"] for n in local_cluster.worker_nodes()}
+    before = {n["node_id"] for n in worker_nodes(local_cluster)}
     assert len(before) == 2
     victim = sorted(before)[-1]
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket[5:], Prefix="runs/").get("Contents", [])]
@@ -282,7 +292,7 @@ def test_submit_status_logs_and_stop_with_workers_on_other_nodes(local_cluster, 
     assert run["job_id"] == job and run["status"] == "completed"
     assert len(set(run["worker_node_ids"].split(","))) == 2 and run["worker_node_types"] == "cpu_worker,cpu_worker"
     head = [
-        n["node_id"] for n in local_cluster.nodes() if n["node_type"] == local_cluster.state["config"]["head_node_type"]
+        n["node_id"] for n in nodes(local_cluster) if n["node_type"] == local_cluster.state["config"]["head_node_type"]
     ]
     assert head[0] not in run["worker_node_ids"]  # the driver ran on the head, the workers elsewhere
 

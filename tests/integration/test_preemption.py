@@ -24,7 +24,7 @@ from pathlib import Path
 
 import boto3
 import psutil
-from cluster_fixtures import client_env, kill_node, local_cluster_fixture  # noqa: F401 (the local_cluster fixture)
+from cluster_fixtures import client_env, kill_node, local_cluster_fixture, worker_nodes  # noqa: F401 (the fixture)
 from conftest import PY, ROOT
 
 from jobs.store import Store
@@ -64,7 +64,7 @@ def test_a_preempted_node_gets_a_checkpoint_before_its_deadline_and_the_run_resu
         while not any("/epoch_0001/" in k for k in keys()):
             assert proc.poll() is None and time.time() < deadline, "no epoch_0001 checkpoint"
             time.sleep(0.3)
-        [node] = local_cluster.worker_nodes()  # the one node the run asked for
+        [node] = worker_nodes(local_cluster)  # the one node the run asked for
         victim = node["node_id"]
 
         # [1] the spot notice, with its deadline

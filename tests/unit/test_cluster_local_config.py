@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from jobs.cluster_local import LOCAL_HEAD_TYPE, MAX_LOCAL_NODES, local_config, node_type_of
+from jobs.cluster_local import LOCAL_HEAD_TYPE, MAX_LOCAL_NODES, local_config
 from jobs.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,12 +73,6 @@ def test_a_head_type_missing_from_available_node_types_is_refused():
     cloud = copy.deepcopy(CLOUD) | {"head_node_type": "boss"}
     with pytest.raises(ConfigError, match="head_node_type 'boss'"):
         local_config(cloud, gcs_address="127.0.0.1:1")
-
-
-def test_a_node_is_typed_by_the_resource_that_names_its_type():
-    cfg = local_config(CLOUD, gcs_address="127.0.0.1:1")
-    assert node_type_of({"CPU": 1.0, "gpu_1x": 1.0, "memory": 5.0}, cfg) == "gpu_1x"
-    assert node_type_of({"memory": 5.0, "node:__internal_head__": 1.0}, cfg) == LOCAL_HEAD_TYPE
 
 
 def test_cluster_refusals_before_any_worker_starts():
