@@ -6,7 +6,6 @@
     python -m jobs.store lineage RUN_ID
     python -m jobs.store compare RUN_A RUN_B
     python -m jobs.store sql "SELECT workload, count(*) FROM runs GROUP BY ALL"
-    python -m jobs.store plot [--run ID ...] [--sweep ID] [--workload W] [--out plots]
     python -m jobs.store versions [--table runs]
     python -m jobs.store check [--fix]
     python -m jobs.store compact [--table epochs]
@@ -62,11 +61,6 @@ def history(args) -> None:
 
 def compare(args) -> None:
     print_frame(open_store(args).compare(args.run_a, args.run_b), args.format)
-
-
-def plot(args) -> None:
-    for path in open_store(args).plot(args.run, args.sweep, args.workload, args.metric, args.out, args.top):
-        print(path)
 
 
 def versions(args) -> None:
@@ -153,13 +147,6 @@ def parser() -> argparse.ArgumentParser:
     verb("compare", "config and metric differences of two runs", compare, "run_a", "run_b")
     sql_help = "DuckDB SQL over the store's Delta tables (runs, epochs, jobs, sweeps, ...)"
     verb("sql", sql_help, lambda a: print_frame(open_store(a).sql(a.query), a.format), "query")
-    v = verb("plot", "PNG learning curves (and a sweep's metric vs each hyperparameter)", plot)
-    v.add_argument("--run", action="append", default=[], help="a run id (repeatable)")
-    v.add_argument("--sweep", help="a sweep id: its trials' curves and the sweep plot")
-    v.add_argument("--workload", help="the top runs of one workload (default: every workload)")
-    v.add_argument("--metric", help="the per-epoch metric to plot (default: each run's metric)")
-    v.add_argument("--top", type=int, default=5, help="runs per curves plot")
-    v.add_argument("--out", default="plots", help="output folder")
     v = verb("versions", "each table's commits (version, time, operation): what --as-of can name", versions)
     v.add_argument("--table", action="append", help="table(s) (default: all)")
     v.add_argument("--limit", type=int, default=20, help="newest N per table")

@@ -12,14 +12,14 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from jobs.errors import StoreError
-from jobs.store import maintenance, plots
+from jobs.store import maintenance
 from jobs.store.engine import CORE, FINISHED, PARTITION, Engine, first_line, number, parse_since
 
 
 class Store(Engine):
     """A store at a local directory or ``s3://bucket/prefix``: Delta tables plus the queries over them."""
 
-    compact, check, vacuum, plot = maintenance.compact, maintenance.check, maintenance.vacuum, plots.plot
+    compact, check, vacuum = maintenance.compact, maintenance.check, maintenance.vacuum
 
     def runs(self, workload: str | None = None, sweep_id: str | None = None, status: str | None = None, since=None):
         """Runs, newest first; ``since`` is a datetime, an ISO date/time or an age like ``12h`` / ``7d``."""

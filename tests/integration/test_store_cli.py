@@ -103,13 +103,6 @@ def test_bad_input_is_one_line_and_exit_2(filled):
         assert needle in res.stderr and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
-def test_plot_writes_pngs(filled, tmp_path):
-    res = store_cli(filled, "plot", "--workload", "mlp", "--out", str(tmp_path / "plots"))
-    assert res.returncode == 0, res.stderr
-    png = tmp_path / "plots" / "curves-mlp.png"
-    assert res.stdout.split() == [str(png)] and png.read_bytes()[:4] == b"\x89PNG"
-
-
 def test_store_and_format_go_before_or_after_the_verb(filled):
     before = run_job(["jobs.store", "--store", filled.uri, "--format", "json", "leaderboard"], base_env())
     after = run_job(["jobs.store", "leaderboard", "--store", filled.uri, "--format", "json"], base_env())
