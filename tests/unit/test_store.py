@@ -119,28 +119,6 @@ def test_sql_sees_every_table_by_name(tmp_path):
         store.sql("SELECT * FROM nope")
 
 
-def test_plot_writes_curves_and_a_sweep_plot(tmp_path):
-    store = Store(tmp_path / "store")
-    space = {"train.lr": {"loguniform": [1e-4, 1e-1]}, "model.hidden1": {"choice": [64, 128]}}
-    for i, (lr, hidden, status) in enumerate(
-        [(1e-3, 64, "completed"), (1e-2, 128, "stopped_early"), (3e-4, 128, "completed")]
-    ):
-        n = 2 if status == "stopped_early" else 4
-        store.append(
-            "runs",
-            [run_row(f"t{i}", best=0.5 + 0.1 * i, lr=lr, sweep_id="sw1", status=status, **{"model.hidden1": hidden})],
-        )
-        store.append("epochs", epoch_rows(f"t{i}", n=n, sweep_id="sw1"))
-    store.append("sweeps", [{"sweep_id": "sw1", "workload": "mlp", "search_space_json": json.dumps(space)}])
-    paths = store.plot(sweep_id="sw1", out=str(tmp_path / "plots"))
-    assert [Path(p).name for p in paths] == ["curves-sw1.png", "sweep-sw1.png"]
-    for p in paths:
-        assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and Path(p).stat().st_size > 10_000
-    assert (
-        Path(store.plot(out=str(tmp_path / "plots"))[0]).name == "curves-mlp.png"
-    )  # default: the leaderboard's top runs
-
-
 def recorder_code() -> str:
     """A process recording run 'r' with its own history length (argv[2]) as jobs.train does."""
     return (
