@@ -14,7 +14,7 @@ import psutil
 from conftest import one_error_line, run_job
 
 from jobs.cluster_local import LOCAL_JOB_SLOTS
-from jobs.store import Store
+from jobs.store import Store, StoreError
 
 FAILS = 'run.hooks=["tests.plugins.faults:FaultAfterEpoch?epoch=1"]'  # a worker exits 1: the job's own failure
 ONE_CPU = "scaling.cpus_per_worker=1"  # two jobs' workers side by side on the 2-CPU cluster
@@ -86,12 +86,22 @@ def test_batch_caps_drivers_retries_a_lost_driver_and_not_a_failed_job(ray_clust
     victim = next(p for p in watch.drivers() if str(slow_runs) in " ".join(p.cmdline()))
     victim.send_signal(signal.SIGKILL)
 
-    while True:  # the watcher job ends when every job has ended (and resubmitted the killed one first)
+    def finals() -> int:  # rows the watcher records as jobs end; read in this process, not a CLI per poll
+        try:
+            return sum(
+                s != "submitted" for s in Store(store_dir).read("jobs", columns=["status"])["status"].to_pylist()
+            )
+        except StoreError:  # a file compacted away between the listing and the read
+            return 0
+
+    while finals() < 4 and time.time() < deadline:  # 3 jobs and the killed one's retry
+        time.sleep(1)
+    while True:  # the watcher job ends once every job has ended
         status = batch_cli(ray_cluster, "status", batch_id)
         assert status.returncode == 0, status.stderr[-2000:]
         if re.search(r"its watcher (succeeded|failed)", status.stdout) or time.time() > deadline:
             break
-        time.sleep(3)
+        time.sleep(1)
     watch.running = False
     assert re.search(r"^batch \S+: 2 succeeded, 1 failed \(4 attempts\); its watcher succeeded", status.stdout, re.M), (
         status.stdout

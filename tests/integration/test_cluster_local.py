@@ -14,6 +14,7 @@ Few tests, each checking several things, to keep the CI short (about a minute or
 from __future__ import annotations
 
 import collections
+import contextlib
 import ipaddress
 import json
 import os
@@ -185,7 +186,7 @@ def test_batch_job_resumes_after_losing_a_workers_node(local_cluster, s3_server,
     """A batch job (--retries 1) whose 2-worker run loses one worker's node: the driver ends with exit 75, the
     watcher submits it again with --resume, and the run finishes from its checkpoint on a node the autoscaler adds."""
     bucket = s3_server.make_bucket(f"perennial-{uuid.uuid4().hex[:8]}")
-    epochs = 4
+    epochs = 3
     overrides = [
         f"run.storage_path={bucket}/runs",
         "scaling.num_workers=2",
@@ -202,20 +203,29 @@ def test_batch_job_resumes_after_losing_a_workers_node(local_cluster, s3_server,
     cmd = [PY, "-m", "jobs.submit", "batch", str(spec), "--retries", "1", "--store", f"{bucket}/store", "--follow"]
     env = client_env(local_cluster) | {"RAY_ADDRESS": local_cluster.dashboard}
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # wait for the first epoch checkpoint on S3, then kill the node of one worker
+    # wait until Train has committed the first epoch checkpoint (its snapshot names it; an upload in flight is not
+    # what a resumed run starts from), then kill the node of one worker
     import boto3
 
     s3 = boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1")
+
+    def committed() -> bool:
+        for o in s3.list_objects_v2(Bucket=bucket[5:], Prefix="runs/").get("Contents", []):
+            if o["Key"].endswith("/checkpoint_manager_snapshot.json"):
+                with contextlib.suppress(s3.exceptions.NoSuchKey):  # replaced between the listing and the read
+                    if b"epoch_0001" in s3.get_object(Bucket=bucket[5:], Key=o["Key"])["Body"].read():
+                        return True
+        return False
+
     deadline = time.time() + 300
     while time.time() < deadline:
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket[5:], Prefix="runs/").get("Contents", [])]
-        if any("/epoch_0001/" in k for k in keys):
+        if committed():
             break
         assert proc.poll() is None, proc.stdout.read()
         time.sleep(0.3)
     else:
         proc.kill()
-        raise AssertionError("no epoch_0001 checkpoint in 300 s")
+        raise AssertionError("no committed epoch_0001 checkpoint in 300 s")
     before = {n["node_id"] for n in worker_nodes(local_cluster)}
     assert len(before) == 2
     victim = sorted(before)[-1]

@@ -16,7 +16,7 @@ from conftest import PY, ROOT, base_env, run_job
 
 from jobs.store import Store
 
-EPOCHS = 6
+EPOCHS = 4
 FIGURES: dict[str, dict] = {}  # printed with -s; bench/cluster_local.py prints it as a table
 
 

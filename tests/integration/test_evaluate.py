@@ -59,7 +59,7 @@ def test_two_worker_smoke_run_then_evaluate_matches_the_stored_test_metric(
     assert f"{metric}" in res.stdout
 
 
-def test_early_stop_restores_the_best_epoch(ray_cluster, store_dir, tmp_path):
+def test_early_stop_restores_the_best_epoch_and_a_missing_run_or_export_exits_2(ray_cluster, store_dir, tmp_path):
     # 8x8 digits, many epochs, patience 1: val accuracy stops improving long before epoch 30
     run = train(
         ray_cluster,
@@ -79,24 +79,9 @@ def test_early_stop_restores_the_best_epoch(ray_cluster, store_dir, tmp_path):
     rescored = float(next(line.split()[1] for line in res.stdout.splitlines() if line.strip().startswith("val_loss")))
     assert rescored == pytest.approx(history.loc[run["best_epoch"], "val_loss"], abs=1e-4)  # the best epoch's weights
     assert rescored != pytest.approx(history.loc[run["epochs"], "val_loss"], abs=1e-4)  # not the last epoch's
-    assert not Path(store_dir, "evaluations").exists()
-
-
-def test_unknown_run_and_missing_checkpoint_exit_2(ray_cluster, store_dir, tmp_path):
-    res = evaluate(store_dir, "cnn-doesnotexist")
-    assert "unknown run 'cnn-doesnotexist'" in one_error_line(res)
-    run = train(
-        ray_cluster,
-        store_dir,
-        tmp_path,
-        "configs/cnn.yaml",
-        "data.source=digits",
-        "train.epochs=1",
-        "scaling.cpus_per_worker=1",
-    )
+    assert "unknown run 'cnn-doesnotexist'" in one_error_line(evaluate(store_dir, "cnn-doesnotexist"))
     shutil.rmtree(run["export_uri"])
-    res = evaluate(store_dir, run["run_id"])
-    assert "missing" in one_error_line(res)
+    assert "missing" in one_error_line(evaluate(store_dir, run["run_id"]))
     assert not Path(store_dir, "evaluations").exists()
 
 

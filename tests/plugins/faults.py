@@ -81,6 +81,20 @@ class StepDelay(Hook):
         time.sleep(self.seconds)
 
 
+class StopOnFile(Hook):
+    """Ends the run after the first epoch that finds ``path`` on disk, as early stopping does: a test lets a run go
+    only as long as it needs. Rank 0's view decides for every rank."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_evaluate(self, loop, row) -> None:
+        flag = torch.tensor([int(os.path.exists(self.path))])
+        if loop.dist:
+            torch.distributed.broadcast(flag, 0)
+        loop.stopped_early = loop.stopped_early or bool(flag.item())
+
+
 def wait_until_committed(name: str | None, timeout_s: float = 300) -> None:
     """Until this run's ``checkpoint_manager_snapshot.json`` lists the checkpoint dir ``name``; without a Train
     storage context (an in-process sweep trial), two of Train's health-check polls."""
