@@ -1,14 +1,16 @@
 """The performance suite: Ray Train overhead, NER vs HF Trainer, scaling, memory — each table printed.
 
-    python -m bench [--only overhead vs_hf_trainer scaling memory] [--smoke] [--no-ray]
+    python -m bench [--only overhead vs_hf_trainer roofline scaling memory] [--smoke] [--no-ray]
     make bench
 
 Runs, one after the other (the machine's cores are shared, so never two at once):
   [1] bench/overhead.py       plain PyTorch vs jobs.train step time, local mode and worker group (target <= 1.03)
   [2] bench/vs_hf_trainer.py  NER vs a transformers.Trainer script: samples/s (target >= 1.3x), whole command
                               (target <= 1.0x), val/test F1, both precisions; tokenized-data cache saving
-  [3] bench/scaling.py        1 vs 2 Train workers on this machine; paper estimate of N-GPU DDP
-  [4] bench/memory.py         peak RSS per worker for every workload (target: NER < 2 GB)
+  [3] bench/roofline.py       the NER step's FLOP/s over this CPU's own bf16 and fp32 matmul peak: the plain loop,
+                              jobs.train's loop, HF Trainer (target >= 25% of the bf16 peak), top operators
+  [4] bench/scaling.py        1 vs 2 Train workers on this machine; paper estimate of N-GPU DDP
+  [5] bench/memory.py         peak RSS per worker for every workload (target: NER < 2 GB)
 Each arm runs in its own subprocess; arms alternate (A/B/A/B) and every figure is min/median/max over
 repeats with the load average beside it: read ratios, not absolute numbers, on a busy machine.
 Default sizes finish in < 30 min on 2 idle cores. Results and arm logs: bench/out/.
@@ -26,9 +28,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from bench import memory, overhead, scaling, vs_hf_trainer  # noqa: E402
+from bench import memory, overhead, roofline, scaling, vs_hf_trainer  # noqa: E402
 
-SUITE = {"overhead": overhead, "vs_hf_trainer": vs_hf_trainer, "scaling": scaling, "memory": memory}
+SUITE = {
+    "overhead": overhead,
+    "vs_hf_trainer": vs_hf_trainer,
+    "roofline": roofline,
+    "scaling": scaling,
+    "memory": memory,
+}
 
 
 def machine() -> str:

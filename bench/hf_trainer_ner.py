@@ -23,6 +23,62 @@ import time
 T_START = time.perf_counter()
 
 
+def prepare(sentences: int, eval_sentences: int, smoke: bool) -> tuple:
+    """(tokenized splits, tags, tokenizer, model factory): the seeded sample of CoNLL-2003 that jobs.train reads,
+    tokenized as Hugging Face's token-classification example does (each word's tag on its first sub-token)."""
+    import numpy as np
+    import transformers
+
+    from jobs import config as config_lib
+    from workloads import common, ner
+    from workloads.data import subsample
+
+    transformers.utils.logging.set_verbosity_error()
+    tiny = ["model.name_or_path=tiny", "data.max_length=48"] if smoke else []
+    cfg = config_lib.load_config("configs/ner.yaml", tiny)  # for the data paths and the tag order only
+    rows_by_split, labels, _ = ner.read_splits(cfg)
+    caps = {"train": sentences, "val": eval_sentences, "test": eval_sentences}
+    picked = {
+        split: [rows[i] for i in subsample(np.arange(len(rows)), caps[split], 0)]
+        for split, rows in rows_by_split.items()
+    }
+    path = common.checkpoint(cfg.model.name_or_path)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+    label_id = {t: i for i, t in enumerate(labels)}
+
+    def tokenize(rows):
+        enc = tokenizer([w for w, _ in rows], is_split_into_words=True, truncation=True, max_length=256)
+        out = []
+        for i, (_, tags) in enumerate(rows):
+            ids, previous, lab = enc.word_ids(i), None, []
+            for w in ids:
+                lab.append(label_id[tags[w]] if w is not None and w != previous else -100)
+                previous = w
+            out.append({"input_ids": enc["input_ids"][i], "labels": lab})
+        return out
+
+    def make_model():
+        if smoke:
+            return ner.build_model(cfg, ner.build_data(cfg))
+        return transformers.AutoModelForTokenClassification.from_pretrained(
+            path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_id
+        )
+
+    return {split: tokenize(rows) for split, rows in picked.items()}, labels, tokenizer, make_model
+
+
+def entity_f1(predictions, label_ids, labels: list[str]) -> float:
+    """seqeval entity F1 of token-classification logits, on the labelled (first) sub-tokens."""
+    from seqeval.metrics import f1_score
+
+    gold_tags, pred_tags = [], []
+    for logits, gold in zip(predictions, label_ids):
+        keep = gold != -100
+        gold_tags.append([labels[i] for i in gold[keep]])
+        pred_tags.append([labels[i] for i in logits.argmax(-1)[keep]])
+    return float(f1_score(gold_tags, pred_tags))
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.hf_trainer_ner")
     p.add_argument("--sentences", type=int, default=2000)
@@ -34,47 +90,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
-    import numpy as np
     import torch
     import transformers
-    from seqeval.metrics import f1_score
 
-    from jobs import config as config_lib
-    from workloads import common, ner
-    from workloads.data import subsample
-
-    transformers.utils.logging.set_verbosity_error()
     torch.set_num_threads(args.threads)
     transformers.set_seed(0)
-    smoke = ["model.name_or_path=tiny", "data.max_length=48"] if args.smoke else []
-    cfg = config_lib.load_config("configs/ner.yaml", smoke)  # for the data paths and the tag order only
-    sentences, labels, _ = ner.read_splits(cfg)
-    caps = {"train": args.sentences, "val": args.eval_sentences, "test": args.eval_sentences}
-    picked = {
-        split: [rows[i] for i in subsample(np.arange(len(rows)), caps[split], 0)] for split, rows in sentences.items()
-    }
-    path = common.checkpoint(cfg.model.name_or_path)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path)
-    label_id = {t: i for i, t in enumerate(labels)}
-
-    def tokenize(rows):  # Hugging Face's token-classification recipe: label the first sub-token of each word
-        enc = tokenizer([w for w, _ in rows], is_split_into_words=True, truncation=True, max_length=256)
-        out = []
-        for i, (_, tags) in enumerate(rows):
-            ids, previous, lab = enc.word_ids(i), None, []
-            for w in ids:
-                lab.append(label_id[tags[w]] if w is not None and w != previous else -100)
-                previous = w
-            out.append({"input_ids": enc["input_ids"][i], "labels": lab})
-        return out
-
-    data = {split: tokenize(rows) for split, rows in picked.items()}
-    if args.smoke:
-        model = ner.build_model(cfg, ner.build_data(cfg))
-    else:
-        model = transformers.AutoModelForTokenClassification.from_pretrained(
-            path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id=label_id
-        )
+    data, labels, tokenizer, make_model = prepare(args.sentences, args.eval_sentences, args.smoke)
+    model = make_model()
     targs = transformers.TrainingArguments(
         output_dir=args.out,
         per_device_train_batch_size=16,
@@ -104,16 +126,11 @@ def main(argv: list[str]) -> int:
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
     train = trainer.train()
 
-    def entity_f1(split: str) -> float:
+    def score(split: str) -> float:
         pred = trainer.predict(data[split])
-        gold_tags, pred_tags = [], []
-        for logits, gold in zip(pred.predictions, pred.label_ids):
-            keep = gold != -100
-            gold_tags.append([labels[i] for i in gold[keep]])
-            pred_tags.append([labels[i] for i in logits.argmax(-1)[keep]])
-        return float(f1_score(gold_tags, pred_tags))
+        return entity_f1(pred.predictions, pred.label_ids, labels)
 
-    val_f1, test_f1 = entity_f1("val"), entity_f1("test")
+    val_f1, test_f1 = score("val"), score("test")
     trainer.save_model(os.path.join(args.out, "model"))
     result = {
         "samples_per_s": len(data["train"]) / train.metrics["train_runtime"],

@@ -123,3 +123,58 @@ def test_store_query_small_prints_every_figure(tmp_path):
     p50 = float(rows["one run record (Store.record_run), p50 ms"][0])
     p95 = float(rows["one run record (Store.record_run), p95 ms"][0])
     assert 0 < p50 <= p95
+
+
+def test_packed_rows_give_the_unpacked_loss_and_logits(tmp_path):
+    """The packing levers change the layout only: sentences side by side in a row, each attending to itself alone,
+    with positions restarting, give the loss and the per-token logits of the same sentences padded one a row."""
+    import torch
+
+    from jobs.loop import seed_everything
+    from tests.unit.test_ner import conll_files, make_cfg
+    from workloads import ner
+
+    cfg = make_cfg(conll_files(tmp_path))
+    seed_everything(0)
+    splits = ner.build_data(cfg)
+    model = ner.build_model(cfg, splits).eval()
+    features = splits.train
+    batch = splits.collate_fn(features)
+    [packed] = vs_hf_trainer.pack(features, length=64, rows=2, pad_id=0, seed=0)
+    assert int(packed["sentences"].numel()) == len(features) and packed["input_ids"].shape == (2, 64)
+    assert int(packed["real"].sum()) == int(batch["attention_mask"].sum())  # every sub-token once, no padding kept
+    with torch.no_grad():
+        plain = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        out = model(**{k: packed[k] for k in ("input_ids", "attention_mask", "position_ids", "labels")})
+    assert float(out.loss) == pytest.approx(float(plain.loss), rel=1e-5)
+    # the labelled sub-tokens' logits, in each layout's own order, match as a set of rows
+    keep = lambda logits, labels: logits[labels != -100].sort(dim=0).values  # noqa: E731
+    assert torch.allclose(keep(out.logits, packed["labels"]), keep(plain.logits, batch["labels"]), atol=1e-5)
+
+
+def test_roofline_smoke_measures_the_peak_and_each_arms_share_of_it(tmp_path, capsys):
+    """Tiny BERT: the matmul peaks, FLOP/s of the three arms over them, and the profile's top operators."""
+    from bench import roofline
+
+    assert roofline.main(["--smoke", "--threads", "1", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "roofline.json").read_text())
+    assert res["peak_gflop_per_s"]["bf16"] > 0 and res["peak_gflop_per_s"]["fp32"] > 0
+    assert set(res["arms"]) == {"plain", "jobs", "hf"}
+    for arm in res["arms"].values():
+        assert arm["samples_per_s"] > 0 and 0 < arm["of_fp32_peak"] and arm["gflop_per_s"] > 0
+    assert res["top_ops_jobs"] and abs(sum(op["share"] for op in res["top_ops_jobs"])) <= 1.0 + 1e-9
+    assert "of bf16 peak" in capsys.readouterr().out
+
+
+def test_sweep_vs_hf_smoke_runs_hfs_optuna_search_and_scores_its_best_trial(tmp_path, capsys):
+    """Tiny BERT, 2 trials of HF's Optuna search in a subprocess (no Ray): wall and CPU time, the best trial's val F1
+    and the test F1 of its retrain; jobs.sweep's arm is the sweep tests' (it starts Ray)."""
+    from bench import sweep_vs_hf
+
+    assert sweep_vs_hf.main(["--smoke", "--threads", "1", "--arms", "hf_optuna", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "sweep_vs_hf.json").read_text())["results"]["hf_optuna"]
+    assert r["wall_s"] > 0 and r["cpu_s"] > 0 and r["trials"] == 2
+    assert (
+        0 <= r["best_val_f1"] <= 1 and 0 <= r["test_f1"] <= 1 and r["best"]["per_device_train_batch_size"] in (16, 32)
+    )
+    assert "Optuna + MedianPruner" in capsys.readouterr().out
