@@ -1,6 +1,6 @@
 """The performance suite: Ray Train overhead, NER vs HF Trainer, scaling, memory — each table printed.
 
-    python -m bench [--only overhead vs_hf_trainer roofline scaling memory] [--smoke] [--no-ray]
+    python -m bench [--only overhead vs_hf_trainer roofline sweep_vs_hf scaling memory] [--smoke] [--no-ray]
     make bench
 
 Runs, one after the other (the machine's cores are shared, so never two at once):
@@ -9,11 +9,14 @@ Runs, one after the other (the machine's cores are shared, so never two at once)
                               (target <= 1.0x), val/test F1, both precisions; tokenized-data cache saving
   [3] bench/roofline.py       the NER step's FLOP/s over this CPU's own bf16 and fp32 matmul peak: the plain loop,
                               jobs.train's loop, HF Trainer (target >= 25% of the bf16 peak), top operators
-  [4] bench/scaling.py        1 vs 2 Train workers on this machine; paper estimate of N-GPU DDP
-  [5] bench/memory.py         peak RSS per worker for every workload (target: NER < 2 GB)
+  [4] bench/sweep_vs_hf.py    the same 8-trial NER search through jobs.sweep and through Trainer.hyperparameter_search
+                              (Optuna, Ray): wall, CPU-s, best val and test F1 (target <= 0.5x HF's better wall)
+  [5] bench/scaling.py        1 vs 2 Train workers on this machine; paper estimate of N-GPU DDP
+  [6] bench/memory.py         peak RSS per worker for every workload (target: NER < 2 GB)
 Each arm runs in its own subprocess; arms alternate (A/B/A/B) and every figure is min/median/max over
 repeats with the load average beside it: read ratios, not absolute numbers, on a busy machine.
-Default sizes finish in < 30 min on 2 idle cores. Results and arm logs: bench/out/.
+Default sizes took 25 min on 2 idle cores on 2026-11-30, before roofline (about 1 min) and sweep_vs_hf (about 9)
+joined. Results and arm logs: bench/out/.
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from bench import memory, overhead, roofline, scaling, vs_hf_trainer  # noqa: E402
+from bench import memory, overhead, roofline, scaling, sweep_vs_hf, vs_hf_trainer  # noqa: E402
 
 SUITE = {
     "overhead": overhead,
     "vs_hf_trainer": vs_hf_trainer,
     "roofline": roofline,
+    "sweep_vs_hf": sweep_vs_hf,
     "scaling": scaling,
     "memory": memory,
 }
