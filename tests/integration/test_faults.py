@@ -170,50 +170,54 @@ def test_train_worker_killed_after_a_checkpoint(ray_cluster, tmp_path, max_failu
 
 
 # ----------------------------------------------------------------------------- a writer killed mid-write
-BIG_WRITER = """
+WRITER = """
 import sys
 from jobs.store import Store
 store = Store(sys.argv[1])
-rows = [{"run_id": "big", "workload": "crash", "epoch": i, "train_loss": float(i)} for i in range(200000)]
-print("ready", flush=True)
-while True:
-    store.append("epochs", rows)
+rows = [{"run_id": "w", "workload": "crash", "epoch": i, "train_loss": float(i)} for i in range(1000)]
+store.append("epochs", rows)
+store.append("epochs", rows)
+print(store.delta("epochs").version(), flush=True)
+sys.stdin.readline()
+store.append("epochs", rows)
 """
 
 
 def test_writer_killed_mid_write_leaves_nothing_readers_pick_up(tmp_path):
     """A Delta append writes its data file, then commits it to the log: a writer killed in between leaves a
-    file no commit names. Readers go by the log, so they never see it; `check` names it, `check --fix` removes it."""
+    file no commit names. Readers go by the log, so they never see it; `check` names it, `check --fix` removes it.
+    A folder squats the next commit's file name, so the writer cannot commit and the kill always lands in between."""
     store_dir = tmp_path / "store"
     folder = store_dir / "epochs" / "workload=crash"
-    orphans: list[str] = []
-    for attempt in range(5):  # the kill must land between a data file and its commit; it nearly always does
-        proc = subprocess.Popen(
-            [PY, "-c", BIG_WRITER, str(store_dir)], env=base_env(), cwd=ROOT, stdout=subprocess.PIPE, text=True
-        )
-        try:
-            assert proc.stdout.readline().strip() == "ready"
-            committed = len(Store(store_dir).files("epochs")) if (store_dir / "epochs").is_dir() else 0
-            wait_until(
-                lambda: folder.is_dir() and len(list(folder.glob("*.parquet"))) > committed + 1,
-                400,
-                "a data file beyond the committed ones (a later append under way)",
-                poll=0.002,
-            )
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        findings = Store(store_dir).check(older_than_s=0)
-        orphans = [f["path"] for f in findings if f["kind"] == "orphan_file"]
-        if orphans:
-            break
-    assert orphans, "never caught the writer between a data file and its commit"
+    proc = subprocess.Popen(
+        [PY, "-c", WRITER, str(store_dir)],
+        env=base_env(),
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        version = int(proc.stdout.readline())
+        squat = store_dir / "epochs" / "_delta_log" / f"{version + 1:020d}.json"
+        squat.mkdir()
+        committed = len(list(folder.glob("*.parquet")))
+        proc.stdin.write("append\n")
+        proc.stdin.flush()
+        wait_until(lambda: len(list(folder.glob("*.parquet"))) > committed, 120, "the third append's data file")
+        assert proc.poll() is None, "the writer ended before its kill"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    squat.rmdir()
+    orphans = [f["path"] for f in Store(store_dir).check(older_than_s=0) if f["kind"] == "orphan_file"]
+    assert orphans, "the killed writer left no data file outside the log"
     store = Store(store_dir)
     commits = sum(1 for c in store.versions("epochs", limit=None) if c["operation"] == "WRITE")
     table = store.read("epochs")
-    assert commits >= 1 and table.num_rows == 200000 * commits  # whole appends only: the torn one is not there
+    assert commits == 2 and table.num_rows == 2000  # whole appends only: the torn one is not there
 
     import duckdb  # what a user points at the store: the Delta table's files, not a glob of the folder
 
@@ -232,7 +236,7 @@ def test_writer_killed_mid_write_leaves_nothing_readers_pick_up(tmp_path):
     assert again.returncode == 0 and "no problems found" in again.stdout
     assert Store(store_dir).read("epochs").num_rows == table.num_rows
     print(
-        f"\nwriter SIGKILLed mid-write (attempt {attempt + 1}): {len(orphans)} uncommitted data file(s) ignored by Store "
+        f"\nwriter SIGKILLed mid-write: {len(orphans)} uncommitted data file(s) ignored by Store "
         f"and DuckDB; {commits} whole append(s), {table.num_rows} rows readable; check --fix removed the leftovers"
     )
 
