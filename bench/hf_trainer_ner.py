@@ -23,6 +23,34 @@ import time
 T_START = time.perf_counter()
 
 
+def trainer_args(out: str, bf16: bool, **overrides):
+    """The TrainingArguments every HF arm of the benches shares (batch 16, lr 1e-4 with 10% warm-up, weight decay
+    0.01, clipping at 1.0, length-grouped batches, seed 0, no saving or logging); ``overrides`` replace any of them."""
+    import transformers
+
+    settings = dict(
+        output_dir=out,
+        per_device_train_batch_size=16,
+        per_device_eval_batch_size=32,
+        num_train_epochs=1,
+        learning_rate=1e-4,
+        weight_decay=0.01,
+        warmup_steps=0.1,  # < 1: a ratio of all steps
+        lr_scheduler_type="linear",
+        max_grad_norm=1.0,
+        seed=0,
+        use_cpu=True,
+        bf16=bf16,
+        train_sampling_strategy="group_by_length",
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+    )
+    return transformers.TrainingArguments(**(settings | overrides))
+
+
 def prepare(sentences: int, eval_sentences: int, smoke: bool) -> tuple:
     """(tokenized splits, tags, tokenizer, model factory): the seeded sample of CoNLL-2003 that jobs.train reads,
     tokenized as Hugging Face's token-classification example does (each word's tag on its first sub-token)."""
@@ -97,25 +125,10 @@ def main(argv: list[str]) -> int:
     transformers.set_seed(0)
     data, labels, tokenizer, make_model = prepare(args.sentences, args.eval_sentences, args.smoke)
     model = make_model()
-    targs = transformers.TrainingArguments(
-        output_dir=args.out,
-        per_device_train_batch_size=16,
-        per_device_eval_batch_size=32,
-        num_train_epochs=1,
-        learning_rate=1e-4,
-        weight_decay=0.01,
-        warmup_steps=0.1,  # < 1: a ratio of all steps
-        lr_scheduler_type="linear",
-        max_grad_norm=1.0,
-        seed=0,
-        use_cpu=True,
-        bf16=args.precision == "bf16",
+    targs = trainer_args(
+        args.out,
+        args.precision == "bf16",
         train_sampling_strategy="random" if args.random_order else "group_by_length",
-        eval_strategy="no",
-        save_strategy="no",
-        logging_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
     )
     trainer = transformers.Trainer(
         model=model,

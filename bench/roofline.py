@@ -138,10 +138,11 @@ def arm_jobs(cfg, splits, make_model, profile_steps: int = 0):
     loader.sampler.set_epoch(0)
     scheduler = ner.build_scheduler(cfg, optimizer, len(loader))
     cpu = torch.device("cpu")
-    loop.run_epoch(model, list(loader)[:3], optimizer, ner, cfg, cpu)
+    batches = list(loader)
+    loop.run_epoch(model, batches[:3], optimizer, ner, cfg, cpu)
     if profile_steps:
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            loop.run_epoch(model, list(loader)[:profile_steps], optimizer, ner, cfg, cpu)
+            loop.run_epoch(model, batches[:profile_steps], optimizer, ner, cfg, cpu)
         return prof
     shapes = Shapes(model)
     stats = loop.run_epoch(model, loader, optimizer, ner, cfg, cpu, scheduler)
@@ -151,27 +152,18 @@ def arm_jobs(cfg, splits, make_model, profile_steps: int = 0):
 def arm_hf(cfg, splits, make_model, threads: int, out: str) -> tuple[float, list]:
     import transformers
 
+    from bench.hf_trainer_ner import trainer_args
     from workloads import ner
 
     model = make_model()
     rows = [{"input_ids": f["input_ids"], "labels": f["labels"]} for f in splits.train]
-    targs = transformers.TrainingArguments(
-        output_dir=out,
-        per_device_train_batch_size=16,
-        num_train_epochs=1,
+    targs = trainer_args(
+        out,
+        cfg.train.precision == "bf16",
         learning_rate=cfg.train.lr,
         weight_decay=cfg.train.weight_decay,
         warmup_steps=cfg.train.warmup_ratio,  # < 1: a ratio of all steps
         max_grad_norm=cfg.train.max_grad_norm,
-        seed=0,
-        use_cpu=True,
-        bf16=cfg.train.precision == "bf16",
-        train_sampling_strategy="group_by_length",
-        eval_strategy="no",
-        save_strategy="no",
-        logging_strategy="no",
-        report_to="none",
-        disable_tqdm=True,
     )
     collator = transformers.DataCollatorForTokenClassification(ner.load_tokenizer(cfg))
     warm = transformers.Trainer(model=make_model(), args=targs, train_dataset=rows[:48], data_collator=collator)

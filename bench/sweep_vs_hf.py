@@ -105,7 +105,7 @@ def hf_search(args) -> dict:
     import torch
     import transformers
 
-    from bench.hf_trainer_ner import entity_f1, prepare
+    from bench.hf_trainer_ner import entity_f1, prepare, trainer_args
     from jobs import loop
 
     torch.set_num_threads(args.threads)
@@ -113,23 +113,7 @@ def hf_search(args) -> dict:
     bf16 = loop.resolve_precision("auto", torch.device("cpu")) == "bf16"
 
     def targs(out: str, **hp) -> transformers.TrainingArguments:
-        return transformers.TrainingArguments(
-            output_dir=out,
-            per_device_eval_batch_size=32,
-            num_train_epochs=args.epochs,
-            weight_decay=0.01,
-            max_grad_norm=1.0,
-            seed=0,
-            use_cpu=True,
-            bf16=bf16,
-            train_sampling_strategy="group_by_length",
-            eval_strategy="epoch",
-            save_strategy="no",
-            logging_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            **hp,
-        )
+        return trainer_args(out, bf16, num_train_epochs=args.epochs, eval_strategy="epoch", **hp)
 
     def metrics(pred) -> dict:
         return {"f1": entity_f1(pred.predictions, pred.label_ids, labels)}
