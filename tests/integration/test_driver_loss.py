@@ -15,6 +15,7 @@ import pytest
 from conftest import PY, ROOT, base_env, run_job
 
 from jobs.store import Store
+from tests.plugins import faults
 
 EPOCHS = 4
 FIGURES: dict[str, dict] = {}  # printed with -s; bench/cluster_local.py prints it as a table
@@ -22,7 +23,7 @@ FIGURES: dict[str, dict] = {}  # printed with -s; bench/cluster_local.py prints 
 
 @pytest.mark.parametrize("local_mode", ["never", "auto"])
 def test_killed_driver_leaves_no_process_and_resume_records_the_run_once(tmp_path: Path, local_mode: str):
-    runs_dir, store_dir = tmp_path / "runs", tmp_path / "store"
+    runs_dir, store_dir, paused = tmp_path / "runs", tmp_path / "store", tmp_path / "paused"
     env = base_env()
     cmd = [
         PY,
@@ -40,6 +41,8 @@ def test_killed_driver_leaves_no_process_and_resume_records_the_run_once(tmp_pat
         "model.hidden2=32",
         "scaling.cpus_per_worker=1",
         f"scaling.local_mode={local_mode}",
+        # the run waits after epoch 2's checkpoint is committed: the kill lands there, however fast the epochs
+        faults.hooks(f"tests.plugins.faults:PauseAfterEpoch?epoch=2&path={paused}"),
     ]
     driver = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run_id, out = None, []
@@ -51,7 +54,7 @@ def test_killed_driver_leaves_no_process_and_resume_records_the_run_once(tmp_pat
         if m := re.match(r"run (\S+) .*--resume (\S+)", line):
             run_id = m.group(1)
     assert run_id, "".join(out)
-    while not (runs_dir / run_id / "epoch_0002").exists():  # two epochs checkpointed: kill during the third
+    while not paused.exists():  # epoch 2 committed, the run held before epoch 3
         assert time.time() < deadline and driver.poll() is None, "".join(out)
         time.sleep(0.2)
     me = psutil.Process(driver.pid)
@@ -61,7 +64,7 @@ def test_killed_driver_leaves_no_process_and_resume_records_the_run_once(tmp_pat
         assert {"raylet", "gcs_server", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names, names
     else:  # local mode: the loop runs in the driver, and no Ray process was ever started
         assert not names & {"raylet", "gcs_server"}, names
-    last_at_kill = max(int(d.name.split("_")[1]) for d in (runs_dir / run_id).glob("epoch_*"))
+    last_at_kill = int(paused.read_text().split("_")[1])
     driver.send_signal(signal.SIGKILL)
     driver.wait()
     gone, alive = psutil.wait_procs(cluster, timeout=30)
@@ -76,8 +79,7 @@ def test_killed_driver_leaves_no_process_and_resume_records_the_run_once(tmp_pat
     resume_s = time.time() - t0
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     resumed = [int(m) for m in re.findall(r"resumed from the epoch (\d+) checkpoint", res.stdout + res.stderr)]
-    # the last checkpoint at the kill, or the one before if Train had not yet committed the newest
-    assert resumed and resumed[0] >= last_at_kill - 1, (resumed, last_at_kill, res.stdout[-3000:])
+    assert resumed and resumed[0] == last_at_kill == 2, (resumed, res.stdout[-3000:])  # the committed checkpoint
     store = Store(str(store_dir))
     runs = store.df("runs")
     assert len(runs) == 1 and runs.iloc[0]["run_id"] == run_id and runs.iloc[0]["status"] == "completed"

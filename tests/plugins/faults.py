@@ -70,6 +70,23 @@ class FaultAtStep(Fault):
             self.fire(loop)
 
 
+class PauseAfterEpoch(Hook):
+    """Once epoch ``epoch``'s checkpoint is committed, rank 0 touches ``path`` and waits there for good: a test kills
+    the run at a known point instead of racing its epochs. A run resumed past that epoch never pauses."""
+
+    def __init__(self, epoch: int, path: str):
+        self.epoch, self.path = int(epoch), path
+
+    def on_epoch_end(self, loop, row) -> None:
+        if row["epoch"] != self.epoch or loop.rank != 0:
+            return
+        wait_until_committed(loop.last_checkpoint)
+        with open(self.path, "w") as f:
+            f.write(str(loop.last_checkpoint))
+        while True:
+            time.sleep(1)
+
+
 class StepDelay(Hook):
     """Sleeps ``seconds`` after each optimizer step: epochs long enough for a test to act between them, using no
     CPU meanwhile."""
