@@ -7,6 +7,8 @@ from pathlib import Path
 
 from jobs.errors import UserError
 
+META = "meta.json"  # a checkpoint's metadata, written last: it marks the folder whole (jobs.loop, jobs.train)
+
 
 def is_remote(path: str | os.PathLike) -> bool:
     return "://" in str(path)
@@ -23,6 +25,13 @@ def aws_credentials_missing() -> bool:
         if Path(env.get(var) or default).is_file():
             return False
     return env.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true"
+
+
+def fs_uri(filesystem, path: str) -> str:
+    """A pyarrow filesystem's path as a URI: the path itself on a local disk, else ``s3://...``."""
+    name = type(filesystem).__name__
+    scheme = {"S3FileSystem": "s3", "GcsFileSystem": "gs"}.get(name, filesystem.type_name)
+    return path if name == "LocalFileSystem" else f"{scheme}://{path}"
 
 
 def short_reason(err: BaseException) -> str:

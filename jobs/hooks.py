@@ -27,19 +27,12 @@ class Hook:
     """The events of the loop, in the order they come; each does nothing unless overridden."""
 
     def on_train_start(self, loop) -> None: ...  # setup and restore are done
-
     def on_batch_end(self, loop, step: int, total: int, loss: float, samples: int) -> None: ...  # 1-based step
-
     def on_step_end(self, loop, so_far: dict) -> None: ...  # after each optimizer step but the epoch's last
-
     def on_evaluate(self, loop, row: dict) -> None: ...  # the epoch's row is in loop.history; its checkpoint is next
-
     def on_epoch_end(self, loop, row: dict) -> None: ...  # the epoch's checkpoint is reported
-
     def on_train_end(self, loop) -> None: ...  # the epochs are over; test, export and final report are next
-
     def on_final(self, loop, final: dict, export_dir) -> None: ...  # after the final report (export_dir goes after)
-
     def on_exception(self, loop, status: str) -> None: ...  # status: failed, or stopped_early (a scheduler's stop)
 
 
@@ -64,9 +57,8 @@ class Tracking(Hook):
             world_size=loop.world,
             **loop.tags,  # sweep_id, trial_id, mlflow_parent_run_id (jobs.sweep)
         )
-        resumed = loop.state is not None or bool(loop.meta.get("finished"))
-        start_epoch = loop.meta["epoch"] if resumed else 0
-        self.tracker.start(info, config_lib.flatten(cfg), start_epoch, history=loop.meta["history"])
+        # meta is the checkpoint's (resumed or finished run), else epoch 0 and no history
+        self.tracker.start(info, config_lib.flatten(cfg), loop.meta["epoch"], history=loop.meta["history"])
 
     def on_batch_end(self, loop, step, total, loss, samples) -> None:
         lr = loop.optimizer.param_groups[0]["lr"]
@@ -143,9 +135,7 @@ def preemption_watch(dist: bool, device: torch.device, read=None):
     if os.environ.get(PREEMPTION_WATCHER, "1").strip().lower() in ("0", "false"):
         return None
     read = read or preemption_reader()  # bench/preemption_watch.py passes its own
-    if read is None:
-        return None
-    return AgreedNotice(read, device) if dist else read
+    return AgreedNotice(read, device) if dist and read is not None else read
 
 
 class AgreedNotice:

@@ -23,17 +23,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 import workloads
 from jobs import config as config_lib
 from jobs import hooks as hooks_lib
 from jobs import sharding
+from jobs.fs import META, fs_uri
 from jobs.hooks import PREEMPTION_WATCHER, log, preemption_watch  # noqa: F401 — the loop's API (bench, tests)
 from jobs.ray_compat import train_report_loggers
 from workloads.data import add_replay
 
-META, STATE, EXPORT = "meta.json", "state.pt", "export"
+STATE, EXPORT = "state.pt", "export"  # with META: a checkpoint folder's files
 
 
 class NonFiniteLossError(RuntimeError):
@@ -103,10 +105,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        native = torch.cuda.is_bf16_supported(including_emulation=False)
-    else:
-        native = device.type == "cpu" and cpu_has_native_bf16()
-    return "bf16" if native else "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
 
 
 def autocast(precision: str, device: torch.device):
@@ -164,21 +164,12 @@ def load_state(checkpoint_dir: str | os.PathLike) -> dict:
         ) from None
 
 
-def fs_uri(filesystem, path: str) -> str:
-    """A pyarrow filesystem's path as a URI: the path itself on a local disk, else ``s3://...``."""
-    name = type(filesystem).__name__
-    scheme = {"S3FileSystem": "s3", "GcsFileSystem": "gs"}.get(name, filesystem.type_name)
-    return path if name == "LocalFileSystem" else f"{scheme}://{path}"
-
-
 def export_model(wl, model: torch.nn.Module, cfg, splits, out_dir: Path) -> None:
     """Servable model: the workload's own format, else safetensors + a JSON of what built it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if export := workloads.hook(wl, "export"):
         export(model, cfg, splits, out_dir)
         return
-    from safetensors.torch import save_file
-
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out_dir / "model.safetensors"))
     built = {"workload": cfg.workload, "labels": splits.labels, "info": splits.info, "config": config_lib.to_dict(cfg)}
     (out_dir / "model.json").write_text(json.dumps(built, indent=1, default=str))
@@ -188,8 +179,6 @@ def load_export(wl, cfg, splits, export_dir: str | os.PathLike) -> torch.nn.Modu
     """The inverse of :func:`export_model`."""
     if load := workloads.hook(wl, "load_export"):
         return load(cfg, splits, Path(export_dir))
-    from safetensors.torch import load_file
-
     model = wl.build_model(cfg, splits)
     model.load_state_dict(load_file(str(Path(export_dir) / "model.safetensors")))
     return model
@@ -232,6 +221,7 @@ def run_epoch(
     """One pass over ``loader``; ``on_step`` after each batch, ``after_step`` after each optimizer step but the
     epoch's last; ``partial`` (a ``so_far`` plus ``rng``) resumes mid-epoch. Returns the epoch's train stats."""
     model.train()
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)  # disabled: a plain backward and step
     accum = cfg.train.grad_accum_steps
     sums = {k: (partial or {}).get(k, 0) for k in ("loss_sum", "n_batches", "samples", "skipped")}
     skip, time_before = (partial["batches"], partial["train_time_s"]) if partial else (0, 0.0)
@@ -297,21 +287,16 @@ def _backward(model, batch, index: int, wl, cfg, device, scaler, dist: bool, syn
                     f"loss is {loss.item()} at batch {index} — lower train.lr, or set train.on_nan=skip_batch"
                 )
             return None
-        scaled = loss / window
-        (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        scaler.scale(loss / window).backward()
     return loss
 
 
 def _optimizer_step(model, optimizer, scheduler, scaler, max_norm: float) -> None:
     if max_norm > 0:  # on the true (unscaled, all-reduced) gradients
-        if scaler is not None:
-            scaler.unscale_(optimizer)
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm, foreach=True)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     optimizer.zero_grad(set_to_none=True)
     if scheduler is not None:
         scheduler.step()
@@ -356,7 +341,6 @@ class TrainSession:
     a trial's). Every rank calls ``report``, rank 0 with a temporary checkpoint folder to persist before returning."""
 
     def __init__(self):
-        import ray.train
         import ray.train.torch
 
         ctx, torch_ = ray.train.get_context(), ray.train.torch
@@ -498,10 +482,7 @@ class Loop:
     def _setup_optimizer(self) -> None:
         """Optimizer, train loader (its length sets the schedule), scheduler and loss scaler, restored if resumed."""
         cfg, wl, state, on_gpu = self.cfg, self.wl, self.state, self.device.type == "cuda"
-        build_optimizer = workloads.hook(wl, "build_optimizer")
-        self.optimizer = (
-            build_optimizer(cfg, unwrap(self.model)) if build_optimizer else make_optimizer(cfg, self.model)
-        )
+        self.optimizer = (workloads.hook(wl, "build_optimizer") or make_optimizer)(cfg, unwrap(self.model))
         self.base_loader = train_loader(wl, cfg, self.splits)
         self.base_loader.pin_memory = on_gpu  # page-locked host batches: the host->GPU copy runs asynchronously
         self.loader = self.session.prepare_data_loader(self.base_loader, auto_transfer=on_gpu)
@@ -532,9 +513,9 @@ class Loop:
     def run_epoch(self, epoch: int) -> None:
         """Train one epoch, validate it, report its checkpoint."""
         self.epoch = epoch
-        for loader in {id(self.loader): self.loader, id(self.base_loader): self.base_loader}.values():
+        for loader in (self.loader, self.base_loader):
             seed_epoch_order(loader, epoch, self.cfg.train.seed)  # both: Ray may have rebuilt the loader
-        partial = self.partial if self.partial is not None and self.partial["epoch"] == epoch else None
+        partial, self.partial = self.partial, None  # a mid-epoch checkpoint's epoch is the first one run
         stats = run_epoch(
             self.model,
             self.loader,
@@ -550,7 +531,6 @@ class Loop:
             partial=partial,
         )
         self.steps_this_attempt += 1  # the epoch's last optimizer step (after_step is not called for it)
-        self.partial = None
         row = self._epoch_row(stats)
         improved = self.best_metric is None or (
             row[self.metric] > self.best_metric if self.mode == "max" else row[self.metric] < self.best_metric
@@ -675,13 +655,12 @@ class Loop:
             unwrap(self.model).load_state_dict(self.best_state)
         if self.sharded:  # the test score and the export need the whole model: gathered once, on rank 0
             self.model = sharding.gather(self.model, lambda: self.wl.build_model(self.cfg, self.splits), self.rank)
-        final = {"epoch": self.meta["epoch"], "best_metric": self.best_metric, "best_epoch": self.best_epoch}
         best_row = next(
             (h for h in self.history if h["epoch"] == self.best_epoch), self.history[-1] if self.history else {}
         )
-        final.update({k: v for k, v in best_row.items() if k.startswith("val_")})
-        final["cpu_s"] = self._cpu_s()
-        final["train_time_s"] = sum(h["train_time_s"] for h in self.history)
+        final = {"epoch": self.meta["epoch"], "best_metric": self.best_metric, "best_epoch": self.best_epoch}
+        final |= {k: v for k, v in best_row.items() if k.startswith("val_")}
+        final |= {"cpu_s": self._cpu_s(), "train_time_s": sum(h["train_time_s"] for h in self.history)}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = self._final_checkpoint(final, Path(tmp)) if self.rank == 0 else None
             final = _broadcast(final, self.dist)
@@ -698,7 +677,7 @@ class Loop:
             metrics = score(self.wl, self.cfg, model, splits, splits.test, device)
             final.update({f"test_{k}": v for k, v in metrics.items()})
             log("test: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items() if k.startswith("test_")))
-        export_model(self.wl, model.cpu() if device.type != "cpu" else model, self.cfg, splits, tmp / EXPORT)
+        export_model(self.wl, model.cpu(), self.cfg, splits, tmp / EXPORT)  # cpu(): a no-op on CPU
         meta_final = self.meta | {
             "finished": True,
             "final": final,

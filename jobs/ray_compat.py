@@ -5,9 +5,10 @@ tests/unit/test_ray_compat.py), not a run in the middle of a sweep.
 from __future__ import annotations
 
 import logging
+import os
+import time
 
 RAY_VERSION = "2.60.0"  # the version these imports were written and tested against
-
 
 RUNTIME_ENV_LOGGER = "ray._private.runtime_env"  # logs one line per file a job upload leaves out
 
@@ -22,8 +23,6 @@ def max_resources_from_cluster_config() -> dict | None:
 def wait_for_tune_report_queue(timeout_s: float = 120.0, settle_s: float = 0.5) -> None:
     """Wait until Tune took a Train run's last report off TuneReportCallback's queue: a trainable that returns
     before deadlocks in Ray 2.60 (ray/train/_internal/session.py, ``_get_result_from_queues``)."""
-    import time
-
     from ray.train._internal.session import get_session
 
     reports = getattr(get_session(), "_inter_actor_queue", None)  # created by TuneReportCallback
@@ -56,8 +55,6 @@ def preemption_reader():
 
 def single_machine_mode() -> None:
     """Keep every server of a one-machine Ray on 127.0.0.1 (Ray's local-only mode), set before it starts."""
-    import os
-
     from ray._private import ray_constants
 
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

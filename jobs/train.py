@@ -14,15 +14,21 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import yaml
+
 from jobs import config as config_lib
 from jobs import preflight
 from jobs.errors import ClusterError, NodeLost
+from jobs.fs import META, fs_uri
 from jobs.ports import free_port
 from jobs.ray_compat import single_machine_mode as loopback_only  # keeps Ray on 127.0.0.1
 from jobs.store import FINISHED, Store, compact_if_due, missing, now
@@ -87,28 +93,22 @@ def init_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> None:
 # Ends an embedded cluster's processes once its driver is gone (SIGKILL too): the raylet starts its agents outside
 # the group Ray's reaper ends, and a leftover agent holds port 52365. Matched by ancestry and start time, never by name.
 _WATCHER = """
-import os, sys, time, psutil
+import contextlib, os, sys, time, psutil
 driver = psutil.Process(int(sys.argv[1]))
 seen = {}
 while driver.is_running() and driver.status() != psutil.STATUS_ZOMBIE:
     try:
-        for p in driver.children(recursive=True):
-            seen.setdefault(p.pid, p.create_time())
+        seen |= {p.pid: p for p in driver.children(recursive=True) if p.pid != os.getpid()}
     except psutil.NoSuchProcess:
         break
     time.sleep(1.0)
-left = []
-for pid, created in seen.items():
-    try:
-        p = psutil.Process(pid)
-        if p.create_time() == created and pid != os.getpid():
-            p.terminate(); left.append(p)
-    except psutil.NoSuchProcess:
-        pass
-gone, alive = psutil.wait_procs(left, timeout=5)
-for p in alive:
-    try: p.kill()
-    except psutil.NoSuchProcess: pass
+left = [p for p in seen.values() if p.is_running()]  # False for a pid reused since (psutil compares start times)
+for p in left:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        p.terminate()
+for p in psutil.wait_procs(left, timeout=5)[1]:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        p.kill()
 """
 
 
@@ -134,8 +134,6 @@ def host_port(address: str) -> tuple[str, int] | None:
 
 def check_reachable(address: str, timeout_s: float = 3.0) -> None:
     """Fail in seconds when nothing listens at a ``host:port`` RAY_ADDRESS (``ray.init`` retries for minutes)."""
-    import socket
-
     if (parts := host_port(address)) is None:
         return
     try:
@@ -150,7 +148,6 @@ def cluster_node_types() -> tuple[dict[str, dict], bool]:
     """``({name: resources}, complete)``: the autoscaler config's worker types and the live nodes; not complete for
     a RAY_ADDRESS cluster without that config."""
     import ray
-    import yaml
 
     path = Path(os.environ.get("PERENNIAL_CLUSTER_CONFIG") or Path.home() / "ray_bootstrap_config.yaml")
     kinds: dict[str, dict] = {}
@@ -198,8 +195,6 @@ def storage_uri(path: str) -> str:
 
 
 def state_fs(uri: str):
-    import pyarrow.fs as pafs
-
     return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), os.path.abspath(uri))
 
 
@@ -212,15 +207,11 @@ def write_state_file(directory: str, name: str, state: dict) -> None:
 
 
 def checkpoint_uri(checkpoint) -> str:
-    from jobs.loop import fs_uri
-
     return fs_uri(checkpoint.filesystem, checkpoint.path) if checkpoint is not None else ""
 
 
 def checkpoint_meta(checkpoint) -> dict:
     """meta.json of a checkpoint, read in place (no download of the weights)."""
-    from jobs.loop import META
-
     with checkpoint.filesystem.open_input_file(f"{checkpoint.path}/{META}") as f:
         return json.loads(f.read())
 
@@ -238,10 +229,6 @@ def checkpoint_order(name: str) -> tuple | None:
 
 def run_checkpoints(run_dir: str) -> list:
     """``(filesystem, [folder path, ...])`` of a run's whole checkpoints (meta.json present), oldest first."""
-    import pyarrow.fs as pafs
-
-    from jobs.loop import META
-
     fs, path = state_fs(run_dir)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path))
@@ -264,16 +251,14 @@ def last_checkpoint(run_dir: str):
 
 def git_sha() -> str:
     """$PERENNIAL_GIT_SHA (a job's uploaded copy has no .git), else HEAD's short sha, ``-dirty`` with changes."""
-    if os.environ.get("PERENNIAL_GIT_SHA"):
-        return os.environ["PERENNIAL_GIT_SHA"]
+    if sha := os.environ.get("PERENNIAL_GIT_SHA"):
+        return sha
     cmd = ["git", "describe", "--always", "--dirty", "--abbrev=12", "--exclude=*"]
     try:
-        out = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=10, cwd=Path(__file__).resolve().parent.parent
-        )
-    except (OSError, subprocess.TimeoutExpired):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=True, cwd=Path(__file__).parents[1])
+    except (OSError, subprocess.SubprocessError):  # no git, not a clone, or too slow
         return ""
-    return out.stdout.strip() if out.returncode == 0 else ""
+    return out.stdout.strip()
 
 
 def job_id() -> str:
@@ -384,10 +369,6 @@ class LocalSession:
     def report(self, metrics: dict, checkpoint=None, checkpoint_dir_name: str | None = None) -> None:
         if checkpoint is None:
             return
-        import pyarrow.fs as pafs
-
-        from jobs.loop import META
-
         fs, path = state_fs(f"{self.run_dir}/{checkpoint_dir_name}")
         src = Path(checkpoint.path)
         for file in sorted((f for f in src.rglob("*") if f.is_file()), key=lambda f: f == src / META):
@@ -469,8 +450,6 @@ def fit(
 
 def record_run(cfg, store: Store, run_id: str, checkpoint, error=None, *, started, wall: float, extra_row=None, **ids):
     """Write a run's ``epochs`` then ``runs`` rows from its last checkpoint, once (a resumed sweep may ask twice)."""
-    import pyarrow.dataset as ds
-
     done = store.df("runs", filter=ds.field("run_id") == run_id)
     if len(done):
         return done.iloc[0].to_dict()
@@ -489,10 +468,8 @@ def runs_row(cfg, run_id: str, ids: dict, meta: dict, checkpoint, error, started
     """A run's ``runs`` row from its last checkpoint's meta.json."""
     metric, mode = config_lib.metric_and_mode(cfg)
     final, history = meta.get("final", {}), meta.get("history", [])
-    if error is not None:
-        status = "failed"
-    else:
-        status = "stopped_early" if meta.get("stopped_early") or not meta.get("finished") else "completed"
+    finished = meta.get("finished") and not meta.get("stopped_early")
+    status = "failed" if error is not None else "completed" if finished else "stopped_early"
     s = cfg.scaling
     ckpt_uri = checkpoint_uri(checkpoint) if meta.get("finished") else ""
     return {
@@ -586,8 +563,6 @@ def main(argv: list[str]) -> int:
     args = parser("python -m jobs.train", "One Ray Train run of a workload, recorded in the store.", "run")
     args = args.parse_args(argv)
     if args.resume:
-        import pyarrow.dataset as ds
-
         cfg, store, _ = resume_state(args, "run", RUN_STATE)
         run_id = args.resume
         done = store.df("runs", filter=ds.field("run_id") == run_id)
