@@ -23,8 +23,7 @@ import workloads
 from jobs import config as config_lib
 from jobs import preflight
 from jobs.errors import StoreError
-from jobs.evaluate import fetch_export as fetch
-from jobs.evaluate import score_export as score
+from jobs.evaluate import fetch_export, score_export
 from jobs.store import FINISHED, Store, clean_row, describe_data, missing
 from jobs.train import checkpoint_meta, checkpoint_uri, fit, parser, start
 from workloads.data import replay_indices
@@ -89,7 +88,7 @@ class Baseline:
     old: object  # the parent's splits
     old_split: str  # "test", or "val" for a parent trained without a test split
     parent_new: float  # the parent on the new test split
-    parent_old: float | None  # the parent on its own split
+    parent_old: float  # the parent on its own split
     replay_samples: int
 
 
@@ -101,7 +100,7 @@ def score_parent(wl, cfg, old_cfg, parent: dict, base: str) -> Baseline:
             "continue from a finished run"
         )
     with tempfile.TemporaryDirectory() as tmp:
-        export_dir = fetch(parent["export_uri"], tmp)
+        export_dir = fetch_export(parent["export_uri"], tmp)
         new = wl.build_data(cfg)
         if new.test is None:
             raise config_lib.ConfigError("the new data has no test split — give data.test (gain is measured on it)")
@@ -113,24 +112,16 @@ def score_parent(wl, cfg, old_cfg, parent: dict, base: str) -> Baseline:
             )
         if new.fingerprint and new.fingerprint == parent.get("data_fingerprint"):
             print(f"note: the new data has the parent's fingerprint {new.fingerprint} — this round sees no new data")
-        parent_new = score(wl, cfg, new, new.test, export_dir)[base]
+        parent_new = score_export(wl, cfg, new, new.test, export_dir)[base]
         old_split = "test" if old.test is not None else "val"  # a parent trained without a test split: its val split
         parent_old = parent.get(f"{old_split}_{base}")
         if parent_old is None:  # not stored (an older run): score it here
-            parent_old = score(wl, old_cfg, old, getattr(old, old_split), export_dir)[base]
+            parent_old = score_export(wl, old_cfg, old, getattr(old, old_split), export_dir)[base]
     replay_samples = len(replay_indices(len(old.train), cfg.continual.replay_fraction, cfg.train.seed))
     return Baseline(old_cfg, old, old_split, parent_new, parent_old, replay_samples)
 
 
 # ----------------------------------------------------------------------------- [3] the round, [4] its scores
-def round_config(cfg, parent: dict, pcfg):
-    """The round's config: the loop starts from the parent's export, replaying the parent's data if asked."""
-    cfg = config_lib.set_dotted(cfg, "continual.init_from", parent["export_uri"])
-    if cfg.continual.replay_fraction:
-        cfg = config_lib.set_dotted(cfg, "continual.replay_data", config_lib.to_dict(pcfg)["data"])
-    return cfg
-
-
 def scoring_runner(train_runner, wl, baseline: Baseline, base: str, mode: str, extra_row: dict):
     """Ray Train's runner, then [4] on the driver, before fit() writes the runs row."""
 
@@ -152,26 +143,19 @@ def round_scores(wl, baseline: Baseline, export_uri: str, base: str, mode: str, 
     old, split = baseline.old, baseline.old_split
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            metrics = score(wl, baseline.old_cfg, old, getattr(old, split), fetch(export_uri, tmp))
+            metrics = score_export(wl, baseline.old_cfg, old, getattr(old, split), fetch_export(export_uri, tmp))
     except Exception as e:
         print(f"warning: could not score the new model on the parent's {split} split: {e}", file=sys.stderr)
         return out | {"continual_error": str(e)[:500]}
     out |= {f"old_test_{k}": v for k, v in metrics.items()}
-    parent_old = baseline.parent_old
-    out["forgetting"] = signed(parent_old - metrics[base], mode) if parent_old is not None else None
-    return out
+    return out | {"forgetting": signed(baseline.parent_old - metrics[base], mode)}
 
 
 # ----------------------------------------------------------------------------- CLI
 def main(argv: list[str]) -> int:
     p = parser("python -m jobs.continual", "Next continual round: a new run initialised from a stored run's model.")
-    p.add_argument(
-        "--from",
-        dest="parent",
-        required=True,
-        metavar="best|RUN_ID",
-        help="best = the workload's best finished run in the store (ties: newest); or a run id",
-    )
+    from_help = "best = the workload's best finished run in the store (ties: newest); or a run id"
+    p.add_argument("--from", dest="parent", required=True, metavar="best|RUN_ID", help=from_help)
     args = p.parse_args(argv)
     cfg, store = preflight.prepare(args.config, args.overrides, args.smoke_test, args.store)
     wl = workloads.module(cfg.workload)
@@ -180,8 +164,8 @@ def main(argv: list[str]) -> int:
 
     # [1] the parent, its config and its export (every check before anything is written)
     parent = pick_parent(store, cfg.workload, args.parent, metric, mode)
-    pcfg = parent_config(parent, cfg.workload)
-    old_cfg = config_lib.with_data(cfg, config_lib.to_dict(pcfg)["data"])
+    parent_data = config_lib.to_dict(parent_config(parent, cfg.workload))["data"]
+    old_cfg = config_lib.with_data(cfg, parent_data)
     round_ = int(parent.get("round") or 1) + 1
     print(
         f"round {round_} of {cfg.workload} from run {parent['run_id']} (round {round_ - 1}, {metric} "
@@ -189,18 +173,15 @@ def main(argv: list[str]) -> int:
     )
     # [2] the parent on the new test split and on its own
     baseline = score_parent(wl, cfg, old_cfg, parent, base)
-    replay = cfg.continual.replay_fraction
+    replay = f"; replaying {baseline.replay_samples} of its {len(baseline.old.train)} training examples"
     print(
         f"parent: {base} {baseline.parent_new:.4f} on the new test split, {baseline.parent_old:.4f} on its own "
-        f"{baseline.old_split} split"
-        + (
-            f"; replaying {baseline.replay_samples} of its {len(baseline.old.train)} training examples"
-            if replay
-            else ""
-        )
+        f"{baseline.old_split} split{replay if cfg.continual.replay_fraction else ''}"
     )
     # [3] the round: a fresh Train run whose loop starts from the parent's export; [4] in its runner
-    cfg = round_config(cfg, parent, pcfg)
+    cfg = config_lib.set_dotted(cfg, "continual.init_from", parent["export_uri"])
+    if cfg.continual.replay_fraction:  # the parent's data mixed into the new
+        cfg = config_lib.set_dotted(cfg, "continual.replay_data", parent_data)
     extra_row = {
         "parent_new_test_" + base: baseline.parent_new,
         "parent_old_test_" + base: baseline.parent_old,

@@ -19,7 +19,7 @@ from jobs import config as config_lib
 from jobs import preflight
 from jobs.errors import StoreError
 from jobs.fs import filesystem
-from jobs.store import Store, now
+from jobs.store import Store, missing, now
 
 
 def fetch_export(uri: str, tmp: str) -> Path:
@@ -61,7 +61,7 @@ def score_export(wl, cfg, splits, dataset, export_dir) -> dict[str, float]:
     return {k: float(v) for k, v in loop.score(wl, cfg, model, splits, dataset, torch.device("cpu")).items()}
 
 
-def evaluate_run(store: Store, run_id: str, split: str = "test") -> tuple[dict, dict]:
+def evaluate_run(store: Store, run_id: str, split: str) -> tuple[dict, dict]:
     """Score ``run_id``'s export on ``split``: returns (metrics with the split prefix, the runs row)."""
     from jobs import loop
 
@@ -79,7 +79,7 @@ def evaluate_run(store: Store, run_id: str, split: str = "test") -> tuple[dict, 
     wl = workloads.module(cfg.workload)
     loop.seed_everything(cfg.train.seed)
     splits = wl.build_data(cfg)
-    dataset = {"test": splits.test, "val": splits.val}[split]
+    dataset = getattr(splits, split)
     if dataset is None:
         raise config_lib.ConfigError(
             f"run '{run_id}' has no {split} split (its config gives no {split} data) — use --split val"
@@ -107,7 +107,7 @@ def main(argv: list[str]) -> int:
     print(f"run {args.run} ({run['workload']}) on {args.split}, {wall:.1f} s")
     for key, value in metrics.items():
         stored = run.get(key)
-        was = "" if stored is None or stored != stored else f"   (stored {stored:.4f})"  # NaN != NaN: absent
+        was = "" if missing(stored) else f"   (stored {stored:.4f})"
         print(f"  {key:<24} {value:.4f}{was}")
     if not args.no_record:
         keys = {"run_id": args.run, "workload": run["workload"], "split": args.split, "export_uri": run["export_uri"]}

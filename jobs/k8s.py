@@ -40,7 +40,8 @@ def add_arguments(p) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="one job: config overrides")
 
 
-def render(args) -> str:
+def render(args) -> int:
+    """``submit render``: print the RayJob manifest, or write it to ``--out``."""
     if not args.store or "://" not in args.store:
         raise ConfigError("render --k8s needs --store s3://bucket/prefix: pods share no disk")
     spec = yaml.safe_load(Path(args.spec).read_text()) if Path(args.spec).is_file() else None
@@ -77,7 +78,13 @@ def render(args) -> str:
             "rayClusterSpec": cluster_spec(cluster, args.image),
         },
     }
-    return yaml.safe_dump(job, sort_keys=False)
+    manifest = yaml.safe_dump(job, sort_keys=False)
+    if args.out:
+        Path(args.out).write_text(manifest)
+        print(f"wrote {args.out}: kubectl apply -f {args.out}")
+    else:
+        print(manifest, end="")
+    return 0
 
 
 def cluster_spec(cluster: dict, image: str) -> dict:

@@ -39,6 +39,7 @@ from jobs.batch import DRIVER_RESOURCES
 from jobs.errors import ClusterError, UserError
 from jobs.store import Store, now, print_frame, store_path
 from jobs.store.engine import first_line
+from jobs.train import git_sha, storage_uri  # local paths made absolute: the job runs in a copy of the repo
 
 ROOT = Path(__file__).resolve().parent.parent
 VERBS = ("train", "sweep", "continual")
@@ -51,9 +52,10 @@ EXCLUDES = """.git .venv/ venv/ runs/ store/ ray_results/ plots/ bench/out/ data
 credentials*""".split()
 
 
-def upload_excludes(config: str) -> list[str]:
-    keep = set(UPLOAD) | {Path(config).parts[0]}
-    return sorted(f"/{name}" for name in os.listdir(ROOT) if name not in keep) + EXCLUDES
+def upload_excludes(*keep: str) -> list[str]:
+    """The repo's top-level entries outside UPLOAD and the top folders of ``keep`` (repo paths), then EXCLUDES."""
+    tops = set(UPLOAD) | {Path(path).parts[0] for path in keep}
+    return sorted(f"/{name}" for name in os.listdir(ROOT) if name not in tops) + EXCLUDES
 
 
 def client(address: str | None):
@@ -66,10 +68,9 @@ def client(address: str | None):
     for chatter in ("ray.dashboard.modules.job.sdk", "ray.dashboard.modules.dashboard_sdk", RUNTIME_ENV_LOGGER):
         logging.getLogger(chatter).setLevel(logging.ERROR)  # "WebSocket closed", "skipping upload" and the like
 
-    if address:  # Ray reads RAY_API_SERVER_ADDRESS / RAY_ADDRESS before its `address` argument
-        os.environ["RAY_API_SERVER_ADDRESS"] = address
-    elif not (os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")):
-        os.environ["RAY_API_SERVER_ADDRESS"] = DEFAULT_ADDRESS
+    # Ray reads RAY_API_SERVER_ADDRESS / RAY_ADDRESS before its `address` argument
+    if address or not (os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")):
+        os.environ["RAY_API_SERVER_ADDRESS"] = address or DEFAULT_ADDRESS
     where = os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
     try:
         return JobSubmissionClient()
@@ -122,7 +123,7 @@ def observe(infos: list) -> None:
     by_store: dict[str, list] = {}
     for info in infos:
         if _ours(info) and info.status.value in TERMINAL:
-            by_store.setdefault(info.metadata.get("store") or absolute(store_path(None)), []).append(info)
+            by_store.setdefault(info.metadata.get("store") or storage_uri(store_path(None)), []).append(info)
     for uri, group in by_store.items():
         try:
             store = Store(uri)
@@ -143,11 +144,6 @@ def config_hash(cfg) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def absolute(path: str) -> str:
-    """A local path made absolute (the job runs in a copy of the repo elsewhere); URIs unchanged."""
-    return path if "://" in path else os.path.abspath(path)
-
-
 def upload_plan(config: str, cfg) -> tuple[str, dict]:
     """(the config path the job reads, its runtime_env's upload): the repo, or an external workload's folder with
     this repo's ``jobs`` and ``workloads`` as ``py_modules`` (``ray job submit --working-dir DIR --py-modules``)."""
@@ -162,11 +158,10 @@ def upload_plan(config: str, cfg) -> tuple[str, dict]:
             raise config_lib.ConfigError(
                 f"config '{config}' is in {rel.split('/')[0]}/, which is not uploaded — copy it under configs/"
             )
-        excludes = upload_excludes(rel)
+        keep = [rel]
         if folder is not None:  # a module in the repo but outside UPLOAD: keep its top-level entry
-            top = Path(workloads.module(cfg.workload).__file__).resolve().relative_to(ROOT).parts[0]
-            excludes = [e for e in excludes if e != f"/{top}"]
-        return rel, {"working_dir": str(ROOT), "excludes": excludes}
+            keep.append(str(Path(workloads.module(cfg.workload).__file__).resolve().relative_to(ROOT)))
+        return rel, {"working_dir": str(ROOT), "excludes": upload_excludes(*keep)}
     if folder not in path.parents:
         raise config_lib.ConfigError(
             f"config '{config}' is outside the folder of workload '{cfg.workload}' ({folder}), which is what the job "
@@ -204,14 +199,12 @@ def follow(ray_client, submission_id: str) -> int:
     return 0 if info.status.value == "SUCCEEDED" else 1
 
 
-def new_job(address: str, cfg, store: Store, plan: tuple, overrides, *, verb: str = "train", **how) -> tuple:
+def new_job(address: str, cfg, store: Store, plan: tuple, overrides, *, verb: str, **how) -> tuple:
     """``(submission id, entrypoint, runtime_env, metadata)`` of one job; ``plan``: its ``upload_plan``."""
-    from jobs.train import git_sha  # here, not at the top: status, logs, list and stop need no torch or Ray Train
-
     sid, sha = f"{cfg.workload}-{verb}-{uuid.uuid4().hex[:8]}", git_sha()
     overrides = list(overrides)
     if "://" not in cfg.run.storage_path and not os.path.isabs(cfg.run.storage_path):
-        overrides.append(f"run.storage_path={absolute(cfg.run.storage_path)}")  # not inside the job's temp copy
+        overrides.append(f"run.storage_path={storage_uri(cfg.run.storage_path)}")  # not inside the job's temp copy
     flags = (["--from", how["parent"]] if how.get("parent") else []) + ["--smoke-test"] * how.get("smoke_test", False)
     entrypoint = shlex.join(["python", "-m", f"jobs.{verb}", "--config", plan[0], *flags, *overrides])
     local_cluster = urlparse(address).hostname in ("127.0.0.1", "localhost", "::1")
@@ -221,11 +214,8 @@ def new_job(address: str, cfg, store: Store, plan: tuple, overrides, *, verb: st
             "this machine's disk — use --store s3://bucket/prefix",
             file=sys.stderr,
         )
-    env_vars = how.get("env_vars", {}) | {
-        "PERENNIAL_STORE": store.uri,
-        "PERENNIAL_JOB_ID": sid,
-        "PERENNIAL_GIT_SHA": sha,
-    }
+    ours = {"PERENNIAL_STORE": store.uri, "PERENNIAL_JOB_ID": sid, "PERENNIAL_GIT_SHA": sha}
+    env_vars = how.get("env_vars", {}) | ours
     if local_cluster:  # Ray Train's placement-group cleaner auto-detects the State API: wrong with several on a machine
         env_vars.setdefault("RAY_API_SERVER_ADDRESS", address)
     metadata = {
@@ -298,7 +288,7 @@ def cmd_batch(args) -> int:
             raise config_lib.ConfigError(f"batch entry {i} ({shlex.join([config, *overrides])}): {e}") from None
     if not checked:
         raise config_lib.ConfigError(f"batch file '{args.file}' names no job — add entries under jobs: or grid:")
-    store = preflight.open_store(absolute(store_path(args.store, checked[0][0])), checked[0][0])
+    store = preflight.open_store(storage_uri(store_path(args.store, checked[0][0])), checked[0][0])
     ray_client = client(args.address)
     address, batch_id = ray_client.get_address(), f"batch-{uuid.uuid4().hex[:8]}"
     how = {"smoke_test": smoke_test, "batch_id": batch_id, "retries": args.retries}
@@ -317,8 +307,10 @@ def cmd_batch(args) -> int:
     return 0
 
 
-def batch_jobs(ray_client, batch_id: str) -> list:
-    return [i for i in ray_client.list_jobs() if _ours(i) and i.metadata.get("batch_id") == batch_id]
+def batch_jobs(ray_client, batch_id: str, watcher: bool = False) -> list:
+    """A batch's jobs; with ``watcher``, its watcher job too, first."""
+    infos = [i for i in ray_client.list_jobs() if (i.metadata or {}).get("batch_id") == batch_id]
+    return sorted(infos, key=_ours) if watcher else [i for i in infos if _ours(i)]
 
 
 def latest_attempts(infos: list) -> list:
@@ -327,7 +319,7 @@ def latest_attempts(infos: list) -> list:
     return list({i.metadata.get("first_id", i.submission_id): i for i in by_attempt}.values())
 
 
-def watch_batch(ray_client, batch_id: str, poll_s: float = 2.0) -> int:
+def watch_batch(ray_client, batch_id: str) -> int:
     """Until the batch has ended: record each end, resubmit a job whose driver was lost (up to its ``retries``).
     Stateless between polls, so a restarted watcher carries on."""
     while True:
@@ -344,7 +336,7 @@ def watch_batch(ray_client, batch_id: str, poll_s: float = 2.0) -> int:
         if not waiting:
             print(f"batch {batch_id} ended: {batch.counts([i.status.value.lower() for i in latest])}", flush=True)
             return 0  # the watcher's own outcome; a failed job is the batch's (status): no RayJob backoff reruns all
-        time.sleep(poll_s)
+        time.sleep(2.0)
 
 
 RESUME = re.compile(r"python -m jobs\.(?:train|sweep) --resume \S+(?: run\.storage_path=\S+)?")
@@ -433,15 +425,12 @@ def cmd_stop(args) -> int:
     if bool(args.id) == bool(args.batch):
         raise config_lib.ConfigError("give a job ID or --batch BATCH_ID")
     ray_client = client(args.address)
-    if args.batch:  # the watcher first, so that it submits nothing more
-        infos = [i for i in ray_client.list_jobs() if (i.metadata or {}).get("batch_id") == args.batch]
-        if not infos:
-            raise config_lib.ConfigError(
-                f"no batch '{args.batch}' on this cluster — list jobs with: python -m jobs.submit list"
-            )
-        infos.sort(key=_ours)
-    else:
-        infos = [job_info(ray_client, args.id)]
+    # a batch's watcher first, so that it submits nothing more
+    infos = batch_jobs(ray_client, args.batch, watcher=True) if args.batch else [job_info(ray_client, args.id)]
+    if not infos:
+        raise config_lib.ConfigError(
+            f"no batch '{args.batch}' on this cluster — list jobs with: python -m jobs.submit list"
+        )
     for info in infos:
         if info.status.value not in TERMINAL:
             ray_client.stop_job(info.submission_id)
@@ -453,16 +442,6 @@ def cmd_stop(args) -> int:
     for info in infos:
         print(f"job {info.submission_id} {info.status.value.lower()}")
     return 0 if all(i.status.value in TERMINAL for i in infos) else 1
-
-
-def cmd_render(args) -> int:
-    manifest = k8s.render(args)
-    if args.out:
-        Path(args.out).write_text(manifest)
-        print(f"wrote {args.out}: kubectl apply -f {args.out}")
-    else:
-        print(manifest, end="")
-    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -511,8 +490,8 @@ def main(argv: list[str]) -> int:
         p.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.cmd == "submit":  # bad input: exit 2 here, before any cluster work
         cfg = preflight.load(args.config, args.overrides, args.smoke_test)
-        return cmd_submit(args, cfg, preflight.open_store(absolute(store_path(args.store, cfg)), cfg))
-    commands = {"batch": cmd_batch, "render": cmd_render, "status": cmd_status, "logs": cmd_logs}
+        return cmd_submit(args, cfg, preflight.open_store(storage_uri(store_path(args.store, cfg)), cfg))
+    commands = {"batch": cmd_batch, "render": k8s.render, "status": cmd_status, "logs": cmd_logs}
     commands |= {"list": cmd_list, "stop": cmd_stop, "watch": lambda a: watch_batch(client(a.address), a.batch)}
     return commands[args.cmd](args)
 

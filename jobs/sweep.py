@@ -55,7 +55,7 @@ SMOKE_MAX_SAMPLES = 4  # --smoke-test: at most this many samples, on top of the 
 # ----------------------------------------------------------------------------- [1] search space
 def search_space(cfg) -> dict:
     """The raw search space: the config's ``sweep.search_space``, else the workload's SEARCH_SPACE."""
-    space = cfg.sweep.search_space or (workloads.hook(workloads.module(cfg.workload), "SEARCH_SPACE") or {})
+    space = cfg.sweep.search_space or workloads.hook(workloads.module(cfg.workload), "SEARCH_SPACE")
     if not space:
         raise config_lib.ConfigError(
             f"no search space for workload '{cfg.workload}' — set sweep.search_space, e.g. "
@@ -203,14 +203,13 @@ def make_search(cfg, metric: str, mode: str, concurrency: int = 0):
         )
     # rungs before the last epoch (a stop there saves nothing and loses the export); a trial past the last rung
     # runs to its end, final report included
-    scheduler = ASHAScheduler(
+    return search_alg, ASHAScheduler(
         time_attr="epoch",
         max_t=epochs - 1,
         grace_period=sw.grace_period,
         reduction_factor=sw.reduction_factor,
         stop_last_trials=False,
     )
-    return search_alg, scheduler
 
 
 def in_process(cfg) -> bool:
@@ -321,9 +320,11 @@ class TuneSession:
 
     def __init__(self, run_id: str, storage_path: str, use_gpu: bool):
         import torch
+        from ray import tune
 
         self.run_name, self.storage_path, self.last_epoch = run_id, storage_path, None
         self.device = torch.device("cuda", 0) if use_gpu else torch.device("cpu")  # Ray sets CUDA_VISIBLE_DEVICES
+        self.get_checkpoint = tune.get_checkpoint
 
     def report(self, metrics: dict, checkpoint=None, checkpoint_dir_name: str | None = None) -> None:
         from ray import tune
@@ -335,11 +336,6 @@ class TuneSession:
         else:
             self.last_epoch = metrics
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(checkpoint.path) if checkpoint else None)
-
-    def get_checkpoint(self):
-        from ray import tune
-
-        return tune.get_checkpoint()
 
     def prepare_model(self, model):
         return model.to(self.device)  # one worker needs no DDP
@@ -373,23 +369,12 @@ def train_trial(params: dict, ctx: dict) -> None:
         callbacks, runner = [TuneReportCallback()], run_trainer
     row, trained = run_trial(ctx, params, trial_id, callbacks, runner)
     if not trained:  # recorded earlier (a resumed sweep): Tune sees its last epoch and best metric
-        tune.report(
-            {
-                "epoch": int(row["epochs"] or 0),
-                row["metric"]: row["best_metric"],
-                "final": True,
-                "status": row["status"],
-            }
-        )
+        last = {"epoch": int(row["epochs"] or 0), row["metric"]: row["best_metric"]}
+        tune.report(last | {"final": True, "status": row["status"]})
     elif not ctx["in_process"]:
         wait_for_tune_report_queue()
     if row["status"] == "failed":
         raise TrialFailed(row["error"])
-
-
-def trial_dirname(sweep_id: str, trial) -> str:
-    """A one-worker trial's folder: ``<sweep dir>/<run_id>``, as a Train run's."""
-    return f"{sweep_id}-{trial.trial_id}"
 
 
 # ----------------------------------------------------------------------------- [3] the sweep
@@ -398,8 +383,7 @@ def make_progress_callback(state: dict, directory: str, attempt: int, t0: float,
     from ray.tune import Callback
 
     class Progress(Callback):
-        def __init__(self):
-            self.done = 0
+        done = 0  # trials finished in this attempt
 
         def _line(self, trial, status: str) -> None:
             self.done += 1
@@ -442,6 +426,7 @@ def make_tuner(cfg, ctx: dict, state: dict, callbacks: list, resume: bool, concu
         return tuner
     metric, mode = config_lib.metric_and_mode(cfg)
     search_alg, scheduler = make_search(cfg, metric, mode, concurrency)
+    dirname = (lambda trial: f"{sweep_id}-{trial.trial_id}") if in_process(cfg) else None  # <sweep dir>/<run_id>
     return tune.Tuner(
         trainable,
         param_space=tune_space(cfg, state["search_space"]),
@@ -452,7 +437,7 @@ def make_tuner(cfg, ctx: dict, state: dict, callbacks: list, resume: bool, concu
             scheduler=scheduler,
             num_samples=cfg.sweep.num_samples,
             reuse_actors=in_process(cfg),  # torch and the data are imported once per actor
-            trial_dirname_creator=functools.partial(trial_dirname, sweep_id) if in_process(cfg) else None,
+            trial_dirname_creator=dirname,
         ),
         run_config=tune.RunConfig(
             name=sweep_id,
@@ -476,7 +461,7 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
         "sweep_id": sweep_id,
         "base": base,
         "in_process": in_process(cfg),
-        "store": store.uri if "://" in store.uri else store.root,
+        "store": store.uri,
         "env": {"PERENNIAL_JOB_ID": job_id(), "PERENNIAL_GIT_SHA": git_sha()},
         "tracking": tracking.start_sweep(cfg, sweep_id, state["search_space"]),  # MLflow parent run
     }
@@ -534,11 +519,8 @@ def summarize(cfg, store: Store, sweep_id: str, state: dict, metric: str, mode: 
         print(f"sweep {sweep_id}: no trial recorded")
         return 1
     runs = runs.drop_duplicates("run_id")
-    ranked = (
-        runs[runs["status"] != "failed"]
-        .dropna(subset=["best_metric"])
-        .sort_values("best_metric", ascending=mode == "min")
-    )
+    ranked = runs[runs["status"] != "failed"].dropna(subset=["best_metric"])
+    ranked = ranked.sort_values("best_metric", ascending=mode == "min")
     # the best trial must have a servable model: a completed trial; a stopped one only if none completed
     with_model = ranked[ranked["export_uri"].fillna("") != ""]
     best = (with_model if len(with_model) else ranked).iloc[0] if len(ranked) else None
@@ -603,9 +585,8 @@ def write_sweeps_row(cfg, store: Store, state: dict, best, row: dict) -> None:
 # ----------------------------------------------------------------------------- CLI
 def main(argv: list[str]) -> int:
     p = parser("python -m jobs.sweep", "A Ray Tune sweep of Ray Train runs, recorded in the store.", "sweep")
-    p.add_argument(
-        "--verbose", action="store_true", help="also print every trial's per-epoch lines and the autoscaler's events"
-    )
+    verbose_help = "also print every trial's per-epoch lines and the autoscaler's events"
+    p.add_argument("--verbose", action="store_true", help=verbose_help)
     args = p.parse_args(argv)
     # before Tune is imported (it reads some of these once)
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the job's working dir (relative data paths)
@@ -634,7 +615,7 @@ def main(argv: list[str]) -> int:
             "sweep_id": f"{cfg.workload}-sweep-{uuid.uuid4().hex[:8]}",
             "config": config_lib.to_dict(cfg),
             "search_space": space,
-            "store": store.uri if "://" in store.uri else store.root,
+            "store": store.uri,
             "started_at": now().isoformat(),
             "attempts": [],
         }
