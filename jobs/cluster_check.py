@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import yaml
@@ -148,8 +149,6 @@ def _check_rules(raw: dict, config: dict, name: str) -> None:
 
 def constraint_lines() -> list[str]:
     """``name==version`` of this venv but the project and pip, without local labels (a CUDA build fits ``+cpu``'s)."""
-    from importlib import metadata
-
     pins = {}
     for dist in metadata.distributions():
         name = (dist.metadata["Name"] or "").lower().replace("_", "-")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import http.client
 import json
 import os
 import secrets
@@ -27,6 +28,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -203,12 +206,8 @@ class LocalCluster:
             (folder / "home").mkdir(exist_ok=True)
             (folder / "home" / "ray_bootstrap_config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         cmd = [sys.executable, "-m", "jobs.cluster_local", "_supervise", "--", *head_command(folder, state, num_cpus)]
-        with open(
-            folder / "head.log", "w"
-        ) as log:  # a session of its own: Ctrl-C in the caller's terminal leaves it up
-            supervisor = subprocess.Popen(
-                cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+        with open(folder / "head.log", "w") as log:  # a session of its own: Ctrl-C in the caller's shell leaves it up
+            supervisor = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=log, start_new_session=True)
         state |= {
             "supervisor_pid": supervisor.pid,
             "address": f"127.0.0.1:{ports['gcs']}",
@@ -287,10 +286,6 @@ def process_env(folder: Path, base: dict[str, str] | None, token_auth: bool, con
 
 def answers(url: str) -> bool:
     """Whether a web server answers at ``url`` (an error status counts)."""
-    import http.client
-    import urllib.error
-    import urllib.request
-
     try:
         urllib.request.urlopen(url, timeout=2)
     except urllib.error.HTTPError:

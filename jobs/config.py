@@ -10,7 +10,6 @@ first finding becomes one :class:`ConfigError` line (exit 2).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import importlib.util
 import json
@@ -43,9 +42,8 @@ def check_num_workers(n):
 
 
 class Scaling(Section):
-    num_workers: Annotated[int | list, AfterValidator(check_num_workers)] = (
-        1  # Ray Train workers (DDP ranks); [min, max] = elastic (docs/cluster.md#elastic-workers)
-    )
+    # Ray Train workers (DDP ranks); [min, max] = elastic (docs/cluster.md#elastic-workers)
+    num_workers: Annotated[int | list, AfterValidator(check_num_workers)] = 1
     use_gpu: bool = False  # one GPU per worker; NCCL backend
     cpus_per_worker: int = Field(1, ge=0)  # Ray CPUs per worker = torch threads in that worker
     gpus_per_worker: float = Field(1.0, ge=0)  # only with use_gpu
@@ -142,11 +140,8 @@ JOB_SECTIONS: dict[str, type] = {
     "tracking": Tracking,
 }
 
-TRACKER_EXTRAS = {  # config key -> (module it needs, the extra that installs it)
-    "tracking.tensorboard": ("tensorboard", "tensorboard"),
-    "tracking.mlflow_uri": ("mlflow", "mlflow"),
-    "tracking.wandb_project": ("wandb", "wandb"),
-}
+# tracking.<key> -> the module it needs, which the extra of the same name installs
+TRACKER_MODULES = {"tensorboard": "tensorboard", "mlflow_uri": "mlflow", "wandb_project": "wandb"}
 
 
 # ----------------------------------------------------------------------------- the whole config
@@ -232,9 +227,7 @@ def to_dict(cfg) -> dict:
 def section_fields(obj) -> dict[str, Any]:
     """A section's (or a whole config's) keys -> their types; {} for a value."""
     cls = obj if isinstance(obj, type) else type(obj)
-    if isinstance(cls, type) and issubclass(cls, pydantic.BaseModel):
-        return {name: f.annotation for name, f in cls.model_fields.items()}
-    return {k: f.annotation for k, f in workloads.sections(cls).items()} if dataclasses.is_dataclass(cls) else {}
+    return {name: f.annotation for name, f in workloads.sections(cls).items()}
 
 
 def flatten(cfg, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -358,11 +351,11 @@ def check_values(cfg) -> None:
         raise ConfigError(
             f"scaling.node_type must name a worker type of cluster.yaml (e.g. gpu_4x), got '{s.node_type}'"
         )
-    for key, (module, extra) in TRACKER_EXTRAS.items():
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) and importlib.util.find_spec(module) is None:
+    for name, module in TRACKER_MODULES.items():
+        key = f"tracking.{name}"
+        if getattr(cfg.tracking, name) and importlib.util.find_spec(module) is None:
             off = f"{key}=false" if name == "tensorboard" else f"{key}="
-            raise ConfigError(f"{key} is set but {module} is not installed — pip install -e .[{extra}], or set {off}")
+            raise ConfigError(f"{key} is set but {module} is not installed — pip install -e .[{module}], or set {off}")
 
 
 def schema(workload: str) -> dict:

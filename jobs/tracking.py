@@ -241,19 +241,14 @@ def mlflow_find_run(client, experiment_id: str, tag: str, value: str):
 def mlflow_log(client, run_id: str, metrics: dict[str, float], step: int) -> None:
     from mlflow.entities import Metric
 
-    _mlflow_batch(client, run_id, "metrics", [Metric(k, v, int(time.time() * 1000), step) for k, v in metrics.items()])
+    now_ms = int(time.time() * 1000)  # log_batch splits a long list into MLflow's per-request limits itself
+    client.log_batch(run_id, metrics=[Metric(k, v, now_ms, step) for k, v in metrics.items()], synchronous=True)
 
 
 def mlflow_params(client, run_id: str, params: dict[str, Any]) -> None:
     from mlflow.entities import Param
 
-    _mlflow_batch(client, run_id, "params", [Param(k, str(v)[:6000]) for k, v in params.items()])
-
-
-def _mlflow_batch(client, run_id: str, kind: str, items: list) -> None:
-    size = 1000 if kind == "metrics" else 100  # MLflow's per-batch limits
-    for i in range(0, len(items), size):
-        client.log_batch(run_id, **{kind: items[i : i + size]}, synchronous=True)
+    client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()], synchronous=True)
 
 
 class MLflow(Sink):
@@ -485,24 +480,20 @@ def finish_sweep(cfg, sweep_id: str, extras: dict, runs) -> None:
     if not parent or not len(runs):
         return
     try:
-        _close_sweep(cfg, parent, runs)
+        client = mlflow_client(cfg.tracking.mlflow_uri)
+        experiment_id = client.get_run(parent).info.experiment_id
+        for row in runs.to_dict("records"):
+            child = mlflow_find_run(client, experiment_id, "run_id", row["run_id"])
+            if child is not None:  # also a trial the scheduler stopped, which closed its run as failed
+                client.set_terminated(child.info.run_id, MLFLOW_STATUS.get(row["status"], "FINISHED"))
+        ok = runs[runs["status"] != "failed"].dropna(subset=["best_metric"])
+        if len(ok):
+            best = ok.sort_values("best_metric", ascending=ok["mode"].iloc[0] == "min").iloc[0]
+            mlflow_log(client, parent, {f"best_{best['metric']}": float(best["best_metric"])}, 0)
+            client.set_tag(parent, "best_run_id", best["run_id"])
+        client.set_terminated(parent, "FINISHED" if len(ok) else "FAILED")
     except Exception as e:  # the sweep's results are in the store: a tracker error must not fail it
         print(f"warning: MLflow sweep run {parent} not closed: {type(e).__name__}: {e}")
-
-
-def _close_sweep(cfg, parent: str, runs) -> None:
-    client = mlflow_client(cfg.tracking.mlflow_uri)
-    experiment_id = client.get_run(parent).info.experiment_id
-    for row in runs.to_dict("records"):
-        child = mlflow_find_run(client, experiment_id, "run_id", row["run_id"])
-        if child is not None:  # also a trial the scheduler stopped, which closed its run as failed
-            client.set_terminated(child.info.run_id, MLFLOW_STATUS.get(row["status"], "FINISHED"))
-    ok = runs[runs["status"] != "failed"].dropna(subset=["best_metric"])
-    if len(ok):
-        best = ok.sort_values("best_metric", ascending=ok["mode"].iloc[0] == "min").iloc[0]
-        mlflow_log(client, parent, {f"best_{best['metric']}": float(best["best_metric"])}, 0)
-        client.set_tag(parent, "best_run_id", best["run_id"])
-    client.set_terminated(parent, "FINISHED" if len(ok) else "FAILED")
 
 
 # ----------------------------------------------------------------------------- backfill from the store

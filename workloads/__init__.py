@@ -7,6 +7,7 @@ Ray starts, so a missing or misspelt hook is one line, exit 2.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import os
 import sys
@@ -111,8 +112,6 @@ def check(wl: ModuleType, name: str) -> ModuleType:
 
 def _near_hook(name: str) -> str | None:
     """The hook a misspelt name was meant to be (``build_sheduler`` -> ``build_scheduler``), else None."""
-    import difflib
-
     match = difflib.get_close_matches(name, HOOKS, n=1, cutoff=0.85)
     return match[0] if match and match[0] != name else None
 

@@ -92,7 +92,7 @@ def load_tokenizer(path: str, key: str = "model.name_or_path", words: bool = Fal
 
 # ----------------------------------------------------------------------------- text datasets and batches
 class EncodedTexts(Dataset):
-    """Token ids per text (unpadded) and a label id; :func:`make_collate` pads each batch to its longest text."""
+    """Token ids per text (unpadded) and a label id; :func:`collate_texts` pads each batch to its longest text."""
 
     def __init__(self, input_ids: list[list[int]], labels: np.ndarray):
         self.input_ids, self.labels = input_ids, labels
@@ -104,18 +104,14 @@ class EncodedTexts(Dataset):
         return {"input_ids": self.input_ids[i], "labels": int(self.labels[i])}
 
 
-def make_collate(pad_id: int):
+def collate_texts(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Pads ``input_ids`` per batch; the batch holds ``attention_mask`` and ``lengths`` (each model takes what it reads)."""
-
-    def collate(items: list[dict]) -> dict[str, torch.Tensor]:
-        lengths = torch.tensor([len(it["input_ids"]) for it in items])
-        rows = [torch.tensor(it["input_ids"]) for it in items]
-        ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad_id)
-        mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
-        labels = torch.tensor([it["labels"] for it in items])
-        return {"input_ids": ids, "attention_mask": mask, "lengths": lengths, "labels": labels}
-
-    return collate
+    lengths = torch.tensor([len(it["input_ids"]) for it in items])
+    rows = [torch.tensor(it["input_ids"]) for it in items]
+    ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad_id)
+    mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
+    labels = torch.tensor([it["labels"] for it in items])
+    return {"input_ids": ids, "attention_mask": mask, "lengths": lengths, "labels": labels}
 
 
 def length_grouped_loader(cfg, dataset, lengths: list[int], collate_fn, group_by_length: bool = True) -> DataLoader:
@@ -164,7 +160,7 @@ def text_splits(cfg, tok, **tokenize) -> Splits:
         val=dataset(*encoded["val"]),
         test=dataset(*encoded["test"]) if "test" in encoded else None,
         labels=labels,
-        collate_fn=make_collate(tok.pad_token_id or 0),
+        collate_fn=functools.partial(collate_texts, pad_id=tok.pad_token_id or 0),
         fingerprint=fp,
         info={
             "train_class_counts": np.bincount(encoded["train"][1], minlength=len(labels)).tolist(),

@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import copy
+import csv
 import gzip
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -90,8 +92,6 @@ def fingerprint(*parts: bytes | str | np.ndarray) -> str:
 
 def package_dir(name: str) -> Path:
     """Folder of an installed package, found without importing it (data packages pull heavy deps)."""
-    import importlib.util
-
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
         raise DataError(f"package '{name}' is not installed — run 'make setup' (it installs the data packages)")
@@ -100,18 +100,7 @@ def package_dir(name: str) -> Path:
 
 # ----------------------------------------------------------------------------- images
 FASHION_MNIST_DIR = os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_LABELS = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-]
+FASHION_MNIST_LABELS = "T-shirt/top,Trouser,Pullover,Dress,Coat,Sandal,Shirt,Sneaker,Bag,Ankle boot".split(",")
 
 
 def fashion_mnist_available() -> bool:
@@ -371,8 +360,6 @@ def read_text_table(path: str, text_column: str, label_column: str, encoding: st
 
 
 def _read_csv_text(path: str, text: str, text_column: str, label_column: str, delimiter: str) -> TextTable:
-    import csv
-
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = next(reader)
@@ -511,14 +498,10 @@ def load_text_splits(data) -> tuple[dict[str, tuple[list[str], np.ndarray]], lis
             split_texts, split_y = encoded[split]
             keep = subsample(np.arange(len(split_y)), data.max_eval_samples, data.seed)
             encoded[split] = ([split_texts[i] for i in keep], split_y[keep])
-    parts = [f"{s}:{len(y)}" for s, (_, y) in sorted(encoded.items())]
-    digest = fingerprint(
-        *parts,
-        *labels,
-        *["\n".join(t) for _, (t, _) in sorted(encoded.items())],
-        *[y for _, (_, y) in sorted(encoded.items())],
-    )
-    return encoded, labels, digest
+    ordered = sorted(encoded.items())
+    sizes = [f"{s}:{len(y)}" for s, (_, y) in ordered]
+    joined = ["\n".join(t) for _, (t, _) in ordered]
+    return encoded, labels, fingerprint(*sizes, *labels, *joined, *[y for _, (_, y) in ordered])
 
 
 def _carve(path: str, n: int, fraction: float, seed: int, y: np.ndarray, split: str):
@@ -542,7 +525,7 @@ WNUT16_TO_CONLL = {"person": "PER", "geo-loc": "LOC", "company": "ORG", "sportst
     WNUT16_MISC, "MISC"
 )
 CONLL2003_TAGS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
-WNUT16_TEST_SEED = 1234  # the test tweets are the data set's, not the run's: every run scores the same ones
+WNUT16_TEST_SEED, WNUT16_TEST_FRACTION = 1234, 0.2  # the test tweets are the data set's: every run scores the same
 
 
 def wnut16_path() -> str:
@@ -559,16 +542,15 @@ def map_wnut16_tag(tag: str) -> str:
     return f"{prefix}-{WNUT16_TO_CONLL[kind]}"
 
 
-def read_wnut16(seed: int = 0, val_fraction: float = 0.1, test_fraction: float = 0.2, path: str | None = None):
+def read_wnut16(seed: int = 0, val_fraction: float = 0.1):
     """WNUT-16 tweets with CoNLL-2003 tags: ({split: [(tokens, tags), ...]}, fingerprint); the test share is fixed."""
-    path = path or wnut16_path()
-    raw, fp = read_conll(path)
+    raw, fp = read_conll(wnut16_path())
     tweets = [(tokens, [map_wnut16_tag(t) for t in tags]) for tokens, tags in raw]
-    rest, test = split_train_val(len(tweets), test_fraction, WNUT16_TEST_SEED)
+    rest, test = split_train_val(len(tweets), WNUT16_TEST_FRACTION, WNUT16_TEST_SEED)
     train, val = split_train_val(len(rest), val_fraction, seed)
     pick = lambda idx: [tweets[i] for i in idx]  # noqa: E731
     splits = {"train": pick(rest[train]), "val": pick(rest[val]), "test": pick(test)}
-    return splits, fingerprint(fp, "wnut16->conll", f"{seed}:{val_fraction}:{test_fraction}")
+    return splits, fingerprint(fp, "wnut16->conll", f"{seed}:{val_fraction}:{WNUT16_TEST_FRACTION}")
 
 
 # ----------------------------------------------------------------------------- dataset mixing (continual replay)
@@ -624,14 +606,6 @@ FEATURES_CACHE = "PERENNIAL_DATA_CACHE"  # the cache's folder; "0" turns it off 
 FEATURE_FORMAT = 2
 
 
-def features_cache_dir() -> Path | None:
-    """Where tokenized splits are kept between runs: ``$PERENNIAL_DATA_CACHE``, else ~/.cache/perennial/features."""
-    where = os.environ.get(FEATURES_CACHE, "")
-    if where == "0":
-        return None
-    return Path(where) if where else Path.home() / ".cache" / "perennial" / "features"
-
-
 def file_stamp(path: str | os.PathLike) -> str | None:
     """A local file's path, size and mtime; None for a remote or missing file."""
     if not path or is_remote(str(path)):
@@ -643,41 +617,37 @@ def file_stamp(path: str | os.PathLike) -> str | None:
     return f"{os.path.realpath(path)}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def features_key(files: list, code: list[str], settings: dict) -> str | None:
-    """The cache key of one tokenization (files, code, settings); None when an input is remote or missing."""
+def features_file(files: list, code: list[str], settings: dict) -> Path | None:
+    """Where one tokenization (files, code, settings) is kept between runs: in ``$PERENNIAL_DATA_CACHE``, else
+    ~/.cache/perennial/features; None when the cache is off ("0") or an input is remote or missing."""
+    where = os.environ.get(FEATURES_CACHE, "")
     stamps = [file_stamp(f) for f in files if f]
-    if any(s is None for s in stamps) or features_cache_dir() is None:
+    if where == "0" or None in stamps:
         return None
     sources = [Path(c).read_bytes() for c in code]
-    return fingerprint(str(FEATURE_FORMAT), *stamps, *sources, json.dumps(settings, sort_keys=True, default=str))
+    key = fingerprint(str(FEATURE_FORMAT), *stamps, *sources, json.dumps(settings, sort_keys=True, default=str))
+    return (Path(where) if where else Path.home() / ".cache" / "perennial" / "features") / f"{key}.json"
 
 
-def features_cached(key: str | None) -> bool:
-    folder = features_cache_dir()
-    return key is not None and folder is not None and (folder / f"{key}.json").is_file()
-
-
-def load_features(key: str | None) -> tuple[dict[str, list[dict] | None], dict] | None:
-    """(splits, meta) saved under ``key``, or None; plain JSON: a cache file can never run code."""
-    folder = features_cache_dir()
-    if key is None or folder is None:
+def load_features(path: Path | None) -> tuple[dict[str, list[dict] | None], dict] | None:
+    """(splits, meta) kept in ``path``, or None; plain JSON: a cache file can never run code."""
+    if path is None:
         return None
     try:
-        cached = json.loads((folder / f"{key}.json").read_text())
+        cached = json.loads(path.read_text())
         return cached["splits"], cached["meta"]
     except (OSError, ValueError, KeyError):  # missing, damaged or foreign: a miss, rebuilt and replaced
         return None
 
 
-def save_features(key: str | None, splits: dict[str, list[dict] | None], meta: dict) -> None:
-    """Keep tokenized splits under ``key``, written whole then renamed; skipped when it cannot be written."""
-    folder = features_cache_dir()
-    if key is None or folder is None:
+def save_features(path: Path | None, splits: dict[str, list[dict] | None], meta: dict) -> None:
+    """Keep tokenized splits in ``path``, written whole then renamed; skipped when it cannot be written."""
+    if path is None:
         return
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{key}.{os.getpid()}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.json")
         tmp.write_text(json.dumps({"splits": splits, "meta": meta}))
-        os.replace(tmp, folder / f"{key}.json")
+        os.replace(tmp, path)
     except OSError:
         return

@@ -9,6 +9,7 @@ import warnings
 import torch
 from pydantic import Field
 
+from jobs.errors import DataError
 from workloads import Section
 
 
@@ -28,8 +29,6 @@ def wrap(model: torch.nn.Module, lora: Lora, task: str) -> torch.nn.Module:
     if not lora.enabled:
         return model
     from peft import LoraConfig, get_peft_model
-
-    from workloads.data import DataError
 
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     missing = [m for m in lora.target_modules if m not in names]

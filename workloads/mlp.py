@@ -69,11 +69,10 @@ def build_data(cfg) -> Splits:
     def dataset(xs: np.ndarray, ys: np.ndarray) -> TensorDataset:
         return TensorDataset(torch.from_numpy((xs.reshape(len(xs), -1) - mean) / std), torch.from_numpy(ys))
 
-    test = dataset(*arrays["test"]) if "test" in arrays else None
     return Splits(
         train=dataset(x[train_idx], y[train_idx]),
         val=dataset(x[val_idx], y[val_idx]),
-        test=test,
+        test=dataset(*arrays["test"]) if "test" in arrays else None,
         labels=labels,
         fingerprint=fp,
         info={"in_features": int(flat.shape[1]), "mean": mean, "std": std},

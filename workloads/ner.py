@@ -26,7 +26,7 @@ from workloads.data import (
     DataError,
     Splits,
     conll2003_path,
-    features_key,
+    features_file,
     fingerprint,
     load_features,
     read_conll,
@@ -131,7 +131,7 @@ def validate(cfg) -> None:
         raise DataError(
             f"model.name_or_path '{cfg.model.name_or_path}' has no config.json — give a Hugging Face checkpoint directory or Hub id"
         )
-    if data_lib.features_cached(features_cache_key(cfg)):
+    if (cached := features_cache_file(cfg)) is not None and cached.is_file():
         return
     read_splits(cfg)
     load_tokenizer(cfg)
@@ -151,10 +151,8 @@ def encode(sentences: list, labels: list[str], tokenizer, max_length: int) -> li
     )
     features = []
     for i, (_, tags) in enumerate(sentences):
-        word_index, previous = [], None
-        for w in enc.word_ids(i):
-            word_index.append(w if w is not None and w != previous else -1)  # first sub-token only
-            previous = w
+        words = enc.word_ids(i)
+        word_index = [w if w is not None and w != prev else -1 for w, prev in zip(words, [None, *words])]  # first only
         token_labels = [label_id[tags[w]] if w >= 0 else -100 for w in word_index]
         features.append(
             {
@@ -188,21 +186,14 @@ def collate(features: list[dict], pad_token_id: int = 0, multiple_of: int = 0) -
     }
 
 
-def data_files(cfg) -> list[str]:
-    d = cfg.data
-    if d.train:
-        return [d.train, d.val, d.test]
-    return [wnut16_path()] if d.source == "wnut16" else [conll2003_path(s) for s in ("train", "val", "test")]
-
-
 def build_data(cfg) -> Splits:
     d = cfg.data
-    key = features_cache_key(cfg)
-    if (hit := load_features(key)) is not None:
+    cached = features_cache_file(cfg)
+    if (hit := load_features(cached)) is not None:
         features, meta = hit
     else:
         features, meta = encode_splits(cfg)
-        save_features(key, features, meta)
+        save_features(cached, features, meta)
     return Splits(
         train=features["train"],
         val=features["val"],
@@ -214,10 +205,15 @@ def build_data(cfg) -> Splits:
     )
 
 
-def features_cache_key(cfg) -> str | None:
-    settings = {"model": common.checkpoint(cfg.model.name_or_path), "data": cfg.data.model_dump()}
-    tokenizer_files = [Path(settings["model"], "tokenizer.json")]
-    return features_key([*data_files(cfg), *tokenizer_files], [__file__, data_lib.__file__], settings)
+def features_cache_file(cfg) -> Path | None:
+    """The tokenized splits' cache file: keyed by the data files, the tokenizer, this code and the settings."""
+    d, model = cfg.data, common.checkpoint(cfg.model.name_or_path)
+    if d.train:
+        files = [d.train, d.val, d.test]
+    else:
+        files = [wnut16_path()] if d.source == "wnut16" else [conll2003_path(s) for s in ("train", "val", "test")]
+    settings = {"model": model, "data": d.model_dump()}
+    return features_file([*files, Path(model, "tokenizer.json")], [__file__, data_lib.__file__], settings)
 
 
 def encode_splits(cfg) -> tuple[dict[str, list[dict] | None], dict]:

@@ -14,7 +14,6 @@ import torch
 from pydantic import Field
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
-from torch.utils.data import DataLoader
 
 from workloads import Section, common
 from workloads.data import Splits, load_text_splits
@@ -80,8 +79,7 @@ def build_data(cfg) -> Splits:
     return common.text_splits(cfg, tokenizer(cfg), add_special_tokens=False)
 
 
-def train_loader(cfg, splits: Splits) -> DataLoader:
-    return common.text_train_loader(cfg, splits)
+train_loader = common.text_train_loader  # length-grouped, seeded batches
 
 
 # ----------------------------------------------------------------------------- [2] model

@@ -16,6 +16,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -212,16 +213,12 @@ def check(store: Engine, fix: bool = False, older_than_s: float = 3600.0) -> lis
 
 
 def _rel(table_uri: str, file_uri: str) -> str:
-    from urllib.parse import unquote
-
     file_uri = unquote(file_uri.removeprefix("file://"))
     return file_uri[len(table_uri) + 1 :] if file_uri.startswith(table_uri) else file_uri
 
 
 def _files_named_in_log(fs: pafs.FileSystem, log: str) -> set[str]:
     """Every data file an add or remove action in the log names (time travel reads those)."""
-    from urllib.parse import unquote
-
     named = set()
     for f in fs.get_file_info(pafs.FileSelector(log, allow_not_found=True)):
         if not f.path.endswith(".json") or os.path.basename(f.path).startswith("_"):
