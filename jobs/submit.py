@@ -134,7 +134,7 @@ def observe(infos: list) -> None:
                 if info.submission_id not in have:
                     final = final_row(info)  # replaced, not added, if another observer wrote it first
                     store.replace("jobs", [final], key={k: final[k] for k in ("submission_id", "status")})
-        except config_lib.ConfigError as e:  # one unreachable store must not hide the other jobs
+        except UserError as e:  # one unreachable store must not hide the other jobs
             print(f"warning: could not record the end of {len(group)} job(s) in {uri}: {e}", file=sys.stderr)
 
 

@@ -49,3 +49,30 @@ def test_job_commands_that_train_nothing_import_no_torch():
     env = dict(os.environ, PYTHONPATH=os.environ.get("PYTHONPATH", str(ROOT)))
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
+
+
+def test_an_unusable_store_warns_and_the_other_stores_still_get_their_jobs_rows(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from jobs import submit
+    from jobs.store import Store
+
+    bad, good = tmp_path / "a-file", tmp_path / "store"
+    bad.write_text("not a store")
+
+    def ended(sid: str, store) -> SimpleNamespace:
+        meta = {"perennial": "1", "store": str(store), "workload": "mlp", "verb": "train"}
+        status = SimpleNamespace(value="SUCCEEDED")
+        return SimpleNamespace(
+            submission_id=sid,
+            status=status,
+            entrypoint="python -m jobs.train",
+            metadata=meta,
+            message="",
+            start_time=None,
+            end_time=None,
+        )
+
+    submit.observe([ended("job-a", bad), ended("job-b", good)])
+    assert f"could not record the end of 1 job(s) in {bad}" in capsys.readouterr().err
+    assert Store(str(good)).read("jobs")["submission_id"].to_pylist() == ["job-b"]
