@@ -37,6 +37,7 @@ import torch  # noqa: E402
 import workloads  # noqa: E402
 from jobs import config as config_lib  # noqa: E402
 from jobs import loop  # noqa: E402
+from jobs.errors import UserError  # noqa: E402
 
 H100_BF16_DENSE_TFLOPS = 989.0
 
@@ -239,7 +240,7 @@ def main(argv: list[str]) -> int:
             for precision in args.precisions:
                 results.append(measure_ray(args, precision, device))
                 print(line(results[-1]), flush=True)
-    except config_lib.USER_ERRORS as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     plain = {(r["batch_size"], r["precision"]): r for r in results if r["mode"] == "plain"}

@@ -331,9 +331,6 @@ def _one_line(cls: type, err: dict) -> ConfigError:
     return ConfigError(f"config key '{key}': {err['msg']}, got {got!r} — fix the value in the config or the override")
 
 
-USER_ERRORS = (UserError,)
-
-
 def metric_and_mode(cfg) -> tuple[str, str]:
     wl = workloads.module(cfg.workload)
     return cfg.sweep.metric or wl.METRIC, cfg.sweep.mode or wl.MODE

@@ -43,7 +43,7 @@ class Tracking(Hook):
         self.tracker = tracking.Tracker(cfg, log)
 
     def on_train_start(self, loop) -> None:
-        cfg, loader = loop.cfg, loop.loader
+        cfg = loop.cfg
         info = tracking.RunInfo(
             run_id=loop.session.run_name,
             workload=cfg.workload,
@@ -53,7 +53,6 @@ class Tracking(Hook):
             metric=loop.metric,
             mode=loop.mode,
             epochs=cfg.train.epochs,
-            steps_per_epoch=len(loader) if hasattr(loader, "__len__") else 0,
             world_size=loop.world,
             **loop.tags,  # sweep_id, trial_id, mlflow_parent_run_id (jobs.sweep)
         )

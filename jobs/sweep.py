@@ -487,7 +487,7 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
         if trial_id and f"{sweep_id}-{trial_id}" not in recorded:
             record(trial_id, result.config, result.metrics, result.error, path=result.path)
     write_state_file(directory, STATE_FILE, state)
-    tracking.finish_sweep(cfg, sweep_id, ctx["tracking"], store.runs(sweep_id=sweep_id))
+    tracking.finish_sweep(cfg, ctx["tracking"], store.runs(sweep_id=sweep_id))
     compact_if_due(store, cfg.workload)  # the sweep's end: its partition's small files, one compactor at a time
     return summarize(cfg, store, sweep_id, state, metric, mode)
 

@@ -36,7 +36,6 @@ class RunInfo:
     metric: str = ""
     mode: str = ""
     epochs: int = 0
-    steps_per_epoch: int = 0
     world_size: int = 1
     mlflow_parent_run_id: str = ""  # set by jobs.sweep: trials are children of the sweep's run
 
@@ -473,7 +472,7 @@ def start_sweep(cfg, sweep_id: str, search_space: dict) -> dict:
     return {"mlflow_parent_run_id": parent}
 
 
-def finish_sweep(cfg, sweep_id: str, extras: dict, runs) -> None:
+def finish_sweep(cfg, extras: dict, runs) -> None:
     """At the sweep's end: each trial's MLflow run gets its store status (a killed trial could not close its own),
     the parent the best metric."""
     parent = extras.get("mlflow_parent_run_id")

@@ -29,7 +29,7 @@ cfg = config_lib.load_config("configs/mlp.yaml", ["tracking.mlflow_uri=" + uri, 
     "tracking.wandb_mode=offline", "log.every_steps=2", "log.every_s=0", "train.epochs=@EPOCHS"], smoke_test=True)
 info = tracking.RunInfo(run_id="mlp-unit0001", workload="mlp", storage_path=storage, sweep_id="mlp-sweep-u1",
     trial_id="u1_00000", git_sha="abc123", data_fingerprint="fp1", metric="val_accuracy", mode="max",
-    epochs=@EPOCHS, steps_per_epoch=@STEPS)
+    epochs=@EPOCHS)
 def row(epoch):
     return {"epoch": epoch + 1, "train_loss": 1.0 / (epoch + 1), "val_accuracy": 0.5 + epoch / 10,
             "samples_per_s": 100.0, "note": "text is not a metric"}
