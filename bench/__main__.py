@@ -15,8 +15,7 @@ Runs, one after the other (the machine's cores are shared, so never two at once)
   [6] bench/memory.py         peak RSS per worker for every workload (target: NER < 2 GB)
 Each arm runs in its own subprocess; arms alternate (A/B/A/B) and every figure is min/median/max over
 repeats with the load average beside it: read ratios, not absolute numbers, on a busy machine.
-Default sizes took 25 min on 2 idle cores on 2026-11-30, before roofline (about 1 min) and sweep_vs_hf (about 9)
-joined. Results and arm logs: bench/out/.
+Default sizes take just under 30 min on 2 idle cores (docs/performance.md). Results and arm logs: bench/out/.
 """
 
 from __future__ import annotations
