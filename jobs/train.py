@@ -600,9 +600,12 @@ def resume_command(verb: str, run_id: str, cfg) -> str:
 def resume_state(args, what: str, state_file: str) -> tuple:
     """(config, store, state) of the run or sweep ``--resume`` names, from the state file beside its checkpoints."""
     found = [config_lib._split_override(o) for o in args.overrides]
-    if args.smoke_test or any(k != "run.storage_path" for k, _ in found):
+    rescale = what == "run"  # a run's checkpoints load on another worker count (docs/workloads.md)
+    scaling = [(k, v) for k, v in found if rescale and k.startswith("scaling.") and k != "scaling.strategy"]
+    if args.smoke_test or len(found) > len(scaling) + sum(k == "run.storage_path" for k, _ in found):
+        keys = "run.storage_path=... (where it ran)" + (", scaling.* other than scaling.strategy," if rescale else "")
         raise config_lib.ConfigError(
-            f"--resume continues a {what} with its saved config — give only run.storage_path=... (where it ran) and --store"
+            f"--resume continues a {what} with its saved config — give only {keys} and --store"
         )
     root = dict(found).get("run.storage_path") or (
         config_lib.load_config(args.config).run.storage_path if args.config else config_lib.Run().storage_path
@@ -617,6 +620,9 @@ def resume_state(args, what: str, state_file: str) -> tuple:
             f"no {what} '{args.resume}' under {root} — pass run.storage_path=... where it ran"
         ) from None
     cfg = config_lib.from_dict(state["config"])
+    for key, value in scaling:
+        cfg = config_lib.set_dotted(cfg, key, value)
+    config_lib.check_values(cfg)
     return cfg, preflight.open_store(args.store or state["store"], cfg), state
 
 

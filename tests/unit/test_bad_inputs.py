@@ -261,6 +261,16 @@ CASES = [
         ["jobs.sweep", "--resume", "mlp-sweep-nope", "run.storage_path={runs}"],
         "no sweep 'mlp-sweep-nope'",
     ),
+    Case(
+        "train-resume-changes-the-model",
+        ["jobs.train", "--resume", "mlp-nope", "run.storage_path={runs}", "train.lr=0.1"],
+        "give only run.storage_path=... (where it ran), scaling.* other than scaling.strategy, and --store",
+    ),
+    Case(
+        "sweep-resume-rescales",
+        ["jobs.sweep", "--resume", "mlp-sweep-nope", "run.storage_path={runs}", "scaling.num_workers=2"],
+        "give only run.storage_path=... (where it ran) and --store",
+    ),
     Case("cluster-yaml-unknown-key", ["jobs.cluster_check", "{d}/cluster_bad.yaml"], "bogus_key"),
     Case("cluster-yaml-not-yaml", ["jobs.cluster_check", "{d}/bad_syntax.yaml"], "bad_syntax.yaml"),
 ]
