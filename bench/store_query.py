@@ -294,43 +294,14 @@ def records_and_queries(uri: str, args) -> list[tuple]:
 
 
 def s3_store():
-    """A moto S3 server on 127.0.0.1 in its own process (delta-rs calls that hold the GIL would stall one in this
-    process), serving one request at a time, and a fresh bucket: (its URI, the AWS_* variables, the server)."""
-    import socket
+    """moto's S3 server on 127.0.0.1 (tests/conftest.py: its own process, one request at a time) and a fresh
+    bucket: (its URI, the AWS_* variables, the server)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import S3Server
 
-    import boto3
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    # Single-threaded: moto checks If-None-Match and then stores the object without a lock, so in its threaded
-    # server two concurrent PUTs of one commit file can both succeed (a lost commit; AWS S3 makes the check atomic).
-    serve = (
-        "import sys; from werkzeug.serving import run_simple; "
-        "from moto.server import DomainDispatcherApplication, create_backend_app; "
-        "run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_backend_app), threaded=False)"
-    )
-    server = subprocess.Popen(
-        [sys.executable, "-c", serve, str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    os.environ.update(env)
-    for _ in range(300):
-        try:
-            boto3.client("s3").create_bucket(Bucket="store-bench")
-            break
-        except Exception:  # the server is still starting
-            time.sleep(0.1)
-    return "s3://store-bench/store", env, server
+    server = S3Server()
+    os.environ.update(server.env)
+    return f"{server.make_bucket('store-bench')}/store", server.env, server
 
 
 def main() -> int:
@@ -378,8 +349,7 @@ def main() -> int:
         ]
         load.append(os.getloadavg()[0])
     if server is not None:
-        server.terminate()
-        server.wait()
+        server.stop()
     if args.records:
         figures += records_and_queries(f"{base}/store", args)
         load.append(os.getloadavg()[0])

@@ -37,7 +37,7 @@ def setup_account_module():
 
 @pytest.fixture(scope="module")
 def moto_env():
-    server = S3Server()
+    server = S3Server(services="all")
     env = server.env | {"AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION}
     yield env
     server.stop()
