@@ -398,16 +398,11 @@ def cmd_list(args) -> int:
     infos = batch_jobs(ray_client, args.batch) if args.batch else [i for i in ray_client.list_jobs() if _ours(i)]
     observe(infos)
     rows = []
-    for info in infos:
-        meta = info.metadata or {}
+    for info in infos:  # final_row's columns, the times and the message shortened for a table
         took = (info.end_time - info.start_time) / 1000 if info.start_time and info.end_time else None
         message = (info.message or "").strip().splitlines()[0][:80] if (info.message or "").strip() else ""
-        rows.append(
-            {k: meta.get(k, "") for k in ("workload", "verb")}
-            | {"submission_id": info.submission_id, "status": info.status.value.lower()}
-            | {"attempt": int(meta.get("attempt", 1)), "submitted_at": meta.get("submitted_at", "")[:19]}
-            | {"duration_s": took, "message": message}
-        )
+        submitted = info.metadata.get("submitted_at", "")[:19]
+        rows.append(final_row(info) | {"submitted_at": submitted, "duration_s": took, "message": message})
     df = pd.DataFrame(rows, columns=LIST_COLUMNS)
     for column, wanted in (("workload", args.workload), ("status", (args.status or "").lower())):
         df = df[df[column] == wanted] if wanted else df
