@@ -29,7 +29,6 @@ from jobs.train import checkpoint_meta, checkpoint_uri, fit, parser, start
 from workloads.data import replay_indices
 
 
-# ----------------------------------------------------------------------------- [1] the parent
 def pick_parent(store: Store, workload: str, spec: str, metric: str, mode: str) -> dict:
     """The parent's ``runs`` row: ``spec`` = ``best`` or a run id. Raises ConfigError (exit 2)."""
     if spec != "best":
@@ -79,7 +78,6 @@ def signed(delta: float, mode: str) -> float:
     return delta if mode == "max" else -delta
 
 
-# ----------------------------------------------------------------------------- [2] the parent on the new data
 @dataclass
 class Baseline:
     """What [2] measured before training, and what [4] needs to score the child on the parent's data."""
@@ -121,7 +119,6 @@ def score_parent(wl, cfg, old_cfg, parent: dict, base: str) -> Baseline:
     return Baseline(old_cfg, old, old_split, parent_new, parent_old, replay_samples)
 
 
-# ----------------------------------------------------------------------------- [3] the round, [4] its scores
 def scoring_runner(train_runner, wl, baseline: Baseline, base: str, mode: str, extra_row: dict):
     """Ray Train's runner, then [4] on the driver, before fit() writes the runs row."""
 
@@ -151,7 +148,6 @@ def round_scores(wl, baseline: Baseline, export_uri: str, base: str, mode: str, 
     return out | {"forgetting": signed(baseline.parent_old - metrics[base], mode)}
 
 
-# ----------------------------------------------------------------------------- CLI
 def main(argv: list[str]) -> int:
     p = parser("python -m jobs.continual", "Next continual round: a new run initialised from a stored run's model.")
     from_help = "best = the workload's best finished run in the store (ties: newest); or a run id"

@@ -29,9 +29,8 @@ def aws_credentials_missing() -> bool:
 
 def fs_uri(filesystem, path: str) -> str:
     """A pyarrow filesystem's path as a URI: the path itself on a local disk, else ``s3://...``."""
-    name = type(filesystem).__name__
-    scheme = {"S3FileSystem": "s3", "GcsFileSystem": "gs"}.get(name, filesystem.type_name)
-    return path if name == "LocalFileSystem" else f"{scheme}://{path}"
+    scheme = {"gcs": "gs"}.get(filesystem.type_name, filesystem.type_name)
+    return path if scheme == "local" else f"{scheme}://{path}"
 
 
 def short_reason(err: BaseException) -> str:

@@ -202,9 +202,8 @@ def follow(ray_client, submission_id: str) -> int:
 def new_job(address: str, cfg, store: Store, plan: tuple, overrides, *, verb: str, **how) -> tuple:
     """``(submission id, entrypoint, runtime_env, metadata)`` of one job; ``plan``: its ``upload_plan``."""
     sid, sha = f"{cfg.workload}-{verb}-{uuid.uuid4().hex[:8]}", git_sha()
-    overrides = list(overrides)
-    if "://" not in cfg.run.storage_path and not os.path.isabs(cfg.run.storage_path):
-        overrides.append(f"run.storage_path={storage_uri(cfg.run.storage_path)}")  # not inside the job's temp copy
+    if "://" not in cfg.run.storage_path and not os.path.isabs(cfg.run.storage_path):  # not inside the job's temp copy
+        overrides = [*overrides, f"run.storage_path={storage_uri(cfg.run.storage_path)}"]
     flags = (["--from", how["parent"]] if how.get("parent") else []) + ["--smoke-test"] * how.get("smoke_test", False)
     entrypoint = shlex.join(["python", "-m", f"jobs.{verb}", "--config", plan[0], *flags, *overrides])
     local_cluster = urlparse(address).hostname in ("127.0.0.1", "localhost", "::1")
@@ -308,8 +307,12 @@ def cmd_batch(args) -> int:
 
 
 def batch_jobs(ray_client, batch_id: str, watcher: bool = False) -> list:
-    """A batch's jobs; with ``watcher``, its watcher job too, first."""
+    """A batch's jobs (ConfigError if the cluster has none); with ``watcher``, its watcher job too, first."""
     infos = [i for i in ray_client.list_jobs() if (i.metadata or {}).get("batch_id") == batch_id]
+    if not infos:
+        raise config_lib.ConfigError(
+            f"no batch '{batch_id}' on this cluster — list jobs with: python -m jobs.submit list"
+        )
     return sorted(infos, key=_ours) if watcher else [i for i in infos if _ours(i)]
 
 
@@ -393,22 +396,13 @@ def cmd_list(args) -> int:
 
     ray_client = client(args.address)
     infos = batch_jobs(ray_client, args.batch) if args.batch else [i for i in ray_client.list_jobs() if _ours(i)]
-    if args.batch and not infos:
-        raise config_lib.ConfigError(
-            f"no batch '{args.batch}' on this cluster — list jobs with: python -m jobs.submit list"
-        )
     observe(infos)
     rows = []
-    for info in infos:
-        meta = info.metadata or {}
+    for info in infos:  # final_row's columns, the times and the message shortened for a table
         took = (info.end_time - info.start_time) / 1000 if info.start_time and info.end_time else None
         message = (info.message or "").strip().splitlines()[0][:80] if (info.message or "").strip() else ""
-        rows.append(
-            {k: meta.get(k, "") for k in ("workload", "verb")}
-            | {"submission_id": info.submission_id, "status": info.status.value.lower()}
-            | {"attempt": int(meta.get("attempt", 1)), "submitted_at": meta.get("submitted_at", "")[:19]}
-            | {"duration_s": took, "message": message}
-        )
+        submitted = info.metadata.get("submitted_at", "")[:19]
+        rows.append(final_row(info) | {"submitted_at": submitted, "duration_s": took, "message": message})
     df = pd.DataFrame(rows, columns=LIST_COLUMNS)
     for column, wanted in (("workload", args.workload), ("status", (args.status or "").lower())):
         df = df[df[column] == wanted] if wanted else df
@@ -427,10 +421,6 @@ def cmd_stop(args) -> int:
     ray_client = client(args.address)
     # a batch's watcher first, so that it submits nothing more
     infos = batch_jobs(ray_client, args.batch, watcher=True) if args.batch else [job_info(ray_client, args.id)]
-    if not infos:
-        raise config_lib.ConfigError(
-            f"no batch '{args.batch}' on this cluster — list jobs with: python -m jobs.submit list"
-        )
     for info in infos:
         if info.status.value not in TERMINAL:
             ray_client.stop_job(info.submission_id)

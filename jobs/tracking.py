@@ -5,6 +5,7 @@ store's runs through the same trackers."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -83,8 +84,7 @@ class Sink:
         if int(row["epoch"]) > self.resumed_from:
             self.log_epoch(row)
 
-    def on_test(self, final: dict) -> None:
-        pass
+    def on_test(self, final: dict) -> None: ...
 
 
 class Progress(Sink):
@@ -139,7 +139,6 @@ class Progress(Sink):
             self.bar = None
 
 
-# ----------------------------------------------------------------------------- TensorBoard
 class TensorBoard(Sink):
     """Event files: step loss and lr, each epoch's metrics, test metrics, hparams. A remote (s3://) folder is
     staged locally and copied up after each epoch and at the end."""
@@ -205,7 +204,6 @@ class TensorBoard(Sink):
             pafs.copy_files(self.writer.log_dir, path, destination_filesystem=fs)
 
 
-# ----------------------------------------------------------------------------- MLflow
 def mlflow_client(uri: str):
     from mlflow.tracking import MlflowClient
 
@@ -299,7 +297,6 @@ class MLflow(Sink):
         self.client.set_terminated(self.run_id, MLFLOW_STATUS.get(status, "FINISHED"))
 
 
-# ----------------------------------------------------------------------------- Weights & Biases
 def wandb_run_id(run_id: str) -> str:
     """W&B refuses /\\#?%: and more than 128 chars."""
     return re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)[-128:]
@@ -408,7 +405,6 @@ class Wandb(Sink):
             self.run = None
 
 
-# ----------------------------------------------------------------------------- the tracker rank 0 drives
 class Tracker:
     """Every tracker the config turns on; one that fails is reported once and turned off, the run goes on."""
 
@@ -434,14 +430,9 @@ class Tracker:
     def start(self, info: RunInfo, config: dict, resumed_from_epoch: int = 0, history: list[dict] = ()) -> None:
         self._each("start", info, config, resumed_from_epoch, list(history))
 
-    def on_step(self, epoch: int, step: int, total: int, loss: float, samples: int, lr: float) -> None:
-        self._each("on_step", epoch, step, total, loss, samples, lr)
-
-    def on_epoch(self, row: dict) -> None:
-        self._each("on_epoch", row)
-
-    def on_test(self, final: dict) -> None:
-        self._each("on_test", final)
+    on_step = functools.partialmethod(_each, "on_step")  # the arguments of Sink's
+    on_epoch = functools.partialmethod(_each, "on_epoch")
+    on_test = functools.partialmethod(_each, "on_test")
 
     def finish(self, status: str, export_dir: str | os.PathLike | None = None) -> None:
         if not self.finished:
@@ -449,7 +440,6 @@ class Tracker:
             self._each("finish", status, export_dir)
 
 
-# ----------------------------------------------------------------------------- sweeps: a parent run, a group
 def sweep_run(client, experiment_id: str, sweep_id: str, workload: str) -> tuple[str, bool]:
     """The MLflow parent run of a sweep, found by its tag or created: ``(run id, created)``."""
     run = mlflow_find_run(client, experiment_id, SWEEP_TAG, sweep_id)
@@ -495,7 +485,6 @@ def finish_sweep(cfg, extras: dict, runs) -> None:
         print(f"warning: MLflow sweep run {parent} not closed: {type(e).__name__}: {e}")
 
 
-# ----------------------------------------------------------------------------- backfill from the store
 def _replay(store, workload: str | None, sink_for: Callable[[RunInfo], Any]) -> dict[str, int]:
     """Push stored runs through the tracker ``sink_for(info)`` returns (None: it has that run already)."""
     runs, epochs, done = store.df("runs"), store.df("epochs"), {"runs": 0, "epochs": 0}
