@@ -125,16 +125,18 @@ class Engine:
     def table_uri(self, table: str) -> str:
         return f"{self.uri}/{table}"
 
+    def folders(self) -> list[str]:
+        """The store's folders, less hidden ones (``.``, ``_``): its tables and anything else put there."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        names = [os.path.basename(i.path) for i in infos if i.type == pafs.FileType.Directory]
+        return [n for n in names if not n.startswith((".", "_"))]
+
     def tables(self) -> list[str]:
         try:
-            infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
-            names = [os.path.basename(i.path) for i in infos if i.type == pafs.FileType.Directory]
-            names = [n for n in names if not n.startswith((".", "_"))]
-            return sorted(
-                n for n in names if self.fs.get_file_info(f"{self.root}/{n}/{LOG}").type != pafs.FileType.NotFound
-            )
+            logs = self.fs.get_file_info([f"{self.root}/{n}/{LOG}" for n in self.folders()])
         except OSError as e:
             raise StoreError(f"cannot read store '{self.uri}': {first_line(e)}") from None
+        return sorted(i.path.split("/")[-2] for i in logs if i.type != pafs.FileType.NotFound)
 
     def delta(self, table: str, fresh: bool = True):
         """The ``DeltaTable`` of ``table`` (newest, or at ``as_of``); None if there is none. One handle per table,
@@ -229,7 +231,6 @@ class Engine:
         return out
 
     def df(self, *args, **kwargs):
-        """``read``'s rows as a pandas frame."""
         return self.read(*args, **kwargs).to_pandas()
 
     def files(self, table: str) -> list[str]:
