@@ -207,7 +207,7 @@ class Engine:
         return data.filter(ds.field(PARTITION) == workload) if workload else data
 
     def empty(self, table: str) -> pa.Table:
-        return pa.schema([(k, v) for k, v in CORE.get(table, {}).items()] + [(PARTITION, pa.string())]).empty_table()
+        return pa.schema({**CORE.get(table, {}), PARTITION: pa.string()}).empty_table()
 
     def read(self, table: str, workload: str | None = None, filter=None, columns: list[str] | None = None) -> pa.Table:
         """Rows of ``table`` as an Arrow table; a small result is kept per table version, for the same query again."""
@@ -358,15 +358,11 @@ class Engine:
         set_table_properties(d)
         data = conform(table, arrow, d) if arrow is not None else None
         replace = predicate is not None and (txn is None or found is not None)  # a new run: a plain append
-        if data is None:
-            if replace:
-                d.delete(predicate, commit_properties=properties)
-        elif replace:
-            write_deltalake(
-                d, data, mode="overwrite", predicate=predicate, schema_mode="merge", commit_properties=properties
-            )
-        else:
-            write_deltalake(d, data, mode="append", schema_mode="merge", commit_properties=properties)
+        if data is None and replace:
+            d.delete(predicate, commit_properties=properties)
+        elif data is not None:
+            mode, where = ("overwrite", predicate) if replace else ("append", None)
+            write_deltalake(d, data, mode=mode, predicate=where, schema_mode="merge", commit_properties=properties)
         return None
 
     def _landed_at(self, table: str, after: int, token: str) -> int | None:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from urllib.parse import unquote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from jobs.errors import StoreError
@@ -86,10 +87,9 @@ def _create(store: Engine, path: str, body: bytes) -> bool:
 def files_per_partition(d) -> dict[str, int]:
     actions = pa.table(d.get_add_actions(flatten=True))
     column = f"partition.{PARTITION}"
-    if not actions.num_rows or column not in actions.column_names:
+    if column not in actions.column_names:
         return {}
-    counts = actions.group_by(column).aggregate([([], "count_all")])
-    return dict(zip(counts.column(column).to_pylist(), counts.column("count_all").to_pylist()))
+    return {c["values"]: c["counts"] for c in pc.value_counts(actions[column]).to_pylist()}
 
 
 def compact(
