@@ -35,7 +35,7 @@ def check_num_workers(n):
             raise ConfigError(f"scaling.num_workers as a list must be [min, max], two integers, got {n} — {fix}")
         if not 1 <= n[0] <= n[1]:
             raise ConfigError(f"scaling.num_workers=[min, max] needs 1 <= min <= max, got {n} — {fix}")
-    elif isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    elif n < 1:  # pydantic made it an int
         raise ConfigError(f"scaling.num_workers must be >= 1, got {n} — {fix}")
     return n
 
@@ -59,7 +59,7 @@ NODE_TYPE_SHARE = 0.01  # one worker's share of its node's {<type>: 1}: up to 10
 
 def worker_range(s: Scaling) -> tuple[int, int]:
     n = s.num_workers
-    return (n, n) if isinstance(n, int) else (int(n[0]), int(n[1]))
+    return (n, n) if isinstance(n, int) else tuple(n)
 
 
 def max_workers(s: Scaling) -> int:
@@ -310,8 +310,6 @@ def _one_line(cls: type, err: dict) -> ConfigError:
         choices = [c.strip("'") for c in re.split(r", | or ", err["ctx"]["expected"]) if c != "''"]
         return ConfigError(f"{key} must be {', '.join(choices[:-1])} or {choices[-1]}, got {got!r}")
     words = next((w for t, w in TYPE_WORDS.items() if kind.startswith(t)), None)
-    if words and words.startswith("a section"):
-        return ConfigError(f"'{key}' must be {words}, got {got!r}")
     if words:
         return ConfigError(f"config key '{key}' must be {words}, got {got!r}")
     return ConfigError(f"config key '{key}': {err['msg']}, got {got!r} — fix the value in the config or the override")

@@ -15,7 +15,7 @@ WRITERS = ("check", "compact", "vacuum")  # verbs that change the store: no --as
 
 
 def open_store(args: argparse.Namespace) -> Store:
-    return Store(store_path(args.store), as_of=getattr(args, "as_of", None))
+    return Store(store_path(args.store), as_of=args.as_of)
 
 
 def frame(rows: list[dict], columns: list[str] | None = None):

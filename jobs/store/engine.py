@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 import random
 import re
@@ -367,8 +368,7 @@ class Engine:
 
     def _landed_at(self, table: str, after: int, token: str) -> int | None:
         """The version after ``after`` whose commit carries ``token``, read by name (a log listing can race)."""
-        version = after + 1
-        while True:
+        for version in itertools.count(after + 1):
             path = f"{self.root}/{table}/{LOG}/{version:020d}.json"
             try:
                 with self.fs.open_input_stream(path) as stream:
@@ -380,7 +380,6 @@ class Engine:
                 if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
                     return None
                 raise _write_error(self.uri, table, e) from None
-            version += 1
 
 
 def set_table_properties(d) -> None:
