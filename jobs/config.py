@@ -192,9 +192,8 @@ def absolutize_paths(cfg):
     for section in (getattr(cfg, "data", None), getattr(cfg, "model", None)):
         for name in section_fields(section):
             value = getattr(section, name)
-            if isinstance(value, str) and value and "://" not in value and not os.path.isabs(value):
-                if os.path.exists(value):
-                    setattr(section, name, os.path.abspath(value))
+            if isinstance(value, str) and "://" not in value and not os.path.isabs(value) and os.path.exists(value):
+                setattr(section, name, os.path.abspath(value))
     return cfg
 
 
