@@ -1,12 +1,5 @@
 """Ray clusters on this machine, 127.0.0.1 only, token auth on: one node, or cluster.yaml rehearsed.
 
-    python -m jobs.cluster_local up [--num-cpus N]        # make cluster-up: one node with this machine's CPUs
-    python -m jobs.cluster_local up --rehearsal [--cluster-yaml cluster.yaml] [--idle-timeout-minutes 1]
-                                                          # make cluster-local: cluster.yaml's node types, autoscaled
-    python -m jobs.cluster_local env [--rehearsal]        # the export line that points a shell at it
-    python -m jobs.cluster_local down [--rehearsal]       # make cluster-down / make cluster-local-down
-    python -m jobs.cluster_local config                   # the rehearsal's generated autoscaler config, printed
-
 Each cluster lives in its own folder (``--dir``, ``$PERENNIAL_CLUSTER_DIR``, else one in /tmp per kind and user).
 ``down`` ends its supervisor, child subreaper of every Ray process of the cluster: never ``ray stop``, which would
 end every Ray cluster of the user.
@@ -332,10 +325,9 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["_supervise"]:
         return supervise(argv[2:] if argv[1:2] == ["--"] else argv[1:])
     p = argparse.ArgumentParser(prog="python -m jobs.cluster_local", description=__doc__.split("\n\n")[0])
-    p.add_argument("action", choices=("up", "down", "env", "config"))
-    p.add_argument(
-        "--rehearsal", action="store_true", help="cluster.yaml's node types, autoscaled (make cluster-local)"
-    )
+    actions = "up: start it; env: the export line for a shell; down: stop it; config: the rehearsal's autoscaler config"
+    p.add_argument("action", choices=("up", "down", "env", "config"), help=actions)
+    p.add_argument("--rehearsal", action="store_true", help="cluster.yaml's node types autoscaled (make cluster-local)")
     p.add_argument("--num-cpus", type=int, help="CPUs of the one node (default: this machine's)")
     p.add_argument("--cluster-yaml", default=str(ROOT / "cluster.yaml"), help="the cloud cluster config to rehearse")
     p.add_argument("--idle-timeout-minutes", type=float, help="override cluster.yaml's idle_timeout_minutes")

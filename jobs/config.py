@@ -28,7 +28,6 @@ from jobs.errors import ConfigError, DataError, UserError, cli_main  # noqa: F40
 from workloads import WORKLOADS, Section
 
 
-# ----------------------------------------------------------------------------- job sections
 def check_num_workers(n):
     fix = "set e.g. scaling.num_workers=2, or scaling.num_workers=[1,4] for an elastic run"
     if isinstance(n, list):
@@ -36,7 +35,7 @@ def check_num_workers(n):
             raise ConfigError(f"scaling.num_workers as a list must be [min, max], two integers, got {n} — {fix}")
         if not 1 <= n[0] <= n[1]:
             raise ConfigError(f"scaling.num_workers=[min, max] needs 1 <= min <= max, got {n} — {fix}")
-    elif isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    elif n < 1:  # pydantic made it an int
         raise ConfigError(f"scaling.num_workers must be >= 1, got {n} — {fix}")
     return n
 
@@ -60,7 +59,7 @@ NODE_TYPE_SHARE = 0.01  # one worker's share of its node's {<type>: 1}: up to 10
 
 def worker_range(s: Scaling) -> tuple[int, int]:
     n = s.num_workers
-    return (n, n) if isinstance(n, int) else (int(n[0]), int(n[1]))
+    return (n, n) if isinstance(n, int) else tuple(n)
 
 
 def max_workers(s: Scaling) -> int:
@@ -129,22 +128,12 @@ class Tracking(Section):
     log_model: bool = True  # MLflow: the final export as the run's artifact "export"
 
 
-JOB_SECTIONS: dict[str, type] = {
-    "scaling": Scaling,
-    "failure": Failure,
-    "run": Run,
-    "sweep": Sweep,
-    "store": Store,
-    "continual": Continual,
-    "log": Log,
-    "tracking": Tracking,
-}
+JOB_SECTIONS = {cls.__name__.lower(): cls for cls in (Scaling, Failure, Run, Sweep, Store, Continual, Log, Tracking)}
 
 # tracking.<key> -> the module it needs, which the extra of the same name installs
 TRACKER_MODULES = {"tensorboard": "tensorboard", "mlflow_uri": "mlflow", "wandb_project": "wandb"}
 
 
-# ----------------------------------------------------------------------------- the whole config
 class JobConfig(Section):
     def __reduce__(self):  # the class is made per workload: a worker rebuilds it by name, then takes the values
         return _bare_config, (self.workload, self.workload_dir), self.__getstate__()
@@ -203,9 +192,8 @@ def absolutize_paths(cfg):
     for section in (getattr(cfg, "data", None), getattr(cfg, "model", None)):
         for name in section_fields(section):
             value = getattr(section, name)
-            if isinstance(value, str) and value and "://" not in value and not os.path.isabs(value):
-                if os.path.exists(value):
-                    setattr(section, name, os.path.abspath(value))
+            if isinstance(value, str) and "://" not in value and not os.path.isabs(value) and os.path.exists(value):
+                setattr(section, name, os.path.abspath(value))
     return cfg
 
 
@@ -230,11 +218,11 @@ def section_fields(obj) -> dict[str, Any]:
     return {name: f.annotation for name, f in workloads.sections(cls).items()}
 
 
-def flatten(cfg, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+def flatten(cfg) -> dict[str, Any]:
     """``{"train.lr": 0.001, ...}`` — the hyperparameters of a run (dicts and lists as JSON)."""
     out: dict[str, Any] = {}
     skip = ("sweep", "store", "workload", "log", "tracking", "workload_dir")
-    keep = sections or tuple(name for name in section_fields(cfg) if name not in skip)
+    keep = [name for name in section_fields(cfg) if name not in skip]
 
     def walk(prefix: str, obj: Any) -> None:
         if names := section_fields(obj):
@@ -261,7 +249,6 @@ def set_dotted(cfg, key: str, value: Any):
     return from_dict(raw)
 
 
-# ----------------------------------------------------------------------------- internals
 def _split_override(text: str) -> tuple[str, Any]:
     if "=" not in text or text.startswith("="):
         raise ConfigError(f"override '{text}' is not key=value — write e.g. train.lr=0.01")
@@ -297,8 +284,7 @@ TYPE_WORDS = {  # pydantic's error type starts with the key -> what the value mu
     "model": "a section (mapping)",
     "dataclass": "a section (mapping)",
 }
-BOUND_WORDS = {"greater_than_equal": ("ge", ">="), "greater_than": ("gt", ">"), "less_than_equal": ("le", "<=")}
-BOUND_WORDS |= {"less_than": ("lt", "<")}
+SIGNS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
 
 
 def _one_line(cls: type, err: dict) -> ConfigError:
@@ -317,15 +303,12 @@ def _one_line(cls: type, err: dict) -> ConfigError:
         unknown = f"{key}.{err['loc'][len(names)]}" if key else err["loc"][0]
         valid = ", ".join(sorted(section_fields(section)))
         return ConfigError(f"unknown config key '{unknown}' — valid keys in {where}: {valid}")
-    if kind in BOUND_WORDS:
-        bound, sign = BOUND_WORDS[kind]
-        return ConfigError(f"{key} must be {sign} {err['ctx'][bound]}, got {got!r}")
+    if kind in SIGNS:  # ctx holds the one bound: {"ge": 0}
+        return ConfigError(f"{key} must be {SIGNS[kind]} {next(iter(err['ctx'].values()))}, got {got!r}")
     if kind == "literal_error":
         choices = [c.strip("'") for c in re.split(r", | or ", err["ctx"]["expected"]) if c != "''"]
         return ConfigError(f"{key} must be {', '.join(choices[:-1])} or {choices[-1]}, got {got!r}")
     words = next((w for t, w in TYPE_WORDS.items() if kind.startswith(t)), None)
-    if words and words.startswith("a section"):
-        return ConfigError(f"'{key}' must be {words}, got {got!r}")
     if words:
         return ConfigError(f"config key '{key}' must be {words}, got {got!r}")
     return ConfigError(f"config key '{key}': {err['msg']}, got {got!r} — fix the value in the config or the override")

@@ -1,27 +1,12 @@
-"""The store's command line: query and maintain the Delta tables.
-
-    python -m jobs.store leaderboard [--workload mlp] [--metric val_accuracy] [--top 10]
-    python -m jobs.store runs [--workload W] [--sweep S] [--status completed] [--since 7d]
-    python -m jobs.store history RUN_ID
-    python -m jobs.store lineage RUN_ID
-    python -m jobs.store compare RUN_A RUN_B
-    python -m jobs.store sql "SELECT workload, count(*) FROM runs GROUP BY ALL"
-    python -m jobs.store versions [--table runs]
-    python -m jobs.store check [--fix]
-    python -m jobs.store compact [--table epochs]
-    python -m jobs.store vacuum [--retention-hours 168] [--dry-run]
-    python -m jobs.store export [--mlflow URI] [--tensorboard DIR] [--workload W]
-
-Every verb takes ``--store PATH_OR_S3_URI`` and ``--format table|csv|json``, before or after the verb;
-the query verbs take ``--as-of VERSION|TIME`` (a table version, an ISO date/time, or an age like 7d).
-"""
+"""The store's command line (``python -m jobs.store -h``; the verbs and their flags: docs/store.md): query and
+maintain the Delta tables."""
 
 from __future__ import annotations
 
 import argparse
 import warnings
 
-from jobs.errors import StoreError, cli_main
+from jobs.errors import StoreError
 from jobs.store.engine import INFO_KINDS, PARTITION, RETENTION_HOURS, store_path
 from jobs.store.queries import Store, lineage, print_frame
 
@@ -30,7 +15,7 @@ WRITERS = ("check", "compact", "vacuum")  # verbs that change the store: no --as
 
 
 def open_store(args: argparse.Namespace) -> Store:
-    return Store(store_path(args.store), as_of=getattr(args, "as_of", None))
+    return Store(store_path(args.store), as_of=args.as_of)
 
 
 def frame(rows: list[dict], columns: list[str] | None = None):
@@ -177,7 +162,3 @@ def main(argv: list[str]) -> int:
         raise StoreError(f"--as-of reads an old version; `{args.cmd}` changes the store — drop --as-of")
     warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
     return args.command(args) or 0
-
-
-if __name__ == "__main__":
-    cli_main(main)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 import random
 import re
@@ -125,16 +126,18 @@ class Engine:
     def table_uri(self, table: str) -> str:
         return f"{self.uri}/{table}"
 
+    def folders(self) -> list[str]:
+        """The store's folders, less hidden ones (``.``, ``_``): its tables and anything else put there."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        names = [os.path.basename(i.path) for i in infos if i.type == pafs.FileType.Directory]
+        return [n for n in names if not n.startswith((".", "_"))]
+
     def tables(self) -> list[str]:
         try:
-            infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
-            names = [os.path.basename(i.path) for i in infos if i.type == pafs.FileType.Directory]
-            names = [n for n in names if not n.startswith((".", "_"))]
-            return sorted(
-                n for n in names if self.fs.get_file_info(f"{self.root}/{n}/{LOG}").type != pafs.FileType.NotFound
-            )
+            logs = self.fs.get_file_info([f"{self.root}/{n}/{LOG}" for n in self.folders()])
         except OSError as e:
             raise StoreError(f"cannot read store '{self.uri}': {first_line(e)}") from None
+        return sorted(i.path.split("/")[-2] for i in logs if i.type != pafs.FileType.NotFound)
 
     def delta(self, table: str, fresh: bool = True):
         """The ``DeltaTable`` of ``table`` (newest, or at ``as_of``); None if there is none. One handle per table,
@@ -205,7 +208,7 @@ class Engine:
         return data.filter(ds.field(PARTITION) == workload) if workload else data
 
     def empty(self, table: str) -> pa.Table:
-        return pa.schema([(k, v) for k, v in CORE.get(table, {}).items()] + [(PARTITION, pa.string())]).empty_table()
+        return pa.schema({**CORE.get(table, {}), PARTITION: pa.string()}).empty_table()
 
     def read(self, table: str, workload: str | None = None, filter=None, columns: list[str] | None = None) -> pa.Table:
         """Rows of ``table`` as an Arrow table; a small result is kept per table version, for the same query again."""
@@ -229,7 +232,6 @@ class Engine:
         return out
 
     def df(self, *args, **kwargs):
-        """``read``'s rows as a pandas frame."""
         return self.read(*args, **kwargs).to_pandas()
 
     def files(self, table: str) -> list[str]:
@@ -357,21 +359,16 @@ class Engine:
         set_table_properties(d)
         data = conform(table, arrow, d) if arrow is not None else None
         replace = predicate is not None and (txn is None or found is not None)  # a new run: a plain append
-        if data is None:
-            if replace:
-                d.delete(predicate, commit_properties=properties)
-        elif replace:
-            write_deltalake(
-                d, data, mode="overwrite", predicate=predicate, schema_mode="merge", commit_properties=properties
-            )
-        else:
-            write_deltalake(d, data, mode="append", schema_mode="merge", commit_properties=properties)
+        if data is None and replace:
+            d.delete(predicate, commit_properties=properties)
+        elif data is not None:
+            mode, where = ("overwrite", predicate) if replace else ("append", None)
+            write_deltalake(d, data, mode=mode, predicate=where, schema_mode="merge", commit_properties=properties)
         return None
 
     def _landed_at(self, table: str, after: int, token: str) -> int | None:
         """The version after ``after`` whose commit carries ``token``, read by name (a log listing can race)."""
-        version = after + 1
-        while True:
+        for version in itertools.count(after + 1):
             path = f"{self.root}/{table}/{LOG}/{version:020d}.json"
             try:
                 with self.fs.open_input_stream(path) as stream:
@@ -383,7 +380,6 @@ class Engine:
                 if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
                     return None
                 raise _write_error(self.uri, table, e) from None
-            version += 1
 
 
 def set_table_properties(d) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from urllib.parse import unquote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from jobs.errors import StoreError
@@ -65,11 +66,10 @@ def _create(store: Engine, path: str, body: bytes) -> bool:
     """Create ``path`` only if absent (S3: ``If-None-Match: *``, which pyarrow cannot send, so boto3 does)."""
     if store.local:
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            with open(path, "xb") as f:  # O_CREAT | O_EXCL
+                f.write(body)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "wb") as f:
-            f.write(body)
         return True
     import boto3
     from botocore.exceptions import ClientError
@@ -87,10 +87,9 @@ def _create(store: Engine, path: str, body: bytes) -> bool:
 def files_per_partition(d) -> dict[str, int]:
     actions = pa.table(d.get_add_actions(flatten=True))
     column = f"partition.{PARTITION}"
-    if not actions.num_rows or column not in actions.column_names:
+    if column not in actions.column_names:
         return {}
-    counts = actions.group_by(column).aggregate([([], "count_all")])
-    return dict(zip(counts.column(column).to_pylist(), counts.column("count_all").to_pylist()))
+    return {c["values"]: c["counts"] for c in pc.value_counts(actions[column]).to_pylist()}
 
 
 def compact(
@@ -178,10 +177,8 @@ def check(store: Engine, fix: bool = False, older_than_s: float = 3600.0) -> lis
 
     cutoff = now() - dt.timedelta(seconds=older_than_s)
     tables = store.tables()
-    for i in store.fs.get_file_info(pafs.FileSelector(store.root, allow_not_found=True)):
-        name = os.path.basename(i.path)
-        if i.type == pafs.FileType.Directory and not name.startswith((".", "_")) and name not in tables:
-            add("not_delta", name, i.path, "not a Delta table (no _delta_log) — move it out of the store")
+    for name in sorted(set(store.folders()) - set(tables)):
+        add("not_delta", name, f"{store.root}/{name}", "not a Delta table (no _delta_log) — move it out of the store")
     for table in tables:
         d = store.delta(table)
         live = {_rel(store.table_uri(table), f) for f in d.file_uris()}

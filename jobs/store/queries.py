@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import sys
 
 import pyarrow as pa
@@ -67,7 +66,7 @@ class Store(Engine):
         return df.sort_values("epoch") if len(df) else df
 
     def run(self, run_id: str) -> dict:
-        """The runs row of ``run_id`` (the newest, if written twice); ConfigError if none."""
+        """The runs row of ``run_id`` (the newest, if written twice); StoreError if none."""
         df = self.df("runs", filter=ds.field("run_id") == run_id)
         if not len(df):
             raise StoreError(f"no run '{run_id}' in {self.uri} — list runs with: python -m jobs.store runs")
@@ -120,7 +119,6 @@ class Store(Engine):
             con.close()
 
 
-# ----------------------------------------------------------------------------- lineage of continual rounds
 def lineage(store: Store, run_id: str):
     """The rounds around ``run_id``: its ancestors, itself, then its descendants (one row per run)."""
     import pandas as pd
@@ -179,7 +177,7 @@ def clean_row(row: dict) -> dict:
 
 
 def missing(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or str(v) in ("NaT", "nan")
+    return v is None or str(v) in ("NaT", "nan")  # float and numpy NaN print as nan
 
 
 def _flat_json(text) -> dict:
