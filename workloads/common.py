@@ -104,14 +104,28 @@ class EncodedTexts(Dataset):
         return {"input_ids": self.input_ids[i], "labels": int(self.labels[i])}
 
 
-def collate_texts(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pads ``input_ids`` per batch; the batch holds ``attention_mask`` and ``lengths`` (each model takes what it reads)."""
+def pad(rows: list[list[int]], value: int, width: int = 0) -> torch.Tensor:
+    """``rows`` padded with ``value`` to ``width`` or to the longest row."""
+    width = max(width, *(len(row) for row in rows))
+    return torch.tensor([row + [value] * (width - len(row)) for row in rows], dtype=torch.long)
+
+
+def pad_batch(items: list[dict], pad_id: int, multiple_of: int = 0) -> dict[str, torch.Tensor]:
+    """``input_ids`` padded to the batch's longest (rounded up to ``multiple_of``), ``attention_mask`` and ``lengths``."""
     lengths = torch.tensor([len(it["input_ids"]) for it in items])
-    rows = [torch.tensor(it["input_ids"]) for it in items]
-    ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad_id)
-    mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
-    labels = torch.tensor([it["labels"] for it in items])
-    return {"input_ids": ids, "attention_mask": mask, "lengths": lengths, "labels": labels}
+    width = int(lengths.max())
+    if multiple_of > 1:
+        width = -(-width // multiple_of) * multiple_of
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+    return {
+        "input_ids": pad([it["input_ids"] for it in items], pad_id, width),
+        "attention_mask": mask,
+        "lengths": lengths,
+    }
+
+
+def collate_texts(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    return {**pad_batch(items, pad_id), "labels": torch.tensor([it["labels"] for it in items])}
 
 
 def length_grouped_loader(cfg, dataset, lengths: list[int], collate_fn, group_by_length: bool = True) -> DataLoader:
@@ -208,6 +222,10 @@ def label_maps(labels: list[str]) -> dict:
         "id2label": dict(enumerate(labels)),
         "label2id": {n: i for i, n in enumerate(labels)},
     }
+
+
+def hf_train_step(model, batch: dict) -> torch.Tensor:
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
 
 
 def linear_warmup(cfg, optimizer, steps_per_epoch: int):
