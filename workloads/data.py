@@ -38,35 +38,27 @@ class Splits:
 
 
 # ----------------------------------------------------------------------------- files
-def open_binary(path: str, native: bool = False) -> io.BufferedIOBase:
-    """Open a local path or a URI for reading; ``native=True``: an Arrow file for a local path too."""
+def open_binary(path: str):
+    """An Arrow input file for a local path or a URI; DataError when there is none."""
+    import pyarrow.fs as pafs
+
     path = str(path)
-    if is_remote(path):
-        import pyarrow.fs as pafs
-
-        fs, inner = filesystem(path, DataError, "data file")
-        check_bucket(fs, inner, path, DataError, "data file")
-        try:
-            info = fs.get_file_info(inner)
-        except OSError as e:
-            raise DataError(f"cannot open '{path}': {short_reason(e)} — check the URI and AWS_* settings") from None
-        if info.type != pafs.FileType.File:
-            raise DataError(f"data file '{path}' not found — check the path")
-        return fs.open_input_file(inner)
-    if not os.path.isfile(path):
+    fs, inner = filesystem(path, DataError, "data file")
+    check_bucket(fs, inner, path, DataError, "data file")
+    try:
+        info = fs.get_file_info(inner)
+    except OSError as e:
+        raise DataError(f"cannot open '{path}': {short_reason(e)} — check the URI and AWS_* settings") from None
+    if info.type != pafs.FileType.File:
         raise DataError(f"data file '{path}' not found — check the path (or the data.* config keys)")
-    if native:
-        import pyarrow.fs as pafs
-
-        return pafs.LocalFileSystem().open_input_file(os.path.abspath(path))
-    return open(path, "rb")
+    return fs.open_input_file(inner)
 
 
 def read_parquet(path: str):
     """A Parquet file, through an Arrow file: a Python file object can abort the interpreter (apache/arrow#34314)."""
     import pyarrow.parquet as pq
 
-    with open_binary(path, native=True) as f:
+    with open_binary(path) as f:
         return pq.read_table(f)
 
 
@@ -482,26 +474,29 @@ def load_text_splits(data) -> tuple[dict[str, tuple[list[str], np.ndarray]], lis
                 f"'{tables[split].path}': no rows left after data.drop_labels={list(drop)} — check the labels"
             )
 
-    texts, y = encoded["train"]
+    train = encoded["train"]
+    y = train[1]
     pool = np.arange(len(y))
     if "test" not in encoded and data.test_fraction > 0:  # the test share first: it does not move with val_fraction
         pool, test_idx = _carve(train_path, len(y), data.test_fraction, data.seed, y, "test")
-        encoded["test"] = ([texts[i] for i in test_idx], y[test_idx])
+        encoded["test"] = _take(train, test_idx)
     if "val" not in encoded:
         rest, val_idx = _carve(train_path, len(pool), data.val_fraction, data.seed, y[pool], "val")
-        encoded["val"] = ([texts[i] for i in pool[val_idx]], y[pool[val_idx]])
+        encoded["val"] = _take(train, pool[val_idx])
         pool = pool[rest]
-    pool = subsample(pool, data.max_train_samples, data.seed)
-    encoded["train"] = ([texts[i] for i in pool], y[pool])
+    encoded["train"] = _take(train, subsample(pool, data.max_train_samples, data.seed))
     for split in ("val", "test"):
         if split in encoded:
-            split_texts, split_y = encoded[split]
-            keep = subsample(np.arange(len(split_y)), data.max_eval_samples, data.seed)
-            encoded[split] = ([split_texts[i] for i in keep], split_y[keep])
+            keep = subsample(np.arange(len(encoded[split][1])), data.max_eval_samples, data.seed)
+            encoded[split] = _take(encoded[split], keep)
     ordered = sorted(encoded.items())
     sizes = [f"{s}:{len(y)}" for s, (_, y) in ordered]
     joined = ["\n".join(t) for _, (t, _) in ordered]
     return encoded, labels, fingerprint(*sizes, *labels, *joined, *[y for _, (_, y) in ordered])
+
+
+def _take(split: tuple[list[str], np.ndarray], idx: np.ndarray) -> tuple[list[str], np.ndarray]:
+    return [split[0][i] for i in idx], split[1][idx]
 
 
 def _carve(path: str, n: int, fraction: float, seed: int, y: np.ndarray, split: str):
@@ -573,32 +568,25 @@ def concat(new, old, idx: np.ndarray):
     import torch
     from torch.utils.data import ConcatDataset, Subset, TensorDataset
 
+    index = torch.as_tensor(idx, dtype=torch.long)
     if isinstance(new, list):
         return new + [old[int(i)] for i in idx]
     if isinstance(new, TensorDataset) and isinstance(old, TensorDataset):
-        index = torch.as_tensor(idx, dtype=torch.long)
         return TensorDataset(*[torch.cat([a, b[index]]) for a, b in zip(new.tensors, old.tensors)])
-    columns = vars(new) if hasattr(new, "__dict__") else {}
-    if type(new) is type(old) and columns and all(_is_column(v, len(new)) for v in columns.values()):
+    columns = vars(new) if type(new) is type(old) and hasattr(new, "__dict__") else {}
+    kinds = (list, tuple, np.ndarray, torch.Tensor)  # one entry per example, e.g. EncodedTexts' input_ids and labels
+    if columns and all(isinstance(v, kinds) and len(v) == len(new) for v in columns.values()):
         out = copy.copy(new)
         for name, column in columns.items():
             extra = getattr(old, name)
             if isinstance(column, np.ndarray):
                 setattr(out, name, np.concatenate([column, extra[idx]]))
             elif isinstance(column, torch.Tensor):
-                setattr(out, name, torch.cat([column, extra[torch.as_tensor(idx, dtype=torch.long)]]))
+                setattr(out, name, torch.cat([column, extra[index]]))
             else:
                 setattr(out, name, list(column) + [extra[int(i)] for i in idx])
         return out
     return ConcatDataset([new, Subset(old, idx.tolist())])
-
-
-def _is_column(value, n: int) -> bool:
-    return (
-        (isinstance(value, (list, tuple, np.ndarray)) or hasattr(value, "shape"))
-        and hasattr(value, "__len__")
-        and len(value) == n
-    )
 
 
 # ----------------------------------------------------------------------------- tokenized-data cache
