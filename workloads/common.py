@@ -128,19 +128,20 @@ def collate_texts(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {**pad_batch(items, pad_id), "labels": torch.tensor([it["labels"] for it in items])}
 
 
-def length_grouped_loader(cfg, dataset, lengths: list[int], collate_fn, group_by_length: bool = True) -> DataLoader:
-    """Seeded batches of similar length; a ``DistributedSampler``, which Ray's ``prepare_data_loader`` keeps."""
+def length_grouped_loader(cfg, splits: Splits, group_by_length: bool = True) -> DataLoader:
+    """Seeded batches of ``splits.train`` (items with ``input_ids``) of similar length, or plain shuffled; a
+    ``DistributedSampler``, which Ray's ``prepare_data_loader`` keeps."""
     from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
 
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     world, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if dist else (1, 0)
     if group_by_length:
         sampler = DistributedLengthGroupedSampler(
-            cfg.train.batch_size, lengths=lengths, num_replicas=world, rank=rank, seed=cfg.train.seed
+            cfg.train.batch_size, splits.train, num_replicas=world, rank=rank, seed=cfg.train.seed
         )
     else:
-        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, seed=cfg.train.seed)
-    return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=collate_fn)
+        sampler = torch.utils.data.DistributedSampler(splits.train, num_replicas=world, rank=rank, seed=cfg.train.seed)
+    return DataLoader(splits.train, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=splits.collate_fn)
 
 
 # ----------------------------------------------------------------------------- text classification (sentiment, rnn)
@@ -182,12 +183,6 @@ def text_splits(cfg, tok, **tokenize) -> Splits:
             "pad_id": tok.pad_token_id or 0,
         },
     )
-
-
-def text_train_loader(cfg, splits: Splits, group_by_length: bool = True) -> DataLoader:
-    """Length-grouped, seeded batches of an :class:`EncodedTexts` (``group_by_length=False``: plain shuffled)."""
-    lengths = [len(ids) for ids in splits.train.input_ids]
-    return length_grouped_loader(cfg, splits.train, lengths, splits.collate_fn, group_by_length)
 
 
 @torch.no_grad()

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from pydantic import Field
-from torch.utils.data import DataLoader
 
 from workloads import Section, common
 from workloads import data as data_lib
@@ -222,9 +221,7 @@ def encode_splits(cfg) -> tuple[dict[str, list[dict] | None], dict]:
     return features, {"labels": labels, "fingerprint": fp, "pad_token_id": tokenizer.pad_token_id or 0}
 
 
-def train_loader(cfg, splits: Splits) -> DataLoader:
-    lengths = [len(f["input_ids"]) for f in splits.train]
-    return common.length_grouped_loader(cfg, splits.train, lengths, splits.collate_fn)
+train_loader = common.length_grouped_loader  # batches of similar length: less padding
 
 
 # ----------------------------------------------------------------------------- [2] model

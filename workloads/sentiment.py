@@ -77,7 +77,7 @@ def build_data(cfg) -> Splits:
 
 
 def train_loader(cfg, splits: Splits) -> DataLoader:
-    return common.text_train_loader(cfg, splits, cfg.train.group_by_length)
+    return common.length_grouped_loader(cfg, splits, cfg.train.group_by_length)
 
 
 # ----------------------------------------------------------------------------- [2] model
