@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from jobs.errors import DataError
 from workloads import Section, hub, lora
@@ -91,19 +91,6 @@ def load_tokenizer(path: str, key: str = "model.name_or_path", words: bool = Fal
 
 
 # ----------------------------------------------------------------------------- text datasets and batches
-class EncodedTexts(Dataset):
-    """Token ids per text (unpadded) and a label id; :func:`collate_texts` pads each batch to its longest text."""
-
-    def __init__(self, input_ids: list[list[int]], labels: np.ndarray):
-        self.input_ids, self.labels = input_ids, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.input_ids[i], "labels": int(self.labels[i])}
-
-
 def pad(rows: list[list[int]], value: int, width: int = 0) -> torch.Tensor:
     """``rows`` padded with ``value`` to ``width`` or to the longest row."""
     width = max(width, *(len(row) for row in rows))
@@ -116,12 +103,8 @@ def pad_batch(items: list[dict], pad_id: int, multiple_of: int = 0) -> dict[str,
     width = int(lengths.max())
     if multiple_of > 1:
         width = -(-width // multiple_of) * multiple_of
-    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-    return {
-        "input_ids": pad([it["input_ids"] for it in items], pad_id, width),
-        "attention_mask": mask,
-        "lengths": lengths,
-    }
+    ids = pad([it["input_ids"] for it in items], pad_id, width)
+    return {"input_ids": ids, "attention_mask": (torch.arange(width) < lengths[:, None]).long(), "lengths": lengths}
 
 
 def collate_texts(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -166,9 +149,9 @@ def text_splits(cfg, tok, **tokenize) -> Splits:
     """``cfg.data``'s labelled text, tokenized by ``tok`` up to ``data.max_length`` (an empty text: one unknown)."""
     encoded, labels, fp = load_text_splits(cfg.data)
 
-    def dataset(texts: list[str], y: np.ndarray) -> EncodedTexts:
+    def dataset(texts: list[str], y: np.ndarray) -> list[dict]:
         ids = tok(texts, truncation=True, max_length=cfg.data.max_length, **tokenize)["input_ids"]
-        return EncodedTexts([seq or [tok.unk_token_id] for seq in ids], y)
+        return [{"input_ids": seq or [tok.unk_token_id], "labels": int(label)} for seq, label in zip(ids, y)]
 
     return Splits(
         train=dataset(*encoded["train"]),

@@ -574,7 +574,7 @@ def concat(new, old, idx: np.ndarray):
     if isinstance(new, TensorDataset) and isinstance(old, TensorDataset):
         return TensorDataset(*[torch.cat([a, b[index]]) for a, b in zip(new.tensors, old.tensors)])
     columns = vars(new) if type(new) is type(old) and hasattr(new, "__dict__") else {}
-    kinds = (list, tuple, np.ndarray, torch.Tensor)  # one entry per example, e.g. EncodedTexts' input_ids and labels
+    kinds = (list, tuple, np.ndarray, torch.Tensor)  # one entry per example (a workload's own column dataset)
     if columns and all(isinstance(v, kinds) and len(v) == len(new) for v in columns.values()):
         out = copy.copy(new)
         for name, column in columns.items():
