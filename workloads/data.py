@@ -154,12 +154,12 @@ def load_images(source: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], 
 
 def _load_image_files(source: str):
     if source.endswith(".npz"):
-        with open_binary(source) as f:
-            try:
-                # never unpickle user files; dict(): NpzFile reads (and refuses object arrays) lazily, on access
-                npz = dict(np.load(io.BytesIO(f.read()), allow_pickle=False))
-            except Exception as e:
-                raise DataError(f"'{source}' is not a readable .npz ({e}) — save it with numpy.savez") from None
+        raw = read_bytes(source)
+        try:
+            # never unpickle user files; dict(): NpzFile reads (and refuses object arrays) lazily, on access
+            npz = dict(np.load(io.BytesIO(raw), allow_pickle=False))
+        except Exception as e:
+            raise DataError(f"'{source}' is not a readable .npz ({e}) — save it with numpy.savez") from None
         if "x_train" not in npz or "y_train" not in npz:
             raise DataError(
                 f"'{source}' needs arrays x_train and y_train (found {sorted(npz)}) — save them with numpy.savez(path, x_train=..., y_train=...)"
