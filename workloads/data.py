@@ -395,8 +395,8 @@ def _read_jsonl_text(path: str, text: str, text_column: str, label_column: str) 
         if not isinstance(record, dict):
             raise DataError(f"{path}:{number}: a JSON {type(record).__name__}, not an object — one object per line")
         _require(f"{path}:{number}", record, text_column, label_column, "field")
-        out.texts.append("" if record[text_column] is None else str(record[text_column]))
-        out.labels.append("" if record[label_column] is None else str(record[label_column]).strip())
+        out.texts.append(_text(record[text_column]))
+        out.labels.append(_text(record[label_column]).strip())
         out.lines.append(number)
     if not out.texts:
         raise DataError(f"{path}:1: the file is empty — give one JSON object per line")
@@ -413,15 +413,13 @@ def _read_parquet_text(path: str, text_column: str, label_column: str) -> TextTa
     _require(f"'{path}'", table.column_names, text_column, label_column)
     if table.num_rows == 0:
         raise DataError(f"'{path}' has no rows — the file needs labelled rows")
-    texts = table.column(text_column).to_pylist()
-    labels = table.column(label_column).to_pylist()
-    return TextTable(
-        path,
-        ["" if t is None else str(t) for t in texts],
-        ["" if v is None else str(v).strip() for v in labels],
-        list(range(1, len(texts) + 1)),
-        "row",
-    )
+    texts = [_text(v) for v in table.column(text_column).to_pylist()]
+    labels = [_text(v).strip() for v in table.column(label_column).to_pylist()]
+    return TextTable(path, texts, labels, list(range(1, len(texts) + 1)), "row")
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value)  # a missing cell (null) reads as empty
 
 
 def encode_labels(table: TextTable, labels: list[str], drop: tuple[str, ...] = ()) -> tuple[list[str], np.ndarray]:
