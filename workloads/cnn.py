@@ -8,14 +8,13 @@ keep 4x4 maps.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from pydantic import Field
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from workloads import Section, common
-from workloads.data import Splits, load_images, split_train_val, subsample
+from workloads import Section, common, mlp
+from workloads.data import Splits
 from workloads.mlp import Data, evaluate, train_step, validate  # noqa: F401 (mlp's data, checks, step and metrics)
 
 
@@ -52,24 +51,14 @@ SMOKE_TEST = {"data.max_train_samples": 2000, "train.epochs": 2, "model.channels
 
 # ----------------------------------------------------------------------------- [1] data
 def build_data(cfg) -> Splits:
-    arrays, labels, fp = load_images(cfg.data.source)
-    x, y = arrays["train"]
-    train_idx, val_idx = split_train_val(len(y), cfg.data.val_fraction, cfg.data.seed, y)
-    train_idx = subsample(train_idx, cfg.data.max_train_samples, cfg.data.seed)
-    mean, std = float(x[train_idx].mean()), float(x[train_idx].std()) or 1.0
-
-    def dataset(xs: np.ndarray, ys: np.ndarray) -> TensorDataset:
-        images = torch.from_numpy((xs - mean) / std).float().unsqueeze(1)  # (N, 1, H, W)
-        return TensorDataset(images, torch.from_numpy(ys))
-
-    return Splits(
-        train=dataset(x[train_idx], y[train_idx]),
-        val=dataset(x[val_idx], y[val_idx]),
-        test=dataset(*arrays["test"]) if "test" in arrays else None,
-        labels=labels,
-        fingerprint=fp,
-        info={"height": int(x.shape[1]), "width": int(x.shape[2]), "mean": mean, "std": std},
-    )
+    splits = mlp.build_data(cfg)  # mlp's flat rows, standardised by the training split's mean and std
+    height, width = splits.info["shape"]
+    for split in ("train", "val", "test"):
+        if (images := getattr(splits, split)) is not None:
+            x, y = images.tensors
+            setattr(splits, split, TensorDataset(x.view(-1, 1, height, width), y))  # (N, 1, H, W)
+    splits.info |= {"height": height, "width": width}
+    return splits
 
 
 # ----------------------------------------------------------------------------- [2] model

@@ -12,7 +12,7 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from jobs.errors import DataError
 from workloads import Section, hub, lora
@@ -91,42 +91,40 @@ def load_tokenizer(path: str, key: str = "model.name_or_path", words: bool = Fal
 
 
 # ----------------------------------------------------------------------------- text datasets and batches
-class EncodedTexts(Dataset):
-    """Token ids per text (unpadded) and a label id; :func:`collate_texts` pads each batch to its longest text."""
+def pad(rows: list[list[int]], value: int, width: int = 0) -> torch.Tensor:
+    """``rows`` padded with ``value`` to ``width`` or to the longest row."""
+    width = max(width, *(len(row) for row in rows))
+    return torch.tensor([row + [value] * (width - len(row)) for row in rows], dtype=torch.long)
 
-    def __init__(self, input_ids: list[list[int]], labels: np.ndarray):
-        self.input_ids, self.labels = input_ids, labels
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.input_ids[i], "labels": int(self.labels[i])}
+def pad_batch(items: list[dict], pad_id: int, multiple_of: int = 0) -> dict[str, torch.Tensor]:
+    """``input_ids`` padded to the batch's longest (rounded up to ``multiple_of``), ``attention_mask`` and ``lengths``."""
+    lengths = torch.tensor([len(it["input_ids"]) for it in items])
+    width = int(lengths.max())
+    if multiple_of > 1:
+        width = -(-width // multiple_of) * multiple_of
+    ids = pad([it["input_ids"] for it in items], pad_id, width)
+    return {"input_ids": ids, "attention_mask": (torch.arange(width) < lengths[:, None]).long(), "lengths": lengths}
 
 
 def collate_texts(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pads ``input_ids`` per batch; the batch holds ``attention_mask`` and ``lengths`` (each model takes what it reads)."""
-    lengths = torch.tensor([len(it["input_ids"]) for it in items])
-    rows = [torch.tensor(it["input_ids"]) for it in items]
-    ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=pad_id)
-    mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
-    labels = torch.tensor([it["labels"] for it in items])
-    return {"input_ids": ids, "attention_mask": mask, "lengths": lengths, "labels": labels}
+    return {**pad_batch(items, pad_id), "labels": torch.tensor([it["labels"] for it in items])}
 
 
-def length_grouped_loader(cfg, dataset, lengths: list[int], collate_fn, group_by_length: bool = True) -> DataLoader:
-    """Seeded batches of similar length; a ``DistributedSampler``, which Ray's ``prepare_data_loader`` keeps."""
+def length_grouped_loader(cfg, splits: Splits, group_by_length: bool = True) -> DataLoader:
+    """Seeded batches of ``splits.train`` (items with ``input_ids``) of similar length, or plain shuffled; a
+    ``DistributedSampler``, which Ray's ``prepare_data_loader`` keeps."""
     from transformers.trainer_pt_utils import DistributedLengthGroupedSampler
 
     dist = torch.distributed.is_available() and torch.distributed.is_initialized()
     world, rank = (torch.distributed.get_world_size(), torch.distributed.get_rank()) if dist else (1, 0)
     if group_by_length:
         sampler = DistributedLengthGroupedSampler(
-            cfg.train.batch_size, lengths=lengths, num_replicas=world, rank=rank, seed=cfg.train.seed
+            cfg.train.batch_size, splits.train, num_replicas=world, rank=rank, seed=cfg.train.seed
         )
     else:
-        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world, rank=rank, seed=cfg.train.seed)
-    return DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=collate_fn)
+        sampler = torch.utils.data.DistributedSampler(splits.train, num_replicas=world, rank=rank, seed=cfg.train.seed)
+    return DataLoader(splits.train, batch_size=cfg.train.batch_size, sampler=sampler, collate_fn=splits.collate_fn)
 
 
 # ----------------------------------------------------------------------------- text classification (sentiment, rnn)
@@ -151,9 +149,9 @@ def text_splits(cfg, tok, **tokenize) -> Splits:
     """``cfg.data``'s labelled text, tokenized by ``tok`` up to ``data.max_length`` (an empty text: one unknown)."""
     encoded, labels, fp = load_text_splits(cfg.data)
 
-    def dataset(texts: list[str], y: np.ndarray) -> EncodedTexts:
+    def dataset(texts: list[str], y: np.ndarray) -> list[dict]:
         ids = tok(texts, truncation=True, max_length=cfg.data.max_length, **tokenize)["input_ids"]
-        return EncodedTexts([seq or [tok.unk_token_id] for seq in ids], y)
+        return [{"input_ids": seq or [tok.unk_token_id], "labels": int(label)} for seq, label in zip(ids, y)]
 
     return Splits(
         train=dataset(*encoded["train"]),
@@ -168,12 +166,6 @@ def text_splits(cfg, tok, **tokenize) -> Splits:
             "pad_id": tok.pad_token_id or 0,
         },
     )
-
-
-def text_train_loader(cfg, splits: Splits, group_by_length: bool = True) -> DataLoader:
-    """Length-grouped, seeded batches of an :class:`EncodedTexts` (``group_by_length=False``: plain shuffled)."""
-    lengths = [len(ids) for ids in splits.train.input_ids]
-    return length_grouped_loader(cfg, splits.train, lengths, splits.collate_fn, group_by_length)
 
 
 @torch.no_grad()
@@ -208,6 +200,10 @@ def label_maps(labels: list[str]) -> dict:
         "id2label": dict(enumerate(labels)),
         "label2id": {n: i for i, n in enumerate(labels)},
     }
+
+
+def hf_train_step(model, batch: dict) -> torch.Tensor:
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
 
 
 def linear_warmup(cfg, optimizer, steps_per_epoch: int):

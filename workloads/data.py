@@ -38,35 +38,27 @@ class Splits:
 
 
 # ----------------------------------------------------------------------------- files
-def open_binary(path: str, native: bool = False) -> io.BufferedIOBase:
-    """Open a local path or a URI for reading; ``native=True``: an Arrow file for a local path too."""
+def open_binary(path: str):
+    """An Arrow input file for a local path or a URI; DataError when there is none."""
+    import pyarrow.fs as pafs
+
     path = str(path)
-    if is_remote(path):
-        import pyarrow.fs as pafs
-
-        fs, inner = filesystem(path, DataError, "data file")
-        check_bucket(fs, inner, path, DataError, "data file")
-        try:
-            info = fs.get_file_info(inner)
-        except OSError as e:
-            raise DataError(f"cannot open '{path}': {short_reason(e)} — check the URI and AWS_* settings") from None
-        if info.type != pafs.FileType.File:
-            raise DataError(f"data file '{path}' not found — check the path")
-        return fs.open_input_file(inner)
-    if not os.path.isfile(path):
+    fs, inner = filesystem(path, DataError, "data file")
+    check_bucket(fs, inner, path, DataError, "data file")
+    try:
+        info = fs.get_file_info(inner)
+    except OSError as e:
+        raise DataError(f"cannot open '{path}': {short_reason(e)} — check the URI and AWS_* settings") from None
+    if info.type != pafs.FileType.File:
         raise DataError(f"data file '{path}' not found — check the path (or the data.* config keys)")
-    if native:
-        import pyarrow.fs as pafs
-
-        return pafs.LocalFileSystem().open_input_file(os.path.abspath(path))
-    return open(path, "rb")
+    return fs.open_input_file(inner)
 
 
 def read_parquet(path: str):
     """A Parquet file, through an Arrow file: a Python file object can abort the interpreter (apache/arrow#34314)."""
     import pyarrow.parquet as pq
 
-    with open_binary(path, native=True) as f:
+    with open_binary(path) as f:
         return pq.read_table(f)
 
 
@@ -162,12 +154,12 @@ def load_images(source: str) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], 
 
 def _load_image_files(source: str):
     if source.endswith(".npz"):
-        with open_binary(source) as f:
-            try:
-                # never unpickle user files; dict(): NpzFile reads (and refuses object arrays) lazily, on access
-                npz = dict(np.load(io.BytesIO(f.read()), allow_pickle=False))
-            except Exception as e:
-                raise DataError(f"'{source}' is not a readable .npz ({e}) — save it with numpy.savez") from None
+        raw = read_bytes(source)
+        try:
+            # never unpickle user files; dict(): NpzFile reads (and refuses object arrays) lazily, on access
+            npz = dict(np.load(io.BytesIO(raw), allow_pickle=False))
+        except Exception as e:
+            raise DataError(f"'{source}' is not a readable .npz ({e}) — save it with numpy.savez") from None
         if "x_train" not in npz or "y_train" not in npz:
             raise DataError(
                 f"'{source}' needs arrays x_train and y_train (found {sorted(npz)}) — save them with numpy.savez(path, x_train=..., y_train=...)"
@@ -403,8 +395,8 @@ def _read_jsonl_text(path: str, text: str, text_column: str, label_column: str) 
         if not isinstance(record, dict):
             raise DataError(f"{path}:{number}: a JSON {type(record).__name__}, not an object — one object per line")
         _require(f"{path}:{number}", record, text_column, label_column, "field")
-        out.texts.append("" if record[text_column] is None else str(record[text_column]))
-        out.labels.append("" if record[label_column] is None else str(record[label_column]).strip())
+        out.texts.append(_text(record[text_column]))
+        out.labels.append(_text(record[label_column]).strip())
         out.lines.append(number)
     if not out.texts:
         raise DataError(f"{path}:1: the file is empty — give one JSON object per line")
@@ -421,15 +413,13 @@ def _read_parquet_text(path: str, text_column: str, label_column: str) -> TextTa
     _require(f"'{path}'", table.column_names, text_column, label_column)
     if table.num_rows == 0:
         raise DataError(f"'{path}' has no rows — the file needs labelled rows")
-    texts = table.column(text_column).to_pylist()
-    labels = table.column(label_column).to_pylist()
-    return TextTable(
-        path,
-        ["" if t is None else str(t) for t in texts],
-        ["" if v is None else str(v).strip() for v in labels],
-        list(range(1, len(texts) + 1)),
-        "row",
-    )
+    texts = [_text(v) for v in table.column(text_column).to_pylist()]
+    labels = [_text(v).strip() for v in table.column(label_column).to_pylist()]
+    return TextTable(path, texts, labels, list(range(1, len(texts) + 1)), "row")
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value)  # a missing cell (null) reads as empty
 
 
 def encode_labels(table: TextTable, labels: list[str], drop: tuple[str, ...] = ()) -> tuple[list[str], np.ndarray]:
@@ -482,26 +472,29 @@ def load_text_splits(data) -> tuple[dict[str, tuple[list[str], np.ndarray]], lis
                 f"'{tables[split].path}': no rows left after data.drop_labels={list(drop)} — check the labels"
             )
 
-    texts, y = encoded["train"]
+    train = encoded["train"]
+    y = train[1]
     pool = np.arange(len(y))
     if "test" not in encoded and data.test_fraction > 0:  # the test share first: it does not move with val_fraction
         pool, test_idx = _carve(train_path, len(y), data.test_fraction, data.seed, y, "test")
-        encoded["test"] = ([texts[i] for i in test_idx], y[test_idx])
+        encoded["test"] = _take(train, test_idx)
     if "val" not in encoded:
         rest, val_idx = _carve(train_path, len(pool), data.val_fraction, data.seed, y[pool], "val")
-        encoded["val"] = ([texts[i] for i in pool[val_idx]], y[pool[val_idx]])
+        encoded["val"] = _take(train, pool[val_idx])
         pool = pool[rest]
-    pool = subsample(pool, data.max_train_samples, data.seed)
-    encoded["train"] = ([texts[i] for i in pool], y[pool])
+    encoded["train"] = _take(train, subsample(pool, data.max_train_samples, data.seed))
     for split in ("val", "test"):
         if split in encoded:
-            split_texts, split_y = encoded[split]
-            keep = subsample(np.arange(len(split_y)), data.max_eval_samples, data.seed)
-            encoded[split] = ([split_texts[i] for i in keep], split_y[keep])
+            keep = subsample(np.arange(len(encoded[split][1])), data.max_eval_samples, data.seed)
+            encoded[split] = _take(encoded[split], keep)
     ordered = sorted(encoded.items())
     sizes = [f"{s}:{len(y)}" for s, (_, y) in ordered]
     joined = ["\n".join(t) for _, (t, _) in ordered]
     return encoded, labels, fingerprint(*sizes, *labels, *joined, *[y for _, (_, y) in ordered])
+
+
+def _take(split: tuple[list[str], np.ndarray], idx: np.ndarray) -> tuple[list[str], np.ndarray]:
+    return [split[0][i] for i in idx], split[1][idx]
 
 
 def _carve(path: str, n: int, fraction: float, seed: int, y: np.ndarray, split: str):
@@ -573,32 +566,25 @@ def concat(new, old, idx: np.ndarray):
     import torch
     from torch.utils.data import ConcatDataset, Subset, TensorDataset
 
+    index = torch.as_tensor(idx, dtype=torch.long)
     if isinstance(new, list):
         return new + [old[int(i)] for i in idx]
     if isinstance(new, TensorDataset) and isinstance(old, TensorDataset):
-        index = torch.as_tensor(idx, dtype=torch.long)
         return TensorDataset(*[torch.cat([a, b[index]]) for a, b in zip(new.tensors, old.tensors)])
-    columns = vars(new) if hasattr(new, "__dict__") else {}
-    if type(new) is type(old) and columns and all(_is_column(v, len(new)) for v in columns.values()):
+    columns = vars(new) if type(new) is type(old) and hasattr(new, "__dict__") else {}
+    kinds = (list, tuple, np.ndarray, torch.Tensor)  # one entry per example (a workload's own column dataset)
+    if columns and all(isinstance(v, kinds) and len(v) == len(new) for v in columns.values()):
         out = copy.copy(new)
         for name, column in columns.items():
             extra = getattr(old, name)
             if isinstance(column, np.ndarray):
                 setattr(out, name, np.concatenate([column, extra[idx]]))
             elif isinstance(column, torch.Tensor):
-                setattr(out, name, torch.cat([column, extra[torch.as_tensor(idx, dtype=torch.long)]]))
+                setattr(out, name, torch.cat([column, extra[index]]))
             else:
                 setattr(out, name, list(column) + [extra[int(i)] for i in idx])
         return out
     return ConcatDataset([new, Subset(old, idx.tolist())])
-
-
-def _is_column(value, n: int) -> bool:
-    return (
-        (isinstance(value, (list, tuple, np.ndarray)) or hasattr(value, "shape"))
-        and hasattr(value, "__len__")
-        and len(value) == n
-    )
 
 
 # ----------------------------------------------------------------------------- tokenized-data cache

@@ -25,7 +25,7 @@ TASK_TYPES = {"token": "TOKEN_CLS", "sequence": "SEQ_CLS", "causal": "CAUSAL_LM"
 
 
 def wrap(model: torch.nn.Module, lora: Lora, task: str) -> torch.nn.Module:
-    """``model`` with LoRA adapters when ``lora.enabled`` (else unchanged). ``task``: token | sequence."""
+    """``model`` with LoRA adapters when ``lora.enabled`` (else unchanged). ``task``: token | sequence | causal."""
     if not lora.enabled:
         return model
     from peft import LoraConfig, get_peft_model

@@ -75,7 +75,7 @@ def build_data(cfg) -> Splits:
         test=dataset(*arrays["test"]) if "test" in arrays else None,
         labels=labels,
         fingerprint=fp,
-        info={"in_features": int(flat.shape[1]), "mean": mean, "std": std},
+        info={"in_features": int(flat.shape[1]), "shape": list(x.shape[1:]), "mean": mean, "std": std},
     )
 
 

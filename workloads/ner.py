@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from pydantic import Field
-from torch.utils.data import DataLoader
 
 from workloads import Section, common
 from workloads import data as data_lib
@@ -167,22 +166,13 @@ def encode(sentences: list, labels: list[str], tokenizer, max_length: int) -> li
 
 def collate(features: list[dict], pad_token_id: int = 0, multiple_of: int = 0) -> dict[str, torch.Tensor]:
     """Pad to the longest sentence of this batch (not a fixed length), rounded up to ``multiple_of``."""
-    width = max(len(f["input_ids"]) for f in features)
-    if multiple_of > 1:
-        width = -(-width // multiple_of) * multiple_of
-    words = max(len(f["word_labels"]) for f in features)
-
-    def pad(key: str, size: int, value: int) -> torch.Tensor:
-        return torch.tensor([f[key] + [value] * (size - len(f[key])) for f in features], dtype=torch.long)
-
-    input_ids = pad("input_ids", width, pad_token_id)
-    lengths = torch.tensor([len(f["input_ids"]) for f in features])
+    batch = common.pad_batch(features, pad_token_id, multiple_of)
+    width = batch["input_ids"].shape[1]
     return {
-        "input_ids": input_ids,
-        "attention_mask": (torch.arange(width)[None, :] < lengths[:, None]).long(),
-        "labels": pad("labels", width, -100),
-        "word_index": pad("word_index", width, -1),
-        "word_labels": pad("word_labels", words, -100),
+        **batch,
+        "labels": common.pad([f["labels"] for f in features], -100, width),
+        "word_index": common.pad([f["word_index"] for f in features], -1, width),
+        "word_labels": common.pad([f["word_labels"] for f in features], -100),
     }
 
 
@@ -218,30 +208,20 @@ def features_cache_file(cfg) -> Path | None:
 
 def encode_splits(cfg) -> tuple[dict[str, list[dict] | None], dict]:
     sentences, labels, fp = read_splits(cfg)
-    d = cfg.data
-    train = sentences["train"]
-    train = [train[i] for i in subsample(np.arange(len(train)), d.max_train_samples, d.seed)]
-    tokenizer = load_tokenizer(cfg)
+    d, tokenizer = cfg.data, load_tokenizer(cfg)
 
-    def eval_set(split: str) -> list[dict] | None:
-        if split not in sentences:
-            return None
+    def encoded(split: str, cap: int) -> list[dict]:
         rows = sentences[split]
-        rows = [rows[i] for i in subsample(np.arange(len(rows)), d.max_eval_samples, d.seed)]
-        # sorted by length: less padding when scoring; seqeval does not care about order
-        return sorted(encode(rows, labels, tokenizer, d.max_length), key=lambda f: len(f["input_ids"]))
+        return encode([rows[i] for i in subsample(np.arange(len(rows)), cap, d.seed)], labels, tokenizer, d.max_length)
 
-    features = {
-        "train": encode(train, labels, tokenizer, d.max_length),
-        "val": eval_set("val"),
-        "test": eval_set("test"),
-    }
+    features = {"train": encoded("train", d.max_train_samples), "val": None, "test": None}
+    for split in ("val", "test"):
+        if split in sentences:  # sorted by length: less padding when scoring; seqeval does not care about order
+            features[split] = sorted(encoded(split, d.max_eval_samples), key=lambda f: len(f["input_ids"]))
     return features, {"labels": labels, "fingerprint": fp, "pad_token_id": tokenizer.pad_token_id or 0}
 
 
-def train_loader(cfg, splits: Splits) -> DataLoader:
-    lengths = [len(f["input_ids"]) for f in splits.train]
-    return common.length_grouped_loader(cfg, splits.train, lengths, splits.collate_fn)
+train_loader = common.length_grouped_loader  # batches of similar length: less padding
 
 
 # ----------------------------------------------------------------------------- [2] model
@@ -274,8 +254,7 @@ def load_export(cfg, splits: Splits, export_dir: Path) -> torch.nn.Module:
 
 
 # ----------------------------------------------------------------------------- [3] step / eval
-def train_step(model, batch) -> torch.Tensor:
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+train_step = common.hf_train_step  # the model's own loss on batch['labels']
 
 
 @torch.no_grad()

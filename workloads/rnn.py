@@ -79,7 +79,7 @@ def build_data(cfg) -> Splits:
     return common.text_splits(cfg, tokenizer(cfg), add_special_tokens=False)
 
 
-train_loader = common.text_train_loader  # length-grouped, seeded batches
+train_loader = common.length_grouped_loader  # batches of similar length: less padding
 
 
 # ----------------------------------------------------------------------------- [2] model

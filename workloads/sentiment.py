@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from pydantic import Field
 from torch import nn
 from torch.utils.data import DataLoader
@@ -78,7 +77,7 @@ def build_data(cfg) -> Splits:
 
 
 def train_loader(cfg, splits: Splits) -> DataLoader:
-    return common.text_train_loader(cfg, splits, cfg.train.group_by_length)
+    return common.length_grouped_loader(cfg, splits, cfg.train.group_by_length)
 
 
 # ----------------------------------------------------------------------------- [2] model
@@ -110,8 +109,7 @@ build_scheduler = common.linear_warmup  # warmup over train.warmup_ratio of the 
 
 
 # ----------------------------------------------------------------------------- [3] step / eval
-def train_step(model: nn.Module, batch: dict) -> torch.Tensor:
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+train_step = common.hf_train_step  # the model's own loss on batch['labels']
 
 
 def evaluate(model: nn.Module, loader, splits: Splits) -> dict[str, float]:

@@ -182,12 +182,7 @@ def build_data(cfg) -> Splits:
 
 
 def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    def pad(key: str, value: int) -> torch.Tensor:
-        return nn.utils.rnn.pad_sequence([torch.tensor(it[key]) for it in items], batch_first=True, padding_value=value)
-
-    ids, lengths = pad("input_ids", pad_id), torch.tensor([len(it["input_ids"]) for it in items])
-    mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
-    return {"input_ids": ids, "attention_mask": mask, "labels": pad("labels", IGNORE)}
+    return {**common.pad_batch(items, pad_id), "labels": common.pad([it["labels"] for it in items], IGNORE)}
 
 
 # ----------------------------------------------------------------------------- [2] model
@@ -215,8 +210,7 @@ def build_model(cfg, splits: Splits) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- [3] step / eval
-def train_step(model: nn.Module, batch: dict) -> torch.Tensor:
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+train_step = common.hf_train_step  # the model's own loss on batch['labels']
 
 
 @torch.no_grad()

@@ -203,7 +203,7 @@ def test_replay_takes_a_seeded_share():
     assert len(data.replay_indices(10, 0.01, 0)) == 1 and len(data.replay_indices(10, 0.0, 0)) == 0
 
 
-class Columns(torch.utils.data.Dataset):  # like sentiment's EncodedTexts: the loader reads .input_ids
+class Columns(torch.utils.data.Dataset):  # a dataset of columns (a workload's own): concat extends each
     def __init__(self, input_ids, labels):
         self.input_ids, self.labels = input_ids, labels
 

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from bench.vs_hf_trainer import padded_fraction
 from jobs import config as config_lib
@@ -107,7 +108,7 @@ def test_loss_falls_over_a_few_steps(built):
 
 def test_evaluate_reports_entity_metrics_per_type(built):
     cfg, splits, model = built
-    metrics = ner.evaluate(model, ner.DataLoader(splits.val, batch_size=4, collate_fn=splits.collate_fn), splits)
+    metrics = ner.evaluate(model, DataLoader(splits.val, batch_size=4, collate_fn=splits.collate_fn), splits)
     for key in ("loss", "precision", "recall", "f1", "token_accuracy", "f1_PER", "f1_LOC", "f1_ORG"):
         assert key in metrics and isinstance(metrics[key], float)
     p, r = metrics["precision"], metrics["recall"]
@@ -125,10 +126,10 @@ class Oracle(torch.nn.Module):
 def test_scoring_counts_words_cut_off_by_max_length(tmp_path):
     paths = conll_files(tmp_path)
     full = ner.build_data(make_cfg(paths))
-    loader = ner.DataLoader(full.val, batch_size=2, collate_fn=full.collate_fn)
+    loader = DataLoader(full.val, batch_size=2, collate_fn=full.collate_fn)
     assert ner.evaluate(Oracle(), loader, full)["f1"] == 1.0
     cut = ner.build_data(make_cfg(paths, "data.max_length=4"))  # [CLS] + 2 sub-tokens + [SEP]: Frankfurt is cut
-    metrics = ner.evaluate(Oracle(), ner.DataLoader(cut.val, batch_size=2, collate_fn=cut.collate_fn), cut)
+    metrics = ner.evaluate(Oracle(), DataLoader(cut.val, batch_size=2, collate_fn=cut.collate_fn), cut)
     assert metrics["precision"] == 1.0 and metrics["recall"] < 1.0 and metrics["f1_LOC"] == 0.0
 
 
@@ -139,7 +140,7 @@ def test_length_grouped_batches_pad_less_than_random_ones(tmp_path):
     cfg = make_cfg(paths, "train.batch_size=8")
     splits = ner.build_data(cfg)
     grouped = ner.train_loader(cfg, splits)
-    shuffled = ner.DataLoader(splits.train, batch_size=8, shuffle=True, collate_fn=splits.collate_fn)
+    shuffled = DataLoader(splits.train, batch_size=8, shuffle=True, collate_fn=splits.collate_fn)
     assert sorted(grouped.sampler) == list(range(300))  # every sentence once per epoch
     assert padded_fraction(grouped) < 0.5 * padded_fraction(shuffled)
 

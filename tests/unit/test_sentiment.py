@@ -48,11 +48,11 @@ def test_shapes_padding_and_metric_keys(tmp_path):
     assert splits.labels == ["negative", "neutral", "positive"]
     assert (len(splits.train), len(splits.val), len(splits.test)) == (72, 9, 9)
     batch = splits.collate_fn([splits.train[i] for i in range(4)])
-    width = max(len(splits.train.input_ids[i]) for i in range(4))
+    width = max(len(splits.train[i]["input_ids"]) for i in range(4))
     assert (
         batch["input_ids"].shape == batch["attention_mask"].shape == (4, width)
     )  # padded to the longest, not max_length
-    assert batch["attention_mask"].sum().item() == sum(len(splits.train.input_ids[i]) for i in range(4))
+    assert batch["attention_mask"].sum().item() == sum(len(splits.train[i]["input_ids"]) for i in range(4))
     model = sentiment.build_model(cfg, splits)
     assert model.config.hidden_size == 64 and model.config.num_hidden_layers == 2  # tiny, not the 90 MB MiniLM
     assert model.config.vocab_size == 30522  # the real MiniLM WordPiece vocabulary
