@@ -65,7 +65,9 @@ def arm_ours(args, work: Path) -> dict:
     cmd += [f"run.storage_path={work / 'runs'}", f"sweep.num_samples={args.trials}", "sweep.seed=0", "train.seed=0"]
     cmd += ["sweep.search=optuna"]  # TPE, as HF's Optuna backend samples
     cmd += [f"data.max_train_samples={args.sentences}", f"data.max_eval_samples={args.eval_sentences}"]
-    cmd += [f"train.epochs={args.epochs}", f"scaling.cpus_per_worker={args.threads}", "sweep.max_concurrent_trials=1"]
+    threads = max(1, args.threads // args.concurrent)
+    cmd += [f"train.epochs={args.epochs}", f"scaling.cpus_per_worker={threads}"]
+    cmd += [f"sweep.max_concurrent_trials={args.concurrent}"]
     cmd += ["tracking.tensorboard=false", *tiny]
     env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     wall, cpu = timed(cmd, work / "ours.log", env)
@@ -90,7 +92,8 @@ def arm_ours(args, work: Path) -> dict:
 def arm_hf(args, work: Path, backend: str) -> dict:
     cmd = [sys.executable, "-m", "bench.sweep_vs_hf", "--hf-backend", backend, "--out", str(work / backend)]
     cmd += [f"--trials={args.trials}", f"--sentences={args.sentences}", f"--eval-sentences={args.eval_sentences}"]
-    cmd += [f"--epochs={args.epochs}", f"--threads={args.threads}"] + (["--smoke"] if args.smoke else [])
+    cmd += [f"--epochs={args.epochs}", f"--threads={args.threads}", f"--concurrent={args.concurrent}"]
+    cmd += ["--smoke"] if args.smoke else []
     env = os.environ | {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     log = work / f"{backend}.log"
     wall, cpu = timed(cmd, log, env)
@@ -153,8 +156,8 @@ def hf_search(args) -> dict:
             "scheduler": tune.schedulers.ASHAScheduler(
                 metric="objective", mode="max", grace_period=1, reduction_factor=3
             ),
-            "resources_per_trial": {"cpu": args.threads},
-            "max_concurrent_trials": 1,
+            "resources_per_trial": {"cpu": max(1, args.threads // args.concurrent)},
+            "max_concurrent_trials": args.concurrent,
             "search_alg": tune.search.BasicVariantGenerator(random_state=0),
         }
     t0 = time.perf_counter()
@@ -194,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3, help="per trial")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument(
+        "--concurrent", type=int, default=1, help="trials at once in the Ray arms, on threads/N each (HF's Optuna: 1)"
+    )
     p.add_argument("--smoke", action="store_true", help="a tiny random-init BERT, 2 trials of 1 epoch")
     p.add_argument("--no-ray", action="store_true", help="for python -m bench: leave out the arms that start Ray")
     p.add_argument("--out", default=str(ROOT / "bench" / "out"))

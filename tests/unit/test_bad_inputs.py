@@ -423,5 +423,5 @@ def test_bad_input_exits_2_with_one_line(case: Case, results):
 
 
 def test_table_is_big_enough():
-    assert len(CASES) == 73 and len({c.id for c in CASES}) == len(CASES)  # RELIABILITY.md states the count
+    assert len(CASES) == 75 and len({c.id for c in CASES}) == len(CASES)  # RELIABILITY.md states the count
     assert PLAIN_SUBPROCESS <= {c.id for c in CASES}
