@@ -66,7 +66,7 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    random.setstate(state["python"])
 
 
 def seed_epoch_order(loader: DataLoader, epoch: int, seed: int) -> None:
@@ -110,7 +110,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def autocast(precision: str, device: torch.device):
-    """The autocast context for ``train.precision`` (fp32 = disabled)."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(precision, device))
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
 
@@ -189,7 +188,6 @@ def eval_loader(splits, dataset, batch_size: int) -> DataLoader:
 
 
 def score(wl, cfg, model, splits, dataset, device: torch.device) -> dict:
-    """``wl.evaluate`` of ``model`` on ``dataset``, under the run's autocast."""
     loader = eval_loader(splits, dataset, cfg.train.batch_size * 2)
     with autocast(cfg.train.precision, device):
         return wl.evaluate(model, (to_device(batch, device) for batch in loader), splits)
@@ -228,7 +226,7 @@ def run_epoch(
     t0 = time.perf_counter()
     step_starts = [t0]  # the clock as each batch arrives: per-step times for step_time_median_s
     optimizer.zero_grad(set_to_none=True)
-    n_total = len(loader) if hasattr(loader, "__len__") else None
+    n_total = len(loader)
     for i, batch in enumerate(loader):
         if i < skip:  # trained before the mid-epoch checkpoint: drawn (the order goes on) but not trained
             if i + 1 == skip:  # the RNGs as they were after that step (the loader's start may have drawn from them)
@@ -237,9 +235,9 @@ def run_epoch(
             continue
         step_starts.append(time.perf_counter())
         batch = to_device(batch, device)
-        last_micro = (i + 1) % accum == 0 or (n_total is not None and i + 1 == n_total)
+        last_micro = (i + 1) % accum == 0 or i + 1 == n_total
         # the epoch's last window may be short: average over the micro-batches it has, as one bigger batch would
-        window = accum if n_total is None else min(accum, n_total - (i // accum) * accum)
+        window = min(accum, n_total - (i // accum) * accum)
         loss = _backward(model, batch, i, wl, cfg, device, scaler, dist, sync=last_micro, window=window)
         if loss is None:  # not finite, and train.on_nan=skip_batch
             sums["skipped"] += 1
@@ -253,7 +251,7 @@ def run_epoch(
         sums["samples"] += batch_samples
         if on_step is not None:
             on_step(i + 1, n_total, loss_value, batch_samples)
-        if after_step is not None and last_micro and (n_total is None or i + 1 < n_total):
+        if after_step is not None and last_micro and i + 1 < n_total:
             step = i // accum + 1  # optimizer steps so far in this epoch
             after_step({"batches": i + 1, "step": step, **sums, "train_time_s": time_before + time.perf_counter() - t0})
     step_starts.append(time.perf_counter())
@@ -381,7 +379,7 @@ class Loop:
         self.metric, self.mode = config_lib.metric_and_mode(cfg)
         self.hooks: list[hooks_lib.Hook] = []
         self.cpu0 = time.process_time()
-        self.epoch, self.stopped_early = 0, False
+        self.epoch = 0
         self.steps_this_attempt, self.last_checkpoint = 0, None  # optimizer steps this worker group trained
 
     def call(self, event: str, *args) -> None:
@@ -560,7 +558,7 @@ class Loop:
         if self.rank == 0 or self.sharded:  # full val set on rank 0 (every rank under FSDP: its forward is collective)
             metrics = score(self.wl, self.cfg, unwrap(self.model), self.splits, self.splits.val, device)
             val = {f"val_{k}": v for k, v in metrics.items()}
-        val = _broadcast(val, dist)
+        val = _all_gather(val, dist)[0]  # rank 0's
         train_time = _all_reduce(stats["train_time_s"], device, dist) / world
         row = {
             "epoch": self.epoch + 1,
@@ -627,7 +625,6 @@ class Loop:
         return name, saved_at - t_wall, saved_at
 
     def _report(self, metrics: dict, meta: dict, state: dict, name: str) -> None:
-        """Report ``metrics`` with the checkpoint ``name`` (written by rank 0)."""
         import ray.train
 
         with tempfile.TemporaryDirectory() as tmp:
@@ -655,15 +652,13 @@ class Loop:
             unwrap(self.model).load_state_dict(self.best_state)
         if self.sharded:  # the test score and the export need the whole model: gathered once, on rank 0
             self.model = sharding.gather(self.model, lambda: self.wl.build_model(self.cfg, self.splits), self.rank)
-        best_row = next(
-            (h for h in self.history if h["epoch"] == self.best_epoch), self.history[-1] if self.history else {}
-        )
+        best_row = next(h for h in self.history if h["epoch"] == self.best_epoch)  # epochs >= 1: there is one
         final = {"epoch": self.meta["epoch"], "best_metric": self.best_metric, "best_epoch": self.best_epoch}
         final |= {k: v for k, v in best_row.items() if k.startswith("val_")}
         final |= {"cpu_s": self._cpu_s(), "train_time_s": sum(h["train_time_s"] for h in self.history)}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = self._final_checkpoint(final, Path(tmp)) if self.rank == 0 else None
-            final = _broadcast(final, self.dist)
+            final = _all_gather(final, self.dist)[0]
             metrics = final | {self.metric: self.best_metric, "final": True}
             self.session.report(metrics, checkpoint=checkpoint, checkpoint_dir_name="final")
             self.call("on_final", final, Path(tmp, EXPORT))
@@ -706,14 +701,6 @@ def _all_gather(obj: dict, dist: bool) -> list[dict]:
     out: list = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(out, obj)
     return out
-
-
-def _broadcast(obj: dict, dist: bool) -> dict:
-    if not dist:
-        return obj
-    box = [obj]
-    torch.distributed.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 def _all_reduce(value: float, device: torch.device, dist: bool, op: str = "SUM") -> float:
