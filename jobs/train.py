@@ -28,7 +28,7 @@ import yaml
 from jobs import config as config_lib
 from jobs import preflight
 from jobs.errors import ClusterError, NodeLost
-from jobs.fs import META, fs_uri
+from jobs.fs import META, filesystem, fs_uri
 from jobs.ports import free_port
 from jobs.ray_compat import single_machine_mode as loopback_only  # keeps Ray on 127.0.0.1
 from jobs.store import FINISHED, Store, compact_if_due, missing, now
@@ -194,13 +194,9 @@ def storage_uri(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
-def state_fs(uri: str):
-    return pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), os.path.abspath(uri))
-
-
 def write_state_file(directory: str, name: str, state: dict) -> None:
     """``state`` as JSON in ``directory/name``, local or ``s3://`` (a run's or a sweep's resume state)."""
-    fs, path = state_fs(directory)
+    fs, path = filesystem(directory)
     fs.create_dir(path, recursive=True)
     with fs.open_output_stream(f"{path}/{name}") as f:
         f.write(json.dumps(state, indent=1, default=str).encode())
@@ -220,19 +216,17 @@ def checkpoint_order(name: str) -> tuple | None:
     """A checkpoint folder's sort key (``final`` last, ``epoch_0003_step_000120`` after ``epoch_0002``), or None."""
     if name == "final":
         return (float("inf"), 0)
-    if m := re.fullmatch(r"epoch_(\d+)(?:_step_(\d+))?", name):
+    if m := re.fullmatch(r"(?:epoch|checkpoint)_(\d+)(?:_step_(\d+))?", name):  # checkpoint_N: a Tune trial's
         return (int(m[1]) - 1, int(m[2])) if m[2] else (int(m[1]), 0)
-    if m := re.fullmatch(r"checkpoint_(\d+)", name):
-        return (int(m[1]), 0)
     return None
 
 
 def run_checkpoints(run_dir: str) -> list:
     """``(filesystem, [folder path, ...])`` of a run's whole checkpoints (meta.json present), oldest first."""
-    fs, path = state_fs(run_dir)
+    fs, path = filesystem(run_dir)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path))
-    except (FileNotFoundError, OSError):
+    except OSError:
         return fs, []
     names = sorted(
         (i.base_name for i in infos if i.type == pafs.FileType.Directory and checkpoint_order(i.base_name)),
@@ -262,11 +256,9 @@ def git_sha() -> str:
 
 
 def job_id() -> str:
-    """The Ray job submission this run belongs to, if any."""
-    if os.environ.get("PERENNIAL_JOB_ID"):
-        return os.environ["PERENNIAL_JOB_ID"]
+    """The Ray job submission this run belongs to, if any (Ray sets ``job_submission_id`` itself)."""
     meta = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("metadata") or {}
-    return meta.get("job_submission_id") or meta.get("submission_id", "")  # Ray sets the first itself
+    return os.environ.get("PERENNIAL_JOB_ID") or meta.get("job_submission_id") or meta.get("submission_id", "")
 
 
 # ----------------------------------------------------------------------------- running the loop
@@ -369,7 +361,7 @@ class LocalSession:
     def report(self, metrics: dict, checkpoint=None, checkpoint_dir_name: str | None = None) -> None:
         if checkpoint is None:
             return
-        fs, path = state_fs(f"{self.run_dir}/{checkpoint_dir_name}")
+        fs, path = filesystem(f"{self.run_dir}/{checkpoint_dir_name}")
         src = Path(checkpoint.path)
         for file in sorted((f for f in src.rglob("*") if f.is_file()), key=lambda f: f == src / META):
             dest = f"{path}/{file.relative_to(src).as_posix()}"  # meta.json last: it marks the checkpoint whole
@@ -457,9 +449,7 @@ def record_run(cfg, store: Store, run_id: str, checkpoint, error=None, *, starte
     ids = {"parent_run_id": "", "round": None, "sweep_id": "", "trial_id": ""} | ids
     row = runs_row(cfg, run_id, ids, meta, checkpoint, error, started, wall) | (extra_row or {})
     keys = {"run_id": run_id, "workload": cfg.workload, "sweep_id": ids["sweep_id"], "trial_id": ids["trial_id"]}
-    epochs = [
-        keys | {k: (float(v) if isinstance(v, float) else v) for k, v in h.items()} for h in meta.get("history", [])
-    ]
+    epochs = [keys | h for h in meta.get("history", [])]  # meta.json's values: plain JSON types already
     store.record_run(epochs, row)  # one commit per table, epochs first: never a mix of two recorders' rows
     return row
 
@@ -611,11 +601,11 @@ def resume_state(args, what: str, state_file: str) -> tuple:
         config_lib.load_config(args.config).run.storage_path if args.config else config_lib.Run().storage_path
     )
     root = storage_uri(str(root))
-    fs, path = state_fs(f"{root.rstrip('/')}/{args.resume}/{state_file}")
+    fs, path = filesystem(f"{root.rstrip('/')}/{args.resume}/{state_file}")
     try:
         with fs.open_input_stream(path) as f:
             state = json.loads(f.read())
-    except (FileNotFoundError, OSError):
+    except OSError:
         raise config_lib.ConfigError(
             f"no {what} '{args.resume}' under {root} — pass run.storage_path=... where it ran"
         ) from None
