@@ -498,10 +498,9 @@ def runs_row(cfg, run_id: str, ids: dict, meta: dict, checkpoint, error, started
 
 
 def worker_nodes(workers: list[dict]) -> dict:
-    """``worker_node_ids`` / ``worker_node_types`` for the runs row, in rank order, comma-separated."""
+    """``worker_node_ids`` / ``worker_node_types`` for the runs row, comma-separated (``workers``: in rank order)."""
     import ray
 
-    workers = sorted(workers, key=lambda w: w["rank"])
     types = [w.get("node_type", "") for w in workers]
     if not all(types) and ray.is_initialized():  # not launched by an autoscaler: type by the resource named after it
         kinds = [k for k in cluster_node_types()[0] if not k.startswith("node ")]
