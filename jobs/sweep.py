@@ -54,7 +54,6 @@ SMOKE_MAX_SAMPLES = 4  # --smoke-test: at most this many samples, on top of the 
 
 # ----------------------------------------------------------------------------- [1] search space
 def search_space(cfg) -> dict:
-    """The raw search space: the config's ``sweep.search_space``, else the workload's SEARCH_SPACE."""
     space = cfg.sweep.search_space or workloads.hook(workloads.module(cfg.workload), "SEARCH_SPACE")
     if not space:
         raise config_lib.ConfigError(
@@ -141,7 +140,7 @@ def _samples(where: str, key: str, dist: str, args, field_type: type) -> list:
 
 
 def _field_type(cfg, key: str, where: str) -> type:
-    obj, tp = cfg, type(cfg)
+    obj = cfg
     for part in key.split("."):
         if part not in config_lib.section_fields(obj):
             raise config_lib.ConfigError(
@@ -171,7 +170,6 @@ def with_trial_overrides(cfg, given: list[str] = ()):
 
 
 def trial_config(base: dict, params: dict):
-    """A trial's typed config: the sweep's base config with the trial's sampled hyperparameters."""
     raw = json.loads(json.dumps(base))
     for key, value in params.items():
         config_lib._set_dotted(raw, key, value.item() if hasattr(value, "item") else value)  # numpy scalars
@@ -289,23 +287,19 @@ def ranks_per_node(node: dict, per_worker: dict) -> int:
 
 
 # ----------------------------------------------------------------------------- [2] trials
-class TrialFailed(RuntimeError):
-    """The trial's run failed; its runs row (status failed) says why."""
-
-
 def run_trial(ctx: dict, params: dict, trial_id: str, callbacks, runner) -> tuple[dict, bool]:
     """Train (or only record) one trial: (its runs row, whether it trained now)."""
     os.environ.update(ctx["env"])  # the driver's job id and git sha: a trial's actor may not see the job or repo
     cfg, store, sweep_id = trial_config(ctx["base"], params), Store(ctx["store"]), ctx["sweep_id"]
     run_id = f"{sweep_id}-{trial_id}"
     recorded = store.runs(sweep_id=sweep_id)
-    if len(recorded) and run_id in set(recorded["run_id"]):
+    if run_id in set(recorded["run_id"]):
         return recorded[recorded["run_id"] == run_id].iloc[0].to_dict(), False
     checkpoint = last_checkpoint(f"{cfg.run.storage_path}/{run_id}")
     ids = {"sweep_id": sweep_id, "trial_id": trial_id}
     if checkpoint is not None and checkpoint_meta(checkpoint).get("finished"):
         return record_run(cfg, store, run_id, checkpoint, started=now(), wall=0.0, **ids), False
-    tags = {"_tracking": ids | ctx.get("tracking", {})}
+    tags = {"_tracking": ids | ctx["tracking"]}
     return fit(
         cfg, store, run_id=run_id, runner=runner, callbacks=callbacks, extra_config=tags, quiet=True, **ids
     ), True
@@ -374,7 +368,7 @@ def train_trial(params: dict, ctx: dict) -> None:
     elif not ctx["in_process"]:
         wait_for_tune_report_queue()
     if row["status"] == "failed":
-        raise TrialFailed(row["error"])
+        raise RuntimeError(row["error"])  # Tune marks the trial errored; its runs row is already written
 
 
 # ----------------------------------------------------------------------------- [3] the sweep
@@ -481,7 +475,7 @@ def run_sweep(cfg, store: Store, sweep_id: str, state: dict, resume: bool) -> in
     )
     results = tuner.fit()
     state["attempts"][attempt][1] = time.time() - t0
-    recorded = set(store.runs(sweep_id=sweep_id).get("run_id", []))
+    recorded = set(store.runs(sweep_id=sweep_id)["run_id"])
     for result in results:  # trials lost with their actor or a killed driver, found in a resumed sweep's results
         trial_id = (result.metrics or {}).get("trial_id")
         if trial_id and f"{sweep_id}-{trial_id}" not in recorded:
@@ -510,8 +504,8 @@ def _short(v) -> str:
 
 
 # ----------------------------------------------------------------------------- [4] summary + sweeps row
-def summarize(cfg, store: Store, sweep_id: str, state: dict, metric: str, mode: str) -> int:
-    """Print the sweep's leaderboard and best model; write its ``sweeps`` row once."""
+def summarize(cfg, store: Store, sweep_id: str, state: dict, metric: str, mode: str, finished: bool = False) -> int:
+    """Print the sweep's leaderboard and best model; write its ``sweeps`` row unless ``finished`` (written)."""
     import pandas as pd
 
     runs = store.runs(sweep_id=sweep_id)
@@ -555,17 +549,14 @@ def summarize(cfg, store: Store, sweep_id: str, state: dict, metric: str, mode: 
         )
         print_scores(best.to_dict())
     print(f"  store: {store.uri}  (python -m jobs.store runs --sweep {sweep_id})")
-    write_sweeps_row(cfg, store, state, best, totals | {"sweep_id": sweep_id, "metric": metric, "mode": mode})
+    if not finished:
+        write_sweeps_row(cfg, store, state, best, totals | {"sweep_id": sweep_id, "metric": metric, "mode": mode})
     return 0 if best is not None else 1
 
 
 def write_sweeps_row(cfg, store: Store, state: dict, best, row: dict) -> None:
-    """The sweep's one ``sweeps`` row (written once: a summary printed again writes nothing)."""
     import pandas as pd
-    import pyarrow.dataset as ds
 
-    if len(store.df("sweeps", filter=ds.field("sweep_id") == row["sweep_id"])):
-        return
     row |= {
         "workload": cfg.workload,
         "status": "completed" if best is not None else "failed",
@@ -624,7 +615,7 @@ def main(argv: list[str]) -> int:
     sweep_id = state["sweep_id"]
     if len(store.df("sweeps", filter=ds.field("sweep_id") == sweep_id)):
         print(f"sweep {sweep_id} already finished")
-        return summarize(cfg, store, sweep_id, state, *config_lib.metric_and_mode(cfg))
+        return summarize(cfg, store, sweep_id, state, *config_lib.metric_and_mode(cfg), finished=True)
     init_ray(log_to_driver=args.verbose)  # a ClusterError is exit 1 (cli_main)
     check_cluster(cfg)
     return run_sweep(cfg, store, sweep_id, state, resume=bool(args.resume))

@@ -11,7 +11,6 @@ import difflib
 import importlib
 import os
 import sys
-import typing
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
@@ -28,16 +27,8 @@ class Section(pydantic.BaseModel):
 
 
 def sections(config: type) -> dict[str, pydantic.fields.FieldInfo]:
-    """A workload ``Config``'s sections, name -> field: a pydantic model's, or a dataclass's (external workloads)."""
-    if dataclasses.is_dataclass(config):
-        hints = typing.get_type_hints(config)
-        return {
-            f.name: pydantic.fields.FieldInfo(annotation=hints[f.name], default_factory=f.default_factory)
-            for f in dataclasses.fields(config)
-        }
-    if isinstance(config, type) and issubclass(config, pydantic.BaseModel):
-        return dict(config.model_fields)
-    return {}
+    """A workload ``Config``'s (or a section's) fields, name -> field; {} for a value."""
+    return dict(config.model_fields) if isinstance(config, type) and issubclass(config, pydantic.BaseModel) else {}
 
 
 WORKLOADS = ("mlp", "cnn", "ner", "rnn", "sentiment", "sft")  # the shipped ones: workloads.<name>, imported on use
@@ -92,6 +83,12 @@ def check(wl: ModuleType, name: str) -> ModuleType:
     from workloads.common import Train
 
     found = {k: f.annotation for k, f in sections(wl.Config).items()}
+    old = next((c for c in (wl.Config, *found.values()) if dataclasses.is_dataclass(c)), None)
+    if old is not None:  # written before sections were pydantic models
+        raise ConfigError(
+            f"workload '{name}': {old.__name__} is a @dataclass — make it `class {old.__name__}(Section):`, "
+            f"with `from workloads import Section` (see {CONTRACT_DOC})"
+        )
     train = found.get("train")
     if not {"data", "model"} <= found.keys() or not (isinstance(train, type) and issubclass(train, Train)):
         raise ConfigError(

@@ -20,23 +20,20 @@ TINY = """
 from dataclasses import dataclass, field
 import torch
 from torch.utils.data import TensorDataset
-from workloads import common
+from workloads import Section, common
 from workloads.data import Splits
 
-@dataclass
-class Data:
+class Data(Section):
     n: int = 64
 
-@dataclass
-class Model:
+class Model(Section):
     hidden: int = 8
 
-class Train(common.Train):  # a pydantic model: no @dataclass here (docs/workloads.md)
+class Train(common.Train):
     epochs: int = 2
     batch_size: int = 16
 
-@dataclass
-class Config:
+class Config(Section):  # was `@dataclass class Config:` (docs/workloads.md): field() defaults stay
     data: Data = field(default_factory=Data)
     model: Model = field(default_factory=Model)
     train: Train = field(default_factory=Train)
@@ -160,6 +157,8 @@ def test_a_dotted_module_resolves_and_a_missing_one_is_one_line(tmp_path, monkey
         (None, "workload file"),  # no such file
         ("x = 1\n", "has no 'Config'"),  # a module without the hooks
         (TINY.replace('"min"', '"lowest"'), "MODE must be 'max' or 'min'"),
+        (TINY.replace("class Config(Section):", "@dataclass\nclass Config:"), "Config is a @dataclass — make it"),
+        (TINY.replace("class Data(Section):", "@dataclass\nclass Data:"), "`class Data(Section):`"),
     ],
 )
 def test_bad_workload_modules_exit_2_with_one_line_and_write_nothing(tmp_path, module_text, needle):
