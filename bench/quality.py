@@ -49,7 +49,7 @@ def run_one(workload: str, store: Path, quick: bool, overrides: list[str], log_d
 
     args = [sys.executable, "-m", "jobs.train", "--config", f"configs/{workload}.yaml", "--store", str(store)]
     if quick:
-        data_keys = workloads.module(workload).Config().data.__dataclass_fields__
+        data_keys = type(workloads.module(workload).Config().data).model_fields
         args.append("train.epochs=1")
         if "max_train_samples" in data_keys:
             args.append(f"data.max_train_samples={TARGETS[workload].quick_train_samples}")

@@ -282,7 +282,6 @@ TYPE_WORDS = {  # pydantic's error type starts with the key -> what the value mu
     "dict": "a mapping",
     "list": "a list",
     "model": "a section (mapping)",
-    "dataclass": "a section (mapping)",
 }
 SIGNS = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
 
