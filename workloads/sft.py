@@ -38,6 +38,7 @@ class Data(Section):
     max_train_samples: int = Field(0, ge=0)  # 0 = all
     max_eval_samples: int = Field(0, ge=0)  # caps val and test; 0 = all
     max_length: int = Field(512, ge=4)  # tokens per row, prompt included
+    pack: bool = False  # several rows end to end per sequence of <= max_length tokens: no padding computed
     seed: int = 0  # the generated task and the splits
 
 
@@ -175,7 +176,9 @@ def build_data(cfg) -> Splits:
         val=encoded["val"],
         test=encoded.get("test"),
         labels=[],
-        collate_fn=functools.partial(collate, pad_id=tok.pad_token_id),
+        collate_fn=functools.partial(pack, max_length=d.max_length, pad_id=tok.pad_token_id)
+        if d.pack
+        else functools.partial(collate, pad_id=tok.pad_token_id),
         fingerprint=fingerprint(json.dumps(tables, sort_keys=True)),
         info={"vocab_size": len(tok)},
     )
@@ -183,6 +186,24 @@ def build_data(cfg) -> Splits:
 
 def collate(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {**common.pad_batch(items, pad_id), "labels": common.pad([it["labels"] for it in items], IGNORE)}
+
+
+def pack(items: list[dict], max_length: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """``items`` end to end in sequences of at most ``max_length`` tokens, ``position_ids`` restarting at each: with
+    no attention mask, transformers masks attention to within each item. ``lengths`` first: the loop counts items."""
+    rows: list[list[dict]] = [[]]
+    for it in items:
+        if rows[-1] and sum(len(x["input_ids"]) for x in rows[-1]) + len(it["input_ids"]) > max_length:
+            rows.append([])
+        rows[-1].append(it)
+    joined = {key: [[t for it in row for t in it[key]] for row in rows] for key in ("input_ids", "labels")}
+    positions = [[p for it in row for p in range(len(it["input_ids"]))] for row in rows]
+    return {
+        "lengths": torch.tensor([len(it["input_ids"]) for it in items]),
+        "input_ids": common.pad(joined["input_ids"], pad_id),
+        "labels": common.pad(joined["labels"], IGNORE),
+        "position_ids": common.pad(positions, 0),  # each padding token a sequence of its own
+    }
 
 
 # ----------------------------------------------------------------------------- [2] model
@@ -210,7 +231,10 @@ def build_model(cfg, splits: Splits) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- [3] step / eval
-train_step = common.hf_train_step  # the model's own loss on batch['labels']
+def train_step(model: nn.Module, batch: dict) -> torch.Tensor:
+    """The model's own loss on ``labels``; a packed batch has ``position_ids`` and no attention mask (and with no
+    cache, transformers builds the mask that keeps each item to itself)."""
+    return model(**{k: v for k, v in batch.items() if k != "lengths"}, use_cache=False).loss
 
 
 @torch.no_grad()
@@ -219,7 +243,8 @@ def evaluate(model: nn.Module, loader, splits: Splits) -> dict[str, float]:
     model.eval()
     loss_sum, right, tokens = 0.0, 0, 0
     for batch in loader:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+        logits = model(**inputs, use_cache=False).logits.float()
         logits, labels = logits[:, :-1], batch["labels"][:, 1:]  # position t predicts token t + 1
         loss_sum += nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="sum")
         scored = labels != IGNORE

@@ -66,3 +66,27 @@ def test_a_causal_lm_folder_trains_and_its_export_loads_back(tmp_path):
     model = sft.build_model(folder, sft.build_data(folder))
     assert sft.tokenizer(folder).chat_template and any("lora_A" in n for n, _ in model.named_parameters())
     assert type(sft.load_export(cfg, splits, tmp_path)).__name__ == "LlamaForCausalLM"
+
+
+def test_packed_batches_give_the_padded_loss_and_keep_items_apart():
+    cfg = cfg_of("data.num_examples=200", "data.max_length=64")
+    loop.seed_everything(0)
+    splits = sft.build_data(cfg)
+    model = sft.build_model(cfg, splits).eval()  # eval: no dropout, so both layouts compute the same
+    items = splits.train[:16]
+    padded = sft.collate(items, pad_id=0)
+    packed = sft.pack(items, max_length=64, pad_id=0)
+    assert packed["input_ids"].shape[0] < len(items) and loop._batch_size(packed) == len(items)
+    assert packed["input_ids"].shape[1] <= 64 and int((packed["position_ids"] == 0).sum()) >= len(items)
+    assert sft.train_step(model, packed).item() == pytest.approx(sft.train_step(model, padded).item(), abs=1e-5)
+    scores = [sft.evaluate(model, [batch], splits) for batch in (padded, packed)]
+    assert scores[0] == pytest.approx(scores[1], rel=1e-5)
+    # a packed config's loader packs; without attention across items, an item's loss ignores its neighbours
+    packing = sft.build_data(cfg_of("data.num_examples=200", "data.max_length=64", "data.pack=true"))
+    assert "position_ids" in next(iter(loop.train_loader(sft, cfg, packing)))
+    alone = sft.train_step(model, sft.pack(items[:1], 64, 0)).item()
+    swapped = sft.pack([items[0], items[5]], 64, 0)
+    assert swapped["input_ids"].shape[0] == 1
+    first_only = {**swapped, "labels": swapped["labels"].clone()}
+    first_only["labels"][0, len(items[0]["input_ids"]) :] = sft.IGNORE
+    assert sft.train_step(model, first_only).item() == pytest.approx(alone, abs=1e-5)
