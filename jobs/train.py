@@ -591,7 +591,7 @@ def resume_state(args, what: str, state_file: str) -> tuple:
     found = [config_lib._split_override(o) for o in args.overrides]
     rescale = what == "run"  # a run's checkpoints load on another worker count (docs/workloads.md)
     scaling = [(k, v) for k, v in found if rescale and k.startswith("scaling.") and k != "scaling.strategy"]
-    if args.smoke_test or len(found) > len(scaling) + sum(k == "run.storage_path" for k, _ in found):
+    if args.smoke_test or any(k != "run.storage_path" and k not in dict(scaling) for k, _ in found):
         keys = "run.storage_path=... (where it ran)" + (", scaling.* other than scaling.strategy," if rescale else "")
         raise config_lib.ConfigError(
             f"--resume continues a {what} with its saved config — give only {keys} and --store"

@@ -93,8 +93,10 @@ def load_tokenizer(path: str, key: str = "model.name_or_path", words: bool = Fal
 # ----------------------------------------------------------------------------- text datasets and batches
 def pad(rows: list[list[int]], value: int, width: int = 0) -> torch.Tensor:
     """``rows`` padded with ``value`` to ``width`` or to the longest row."""
-    width = max(width, *(len(row) for row in rows))
-    return torch.tensor([row + [value] * (width - len(row)) for row in rows], dtype=torch.long)
+    padded = torch.nn.utils.rnn.pad_sequence(
+        [torch.tensor(row, dtype=torch.long) for row in rows], batch_first=True, padding_value=value
+    )
+    return torch.nn.functional.pad(padded, (0, max(0, width - padded.shape[1])), value=value)
 
 
 def pad_batch(items: list[dict], pad_id: int, multiple_of: int = 0) -> dict[str, torch.Tensor]:

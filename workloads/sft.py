@@ -192,10 +192,13 @@ def pack(items: list[dict], max_length: int, pad_id: int) -> dict[str, torch.Ten
     """``items`` end to end in sequences of at most ``max_length`` tokens, ``position_ids`` restarting at each: with
     no attention mask, transformers masks attention to within each item. ``lengths`` first: the loop counts items."""
     rows: list[list[dict]] = [[]]
+    used = 0  # tokens in the last sequence
     for it in items:
-        if rows[-1] and sum(len(x["input_ids"]) for x in rows[-1]) + len(it["input_ids"]) > max_length:
+        if rows[-1] and used + len(it["input_ids"]) > max_length:
             rows.append([])
+            used = 0
         rows[-1].append(it)
+        used += len(it["input_ids"])
     joined = {key: [[t for it in row for t in it[key]] for row in rows] for key in ("input_ids", "labels")}
     positions = [[p for it in row for p in range(len(it["input_ids"]))] for row in rows]
     return {
@@ -231,10 +234,15 @@ def build_model(cfg, splits: Splits) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- [3] step / eval
+def inputs(batch: dict) -> dict:
+    """The model's inputs of a padded batch (attention mask) or a packed one (position ids); no KV cache, without
+    which transformers keeps each packed row's attention to itself."""
+    keys = ("input_ids", "attention_mask", "position_ids")
+    return {k: v for k, v in batch.items() if k in keys} | {"use_cache": False}
+
+
 def train_step(model: nn.Module, batch: dict) -> torch.Tensor:
-    """The model's own loss on ``labels``; a packed batch has ``position_ids`` and no attention mask (and with no
-    cache, transformers builds the mask that keeps each item to itself)."""
-    return model(**{k: v for k, v in batch.items() if k != "lengths"}, use_cache=False).loss
+    return model(**inputs(batch), labels=batch["labels"]).loss
 
 
 @torch.no_grad()
@@ -243,8 +251,7 @@ def evaluate(model: nn.Module, loader, splits: Splits) -> dict[str, float]:
     model.eval()
     loss_sum, right, tokens = 0.0, 0, 0
     for batch in loader:
-        inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
-        logits = model(**inputs, use_cache=False).logits.float()
+        logits = model(**inputs(batch)).logits.float()
         logits, labels = logits[:, :-1], batch["labels"][:, 1:]  # position t predicts token t + 1
         loss_sum += nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="sum")
         scored = labels != IGNORE
