@@ -90,9 +90,13 @@ cluster-check: setup
 	$(BIN)/python -m jobs.cluster_check cluster*.yaml
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit/test_cluster_yaml.py
 
-# constraints.txt from the tested venv (exact versions, ray==2.60.0): after changing pyproject.toml
+# constraints.txt from the tested venv (exact versions without local labels such as +cpu): after changing pyproject.toml
 constraints: setup
-	$(BIN)/python -m jobs.cluster_check --write-constraints
+	{ echo "# Exact versions of the tested venv: \`make setup\` and every cluster node install with -c constraints.txt."; \
+	  echo "# $$($(BIN)/python -V). Regenerate after changing pyproject.toml: make constraints"; \
+	  $(BIN)/uv pip freeze -q --python $(BIN)/python --exclude-editable --exclude pip | sed 's/+.*//'; } > constraints.txt.new
+	grep -qx 'ray==2.60.0' constraints.txt.new || { echo "constraints.txt.new lacks ray==2.60.0: run make setup first" >&2; exit 2; }
+	mv constraints.txt.new constraints.txt
 
 # cluster.yaml rehearsed on this machine (docs/cluster.md): a 0-CPU head, and an autoscaler that adds and removes
 # 1-CPU nodes of cluster.yaml's worker types as jobs ask for them. IDLE_MINUTES=0.5 removes idle nodes sooner than

@@ -1,15 +1,12 @@
 """Check a Ray cluster-launcher YAML offline: Ray's own validator, then this project's rules. Exit 0 valid, 2 invalid.
 
 python -m jobs.cluster_check cluster.yaml [cluster-gcp.yaml ...]
-python -m jobs.cluster_check --write-constraints     # pin this venv in constraints.txt, which every node installs
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import sys
-from importlib import metadata
 from pathlib import Path
 
 import yaml
@@ -17,9 +14,6 @@ import yaml
 from jobs.errors import UserError, cli_main
 
 SSH_PORT = 22
-CONSTRAINTS = "constraints.txt"  # at the repository root; read by the Makefile and cluster*.yaml setup_commands
-RAY_VERSION = "2.60.0"  # the release every node runs; constraints are only written from a venv that has it
-PYTHON_VERSION = (3, 11)
 PLACEHOLDERS = ("YOUR-ACCOUNT-ID", "ami-YOUR-PINNED-AMI", "YOUR-PROJECT-ID", "YOUR-PINNED-IMAGE")
 FLOATING_IMAGES = ("resolve:ssm:", "/images/family/")  # resolved at each launch: head and workers may differ
 PUBLIC_HOSTS = ("0.0.0.0", "::", "[::]")  # a dashboard bound here is reachable by anyone the firewall lets in
@@ -147,42 +141,7 @@ def _check_rules(raw: dict, config: dict, name: str) -> None:
                 )
 
 
-def constraint_lines() -> list[str]:
-    """``name==version`` of this venv but the project and pip, without local labels (a CUDA build fits ``+cpu``'s)."""
-    pins = {}
-    for dist in metadata.distributions():
-        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
-        if name and name not in ("perennial", "pip"):
-            pins[name] = dist.version.split("+")[0]
-    return [f"{name}=={version}" for name, version in sorted(pins.items())]
-
-
-def write_constraints(path: str | Path = CONSTRAINTS) -> list[str]:
-    lines = constraint_lines()
-    if sys.version_info[:2] != PYTHON_VERSION:
-        raise ClusterConfigError(
-            f"constraints come from the tested Python {'.'.join(map(str, PYTHON_VERSION))}, this is "
-            f"{sys.version.split()[0]} — run it with .venv/bin/python"
-        )
-    if f"ray=={RAY_VERSION}" not in lines:
-        found = next((ln for ln in lines if ln.startswith("ray==")), "no ray")
-        raise ClusterConfigError(
-            f"constraints need ray=={RAY_VERSION} in this venv, found {found} — run `make setup` first"
-        )
-    header = [
-        "# Exact versions of the tested venv: `make setup` and every cluster node install with -c constraints.txt.",
-        f"# Python {sys.version.split()[0]}. Regenerate after changing pyproject.toml: make constraints",
-    ]
-    Path(path).write_text("\n".join(header + lines) + "\n")
-    return lines
-
-
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["--write-constraints"]:
-        target = argv[1] if len(argv) > 1 else CONSTRAINTS
-        lines = write_constraints(target)
-        print(f"{target}: {len(lines)} exact pins (ray=={RAY_VERSION})")
-        return 0
     for path in argv or ["cluster.yaml"]:
         config = check_file(path)
         print(

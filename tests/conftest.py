@@ -168,21 +168,11 @@ def store_dir(tmp_path: Path) -> Path:
 class S3Server:
     """A real S3 API server (moto's server mode) on 127.0.0.1, with credentials in AWS_* env vars."""
 
-    # One request at a time: threaded moto checks If-None-Match and stores the object without a lock, so two
-    # concurrent PUTs of one Delta commit could both succeed (AWS S3 makes that check atomic). S3 alone by default:
-    # moto's all-services dispatcher lists its own package folder on every request, a third of the server's time.
-    SERVE = (
-        "import sys; from werkzeug.serving import run_simple; "
-        "from moto.server import DomainDispatcherApplication, create_backend_app; "
-        "app = create_backend_app('s3') if sys.argv[2] == 's3' else DomainDispatcherApplication(create_backend_app); "
-        "run_simple('127.0.0.1', int(sys.argv[1]), app, threaded=False)"
-    )
-
     def __init__(self, services: str = "s3"):  # "all": EC2, IAM and the rest too (the cloud bootstrap tests)
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.server = subprocess.Popen(
-            [sys.executable, "-c", self.SERVE, str(self.port), services],
+            [sys.executable, str(Path(__file__).with_name("moto_s3.py")), str(self.port), services],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
