@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 import csv
 import gzip
 import hashlib
@@ -554,7 +553,7 @@ def replay_indices(n: int, fraction: float, seed: int) -> np.ndarray:
 
 
 def add_replay(new: Splits, old: Splits, fraction: float, seed: int):
-    """``new.train`` plus a seeded share of ``old.train``, concatenated in kind (a workload may read its columns)."""
+    """``new.train`` plus a seeded share of ``old.train``: a list or TensorDataset stays one, else a ConcatDataset."""
     if old.labels != new.labels:
         raise DataError(
             f"replay: the parent's data has labels {old.labels}, this round's {new.labels} — they must match"
@@ -571,19 +570,6 @@ def concat(new, old, idx: np.ndarray):
         return new + [old[int(i)] for i in idx]
     if isinstance(new, TensorDataset) and isinstance(old, TensorDataset):
         return TensorDataset(*[torch.cat([a, b[index]]) for a, b in zip(new.tensors, old.tensors)])
-    columns = vars(new) if type(new) is type(old) and hasattr(new, "__dict__") else {}
-    kinds = (list, tuple, np.ndarray, torch.Tensor)  # one entry per example (a workload's own column dataset)
-    if columns and all(isinstance(v, kinds) and len(v) == len(new) for v in columns.values()):
-        out = copy.copy(new)
-        for name, column in columns.items():
-            extra = getattr(old, name)
-            if isinstance(column, np.ndarray):
-                setattr(out, name, np.concatenate([column, extra[idx]]))
-            elif isinstance(column, torch.Tensor):
-                setattr(out, name, torch.cat([column, extra[index]]))
-            else:
-                setattr(out, name, list(column) + [extra[int(i)] for i in idx])
-        return out
     return ConcatDataset([new, Subset(old, idx.tolist())])
 
 

@@ -203,7 +203,7 @@ def test_replay_takes_a_seeded_share():
     assert len(data.replay_indices(10, 0.01, 0)) == 1 and len(data.replay_indices(10, 0.0, 0)) == 0
 
 
-class Columns(torch.utils.data.Dataset):  # a dataset of columns (a workload's own): concat extends each
+class Columns(torch.utils.data.Dataset):  # a workload's own dataset: concat appends the replayed items
     def __init__(self, input_ids, labels):
         self.input_ids, self.labels = input_ids, labels
 
@@ -214,7 +214,7 @@ class Columns(torch.utils.data.Dataset):  # a dataset of columns (a workload's o
         return {"input_ids": self.input_ids[i], "labels": int(self.labels[i])}
 
 
-def test_replay_concatenates_lists_tensor_datasets_and_column_datasets():
+def test_replay_concatenates_lists_tensor_datasets_and_other_datasets():
     idx = np.array([0, 2])
     assert data.concat(["n1"], ["o0", "o1", "o2"], idx) == ["n1", "o0", "o2"]
     mixed = data.concat(
@@ -222,7 +222,8 @@ def test_replay_concatenates_lists_tensor_datasets_and_column_datasets():
     )
     assert isinstance(mixed, TensorDataset) and len(mixed) == 4 and mixed.tensors[0].sum() == 6
     cols = data.concat(Columns([[1], [2]], np.array([0, 1])), Columns([[7], [8], [9]], np.array([2, 2, 2])), idx)
-    assert cols.input_ids == [[1], [2], [7], [9]] and cols.labels.tolist() == [0, 1, 2, 2] and len(cols) == 4
+    assert [cols[i]["input_ids"] for i in range(len(cols))] == [[1], [2], [7], [9]]
+    assert [cols[i]["labels"] for i in range(len(cols))] == [0, 1, 2, 2]
 
 
 # ----------------------------------------------------------------------------- lineage
