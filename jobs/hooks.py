@@ -60,8 +60,7 @@ class Tracking(Hook):
         self.tracker.start(info, config_lib.flatten(cfg), loop.meta["epoch"], history=loop.meta["history"])
 
     def on_batch_end(self, loop, step, total, loss, samples) -> None:
-        lr = loop.optimizer.param_groups[0]["lr"]
-        self.tracker.on_step(loop.epoch, step, total or 0, loss, samples, lr)
+        self.tracker.on_step(loop.epoch, step, total or 0, loss, samples, loop.optimizer.param_groups[0]["lr"])
 
     def on_epoch_end(self, loop, row) -> None:
         self.tracker.on_epoch(row)  # after the report: an epoch a tracker shows has its checkpoint uploaded
@@ -92,8 +91,7 @@ class EarlyStopping(Hook):
         self.patience = patience
 
     def on_evaluate(self, loop, row) -> None:
-        done = row["epoch"]
-        loop.stopped_early = done - loop.best_epoch >= self.patience and done < loop.cfg.train.epochs
+        loop.stopped_early = row["epoch"] - loop.best_epoch >= self.patience and row["epoch"] < loop.cfg.train.epochs
 
     def on_epoch_end(self, loop, row) -> None:
         if loop.stopped_early and loop.rank == 0:
@@ -144,7 +142,7 @@ class AgreedNotice:
     def __init__(self, read, device: torch.device):
         self.read, self.device = read, device
         self.leader = torch.distributed.get_rank() == 0
-        self.pending: list = []  # (work, buffer) of the all-reduce started at the previous check
+        self.pending = None  # (work, buffer) of the all-reduce started at the previous check
         self.steps, self.left, self.t = 1, 1, time.perf_counter()  # the same on every rank: set from the all-reduce
 
     def __call__(self):
@@ -152,19 +150,17 @@ class AgreedNotice:
         if self.left > 0:
             return None
         seen = False
-        now = time.perf_counter()
-        step_s = (now - self.t) / self.steps
-        self.t = now
-        if self.pending:
-            work, buffer = self.pending.pop()
+        last, self.t = self.t, time.perf_counter()
+        step_s = (self.t - last) / self.steps
+        if self.pending is not None:
+            work, buffer = self.pending
             work.wait()
             seen = buffer[0].item() > 0
             self.steps = max(1, int(buffer[1].item()))
         self.left = self.steps
         suggest = min(1000, max(1, int(PREEMPTION_CHECK_EVERY_S / max(step_s, 1e-6)))) if self.leader else 0
         buffer = torch.tensor([0.0 if self.read() is None else 1.0, float(suggest)], device=self.device)
-        work = torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.MAX, async_op=True)
-        self.pending.append((work, buffer))
+        self.pending = torch.distributed.all_reduce(buffer, op=torch.distributed.ReduceOp.MAX, async_op=True), buffer
         return (self.read() or True) if seen else None
 
 

@@ -497,10 +497,9 @@ class Loop:
                     self.best_state = best or {
                         k: v.detach().clone() for k, v in unwrap(self.model).state_dict().items()
                     }
-            if self.scheduler is not None and state.get("scheduler"):
-                self.scheduler.load_state_dict(state["scheduler"])
-            if self.scaler is not None and state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])  # keep the learned loss scale across a restart
+            for key, part in (("scheduler", self.scheduler), ("scaler", self.scaler)):
+                if part is not None and state.get(key):  # the scaler keeps its learned loss scale across a restart
+                    part.load_state_dict(state[key])
 
     def _setup_hooks(self) -> None:
         self.hooks = hooks_lib.built_in(self.cfg, self.rank, self.dist, self.device)
@@ -553,24 +552,23 @@ class Loop:
 
     def _epoch_row(self, stats: dict) -> dict:
         """The epoch's row of the history: train stats summed or averaged over the ranks, val metrics of rank 0."""
-        device, dist, world = self.device, self.dist, self.world
         val = {}
         if self.rank == 0 or self.sharded:  # full val set on rank 0 (every rank under FSDP: its forward is collective)
-            metrics = score(self.wl, self.cfg, unwrap(self.model), self.splits, self.splits.val, device)
+            metrics = score(self.wl, self.cfg, unwrap(self.model), self.splits, self.splits.val, self.device)
             val = {f"val_{k}": v for k, v in metrics.items()}
-        val = _all_gather(val, dist)[0]  # rank 0's
-        train_time = _all_reduce(stats["train_time_s"], device, dist) / world
+        ranks = _all_gather(stats | {"val": val, "peak_rss_mb": peak_rss_mb()}, self.dist)
+        mean = {k: sum(r[k] for r in ranks) / self.world for k in ("train_time_s", "step_time_median_s")}
         row = {
             "epoch": self.epoch + 1,
             "train_loss": stats["train_loss"],
-            **val,
-            "train_time_s": train_time,
-            "samples_per_s": _all_reduce(stats["samples"], device, dist) / max(train_time, 1e-9),
+            **ranks[0]["val"],  # rank 0's
+            "train_time_s": mean["train_time_s"],
+            "samples_per_s": sum(r["samples"] for r in ranks) / max(mean["train_time_s"], 1e-9),
             "skipped_batches": stats["skipped_batches"],
-            "step_time_median_s": _all_reduce(stats["step_time_median_s"], device, dist) / world,  # mean over ranks
-            "peak_rss_mb": _all_reduce(peak_rss_mb(), device, dist, "MAX"),  # the largest worker
+            "step_time_median_s": mean["step_time_median_s"],
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in ranks),  # the largest worker
             "elapsed_s": time.perf_counter() - self.run_t0,
-            "num_workers": world,  # this epoch's worker count (a run restarted on fewer nodes shows it)
+            "num_workers": self.world,  # this epoch's worker count (a run restarted on fewer nodes shows it)
         }
         if self.metric not in row:
             raise config_lib.ConfigError(
@@ -593,7 +591,7 @@ class Loop:
         }
 
     def _cpu_s(self) -> float:
-        return self.cpu_prior + _all_reduce(time.process_time() - self.cpu0, self.device, self.dist)
+        return self.cpu_prior + sum(_all_gather(time.process_time() - self.cpu0, self.dist))
 
     def train_state(self, mid_epoch: bool = False) -> dict:
         """What a checkpoint holds besides meta.json (best_model {} = the same as model)."""
@@ -628,14 +626,12 @@ class Loop:
         import ray.train
 
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
             if self.sharded:  # every rank writes its shard and reports its folder; Train merges them
                 state = sharding.save(tmp, self.model, self.optimizer, state)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
             if self.rank == 0:  # state.pt before meta.json: meta.json marks the folder whole
                 torch.save(state, Path(tmp, STATE))
                 Path(tmp, META).write_text(json.dumps(meta, default=float))
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp) if self.sharded or self.rank == 0 else None
             self.session.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
 
     # [3] finish: best weights -> test split -> export -> final report
@@ -695,7 +691,7 @@ def node_placement(rank: int) -> dict:
     return {"rank": rank, "node_id": node_id, "node_type": os.environ.get("RAY_NODE_TYPE_NAME", "")}
 
 
-def _all_gather(obj: dict, dist: bool) -> list[dict]:
+def _all_gather(obj: Any, dist: bool) -> list:
     if not dist:
         return [obj]
     out: list = [None] * torch.distributed.get_world_size()
@@ -703,20 +699,11 @@ def _all_gather(obj: dict, dist: bool) -> list[dict]:
     return out
 
 
-def _all_reduce(value: float, device: torch.device, dist: bool, op: str = "SUM") -> float:
-    if not dist:
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t, op=getattr(torch.distributed.ReduceOp, op))
-    return float(t.item())
-
-
 def _progress_line(row: dict, epochs: int, metric: str, improved: bool) -> str:
     vals = "  ".join(
         f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_") and isinstance(v, float) and not math.isnan(v)
     )
-    star = " *" if improved else ""
     return (
         f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  {vals}  "
-        f"({row['train_time_s']:.1f} s, {row['samples_per_s']:.0f} samples/s){star}"
+        f"({row['train_time_s']:.1f} s, {row['samples_per_s']:.0f} samples/s){' *' if improved else ''}"
     )

@@ -57,8 +57,7 @@ def single_machine_mode() -> None:
     """Keep every server of a one-machine Ray on 127.0.0.1 (Ray's local-only mode), set before it starts."""
     from ray._private import ray_constants
 
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
+    if os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0") == "0":
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 

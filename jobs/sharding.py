@@ -37,8 +37,7 @@ def shard(model: torch.nn.Module, precision: str, device: torch.device) -> torch
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     policy = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32 if dtype else None)
-    blocks = [block for m in model.modules() if isinstance(m, torch.nn.ModuleList) for block in m]
-    for block in blocks:
+    for block in [block for m in model.modules() if isinstance(m, torch.nn.ModuleList) for block in m]:
         fully_shard(block, mesh=mesh, mp_policy=policy)
     # the root reshards after forward too: an eval-only forward must not leave it unsharded for the checkpoint
     return fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=True)
@@ -76,10 +75,9 @@ def load(folder: str | Path, model, optimizer=None) -> dict | None:
 
 def gather(model, build, rank: int):
     """The full weights gathered (a collective) into a fresh ``build()`` model on rank 0; ``model`` elsewhere."""
-    device = next(model.parameters()).device
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if rank != 0:
         return model
     plain = build()
     plain.load_state_dict(full)
-    return plain.to(device)
+    return plain.to(next(model.parameters()).device)
