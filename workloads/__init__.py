@@ -95,11 +95,9 @@ def check(wl: ModuleType, name: str) -> ModuleType:
             f"workload '{name}': Config must have data, model and train sections, its train a "
             f"subclass of workloads.common.Train (see {CONTRACT_DOC})"
         )
-    public = {n for n in vars(wl) if not n.startswith("_")}
     if wl.MODE not in ("max", "min"):
         raise ConfigError(f"workload '{name}': MODE must be 'max' or 'min', got {wl.MODE!r} (see {CONTRACT_DOC})")
-    near = sorted(n for n in public - set(HOOKS) if _near_hook(n))
-    if near:
+    if near := sorted(n for n in vars(wl) if not n.startswith("_") and _near_hook(n)):  # a hook itself: None
         raise ConfigError(
             f"workload '{name}' defines '{near[0]}', which is not a hook — did you mean '{_near_hook(near[0])}'? "
             f"(hooks: {CONTRACT_DOC})"

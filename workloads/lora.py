@@ -31,8 +31,7 @@ def wrap(model: torch.nn.Module, lora: Lora, task: str) -> torch.nn.Module:
     from peft import LoraConfig, get_peft_model
 
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    missing = [m for m in lora.target_modules if m not in names]
-    if missing:
+    if missing := [m for m in lora.target_modules if m not in names]:
         raise DataError(
             f"model.lora.target_modules {missing} match no layer of this model — "
             "use names such as query, key, value, dense"
@@ -59,12 +58,9 @@ def is_lora(model: torch.nn.Module) -> bool:
 
 def merged(model: torch.nn.Module) -> torch.nn.Module:
     """A plain transformers model with the adapters folded in (a copy: ``model`` keeps its adapters)."""
-    if not is_lora(model):
-        return model
-    return copy.deepcopy(model).merge_and_unload()
+    return copy.deepcopy(model).merge_and_unload() if is_lora(model) else model
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameters."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())

@@ -104,15 +104,11 @@ def evaluate(model: nn.Module, loader, splits: Splits) -> dict[str, float]:
     from sklearn.metrics import accuracy_score, f1_score
 
     model.eval()
-    preds, golds, loss_sum = [], [], 0.0
-    for x, y in loader:
-        logits = model(x)
-        loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum").item()
-        preds.append(logits.argmax(-1).cpu())
-        golds.append(y.cpu())
-    p, g = torch.cat(preds).numpy(), torch.cat(golds).numpy()
+    pairs = [(model(x).float().cpu(), y.cpu()) for x, y in loader]
+    logits, gold = (torch.cat(column) for column in zip(*pairs))
+    p, g = logits.argmax(-1).numpy(), gold.numpy()
     return {
-        "loss": loss_sum / max(len(g), 1),
+        "loss": nn.functional.cross_entropy(logits, gold).item(),
         "accuracy": float(accuracy_score(g, p)),
         "f1": float(f1_score(g, p, average="macro", zero_division=0)),
     }

@@ -95,10 +95,8 @@ def build_model(cfg, splits: Splits) -> nn.Module:
     path = common.checkpoint(cfg.model.name_or_path)
     try:
         config = transformers.AutoConfig.from_pretrained(path, **labels)
-        for name in DROPOUT_NAMES:  # each family names its head's dropout its own way
-            if hasattr(config, name):
-                setattr(config, name, cfg.model.classifier_dropout)
-                break
+        if name := next((n for n in DROPOUT_NAMES if hasattr(config, n)), None):  # each family names it its own way
+            setattr(config, name, cfg.model.classifier_dropout)
         model = transformers.AutoModelForSequenceClassification.from_pretrained(path, config=config)
     except OSError as e:
         raise DataError(f"cannot load model.name_or_path '{path}' ({str(e).splitlines()[0]})") from None
