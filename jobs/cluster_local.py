@@ -44,10 +44,8 @@ EMPTY_LISTS = (
 ).split()
 
 
-def local_config(
-    cluster: dict, *, gcs_address: str, idle_timeout_minutes: float | None = None, max_nodes: int = MAX_LOCAL_NODES
-) -> dict:
-    """The fake-multinode autoscaler config for a parsed cluster.yaml: its worker types (at most ``max_nodes``
+def local_config(cluster: dict, *, gcs_address: str, idle_timeout_minutes: float | None = None) -> dict:
+    """The fake-multinode autoscaler config for a parsed cluster.yaml: its worker types (at most ``MAX_LOCAL_NODES``
     nodes) with 1 CPU and a custom resource named after the type each, no GPUs, a 0-CPU head."""
     types = cluster.get("available_node_types") or {}
     head = cluster.get("head_node_type")
@@ -64,15 +62,15 @@ def local_config(
         # custom resources of the cloud type stay (a worker-type marker such as gpu_4x: 1); CPU, GPU, memory go
         custom = {k: v for k, v in cloud.items() if k not in ("CPU", "GPU", "memory", "object_store_memory")}
         node_types[name] = {
-            "min_workers": min(int(spec.get("min_workers", 0)), max_nodes),
-            "max_workers": min(int(spec.get("max_workers", max_nodes)), max_nodes),
+            "min_workers": min(int(spec.get("min_workers", 0)), MAX_LOCAL_NODES),
+            "max_workers": min(int(spec.get("max_workers", MAX_LOCAL_NODES)), MAX_LOCAL_NODES),
             "resources": {"CPU": 1, **custom, name: 1, "object_store_memory": OBJECT_STORE_BYTES},
             "node_config": {},
         }
     idle = cluster.get("idle_timeout_minutes", 5) if idle_timeout_minutes is None else idle_timeout_minutes
     return {
         "cluster_name": f"{cluster.get('cluster_name', 'perennial')}-local",
-        "max_workers": min(int(cluster.get("max_workers", max_nodes)), max_nodes),
+        "max_workers": min(int(cluster.get("max_workers", MAX_LOCAL_NODES)), MAX_LOCAL_NODES),
         "upscaling_speed": cluster.get("upscaling_speed", 1.0),
         "idle_timeout_minutes": idle,
         "provider": {

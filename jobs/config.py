@@ -15,7 +15,6 @@ import importlib.util
 import json
 import os
 import re
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -218,23 +217,16 @@ def section_fields(obj) -> dict[str, Any]:
     return {name: f.annotation for name, f in workloads.sections(cls).items()}
 
 
-def flatten(cfg) -> dict[str, Any]:
+def flatten(cfg, prefix: str = "") -> dict[str, Any]:
     """``{"train.lr": 0.001, ...}`` — the hyperparameters of a run (dicts and lists as JSON)."""
+    skip = () if prefix else ("sweep", "store", "workload", "log", "tracking", "workload_dir")
     out: dict[str, Any] = {}
-    skip = ("sweep", "store", "workload", "log", "tracking", "workload_dir")
-    keep = [name for name in section_fields(cfg) if name not in skip]
-
-    def walk(prefix: str, obj: Any) -> None:
-        if names := section_fields(obj):
-            for name in names:
-                walk(f"{prefix}.{name}" if prefix else name, getattr(obj, name))
-        elif isinstance(obj, (dict, list, tuple)):
-            out[prefix] = json.dumps(obj, sort_keys=True)
+    for name in (n for n in section_fields(cfg) if n not in skip):
+        key, value = f"{prefix}{name}", getattr(cfg, name)
+        if section_fields(value):
+            out |= flatten(value, f"{key}.")
         else:
-            out[prefix] = obj
-
-    for name in keep:
-        walk(name, getattr(cfg, name))
+            out[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list, tuple)) else value
     return out
 
 
@@ -307,8 +299,7 @@ def _one_line(cls: type, err: dict) -> ConfigError:
     if kind == "literal_error":
         choices = [c.strip("'") for c in re.split(r", | or ", err["ctx"]["expected"]) if c != "''"]
         return ConfigError(f"{key} must be {', '.join(choices[:-1])} or {choices[-1]}, got {got!r}")
-    words = next((w for t, w in TYPE_WORDS.items() if kind.startswith(t)), None)
-    if words:
+    if words := next((w for t, w in TYPE_WORDS.items() if kind.startswith(t)), None):
         return ConfigError(f"config key '{key}' must be {words}, got {got!r}")
     return ConfigError(f"config key '{key}': {err['msg']}, got {got!r} — fix the value in the config or the override")
 
@@ -348,8 +339,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if not args.schema:
         parser.error("give --schema")
-    json.dump(schema(args.workload), sys.stdout, indent=2)
-    print()
+    print(json.dumps(schema(args.workload), indent=2))
     return 0
 
 

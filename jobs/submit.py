@@ -330,11 +330,10 @@ def watch_batch(ray_client, batch_id: str) -> int:
         observe(infos)
         latest, waiting = latest_attempts(infos), 0
         for info in latest:
-            meta = info.metadata
             if info.status.value not in TERMINAL:
                 waiting += 1
             elif info.status.value == "FAILED" and batch.lost_infrastructure(info):
-                if int(meta["attempt"]) <= int(meta.get("retries", 0)):
+                if int(info.metadata["attempt"]) <= int(info.metadata.get("retries", 0)):
                     waiting += resubmit(ray_client, info)
         if not waiting:
             print(f"batch {batch_id} ended: {batch.counts([i.status.value.lower() for i in latest])}", flush=True)

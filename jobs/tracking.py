@@ -212,17 +212,14 @@ def mlflow_client(uri: str):
 
 def mlflow_experiment(client, name: str, uri: str) -> str:
     """The experiment's id, created if new; a SQLite store keeps artifacts beside its file, not in a temp dir."""
-    found = client.get_experiment_by_name(name)
-    if found is not None:
+    if (found := client.get_experiment_by_name(name)) is not None:
         return found.experiment_id
-    location = None
-    if uri.startswith("sqlite:///"):
-        location = str(Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts")
+    database = uri.removeprefix("sqlite:///")
+    location = str(Path(database).resolve().parent / "mlartifacts") if database != uri else None
     try:
         return client.create_experiment(name, artifact_location=location)
     except Exception:  # another trial created it first
-        found = client.get_experiment_by_name(name)
-        if found is None:
+        if (found := client.get_experiment_by_name(name)) is None:
             raise
         return found.experiment_id
 
@@ -265,13 +262,11 @@ class MLflow(Sink):
             parent = {"mlflow.parentRunId": info.mlflow_parent_run_id} if info.mlflow_parent_run_id else {}
             run = client.create_run(self.experiment_id, run_name=info.run_id, tags=info.tags() | parent)
             mlflow_params(client, run.info.run_id, _hparams(config))
-            self.logged_epochs, self.last_step = set(), -1
-        else:  # a restarted worker group: the same MLflow run goes on
+        else:  # a restarted worker group: the same MLflow run goes on, past what it logged
             client.update_run(run.info.run_id, status="RUNNING")
-            self.logged_epochs = {m.step for m in client.get_metric_history(run.info.run_id, "epoch")}
-            steps = client.get_metric_history(run.info.run_id, "step/train_loss")
-            self.last_step = max((m.step for m in steps), default=-1)
         self.run_id = run.info.run_id
+        self.logged_epochs = {m.step for m in client.get_metric_history(self.run_id, "epoch")}
+        self.last_step = max((m.step for m in client.get_metric_history(self.run_id, "step/train_loss")), default=-1)
         for row in history:  # the checkpoint's epochs this MLflow run lacks (say, tracking turned on at a restart)
             if row["epoch"] <= resumed_from_epoch:
                 self.log_epoch(row)

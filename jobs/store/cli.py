@@ -4,13 +4,14 @@ maintain the Delta tables."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import warnings
 
 from jobs.errors import StoreError
 from jobs.store.engine import INFO_KINDS, PARTITION, RETENTION_HOURS, store_path
 from jobs.store.queries import Store, lineage, print_frame
 
-RUN_COLUMNS = ["run_id", "workload", "status", "metric", "best_metric", "epochs", "sweep_id", "trial_id"]
+RUN_COLUMNS = "run_id workload status metric best_metric epochs sweep_id trial_id wall_s finished_at".split()
 WRITERS = ("check", "compact", "vacuum")  # verbs that change the store: no --as-of
 
 
@@ -32,8 +33,7 @@ def leaderboard(args) -> None:
 
 def runs(args) -> None:
     df = open_store(args).runs(args.workload, args.sweep, args.status, args.since)
-    cols = RUN_COLUMNS + ["wall_s", "finished_at"]
-    print_frame(df[[c for c in cols if c in df.columns]] if len(df) else df, args.format)
+    print_frame(df[[c for c in RUN_COLUMNS if c in df.columns]] if len(df) else df, args.format)
 
 
 def history(args) -> None:
@@ -75,8 +75,6 @@ def vacuum(args) -> None:
 def export(args) -> None:
     if not args.mlflow and not args.tensorboard:
         raise StoreError("export needs a target — give --mlflow URI and/or --tensorboard DIR")
-    import importlib.util
-
     for flag in ("mlflow", "tensorboard"):
         if getattr(args, flag) and importlib.util.find_spec(flag) is None:
             raise StoreError(f"--{flag} needs {flag}, which is not installed — pip install -e .[{flag}]")

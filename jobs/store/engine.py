@@ -46,19 +46,17 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def parse_since(since: str | dt.datetime, flag: str = "--since") -> dt.datetime:
+def parse_since(since: str | dt.datetime) -> dt.datetime:
     """``7d`` / ``12h`` / ``30m`` ago, or an ISO date/time (UTC unless it says otherwise)."""
-    if isinstance(since, dt.datetime):
-        return since if since.tzinfo else since.replace(tzinfo=dt.UTC)
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", since)
-    if m:
-        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
-        return now() - dt.timedelta(seconds=seconds)
-    try:
-        when = dt.datetime.fromisoformat(since)
-    except ValueError:
-        raise StoreError(f"{flag} '{since}' is not an age or a date — write e.g. 12h, 7d or 2026-01-31") from None
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    if isinstance(since, str):
+        if m := re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", since):
+            seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+            return now() - dt.timedelta(seconds=seconds)
+        try:
+            since = dt.datetime.fromisoformat(since)
+        except ValueError:
+            raise StoreError(f"--since '{since}' is not an age or a date — write e.g. 12h, 7d or 2026-01-31") from None
+    return since if since.tzinfo else since.replace(tzinfo=dt.UTC)
 
 
 def parse_as_of(as_of: str | int | dt.datetime | None) -> int | dt.datetime | None:

@@ -39,10 +39,8 @@ def lease(store: Engine, table: str) -> Iterator[bool]:
         yield held
     finally:
         if held:
-            with contextlib.suppress(OSError):  # a lease that expired under this compactor may be another's now
-                with store.fs.open_input_stream(path) as stream:
-                    mine = stream.read() == token.encode()
-                if mine:
+            with contextlib.suppress(OSError), store.fs.open_input_stream(path) as stream:
+                if stream.read() == token.encode():  # a lease that expired under this compactor may be another's now
                     store.fs.delete_file(path)
 
 

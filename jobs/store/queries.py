@@ -21,11 +21,10 @@ class Store(Engine):
 
     def runs(self, workload: str | None = None, sweep_id: str | None = None, status: str | None = None, since=None):
         """Runs, newest first; ``since`` is a datetime, an ISO date/time or an age like ``12h`` / ``7d``."""
-        expr = None
+        expr = ds.scalar(True)
         for column, value in (("sweep_id", sweep_id), ("status", status)):
             if value:
-                e = ds.field(column) == value
-                expr = e if expr is None else expr & e
+                expr &= ds.field(column) == value
         df = self.df("runs", workload, expr)
         if since is not None and len(df):
             cutoff = parse_since(since)
