@@ -53,9 +53,8 @@ def read(path: str) -> tuple[str, bool, list[tuple[str, list[str]]]]:
     if grid and (not isinstance(grid, dict) or "configs" not in grid or grid.keys() - {"configs", "overrides"}):
         raise ConfigError("batch grid: give {configs: [PATH, ...], overrides: {key: [value, ...]}}")
     axes = {k: v if isinstance(v, list) else [v] for k, v in (grid.get("overrides") or {}).items()}
-    for config in grid.get("configs") or []:
-        for values in itertools.product(*axes.values()):
-            entries.append((str(config), [f"{k}={_text(v)}" for k, v in zip(axes, values, strict=True)]))
+    for config, values in itertools.product(grid.get("configs") or [], itertools.product(*axes.values())):
+        entries.append((str(config), [f"{k}={_text(v)}" for k, v in zip(axes, values, strict=True)]))
     return spec.get("verb", "train"), bool(spec.get("smoke_test", False)), entries
 
 
@@ -68,5 +67,4 @@ def _text(value) -> str:
 
 def counts(statuses: list[str]) -> str:
     """``3 succeeded, 1 running``: a batch's jobs by state, the commonest first."""
-    by = collections.Counter(sorted(statuses)).most_common()
-    return ", ".join(f"{n} {s}" for s, n in by) or "no jobs"
+    return ", ".join(f"{n} {s}" for s, n in collections.Counter(sorted(statuses)).most_common()) or "no jobs"

@@ -25,8 +25,7 @@ def render(name: str, source: str) -> tuple[str, str]:
     module = module.replace(f"python -m jobs.train --config configs/{source}.yaml", command, 1)
     module = f"# {name}: your workload, copied from workloads/{source}.py by `python -m jobs.new`.\n" + module
     config = config.replace(f"configs/{source}.yaml", f"configs/{name}.yaml")
-    line = f"workload: ../{name}.py  # relative to this file"
-    return module, re.sub(rf"(?m)^workload: {source}\b.*$", line, config)
+    return module, re.sub(rf"(?m)^workload: {source}\b.*$", f"workload: ../{name}.py  # relative to this file", config)
 
 
 def main(argv: list[str]) -> int:

@@ -18,9 +18,14 @@ import typing
 import uuid
 from pathlib import Path
 
+import pandas as pd
+import pyarrow.dataset as ds
+import yaml
+
 import workloads
 from jobs import config as config_lib
 from jobs import preflight, tracking
+from jobs.ray_compat import max_resources_from_cluster_config, wait_for_tune_report_queue
 from jobs.store import Store, compact_if_due, now
 from jobs.train import (
     check_cluster,
@@ -113,12 +118,11 @@ def tune_space(cfg, space: dict | None = None) -> dict:
 def _samples(where: str, key: str, dist: str, args, field_type: type) -> list:
     """The values of ``dist`` that must fit the field: every listed one, or both bounds."""
     usage = f"{where}: {dist} takes {DISTRIBUTIONS[dist]}"
-    if not isinstance(args, list) or not args:
+    listed = dist in ("choice", "grid")
+    if not isinstance(args, list) or not args or (not listed and len(args) != (3 if dist == "quniform" else 2)):
         raise config_lib.ConfigError(f"{usage}, got {args!r}")
-    if dist in ("choice", "grid"):
+    if listed:
         return args
-    if len(args) != (3 if dist == "quniform" else 2):
-        raise config_lib.ConfigError(f"{usage}, got {args!r}")
     number = int if dist == "randint" else (int, float)
     if not all(isinstance(a, number) and not isinstance(a, bool) for a in args):
         kind = "integers" if dist == "randint" else "numbers"
@@ -179,8 +183,7 @@ def trial_config(base: dict, params: dict):
 def make_search(cfg, metric: str, mode: str, concurrency: int = 0):
     """The Tune search algorithm and scheduler the ``sweep`` section asks for (0 = no concurrency cap)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
 
     sw = cfg.sweep
     if sw.search == "optuna":
@@ -226,8 +229,7 @@ def default_concurrency(cfg) -> int:
 
     s, per_worker = cfg.scaling, config_lib.worker_resources(cfg.scaling)
     per_trial = config_lib.max_workers(s)  # ranks of one trial (an elastic trial counted at its largest)
-    largest = autoscaler_nodes()
-    if largest is not None:
+    if (largest := autoscaler_nodes()) is not None:
         head, workers, max_workers, where = largest
         ranks = sorted((ranks_per_node(node, per_worker) for node in workers), reverse=True)[:max_workers]
         ranks = [ranks_per_node(node, per_worker) for node in head] + ranks
@@ -235,8 +237,6 @@ def default_concurrency(cfg) -> int:
         fits = sum(r // per_trial for r in ranks) if strict else sum(ranks) // per_trial
         print(f"sweep: {max(1, fits)} trials at a time fit the autoscaler's largest cluster ({where})")
         return max(1, fits)
-    from jobs.ray_compat import max_resources_from_cluster_config
-
     try:
         maximum = max_resources_from_cluster_config() or None
     except Exception:  # a private API: absent or changed in another Ray, then the nodes up now decide
@@ -261,8 +261,6 @@ BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # `ray up` writes the autoscal
 
 def autoscaler_nodes() -> tuple[list[dict], list[dict], int, str] | None:
     """(head resources, every worker node it may launch, max_workers, path) of the autoscaler config, or None."""
-    import yaml
-
     given = os.environ.get("PERENNIAL_CLUSTER_CONFIG") or (BOOTSTRAP_CONFIG if os.environ.get("RAY_ADDRESS") else "")
     path = Path(given).expanduser()
     if not given or not path.is_file():
@@ -282,7 +280,6 @@ def autoscaler_nodes() -> tuple[list[dict], list[dict], int, str] | None:
 
 
 def ranks_per_node(node: dict, per_worker: dict) -> int:
-    """How many Train workers asking ``per_worker`` fit in ``node``'s resources."""
     return int(min((node.get(k, 0) // v for k, v in per_worker.items() if v > 0), default=0))
 
 
@@ -352,8 +349,6 @@ def train_trial(params: dict, ctx: dict) -> None:
     """Tune function trainable: one trial = one run, in process or a TorchTrainer run reported through Tune."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
-
-    from jobs.ray_compat import wait_for_tune_report_queue
 
     trial_id = tune.get_context().get_trial_id()
     if ctx["in_process"]:
@@ -506,8 +501,6 @@ def _short(v) -> str:
 # ----------------------------------------------------------------------------- [4] summary + sweeps row
 def summarize(cfg, store: Store, sweep_id: str, state: dict, metric: str, mode: str, finished: bool = False) -> int:
     """Print the sweep's leaderboard and best model; write its ``sweeps`` row unless ``finished`` (written)."""
-    import pandas as pd
-
     runs = store.runs(sweep_id=sweep_id)
     if not len(runs):
         print(f"sweep {sweep_id}: no trial recorded")
@@ -555,8 +548,6 @@ def summarize(cfg, store: Store, sweep_id: str, state: dict, metric: str, mode: 
 
 
 def write_sweeps_row(cfg, store: Store, state: dict, best, row: dict) -> None:
-    import pandas as pd
-
     row |= {
         "workload": cfg.workload,
         "status": "completed" if best is not None else "failed",
@@ -610,8 +601,6 @@ def main(argv: list[str]) -> int:
             "started_at": now().isoformat(),
             "attempts": [],
         }
-    import pyarrow.dataset as ds
-
     sweep_id = state["sweep_id"]
     if len(store.df("sweeps", filter=ds.field("sweep_id") == sweep_id)):
         print(f"sweep {sweep_id} already finished")

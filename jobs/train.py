@@ -10,6 +10,7 @@ cluster in ``RAY_ADDRESS``, else on an embedded local one. Exit codes: 0 finishe
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -79,8 +80,7 @@ def init_ray(num_cpus: int | None = None, log_to_driver: bool = True) -> None:
         runtime_env={"env_vars": env},
     )
     os.environ.pop("RAY_GCS_SERVER_PORT", None)
-    for key in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"):
-        os.environ[key] = env[key]
+    os.environ.update({k: v for k, v in env.items() if k != "RAY_ADDRESS"})
     subprocess.Popen(  # the watcher below, outside the driver's process group: Ray's reaper and Ctrl-C spare it
         [sys.executable, "-c", _WATCHER, str(os.getpid())],
         stdin=subprocess.DEVNULL,
@@ -116,10 +116,8 @@ def cluster_address_env(address: str) -> dict | None:
     """A runtime env naming a ``host:port`` cluster to the job's actors (Train's placement-group cleaner would else
     find the machine's last-started cluster), unless the job's own env names one."""
     parts = host_port(address)
-    if parts is None or not parts[0]:
-        return None
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
-    if "RAY_ADDRESS" in ((job.get("runtime_env") or {}).get("env_vars") or {}):
+    if parts is None or not parts[0] or "RAY_ADDRESS" in ((job.get("runtime_env") or {}).get("env_vars") or {}):
         return None
     return {"env_vars": {"RAY_ADDRESS": address}}
 
@@ -150,22 +148,16 @@ def cluster_node_types() -> tuple[dict[str, dict], bool]:
     import ray
 
     path = Path(os.environ.get("PERENNIAL_CLUSTER_CONFIG") or Path.home() / "ray_bootstrap_config.yaml")
-    kinds: dict[str, dict] = {}
-    if path.is_file():
-        for name, spec in (yaml.safe_load(path.read_text()).get("available_node_types") or {}).items():
-            if spec.get("max_workers", 0) > 0:
-                kinds[name] = dict(spec.get("resources") or {})
+    types = (yaml.safe_load(path.read_text()).get("available_node_types") or {}) if path.is_file() else {}
+    kinds = {name: dict(t.get("resources") or {}) for name, t in types.items() if t.get("max_workers", 0) > 0}
     complete = bool(kinds) or not os.environ.get("RAY_ADDRESS")
-    for node in ray.nodes():
-        if node["Alive"]:
-            kinds[f"node {node['NodeID'][:8]}"] = node["Resources"]
+    kinds |= {f"node {n['NodeID'][:8]}": n["Resources"] for n in ray.nodes() if n["Alive"]}
     return kinds, complete
 
 
 def check_cluster(cfg) -> None:
-    kinds, complete = cluster_node_types()
-    problem = cluster_refusal(config_lib.worker_resources(cfg.scaling), cfg.run.storage_path, kinds, complete)
-    if problem:
+    want = config_lib.worker_resources(cfg.scaling)
+    if problem := cluster_refusal(want, cfg.run.storage_path, *cluster_node_types()):
         raise config_lib.ConfigError(problem)
 
 
@@ -228,10 +220,7 @@ def run_checkpoints(run_dir: str) -> list:
         infos = fs.get_file_info(pafs.FileSelector(path))
     except OSError:
         return fs, []
-    names = sorted(
-        (i.base_name for i in infos if i.type == pafs.FileType.Directory and checkpoint_order(i.base_name)),
-        key=checkpoint_order,
-    )
+    names = sorted((i.base_name for i in infos if checkpoint_order(i.base_name)), key=checkpoint_order)
     return fs, [f"{path}/{n}" for n in names if fs.get_file_info(f"{path}/{n}/{META}").type == pafs.FileType.File]
 
 
@@ -309,9 +298,8 @@ def run_trainer(cfg, run_id: str, callbacks=(), extra_config: dict | None = None
     """``TorchTrainer.fit()`` for ``cfg``: returns (last checkpoint or None, error or None)."""
     import ray.train
 
-    trainer = make_trainer(cfg, run_id, callbacks, extra_config)
     try:
-        return trainer.fit().checkpoint, None
+        return make_trainer(cfg, run_id, callbacks, extra_config).fit().checkpoint, None
     except ray.train.TrainingFailedError as e:
         try:  # the last epoch checkpoint that did land, for the history of a failed run
             return ray.train.Result.from_path(f"{storage_uri(cfg.run.storage_path).rstrip('/')}/{run_id}").checkpoint, e
@@ -319,17 +307,13 @@ def run_trainer(cfg, run_id: str, callbacks=(), extra_config: dict | None = None
             return None, e
 
 
-def resumed_by_batch(runner):
-    """``runner`` for a batch job with retries left: a failed run whose workers' node was lost is left unrecorded and
-    the driver ends with :class:`NodeLost`, so that the batch's watcher resumes it (jobs.batch)."""
-
-    def run(cfg, run_id: str, *args) -> tuple:
-        checkpoint, error = runner(cfg, run_id, *args)
-        if error is not None and checkpoint is not None and node_lost(checkpoint_meta(checkpoint).get("workers", [])):
-            raise NodeLost(f"run {run_id}: a node of its workers was lost — the batch's watcher resumes it")
-        return checkpoint, error
-
-    return run
+def resumed_by_batch(runner, cfg, run_id: str, *args) -> tuple:
+    """``runner`` (bound by functools.partial) for a batch job with retries left: a failed run whose workers' node was
+    lost is left unrecorded and the driver ends with :class:`NodeLost`: the batch's watcher resumes it (jobs.batch)."""
+    checkpoint, error = runner(cfg, run_id, *args)
+    if error is not None and checkpoint is not None and node_lost(checkpoint_meta(checkpoint).get("workers", [])):
+        raise NodeLost(f"run {run_id}: a node of its workers was lost — the batch's watcher resumes it")
+    return checkpoint, error
 
 
 def node_lost(workers: list[dict], wait_s: float = 30.0) -> bool:
@@ -565,7 +549,7 @@ def main(argv: list[str]) -> int:
         run_id = f"{cfg.workload}-{uuid.uuid4().hex[:10]}"
     runner, path = start(cfg)  # a ClusterError is exit 1 (cli_main)
     if int(os.environ.get("PERENNIAL_RETRIES_LEFT", "0")) > 0:
-        runner = resumed_by_batch(runner)
+        runner = functools.partial(resumed_by_batch, runner)
     low, high = config_lib.worker_range(cfg.scaling)
     workers = f"{high} worker(s)" if low == high else f"{low} to {high} workers (elastic)"
     each = "GPU" if cfg.scaling.use_gpu else f"{cfg.scaling.cpus_per_worker} CPU each"
