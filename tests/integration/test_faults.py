@@ -48,7 +48,7 @@ SLOW_MLP = [
     "scaling.num_workers=2",
     "scaling.cpus_per_worker=1",
 ]
-EPOCH_LINE = re.compile(rf"epoch (\d+)/{EPOCHS} ")
+EPOCH_LINE = re.compile(rf"epoch (\d+)/{EPOCHS}  train_loss")  # an epoch's end, not a progress line within it
 RESUMED = re.compile(r"resumed from the epoch (\d+) checkpoint")
 
 
