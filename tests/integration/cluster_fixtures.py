@@ -130,11 +130,14 @@ def wait_for_workers(cluster: LocalCluster, count: int, timeout_s: float) -> flo
 
 def kill_node(cluster: LocalCluster, node_id: str) -> int:
     """SIGKILL a worker node as a lost machine dies: its raylet and every process under it. Returns how many."""
-    raylets = [
-        p
-        for p in psutil.Process(cluster.supervisor_pid).children(recursive=True)
-        if p.name() == "raylet" and p.environ().get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id
-    ]
+
+    def is_its_raylet(p: psutil.Process) -> bool:
+        try:
+            return p.name() == "raylet" and p.environ().get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id
+        except psutil.Error:  # another of the cluster's processes exited while we looked
+            return False
+
+    raylets = [p for p in psutil.Process(cluster.supervisor_pid).children(recursive=True) if is_its_raylet(p)]
     assert len(raylets) == 1, f"no raylet for node {node_id}"
     procs = [raylets[0], *raylets[0].children(recursive=True)]
     for p in procs:
