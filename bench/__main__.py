@@ -43,18 +43,20 @@ SUITE = {
 
 
 def machine() -> str:
+    """CPU model, the flags that decide its matmul peak (AMX, AVX-512 BF16), cores, memory, OS, Python, torch."""
     import torch
 
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in Path("/proc/cpuinfo").read_text().splitlines()
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    info = {
+        k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in lines) if k.strip() in ("model name", "flags")
+    }
+    cpu = info.get("model name", platform.processor())
+    flags = [f for f in ("amx_bf16", "avx512_bf16", "avx512f", "avx2") if f in info.get("flags", "").split()]
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} x {cpu}, {mem_gb:.0f} GiB RAM, {platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}"
+    return (
+        f"{os.cpu_count()} x {cpu} ({' '.join(flags) or 'no AVX2'}), {mem_gb:.0f} GiB RAM, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}"
+    )
 
 
 def main(argv: list[str]) -> int:

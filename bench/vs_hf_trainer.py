@@ -63,6 +63,8 @@ LEVERS = {
     "bf16": "bf16 autocast (CPU has AVX512-BF16)",
     "fpmath_bf16": "fp32 model, oneDNN matmuls in bf16 (torch.backends.mkldnn.matmul.fp32_precision)",
     "eager_attention": "eager attention instead of SDPA",
+    "fpmath_bf16_eager": "fpmath_bf16 with eager attention",
+    "bf16_eager": "bf16 autocast with eager attention",
     "loader_worker": "DataLoader num_workers=1",
     "pad_multiple_8": "data.pad_to_multiple_of=8",
     "compile": "torch.compile(model, dynamic=True) (compile time inside the epoch)",
@@ -301,15 +303,15 @@ def train_plain(args, lever: str, sentences: int) -> tuple:
     from workloads import ner
 
     torch.set_num_threads(args.threads)
-    if lever == "fpmath_bf16":
+    if lever.startswith("fpmath_bf16"):
         torch.backends.mkldnn.matmul.fp32_precision = "bf16"
-    bf16 = lever in ("bf16", "packed_bf16", "packed_compiled_bf16")
+    bf16 = lever in ("bf16", "bf16_eager", "packed_bf16", "packed_compiled_bf16")
     extra = ["train.precision=bf16"] if bf16 else ["data.pad_to_multiple_of=8"] if lever == "pad_multiple_8" else []
     cfg = ner_cfg(args, [f"data.max_train_samples={sentences}", *extra])
     loop.seed_everything(cfg.train.seed)
     splits = ner.build_data(cfg)
     model = ner.build_model(cfg, splits)
-    if lever == "eager_attention":
+    if lever.endswith("eager") or lever == "eager_attention":
         model.set_attn_implementation("eager")
     params = [p for p in model.parameters() if p.requires_grad]
     if lever == "default_adamw":
