@@ -35,6 +35,15 @@ class NodeLost(ClusterError):
     """A node of the run's Train workers was lost, in a batch job that has retries left (exit code 75)."""
 
 
+def freeze_at_exit() -> None:
+    """Freeze what is left, so that the interpreter's last full collection skips it (after a local-mode NER run it
+    walked torch's and pyarrow's objects for 1.3 s). Not while Ray is connected: its objects must go before Ray's own
+    shutdown (a job's driver segfaulted at exit otherwise)."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        gc.freeze()
+
+
 def cli_main(main: Callable[[list[str]], int]) -> None:
     """Run a verb's ``main(argv)``: bad input -> one line on stderr and exit 2; no cluster -> exit 1."""
     try:
@@ -45,8 +54,5 @@ def cli_main(main: Callable[[list[str]], int]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
-    # at exit, before the other atexit handlers (last in, first out), what is left is frozen: it is freed with the
-    # process, and the interpreter's last full collection skips it (after a NER run that collection walked torch's,
-    # Ray's and pyarrow's objects for 1.3 s)
-    atexit.register(gc.freeze)
+    atexit.register(freeze_at_exit)  # runs before the other atexit handlers (last in, first out)
     sys.exit(code)
