@@ -311,7 +311,7 @@ def train_plain(args, lever: str, sentences: int) -> tuple:
     loop.seed_everything(cfg.train.seed)
     splits = ner.build_data(cfg)
     model = ner.build_model(cfg, splits)
-    if lever.endswith("eager") or lever == "eager_attention":
+    if "eager" in lever:
         model.set_attn_implementation("eager")
     params = [p for p in model.parameters() if p.requires_grad]
     if lever == "default_adamw":
